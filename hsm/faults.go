@@ -1,0 +1,220 @@
+package hsm
+
+import (
+	"sync"
+
+	"github.com/miekg/pkcs11"
+)
+
+// Faults wraps a PKCS11 and makes chosen calls fail with chosen CKR codes,
+// and counts every call. It exists for the error paths a real token cannot be
+// made to take on demand; use real SoftHSM2 for everything else. Install it
+// with TokenConfig.Wrap. Safe for concurrent use.
+type Faults struct {
+	next PKCS11
+
+	mu    sync.Mutex
+	rules map[string]*faultRule
+	calls map[string]int
+}
+
+type faultRule struct {
+	code  uint
+	times int // remaining failures; negative means until Clear
+}
+
+// NewFaults returns a pass-through wrapper around next.
+func NewFaults(next PKCS11) *Faults {
+	return &Faults{next: next, rules: map[string]*faultRule{}, calls: map[string]int{}}
+}
+
+// Fail makes the next times calls of the Cryptoki function call (e.g.
+// "C_Login") return code instead of reaching the token. A negative times
+// fails every call until Clear.
+func (f *Faults) Fail(call string, code uint, times int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.rules[call] = &faultRule{code: code, times: times}
+}
+
+// Clear removes every injected failure.
+func (f *Faults) Clear() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.rules = map[string]*faultRule{}
+}
+
+// Calls reports how many times call was made, failed or not.
+func (f *Faults) Calls(call string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.calls[call]
+}
+
+func (f *Faults) hit(call string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls[call]++
+	r := f.rules[call]
+	if r == nil || r.times == 0 {
+		return nil
+	}
+	if r.times > 0 {
+		r.times--
+	}
+	return pkcs11.Error(r.code)
+}
+
+func (f *Faults) GetSlotList(tokenPresent bool) ([]uint, error) {
+	if err := f.hit("C_GetSlotList"); err != nil {
+		return nil, err
+	}
+	return f.next.GetSlotList(tokenPresent)
+}
+
+func (f *Faults) GetSlotInfo(slotID uint) (pkcs11.SlotInfo, error) {
+	if err := f.hit("C_GetSlotInfo"); err != nil {
+		return pkcs11.SlotInfo{}, err
+	}
+	return f.next.GetSlotInfo(slotID)
+}
+
+func (f *Faults) GetTokenInfo(slotID uint) (pkcs11.TokenInfo, error) {
+	if err := f.hit("C_GetTokenInfo"); err != nil {
+		return pkcs11.TokenInfo{}, err
+	}
+	return f.next.GetTokenInfo(slotID)
+}
+
+func (f *Faults) GetMechanismList(slotID uint) ([]*pkcs11.Mechanism, error) {
+	if err := f.hit("C_GetMechanismList"); err != nil {
+		return nil, err
+	}
+	return f.next.GetMechanismList(slotID)
+}
+
+func (f *Faults) GetMechanismInfo(slotID uint, m []*pkcs11.Mechanism) (pkcs11.MechanismInfo, error) {
+	if err := f.hit("C_GetMechanismInfo"); err != nil {
+		return pkcs11.MechanismInfo{}, err
+	}
+	return f.next.GetMechanismInfo(slotID, m)
+}
+
+func (f *Faults) OpenSession(slotID uint, flags uint) (pkcs11.SessionHandle, error) {
+	if err := f.hit("C_OpenSession"); err != nil {
+		return 0, err
+	}
+	return f.next.OpenSession(slotID, flags)
+}
+
+func (f *Faults) CloseSession(sh pkcs11.SessionHandle) error {
+	if err := f.hit("C_CloseSession"); err != nil {
+		return err
+	}
+	return f.next.CloseSession(sh)
+}
+
+func (f *Faults) Login(sh pkcs11.SessionHandle, userType uint, pin string) error {
+	if err := f.hit("C_Login"); err != nil {
+		return err
+	}
+	return f.next.Login(sh, userType, pin)
+}
+
+func (f *Faults) Logout(sh pkcs11.SessionHandle) error {
+	if err := f.hit("C_Logout"); err != nil {
+		return err
+	}
+	return f.next.Logout(sh)
+}
+
+func (f *Faults) InitPIN(sh pkcs11.SessionHandle, pin string) error {
+	if err := f.hit("C_InitPIN"); err != nil {
+		return err
+	}
+	return f.next.InitPIN(sh, pin)
+}
+
+func (f *Faults) SetPIN(sh pkcs11.SessionHandle, oldpin string, newpin string) error {
+	if err := f.hit("C_SetPIN"); err != nil {
+		return err
+	}
+	return f.next.SetPIN(sh, oldpin, newpin)
+}
+
+func (f *Faults) GenerateKey(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, temp []*pkcs11.Attribute) (pkcs11.ObjectHandle, error) {
+	if err := f.hit("C_GenerateKey"); err != nil {
+		return 0, err
+	}
+	return f.next.GenerateKey(sh, m, temp)
+}
+
+func (f *Faults) DestroyObject(sh pkcs11.SessionHandle, oh pkcs11.ObjectHandle) error {
+	if err := f.hit("C_DestroyObject"); err != nil {
+		return err
+	}
+	return f.next.DestroyObject(sh, oh)
+}
+
+func (f *Faults) FindObjectsInit(sh pkcs11.SessionHandle, temp []*pkcs11.Attribute) error {
+	if err := f.hit("C_FindObjectsInit"); err != nil {
+		return err
+	}
+	return f.next.FindObjectsInit(sh, temp)
+}
+
+func (f *Faults) FindObjects(sh pkcs11.SessionHandle, max int) ([]pkcs11.ObjectHandle, bool, error) {
+	if err := f.hit("C_FindObjects"); err != nil {
+		return nil, false, err
+	}
+	return f.next.FindObjects(sh, max)
+}
+
+func (f *Faults) FindObjectsFinal(sh pkcs11.SessionHandle) error {
+	if err := f.hit("C_FindObjectsFinal"); err != nil {
+		return err
+	}
+	return f.next.FindObjectsFinal(sh)
+}
+
+func (f *Faults) GetAttributeValue(sh pkcs11.SessionHandle, o pkcs11.ObjectHandle, a []*pkcs11.Attribute) ([]*pkcs11.Attribute, error) {
+	if err := f.hit("C_GetAttributeValue"); err != nil {
+		return nil, err
+	}
+	return f.next.GetAttributeValue(sh, o, a)
+}
+
+func (f *Faults) EncryptInit(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, o pkcs11.ObjectHandle) error {
+	if err := f.hit("C_EncryptInit"); err != nil {
+		return err
+	}
+	return f.next.EncryptInit(sh, m, o)
+}
+
+func (f *Faults) Encrypt(sh pkcs11.SessionHandle, message []byte) ([]byte, error) {
+	if err := f.hit("C_Encrypt"); err != nil {
+		return nil, err
+	}
+	return f.next.Encrypt(sh, message)
+}
+
+func (f *Faults) DecryptInit(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, o pkcs11.ObjectHandle) error {
+	if err := f.hit("C_DecryptInit"); err != nil {
+		return err
+	}
+	return f.next.DecryptInit(sh, m, o)
+}
+
+func (f *Faults) Decrypt(sh pkcs11.SessionHandle, cipher []byte) ([]byte, error) {
+	if err := f.hit("C_Decrypt"); err != nil {
+		return nil, err
+	}
+	return f.next.Decrypt(sh, cipher)
+}
+
+func (f *Faults) GenerateRandom(sh pkcs11.SessionHandle, length int) ([]byte, error) {
+	if err := f.hit("C_GenerateRandom"); err != nil {
+		return nil, err
+	}
+	return f.next.GenerateRandom(sh, length)
+}

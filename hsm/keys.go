@@ -1,0 +1,291 @@
+package hsm
+
+import (
+	"context"
+	"encoding/hex"
+	"fmt"
+	"strconv"
+
+	"github.com/miekg/pkcs11"
+)
+
+// ObjectRef names a token object by CKA_ID or, if ID is empty, CKA_LABEL,
+// within an object class. It is how callers refer to keys: handles are the
+// token's business and are cached here.
+type ObjectRef struct {
+	Class uint // CKO_SECRET_KEY, CKO_PRIVATE_KEY, …
+	ID    []byte
+	Label string
+}
+
+// SecretKeyByID refers to the secret key with CKA_ID id.
+func SecretKeyByID(id []byte) ObjectRef { return ObjectRef{Class: pkcs11.CKO_SECRET_KEY, ID: id} }
+
+// SecretKeyByLabel refers to the secret key with CKA_LABEL label.
+func SecretKeyByLabel(label string) ObjectRef {
+	return ObjectRef{Class: pkcs11.CKO_SECRET_KEY, Label: label}
+}
+
+func (r ObjectRef) cacheKey() string {
+	if len(r.ID) > 0 {
+		return strconv.FormatUint(uint64(r.Class), 16) + "/i/" + string(r.ID)
+	}
+	return strconv.FormatUint(uint64(r.Class), 16) + "/l/" + r.Label
+}
+
+func (r ObjectRef) String() string {
+	if len(r.ID) > 0 {
+		return "id " + hex.EncodeToString(r.ID)
+	}
+	return fmt.Sprintf("label %q", r.Label)
+}
+
+func (r ObjectRef) template() []*pkcs11.Attribute {
+	t := []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, r.Class)}
+	if len(r.ID) > 0 {
+		return append(t, pkcs11.NewAttribute(pkcs11.CKA_ID, r.ID))
+	}
+	return append(t, pkcs11.NewAttribute(pkcs11.CKA_LABEL, r.Label))
+}
+
+// Usage is the set of operations a generated key may be used for. Every
+// usage not asked for is set false on the token.
+type Usage uint
+
+const (
+	UsageEncrypt Usage = 1 << iota
+	UsageDecrypt
+	UsageWrap
+	UsageUnwrap
+	UsageSign
+	UsageVerify
+	UsageDerive
+)
+
+var usageAttrs = []struct {
+	u    Usage
+	attr uint
+}{
+	{UsageEncrypt, pkcs11.CKA_ENCRYPT}, {UsageDecrypt, pkcs11.CKA_DECRYPT},
+	{UsageWrap, pkcs11.CKA_WRAP}, {UsageUnwrap, pkcs11.CKA_UNWRAP},
+	{UsageSign, pkcs11.CKA_SIGN}, {UsageVerify, pkcs11.CKA_VERIFY},
+	{UsageDerive, pkcs11.CKA_DERIVE},
+}
+
+func (u Usage) attributes() []*pkcs11.Attribute {
+	out := make([]*pkcs11.Attribute, 0, len(usageAttrs))
+	for _, a := range usageAttrs {
+		out = append(out, pkcs11.NewAttribute(a.attr, u&a.u != 0))
+	}
+	return out
+}
+
+// secretTemplate is the part of every secret key template that keeps the key
+// on the token: a persistent, private object whose value can never be read.
+func secretTemplate(id []byte, label string) []*pkcs11.Attribute {
+	return []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
+		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false),
+		pkcs11.NewAttribute(pkcs11.CKA_ID, id),
+		pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
+	}
+}
+
+// GenerateAESKey makes a 256-bit AES key on the token with CKA_ID id and
+// CKA_LABEL label, usable only for usage. The caller keeps ids unique: a
+// later lookup that finds two objects fails with ErrObjectAmbiguous.
+func (t *Token) GenerateAESKey(ctx context.Context, id []byte, label string, usage Usage) (ObjectRef, error) {
+	if len(id) == 0 {
+		return ObjectRef{}, fmt.Errorf("hsm: a key needs a CKA_ID")
+	}
+	tmpl := append(secretTemplate(id, label),
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
+		pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, 32),
+	)
+	tmpl = append(tmpl, usage.attributes()...)
+	mech := []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}
+	ref := SecretKeyByID(id)
+	var h pkcs11.ObjectHandle
+	err := t.do(ctx, hotPath, func(s pkcs11.SessionHandle) error {
+		var err error
+		h, err = t.p11.GenerateKey(s, mech, tmpl)
+		return wrap("C_GenerateKey", err)
+	})
+	if err != nil {
+		return ObjectRef{}, err
+	}
+	t.handles.Store(ref.cacheKey(), h)
+	return ref, nil
+}
+
+// handle resolves ref on session s, from the cache when possible.
+func (t *Token) handle(s pkcs11.SessionHandle, ref ObjectRef) (pkcs11.ObjectHandle, error) {
+	key := ref.cacheKey()
+	if h, ok := t.handles.Load(key); ok {
+		return h.(pkcs11.ObjectHandle), nil
+	}
+	hs, err := t.find(s, ref.template(), 2)
+	if err != nil {
+		return 0, err
+	}
+	switch len(hs) {
+	case 0:
+		return 0, fmt.Errorf("%w: %s", ErrObjectNotFound, ref)
+	case 1:
+		t.handles.Store(key, hs[0])
+		return hs[0], nil
+	default:
+		return 0, fmt.Errorf("%w: %s", ErrObjectAmbiguous, ref)
+	}
+}
+
+// find returns up to max handles matching tmpl (all if max <= 0).
+func (t *Token) find(s pkcs11.SessionHandle, tmpl []*pkcs11.Attribute, max int) (out []pkcs11.ObjectHandle, err error) {
+	if err := t.p11.FindObjectsInit(s, tmpl); err != nil {
+		return nil, wrap("C_FindObjectsInit", err)
+	}
+	defer func() {
+		if ferr := t.p11.FindObjectsFinal(s); ferr != nil && err == nil {
+			err = wrap("C_FindObjectsFinal", ferr)
+		}
+	}()
+	for max <= 0 || len(out) < max {
+		batch := 64
+		if max > 0 {
+			batch = max - len(out)
+		}
+		hs, _, err := t.p11.FindObjects(s, batch)
+		if err != nil {
+			return nil, wrap("C_FindObjects", err)
+		}
+		if len(hs) == 0 {
+			break
+		}
+		out = append(out, hs...)
+	}
+	return out, nil
+}
+
+// withObject runs fn with ref's handle. If the token says the handle is gone
+// (the object was destroyed, or the token reloaded), the cache entry is
+// dropped and the lookup done once more.
+func (t *Token) withObject(ctx context.Context, ref ObjectRef, fn func(pkcs11.SessionHandle, pkcs11.ObjectHandle) error) error {
+	for attempt := 0; ; attempt++ {
+		err := t.do(ctx, hotPath, func(s pkcs11.SessionHandle) error {
+			h, err := t.handle(s, ref)
+			if err != nil {
+				return err
+			}
+			return fn(s, h)
+		})
+		if code, ok := Code(err); ok && isHandleError(code) && attempt == 0 {
+			t.handles.Delete(ref.cacheKey())
+			continue
+		}
+		return err
+	}
+}
+
+// ObjectInfo describes one token object without its value.
+type ObjectInfo struct {
+	Handle  pkcs11.ObjectHandle
+	Class   uint
+	KeyType uint
+	ID      []byte
+	Label   string
+}
+
+// FindObject returns the single object ref names: ErrObjectNotFound when
+// there is none, ErrObjectAmbiguous when there are several.
+func (t *Token) FindObject(ctx context.Context, ref ObjectRef) (ObjectInfo, error) {
+	var info ObjectInfo
+	err := t.withObject(ctx, ref, func(s pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
+		var err error
+		info, err = t.describeObject(s, h)
+		return err
+	})
+	return info, err
+}
+
+// ListObjects describes every object of class (0: every class) visible to
+// the current login.
+func (t *Token) ListObjects(ctx context.Context, class uint) ([]ObjectInfo, error) {
+	var tmpl []*pkcs11.Attribute
+	if class != 0 {
+		tmpl = []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, class)}
+	}
+	var out []ObjectInfo
+	err := t.do(ctx, hotPath, func(s pkcs11.SessionHandle) error {
+		out = out[:0]
+		hs, err := t.find(s, tmpl, 0)
+		if err != nil {
+			return err
+		}
+		for _, h := range hs {
+			info, err := t.describeObject(s, h)
+			if err != nil {
+				return err
+			}
+			out = append(out, info)
+		}
+		return nil
+	})
+	return out, err
+}
+
+func (t *Token) describeObject(s pkcs11.SessionHandle, h pkcs11.ObjectHandle) (ObjectInfo, error) {
+	attrs, err := t.p11.GetAttributeValue(s, h, []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, nil),
+		pkcs11.NewAttribute(pkcs11.CKA_ID, nil),
+		pkcs11.NewAttribute(pkcs11.CKA_LABEL, nil),
+	})
+	if err != nil {
+		return ObjectInfo{}, wrap("C_GetAttributeValue", err)
+	}
+	info := ObjectInfo{Handle: h, Class: ulong(attrs[0].Value), ID: attrs[1].Value, Label: string(attrs[2].Value)}
+	if info.Class == pkcs11.CKO_SECRET_KEY || info.Class == pkcs11.CKO_PRIVATE_KEY || info.Class == pkcs11.CKO_PUBLIC_KEY {
+		kt, err := t.p11.GetAttributeValue(s, h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, nil)})
+		if err != nil {
+			return ObjectInfo{}, wrap("C_GetAttributeValue", err)
+		}
+		info.KeyType = ulong(kt[0].Value)
+	}
+	return info, nil
+}
+
+// Attributes reads attributes of ref. A sensitive attribute (CKA_VALUE of
+// any key made here) fails with CKR_ATTRIBUTE_SENSITIVE.
+func (t *Token) Attributes(ctx context.Context, ref ObjectRef, types ...uint) ([]*pkcs11.Attribute, error) {
+	q := make([]*pkcs11.Attribute, len(types))
+	for i, ty := range types {
+		q[i] = pkcs11.NewAttribute(ty, nil)
+	}
+	var out []*pkcs11.Attribute
+	err := t.withObject(ctx, ref, func(s pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
+		var err error
+		out, err = t.p11.GetAttributeValue(s, h, q)
+		return wrap("C_GetAttributeValue", err)
+	})
+	return out, err
+}
+
+// DestroyObject destroys the single object ref names.
+func (t *Token) DestroyObject(ctx context.Context, ref ObjectRef) error {
+	err := t.withObject(ctx, ref, func(s pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
+		return wrap("C_DestroyObject", t.p11.DestroyObject(s, h))
+	})
+	t.handles.Delete(ref.cacheKey())
+	return err
+}
+
+// ulong decodes a CK_ULONG attribute value (native byte order and width).
+func ulong(b []byte) uint {
+	var v uint
+	for i := len(b) - 1; i >= 0; i-- {
+		v = v<<8 | uint(b[i])
+	}
+	return v
+}
