@@ -58,6 +58,9 @@ const (
 type Error struct {
 	Type    string
 	Message string
+	// HTTPStatus overrides the status Status derives from Type, for the
+	// few exceptions AWS sends with an unusual one.
+	HTTPStatus int
 }
 
 // Errorf builds an *Error of the given exception type.
@@ -70,6 +73,9 @@ func (e *Error) Error() string { return e.Type + ": " + e.Message }
 // Status is the HTTP status AWS sends with the exception: 500 for faults on
 // the service's side (which SDKs retry), 400 for everything the client did.
 func (e *Error) Status() int {
+	if e.HTTPStatus != 0 {
+		return e.HTTPStatus
+	}
 	switch e.Type {
 	case KMSInternal:
 		return http.StatusInternalServerError
