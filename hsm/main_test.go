@@ -43,3 +43,5 @@ func TestTokensCreatedAfterInitializeAreFound(t *testing.T) {
 	require.NoError(t, err)
 	require.NotEqual(t, ia.Serial, ib.Serial)
 }
+
+func hsmMod(tb testing.TB) string { return hsmtest.Module(tb) }

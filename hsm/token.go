@@ -88,10 +88,20 @@ type Token struct {
 	backoff   time.Duration
 }
 
+// tokenState is what a rebuild replaces. The anchor session is never used
+// for crypto: it holds the login. Cryptoki drops the login when the last
+// session on a token closes, so without it replacing a broken pooled session
+// could silently log us out (and private keys would just look absent).
 type tokenState struct {
-	slot uint
-	pool *pool
-	size int
+	slot   uint
+	pool   *pool
+	size   int
+	anchor pkcs11.SessionHandle // guarded by Token.loginMu
+}
+
+func (st *tokenState) close(p PKCS11) {
+	st.pool.close()
+	_ = p.CloseSession(st.anchor)
 }
 
 const (
@@ -173,7 +183,11 @@ func (t *Token) newState() (*tokenState, error) {
 	if max := info.MaxRwSessionCount; max != pkcs11.CK_EFFECTIVELY_INFINITE && max != pkcs11.CK_UNAVAILABLE_INFORMATION && int(max) < size {
 		size = int(max)
 	}
-	return &tokenState{slot: slot, pool: newPool(t.p11, slot, size), size: size}, nil
+	anchor, err := t.p11.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+	if err != nil {
+		return nil, wrap("C_OpenSession", err)
+	}
+	return &tokenState{slot: slot, pool: newPool(t.p11, slot, size), size: size, anchor: anchor}, nil
 }
 
 // PoolSize is the number of sessions the token may hold open at once.
@@ -228,14 +242,15 @@ func (t *Token) Supports(mech, flags uint) bool {
 	return err == nil && mi.Flags&flags == flags
 }
 
-// Close logs nothing out (other Tokens on the module may share the login)
-// but closes this Token's sessions and releases the module.
+// Close closes this Token's sessions and releases the module. Cryptoki logs
+// the user out when the last session on a token closes, so this ends the
+// login unless another Token on the same token still holds sessions.
 func (t *Token) Close() error {
 	if !t.closed.CompareAndSwap(false, true) {
 		return nil
 	}
-	t.st.Load().pool.close()
 	t.loginMu.Lock()
+	t.st.Load().close(t.p11)
 	t.pin = ""
 	t.loginEpoch.Add(1)
 	t.loginMu.Unlock()
@@ -268,6 +283,10 @@ func (t *Token) markUnhealthy(err error) {
 
 // state returns the current slot and pool, rebuilding them first if the
 // token was marked unhealthy and its backoff has passed.
+//
+// Lock order: loginMu may be held while taking healthMu (markUnhealthy),
+// never the other way round, so the re-login after a rebuild happens after
+// healthMu is released.
 func (t *Token) state() (*tokenState, error) {
 	if t.closed.Load() {
 		return nil, ErrClosed
@@ -275,28 +294,47 @@ func (t *Token) state() (*tokenState, error) {
 	if !t.unhealthy.Load() {
 		return t.st.Load(), nil
 	}
+	st, rebuilt, err := t.rebuild()
+	if err != nil {
+		return nil, err
+	}
+	if rebuilt {
+		t.loginMu.Lock()
+		if t.pin != "" {
+			if err := t.loginLocked(t.pin); err != nil {
+				t.log.Warn("login after token recovery refused; not retrying", "token", t.describe(), "error", err)
+			}
+		}
+		t.loginMu.Unlock()
+	}
+	return st, nil
+}
+
+func (t *Token) rebuild() (st *tokenState, rebuilt bool, err error) {
 	t.healthMu.Lock()
 	defer t.healthMu.Unlock()
 	if !t.unhealthy.Load() {
-		return t.st.Load(), nil
+		return t.st.Load(), false, nil
 	}
 	if time.Now().Before(t.nextTry) {
-		return nil, t.lastErr
+		return nil, false, t.lastErr
 	}
-	st, err := t.newState()
+	st, err = t.newState()
 	if err != nil {
 		t.lastErr = err
 		t.backoff = min(2*t.backoff, maxBackoff)
 		t.nextTry = time.Now().Add(t.backoff)
-		return nil, err
+		return nil, false, err
 	}
+	t.loginMu.Lock() // the old anchor is guarded by loginMu
 	old := t.st.Swap(st)
-	old.pool.close()
+	t.loginMu.Unlock()
+	old.close(t.p11)
 	t.handles.Clear()
 	t.unhealthy.Store(false)
 	t.lastErr = nil
 	t.log.Info("token recovered", "token", t.describe())
-	return st, nil
+	return st, true, nil
 }
 
 type doOpts struct {
@@ -338,7 +376,7 @@ func (t *Token) do(ctx context.Context, o doOpts, fn func(pkcs11.SessionHandle) 
 			continue
 		case code == pkcs11.CKR_USER_NOT_LOGGED_IN && o.relogin && !relogged:
 			relogged = true
-			if lerr := t.relogin(ctx, epoch); lerr != nil {
+			if lerr := t.relogin(epoch); lerr != nil {
 				return fmt.Errorf("%w (log in again: %w)", err, lerr)
 			}
 			continue
@@ -347,18 +385,44 @@ func (t *Token) do(ctx context.Context, o doOpts, fn func(pkcs11.SessionHandle) 
 	}
 }
 
+// onAnchor runs fn on the anchor session; the caller holds loginMu. A broken
+// anchor is replaced (the call is not retried: it may have been a login).
+func (t *Token) onAnchor(fn func(pkcs11.SessionHandle) error) error {
+	if t.closed.Load() {
+		return ErrClosed
+	}
+	st := t.st.Load()
+	err := fn(st.anchor)
+	code, fromToken := Code(err)
+	switch {
+	case !fromToken:
+	case IsDeviceFailure(err):
+		t.markUnhealthy(err)
+	case isSessionError(code):
+		_ = t.p11.CloseSession(st.anchor)
+		if s, oerr := t.p11.OpenSession(st.slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION); oerr == nil {
+			st.anchor = s
+		}
+	}
+	return err
+}
+
 // Login logs the user (CKU_USER) in. Login state is per token for the whole
 // process, so one login serves every session. CKR_USER_ALREADY_LOGGED_IN
 // counts as success. The PIN is kept in memory to log in again after the
 // token drops the login; a refused PIN is forgotten and never retried.
 func (t *Token) Login(ctx context.Context, pin string) error {
+	if _, err := t.state(); err != nil {
+		return err
+	}
 	t.loginMu.Lock()
 	defer t.loginMu.Unlock()
-	return t.loginLocked(ctx, pin)
+	return t.loginLocked(pin)
 }
 
-func (t *Token) loginLocked(ctx context.Context, pin string) error {
-	err := t.do(ctx, doOpts{}, func(s pkcs11.SessionHandle) error {
+func (t *Token) loginLocked(pin string) error {
+	t.loginEpoch.Add(1)
+	err := t.onAnchor(func(s pkcs11.SessionHandle) error {
 		err := t.p11.Login(s, pkcs11.CKU_USER, pin)
 		if code, _ := Code(err); code == pkcs11.CKR_USER_ALREADY_LOGGED_IN {
 			return nil
@@ -370,11 +434,10 @@ func (t *Token) loginLocked(ctx context.Context, pin string) error {
 		return err
 	}
 	t.pin = pin
-	t.loginEpoch.Add(1)
 	return nil
 }
 
-func (t *Token) relogin(ctx context.Context, epoch uint64) error {
+func (t *Token) relogin(epoch uint64) error {
 	t.loginMu.Lock()
 	defer t.loginMu.Unlock()
 	if t.loginEpoch.Load() != epoch {
@@ -384,17 +447,20 @@ func (t *Token) relogin(ctx context.Context, epoch uint64) error {
 		return ErrUserNotLoggedIn
 	}
 	t.log.Info("token dropped the login; logging in again", "token", t.describe())
-	return t.loginLocked(ctx, t.pin)
+	return t.loginLocked(t.pin)
 }
 
 // Logout logs the user out of the token (every session of this process) and
 // forgets the PIN.
 func (t *Token) Logout(ctx context.Context) error {
+	if _, err := t.state(); err != nil {
+		return err
+	}
 	t.loginMu.Lock()
 	defer t.loginMu.Unlock()
 	t.pin = ""
 	t.loginEpoch.Add(1)
-	return t.do(ctx, doOpts{}, func(s pkcs11.SessionHandle) error {
+	return t.onAnchor(func(s pkcs11.SessionHandle) error {
 		err := t.p11.Logout(s)
 		if code, _ := Code(err); code == pkcs11.CKR_USER_NOT_LOGGED_IN {
 			return nil
@@ -406,9 +472,12 @@ func (t *Token) Logout(ctx context.Context) error {
 // SetPIN changes the user PIN from oldPIN to newPIN (C_SetPIN in a user or
 // public session). On success a remembered login PIN becomes newPIN.
 func (t *Token) SetPIN(ctx context.Context, oldPIN, newPIN string) error {
+	if _, err := t.state(); err != nil {
+		return err
+	}
 	t.loginMu.Lock()
 	defer t.loginMu.Unlock()
-	err := t.do(ctx, doOpts{}, func(s pkcs11.SessionHandle) error {
+	err := t.onAnchor(func(s pkcs11.SessionHandle) error {
 		return wrap("C_SetPIN", t.p11.SetPIN(s, oldPIN, newPIN))
 	})
 	if err == nil && t.pin != "" {
@@ -421,7 +490,12 @@ func (t *Token) SetPIN(ctx context.Context, oldPIN, newPIN string) error {
 // SO out: the recovery path for a lost or locked user PIN. The token refuses
 // it (ErrAnotherUserLoggedIn) while the user is logged in in this process.
 func (t *Token) InitPIN(ctx context.Context, soPIN, newUserPIN string) error {
-	return t.do(ctx, doOpts{}, func(s pkcs11.SessionHandle) error {
+	if _, err := t.state(); err != nil {
+		return err
+	}
+	t.loginMu.Lock()
+	defer t.loginMu.Unlock()
+	return t.onAnchor(func(s pkcs11.SessionHandle) error {
 		if err := t.p11.Login(s, pkcs11.CKU_SO, soPIN); err != nil {
 			return wrap("C_Login", err)
 		}

@@ -1,0 +1,30 @@
+// Package hsm is everything hsmkms needs from a PKCS#11 token, and nothing
+// about KMS: loading modules, finding tokens, sessions, logins and PINs, key
+// objects, AES-GCM and random numbers. It exists so that the rest of the
+// service never sees a session handle, a CKR code it must interpret, or a
+// mechanism parameter it could get wrong.
+//
+// Guarantees:
+//
+//   - Modules are loaded by absolute path only, initialised once per path
+//     per process (CKF_OS_LOCKING_OK) and finalised when the last user
+//     closes them.
+//   - Tokens are found by label or serial, never by slot id, which SoftHSM2
+//     and others reassign.
+//   - Every key generated here is a token object with CKA_PRIVATE,
+//     CKA_SENSITIVE true and CKA_EXTRACTABLE false, and has exactly the
+//     usages asked for; every other usage attribute is set false.
+//   - AES-GCM always uses a fresh 12-byte random IV and a 128-bit tag, and
+//     refuses other sizes before calling the token (SoftHSM2 would accept a
+//     NULL IV or a 0-bit tag). Any authentication failure is
+//     ErrInvalidCiphertext, whatever code the token used for it.
+//   - The hot path never searches the token: object handles are cached, and
+//     dropped when the token says they are gone.
+//   - A failed login is never retried automatically; each try would burn the
+//     token's PIN counter.
+//   - Errors carry the Cryptoki function and CKR code (errors.As with
+//     pkcs11.Error) and a class for errors.Is, and never a PIN or key byte.
+//
+// Token and Module are safe for concurrent use. Sessions are borrowed from a
+// bounded pool for the span of one call and never escape the package.
+package hsm
