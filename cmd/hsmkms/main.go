@@ -1,0 +1,48 @@
+// Command hsmkms is the hsmkms key service and its admin tools. It only
+// wires packages together: the PKCS#11 work is in hsm/, key stores in
+// keystore/, the KMS operations and wire protocol in kms/.
+package main
+
+import (
+	"fmt"
+	"os"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	if len(os.Args) < 2 {
+		usage()
+		os.Exit(2)
+	}
+	var err error
+	switch os.Args[1] {
+	case "serve":
+		err = serve(os.Args[2:])
+	case "tokens":
+		err = tokens(os.Args[2:])
+	case "version", "--version", "-v":
+		fmt.Println("hsmkms", version)
+	case "help", "-h", "--help":
+		usage()
+	default:
+		fmt.Fprintf(os.Stderr, "hsmkms: unknown command %q\n", os.Args[1])
+		usage()
+		os.Exit(2)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "hsmkms:", err)
+		os.Exit(1)
+	}
+}
+
+func usage() {
+	fmt.Fprint(os.Stderr, `usage: hsmkms <command> [flags]
+
+commands:
+  serve    run the key service (--data-dir DIR --listen HOST:PORT, or --config FILE)
+  tokens   list the tokens a PKCS#11 module offers (--module PATH)
+  version  print the version
+`)
+}

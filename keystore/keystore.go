@@ -1,0 +1,108 @@
+// Package keystore knows which PKCS#11 token backs which KMS key store and
+// whether that store is connected. The kms package asks it for the token of
+// a key's store and gets either a logged-in token or a reason it cannot
+// have one; it never opens tokens or handles PINs itself.
+//
+// The default key store (ID "") is the token named in the service
+// configuration; it is connected for as long as the service runs.
+package keystore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+
+	"github.com/hsmkms/hsmkms/hsm"
+)
+
+// DefaultID is the ID of the default key store: keys created without a
+// CustomKeyStoreId live there.
+const DefaultID = ""
+
+var (
+	// ErrNotFound: no key store with that ID.
+	ErrNotFound = errors.New("keystore: no such key store")
+	// ErrNotConnected: the store exists but has no usable token now.
+	ErrNotConnected = errors.New("keystore: key store not connected")
+)
+
+// Store is one key store and the token behind it. Safe for concurrent use.
+type Store struct {
+	id  string
+	tok atomic.Pointer[hsm.Token] // nil while disconnected
+}
+
+// ID is the key store's ID ("" for the default store).
+func (s *Store) ID() string { return s.id }
+
+// Token returns the store's logged-in token, or ErrNotConnected.
+func (s *Store) Token() (*hsm.Token, error) {
+	if t := s.tok.Load(); t != nil {
+		return t, nil
+	}
+	return nil, ErrNotConnected
+}
+
+// OpenDefault opens the default store's token and logs in with pin.
+func OpenDefault(ctx context.Context, cfg hsm.TokenConfig, pin string) (*Store, error) {
+	tok, err := hsm.OpenToken(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("keystore: default key store: %w", err)
+	}
+	if err := tok.Login(ctx, pin); err != nil {
+		tok.Close()
+		return nil, fmt.Errorf("keystore: default key store: %w", err)
+	}
+	s := &Store{id: DefaultID}
+	s.tok.Store(tok)
+	return s, nil
+}
+
+// Close logs out and closes the store's token.
+func (s *Store) Close(ctx context.Context) error {
+	t := s.tok.Swap(nil)
+	if t == nil {
+		return nil
+	}
+	lerr := t.Logout(ctx)
+	return errors.Join(lerr, t.Close())
+}
+
+// Manager maps key store IDs to stores. Lookups are lock-free (they run on
+// every request); the map is copied on the rare change.
+type Manager struct {
+	mu     sync.Mutex // serialises writers
+	stores atomic.Pointer[map[string]*Store]
+}
+
+// NewManager returns a manager holding the default store.
+func NewManager(def *Store) *Manager {
+	m := &Manager{}
+	stores := map[string]*Store{DefaultID: def}
+	m.stores.Store(&stores)
+	return m
+}
+
+// Get returns the store with id, or ErrNotFound.
+func (m *Manager) Get(id string) (*Store, error) {
+	if s, ok := (*m.stores.Load())[id]; ok {
+		return s, nil
+	}
+	return nil, fmt.Errorf("%w: %q", ErrNotFound, id)
+}
+
+// Default returns the default key store.
+func (m *Manager) Default() *Store { return (*m.stores.Load())[DefaultID] }
+
+// Close closes every store.
+func (m *Manager) Close(ctx context.Context) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var errs []error
+	for _, s := range *m.stores.Load() {
+		errs = append(errs, s.Close(ctx))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,119 @@
+package kms
+
+import (
+	"encoding/binary"
+	"errors"
+	"sort"
+
+	"github.com/hsmkms/hsmkms/hsm"
+)
+
+// The ciphertext blob of a symmetric KMS key (format version 1):
+//
+//	offset  size  field
+//	0       1     format version, 0x01
+//	1       1     length A of the account id
+//	2       A     account id (ASCII)
+//	2+A     1     length R of the region
+//	3+A     R     region (ASCII)
+//	3+A+R   16    key id (the UUID's 16 bytes)
+//	19+A+R  32    key material id
+//	51+A+R  12    AES-GCM IV
+//	63+A+R  n+16  AES-GCM ciphertext and 16-byte tag
+//
+// Everything before the IV (the header) names the key and material version,
+// so Decrypt needs no KeyId. The header and the canonical encryption context
+// are the GCM additional data: changing either breaks the tag.
+const (
+	blobVersion      = 1
+	materialIDSize   = 32
+	minBlobSize      = 1 + 1 + 1 + 16 + materialIDSize + hsm.GCMIVSize + hsm.GCMTagSize
+	maxBlobNameField = 64
+)
+
+var errBadBlob = errors.New("kms: malformed ciphertext blob")
+
+// blob is a parsed ciphertext blob. Its slices alias the input.
+type blob struct {
+	Account, Region string
+	KeyID           [16]byte
+	MaterialID      []byte
+	IV              []byte
+	Sealed          []byte
+	header          []byte
+}
+
+func marshalBlob(account, region string, keyID [16]byte, materialID []byte, iv, sealed []byte) []byte {
+	out := make([]byte, 0, minBlobSize+len(account)+len(region)+len(sealed))
+	out = appendBlobHeader(out, account, region, keyID, materialID)
+	out = append(out, iv...)
+	return append(out, sealed...)
+}
+
+func appendBlobHeader(dst []byte, account, region string, keyID [16]byte, materialID []byte) []byte {
+	dst = append(dst, blobVersion, byte(len(account)))
+	dst = append(dst, account...)
+	dst = append(dst, byte(len(region)))
+	dst = append(dst, region...)
+	dst = append(dst, keyID[:]...)
+	return append(dst, materialID...)
+}
+
+// parseBlob splits b without copying. It checks structure only; the tag
+// check on the token decides whether the blob is genuine.
+func parseBlob(b []byte) (*blob, error) {
+	if len(b) < minBlobSize || b[0] != blobVersion {
+		return nil, errBadBlob
+	}
+	p := 1
+	field := func() (string, bool) {
+		if p >= len(b) {
+			return "", false
+		}
+		n := int(b[p])
+		p++
+		if n == 0 || n > maxBlobNameField || p+n > len(b) {
+			return "", false
+		}
+		s := string(b[p : p+n])
+		p += n
+		return s, true
+	}
+	account, ok1 := field()
+	region, ok2 := field()
+	if !ok1 || !ok2 || len(b)-p < 16+materialIDSize+hsm.GCMIVSize+hsm.GCMTagSize {
+		return nil, errBadBlob
+	}
+	bl := &blob{Account: account, Region: region}
+	copy(bl.KeyID[:], b[p:p+16])
+	p += 16
+	bl.MaterialID = b[p : p+materialIDSize]
+	p += materialIDSize
+	bl.header = b[:p]
+	bl.IV = b[p : p+hsm.GCMIVSize]
+	bl.Sealed = b[p+hsm.GCMIVSize:]
+	return bl, nil
+}
+
+// additionalData binds the blob header and the encryption context. The
+// context is canonical: pairs sorted by key, each string length-prefixed, so
+// the same map in any order gives the same bytes and no two maps collide.
+func additionalData(header []byte, ec map[string]string) []byte {
+	keys := make([]string, 0, len(ec))
+	size := len(header) + binary.MaxVarintLen64
+	for k, v := range ec {
+		keys = append(keys, k)
+		size += len(k) + len(v) + 2*binary.MaxVarintLen64
+	}
+	sort.Strings(keys)
+	out := make([]byte, 0, size)
+	out = append(out, header...)
+	out = binary.AppendUvarint(out, uint64(len(keys)))
+	for _, k := range keys {
+		out = binary.AppendUvarint(out, uint64(len(k)))
+		out = append(out, k...)
+		out = binary.AppendUvarint(out, uint64(len(ec[k])))
+		out = append(out, ec[k]...)
+	}
+	return out
+}

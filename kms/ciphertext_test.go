@@ -1,0 +1,68 @@
+package kms
+
+import (
+	"bytes"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func sampleBlob() []byte {
+	var id [16]byte
+	copy(id[:], "0123456789abcdef")
+	return marshalBlob("111122223333", "us-west-2", id, bytes.Repeat([]byte{7}, materialIDSize),
+		bytes.Repeat([]byte{1}, 12), bytes.Repeat([]byte{2}, 40))
+}
+
+func TestBlobRoundTrip(t *testing.T) {
+	b, err := parseBlob(sampleBlob())
+	require.NoError(t, err)
+	assert.Equal(t, "111122223333", b.Account)
+	assert.Equal(t, "us-west-2", b.Region)
+	assert.Equal(t, "0123456789abcdef", string(b.KeyID[:]))
+	assert.Equal(t, bytes.Repeat([]byte{1}, 12), b.IV)
+	assert.Equal(t, bytes.Repeat([]byte{2}, 40), b.Sealed)
+}
+
+func TestBlobRejectsMalformed(t *testing.T) {
+	good := sampleBlob()
+	for name, b := range map[string][]byte{
+		"empty":         nil,
+		"wrong version": append([]byte{2}, good[1:]...),
+		"truncated":     good[:len(good)-30],
+		"zero account":  append([]byte{1, 0}, good[2:]...),
+		"long account":  append([]byte{1, 200}, good[2:]...),
+	} {
+		_, err := parseBlob(b)
+		assert.ErrorIs(t, err, errBadBlob, name)
+	}
+}
+
+func TestEncryptionContextIsOrderIndependentAndUnambiguous(t *testing.T) {
+	h := []byte("hdr")
+	a := additionalData(h, map[string]string{"a": "1", "b": "2"})
+	b := additionalData(h, map[string]string{"b": "2", "a": "1"})
+	assert.Equal(t, a, b)
+	assert.NotEqual(t, additionalData(h, map[string]string{"ab": "c"}), additionalData(h, map[string]string{"a": "bc"}))
+	assert.NotEqual(t, additionalData(h, nil), additionalData(h, map[string]string{"": ""}))
+}
+
+func FuzzParseBlob(f *testing.F) {
+	f.Add(sampleBlob())
+	f.Add([]byte{1, 12})
+	f.Fuzz(func(t *testing.T, in []byte) {
+		b, err := parseBlob(in)
+		if err != nil {
+			return
+		}
+		// A blob that parses re-marshals to exactly the input.
+		out := marshalBlob(b.Account, b.Region, b.KeyID, b.MaterialID, b.IV, b.Sealed)
+		if !bytes.Equal(out, in) {
+			t.Fatalf("round trip changed the blob")
+		}
+		if !bytes.HasPrefix(in, b.header) || len(b.Sealed) < 16 {
+			t.Fatalf("bad split")
+		}
+	})
+}
