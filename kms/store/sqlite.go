@@ -1,0 +1,536 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
+)
+
+// migrations are applied in order, each in its own transaction, and
+// counted in PRAGMA user_version. Never edit one that has shipped; append.
+var migrations = []string{
+	// 1: keys, aliases, tags. Materials are a JSON column of keys so that
+	// GetKey, on every Encrypt and Decrypt, is one indexed row read.
+	`CREATE TABLE keys (
+		account TEXT NOT NULL, region TEXT NOT NULL, id TEXT NOT NULL,
+		description TEXT NOT NULL, key_usage TEXT NOT NULL, key_spec TEXT NOT NULL,
+		origin TEXT NOT NULL, state TEXT NOT NULL,
+		creation_date INTEGER NOT NULL, deletion_date INTEGER NOT NULL,
+		pending_window_days INTEGER NOT NULL, policy TEXT NOT NULL,
+		custom_key_store_id TEXT NOT NULL, rotation_enabled INTEGER NOT NULL,
+		rotation_period_days INTEGER NOT NULL, next_rotation_date INTEGER NOT NULL,
+		multi_region INTEGER NOT NULL, materials TEXT NOT NULL,
+		PRIMARY KEY (account, region, id)
+	) WITHOUT ROWID;
+	CREATE INDEX keys_deletion ON keys (state, deletion_date);
+	CREATE TABLE aliases (
+		account TEXT NOT NULL, region TEXT NOT NULL, name TEXT NOT NULL,
+		target_key_id TEXT NOT NULL,
+		creation_date INTEGER NOT NULL, last_updated_date INTEGER NOT NULL,
+		PRIMARY KEY (account, region, name),
+		FOREIGN KEY (account, region, target_key_id) REFERENCES keys (account, region, id) ON DELETE CASCADE
+	) WITHOUT ROWID;
+	CREATE INDEX aliases_target ON aliases (account, region, target_key_id, name);
+	CREATE TABLE tags (
+		account TEXT NOT NULL, region TEXT NOT NULL, key_id TEXT NOT NULL,
+		tag_key TEXT NOT NULL, tag_value TEXT NOT NULL,
+		PRIMARY KEY (account, region, key_id, tag_key),
+		FOREIGN KEY (account, region, key_id) REFERENCES keys (account, region, id) ON DELETE CASCADE
+	) WITHOUT ROWID;`,
+}
+
+// SQLite is the embedded Store: one file, WAL journal, synchronous=FULL so
+// that a commit is on disk when it returns.
+type SQLite struct {
+	db     *sql.DB
+	getKey *sql.Stmt
+}
+
+var _ Store = (*SQLite)(nil)
+
+// OpenSQLite opens (creating if needed, mode 0600) the database at path and
+// brings its schema up to date.
+func OpenSQLite(path string) (*SQLite, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	f.Close()
+	q := url.Values{}
+	for _, p := range []string{"journal_mode(WAL)", "synchronous(FULL)", "foreign_keys(1)", "busy_timeout(10000)"} {
+		q.Add("_pragma", p)
+	}
+	// Write transactions take the write lock when they begin, so two of
+	// them never deadlock upgrading read locks.
+	q.Set("_txlock", "immediate")
+	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
+	if err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	db.SetMaxOpenConns(16)
+	db.SetMaxIdleConns(16)
+	s := &SQLite{db: db}
+	if err := s.migrate(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	if s.getKey, err = db.Prepare(`SELECT ` + keyColumns + ` FROM keys WHERE account = ? AND region = ? AND id = ?`); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	return s, nil
+}
+
+func (s *SQLite) migrate() error {
+	var version int
+	if err := s.db.QueryRow(`PRAGMA user_version`).Scan(&version); err != nil {
+		return fmt.Errorf("store: reading schema version: %w", err)
+	}
+	if version > len(migrations) {
+		return fmt.Errorf("store: database schema version %d is newer than this hsmkms (%d)", version, len(migrations))
+	}
+	for v := version; v < len(migrations); v++ {
+		tx, err := s.db.Begin()
+		if err != nil {
+			return err
+		}
+		if _, err := tx.Exec(migrations[v]); err != nil {
+			tx.Rollback()
+			return fmt.Errorf("store: migration %d: %w", v+1, err)
+		}
+		if _, err := tx.Exec(fmt.Sprintf(`PRAGMA user_version = %d`, v+1)); err != nil {
+			tx.Rollback()
+			return fmt.Errorf("store: migration %d: %w", v+1, err)
+		}
+		if err := tx.Commit(); err != nil {
+			return fmt.Errorf("store: migration %d: %w", v+1, err)
+		}
+	}
+	return nil
+}
+
+func (s *SQLite) Close() error {
+	s.getKey.Close()
+	return s.db.Close()
+}
+
+const keyColumns = `account, region, id, description, key_usage, key_spec, origin, state,
+	creation_date, deletion_date, pending_window_days, policy, custom_key_store_id,
+	rotation_enabled, rotation_period_days, next_rotation_date, multi_region, materials`
+
+type scanner interface{ Scan(...any) error }
+
+// material is Material as stored in the JSON column.
+type material struct {
+	ID           string `json:"id"`
+	TokenID      []byte `json:"token_id"`
+	CreationDate int64  `json:"created"`
+	RotationType string `json:"rotation_type,omitempty"`
+}
+
+func scanKey(row scanner) (*Key, error) {
+	var (
+		k                            Key
+		created, deletion, nextRot   int64
+		rotationEnabled, multiRegion bool
+		materialsJSON                string
+	)
+	err := row.Scan(&k.Account, &k.Region, &k.ID, &k.Description, &k.KeyUsage, &k.KeySpec, &k.Origin, &k.State,
+		&created, &deletion, &k.PendingWindowDays, &k.Policy, &k.CustomKeyStoreID,
+		&rotationEnabled, &k.RotationPeriodDays, &nextRot, &multiRegion, &materialsJSON)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, err
+	}
+	k.CreationDate, k.DeletionDate, k.NextRotationDate = fromNanos(created), fromNanos(deletion), fromNanos(nextRot)
+	k.RotationEnabled, k.MultiRegion = rotationEnabled, multiRegion
+	var ms []material
+	if err := json.Unmarshal([]byte(materialsJSON), &ms); err != nil {
+		return nil, fmt.Errorf("store: key %s: materials: %w", k.ID, err)
+	}
+	k.Materials = make([]Material, len(ms))
+	for i, m := range ms {
+		k.Materials[i] = Material{ID: m.ID, TokenID: m.TokenID, CreationDate: fromNanos(m.CreationDate), RotationType: m.RotationType}
+	}
+	return &k, nil
+}
+
+func keyValues(k *Key) ([]any, error) {
+	ms := make([]material, len(k.Materials))
+	for i, m := range k.Materials {
+		ms[i] = material{ID: m.ID, TokenID: m.TokenID, CreationDate: toNanos(m.CreationDate), RotationType: m.RotationType}
+	}
+	mj, err := json.Marshal(ms)
+	if err != nil {
+		return nil, err
+	}
+	return []any{k.Account, k.Region, k.ID, k.Description, k.KeyUsage, k.KeySpec, k.Origin, k.State,
+		toNanos(k.CreationDate), toNanos(k.DeletionDate), k.PendingWindowDays, k.Policy, k.CustomKeyStoreID,
+		k.RotationEnabled, k.RotationPeriodDays, toNanos(k.NextRotationDate), k.MultiRegion, string(mj)}, nil
+}
+
+// Times are Unix nanoseconds; 0 is the zero time.
+func toNanos(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+func fromNanos(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n).UTC()
+}
+
+func isConstraint(err error) bool {
+	var se *sqlite.Error
+	return errors.As(err, &se) && se.Code()&0xff == sqlite3.SQLITE_CONSTRAINT
+}
+
+func (s *SQLite) CreateKey(ctx context.Context, k *Key, tags []Tag) error {
+	vals, err := keyValues(k)
+	if err != nil {
+		return err
+	}
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `INSERT INTO keys (`+keyColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`, vals...)
+		if isConstraint(err) {
+			return ErrAlreadyExists
+		}
+		if err != nil {
+			return err
+		}
+		return putTags(ctx, tx, k.Account, k.Region, k.ID, tags)
+	})
+}
+
+func (s *SQLite) GetKey(ctx context.Context, account, region, id string) (*Key, error) {
+	return scanKey(s.getKey.QueryRowContext(ctx, account, region, id))
+}
+
+func (s *SQLite) UpdateKey(ctx context.Context, account, region, id string, fn func(*Key) error) (*Key, error) {
+	var out *Key
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		k, err := scanKey(tx.QueryRowContext(ctx, `SELECT `+keyColumns+` FROM keys WHERE account = ? AND region = ? AND id = ?`, account, region, id))
+		if err != nil {
+			return err
+		}
+		if err := fn(k); err != nil {
+			return err
+		}
+		// The identity is the row's; fn may not move the key.
+		k.Account, k.Region, k.ID = account, region, id
+		vals, err := keyValues(k)
+		if err != nil {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, `UPDATE keys SET description=?, key_usage=?, key_spec=?, origin=?, state=?,
+			creation_date=?, deletion_date=?, pending_window_days=?, policy=?, custom_key_store_id=?,
+			rotation_enabled=?, rotation_period_days=?, next_rotation_date=?, multi_region=?, materials=?
+			WHERE account = ? AND region = ? AND id = ?`, append(vals[3:], account, region, id)...)
+		out = k
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (s *SQLite) DeleteKey(ctx context.Context, account, region, id string) error {
+	res, err := s.db.ExecContext(ctx, `DELETE FROM keys WHERE account = ? AND region = ? AND id = ?`, account, region, id)
+	return affected(res, err)
+}
+
+func affected(res sql.Result, err error) error {
+	if err != nil {
+		return err
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return err
+	}
+	if n == 0 {
+		return ErrNotFound
+	}
+	return nil
+}
+
+func (s *SQLite) ListKeys(ctx context.Context, account, region, marker string, limit int) ([]*Key, string, error) {
+	after, err := decodeMarker(marker)
+	if err != nil {
+		return nil, "", err
+	}
+	rows, err := s.db.QueryContext(ctx, `SELECT `+keyColumns+` FROM keys WHERE account = ? AND region = ? AND id > ? ORDER BY id LIMIT ?`,
+		account, region, after, limit+1)
+	if err != nil {
+		return nil, "", err
+	}
+	keys, err := collectKeys(rows)
+	if err != nil {
+		return nil, "", err
+	}
+	next := ""
+	if len(keys) > limit {
+		keys = keys[:limit]
+		next = encodeMarker(keys[limit-1].ID)
+	}
+	return keys, next, nil
+}
+
+func collectKeys(rows *sql.Rows) ([]*Key, error) {
+	defer rows.Close()
+	var keys []*Key
+	for rows.Next() {
+		k, err := scanKey(rows)
+		if err != nil {
+			return nil, err
+		}
+		keys = append(keys, k)
+	}
+	return keys, rows.Err()
+}
+
+func (s *SQLite) ForEachKey(ctx context.Context, fn func(*Key) error) error {
+	// Collect first: calling fn with the rows open would hold a read
+	// connection while fn may want to write.
+	rows, err := s.db.QueryContext(ctx, `SELECT `+keyColumns+` FROM keys ORDER BY account, region, id`)
+	if err != nil {
+		return err
+	}
+	keys, err := collectKeys(rows)
+	if err != nil {
+		return err
+	}
+	for _, k := range keys {
+		if err := fn(k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *SQLite) KeysDueForDeletion(ctx context.Context, now time.Time) ([]*Key, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+keyColumns+` FROM keys WHERE state = 'PendingDeletion' AND deletion_date <= ? ORDER BY deletion_date`, now.UnixNano())
+	if err != nil {
+		return nil, err
+	}
+	return collectKeys(rows)
+}
+
+func (s *SQLite) CreateAlias(ctx context.Context, a *Alias) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO aliases (account, region, name, target_key_id, creation_date, last_updated_date) VALUES (?,?,?,?,?,?)`,
+		a.Account, a.Region, a.Name, a.TargetKeyID, toNanos(a.CreationDate), toNanos(a.LastUpdatedDate))
+	if isConstraint(err) {
+		// Either the name is taken or the target is gone; tell them apart.
+		if _, gerr := s.GetAlias(ctx, a.Account, a.Region, a.Name); gerr == nil {
+			return ErrAlreadyExists
+		}
+		return ErrNotFound
+	}
+	return err
+}
+
+const aliasColumns = `account, region, name, target_key_id, creation_date, last_updated_date`
+
+func scanAlias(row scanner) (*Alias, error) {
+	var a Alias
+	var created, updated int64
+	err := row.Scan(&a.Account, &a.Region, &a.Name, &a.TargetKeyID, &created, &updated)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, err
+	}
+	a.CreationDate, a.LastUpdatedDate = fromNanos(created), fromNanos(updated)
+	return &a, nil
+}
+
+func (s *SQLite) GetAlias(ctx context.Context, account, region, name string) (*Alias, error) {
+	return scanAlias(s.db.QueryRowContext(ctx, `SELECT `+aliasColumns+` FROM aliases WHERE account = ? AND region = ? AND name = ?`, account, region, name))
+}
+
+func (s *SQLite) UpdateAlias(ctx context.Context, account, region, name, targetKeyID string, now time.Time) error {
+	res, err := s.db.ExecContext(ctx, `UPDATE aliases SET target_key_id = ?, last_updated_date = ? WHERE account = ? AND region = ? AND name = ?`,
+		targetKeyID, toNanos(now), account, region, name)
+	if isConstraint(err) {
+		return ErrNotFound // the new target does not exist
+	}
+	return affected(res, err)
+}
+
+func (s *SQLite) DeleteAlias(ctx context.Context, account, region, name string) error {
+	res, err := s.db.ExecContext(ctx, `DELETE FROM aliases WHERE account = ? AND region = ? AND name = ?`, account, region, name)
+	return affected(res, err)
+}
+
+func (s *SQLite) ListAliases(ctx context.Context, account, region, keyID, marker string, limit int) ([]*Alias, string, error) {
+	after, err := decodeMarker(marker)
+	if err != nil {
+		return nil, "", err
+	}
+	query := `SELECT ` + aliasColumns + ` FROM aliases WHERE account = ? AND region = ? AND name > ?`
+	args := []any{account, region, after}
+	if keyID != "" {
+		query += ` AND target_key_id = ?`
+		args = append(args, keyID)
+	}
+	rows, err := s.db.QueryContext(ctx, query+` ORDER BY name LIMIT ?`, append(args, limit+1)...)
+	if err != nil {
+		return nil, "", err
+	}
+	defer rows.Close()
+	var out []*Alias
+	for rows.Next() {
+		a, err := scanAlias(rows)
+		if err != nil {
+			return nil, "", err
+		}
+		out = append(out, a)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, "", err
+	}
+	next := ""
+	if len(out) > limit {
+		out = out[:limit]
+		next = encodeMarker(out[limit-1].Name)
+	}
+	return out, next, nil
+}
+
+func (s *SQLite) CountAliases(ctx context.Context, account, region, keyID string) (int, error) {
+	var n int
+	err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM aliases WHERE account = ? AND region = ? AND target_key_id = ?`, account, region, keyID).Scan(&n)
+	return n, err
+}
+
+func (s *SQLite) TagKey(ctx context.Context, account, region, keyID string, tags []Tag) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		if err := keyExists(ctx, tx, account, region, keyID); err != nil {
+			return err
+		}
+		return putTags(ctx, tx, account, region, keyID, tags)
+	})
+}
+
+func putTags(ctx context.Context, tx *sql.Tx, account, region, keyID string, tags []Tag) error {
+	for _, t := range tags {
+		_, err := tx.ExecContext(ctx, `INSERT INTO tags (account, region, key_id, tag_key, tag_value) VALUES (?,?,?,?,?)
+			ON CONFLICT (account, region, key_id, tag_key) DO UPDATE SET tag_value = excluded.tag_value`,
+			account, region, keyID, t.Key, t.Value)
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func keyExists(ctx context.Context, tx *sql.Tx, account, region, keyID string) error {
+	var one int
+	err := tx.QueryRowContext(ctx, `SELECT 1 FROM keys WHERE account = ? AND region = ? AND id = ?`, account, region, keyID).Scan(&one)
+	if errors.Is(err, sql.ErrNoRows) {
+		return ErrNotFound
+	}
+	return err
+}
+
+func (s *SQLite) UntagKey(ctx context.Context, account, region, keyID string, tagKeys []string) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		if err := keyExists(ctx, tx, account, region, keyID); err != nil {
+			return err
+		}
+		for _, k := range tagKeys {
+			if _, err := tx.ExecContext(ctx, `DELETE FROM tags WHERE account = ? AND region = ? AND key_id = ? AND tag_key = ?`, account, region, keyID, k); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+func (s *SQLite) ListTags(ctx context.Context, account, region, keyID, marker string, limit int) ([]Tag, string, error) {
+	after, err := decodeMarker(marker)
+	if err != nil {
+		return nil, "", err
+	}
+	rows, err := s.db.QueryContext(ctx, `SELECT tag_key, tag_value FROM tags WHERE account = ? AND region = ? AND key_id = ? AND tag_key > ? ORDER BY tag_key LIMIT ?`,
+		account, region, keyID, after, limit+1)
+	if err != nil {
+		return nil, "", err
+	}
+	defer rows.Close()
+	var out []Tag
+	for rows.Next() {
+		var t Tag
+		if err := rows.Scan(&t.Key, &t.Value); err != nil {
+			return nil, "", err
+		}
+		out = append(out, t)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, "", err
+	}
+	next := ""
+	if len(out) > limit {
+		out = out[:limit]
+		next = encodeMarker(out[limit-1].Key)
+	}
+	return out, next, nil
+}
+
+func (s *SQLite) CountTags(ctx context.Context, account, region, keyID string) (int, error) {
+	var n int
+	err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM tags WHERE account = ? AND region = ? AND key_id = ?`, account, region, keyID).Scan(&n)
+	return n, err
+}
+
+func (s *SQLite) tx(ctx context.Context, fn func(*sql.Tx) error) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	if err := fn(tx); err != nil {
+		tx.Rollback()
+		return err
+	}
+	return tx.Commit()
+}
+
+// Markers are the last sort key returned, so a page is stable under
+// concurrent inserts; the prefix lets garbage be told from a marker.
+const markerPrefix = "m1."
+
+func encodeMarker(after string) string {
+	return markerPrefix + base64.RawURLEncoding.EncodeToString([]byte(after))
+}
+
+func decodeMarker(m string) (string, error) {
+	if m == "" {
+		return "", nil
+	}
+	rest, ok := strings.CutPrefix(m, markerPrefix)
+	if !ok {
+		return "", ErrInvalidMarker
+	}
+	b, err := base64.RawURLEncoding.DecodeString(rest)
+	if err != nil || len(b) == 0 {
+		return "", ErrInvalidMarker
+	}
+	return string(b), nil
+}

@@ -1,0 +1,87 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+var (
+	ErrNotFound      = errors.New("store: not found")
+	ErrAlreadyExists = errors.New("store: already exists")
+	ErrInvalidMarker = errors.New("store: invalid pagination marker")
+)
+
+// Material is one version of a key's material: a token object.
+type Material struct {
+	ID           string // hex; AWS's KeyMaterialId
+	TokenID      []byte // CKA_ID of the token object
+	CreationDate time.Time
+	RotationType string // "" for the original material, else AUTOMATIC or ON_DEMAND
+}
+
+// Key is a KMS key's metadata. (Account, Region, ID) identifies it.
+type Key struct {
+	Account, Region, ID string
+	Description         string
+	KeyUsage            string
+	KeySpec             string
+	Origin              string
+	State               string
+	CreationDate        time.Time
+	DeletionDate        time.Time // zero unless PendingDeletion
+	PendingWindowDays   int
+	Policy              string // byte for byte as the client sent it
+	CustomKeyStoreID    string
+	RotationEnabled     bool
+	RotationPeriodDays  int
+	NextRotationDate    time.Time
+	MultiRegion         bool
+	Materials           []Material // oldest first; the last is current
+}
+
+// Alias names a key within one account and region.
+type Alias struct {
+	Account, Region string
+	Name            string // including the "alias/" prefix
+	TargetKeyID     string
+	CreationDate    time.Time
+	LastUpdatedDate time.Time
+}
+
+type Tag struct{ Key, Value string }
+
+// Store is the metadata store. Lists page in a stable order with opaque
+// markers; a marker the store did not produce is ErrInvalidMarker.
+type Store interface {
+	// CreateKey stores k with its tags atomically.
+	CreateKey(ctx context.Context, k *Key, tags []Tag) error
+	GetKey(ctx context.Context, account, region, id string) (*Key, error)
+	// UpdateKey applies fn to the key inside a write transaction and
+	// stores what fn changed. If fn fails nothing is written and its error
+	// is returned unchanged.
+	UpdateKey(ctx context.Context, account, region, id string, fn func(*Key) error) (*Key, error)
+	// DeleteKey removes the key with its aliases and tags.
+	DeleteKey(ctx context.Context, account, region, id string) error
+	ListKeys(ctx context.Context, account, region, marker string, limit int) (keys []*Key, next string, err error)
+	// ForEachKey visits every key of every account and region.
+	ForEachKey(ctx context.Context, fn func(*Key) error) error
+	// KeysDueForDeletion returns keys PendingDeletion whose date is not after now.
+	KeysDueForDeletion(ctx context.Context, now time.Time) ([]*Key, error)
+
+	CreateAlias(ctx context.Context, a *Alias) error
+	GetAlias(ctx context.Context, account, region, name string) (*Alias, error)
+	UpdateAlias(ctx context.Context, account, region, name, targetKeyID string, now time.Time) error
+	DeleteAlias(ctx context.Context, account, region, name string) error
+	// ListAliases lists by name; keyID "" means all keys.
+	ListAliases(ctx context.Context, account, region, keyID, marker string, limit int) (aliases []*Alias, next string, err error)
+	CountAliases(ctx context.Context, account, region, keyID string) (int, error)
+
+	// TagKey sets each tag, replacing the value of an existing tag key.
+	TagKey(ctx context.Context, account, region, keyID string, tags []Tag) error
+	UntagKey(ctx context.Context, account, region, keyID string, tagKeys []string) error
+	ListTags(ctx context.Context, account, region, keyID, marker string, limit int) (tags []Tag, next string, err error)
+	CountTags(ctx context.Context, account, region, keyID string) (int, error)
+
+	Close() error
+}
