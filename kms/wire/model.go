@@ -1,0 +1,99 @@
+package wire
+
+import (
+	_ "embed"
+	"encoding/json"
+	"regexp"
+	"sort"
+	"strings"
+)
+
+//go:generate python3 ../../scripts/gen-kms-model.py model.json
+
+// model.json is generated from the botocore KMS model: every operation's
+// input shape and the constraints AWS validates requests against.
+//
+//go:embed model.json
+var modelJSON []byte
+
+type member struct {
+	Name      string `json:"name"`
+	Shape     string `json:"shape"`
+	Sensitive bool   `json:"sensitive"`
+	path      string // Name with a lower-case first letter, as AWS names it in messages
+}
+
+type shape struct {
+	Type      string   `json:"type"`
+	Members   []member `json:"members"`
+	Required  []string `json:"required"`
+	Min       *int64   `json:"min"`
+	Max       *int64   `json:"max"`
+	Enum      []string `json:"enum"`
+	Pattern   string   `json:"pattern"`
+	Sensitive bool     `json:"sensitive"`
+	Member    string   `json:"member"`
+	Key       string   `json:"key"`
+	Value     string   `json:"value"`
+
+	required map[string]bool
+	enum     map[string]bool
+	enumText string
+	re       *regexp.Regexp
+	elem     *shape // list member
+	children []*shape
+}
+
+type model struct {
+	Operations map[string]string `json:"operations"`
+	Shapes     map[string]*shape `json:"shapes"`
+
+	inputs map[string]*shape
+	names  []string
+}
+
+var kmsModel = loadModel()
+
+func loadModel() *model {
+	var m model
+	if err := json.Unmarshal(modelJSON, &m); err != nil {
+		panic("wire: embedded model.json: " + err.Error())
+	}
+	for _, s := range m.Shapes {
+		s.required = make(map[string]bool, len(s.Required))
+		for _, r := range s.Required {
+			s.required[r] = true
+		}
+		if len(s.Enum) > 0 {
+			s.enum = make(map[string]bool, len(s.Enum))
+			for _, e := range s.Enum {
+				s.enum[e] = true
+			}
+			s.enumText = "[" + strings.Join(s.Enum, ", ") + "]"
+		}
+		if s.Pattern != "" {
+			// AWS matches the whole value (Java's String.matches), and
+			// writes code points as \uXXXX, which Go spells \x{XXXX}.
+			p := regexp.MustCompile(`\\u([0-9A-Fa-f]{4})`).ReplaceAllString(s.Pattern, `\x{$1}`)
+			s.re, _ = regexp.Compile(`^(?:` + p + `)$`) // a pattern Go cannot compile is not checked
+		}
+		for i := range s.Members {
+			mb := &s.Members[i]
+			mb.path = strings.ToLower(mb.Name[:1]) + mb.Name[1:]
+			s.children = append(s.children, m.Shapes[mb.Shape])
+		}
+		if s.Member != "" {
+			s.elem = m.Shapes[s.Member]
+		}
+	}
+	m.inputs = make(map[string]*shape, len(m.Operations))
+	for op, in := range m.Operations {
+		m.inputs[op] = m.Shapes[in]
+		m.names = append(m.names, op)
+	}
+	sort.Strings(m.names)
+	return &m
+}
+
+// Operations returns the names of every operation in the KMS model, sorted.
+func Operations() []string { return append([]string(nil), kmsModel.names...) }

@@ -1,0 +1,234 @@
+package wire
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"net"
+	"net/http"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+)
+
+// Time is a timestamp as AWS JSON sends it: epoch seconds, with the
+// fraction to the millisecond.
+type Time time.Time
+
+func (t Time) MarshalJSON() ([]byte, error) {
+	ms := time.Time(t).UnixMilli()
+	return strconv.AppendFloat(nil, float64(ms)/1000, 'f', -1, 64), nil
+}
+
+func (t *Time) UnmarshalJSON(b []byte) error {
+	f, err := strconv.ParseFloat(string(b), 64)
+	if err != nil || math.IsInf(f, 0) || math.IsNaN(f) {
+		return fmt.Errorf("wire: timestamp %q is not epoch seconds", b)
+	}
+	sec, frac := math.Modf(f)
+	*t = Time(time.Unix(int64(sec), int64(frac*1e9)).UTC())
+	return nil
+}
+
+// Caller is the authenticated principal and the region it addressed.
+type Caller struct {
+	AccessKeyID  string
+	Account      string
+	PrincipalARN string
+	Region       string
+}
+
+// Call is one request as the operation sees it.
+type Call struct {
+	Op        string
+	RequestID string
+	Caller    Caller
+	SourceIP  string
+	Secure    bool // arrived over TLS
+	// KeyARN is set by the operation to the key it acted on, for the
+	// request's log line.
+	KeyARN string
+}
+
+// Route handles one operation. body has passed Validate.
+type Route struct {
+	Handle func(ctx context.Context, c *Call, body []byte) (any, error)
+}
+
+// Typed adapts an operation written against Go types to a Route.
+func Typed[In, Out any](fn func(context.Context, *Call, *In) (*Out, error)) Route {
+	return Route{Handle: func(ctx context.Context, c *Call, body []byte) (any, error) {
+		in := new(In)
+		if len(bytes.TrimSpace(body)) > 0 {
+			if err := json.Unmarshal(body, in); err != nil {
+				return nil, serialization("Malformed request body: " + describeJSONError(err))
+			}
+		}
+		out, err := fn(ctx, c, in)
+		if err != nil {
+			return nil, err
+		}
+		return out, nil
+	}}
+}
+
+// describeJSONError says what was wrong without Go type names.
+func describeJSONError(err error) string {
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) {
+		return "unexpected " + te.Value + " at '" + te.Field + "'."
+	}
+	return "not valid JSON."
+}
+
+// Server is the AWS JSON 1.1 endpoint: POST /, X-Amz-Target names the
+// operation, bodies and errors are JSON. The route table is explicit; a
+// target not in it is UnknownOperationException.
+type Server struct {
+	Routes map[string]Route
+	// Authenticate verifies the request's signature over body and names
+	// the caller. Its *Error is sent as is.
+	Authenticate func(r *http.Request, body []byte) (Caller, error)
+	MaxBody      int64
+	Timeout      time.Duration
+	Logger       hclog.Logger
+	Now          func() time.Time
+}
+
+const contentType = "application/x-amz-json-1.1"
+
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	now := time.Now
+	if s.Now != nil {
+		now = s.Now
+	}
+	start := now()
+	c := &Call{RequestID: newRequestID(), Secure: r.TLS != nil}
+	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		c.SourceIP = host
+	}
+	w.Header().Set("x-amzn-RequestId", c.RequestID)
+	w.Header().Set("Content-Type", contentType)
+
+	status, outcome := s.serve(w, r, c)
+	if s.Logger != nil {
+		principal := c.Caller.PrincipalARN
+		if principal == "" {
+			principal = "-"
+		}
+		s.Logger.Info("request", "request_id", c.RequestID, "principal", principal, "operation", c.Op,
+			"key", c.KeyARN, "outcome", outcome, "status", status, "latency", time.Since(start), "source_ip", c.SourceIP)
+	}
+}
+
+// serve handles the request and returns the status and outcome to log.
+func (s *Server) serve(w http.ResponseWriter, r *http.Request, c *Call) (int, string) {
+	c.Op = strings.TrimPrefix(r.Header.Get("X-Amz-Target"), "TrentService.")
+	if r.Method != http.MethodPost {
+		return writeError(w, &Error{Type: UnknownOperation, Message: "", HTTPStatus: http.StatusMethodNotAllowed})
+	}
+	max := s.MaxBody
+	if max <= 0 {
+		max = 1 << 20
+	}
+	body, err := readBody(r, max)
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return writeError(w, &Error{Type: SerializationException, Message: "Request entity too large.", HTTPStatus: http.StatusRequestEntityTooLarge})
+		}
+		return writeError(w, serialization("Could not read the request body."))
+	}
+	caller, err := s.Authenticate(r, body)
+	if err != nil {
+		return s.writeErr(w, c, err)
+	}
+	c.Caller = caller
+	route, ok := s.Routes[r.Header.Get("X-Amz-Target")]
+	if !ok {
+		return writeError(w, &Error{Type: UnknownOperation})
+	}
+	if verr := Validate(c.Op, body); verr != nil {
+		return writeError(w, verr)
+	}
+	ctx := r.Context()
+	if s.Timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, s.Timeout)
+		defer cancel()
+	}
+	out, err := s.call(ctx, route, c, body)
+	if err != nil {
+		return s.writeErr(w, c, err)
+	}
+	resp, err := json.Marshal(out)
+	if err != nil {
+		return s.writeErr(w, c, fmt.Errorf("wire: encoding %s response: %w", c.Op, err))
+	}
+	w.Header().Set("Content-Length", strconv.Itoa(len(resp)))
+	w.WriteHeader(http.StatusOK)
+	w.Write(resp)
+	return http.StatusOK, "ok"
+}
+
+func (s *Server) call(ctx context.Context, route Route, c *Call, body []byte) (out any, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("wire: panic in %s: %v\n%s", c.Op, p, debug.Stack())
+		}
+	}()
+	return route.Handle(ctx, c, body)
+}
+
+func readBody(r *http.Request, max int64) ([]byte, error) {
+	if r.ContentLength > max {
+		return nil, &http.MaxBytesError{Limit: max}
+	}
+	var buf bytes.Buffer
+	if r.ContentLength > 0 {
+		buf.Grow(int(r.ContentLength))
+	}
+	_, err := buf.ReadFrom(http.MaxBytesReader(nil, r.Body, max))
+	return buf.Bytes(), err
+}
+
+// writeErr sends err: an *Error anywhere in its chain as is, anything else
+// as KMSInternalException, with the detail logged and never sent.
+func (s *Server) writeErr(w http.ResponseWriter, c *Call, err error) (int, string) {
+	var we *Error
+	if !errors.As(err, &we) {
+		if s.Logger != nil {
+			s.Logger.Error("internal error", "request_id", c.RequestID, "operation", c.Op, "error", err)
+		}
+		we = Internal()
+	}
+	return writeError(w, we)
+}
+
+func writeError(w http.ResponseWriter, e *Error) (int, string) {
+	body, _ := json.Marshal(struct {
+		Type    string `json:"__type"`
+		Message string `json:"message"`
+	}{e.Type, e.Message})
+	status := e.Status()
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(status)
+	w.Write(body)
+	return status, e.Type
+}
+
+// newRequestID is a random (version 4) UUID, as AWS request ids are.
+func newRequestID() string {
+	var b [16]byte
+	rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+}

@@ -1,0 +1,214 @@
+package wire
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+)
+
+// Validate checks a request body against op's input shape in the KMS model,
+// the way AWS does before an operation runs: malformed JSON or a value of
+// the wrong JSON type is a SerializationException; missing required
+// members and values outside their length, range, enum or pattern are one
+// ValidationException listing every violation in AWS's words. Members the
+// model does not know are ignored, as AWS ignores them. An operation not in
+// the model is not validated.
+func Validate(op string, body []byte) *Error {
+	in, ok := kmsModel.inputs[op]
+	if !ok {
+		return nil
+	}
+	var v any
+	if len(bytes.TrimSpace(body)) == 0 {
+		v = map[string]any{}
+	} else {
+		dec := json.NewDecoder(bytes.NewReader(body))
+		dec.UseNumber()
+		if err := dec.Decode(&v); err != nil {
+			return serialization("Malformed request body: not a JSON document.")
+		}
+		if dec.More() {
+			return serialization("Malformed request body: data after the JSON document.")
+		}
+	}
+	if _, ok := v.(map[string]any); !ok {
+		return serialization("Start of structure or map found where not expected.")
+	}
+	var c checker
+	c.walk(in, v, "")
+	if c.serial != nil {
+		return c.serial
+	}
+	switch len(c.errs) {
+	case 0:
+		return nil
+	case 1:
+		return Errorf(Validation, "1 validation error detected: %s", c.errs[0])
+	}
+	return Errorf(Validation, "%d validation errors detected: %s", len(c.errs), strings.Join(c.errs, "; "))
+}
+
+func serialization(msg string) *Error { return &Error{Type: SerializationException, Message: msg} }
+
+type checker struct {
+	errs   []string
+	serial *Error
+}
+
+func (c *checker) fail(value, path, constraint string) {
+	if value == "" {
+		c.errs = append(c.errs, fmt.Sprintf("Value at '%s' failed to satisfy constraint: Member must %s", path, constraint))
+		return
+	}
+	c.errs = append(c.errs, fmt.Sprintf("Value %s at '%s' failed to satisfy constraint: Member must %s", value, path, constraint))
+}
+
+func (c *checker) wrongType(want string) {
+	if c.serial == nil {
+		c.serial = serialization(want)
+	}
+}
+
+// walk checks v against s. shown is how the value appears in messages
+// ("" for values AWS does not echo: blobs, containers, sensitive data).
+func (c *checker) walk(s *shape, v any, path string) {
+	c.check(s, v, path, false)
+}
+
+func (c *checker) check(s *shape, v any, path string, sensitive bool) {
+	if c.serial != nil {
+		return
+	}
+	sensitive = sensitive || s.Sensitive
+	switch s.Type {
+	case "structure":
+		obj, ok := v.(map[string]any)
+		if !ok {
+			c.wrongType("Expected a JSON object at '" + path + "'.")
+			return
+		}
+		for i := range s.Members {
+			m := &s.Members[i]
+			p := m.path
+			if path != "" {
+				p = path + "." + m.path
+			}
+			mv, present := obj[m.Name]
+			if !present || mv == nil {
+				if s.required[m.Name] {
+					c.errs = append(c.errs, fmt.Sprintf("Value null at '%s' failed to satisfy constraint: Member must not be null", p))
+				}
+				continue
+			}
+			c.check(s.children[i], mv, p, sensitive || m.Sensitive)
+		}
+	case "string":
+		str, ok := v.(string)
+		if !ok {
+			c.wrongType("Expected a JSON string at '" + path + "'.")
+			return
+		}
+		shown := ""
+		if !sensitive {
+			shown = "'" + str + "'"
+		}
+		c.length(s, int64(utf8.RuneCountInString(str)), shown, path)
+		if s.enum != nil && !s.enum[str] {
+			c.fail(shown, path, "satisfy enum value set: "+s.enumText)
+		}
+		if s.re != nil && !s.re.MatchString(str) {
+			c.fail(shown, path, "satisfy regular expression pattern: "+s.Pattern)
+		}
+	case "blob":
+		str, ok := v.(string)
+		if !ok {
+			c.wrongType("Expected a base64-encoded JSON string at '" + path + "'.")
+			return
+		}
+		n, err := base64Len(str)
+		if err != nil {
+			c.wrongType("Invalid base64 data at '" + path + "'.")
+			return
+		}
+		c.length(s, int64(n), "", path)
+	case "integer", "long":
+		num, ok := v.(json.Number)
+		if !ok {
+			c.wrongType("Expected a JSON number at '" + path + "'.")
+			return
+		}
+		n, err := strconv.ParseInt(num.String(), 10, 64)
+		if err != nil || (s.Type == "integer" && (n < -1<<31 || n > 1<<31-1)) {
+			c.wrongType("Expected an integer at '" + path + "'.")
+			return
+		}
+		shown := "'" + num.String() + "'"
+		if s.Min != nil && n < *s.Min {
+			c.fail(shown, path, fmt.Sprintf("have value greater than or equal to %d", *s.Min))
+		}
+		if s.Max != nil && n > *s.Max {
+			c.fail(shown, path, fmt.Sprintf("have value less than or equal to %d", *s.Max))
+		}
+	case "boolean":
+		if _, ok := v.(bool); !ok {
+			c.wrongType("Expected a JSON boolean at '" + path + "'.")
+		}
+	case "timestamp":
+		if _, ok := v.(json.Number); !ok {
+			c.wrongType("Expected a timestamp in epoch seconds at '" + path + "'.")
+		}
+	case "list":
+		list, ok := v.([]any)
+		if !ok {
+			c.wrongType("Expected a JSON array at '" + path + "'.")
+			return
+		}
+		c.length(s, int64(len(list)), "", path)
+		for i, item := range list {
+			if item == nil {
+				continue
+			}
+			c.check(s.elem, item, fmt.Sprintf("%s.%d.member", path, i+1), sensitive)
+		}
+	case "map":
+		obj, ok := v.(map[string]any)
+		if !ok {
+			c.wrongType("Expected a JSON object at '" + path + "'.")
+			return
+		}
+		c.length(s, int64(len(obj)), "", path)
+		key, val := kmsModel.Shapes[s.Key], kmsModel.Shapes[s.Value]
+		for k, item := range obj {
+			c.check(key, k, path+".key", sensitive)
+			if item != nil {
+				c.check(val, item, path+"."+k, sensitive)
+			}
+		}
+	}
+}
+
+func (c *checker) length(s *shape, n int64, shown, path string) {
+	if s.Min != nil && n < *s.Min {
+		c.fail(shown, path, fmt.Sprintf("have length greater than or equal to %d", *s.Min))
+	}
+	if s.Max != nil && n > *s.Max {
+		c.fail(shown, path, fmt.Sprintf("have length less than or equal to %d", *s.Max))
+	}
+}
+
+// base64Len is the decoded length of standard base64, checking it the way
+// encoding/json will decode it later.
+func base64Len(s string) (int, error) {
+	if len(s) <= 8192 {
+		var buf [6144]byte
+		if base64.StdEncoding.DecodedLen(len(s)) <= len(buf) {
+			return base64.StdEncoding.Decode(buf[:], []byte(s))
+		}
+	}
+	b, err := base64.StdEncoding.DecodeString(s)
+	return len(b), err
+}
