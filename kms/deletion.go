@@ -1,0 +1,194 @@
+package kms
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/hsmkms/hsmkms/hsm"
+	"github.com/hsmkms/hsmkms/kms/store"
+	"github.com/hsmkms/hsmkms/kms/wire"
+)
+
+type ScheduleKeyDeletionInput struct {
+	KeyId               string
+	PendingWindowInDays int
+}
+
+type ScheduleKeyDeletionOutput struct {
+	DeletionDate        wire.Time
+	KeyId               string
+	KeyState            string
+	PendingWindowInDays int
+}
+
+func (s *Service) ScheduleKeyDeletion(ctx context.Context, c *wire.Call, in *ScheduleKeyDeletionInput) (*ScheduleKeyDeletionOutput, error) {
+	days := in.PendingWindowInDays
+	if days == 0 {
+		days = 30
+	}
+	if days < 7 || days > 30 {
+		return nil, wire.Errorf(wire.Validation, "1 validation error detected: Value '%d' at 'pendingWindowInDays' failed to satisfy constraint: Member must have value between 7 and 30", days)
+	}
+	var out *ScheduleKeyDeletionOutput
+	err := s.update(ctx, c, in.KeyId, classEnableDisable, func(k *store.Key) error {
+		when := s.now().UTC().Add(time.Duration(days) * 24 * time.Hour)
+		k.State = string(StatePendingDeletion)
+		k.DeletionDate = when
+		k.PendingWindowDays = days
+		out = &ScheduleKeyDeletionOutput{DeletionDate: wire.Time(when), KeyId: arnOf(k), KeyState: k.State, PendingWindowInDays: days}
+		return nil
+	})
+	return out, err
+}
+
+type CancelKeyDeletionOutput struct {
+	KeyId string
+}
+
+func (s *Service) CancelKeyDeletion(ctx context.Context, c *wire.Call, in *KeyIDInput) (*CancelKeyDeletionOutput, error) {
+	k, err := s.lookupKey(ctx, c, in.KeyId, false)
+	if err != nil {
+		return nil, err
+	}
+	_, err = s.store.UpdateKey(ctx, k.Account, k.Region, k.ID, func(k *store.Key) error {
+		if k.State != string(StatePendingDeletion) {
+			return wire.Errorf(wire.KMSInvalidState, "%s is not pending deletion.", arnOf(k))
+		}
+		k.State = string(StateDisabled)
+		k.DeletionDate = time.Time{}
+		k.PendingWindowDays = 0
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &CancelKeyDeletionOutput{KeyId: arnOf(k)}, nil
+}
+
+// Reap deletes every key whose deletion date has passed: first its token
+// objects, then its metadata (with its aliases and tags). The order makes a
+// crash harmless: a key whose objects are gone but whose row remains is
+// simply reaped again. A key whose token cannot be reached stays scheduled
+// and is retried on the next pass. It returns how many keys were deleted.
+func (s *Service) Reap(ctx context.Context) (int, error) {
+	due, err := s.store.KeysDueForDeletion(ctx, s.now())
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	var errs []error
+	for _, k := range due {
+		if err := s.destroyMaterial(ctx, k); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if err := s.store.DeleteKey(ctx, k.Account, k.Region, k.ID); err != nil && !errors.Is(err, store.ErrNotFound) {
+			errs = append(errs, err)
+			continue
+		}
+		s.log.Info("key deleted", "key", arnOf(k))
+		n++
+	}
+	return n, errors.Join(errs...)
+}
+
+func (s *Service) destroyMaterial(ctx context.Context, k *store.Key) error {
+	tok, err := s.token(k)
+	if err != nil {
+		return err
+	}
+	for _, m := range k.Materials {
+		err := tok.DestroyObject(ctx, hsm.SecretKeyByID(m.TokenID))
+		if err != nil && !errors.Is(err, hsm.ErrObjectNotFound) {
+			return internalf("destroy material of %s: %w", arnOf(k), err)
+		}
+	}
+	return nil
+}
+
+// RunReaper calls Reap every interval until ctx ends. Deletion dates live in
+// the store, so a restart loses nothing: overdue keys go on the first pass.
+func (s *Service) RunReaper(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		if _, err := s.Reap(ctx); err != nil && ctx.Err() == nil {
+			s.log.Error("deletion reaper", "error", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Report is what Reconcile found.
+type Report struct {
+	// Abandoned: keys left in Creating by a crash, now removed.
+	Abandoned []string
+	// MissingMaterial: material versions whose token object is gone.
+	MissingMaterial []string
+	// OrphanObjects: secret keys on a token that no key's metadata names.
+	OrphanObjects []string
+}
+
+// Reconcile is the startup check between metadata and tokens. It removes
+// keys a crash left half-created and reports, without changing anything,
+// metadata whose token object is missing and token objects no metadata
+// names (an operator decides about those).
+func (s *Service) Reconcile(ctx context.Context) (*Report, error) {
+	r := &Report{}
+	tok, err := s.keystores.Default().Token()
+	if err != nil {
+		return nil, err
+	}
+	objs, err := tok.ListObjects(ctx, 0)
+	if err != nil {
+		return nil, err
+	}
+	onToken := map[string]bool{}
+	for _, o := range objs {
+		onToken[string(o.ID)] = true
+	}
+	known := map[string]bool{}
+	var creating []*store.Key
+	err = s.store.ForEachKey(ctx, func(k *store.Key) error {
+		if k.CustomKeyStoreID != "" {
+			return nil
+		}
+		if k.State == string(StateCreating) {
+			creating = append(creating, k)
+			return nil
+		}
+		for _, m := range k.Materials {
+			known[string(m.TokenID)] = true
+			if !onToken[string(m.TokenID)] {
+				r.MissingMaterial = append(r.MissingMaterial, arnOf(k)+" material "+m.ID)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	for _, k := range creating {
+		if err := s.destroyMaterial(ctx, k); err != nil {
+			return nil, err
+		}
+		if err := s.store.DeleteKey(ctx, k.Account, k.Region, k.ID); err != nil {
+			return nil, err
+		}
+		for _, m := range k.Materials {
+			delete(onToken, string(m.TokenID))
+		}
+		r.Abandoned = append(r.Abandoned, arnOf(k))
+	}
+	for _, o := range objs {
+		if !known[string(o.ID)] && onToken[string(o.ID)] {
+			r.OrphanObjects = append(r.OrphanObjects, o.Label)
+		}
+	}
+	return r, nil
+}

@@ -1,0 +1,173 @@
+package kms_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	awskms "github.com/aws/aws-sdk-go-v2/service/kms"
+	"github.com/aws/smithy-go"
+	"github.com/hsmkms/hsmkms/hsm"
+	"github.com/hsmkms/hsmkms/hsm/hsmtest"
+	"github.com/hsmkms/hsmkms/keystore"
+	"github.com/hsmkms/hsmkms/kms"
+	"github.com/hsmkms/hsmkms/kms/store"
+	"github.com/stretchr/testify/require"
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	hsmtest.Cleanup()
+	os.Exit(code)
+}
+
+const (
+	account      = "111122223333"
+	otherAccount = "444455556666"
+	region       = "us-west-2"
+)
+
+var principals = []kms.Principal{
+	{AccessKeyID: "AKIAADMIN00000000001", Secret: "admin-secret-0000000000000000000000000", Account: account, ARN: "arn:aws:iam::" + account + ":user/admin"},
+	{AccessKeyID: "AKIAOTHER00000000001", Secret: "other-secret-0000000000000000000000000", Account: otherAccount, ARN: "arn:aws:iam::" + otherAccount + ":user/other"},
+}
+
+// clock is an injectable time source.
+type clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+}
+
+// env is one hsmkms instance on a throwaway token and database, served over
+// HTTP to real SDK clients.
+type env struct {
+	t      *testing.T
+	tok    hsmtest.Token
+	dbPath string
+	clock  *clock
+	svc    *kms.Service
+	report *kms.Report // what the start-up check found
+	srv    *httptest.Server
+	close  func()
+}
+
+func newEnv(t *testing.T) *env {
+	e := &env{t: t, tok: hsmtest.NewToken(t), dbPath: filepath.Join(t.TempDir(), "hsmkms.db"), clock: &clock{now: time.Now()}}
+	e.start()
+	t.Cleanup(func() { e.close() })
+	return e
+}
+
+// start brings the service up on the env's token and database, as a server
+// restart would.
+func (e *env) start() {
+	t := e.t
+	ctx := context.Background()
+	def, err := keystore.OpenDefault(ctx, hsm.TokenConfig{Module: e.tok.Module, Label: e.tok.Label, PoolSize: 4}, e.tok.UserPIN)
+	require.NoError(t, err)
+	ks := keystore.NewManager(def)
+	db, err := store.OpenSQLite(e.dbPath)
+	require.NoError(t, err)
+	e.svc = kms.New(kms.Config{Store: db, KeyStores: ks, Now: e.clock.Now})
+	e.report, err = e.svc.Reconcile(ctx)
+	require.NoError(t, err)
+	e.srv = httptest.NewServer(e.svc.Handler(kms.HandlerConfig{Principals: principals}))
+	closed := false
+	e.close = func() {
+		if closed {
+			return
+		}
+		closed = true
+		e.srv.Close()
+		ks.Close(ctx)
+		db.Close()
+	}
+}
+
+func (e *env) restart() {
+	e.close()
+	e.start()
+}
+
+// client returns an SDK client signing as principal p in region r.
+func (e *env) client(p kms.Principal, r string) *awskms.Client {
+	return awskms.New(awskms.Options{
+		Region:           r,
+		Credentials:      credentials.NewStaticCredentialsProvider(p.AccessKeyID, p.Secret, ""),
+		BaseEndpoint:     aws.String(e.srv.URL),
+		RetryMaxAttempts: 1,
+	})
+}
+
+func (e *env) admin() *awskms.Client { return e.client(principals[0], region) }
+
+func bg() context.Context { return context.Background() }
+
+// requireAPIError asserts err is the AWS exception code with message msg
+// ("" skips the message check).
+func requireAPIError(t *testing.T, err error, code, msg string) {
+	t.Helper()
+	require.Error(t, err)
+	var ae smithy.APIError
+	require.True(t, errors.As(err, &ae), "not an API error: %v", err)
+	require.Equal(t, code, ae.ErrorCode(), "message: %s", ae.ErrorMessage())
+	if msg != "" {
+		require.Equal(t, msg, ae.ErrorMessage())
+	}
+}
+
+func (e *env) createKey(c *awskms.Client) string {
+	out, err := c.CreateKey(bg(), &awskms.CreateKeyInput{})
+	require.NoError(e.t, err)
+	return *out.KeyMetadata.KeyId
+}
+
+// raw sends body as operation op, signed by the admin, bypassing the SDK's
+// client-side checks: the way to test what the server itself refuses.
+func (e *env) raw(op, body string) (status int, errType, msg string) {
+	t := e.t
+	req, err := http.NewRequest(http.MethodPost, e.srv.URL+"/", strings.NewReader(body))
+	require.NoError(t, err)
+	req.Header.Set("Content-Type", "application/x-amz-json-1.1")
+	req.Header.Set("X-Amz-Target", "TrentService."+op)
+	sum := sha256.Sum256([]byte(body))
+	p := principals[0]
+	err = v4.NewSigner().SignHTTP(bg(), aws.Credentials{AccessKeyID: p.AccessKeyID, SecretAccessKey: p.Secret},
+		req, hex.EncodeToString(sum[:]), "kms", region, time.Now())
+	require.NoError(t, err)
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	var out struct {
+		Type    string `json:"__type"`
+		Message string `json:"message"`
+	}
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&out))
+	require.NotEmpty(t, resp.Header.Get("x-amzn-RequestId"))
+	return resp.StatusCode, out.Type, out.Message
+}

@@ -1,0 +1,160 @@
+package kms
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/hsmkms/hsmkms/kms/store"
+	"github.com/hsmkms/hsmkms/kms/wire"
+)
+
+// newKeyID returns a random (version 4) UUID, the form of AWS key ids.
+func newKeyID() (string, [16]byte) {
+	var b [16]byte
+	rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return formatUUID(b), b
+}
+
+func formatUUID(b [16]byte) string {
+	var s [36]byte
+	hex.Encode(s[0:8], b[0:4])
+	s[8] = '-'
+	hex.Encode(s[9:13], b[4:6])
+	s[13] = '-'
+	hex.Encode(s[14:18], b[6:8])
+	s[18] = '-'
+	hex.Encode(s[19:23], b[8:10])
+	s[23] = '-'
+	hex.Encode(s[24:36], b[10:16])
+	return string(s[:])
+}
+
+// parseUUID accepts the canonical 36-character form, any case.
+func parseUUID(s string) ([16]byte, bool) {
+	var b [16]byte
+	if len(s) != 36 || s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-' {
+		return b, false
+	}
+	h := s[0:8] + s[9:13] + s[14:18] + s[19:23] + s[24:36]
+	if _, err := hex.Decode(b[:], []byte(h)); err != nil {
+		return b, false
+	}
+	return b, true
+}
+
+func keyARN(region, account, id string) string {
+	return "arn:aws:kms:" + region + ":" + account + ":key/" + id
+}
+
+func aliasARN(region, account, name string) string {
+	return "arn:aws:kms:" + region + ":" + account + ":" + name
+}
+
+// arn is a parsed KMS ARN: arn:<partition>:kms:<region>:<account>:<resource>.
+type arn struct {
+	Region, Account, Resource string
+}
+
+func parseARN(s string) (arn, bool) {
+	parts := strings.SplitN(s, ":", 6)
+	if len(parts) != 6 || parts[0] != "arn" || parts[2] != "kms" || parts[1] == "" || parts[3] == "" || parts[4] == "" {
+		return arn{}, false
+	}
+	return arn{Region: parts[3], Account: parts[4], Resource: parts[5]}, true
+}
+
+// keyRef is what a KeyId parameter names before lookup.
+type keyRef struct {
+	Account, Region string
+	ID              string // key id, when the parameter named a key
+	Alias           string // alias name ("alias/…"), when it named an alias
+}
+
+// parseKeyID reads a KeyId parameter: key id, key ARN, alias name or alias
+// ARN. allowAlias is false for parameters AWS documents as key id or ARN
+// only (CreateAlias TargetKeyId, tagging, policies).
+func parseKeyID(c *wire.Call, s string, allowAlias bool) (keyRef, error) {
+	ref := keyRef{Account: c.Caller.Account, Region: c.Caller.Region}
+	resource := s
+	if strings.HasPrefix(s, "arn:") {
+		a, ok := parseARN(s)
+		if !ok {
+			return ref, invalidKeyID(s)
+		}
+		ref.Account, ref.Region, resource = a.Account, a.Region, a.Resource
+		if rest, ok := strings.CutPrefix(resource, "key/"); ok {
+			resource = rest
+		} else if !strings.HasPrefix(resource, "alias/") {
+			return ref, invalidKeyID(s)
+		}
+	}
+	if strings.HasPrefix(resource, "alias/") {
+		if !allowAlias {
+			return ref, invalidKeyID(s)
+		}
+		ref.Alias = resource
+		return ref, nil
+	}
+	if _, ok := parseUUID(resource); !ok {
+		return ref, invalidKeyID(s)
+	}
+	ref.ID = strings.ToLower(resource)
+	return ref, nil
+}
+
+func invalidKeyID(s string) error {
+	return wire.Errorf(wire.NotFound, "Invalid keyId '%s'", s)
+}
+
+// lookupKey finds the key a KeyId parameter names. Keys are regional and
+// belong to their account: an ARN for another region or account names no
+// key this caller can see. Keys still being created do not exist yet.
+func (s *Service) lookupKey(ctx context.Context, c *wire.Call, keyID string, allowAlias bool) (*store.Key, error) {
+	ref, err := parseKeyID(c, keyID, allowAlias)
+	if err != nil {
+		return nil, err
+	}
+	if ref.Alias != "" {
+		if ref.Account != c.Caller.Account || ref.Region != c.Caller.Region {
+			return nil, aliasNotFound(c, ref.Alias)
+		}
+		a, err := s.store.GetAlias(ctx, ref.Account, ref.Region, ref.Alias)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, aliasNotFound(c, ref.Alias)
+		}
+		if err != nil {
+			return nil, err
+		}
+		ref.ID = a.TargetKeyID
+	}
+	if ref.Account != c.Caller.Account || ref.Region != c.Caller.Region {
+		return nil, keyNotFound(ref.Region, ref.Account, ref.ID)
+	}
+	k, err := s.store.GetKey(ctx, ref.Account, ref.Region, ref.ID)
+	if errors.Is(err, store.ErrNotFound) || (err == nil && k.State == string(StateCreating)) {
+		return nil, keyNotFound(ref.Region, ref.Account, ref.ID)
+	}
+	if err != nil {
+		return nil, err
+	}
+	c.KeyARN = arnOf(k)
+	return k, nil
+}
+
+func keyNotFound(region, account, id string) error {
+	return wire.Errorf(wire.NotFound, "Key '%s' does not exist", keyARN(region, account, id))
+}
+
+func aliasNotFound(c *wire.Call, name string) error {
+	return wire.Errorf(wire.NotFound, "Alias %s is not found.", aliasARN(c.Caller.Region, c.Caller.Account, name))
+}
+
+func arnOf(k *store.Key) string { return keyARN(k.Region, k.Account, k.ID) }
+
+func internalf(format string, args ...any) error { return fmt.Errorf("kms: "+format, args...) }

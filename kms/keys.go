@@ -1,0 +1,322 @@
+package kms
+
+import (
+	"context"
+	"errors"
+	"strings"
+
+	"github.com/hsmkms/hsmkms/hsm"
+	"github.com/hsmkms/hsmkms/kms/store"
+	"github.com/hsmkms/hsmkms/kms/wire"
+)
+
+// KeyMetadata is AWS's KeyMetadata structure.
+type KeyMetadata struct {
+	AWSAccountId                string     `json:"AWSAccountId"`
+	Arn                         string     `json:"Arn"`
+	CreationDate                wire.Time  `json:"CreationDate"`
+	CurrentKeyMaterialId        string     `json:"CurrentKeyMaterialId,omitempty"`
+	CustomKeyStoreId            string     `json:"CustomKeyStoreId,omitempty"`
+	CustomerMasterKeySpec       string     `json:"CustomerMasterKeySpec"`
+	DeletionDate                *wire.Time `json:"DeletionDate,omitempty"`
+	Description                 string     `json:"Description"`
+	Enabled                     bool       `json:"Enabled"`
+	EncryptionAlgorithms        []string   `json:"EncryptionAlgorithms,omitempty"`
+	KeyId                       string     `json:"KeyId"`
+	KeyManager                  string     `json:"KeyManager"`
+	KeySpec                     string     `json:"KeySpec"`
+	KeyState                    string     `json:"KeyState"`
+	KeyUsage                    string     `json:"KeyUsage"`
+	MultiRegion                 bool       `json:"MultiRegion"`
+	Origin                      string     `json:"Origin"`
+	PendingDeletionWindowInDays int        `json:"PendingDeletionWindowInDays,omitempty"`
+}
+
+func (s *Service) metadata(k *store.Key) *KeyMetadata {
+	m := &KeyMetadata{
+		AWSAccountId:          k.Account,
+		Arn:                   arnOf(k),
+		CreationDate:          wire.Time(k.CreationDate),
+		CustomKeyStoreId:      k.CustomKeyStoreID,
+		CustomerMasterKeySpec: k.KeySpec,
+		Description:           k.Description,
+		Enabled:               k.State == string(StateEnabled),
+		KeyId:                 k.ID,
+		KeyManager:            "CUSTOMER",
+		KeySpec:               k.KeySpec,
+		KeyState:              k.State,
+		KeyUsage:              k.KeyUsage,
+		MultiRegion:           k.MultiRegion,
+		Origin:                k.Origin,
+	}
+	if k.KeySpec == specSymmetric {
+		m.EncryptionAlgorithms = []string{algSymmetric}
+	}
+	if n := len(k.Materials); n > 0 {
+		m.CurrentKeyMaterialId = k.Materials[n-1].ID
+	}
+	if k.State == string(StatePendingDeletion) {
+		d := wire.Time(k.DeletionDate)
+		m.DeletionDate = &d
+		m.PendingDeletionWindowInDays = k.PendingWindowDays
+	}
+	return m
+}
+
+const (
+	specSymmetric  = "SYMMETRIC_DEFAULT"
+	usageEncrypt   = "ENCRYPT_DECRYPT"
+	algSymmetric   = "SYMMETRIC_DEFAULT"
+	originAWSKMS   = "AWS_KMS"
+	maxPolicyBytes = 32 * 1024
+)
+
+type Tag struct {
+	TagKey   string `json:"TagKey"`
+	TagValue string `json:"TagValue"`
+}
+
+type CreateKeyInput struct {
+	BypassPolicyLockoutSafetyCheck bool
+	CustomKeyStoreId               string
+	CustomerMasterKeySpec          string
+	Description                    string
+	KeySpec                        string
+	KeyUsage                       string
+	MultiRegion                    bool
+	Origin                         string
+	Policy                         *string
+	Tags                           []Tag
+	XksKeyId                       string
+}
+
+type CreateKeyOutput struct {
+	KeyMetadata *KeyMetadata
+}
+
+// CreateKey makes a symmetric key on the default key store's token.
+//
+// Crash safety: the metadata row is written first in state Creating (never
+// visible to clients), then the token object is generated, then the row
+// becomes Enabled. A crash at any point leaves either nothing or a Creating
+// row, which Reconcile removes together with any token object it names, so
+// no half-made key is ever usable.
+func (s *Service) CreateKey(ctx context.Context, c *wire.Call, in *CreateKeyInput) (*CreateKeyOutput, error) {
+	spec := in.KeySpec
+	if spec == "" {
+		spec = in.CustomerMasterKeySpec
+	} else if in.CustomerMasterKeySpec != "" && in.CustomerMasterKeySpec != in.KeySpec {
+		return nil, wire.Errorf(wire.Validation, "You cannot specify KeySpec and CustomerMasterKeySpec in the same request. CustomerMasterKeySpec is deprecated.")
+	}
+	if spec == "" {
+		spec = specSymmetric
+	}
+	usage := in.KeyUsage
+	if usage == "" {
+		usage = usageEncrypt
+	}
+	origin := in.Origin
+	if origin == "" {
+		origin = originAWSKMS
+	}
+	switch {
+	case in.CustomKeyStoreId != "":
+		return nil, wire.Errorf(wire.CustomKeyStoreNotFound, "Custom key store '%s' does not exist.", in.CustomKeyStoreId)
+	case origin != originAWSKMS:
+		return nil, wire.Errorf(wire.UnsupportedOperation, "Origin %s is not supported by hsmkms: key material is always generated on the token.", origin)
+	case spec != specSymmetric:
+		return nil, wire.Errorf(wire.UnsupportedOperation, "KeySpec %s is not supported by hsmkms yet.", spec)
+	case usage != usageEncrypt:
+		return nil, wire.Errorf(wire.Validation, "KeyUsage %s is not compatible with KeySpec %s", usage, spec)
+	case in.MultiRegion:
+		return nil, wire.Errorf(wire.UnsupportedOperation, "Multi-Region keys are not supported by hsmkms.")
+	}
+	if err := checkTags(in.Tags); err != nil {
+		return nil, err
+	}
+	id, uuid := newKeyID()
+	policy := defaultPolicy(c.Caller.Account)
+	if in.Policy != nil {
+		if err := checkPolicy(*in.Policy); err != nil {
+			return nil, err
+		}
+		policy = *in.Policy
+	}
+	tok, err := s.keystores.Default().Token()
+	if err != nil {
+		return nil, err
+	}
+	material, err := tok.GenerateRandom(ctx, materialIDSize)
+	if err != nil {
+		return nil, err
+	}
+	now := s.now().UTC()
+	k := &store.Key{
+		Account: c.Caller.Account, Region: c.Caller.Region, ID: id,
+		Description: in.Description, KeyUsage: usage, KeySpec: spec, Origin: origin,
+		State: string(StateCreating), CreationDate: now, Policy: policy,
+		Materials: []store.Material{{ID: hexID(material), TokenID: tokenID(uuid, material), CreationDate: now}},
+	}
+	tags := make([]store.Tag, len(in.Tags))
+	for i, t := range in.Tags {
+		tags[i] = store.Tag{Key: t.TagKey, Value: t.TagValue}
+	}
+	if err := s.store.CreateKey(ctx, k, tags); err != nil {
+		return nil, err
+	}
+	c.KeyARN = arnOf(k)
+	ref := hsm.SecretKeyByID(k.Materials[0].TokenID)
+	if _, err := tok.GenerateAESKey(ctx, ref.ID, arnOf(k), hsm.UsageEncrypt|hsm.UsageDecrypt); err != nil {
+		s.abandon(ctx, k, false)
+		return nil, tokenError(k, err)
+	}
+	k, err = s.store.UpdateKey(ctx, k.Account, k.Region, k.ID, func(k *store.Key) error {
+		k.State = string(StateEnabled)
+		return nil
+	})
+	if err != nil {
+		s.abandon(ctx, k, true)
+		return nil, err
+	}
+	return &CreateKeyOutput{KeyMetadata: s.metadata(k)}, nil
+}
+
+// abandon undoes a CreateKey that failed half way. If it fails too, the row
+// stays in Creating and Reconcile finishes the job at the next start.
+func (s *Service) abandon(ctx context.Context, k *store.Key, destroy bool) {
+	if destroy {
+		if tok, err := s.token(k); err == nil {
+			for _, m := range k.Materials {
+				if err := tok.DestroyObject(ctx, hsm.SecretKeyByID(m.TokenID)); err != nil && !errors.Is(err, hsm.ErrObjectNotFound) {
+					s.log.Error("abandoning key: destroy token object", "key", arnOf(k), "error", err)
+					return
+				}
+			}
+		}
+	}
+	if err := s.store.DeleteKey(ctx, k.Account, k.Region, k.ID); err != nil {
+		s.log.Error("abandoning key: delete metadata", "key", arnOf(k), "error", err)
+	}
+}
+
+// tokenID is the CKA_ID of one material version: key id and material id, so
+// every version of every key is a distinct object and its owner is visible
+// on the token.
+func tokenID(uuid [16]byte, material []byte) []byte {
+	return append(uuid[:], material...)
+}
+
+type KeyIDInput struct {
+	KeyId       string
+	GrantTokens []string
+}
+
+type DescribeKeyOutput struct {
+	KeyMetadata *KeyMetadata
+}
+
+func (s *Service) DescribeKey(ctx context.Context, c *wire.Call, in *KeyIDInput) (*DescribeKeyOutput, error) {
+	k, err := s.lookupKey(ctx, c, in.KeyId, true)
+	if err != nil {
+		return nil, err
+	}
+	return &DescribeKeyOutput{KeyMetadata: s.metadata(k)}, nil
+}
+
+type ListInput struct {
+	Limit  int
+	Marker string
+}
+
+type KeyListEntry struct {
+	KeyArn string
+	KeyId  string
+}
+
+type ListKeysOutput struct {
+	Keys       []KeyListEntry
+	NextMarker string `json:"NextMarker,omitempty"`
+	Truncated  bool
+}
+
+func (s *Service) ListKeys(ctx context.Context, c *wire.Call, in *ListInput) (*ListKeysOutput, error) {
+	keys, next, err := s.store.ListKeys(ctx, c.Caller.Account, c.Caller.Region, in.Marker, limit(in.Limit, 1000))
+	if err != nil {
+		return nil, listError(err)
+	}
+	out := &ListKeysOutput{Keys: []KeyListEntry{}, NextMarker: next, Truncated: next != ""}
+	for _, k := range keys {
+		if k.State != string(StateCreating) {
+			out.Keys = append(out.Keys, KeyListEntry{KeyArn: arnOf(k), KeyId: k.ID})
+		}
+	}
+	return out, nil
+}
+
+// limit applies AWS's default page size (100) and its maximum.
+func limit(n, max int) int {
+	if n <= 0 {
+		return 100
+	}
+	return min(n, max)
+}
+
+func listError(err error) error {
+	if errors.Is(err, store.ErrInvalidMarker) {
+		return wire.Errorf(wire.InvalidMarker, "Invalid marker")
+	}
+	return err
+}
+
+type Empty struct{}
+
+func (s *Service) EnableKey(ctx context.Context, c *wire.Call, in *KeyIDInput) (*Empty, error) {
+	return s.setEnabled(ctx, c, in.KeyId, StateEnabled)
+}
+
+func (s *Service) DisableKey(ctx context.Context, c *wire.Call, in *KeyIDInput) (*Empty, error) {
+	return s.setEnabled(ctx, c, in.KeyId, StateDisabled)
+}
+
+func (s *Service) setEnabled(ctx context.Context, c *wire.Call, keyID string, state KeyState) (*Empty, error) {
+	err := s.update(ctx, c, keyID, classEnableDisable, func(k *store.Key) error {
+		k.State = string(state)
+		return nil
+	})
+	return &Empty{}, err
+}
+
+// update applies fn to the key keyID names, atomically, after checking the
+// key state for an operation of class against the stored (not a cached)
+// state.
+func (s *Service) update(ctx context.Context, c *wire.Call, keyID string, class opClass, fn func(*store.Key) error) error {
+	k, err := s.lookupKey(ctx, c, keyID, false)
+	if err != nil {
+		return err
+	}
+	_, err = s.store.UpdateKey(ctx, k.Account, k.Region, k.ID, func(k *store.Key) error {
+		if err := checkState(k, class); err != nil {
+			return err
+		}
+		return fn(k)
+	})
+	if errors.Is(err, store.ErrNotFound) {
+		return keyNotFound(k.Region, k.Account, k.ID)
+	}
+	return err
+}
+
+type UpdateKeyDescriptionInput struct {
+	KeyId       string
+	Description string
+}
+
+func (s *Service) UpdateKeyDescription(ctx context.Context, c *wire.Call, in *UpdateKeyDescriptionInput) (*Empty, error) {
+	err := s.update(ctx, c, in.KeyId, classManage, func(k *store.Key) error {
+		k.Description = in.Description
+		return nil
+	})
+	return &Empty{}, err
+}
+
+func isReservedTagKey(k string) bool { return strings.HasPrefix(strings.ToLower(k), "aws:") }

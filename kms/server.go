@@ -1,0 +1,78 @@
+package kms
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hsmkms/hsmkms/kms/sigv4"
+	"github.com/hsmkms/hsmkms/kms/wire"
+)
+
+// Principal is an identity that may call the API: an access key, its
+// secret, and the account and IAM ARN it acts as.
+type Principal struct {
+	AccessKeyID string
+	Secret      string
+	Account     string
+	ARN         string
+}
+
+// HandlerConfig configures the HTTP edge.
+type HandlerConfig struct {
+	Principals []Principal
+	Logger     hclog.Logger
+	// MaxBody bounds request bodies; 0 means 1 MiB (the largest valid KMS
+	// request, a 32 KiB policy or 6 KiB ciphertext, is far smaller).
+	MaxBody int64
+	// Timeout is the per-request deadline; 0 means 30 s.
+	Timeout time.Duration
+	// Now is the clock for SigV4 skew checks; tests inject one.
+	Now func() time.Time
+}
+
+// Handler returns the service's HTTP handler: SigV4 against the configured
+// principals, then the wire protocol, then the operation. The caller's
+// account comes from its principal, the region from the request's
+// credential scope.
+func (s *Service) Handler(cfg HandlerConfig) http.Handler {
+	if cfg.MaxBody == 0 {
+		cfg.MaxBody = 1 << 20
+	}
+	if cfg.Timeout == 0 {
+		cfg.Timeout = 30 * time.Second
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = hclog.NewNullLogger()
+	}
+	byKey := make(map[string]Principal, len(cfg.Principals))
+	for _, p := range cfg.Principals {
+		byKey[p.AccessKeyID] = p
+	}
+	v := &sigv4.Verifier{
+		Service: "kms",
+		Now:     cfg.Now,
+		Lookup: func(id string) (string, bool) {
+			p, ok := byKey[id]
+			return p.Secret, ok
+		},
+	}
+	return &wire.Server{
+		Routes:  s.Routes(),
+		MaxBody: cfg.MaxBody,
+		Timeout: cfg.Timeout,
+		Logger:  cfg.Logger,
+		Now:     cfg.Now,
+		Authenticate: func(r *http.Request, body []byte) (wire.Caller, error) {
+			res, err := v.Verify(r, body)
+			if err != nil {
+				return wire.Caller{}, err
+			}
+			p := byKey[res.AccessKeyID]
+			return wire.Caller{AccessKeyID: p.AccessKeyID, Account: p.Account, PrincipalARN: p.ARN, Region: res.Region}, nil
+		},
+	}
+}

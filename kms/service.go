@@ -1,0 +1,126 @@
+package kms
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hsmkms/hsmkms/hsm"
+	"github.com/hsmkms/hsmkms/keystore"
+	"github.com/hsmkms/hsmkms/kms/store"
+	"github.com/hsmkms/hsmkms/kms/wire"
+)
+
+// Config is what a Service needs.
+type Config struct {
+	Store     store.Store
+	KeyStores *keystore.Manager
+	Logger    hclog.Logger
+	// Now is the clock for dates and the deletion schedule; tests inject one.
+	Now func() time.Time
+}
+
+// Service implements the KMS operations. Safe for concurrent use; it holds
+// no lock of its own: the store serialises writes and the token pool bounds
+// concurrency on the token.
+type Service struct {
+	store     store.Store
+	keystores *keystore.Manager
+	log       hclog.Logger
+	now       func() time.Time
+}
+
+// New returns a Service.
+func New(cfg Config) *Service {
+	if cfg.Logger == nil {
+		cfg.Logger = hclog.NewNullLogger()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Service{store: cfg.Store, keystores: cfg.KeyStores, log: cfg.Logger, now: cfg.Now}
+}
+
+// handlers are the operations implemented here, by operation name.
+func (s *Service) handlers() map[string]wire.Route {
+	return map[string]wire.Route{
+		"CreateKey":                       wire.Typed(s.CreateKey),
+		"DescribeKey":                     wire.Typed(s.DescribeKey),
+		"ListKeys":                        wire.Typed(s.ListKeys),
+		"EnableKey":                       wire.Typed(s.EnableKey),
+		"DisableKey":                      wire.Typed(s.DisableKey),
+		"UpdateKeyDescription":            wire.Typed(s.UpdateKeyDescription),
+		"ScheduleKeyDeletion":             wire.Typed(s.ScheduleKeyDeletion),
+		"CancelKeyDeletion":               wire.Typed(s.CancelKeyDeletion),
+		"CreateAlias":                     wire.Typed(s.CreateAlias),
+		"UpdateAlias":                     wire.Typed(s.UpdateAlias),
+		"DeleteAlias":                     wire.Typed(s.DeleteAlias),
+		"ListAliases":                     wire.Typed(s.ListAliases),
+		"TagResource":                     wire.Typed(s.TagResource),
+		"UntagResource":                   wire.Typed(s.UntagResource),
+		"ListResourceTags":                wire.Typed(s.ListResourceTags),
+		"Encrypt":                         wire.Typed(s.Encrypt),
+		"Decrypt":                         wire.Typed(s.Decrypt),
+		"ReEncrypt":                       wire.Typed(s.ReEncrypt),
+		"GenerateDataKey":                 wire.Typed(s.GenerateDataKey),
+		"GenerateDataKeyWithoutPlaintext": wire.Typed(s.GenerateDataKeyWithoutPlaintext),
+		"GenerateRandom":                  wire.Typed(s.GenerateRandom),
+		"GetKeyPolicy":                    wire.Typed(s.GetKeyPolicy),
+		"PutKeyPolicy":                    wire.Typed(s.PutKeyPolicy),
+		"ListKeyPolicies":                 wire.Typed(s.ListKeyPolicies),
+		"EnableKeyRotation":               wire.Typed(s.EnableKeyRotation),
+		"DisableKeyRotation":              wire.Typed(s.DisableKeyRotation),
+		"GetKeyRotationStatus":            wire.Typed(s.GetKeyRotationStatus),
+	}
+}
+
+// Routes is the explicit route table, keyed by X-Amz-Target: every
+// operation of the KMS model, those not implemented answering
+// UnsupportedOperationException.
+func (s *Service) Routes() map[string]wire.Route {
+	r := s.handlers()
+	out := make(map[string]wire.Route, len(wire.Operations()))
+	for _, op := range wire.Operations() {
+		if route, ok := r[op]; ok {
+			out["TrentService."+op] = route
+		} else {
+			out["TrentService."+op] = unsupported(op)
+		}
+	}
+	return out
+}
+
+// Supported reports whether op is implemented here (for the README table).
+func (s *Service) Supported(op string) bool {
+	_, ok := s.handlers()[op]
+	return ok
+}
+
+// token returns the logged-in token of k's key store, or the exception AWS
+// gives for a key whose store cannot be reached.
+func (s *Service) token(k *store.Key) (*hsm.Token, error) {
+	ks, err := s.keystores.Get(k.CustomKeyStoreID)
+	if err != nil {
+		return nil, err
+	}
+	tok, err := ks.Token()
+	if errors.Is(err, keystore.ErrNotConnected) {
+		return nil, invalidState(arnOf(k), StateUnavailable)
+	}
+	return tok, err
+}
+
+// tokenError turns a token failure during an operation on k into what the
+// client sees: a broken or absent device is the key being unavailable, as
+// AWS reports for a custom key store whose cluster fails; anything else is
+// internal, and logged by the caller.
+func tokenError(k *store.Key, err error) error {
+	if hsm.IsDeviceFailure(err) || errors.Is(err, hsm.ErrUserNotLoggedIn) || errors.Is(err, hsm.ErrClosed) {
+		return invalidState(arnOf(k), StateUnavailable)
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return wire.Errorf(wire.DependencyTimeout, "The system timed out while trying to fulfill the request. The request can be retried.")
+	}
+	return err
+}
