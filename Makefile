@@ -9,6 +9,7 @@ LISTEN      ?= 127.0.0.1:4599
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 TESTFLAGS   ?=
 BENCHTIME   ?= 2s
+BENCH_DURATION ?= 10s
 
 .PHONY: all build setup test test-cli lint bench run clean
 
@@ -28,8 +29,9 @@ lint:
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
 
-bench: setup
-	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) ./hsm/
+bench: setup build
+	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) ./hsm/ ./kms/...
+	scripts/bench-server.sh $(BIN) $(BENCH_DURATION) 16
 
 run: setup build
 	$(BIN) serve --data-dir $(DATA) --listen $(LISTEN)

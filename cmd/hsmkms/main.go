@@ -22,6 +22,8 @@ func main() {
 		err = serve(os.Args[2:])
 	case "tokens":
 		err = tokens(os.Args[2:])
+	case "bench":
+		err = bench(os.Args[2:])
 	case "version", "--version", "-v":
 		fmt.Println("hsmkms", version)
 	case "help", "-h", "--help":
@@ -43,6 +45,7 @@ func usage() {
 commands:
   serve    run the key service (--data-dir DIR --listen HOST:PORT, or --config FILE)
   tokens   list the tokens a PKCS#11 module offers (--module PATH)
+  bench    load a running server through aws-sdk-go-v2 (--op Encrypt --workers 16 --duration 10s)
   version  print the version
 `)
 }

@@ -1,0 +1,265 @@
+package main
+
+import (
+	"crypto/rand"
+	"encoding/base32"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/hsmkms/hsmkms/hsm"
+	softhsmconfig "github.com/hsmkms/hsmkms/softhsm-config"
+	"go.yaml.in/yaml/v3"
+)
+
+const (
+	defaultTokenLabel = "hsmkms-default"
+	// The first-run admin acts in AWS's documentation example account, so
+	// ARNs in examples and in the output look alike.
+	defaultAccount = "111122223333"
+	defaultRegion  = "us-east-1"
+)
+
+// BootstrapInfo is what a user needs to point AWS clients at a
+// --data-dir instance.
+type BootstrapInfo struct {
+	Endpoint        string
+	CABundle        string
+	CredentialsFile string
+	Region          string
+}
+
+// softHSMModules are where Debian and Ubuntu put the SoftHSM2 module;
+// HSMKMS_SOFTHSM_MODULE overrides them (scripts/softhsm-module.sh searches
+// the same list).
+var softHSMModules = []string{
+	"/usr/lib/softhsm/libsofthsm2.so",
+	"/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+	"/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
+	"/usr/local/lib/softhsm/libsofthsm2.so",
+}
+
+func findSoftHSM() (string, error) {
+	if p := os.Getenv("HSMKMS_SOFTHSM_MODULE"); p != "" {
+		return p, nil
+	}
+	for _, p := range softHSMModules {
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
+	}
+	return "", errors.New("SoftHSM2 is not installed: run scripts/setup.sh (or `make run`), or set HSMKMS_SOFTHSM_MODULE")
+}
+
+// Bootstrap prepares dir for `serve --data-dir`: on the first run it creates
+// an isolated SoftHSM2 token store with a default token, random PINs and an
+// admin access key (files 0600), a local CA and server certificate, an AWS
+// shared-credentials file and the configuration that ties them together;
+// later runs reuse all of it. Each step checks what exists, so a run
+// interrupted half way is completed by the next. The configuration is
+// written last and returned with what the user must paste.
+func Bootstrap(dir, listen string) (string, *BootstrapInfo, error) {
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return "", nil, err
+	}
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return "", nil, fmt.Errorf("--listen: %v", err)
+	}
+	module, err := findSoftHSM()
+	if err != nil {
+		return "", nil, err
+	}
+	for _, d := range []string{dir, filepath.Join(dir, "secrets"), filepath.Join(dir, "softhsm", "tokens")} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return "", nil, err
+		}
+	}
+	secret := func(name string) string { return filepath.Join(dir, "secrets", name) }
+
+	conf := filepath.Join(dir, "softhsm", "softhsm2.conf")
+	if _, err := os.Stat(conf); errors.Is(err, os.ErrNotExist) {
+		if err := writeFileAtomic(conf, softhsmconfig.Render(filepath.Join(dir, "softhsm", "tokens")), 0o600); err != nil {
+			return "", nil, err
+		}
+	}
+	soNew, err := ensureSecret(secret("so-pin"), func() string { return randomText(24) })
+	if err != nil {
+		return "", nil, err
+	}
+	userNew, err := ensureSecret(secret("user-pin"), func() string { return randomText(24) })
+	if err != nil {
+		return "", nil, err
+	}
+	if err := ensureToken(module, conf, defaultTokenLabel, secret("so-pin"), secret("user-pin"), soNew || userNew); err != nil {
+		return "", nil, err
+	}
+	if _, err := ensureSecret(secret("admin-access-key-id"), func() string { return "AKIA" + randomKeyID(16) }); err != nil {
+		return "", nil, err
+	}
+	if _, err := ensureSecret(secret("admin-secret"), func() string { return randomText(30) }); err != nil {
+		return "", nil, err
+	}
+	keyID, err := readSecret("secret", secret("admin-access-key-id"), "")
+	if err != nil {
+		return "", nil, err
+	}
+	adminSecret, err := readSecret("secret", secret("admin-secret"), "")
+	if err != nil {
+		return "", nil, err
+	}
+	if err := ensureTLS(filepath.Join(dir, "tls"), host); err != nil {
+		return "", nil, err
+	}
+	creds := fmt.Sprintf("# hsmkms admin access key (account %s). Use with AWS_SHARED_CREDENTIALS_FILE.\n[default]\naws_access_key_id = %s\naws_secret_access_key = %s\n", defaultAccount, keyID, adminSecret)
+	if err := writeFileAtomic(filepath.Join(dir, "credentials"), []byte(creds), 0o600); err != nil {
+		return "", nil, err
+	}
+
+	cfg := Config{
+		Version:  1,
+		Listen:   listen,
+		TLS:      TLSConfig{CertFile: "tls/server.pem", KeyFile: "tls/server-key.pem"},
+		LogLevel: "info",
+		Database: DatabaseConfig{Path: "hsmkms.db"},
+		DefaultKeyStore: KeyStoreConfig{
+			Module:     module,
+			ModuleEnv:  map[string]string{"SOFTHSM2_CONF": conf},
+			TokenLabel: defaultTokenLabel,
+			PINFile:    "secrets/user-pin",
+			PoolSize:   8,
+		},
+		Principals: []Principal{{
+			AccessKeyID: keyID, SecretFile: "secrets/admin-secret",
+			AccountID: defaultAccount, ARN: "arn:aws:iam::" + defaultAccount + ":user/hsmkms-admin",
+		}},
+	}
+	out, err := yaml.Marshal(&cfg)
+	if err != nil {
+		return "", nil, err
+	}
+	header := "# Written by `hsmkms serve --data-dir` on every start; edit a copy and run it with --config.\n"
+	path := filepath.Join(dir, "hsmkms.yaml")
+	if err := writeFileAtomic(path, append([]byte(header), out...), 0o600); err != nil {
+		return "", nil, err
+	}
+	if host == "" || net.ParseIP(host) != nil && net.ParseIP(host).IsUnspecified() {
+		host = "127.0.0.1"
+	}
+	return path, &BootstrapInfo{
+		Endpoint:        "https://" + net.JoinHostPort(host, port),
+		CABundle:        filepath.Join(dir, "tls", "ca.pem"),
+		CredentialsFile: filepath.Join(dir, "credentials"),
+		Region:          defaultRegion,
+	}, nil
+}
+
+// ensureToken initialises the token on first run. SOFTHSM2_CONF must point
+// at the isolated store before the module is loaded; SoftHSM2 reads it once.
+func ensureToken(module, conf, label, soPINFile, userPINFile string, pinsNew bool) error {
+	if err := os.Setenv("SOFTHSM2_CONF", conf); err != nil {
+		return err
+	}
+	m, err := hsm.OpenModule(module)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	tokens, err := m.Tokens()
+	if err != nil {
+		return err
+	}
+	for _, t := range tokens {
+		if t.Label == label {
+			if pinsNew {
+				return fmt.Errorf("token %q exists but its PIN files in %s were missing; restore them or start with a new --data-dir", label, filepath.Dir(soPINFile))
+			}
+			return nil
+		}
+	}
+	so, err := readSecret("pin", soPINFile, "")
+	if err != nil {
+		return err
+	}
+	user, err := readSecret("pin", userPINFile, "")
+	if err != nil {
+		return err
+	}
+	_, err = m.InitToken(label, so, user)
+	return err
+}
+
+// ensureSecret writes gen() to path (0600) unless the file exists, and
+// reports whether it wrote it.
+func ensureSecret(path string, gen func() string) (bool, error) {
+	if _, err := os.Stat(path); err == nil {
+		return false, nil
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return false, err
+	}
+	return true, writeFileAtomic(path, []byte(gen()+"\n"), 0o600)
+}
+
+// writeFileAtomic writes via a temporary file, fsync and rename, so a crash
+// leaves the old file or the new one, never half of one.
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if err := tmp.Chmod(mode); err != nil {
+		tmp.Close()
+		return err
+	}
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}
+
+func randomBytes(n int) []byte {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		panic(err) // crypto/rand never fails on Linux
+	}
+	return b
+}
+
+// randomText is n random bytes as URL-safe base64: printable, so it
+// survives INI files, YAML and PKCS#11 PIN fields.
+func randomText(n int) string { return base64.RawURLEncoding.EncodeToString(randomBytes(n)) }
+
+// randomKeyID is n upper-case letters and digits, as AWS access key ids.
+func randomKeyID(n int) string {
+	s := base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(randomBytes(n))
+	return strings.ToUpper(s[:n])
+}
+
+// PasteBlock is the shell snippet that points the AWS CLI and SDKs at a
+// --data-dir instance. AWS_REGION comes last: scripts wait for it.
+func PasteBlock(info *BootstrapInfo) string {
+	return fmt.Sprintf(`export AWS_ENDPOINT_URL_KMS=%s
+export AWS_CA_BUNDLE=%s
+export AWS_SHARED_CREDENTIALS_FILE=%s
+export AWS_DEFAULT_REGION=%s
+export AWS_REGION=%s
+
+Then, for example:
+
+  aws kms create-key --description "my first hsmkms key"
+`, info.Endpoint, info.CABundle, info.CredentialsFile, info.Region, info.Region)
+}

@@ -1,0 +1,320 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Config is the deployment configuration (`hsmkms serve --config FILE`).
+// Secrets are never inline: PINs and secret keys come from files (mode
+// 0600) or environment variables, so the file itself can be reviewed and
+// versioned.
+type Config struct {
+	Version         int            `yaml:"version"`
+	Listen          string         `yaml:"listen"`
+	PlainHTTP       bool           `yaml:"plain_http,omitempty"`
+	TLS             TLSConfig      `yaml:"tls,omitempty"`
+	LogLevel        string         `yaml:"log_level,omitempty"`
+	Database        DatabaseConfig `yaml:"database"`
+	DefaultKeyStore KeyStoreConfig `yaml:"default_key_store"`
+	Principals      []Principal    `yaml:"principals"`
+}
+
+type TLSConfig struct {
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+}
+
+type DatabaseConfig struct {
+	Path string `yaml:"path"`
+}
+
+// KeyStoreConfig names a token through its PKCS#11 module.
+type KeyStoreConfig struct {
+	Module string `yaml:"module"`
+	// ModuleEnv is set in the process environment before the module is
+	// loaded: PKCS#11 libraries read their own configuration from it
+	// (SOFTHSM2_CONF, ChrystokiConfigurationPath, ...).
+	ModuleEnv   map[string]string `yaml:"module_env,omitempty"`
+	TokenLabel  string            `yaml:"token_label,omitempty"`
+	TokenSerial string            `yaml:"token_serial,omitempty"`
+	PINFile     string            `yaml:"pin_file,omitempty"`
+	PINEnv      string            `yaml:"pin_env,omitempty"`
+	PoolSize    int               `yaml:"pool_size,omitempty"`
+}
+
+// PIN reads the user PIN from its file or environment variable.
+func (k *KeyStoreConfig) PIN() (string, error) {
+	return readSecret("pin", k.PINFile, k.PINEnv)
+}
+
+// Principal is an access key allowed to call the API.
+type Principal struct {
+	AccessKeyID string `yaml:"access_key_id"`
+	SecretFile  string `yaml:"secret_file,omitempty"`
+	SecretEnv   string `yaml:"secret_env,omitempty"`
+	AccountID   string `yaml:"account_id"`
+	ARN         string `yaml:"arn"`
+}
+
+// Secret reads the principal's secret access key.
+func (p *Principal) Secret() (string, error) {
+	return readSecret("secret", p.SecretFile, p.SecretEnv)
+}
+
+func readSecret(what, file, env string) (string, error) {
+	if env != "" {
+		v, ok := os.LookupEnv(env)
+		if !ok || v == "" {
+			return "", fmt.Errorf("%s_env: environment variable %s is not set", what, env)
+		}
+		return v, nil
+	}
+	fi, err := os.Stat(file)
+	if err != nil {
+		return "", fmt.Errorf("%s_file: %w", what, err)
+	}
+	// A secret readable by others is already leaked; refuse rather than
+	// run on it.
+	if fi.Mode().Perm()&0o077 != 0 {
+		return "", fmt.Errorf("%s_file: %s has mode %04o; secrets must not be readable by group or others (chmod 600)", what, file, fi.Mode().Perm())
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return "", fmt.Errorf("%s_file: %w", what, err)
+	}
+	v := strings.TrimRight(string(b), "\r\n")
+	if v == "" {
+		return "", fmt.Errorf("%s_file: %s is empty", what, file)
+	}
+	return v, nil
+}
+
+// schema is the shape of the YAML document: for each key, a nested schema
+// (mapping), a one-element slice (sequence of that), or the scalar tag it
+// must have. Checking the node tree against it first lets every error name
+// its YAML path, which yaml's own decoder does not.
+var schema = map[string]any{
+	"version":    "!!int",
+	"listen":     "!!str",
+	"plain_http": "!!bool",
+	"tls":        map[string]any{"cert_file": "!!str", "key_file": "!!str"},
+	"log_level":  "!!str",
+	"database":   map[string]any{"path": "!!str"},
+	"default_key_store": map[string]any{
+		"module": "!!str", "module_env": "map", "token_label": "!!str", "token_serial": "!!str",
+		"pin_file": "!!str", "pin_env": "!!str", "pool_size": "!!int",
+	},
+	"principals": []any{map[string]any{
+		"access_key_id": "!!str", "secret_file": "!!str", "secret_env": "!!str", "account_id": "!!str", "arn": "!!str",
+	}},
+}
+
+// LoadConfig reads and validates the configuration at path. Relative paths
+// inside it are relative to the file's directory.
+func LoadConfig(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := ParseConfig(data, filepath.Dir(path))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// ParseConfig parses and validates a configuration document.
+func ParseConfig(data []byte, baseDir string) (*Config, error) {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return nil, err
+	}
+	if doc.Kind != yaml.DocumentNode || len(doc.Content) != 1 {
+		return nil, errors.New("empty configuration")
+	}
+	if err := checkNode(doc.Content[0], schema, ""); err != nil {
+		return nil, err
+	}
+	var cfg Config
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&cfg); err != nil {
+		return nil, err
+	}
+	if err := cfg.validate(baseDir); err != nil {
+		return nil, err
+	}
+	return &cfg, nil
+}
+
+func checkNode(n *yaml.Node, want any, path string) error {
+	at := func(format string, args ...any) error {
+		p := path
+		if p == "" {
+			p = "(document)"
+		}
+		return fmt.Errorf("%s (line %d): %s", p, n.Line, fmt.Sprintf(format, args...))
+	}
+	switch w := want.(type) {
+	case map[string]any:
+		if n.Kind != yaml.MappingNode {
+			return at("must be a mapping")
+		}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i], n.Content[i+1]
+			sub := k.Value
+			if path != "" {
+				sub = path + "." + k.Value
+			}
+			ws, ok := w[k.Value]
+			if !ok {
+				return fmt.Errorf("%s (line %d): unknown key", sub, k.Line)
+			}
+			if err := checkNode(v, ws, sub); err != nil {
+				return err
+			}
+		}
+	case []any:
+		if n.Kind != yaml.SequenceNode {
+			return at("must be a list")
+		}
+		for i, item := range n.Content {
+			if err := checkNode(item, w[0], fmt.Sprintf("%s[%d]", path, i)); err != nil {
+				return err
+			}
+		}
+	case string:
+		if w == "map" {
+			if n.Kind != yaml.MappingNode {
+				return at("must be a mapping of names to strings")
+			}
+			for _, c := range n.Content {
+				if c.Kind != yaml.ScalarNode {
+					return at("must be a mapping of names to strings")
+				}
+			}
+			return nil
+		}
+		if n.Kind != yaml.ScalarNode || (n.Tag != w && !(w == "!!str" && n.Tag != "!!null")) {
+			return at("must be %s", map[string]string{"!!int": "an integer", "!!str": "a string", "!!bool": "true or false"}[w])
+		}
+	}
+	return nil
+}
+
+var (
+	accessKeyIDRe = regexp.MustCompile(`^[A-Z0-9]{16,128}$`)
+	accountIDRe   = regexp.MustCompile(`^[0-9]{12}$`)
+	principalRe   = regexp.MustCompile(`^arn:aws:iam::([0-9]{12}):(user|role)/[\w+=,.@/-]{1,512}$`)
+	envNameRe     = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+)
+
+func (c *Config) validate(baseDir string) error {
+	abs := func(p string) string {
+		if p == "" || filepath.IsAbs(p) {
+			return p
+		}
+		return filepath.Join(baseDir, p)
+	}
+	if c.Version != 1 {
+		return fmt.Errorf("version: must be 1 (got %d)", c.Version)
+	}
+	if c.Listen == "" {
+		return errors.New("listen: required (HOST:PORT)")
+	}
+	host, _, err := net.SplitHostPort(c.Listen)
+	if err != nil {
+		return fmt.Errorf("listen: %v", err)
+	}
+	if c.PlainHTTP {
+		if !isLoopback(host) {
+			return fmt.Errorf("plain_http: only allowed on a loopback address; listen is %q", c.Listen)
+		}
+	} else {
+		if c.TLS.CertFile == "" || c.TLS.KeyFile == "" {
+			return errors.New("tls: cert_file and key_file are required (or plain_http: true on a loopback address)")
+		}
+		c.TLS.CertFile, c.TLS.KeyFile = abs(c.TLS.CertFile), abs(c.TLS.KeyFile)
+	}
+	switch c.LogLevel {
+	case "":
+		c.LogLevel = "info"
+	case "trace", "debug", "info", "warn", "error":
+	default:
+		return fmt.Errorf("log_level: must be one of trace, debug, info, warn, error (got %q)", c.LogLevel)
+	}
+	if c.Database.Path == "" {
+		return errors.New("database.path: required")
+	}
+	c.Database.Path = abs(c.Database.Path)
+
+	ks := &c.DefaultKeyStore
+	switch {
+	case ks.Module == "":
+		return errors.New("default_key_store.module: required (absolute path of the PKCS#11 library)")
+	case !filepath.IsAbs(ks.Module):
+		return fmt.Errorf("default_key_store.module: %q is not an absolute path", ks.Module)
+	case (ks.TokenLabel == "") == (ks.TokenSerial == ""):
+		return errors.New("default_key_store: exactly one of token_label and token_serial is required")
+	case (ks.PINFile == "") == (ks.PINEnv == ""):
+		return errors.New("default_key_store: exactly one of pin_file and pin_env is required")
+	case ks.PINEnv != "" && !envNameRe.MatchString(ks.PINEnv):
+		return fmt.Errorf("default_key_store.pin_env: %q is not an environment variable name", ks.PINEnv)
+	case ks.PoolSize < 0 || ks.PoolSize > 1024:
+		return fmt.Errorf("default_key_store.pool_size: must be between 1 and 1024 (0 for the default)")
+	}
+	ks.PINFile = abs(ks.PINFile)
+	for k := range ks.ModuleEnv {
+		if !envNameRe.MatchString(k) {
+			return fmt.Errorf("default_key_store.module_env: %q is not an environment variable name", k)
+		}
+	}
+
+	if len(c.Principals) == 0 {
+		return errors.New("principals: at least one is required")
+	}
+	seen := map[string]bool{}
+	for i := range c.Principals {
+		p := &c.Principals[i]
+		at := fmt.Sprintf("principals[%d]", i)
+		switch {
+		case !accessKeyIDRe.MatchString(p.AccessKeyID):
+			return fmt.Errorf("%s.access_key_id: must be 16-128 upper-case letters and digits", at)
+		case seen[p.AccessKeyID]:
+			return fmt.Errorf("%s.access_key_id: %s is declared twice", at, p.AccessKeyID)
+		case (p.SecretFile == "") == (p.SecretEnv == ""):
+			return fmt.Errorf("%s: exactly one of secret_file and secret_env is required", at)
+		case p.SecretEnv != "" && !envNameRe.MatchString(p.SecretEnv):
+			return fmt.Errorf("%s.secret_env: %q is not an environment variable name", at, p.SecretEnv)
+		case !accountIDRe.MatchString(p.AccountID):
+			return fmt.Errorf("%s.account_id: must be 12 digits", at)
+		}
+		m := principalRe.FindStringSubmatch(p.ARN)
+		if m == nil {
+			return fmt.Errorf("%s.arn: must be an IAM user or role ARN (arn:aws:iam::ACCOUNT:user/NAME)", at)
+		}
+		if m[1] != p.AccountID {
+			return fmt.Errorf("%s.arn: account %s does not match account_id %s", at, m[1], p.AccountID)
+		}
+		seen[p.AccessKeyID] = true
+		p.SecretFile = abs(p.SecretFile)
+	}
+	return nil
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}

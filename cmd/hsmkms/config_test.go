@@ -1,0 +1,160 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+const validConfig = `
+version: 1
+listen: 0.0.0.0:8443
+tls:
+  cert_file: tls/server.pem
+  key_file: /etc/hsmkms/server-key.pem
+log_level: warn
+database:
+  path: /var/lib/hsmkms/hsmkms.db
+default_key_store:
+  module: /usr/lib/softhsm/libsofthsm2.so
+  module_env:
+    SOFTHSM2_CONF: /etc/hsmkms/softhsm2.conf
+  token_label: hsmkms-default
+  pin_env: HSMKMS_USER_PIN
+  pool_size: 16
+principals:
+  - access_key_id: AKIAEXAMPLEADMIN0001
+    secret_file: secrets/admin
+    account_id: "111122223333"
+    arn: arn:aws:iam::111122223333:user/admin
+  - access_key_id: AKIAEXAMPLEAPP000001
+    secret_env: HSMKMS_APP_SECRET
+    account_id: 444455556666
+    arn: arn:aws:iam::444455556666:role/app
+`
+
+func TestParseConfig(t *testing.T) {
+	cfg, err := ParseConfig([]byte(validConfig), "/etc/hsmkms")
+	require.NoError(t, err)
+	require.Equal(t, "/etc/hsmkms/tls/server.pem", cfg.TLS.CertFile, "relative paths are relative to the config file")
+	require.Equal(t, "/etc/hsmkms/server-key.pem", cfg.TLS.KeyFile)
+	require.Equal(t, "warn", cfg.LogLevel)
+	require.Equal(t, 16, cfg.DefaultKeyStore.PoolSize)
+	require.Equal(t, "/etc/hsmkms/softhsm2.conf", cfg.DefaultKeyStore.ModuleEnv["SOFTHSM2_CONF"])
+	require.Len(t, cfg.Principals, 2)
+	require.Equal(t, "/etc/hsmkms/secrets/admin", cfg.Principals[0].SecretFile)
+	require.Equal(t, "444455556666", cfg.Principals[1].AccountID)
+}
+
+func TestParseConfigErrorsNameThePath(t *testing.T) {
+	edit := func(old, new string) string {
+		require.Contains(t, validConfig, old)
+		return strings.Replace(validConfig, old, new, 1)
+	}
+	cases := map[string]struct{ doc, want string }{
+		"unknown top-level key": {validConfig + "listen_addr: x\n", "listen_addr (line 26): unknown key"},
+		"unknown nested key":    {edit("  pool_size: 16", "  pool_sise: 16"), "default_key_store.pool_sise (line 16): unknown key"},
+		"unknown key in list":   {edit("    secret_env: HSMKMS_APP_SECRET", "    secret: hunter2"), "principals[1].secret (line 23): unknown key"},
+		"wrong type":            {edit("pool_size: 16", "pool_size: many"), "default_key_store.pool_size (line 16): must be an integer"},
+		"mapping expected":      {edit("database:\n  path: /var/lib/hsmkms/hsmkms.db", "database: /var/lib/hsmkms/hsmkms.db"), "database (line 8): must be a mapping"},
+		"missing version":       {edit("version: 1\n", ""), "version: must be 1 (got 0)"},
+		"future version":        {edit("version: 1", "version: 2"), "version: must be 1 (got 2)"},
+		"plain http exposed":    {edit("tls:", "plain_http: true\ntls:"), `plain_http: only allowed on a loopback address; listen is "0.0.0.0:8443"`},
+		"relative module":       {edit("module: /usr/lib/softhsm/libsofthsm2.so", "module: libsofthsm2.so"), `default_key_store.module: "libsofthsm2.so" is not an absolute path`},
+		"label and serial":      {edit("  token_label: hsmkms-default", "  token_label: a\n  token_serial: b"), "default_key_store: exactly one of token_label and token_serial is required"},
+		"two pin sources":       {edit("  pin_env: HSMKMS_USER_PIN", "  pin_env: HSMKMS_USER_PIN\n  pin_file: /x"), "default_key_store: exactly one of pin_file and pin_env is required"},
+		"bad account":           {edit(`account_id: "111122223333"`, `account_id: "1111"`), "principals[0].account_id: must be 12 digits"},
+		"arn of other account":  {edit("arn:aws:iam::111122223333:user/admin", "arn:aws:iam::999999999999:user/admin"), "principals[0].arn: account 999999999999 does not match account_id 111122223333"},
+		"duplicate key id":      {edit("AKIAEXAMPLEAPP000001", "AKIAEXAMPLEADMIN0001"), "principals[1].access_key_id: AKIAEXAMPLEADMIN0001 is declared twice"},
+		"no tls":                {edit("  cert_file: tls/server.pem\n", ""), "tls: cert_file and key_file are required"},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			_, err := ParseConfig([]byte(c.doc), "/etc/hsmkms")
+			require.Error(t, err)
+			require.Contains(t, err.Error(), c.want)
+		})
+	}
+}
+
+func TestPlainHTTPOnLoopback(t *testing.T) {
+	doc := strings.Replace(validConfig, "listen: 0.0.0.0:8443\ntls:", "listen: 127.0.0.1:8080\nplain_http: true\ntls:", 1)
+	cfg, err := ParseConfig([]byte(doc), "/etc/hsmkms")
+	require.NoError(t, err)
+	require.True(t, cfg.PlainHTTP)
+}
+
+func TestSecretsComeFromFilesOrEnv(t *testing.T) {
+	dir := t.TempDir()
+	p := Principal{SecretFile: filepath.Join(dir, "s")}
+	require.NoError(t, os.WriteFile(p.SecretFile, []byte("s3cret\n"), 0o644))
+	_, err := p.Secret()
+	require.ErrorContains(t, err, "must not be readable by group or others")
+	require.NotContains(t, err.Error(), "s3cret")
+	require.NoError(t, os.Chmod(p.SecretFile, 0o600))
+	s, err := p.Secret()
+	require.NoError(t, err)
+	require.Equal(t, "s3cret", s)
+
+	t.Setenv("HSMKMS_TEST_SECRET", "from-env")
+	s, err = (&Principal{SecretEnv: "HSMKMS_TEST_SECRET"}).Secret()
+	require.NoError(t, err)
+	require.Equal(t, "from-env", s)
+	_, err = (&Principal{SecretEnv: "HSMKMS_TEST_UNSET"}).Secret()
+	require.ErrorContains(t, err, "HSMKMS_TEST_UNSET is not set")
+}
+
+// TestREADMEConfigExample keeps the documented example valid.
+func TestREADMEConfigExample(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	require.NoError(t, err)
+	m := regexp.MustCompile("(?s)<!-- config-example -->\\s*```yaml\n(.*?)```").FindSubmatch(readme)
+	require.NotNil(t, m, "README has no config example block")
+	_, err = ParseConfig(m[1], "/etc/hsmkms")
+	require.NoError(t, err)
+}
+
+func TestBootstrap(t *testing.T) {
+	if _, err := findSoftHSM(); err != nil {
+		t.Fatal(err, "(make test runs scripts/setup.sh first)")
+	}
+	dir := filepath.Join(t.TempDir(), "data")
+	path, info, err := Bootstrap(dir, "127.0.0.1:4599")
+	require.NoError(t, err)
+	require.Equal(t, "https://127.0.0.1:4599", info.Endpoint)
+	cfg, err := LoadConfig(path)
+	require.NoError(t, err)
+	require.Equal(t, "127.0.0.1:4599", cfg.Listen)
+	require.False(t, cfg.PlainHTTP)
+
+	for _, f := range []string{"secrets/so-pin", "secrets/user-pin", "secrets/admin-secret", "credentials", "tls/ca-key.pem", "tls/server-key.pem", "hsmkms.yaml"} {
+		fi, err := os.Stat(filepath.Join(dir, f))
+		require.NoError(t, err, f)
+		require.Equal(t, os.FileMode(0o600), fi.Mode().Perm(), f)
+	}
+	creds, err := os.ReadFile(info.CredentialsFile)
+	require.NoError(t, err)
+	require.Regexp(t, `(?m)^aws_access_key_id = AKIA[A-Z0-9]{16}$`, string(creds))
+	pin, err := cfg.DefaultKeyStore.PIN()
+	require.NoError(t, err)
+	require.NotContains(t, string(creds), pin)
+
+	// A second run reuses everything.
+	caBefore, _ := os.ReadFile(info.CABundle)
+	path2, _, err := Bootstrap(dir, "127.0.0.1:4599")
+	require.NoError(t, err)
+	require.Equal(t, path, path2)
+	caAfter, _ := os.ReadFile(info.CABundle)
+	require.Equal(t, caBefore, caAfter)
+	creds2, _ := os.ReadFile(info.CredentialsFile)
+	require.Equal(t, creds, creds2)
+
+	block := PasteBlock(info)
+	require.Contains(t, block, "export AWS_ENDPOINT_URL_KMS=https://127.0.0.1:4599\n")
+	require.Contains(t, block, "export AWS_CA_BUNDLE="+info.CABundle+"\n")
+	require.Contains(t, block, "aws kms create-key")
+}

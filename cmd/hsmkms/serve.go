@@ -1,0 +1,165 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hsmkms/hsmkms/hsm"
+	"github.com/hsmkms/hsmkms/keystore"
+	"github.com/hsmkms/hsmkms/kms"
+	"github.com/hsmkms/hsmkms/kms/store"
+)
+
+// serve runs the key service until SIGINT or SIGTERM.
+func serve(args []string) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	dataDir := fs.String("data-dir", "", "run on embedded defaults, keeping everything under this directory (created on first run)")
+	listen := fs.String("listen", "127.0.0.1:4599", "HOST:PORT to listen on (with --data-dir)")
+	configPath := fs.String("config", "", "configuration file (for real deployments)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	var info *BootstrapInfo
+	switch {
+	case *configPath != "" && *dataDir != "":
+		return errors.New("serve: give --config or --data-dir, not both")
+	case *dataDir != "":
+		var err error
+		*configPath, info, err = Bootstrap(*dataDir, *listen)
+		if err != nil {
+			return err
+		}
+	case *configPath == "":
+		return errors.New("serve: --config FILE or --data-dir DIR is required")
+	}
+	cfg, err := LoadConfig(*configPath)
+	if err != nil {
+		return err
+	}
+	log := hclog.New(&hclog.LoggerOptions{Name: "hsmkms", Level: hclog.LevelFromString(cfg.LogLevel), Output: os.Stderr})
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	svc, closeAll, err := open(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer closeAll()
+
+	principals := make([]kms.Principal, 0, len(cfg.Principals))
+	for i, p := range cfg.Principals {
+		secret, err := p.Secret()
+		if err != nil {
+			return fmt.Errorf("principals[%d]: %w", i, err)
+		}
+		principals = append(principals, kms.Principal{AccessKeyID: p.AccessKeyID, Secret: secret, Account: p.AccountID, ARN: p.ARN})
+	}
+	srv := &http.Server{
+		Handler:           svc.Handler(kms.HandlerConfig{Principals: principals, Logger: log.Named("api")}),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      60 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		ErrorLog:          log.Named("http").StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true}),
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return err
+	}
+	if !cfg.PlainHTTP {
+		cert, err := tls.LoadX509KeyPair(cfg.TLS.CertFile, cfg.TLS.KeyFile)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("tls: %w", err)
+		}
+		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
+	}
+	go svc.RunReaper(ctx, time.Minute)
+
+	scheme := "https"
+	if cfg.PlainHTTP {
+		scheme = "http"
+	}
+	log.Info("listening", "endpoint", scheme+"://"+ln.Addr().String())
+	if info != nil {
+		fmt.Fprintf(os.Stdout, "\nhsmkms is serving at %s\n\nPaste this into your shell:\n\n%s\n", info.Endpoint, PasteBlock(info))
+	}
+
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	log.Info("shutting down: finishing in-flight requests")
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return srv.Shutdown(shutdownCtx)
+}
+
+// open brings up the token, the metadata store and the service, and checks
+// them against each other. closeAll logs out, closes sessions, finalises
+// the module and closes the database.
+func open(ctx context.Context, cfg *Config, log hclog.Logger) (*kms.Service, func(), error) {
+	ks := cfg.DefaultKeyStore
+	for k, v := range ks.ModuleEnv {
+		if err := os.Setenv(k, v); err != nil {
+			return nil, nil, err
+		}
+	}
+	pin, err := ks.PIN()
+	if err != nil {
+		return nil, nil, fmt.Errorf("default_key_store: %w", err)
+	}
+	def, err := keystore.OpenDefault(ctx, hsm.TokenConfig{
+		Module: ks.Module, Label: ks.TokenLabel, Serial: ks.TokenSerial, PoolSize: ks.PoolSize,
+		Logger: log.Named("hsm"),
+	}, pin)
+	if err != nil {
+		return nil, nil, err
+	}
+	keystores := keystore.NewManager(def)
+	db, err := store.OpenSQLite(cfg.Database.Path)
+	if err != nil {
+		keystores.Close(ctx)
+		return nil, nil, err
+	}
+	closeAll := func() {
+		c, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := keystores.Close(c); err != nil {
+			log.Error("closing key stores", "error", err)
+		}
+		if err := db.Close(); err != nil {
+			log.Error("closing database", "error", err)
+		}
+	}
+	svc := kms.New(kms.Config{Store: db, KeyStores: keystores, Logger: log.Named("kms")})
+	report, err := svc.Reconcile(ctx)
+	if err != nil {
+		closeAll()
+		return nil, nil, fmt.Errorf("startup check: %w", err)
+	}
+	for _, k := range report.Abandoned {
+		log.Warn("removed a key left half-created by a crash", "key", k)
+	}
+	for _, m := range report.MissingMaterial {
+		log.Error("key material missing from the token", "material", m)
+	}
+	for _, o := range report.OrphanObjects {
+		log.Warn("token object with no key metadata", "label", o)
+	}
+	return svc, closeAll, nil
+}

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Drives the stock `aws kms` CLI against `hsmkms serve` on a throwaway data
+# directory, using nothing but the environment block the server prints.
+#
+#   scripts/cli-test.sh [path/to/hsmkms]
+#
+# Exits non-zero on the first command that fails or answers wrongly.
+set -euo pipefail
+
+bin=${1:-bin/hsmkms}
+command -v aws >/dev/null || { echo "cli-test: the aws CLI is not installed" >&2; exit 1; }
+dir=$(mktemp -d)
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+pid=
+cleanup() {
+  [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
+  rm -rf "$dir"
+}
+trap cleanup EXIT
+
+"$bin" serve --data-dir "$dir/data" --listen "127.0.0.1:$port" >"$dir/out" 2>"$dir/log" &
+pid=$!
+for _ in $(seq 1 100); do
+  grep -q '^export AWS_REGION=' "$dir/out" 2>/dev/null && break
+  kill -0 "$pid" 2>/dev/null || { cat "$dir/log" >&2; echo "cli-test: server exited" >&2; exit 1; }
+  sleep 0.1
+done
+# Only what the server printed: no credentials or endpoints of our own.
+unset AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_SESSION_TOKEN AWS_PROFILE AWS_DEFAULT_REGION AWS_ENDPOINT_URL
+eval "$(grep '^export ' "$dir/out")"
+export AWS_CONFIG_FILE=/dev/null AWS_MAX_ATTEMPTS=1
+
+step() { echo "cli-test: $*" >&2; }
+fail() { echo "cli-test: FAIL: $*" >&2; cat "$dir/log" >&2; exit 1; }
+
+step "create-key"
+key=$(aws kms create-key --description "cli test" --query KeyMetadata.KeyId --output text)
+[[ $key =~ ^[0-9a-f-]{36}$ ]] || fail "create-key returned '$key'"
+
+step "create-alias"
+aws kms create-alias --alias-name alias/cli-test --target-key-id "$key"
+
+step "encrypt via alias"
+printf 'hello from the aws cli' > "$dir/plain"
+aws kms encrypt --key-id alias/cli-test --plaintext "fileb://$dir/plain" \
+  --encryption-context purpose=cli --query CiphertextBlob --output text | base64 -d > "$dir/blob"
+
+step "decrypt without key id"
+aws kms decrypt --ciphertext-blob "fileb://$dir/blob" --encryption-context purpose=cli \
+  --query Plaintext --output text | base64 -d > "$dir/back"
+cmp -s "$dir/plain" "$dir/back" || fail "decrypt returned different plaintext"
+if aws kms decrypt --ciphertext-blob "fileb://$dir/blob" 2>"$dir/err" >/dev/null; then
+  fail "decrypt without the encryption context succeeded"
+fi
+grep -q InvalidCiphertextException "$dir/err" || fail "expected InvalidCiphertextException, got: $(cat "$dir/err")"
+
+step "generate-data-key"
+len=$(aws kms generate-data-key --key-id "$key" --key-spec AES_256 --query Plaintext --output text | base64 -d | wc -c)
+[ "$len" -eq 32 ] || fail "data key is $len bytes"
+
+step "list-keys"
+aws kms list-keys --query 'Keys[].KeyId' --output text | grep -q "$key" || fail "list-keys misses $key"
+
+step "list-aliases"
+aws kms list-aliases --query 'Aliases[].AliasName' --output text | grep -q alias/cli-test || fail "list-aliases misses the alias"
+
+step "schedule-key-deletion"
+state=$(aws kms schedule-key-deletion --key-id "$key" --pending-window-in-days 7 --query KeyState --output text)
+[ "$state" = PendingDeletion ] || fail "schedule-key-deletion state '$state'"
+state=$(aws kms describe-key --key-id alias/cli-test --query KeyMetadata.KeyState --output text)
+[ "$state" = PendingDeletion ] || fail "describe-key state '$state'"
+
+step "graceful shutdown"
+kill -TERM "$pid"
+wait "$pid" || fail "server exited with status $?"
+pid=
+echo "cli-test: all steps passed" >&2
