@@ -32,8 +32,7 @@ func (t *Time) UnmarshalJSON(b []byte) error {
 	if err != nil || math.IsInf(f, 0) || math.IsNaN(f) {
 		return fmt.Errorf("wire: timestamp %q is not epoch seconds", b)
 	}
-	sec, frac := math.Modf(f)
-	*t = Time(time.Unix(int64(sec), int64(frac*1e9)).UTC())
+	*t = Time(time.UnixMilli(int64(math.Round(f * 1000))).UTC())
 	return nil
 }
 
