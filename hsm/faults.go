@@ -149,6 +149,13 @@ func (f *Faults) GenerateKey(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, tem
 	return f.next.GenerateKey(sh, m, temp)
 }
 
+func (f *Faults) CopyObject(sh pkcs11.SessionHandle, o pkcs11.ObjectHandle, temp []*pkcs11.Attribute) (pkcs11.ObjectHandle, error) {
+	if err := f.hit("C_CopyObject"); err != nil {
+		return 0, err
+	}
+	return f.next.CopyObject(sh, o, temp)
+}
+
 func (f *Faults) DestroyObject(sh pkcs11.SessionHandle, oh pkcs11.ObjectHandle) error {
 	if err := f.hit("C_DestroyObject"); err != nil {
 		return err

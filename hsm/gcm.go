@@ -24,7 +24,7 @@ func (t *Token) EncryptGCM(ctx context.Context, ref ObjectRef, plaintext, aad []
 	if _, err := rand.Read(iv); err != nil {
 		return nil, nil, fmt.Errorf("hsm: IV: %w", err)
 	}
-	err = t.withObject(ctx, ref, func(s pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
+	err = t.withKey(ctx, ref, func(s pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
 		params := pkcs11.NewGCMParams(iv, aad, GCMTagSize*8)
 		defer params.Free()
 		if err := t.p11.EncryptInit(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, params)}, h); err != nil {
@@ -54,7 +54,7 @@ func (t *Token) DecryptGCM(ctx context.Context, ref ObjectRef, iv, sealed, aad [
 		return nil, fmt.Errorf("%w: shorter than the %d-byte GCM tag", ErrInvalidCiphertext, GCMTagSize)
 	}
 	var plain []byte
-	err := t.withObject(ctx, ref, func(s pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
+	err := t.withKey(ctx, ref, func(s pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
 		params := pkcs11.NewGCMParams(iv, aad, GCMTagSize*8)
 		defer params.Free()
 		if err := t.p11.DecryptInit(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, params)}, h); err != nil {

@@ -40,8 +40,10 @@ func (r ObjectRef) String() string {
 	return fmt.Sprintf("label %q", r.Label)
 }
 
+// template matches token objects only: the session copies made for speed
+// (see workingHandle) must never be mistaken for the key itself.
 func (r ObjectRef) template() []*pkcs11.Attribute {
-	t := []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, r.Class)}
+	t := []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, r.Class), pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true)}
 	if len(r.ID) > 0 {
 		return append(t, pkcs11.NewAttribute(pkcs11.CKA_ID, r.ID))
 	}
@@ -183,10 +185,66 @@ func (t *Token) withObject(ctx context.Context, ref ObjectRef, fn func(pkcs11.Se
 		})
 		if code, ok := Code(err); ok && isHandleError(code) && attempt == 0 {
 			t.handles.Delete(ref.cacheKey())
+			t.copies.Delete(ref.cacheKey())
 			continue
 		}
 		return err
 	}
+}
+
+// withKey is withObject for cryptographic operations: fn gets the handle
+// of ref's working copy (see workingHandle).
+func (t *Token) withKey(ctx context.Context, ref ObjectRef, fn func(pkcs11.SessionHandle, pkcs11.ObjectHandle) error) error {
+	for attempt := 0; ; attempt++ {
+		err := t.do(ctx, hotPath, func(s pkcs11.SessionHandle) error {
+			h, err := t.workingHandle(s, ref)
+			if err != nil {
+				return err
+			}
+			return fn(s, h)
+		})
+		if code, ok := Code(err); ok && isHandleError(code) && attempt == 0 {
+			t.handles.Delete(ref.cacheKey())
+			t.copies.Delete(ref.cacheKey())
+			continue
+		}
+		return err
+	}
+}
+
+// workingHandle returns the handle crypto operations use for ref: a session
+// object copied from the token object inside the token (C_CopyObject with
+// CKA_TOKEN false; sensitivity and non-extractability are inherited and
+// cannot be weakened by the copy). Some tokens pay for every use of a
+// persistent object: SoftHSM2 locks and re-reads the object's file, which
+// doubled the cost of each Encrypt under load. The copy lives while the
+// session that made it does; when that session is replaced, uses of the
+// copy fail with CKR_OBJECT_HANDLE_INVALID and withKey makes a new one. A
+// token that refuses the copy is used directly.
+func (t *Token) workingHandle(s pkcs11.SessionHandle, ref ObjectRef) (pkcs11.ObjectHandle, error) {
+	key := ref.cacheKey()
+	if h, ok := t.copies.Load(key); ok {
+		return h.(pkcs11.ObjectHandle), nil
+	}
+	h, err := t.handle(s, ref)
+	if err != nil {
+		return 0, err
+	}
+	c, err := t.p11.CopyObject(s, h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false)})
+	if err != nil {
+		if !refusesCopy(err) {
+			return 0, wrap("C_CopyObject", err)
+		}
+		t.log.Debug("token refuses session copies of keys; using the token object", "object", ref.String(), "error", err)
+		c = h
+	}
+	if prev, loaded := t.copies.LoadOrStore(key, c); loaded {
+		if c != h {
+			t.p11.DestroyObject(s, c) // lost a race to another goroutine's copy
+		}
+		return prev.(pkcs11.ObjectHandle), nil
+	}
+	return c, nil
 }
 
 // ObjectInfo describes one token object without its value.
@@ -213,9 +271,9 @@ func (t *Token) FindObject(ctx context.Context, ref ObjectRef) (ObjectInfo, erro
 // ListObjects describes every object of class (0: every class) visible to
 // the current login.
 func (t *Token) ListObjects(ctx context.Context, class uint) ([]ObjectInfo, error) {
-	var tmpl []*pkcs11.Attribute
+	tmpl := []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true)}
 	if class != 0 {
-		tmpl = []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, class)}
+		tmpl = append(tmpl, pkcs11.NewAttribute(pkcs11.CKA_CLASS, class))
 	}
 	var out []ObjectInfo
 	err := t.do(ctx, hotPath, func(s pkcs11.SessionHandle) error {
@@ -272,12 +330,21 @@ func (t *Token) Attributes(ctx context.Context, ref ObjectRef, types ...uint) ([
 	return out, err
 }
 
-// DestroyObject destroys the single object ref names.
+// DestroyObject destroys the single object ref names, and first its
+// session copy, so a destroyed key cannot go on working from the copy.
 func (t *Token) DestroyObject(ctx context.Context, ref ObjectRef) error {
 	err := t.withObject(ctx, ref, func(s pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
+		if c, ok := t.copies.LoadAndDelete(ref.cacheKey()); ok && c.(pkcs11.ObjectHandle) != h {
+			if err := t.p11.DestroyObject(s, c.(pkcs11.ObjectHandle)); err != nil {
+				if code, ok := Code(wrap("C_DestroyObject", err)); !ok || !isHandleError(code) {
+					return wrap("C_DestroyObject", err)
+				}
+			}
+		}
 		return wrap("C_DestroyObject", t.p11.DestroyObject(s, h))
 	})
 	t.handles.Delete(ref.cacheKey())
+	t.copies.Delete(ref.cacheKey())
 	return err
 }
 
@@ -288,4 +355,16 @@ func ulong(b []byte) uint {
 		v = v<<8 | uint(b[i])
 	}
 	return v
+}
+
+// refusesCopy tells a token's policy against C_CopyObject (which is not a
+// failure: the token object is used instead) from a real error.
+func refusesCopy(err error) bool {
+	code, _ := Code(err)
+	switch code {
+	case pkcs11.CKR_ACTION_PROHIBITED, pkcs11.CKR_FUNCTION_NOT_SUPPORTED, pkcs11.CKR_TEMPLATE_INCONSISTENT,
+		pkcs11.CKR_ATTRIBUTE_READ_ONLY, pkcs11.CKR_ATTRIBUTE_VALUE_INVALID, pkcs11.CKR_ATTRIBUTE_TYPE_INVALID:
+		return true
+	}
+	return false
 }

@@ -74,7 +74,8 @@ type Token struct {
 	log hclog.Logger
 
 	st      atomic.Pointer[tokenState]
-	handles sync.Map // ObjectRef.cacheKey() → pkcs11.ObjectHandle
+	handles sync.Map // ObjectRef.cacheKey() → pkcs11.ObjectHandle of the token object
+	copies  sync.Map // ObjectRef.cacheKey() → pkcs11.ObjectHandle used for crypto (see workingHandle)
 	closed  atomic.Bool
 
 	loginMu    sync.Mutex
@@ -331,6 +332,7 @@ func (t *Token) rebuild() (st *tokenState, rebuilt bool, err error) {
 	t.loginMu.Unlock()
 	old.close(t.p11)
 	t.handles.Clear()
+	t.copies.Clear()
 	t.unhealthy.Store(false)
 	t.lastErr = nil
 	t.log.Info("token recovered", "token", t.describe())

@@ -14,6 +14,8 @@ import (
 
 // Config is what a Service needs.
 type Config struct {
+	// Store is wrapped in a store.KeyCache: the Service must be the only
+	// writer of the keys in it.
 	Store     store.Store
 	KeyStores *keystore.Manager
 	Logger    hclog.Logger
@@ -39,7 +41,7 @@ func New(cfg Config) *Service {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Service{store: cfg.Store, keystores: cfg.KeyStores, log: cfg.Logger, now: cfg.Now}
+	return &Service{store: store.WithKeyCache(cfg.Store), keystores: cfg.KeyStores, log: cfg.Logger, now: cfg.Now}
 }
 
 // handlers are the operations implemented here, by operation name.

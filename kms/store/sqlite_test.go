@@ -208,3 +208,44 @@ func BenchmarkGetKey(b *testing.B) {
 		}
 	})
 }
+
+func TestKeyCache(t *testing.T) {
+	db, _ := open(t)
+	s := WithKeyCache(db)
+	const acct, reg = "111122223333", "us-west-2"
+	require.NoError(t, s.CreateKey(ctx, newKey(acct, reg, "k"), nil))
+	k, err := s.GetKey(ctx, acct, reg, "k")
+	require.NoError(t, err)
+	k.State = "scribbled" // callers get copies
+	k, _ = s.GetKey(ctx, acct, reg, "k")
+	require.Equal(t, "Enabled", k.State)
+
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+					s.GetKey(ctx, acct, reg, "k")
+				}
+			}
+		}()
+	}
+	for i := range 50 {
+		_, err := s.UpdateKey(ctx, acct, reg, "k", func(k *Key) error { k.PendingWindowDays = i; return nil })
+		require.NoError(t, err)
+		k, err := s.GetKey(ctx, acct, reg, "k")
+		require.NoError(t, err)
+		require.Equal(t, i, k.PendingWindowDays, "a read after a write sees it")
+	}
+	close(stop)
+	wg.Wait()
+	require.NoError(t, s.DeleteKey(ctx, acct, reg, "k"))
+	_, err = s.GetKey(ctx, acct, reg, "k")
+	require.ErrorIs(t, err, ErrNotFound)
+}
