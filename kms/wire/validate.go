@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -26,13 +27,8 @@ func Validate(op string, body []byte) *Error {
 	if len(bytes.TrimSpace(body)) == 0 {
 		v = map[string]any{}
 	} else {
-		dec := json.NewDecoder(bytes.NewReader(body))
-		dec.UseNumber()
-		if err := dec.Decode(&v); err != nil {
-			return serialization("Malformed request body: not a JSON document.")
-		}
-		if dec.More() {
-			return serialization("Malformed request body: data after the JSON document.")
+		if err := json.Unmarshal(body, &v); err != nil {
+			return serialization("Malformed request body: not a single JSON document.")
 		}
 	}
 	if _, ok := v.(map[string]any); !ok {
@@ -136,17 +132,17 @@ func (c *checker) check(s *shape, v any, path string, sensitive bool) {
 		}
 		c.length(s, int64(n), "", path)
 	case "integer", "long":
-		num, ok := v.(json.Number)
+		f, ok := v.(float64)
 		if !ok {
 			c.wrongType("Expected a JSON number at '" + path + "'.")
 			return
 		}
-		n, err := strconv.ParseInt(num.String(), 10, 64)
-		if err != nil || (s.Type == "integer" && (n < -1<<31 || n > 1<<31-1)) {
+		if f != math.Trunc(f) || math.Abs(f) > 1<<53 || (s.Type == "integer" && (f < -1<<31 || f > 1<<31-1)) {
 			c.wrongType("Expected an integer at '" + path + "'.")
 			return
 		}
-		shown := "'" + num.String() + "'"
+		n := int64(f)
+		shown := "'" + strconv.FormatInt(n, 10) + "'"
 		if s.Min != nil && n < *s.Min {
 			c.fail(shown, path, fmt.Sprintf("have value greater than or equal to %d", *s.Min))
 		}
@@ -158,7 +154,7 @@ func (c *checker) check(s *shape, v any, path string, sensitive bool) {
 			c.wrongType("Expected a JSON boolean at '" + path + "'.")
 		}
 	case "timestamp":
-		if _, ok := v.(json.Number); !ok {
+		if _, ok := v.(float64); !ok {
 			c.wrongType("Expected a timestamp in epoch seconds at '" + path + "'.")
 		}
 	case "list":
