@@ -191,6 +191,35 @@ func TestDestroyObject(t *testing.T) {
 	require.ErrorIs(t, tok.DestroyObject(ctx(t), ref), hsm.ErrObjectNotFound)
 }
 
+func TestSessionCopies(t *testing.T) {
+	tok, f, _ := withFaults(t, 2)
+	ref := newKey(t, tok, "copied")
+	_, _, err := tok.EncryptGCM(ctx(t), ref, []byte("x"), nil)
+	require.NoError(t, err)
+	require.Equal(t, 1, f.Calls("C_CopyObject"), "crypto runs on a session copy")
+
+	// The copy is never mistaken for the key: no ambiguity, not listed.
+	_, err = tok.FindObject(ctx(t), ref)
+	require.NoError(t, err)
+	objs, err := tok.ListObjects(ctx(t), pkcs11.CKO_SECRET_KEY)
+	require.NoError(t, err)
+	require.Len(t, objs, 1)
+
+	// Destroying the key destroys the copy: it cannot go on working.
+	require.NoError(t, tok.DestroyObject(ctx(t), ref))
+	_, _, err = tok.EncryptGCM(ctx(t), ref, []byte("x"), nil)
+	require.ErrorIs(t, err, hsm.ErrObjectNotFound)
+
+	// A token that refuses copies is used directly.
+	ref = newKey(t, tok, "uncopyable")
+	f.Fail("C_CopyObject", pkcs11.CKR_ACTION_PROHIBITED, 1)
+	iv, sealed, err := tok.EncryptGCM(ctx(t), ref, []byte("y"), nil)
+	require.NoError(t, err)
+	plain, err := tok.DecryptGCM(ctx(t), ref, iv, sealed, nil)
+	require.NoError(t, err)
+	require.Equal(t, []byte("y"), plain)
+}
+
 func TestGCMRoundTrip(t *testing.T) {
 	tok, _ := open(t, nil, 2)
 	ref := newKey(t, tok, "gcm")
