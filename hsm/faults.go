@@ -11,7 +11,8 @@ import (
 // made to take on demand; use real SoftHSM2 for everything else. Install it
 // with TokenConfig.Wrap. Safe for concurrent use.
 type Faults struct {
-	next PKCS11
+	next  PKCS11
+	flags uint // ORed into every C_GetTokenInfo answer
 
 	mu    sync.Mutex
 	rules map[string]*faultRule
@@ -37,11 +38,20 @@ func (f *Faults) Fail(call string, code uint, times int) {
 	f.rules[call] = &faultRule{code: code, times: times}
 }
 
+// SetTokenFlags makes C_GetTokenInfo report flags (e.g. CKF_USER_PIN_LOCKED)
+// on top of the token's own, until Clear.
+func (f *Faults) SetTokenFlags(flags uint) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.flags = flags
+}
+
 // Clear removes every injected failure.
 func (f *Faults) Clear() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.rules = map[string]*faultRule{}
+	f.flags = 0
 }
 
 // Calls reports how many times call was made, failed or not.
@@ -83,7 +93,11 @@ func (f *Faults) GetTokenInfo(slotID uint) (pkcs11.TokenInfo, error) {
 	if err := f.hit("C_GetTokenInfo"); err != nil {
 		return pkcs11.TokenInfo{}, err
 	}
-	return f.next.GetTokenInfo(slotID)
+	ti, err := f.next.GetTokenInfo(slotID)
+	f.mu.Lock()
+	ti.Flags |= f.flags
+	f.mu.Unlock()
+	return ti, err
 }
 
 func (f *Faults) GetMechanismList(slotID uint) ([]*pkcs11.Mechanism, error) {

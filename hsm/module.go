@@ -132,6 +132,10 @@ func (m *Module) InitToken(label, soPIN, userPIN string) (TokenInfo, error) {
 			return TokenInfo{}, wrap("C_OpenSession", err)
 		}
 		defer m.ctx.CloseSession(s)
+		if userPIN == "" { // the SO sets the user up later, with InitPIN
+			ti, err = m.ctx.GetTokenInfo(slot)
+			return tokenInfo(ti), wrap("C_GetTokenInfo", err)
+		}
 		if err := m.ctx.Login(s, pkcs11.CKU_SO, soPIN); err != nil {
 			return TokenInfo{}, wrap("C_Login", err)
 		}

@@ -30,8 +30,9 @@ var (
 
 // Store is one key store and the token behind it. Safe for concurrent use.
 type Store struct {
-	id  string
-	tok atomic.Pointer[hsm.Token] // nil while disconnected
+	id     string
+	tok    atomic.Pointer[hsm.Token] // nil while disconnected
+	custom *custom                   // nil for the default store
 }
 
 // ID is the key store's ID ("" for the default store).
@@ -102,7 +103,9 @@ func (m *Manager) Close(ctx context.Context) error {
 	defer m.mu.Unlock()
 	var errs []error
 	for _, s := range *m.stores.Load() {
-		errs = append(errs, s.Close(ctx))
+		if s != nil {
+			errs = append(errs, s.Close(ctx))
+		}
 	}
 	return errors.Join(errs...)
 }

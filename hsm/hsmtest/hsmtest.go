@@ -137,6 +137,18 @@ func NewToken(t testing.TB) Token {
 	return tok
 }
 
+// NewTokenWithoutUser initialises a token whose user PIN the SO has not set
+// (no CKF_USER_PIN_INITIALIZED).
+func NewTokenWithoutUser(t testing.TB) Token {
+	t.Helper()
+	mod := Module(t)
+	tok := Token{Module: mod, Label: fmt.Sprintf("t%d-%s", env.n.Add(1), RandomPIN(3)), SOPIN: RandomPIN(8)}
+	if _, err := env.mod.InitToken(tok.Label, tok.SOPIN, ""); err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
 // RandomPIN returns 2n hex characters of randomness.
 func RandomPIN(n int) string {
 	b := make([]byte, n)
