@@ -4,6 +4,7 @@ import (
 	"context"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // KeyCache wraps a Store with an in-memory copy of keys read, because
@@ -64,4 +65,9 @@ func (c *KeyCache) UpdateKey(ctx context.Context, account, region, id string, fn
 func (c *KeyCache) DeleteKey(ctx context.Context, account, region, id string) error {
 	defer c.invalidate(account, region, id)
 	return c.Store.DeleteKey(ctx, account, region, id)
+}
+
+func (c *KeyCache) DeleteKeyOrphaning(ctx context.Context, k *Key, now time.Time) error {
+	defer c.invalidate(k.Account, k.Region, k.ID)
+	return c.Store.DeleteKeyOrphaning(ctx, k, now)
 }

@@ -47,6 +47,19 @@ var migrations = []string{
 		PRIMARY KEY (account, region, key_id, tag_key),
 		FOREIGN KEY (account, region, key_id) REFERENCES keys (account, region, id) ON DELETE CASCADE
 	) WITHOUT ROWID;`,
+	// 2: custom key stores, and token objects orphaned by deleting a key
+	// while its store was disconnected.
+	`CREATE TABLE key_stores (
+		id TEXT PRIMARY KEY, account TEXT NOT NULL, region TEXT NOT NULL,
+		name TEXT NOT NULL, cluster_id TEXT NOT NULL UNIQUE, trust_anchor TEXT NOT NULL,
+		creation_date INTEGER NOT NULL, connect INTEGER NOT NULL,
+		password BLOB, pending_password BLOB
+	);
+	CREATE UNIQUE INDEX key_stores_name ON key_stores (account, region, name);
+	CREATE INDEX keys_key_store ON keys (custom_key_store_id);
+	CREATE TABLE orphans (
+		key_store_id TEXT NOT NULL, key_arn TEXT NOT NULL, token_id BLOB NOT NULL, deleted INTEGER NOT NULL
+	);`,
 }
 
 // SQLite is the embedded Store: one file, WAL journal, synchronous=FULL so
@@ -533,4 +546,130 @@ func decodeMarker(m string) (string, error) {
 		return "", ErrInvalidMarker
 	}
 	return string(b), nil
+}
+
+const keyStoreColumns = `id, account, region, name, cluster_id, trust_anchor, creation_date, connect, password, pending_password`
+
+func scanKeyStore(row scanner) (*KeyStore, error) {
+	var ks KeyStore
+	var created int64
+	err := row.Scan(&ks.ID, &ks.Account, &ks.Region, &ks.Name, &ks.ClusterID, &ks.TrustAnchor, &created, &ks.Connect, &ks.Password, &ks.PendingPassword)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, err
+	}
+	ks.CreationDate = fromNanos(created)
+	return &ks, nil
+}
+
+func (s *SQLite) CreateKeyStore(ctx context.Context, ks *KeyStore) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO key_stores (`+keyStoreColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?)`,
+		ks.ID, ks.Account, ks.Region, ks.Name, ks.ClusterID, ks.TrustAnchor, toNanos(ks.CreationDate), ks.Connect, ks.Password, ks.PendingPassword)
+	if isConstraint(err) {
+		return ErrAlreadyExists
+	}
+	return err
+}
+
+func (s *SQLite) GetKeyStore(ctx context.Context, id string) (*KeyStore, error) {
+	return scanKeyStore(s.db.QueryRowContext(ctx, `SELECT `+keyStoreColumns+` FROM key_stores WHERE id = ?`, id))
+}
+
+func (s *SQLite) listKeyStores(ctx context.Context, where string, args ...any) ([]*KeyStore, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+keyStoreColumns+` FROM key_stores `+where+` ORDER BY creation_date, id`, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []*KeyStore
+	for rows.Next() {
+		ks, err := scanKeyStore(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, ks)
+	}
+	return out, rows.Err()
+}
+
+func (s *SQLite) ListKeyStores(ctx context.Context, account, region string) ([]*KeyStore, error) {
+	return s.listKeyStores(ctx, `WHERE account = ? AND region = ?`, account, region)
+}
+
+func (s *SQLite) AllKeyStores(ctx context.Context) ([]*KeyStore, error) {
+	return s.listKeyStores(ctx, ``)
+}
+
+func (s *SQLite) UpdateKeyStore(ctx context.Context, id string, fn func(*KeyStore) error) (*KeyStore, error) {
+	var out *KeyStore
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		ks, err := scanKeyStore(tx.QueryRowContext(ctx, `SELECT `+keyStoreColumns+` FROM key_stores WHERE id = ?`, id))
+		if err != nil {
+			return err
+		}
+		if err := fn(ks); err != nil {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, `UPDATE key_stores SET name = ?, cluster_id = ?, trust_anchor = ?, connect = ?, password = ?, pending_password = ? WHERE id = ?`,
+			ks.Name, ks.ClusterID, ks.TrustAnchor, ks.Connect, ks.Password, ks.PendingPassword, id)
+		if isConstraint(err) {
+			return ErrAlreadyExists
+		}
+		ks.ID = id
+		out = ks
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (s *SQLite) DeleteKeyStore(ctx context.Context, id string) error {
+	res, err := s.db.ExecContext(ctx, `DELETE FROM key_stores WHERE id = ?`, id)
+	return affected(res, err)
+}
+
+func (s *SQLite) CountKeysInStore(ctx context.Context, id string) (int, error) {
+	var n int
+	err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM keys WHERE custom_key_store_id = ?`, id).Scan(&n)
+	return n, err
+}
+
+func (s *SQLite) DeleteKeyOrphaning(ctx context.Context, k *Key, now time.Time) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `DELETE FROM keys WHERE account = ? AND region = ? AND id = ?`, k.Account, k.Region, k.ID)
+		if err := affected(res, err); err != nil {
+			return err
+		}
+		arn := "arn:aws:kms:" + k.Region + ":" + k.Account + ":key/" + k.ID
+		for _, m := range k.Materials {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO orphans (key_store_id, key_arn, token_id, deleted) VALUES (?,?,?,?)`,
+				k.CustomKeyStoreID, arn, m.TokenID, toNanos(now)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+func (s *SQLite) Orphans(ctx context.Context) ([]Orphan, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT key_store_id, key_arn, token_id, deleted FROM orphans ORDER BY deleted`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Orphan
+	for rows.Next() {
+		var o Orphan
+		var d int64
+		if err := rows.Scan(&o.KeyStoreID, &o.KeyARN, &o.TokenID, &d); err != nil {
+			return nil, err
+		}
+		o.Deleted = fromNanos(d)
+		out = append(out, o)
+	}
+	return out, rows.Err()
 }

@@ -249,3 +249,54 @@ func TestKeyCache(t *testing.T) {
 	_, err = s.GetKey(ctx, acct, reg, "k")
 	require.ErrorIs(t, err, ErrNotFound)
 }
+
+func TestKeyStores(t *testing.T) {
+	s, path := open(t)
+	const acct, reg = "111122223333", "us-west-2"
+	ks := &KeyStore{ID: "cks-1", Account: acct, Region: reg, Name: "one", ClusterID: "cluster-a", TrustAnchor: "pem",
+		CreationDate: time.Unix(1700000000, 0).UTC(), Password: []byte{1, 2}}
+	require.NoError(t, s.CreateKeyStore(ctx, ks))
+	dupName := *ks
+	dupName.ID, dupName.ClusterID = "cks-2", "cluster-b"
+	require.ErrorIs(t, s.CreateKeyStore(ctx, &dupName), ErrAlreadyExists, "names are unique per account and region")
+	dupCluster := *ks
+	dupCluster.ID, dupCluster.Name = "cks-3", "three"
+	require.ErrorIs(t, s.CreateKeyStore(ctx, &dupCluster), ErrAlreadyExists, "a cluster backs one store")
+	other := dupName
+	other.Region = "eu-west-1"
+	require.NoError(t, s.CreateKeyStore(ctx, &other), "the same name in another region is fine")
+
+	got, err := s.GetKeyStore(ctx, "cks-1")
+	require.NoError(t, err)
+	require.Equal(t, ks, got)
+	_, err = s.UpdateKeyStore(ctx, "cks-1", func(k *KeyStore) error {
+		k.Connect, k.PendingPassword = true, []byte{3}
+		return nil
+	})
+	require.NoError(t, err)
+	list, err := s.ListKeyStores(ctx, acct, reg)
+	require.NoError(t, err)
+	require.Len(t, list, 1)
+	require.True(t, list[0].Connect)
+	all, err := s.AllKeyStores(ctx)
+	require.NoError(t, err)
+	require.Len(t, all, 2)
+
+	k := newKey(acct, reg, "in-store")
+	k.CustomKeyStoreID = "cks-1"
+	require.NoError(t, s.CreateKey(ctx, k, nil))
+	n, err := s.CountKeysInStore(ctx, "cks-1")
+	require.NoError(t, err)
+	require.Equal(t, 1, n)
+	require.NoError(t, s.DeleteKeyOrphaning(ctx, k, time.Unix(1800000000, 0)))
+	orphans, err := s.Orphans(ctx)
+	require.NoError(t, err)
+	require.Equal(t, []Orphan{{KeyStoreID: "cks-1", KeyARN: "arn:aws:kms:us-west-2:111122223333:key/in-store", TokenID: []byte{1, 2, 3}, Deleted: time.Unix(1800000000, 0).UTC()}}, orphans)
+	require.NoError(t, s.DeleteKeyStore(ctx, "cks-1"))
+	require.ErrorIs(t, s.DeleteKeyStore(ctx, "cks-1"), ErrNotFound)
+	require.NoError(t, s.Close())
+
+	s2, err := OpenSQLite(path) // version 1 → 2 already applied; reopening is a no-op
+	require.NoError(t, err)
+	s2.Close()
+}

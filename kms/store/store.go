@@ -51,6 +51,33 @@ type Alias struct {
 
 type Tag struct{ Key, Value string }
 
+// KeyStore is a custom key store. Its ID is unique across accounts (keys
+// refer to it by ID alone), and a cluster backs at most one store.
+type KeyStore struct {
+	ID, Account, Region string
+	Name                string
+	ClusterID           string
+	TrustAnchor         string
+	CreationDate        time.Time
+	// Connect records that the store should be connected: set by
+	// ConnectCustomKeyStore, cleared by DisconnectCustomKeyStore, so a
+	// restart reconnects what was connected.
+	Connect bool
+	// Password and PendingPassword are the kmsuser password, encrypted by
+	// the caller; the store never sees them in clear. PendingPassword is
+	// set while a rotation is in flight.
+	Password, PendingPassword []byte
+}
+
+// Orphan is a token object left behind when its key was deleted while its
+// key store was disconnected.
+type Orphan struct {
+	KeyStoreID string
+	KeyARN     string
+	TokenID    []byte
+	Deleted    time.Time
+}
+
 // Store is the metadata store. Lists page in a stable order with opaque
 // markers; a marker the store did not produce is ErrInvalidMarker.
 type Store interface {
@@ -82,6 +109,20 @@ type Store interface {
 	UntagKey(ctx context.Context, account, region, keyID string, tagKeys []string) error
 	ListTags(ctx context.Context, account, region, keyID, marker string, limit int) (tags []Tag, next string, err error)
 	CountTags(ctx context.Context, account, region, keyID string) (int, error)
+
+	CreateKeyStore(ctx context.Context, ks *KeyStore) error // ErrAlreadyExists for a taken name or cluster
+	GetKeyStore(ctx context.Context, id string) (*KeyStore, error)
+	// ListKeyStores lists one account and region's stores by creation.
+	ListKeyStores(ctx context.Context, account, region string) ([]*KeyStore, error)
+	AllKeyStores(ctx context.Context) ([]*KeyStore, error)
+	UpdateKeyStore(ctx context.Context, id string, fn func(*KeyStore) error) (*KeyStore, error)
+	DeleteKeyStore(ctx context.Context, id string) error
+	// CountKeysInStore counts keys in any state in the store.
+	CountKeysInStore(ctx context.Context, id string) (int, error)
+	// DeleteKeyOrphaning deletes a key and records its token objects as
+	// orphans, in one transaction.
+	DeleteKeyOrphaning(ctx context.Context, k *Key, now time.Time) error
+	Orphans(ctx context.Context) ([]Orphan, error)
 
 	Close() error
 }
