@@ -76,7 +76,7 @@ func TestCreateKeyUnsupportedInputs(t *testing.T) {
 	requireAPIError(t, err, "UnsupportedOperationException", "")
 	_, err = c.CreateKey(bg(), &awskms.CreateKeyInput{Origin: types.OriginTypeExternal})
 	requireAPIError(t, err, "UnsupportedOperationException", "")
-	_, err = c.CreateKey(bg(), &awskms.CreateKeyInput{CustomKeyStoreId: aws.String("cks-1234567890abcdef0")})
+	_, err = c.CreateKey(bg(), &awskms.CreateKeyInput{CustomKeyStoreId: aws.String("cks-1234567890abcdef0"), Origin: types.OriginTypeAwsCloudhsm})
 	requireAPIError(t, err, "CustomKeyStoreNotFoundException", "")
 	_, err = c.CreateKey(bg(), &awskms.CreateKeyInput{Tags: []types.Tag{{TagKey: aws.String("aws:x"), TagValue: aws.String("y")}}})
 	requireAPIError(t, err, "TagException", "")

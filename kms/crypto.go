@@ -6,6 +6,7 @@ import (
 	"errors"
 
 	"github.com/hsmkms/hsmkms/hsm"
+	"github.com/hsmkms/hsmkms/keystore"
 	"github.com/hsmkms/hsmkms/kms/store"
 	"github.com/hsmkms/hsmkms/kms/wire"
 )
@@ -18,6 +19,9 @@ func (s *Service) cryptoKey(ctx context.Context, c *wire.Call, keyID, alg string
 	k, err := s.lookupKey(ctx, c, keyID, true)
 	if err != nil {
 		return nil, err
+	}
+	if k.CustomKeyStoreID != "" && k.State != string(StatePendingDeletion) && !s.storeConnected(k.CustomKeyStoreID) {
+		return nil, invalidState(arnOf(k), StateUnavailable)
 	}
 	if err := checkState(k, classCrypto); err != nil {
 		return nil, err
@@ -306,14 +310,24 @@ func (s *Service) GenerateRandom(ctx context.Context, c *wire.Call, in *Generate
 	if in.Recipient != nil {
 		return nil, wire.Errorf(wire.UnsupportedOperation, "Recipient (Nitro Enclaves attestation) is not supported by hsmkms.")
 	}
+	ks := s.keystores.Default()
 	if in.CustomKeyStoreId != "" {
-		return nil, wire.Errorf(wire.CustomKeyStoreNotFound, "Custom key store '%s' does not exist.", in.CustomKeyStoreId)
+		_, live, err := s.keyStore(ctx, c, in.CustomKeyStoreId)
+		if err != nil {
+			return nil, err
+		}
+		if st, _ := live.State(); st != keystore.Connected {
+			return nil, keyStoreInvalidState(in.CustomKeyStoreId, st, "CONNECTED")
+		}
+		ks = live
 	}
 	if in.NumberOfBytes == 0 {
 		return nil, wire.Errorf(wire.Validation, "1 validation error detected: Value null at 'numberOfBytes' failed to satisfy constraint: Member must not be null")
 	}
-	tok, err := s.keystores.Default().Token()
-	if err != nil {
+	tok, err := ks.Token()
+	if err != nil && in.CustomKeyStoreId != "" {
+		return nil, keyStoreInvalidState(in.CustomKeyStoreId, keystore.Disconnected, "CONNECTED")
+	} else if err != nil {
 		return nil, err
 	}
 	b, err := tok.GenerateRandom(ctx, in.NumberOfBytes)

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/hsmkms/hsmkms/hsm"
+	"github.com/hsmkms/hsmkms/keystore"
 	"github.com/hsmkms/hsmkms/kms/store"
 	"github.com/hsmkms/hsmkms/kms/wire"
 )
@@ -79,6 +80,17 @@ func (s *Service) Reap(ctx context.Context) (int, error) {
 	n := 0
 	var errs []error
 	for _, k := range due {
+		if k.CustomKeyStoreID != "" && !s.storeConnected(k.CustomKeyStoreID) {
+			// AWS deletes the key anyway and leaves the key material in
+			// the cluster; hsmkms records it as an orphan to report.
+			if err := s.store.DeleteKeyOrphaning(ctx, k, s.now()); err != nil && !errors.Is(err, store.ErrNotFound) {
+				errs = append(errs, err)
+				continue
+			}
+			s.log.Warn("key deleted while its custom key store is disconnected; its token object is orphaned", "key", arnOf(k), "store", k.CustomKeyStoreID)
+			n++
+			continue
+		}
 		if err := s.destroyMaterial(ctx, k); err != nil {
 			errs = append(errs, err)
 			continue
@@ -91,6 +103,15 @@ func (s *Service) Reap(ctx context.Context) (int, error) {
 		n++
 	}
 	return n, errors.Join(errs...)
+}
+
+func (s *Service) storeConnected(id string) bool {
+	live, err := s.keystores.Get(id)
+	if err != nil {
+		return false
+	}
+	st, _ := live.State()
+	return st == keystore.Connected
 }
 
 func (s *Service) destroyMaterial(ctx context.Context, k *store.Key) error {
@@ -154,13 +175,14 @@ func (s *Service) Reconcile(ctx context.Context) (*Report, error) {
 	}
 	known := map[string]bool{}
 	var creating []*store.Key
+	known[string(passwordKeyID)] = true
 	err = s.store.ForEachKey(ctx, func(k *store.Key) error {
-		if k.CustomKeyStoreID != "" {
-			return nil
-		}
 		if k.State == string(StateCreating) {
 			creating = append(creating, k)
 			return nil
+		}
+		if k.CustomKeyStoreID != "" {
+			return nil // its token is checked when its store connects, not here
 		}
 		for _, m := range k.Materials {
 			known[string(m.TokenID)] = true
@@ -174,6 +196,13 @@ func (s *Service) Reconcile(ctx context.Context) (*Report, error) {
 		return nil, err
 	}
 	for _, k := range creating {
+		if k.CustomKeyStoreID != "" && !s.storeConnected(k.CustomKeyStoreID) {
+			if err := s.store.DeleteKeyOrphaning(ctx, k, s.now()); err != nil {
+				return nil, err
+			}
+			r.Abandoned = append(r.Abandoned, arnOf(k))
+			continue
+		}
 		if err := s.destroyMaterial(ctx, k); err != nil {
 			return nil, err
 		}

@@ -74,6 +74,9 @@ type env struct {
 	report *kms.Report // what the start-up check found
 	srv    *httptest.Server
 	close  func()
+	// clusters back custom key stores: tokens with their initial user PIN.
+	clusters     []keystore.Cluster
+	clusterToken map[string]hsmtest.Token
 }
 
 func newEnv(t *testing.T) *env {
@@ -93,9 +96,10 @@ func (e *env) start() {
 	ks := keystore.NewManager(def)
 	db, err := store.OpenSQLite(e.dbPath)
 	require.NoError(t, err)
-	e.svc = kms.New(kms.Config{Store: db, KeyStores: ks, Now: e.clock.Now})
+	e.svc = kms.New(kms.Config{Store: db, KeyStores: ks, Now: e.clock.Now, Clusters: e.clusters})
 	e.report, err = e.svc.Reconcile(ctx)
 	require.NoError(t, err)
+	require.NoError(t, e.svc.StartKeyStores(ctx))
 	e.srv = httptest.NewServer(e.svc.Handler(kms.HandlerConfig{Principals: principals}))
 	closed := false
 	e.close = func() {
@@ -104,9 +108,25 @@ func (e *env) start() {
 		}
 		closed = true
 		e.srv.Close()
+		e.svc.WaitConnects()
 		ks.Close(ctx)
 		db.Close()
 	}
+}
+
+// newEnvWithClusters is newEnv plus n tokens declared as clusters.
+func newEnvWithClusters(t *testing.T, n int) *env {
+	e := &env{t: t, tok: hsmtest.NewToken(t), dbPath: filepath.Join(t.TempDir(), "hsmkms.db"), clock: &clock{now: time.Now()},
+		clusterToken: map[string]hsmtest.Token{}}
+	for i := range n {
+		tok := hsmtest.NewToken(t)
+		id := "cluster-" + strings.Repeat("abcdefghijk"[i:i+1], 11)
+		e.clusters = append(e.clusters, keystore.Cluster{ID: id, Token: hsm.TokenConfig{Module: tok.Module, Label: tok.Label, PoolSize: 2}})
+		e.clusterToken[id] = tok
+	}
+	e.start()
+	t.Cleanup(func() { e.close() })
+	return e
 }
 
 func (e *env) restart() {

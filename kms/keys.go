@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/hsmkms/hsmkms/hsm"
+	"github.com/hsmkms/hsmkms/keystore"
 	"github.com/hsmkms/hsmkms/kms/store"
 	"github.com/hsmkms/hsmkms/kms/wire"
 )
@@ -17,6 +18,7 @@ type KeyMetadata struct {
 	CreationDate                wire.Time  `json:"CreationDate"`
 	CurrentKeyMaterialId        string     `json:"CurrentKeyMaterialId,omitempty"`
 	CustomKeyStoreId            string     `json:"CustomKeyStoreId,omitempty"`
+	CloudHsmClusterId           string     `json:"CloudHsmClusterId,omitempty"`
 	CustomerMasterKeySpec       string     `json:"CustomerMasterKeySpec"`
 	DeletionDate                *wire.Time `json:"DeletionDate,omitempty"`
 	Description                 string     `json:"Description"`
@@ -48,6 +50,16 @@ func (s *Service) metadata(k *store.Key) *KeyMetadata {
 		KeyUsage:              k.KeyUsage,
 		MultiRegion:           k.MultiRegion,
 		Origin:                k.Origin,
+	}
+	if k.CustomKeyStoreID != "" {
+		if live, err := s.keystores.Get(k.CustomKeyStoreID); err == nil {
+			m.CloudHsmClusterId = live.ClusterID()
+			// A disconnected store's keys are Unavailable; their own state
+			// returns when it reconnects. PendingDeletion shows through.
+			if st, _ := live.State(); st != keystore.Connected && k.State != string(StatePendingDeletion) {
+				m.KeyState, m.Enabled = string(StateUnavailable), false
+			}
+		}
 	}
 	if k.KeySpec == specSymmetric {
 		m.EncryptionAlgorithms = []string{algSymmetric}
@@ -119,9 +131,26 @@ func (s *Service) CreateKey(ctx context.Context, c *wire.Call, in *CreateKeyInpu
 	if origin == "" {
 		origin = originAWSKMS
 	}
+	var ks *keystore.Store
+	if in.CustomKeyStoreId != "" {
+		if in.Origin != originCloudHSM {
+			return nil, wire.Errorf(wire.UnsupportedOperation, "A key in custom key store %s must have Origin AWS_CLOUDHSM.", in.CustomKeyStoreId)
+		}
+		if spec != specSymmetric || usage != usageEncrypt {
+			return nil, wire.Errorf(wire.UnsupportedOperation, "Keys in a custom key store are SYMMETRIC_DEFAULT ENCRYPT_DECRYPT keys only.")
+		}
+		_, live, err := s.keyStore(ctx, c, in.CustomKeyStoreId)
+		if err != nil {
+			return nil, err
+		}
+		if st, _ := live.State(); st != keystore.Connected {
+			return nil, keyStoreInvalidState(in.CustomKeyStoreId, st, "CONNECTED")
+		}
+		ks, origin = live, originAWSKMS // checked below as the default origin
+	} else if in.Origin == originCloudHSM {
+		return nil, wire.Errorf(wire.Validation, "Origin AWS_CLOUDHSM requires a CustomKeyStoreId.")
+	}
 	switch {
-	case in.CustomKeyStoreId != "":
-		return nil, wire.Errorf(wire.CustomKeyStoreNotFound, "Custom key store '%s' does not exist.", in.CustomKeyStoreId)
 	case origin != originAWSKMS:
 		return nil, wire.Errorf(wire.UnsupportedOperation, "Origin %s is not supported by hsmkms: key material is always generated on the token.", origin)
 	case spec != specSymmetric:
@@ -142,8 +171,15 @@ func (s *Service) CreateKey(ctx context.Context, c *wire.Call, in *CreateKeyInpu
 		}
 		policy = *in.Policy
 	}
-	tok, err := s.keystores.Default().Token()
-	if err != nil {
+	if ks == nil {
+		ks = s.keystores.Default()
+	} else {
+		origin = originCloudHSM
+	}
+	tok, err := ks.Token()
+	if err != nil && in.CustomKeyStoreId != "" {
+		return nil, keyStoreInvalidState(in.CustomKeyStoreId, keystore.Disconnected, "CONNECTED")
+	} else if err != nil {
 		return nil, err
 	}
 	material, err := tok.GenerateRandom(ctx, materialIDSize)
@@ -153,7 +189,7 @@ func (s *Service) CreateKey(ctx context.Context, c *wire.Call, in *CreateKeyInpu
 	now := s.now().UTC()
 	k := &store.Key{
 		Account: c.Caller.Account, Region: c.Caller.Region, ID: id,
-		Description: in.Description, KeyUsage: usage, KeySpec: spec, Origin: origin,
+		Description: in.Description, KeyUsage: usage, KeySpec: spec, Origin: origin, CustomKeyStoreID: in.CustomKeyStoreId,
 		State: string(StateCreating), CreationDate: now, Policy: policy,
 		Materials: []store.Material{{ID: hexID(material), TokenID: tokenID(uuid, material), CreationDate: now}},
 	}

@@ -3,6 +3,7 @@ package kms
 import (
 	"context"
 	"errors"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -21,6 +22,8 @@ type Config struct {
 	Logger    hclog.Logger
 	// Now is the clock for dates and the deletion schedule; tests inject one.
 	Now func() time.Time
+	// Clusters are the tokens that may back custom key stores.
+	Clusters []keystore.Cluster
 }
 
 // Service implements the KMS operations. Safe for concurrent use; it holds
@@ -31,6 +34,8 @@ type Service struct {
 	keystores *keystore.Manager
 	log       hclog.Logger
 	now       func() time.Time
+	clusters  map[string]keystore.Cluster
+	bg        sync.WaitGroup // background connects
 }
 
 // New returns a Service.
@@ -41,7 +46,11 @@ func New(cfg Config) *Service {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Service{store: store.WithKeyCache(cfg.Store), keystores: cfg.KeyStores, log: cfg.Logger, now: cfg.Now}
+	clusters := make(map[string]keystore.Cluster, len(cfg.Clusters))
+	for _, c := range cfg.Clusters {
+		clusters[c.ID] = c
+	}
+	return &Service{store: store.WithKeyCache(cfg.Store), keystores: cfg.KeyStores, log: cfg.Logger, now: cfg.Now, clusters: clusters}
 }
 
 // handlers are the operations implemented here, by operation name.
@@ -74,6 +83,12 @@ func (s *Service) handlers() map[string]wire.Route {
 		"EnableKeyRotation":               wire.Typed(s.EnableKeyRotation),
 		"DisableKeyRotation":              wire.Typed(s.DisableKeyRotation),
 		"GetKeyRotationStatus":            wire.Typed(s.GetKeyRotationStatus),
+		"CreateCustomKeyStore":            wire.Typed(s.CreateCustomKeyStore),
+		"DescribeCustomKeyStores":         wire.Typed(s.DescribeCustomKeyStores),
+		"ConnectCustomKeyStore":           wire.Typed(s.ConnectCustomKeyStore),
+		"DisconnectCustomKeyStore":        wire.Typed(s.DisconnectCustomKeyStore),
+		"UpdateCustomKeyStore":            wire.Typed(s.UpdateCustomKeyStore),
+		"DeleteCustomKeyStore":            wire.Typed(s.DeleteCustomKeyStore),
 	}
 }
 

@@ -1,0 +1,539 @@
+package kms
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/hsmkms/hsmkms/hsm"
+	"github.com/hsmkms/hsmkms/keystore"
+	"github.com/hsmkms/hsmkms/kms/store"
+	"github.com/hsmkms/hsmkms/kms/wire"
+)
+
+// Custom key stores map AWS's CloudHSM key stores onto PKCS#11 tokens: the
+// cluster is a token declared in the configuration, kmsuser is the token's
+// user and KeyStorePassword its PIN, which connecting rotates.
+
+const (
+	maxKeyStoresPerRegion = 10
+	storeTypeCloudHSM     = "AWS_CLOUDHSM"
+	originCloudHSM        = "AWS_CLOUDHSM"
+	connectTimeout        = 60 * time.Second
+)
+
+// passwordKeyID names the AES key on the default token under which
+// kmsuser passwords are stored: they are never in clear at rest.
+var passwordKeyID = []byte("hsmkms:key-store-passwords")
+
+func keyStoreNotFound(id string) error {
+	return wire.Errorf(wire.CustomKeyStoreNotFound, "Custom key store '%s' does not exist.", id)
+}
+
+func keyStoreInvalidState(id string, st keystore.ConnectionState, want string) error {
+	return wire.Errorf(wire.CustomKeyStoreInvalidState, "Custom key store %s is %s; the operation requires it to be %s.", id, st, want)
+}
+
+// keyStore returns a store of the caller's account and region.
+func (s *Service) keyStore(ctx context.Context, c *wire.Call, id string) (*store.KeyStore, *keystore.Store, error) {
+	ks, err := s.store.GetKeyStore(ctx, id)
+	if errors.Is(err, store.ErrNotFound) || (err == nil && (ks.Account != c.Caller.Account || ks.Region != c.Caller.Region)) {
+		return nil, nil, keyStoreNotFound(id)
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	live, err := s.keystores.Get(id)
+	if err != nil {
+		return nil, nil, err
+	}
+	return ks, live, nil
+}
+
+func (s *Service) cluster(id string) (keystore.Cluster, error) {
+	cl, ok := s.clusters[id]
+	if !ok {
+		return keystore.Cluster{}, wire.Errorf(wire.CloudHsmClusterNotFound, "AWS KMS cannot find the AWS CloudHSM cluster with the specified cluster ID %s.", id)
+	}
+	return cl, nil
+}
+
+func probeError(clusterID string, err error) error {
+	var pe *keystore.ProbeError
+	if errors.As(err, &pe) && pe.WrongDevice {
+		return wire.Errorf(wire.CloudHsmClusterInvalidConfig, "The token of cluster %s is not the device declared for it.", clusterID)
+	}
+	return wire.Errorf(wire.CloudHsmClusterNotActive, "The cluster %s is not active: its token is not present.", clusterID)
+}
+
+type CreateCustomKeyStoreInput struct {
+	CustomKeyStoreName     string
+	CloudHsmClusterId      string
+	TrustAnchorCertificate string
+	KeyStorePassword       string
+	CustomKeyStoreType     string
+	XksProxyUriEndpoint    string
+}
+
+type CreateCustomKeyStoreOutput struct {
+	CustomKeyStoreId string
+}
+
+func (s *Service) CreateCustomKeyStore(ctx context.Context, c *wire.Call, in *CreateCustomKeyStoreInput) (*CreateCustomKeyStoreOutput, error) {
+	if in.CustomKeyStoreType != "" && in.CustomKeyStoreType != storeTypeCloudHSM {
+		return nil, wire.Errorf(wire.UnsupportedOperation, "Custom key stores of type %s are not supported by hsmkms.", in.CustomKeyStoreType)
+	}
+	for name, v := range map[string]string{"CloudHsmClusterId": in.CloudHsmClusterId, "TrustAnchorCertificate": in.TrustAnchorCertificate, "KeyStorePassword": in.KeyStorePassword} {
+		if v == "" {
+			return nil, wire.Errorf(wire.Validation, "%s is required for an AWS_CLOUDHSM custom key store.", name)
+		}
+	}
+	cl, err := s.cluster(in.CloudHsmClusterId)
+	if err != nil {
+		return nil, err
+	}
+	if block, _ := pem.Decode([]byte(in.TrustAnchorCertificate)); block == nil || block.Type != "CERTIFICATE" {
+		return nil, wire.Errorf(wire.IncorrectTrustAnchor, "The trust anchor certificate is not a PEM-encoded X.509 certificate.")
+	} else if _, err := x509.ParseCertificate(block.Bytes); err != nil {
+		return nil, wire.Errorf(wire.IncorrectTrustAnchor, "The trust anchor certificate is not a valid X.509 certificate.")
+	}
+	existing, err := s.store.AllKeyStores(ctx)
+	if err != nil {
+		return nil, err
+	}
+	n := 0
+	for _, ks := range existing {
+		if ks.ClusterID == in.CloudHsmClusterId {
+			return nil, wire.Errorf(wire.CloudHsmClusterInUse, "The cluster %s is already associated with a custom key store.", in.CloudHsmClusterId)
+		}
+		if ks.Account == c.Caller.Account && ks.Region == c.Caller.Region {
+			n++
+			if ks.Name == in.CustomKeyStoreName {
+				return nil, wire.Errorf(wire.CustomKeyStoreNameInUse, "A custom key store named %s already exists in this account and Region.", in.CustomKeyStoreName)
+			}
+		}
+	}
+	if n >= maxKeyStoresPerRegion {
+		return nil, wire.Errorf(wire.LimitExceeded, "Cannot exceed quota for CustomKeyStoresPerAccount: %d", maxKeyStoresPerRegion)
+	}
+	// The password is not tried here, as in AWS: a wrong one shows up at
+	// connect as INVALID_CREDENTIALS.
+	if _, err := keystore.Probe(cl); err != nil {
+		return nil, probeError(cl.ID, err)
+	}
+	id := newKeyStoreID()
+	enc, err := s.sealPassword(ctx, id, in.KeyStorePassword)
+	if err != nil {
+		return nil, err
+	}
+	err = s.store.CreateKeyStore(ctx, &store.KeyStore{
+		ID: id, Account: c.Caller.Account, Region: c.Caller.Region, Name: in.CustomKeyStoreName,
+		ClusterID: cl.ID, TrustAnchor: in.TrustAnchorCertificate, CreationDate: s.now().UTC(), Password: enc,
+	})
+	if errors.Is(err, store.ErrAlreadyExists) { // lost a race for the name or cluster
+		return nil, wire.Errorf(wire.CustomKeyStoreNameInUse, "A custom key store named %s already exists in this account and Region.", in.CustomKeyStoreName)
+	}
+	if err != nil {
+		return nil, err
+	}
+	s.keystores.AddCustom(id, cl)
+	return &CreateCustomKeyStoreOutput{CustomKeyStoreId: id}, nil
+}
+
+func newKeyStoreID() string {
+	b := make([]byte, 9)
+	rand.Read(b)
+	return "cks-" + hex.EncodeToString(b)[:17]
+}
+
+type CustomKeyStoreEntry struct {
+	CustomKeyStoreId       string
+	CustomKeyStoreName     string
+	CloudHsmClusterId      string
+	TrustAnchorCertificate string
+	ConnectionState        string
+	ConnectionErrorCode    string `json:",omitempty"`
+	CreationDate           wire.Time
+	CustomKeyStoreType     string
+}
+
+type DescribeCustomKeyStoresInput struct {
+	CustomKeyStoreId   string
+	CustomKeyStoreName string
+	Limit              int
+	Marker             string
+}
+
+type DescribeCustomKeyStoresOutput struct {
+	CustomKeyStores []CustomKeyStoreEntry
+	NextMarker      string `json:",omitempty"`
+	Truncated       bool
+}
+
+func (s *Service) DescribeCustomKeyStores(ctx context.Context, c *wire.Call, in *DescribeCustomKeyStoresInput) (*DescribeCustomKeyStoresOutput, error) {
+	if in.CustomKeyStoreId != "" && in.CustomKeyStoreName != "" {
+		return nil, wire.Errorf(wire.Validation, "You cannot specify both CustomKeyStoreId and CustomKeyStoreName.")
+	}
+	all, err := s.store.ListKeyStores(ctx, c.Caller.Account, c.Caller.Region)
+	if err != nil {
+		return nil, err
+	}
+	var list []*store.KeyStore
+	for _, ks := range all {
+		if (in.CustomKeyStoreId == "" || ks.ID == in.CustomKeyStoreId) && (in.CustomKeyStoreName == "" || ks.Name == in.CustomKeyStoreName) {
+			list = append(list, ks)
+		}
+	}
+	if len(list) == 0 && in.CustomKeyStoreId != "" {
+		return nil, keyStoreNotFound(in.CustomKeyStoreId)
+	}
+	if len(list) == 0 && in.CustomKeyStoreName != "" {
+		return nil, wire.Errorf(wire.CustomKeyStoreNotFound, "Custom key store with name %s does not exist.", in.CustomKeyStoreName)
+	}
+	// At most ten stores per account and Region: page in memory, the
+	// marker being the index of the next entry.
+	start := 0
+	if in.Marker != "" {
+		if _, err := fmt.Sscanf(in.Marker, "cks-page-%d", &start); err != nil || start < 0 || start > len(list) {
+			return nil, wire.Errorf(wire.InvalidMarker, "Invalid marker %s", in.Marker)
+		}
+	}
+	end := min(len(list), start+limit(in.Limit, 1000))
+	out := &DescribeCustomKeyStoresOutput{CustomKeyStores: []CustomKeyStoreEntry{}}
+	for _, ks := range list[start:end] {
+		e := CustomKeyStoreEntry{
+			CustomKeyStoreId: ks.ID, CustomKeyStoreName: ks.Name, CloudHsmClusterId: ks.ClusterID,
+			TrustAnchorCertificate: ks.TrustAnchor, CreationDate: wire.Time(ks.CreationDate), CustomKeyStoreType: storeTypeCloudHSM,
+			ConnectionState: string(keystore.Disconnected),
+		}
+		if live, err := s.keystores.Get(ks.ID); err == nil {
+			st, code := live.State()
+			e.ConnectionState = string(st)
+			if st == keystore.Failed {
+				e.ConnectionErrorCode = string(code)
+			}
+		}
+		out.CustomKeyStores = append(out.CustomKeyStores, e)
+	}
+	if end < len(list) {
+		out.Truncated, out.NextMarker = true, fmt.Sprintf("cks-page-%d", end)
+	}
+	return out, nil
+}
+
+type CustomKeyStoreIDInput struct {
+	CustomKeyStoreId string
+}
+
+// ConnectCustomKeyStore answers at once and connects in the background:
+// DISCONNECTED → CONNECTING → CONNECTED or FAILED.
+func (s *Service) ConnectCustomKeyStore(ctx context.Context, c *wire.Call, in *CustomKeyStoreIDInput) (*Empty, error) {
+	ks, live, err := s.keyStore(ctx, c, in.CustomKeyStoreId)
+	if err != nil {
+		return nil, err
+	}
+	st, _ := live.State()
+	if st == keystore.Disconnected {
+		if _, err := keystore.Probe(s.clusters[ks.ClusterID]); err != nil {
+			return nil, probeError(ks.ClusterID, err)
+		}
+	}
+	started, err := live.BeginConnect()
+	if errors.Is(err, keystore.ErrInvalidState) {
+		return nil, keyStoreInvalidState(ks.ID, st, "DISCONNECTED")
+	}
+	if err != nil || !started {
+		return &Empty{}, err
+	}
+	if _, err := s.store.UpdateKeyStore(ctx, ks.ID, func(k *store.KeyStore) error { k.Connect = true; return nil }); err != nil {
+		live.Disconnect(ctx)
+		return nil, err
+	}
+	s.connectInBackground(live)
+	return &Empty{}, nil
+}
+
+func (s *Service) connectInBackground(live *keystore.Store) {
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), connectTimeout)
+		defer cancel()
+		live.Connect(ctx, storePasswords{s}, s.log)
+	}()
+}
+
+// WaitConnects waits for background connects to finish (tests, shutdown).
+func (s *Service) WaitConnects() { s.bg.Wait() }
+
+func (s *Service) DisconnectCustomKeyStore(ctx context.Context, c *wire.Call, in *CustomKeyStoreIDInput) (*Empty, error) {
+	ks, live, err := s.keyStore(ctx, c, in.CustomKeyStoreId)
+	if err != nil {
+		return nil, err
+	}
+	st, _ := live.State()
+	if st == keystore.Disconnected || st == keystore.Disconnecting {
+		return nil, keyStoreInvalidState(ks.ID, st, "CONNECTED, CONNECTING or FAILED")
+	}
+	if _, err := s.store.UpdateKeyStore(ctx, ks.ID, func(k *store.KeyStore) error { k.Connect = false; return nil }); err != nil {
+		return nil, err
+	}
+	if err := live.Disconnect(ctx); err != nil && !errors.Is(err, keystore.ErrInvalidState) {
+		s.log.Warn("disconnecting custom key store", "store", ks.ID, "error", err)
+	}
+	return &Empty{}, nil
+}
+
+type UpdateCustomKeyStoreInput struct {
+	CustomKeyStoreId      string
+	NewCustomKeyStoreName string
+	KeyStorePassword      string
+	CloudHsmClusterId     string
+	XksProxyUriEndpoint   string
+}
+
+func (s *Service) UpdateCustomKeyStore(ctx context.Context, c *wire.Call, in *UpdateCustomKeyStoreInput) (*Empty, error) {
+	ks, live, err := s.keyStore(ctx, c, in.CustomKeyStoreId)
+	if err != nil {
+		return nil, err
+	}
+	if in.XksProxyUriEndpoint != "" {
+		return nil, wire.Errorf(wire.UnsupportedOperation, "External key stores are not supported by hsmkms.")
+	}
+	st, _ := live.State()
+	if (in.KeyStorePassword != "" || in.CloudHsmClusterId != "") && st != keystore.Disconnected {
+		return nil, keyStoreInvalidState(ks.ID, st, "DISCONNECTED to change its password or cluster")
+	}
+	var newCluster keystore.Cluster
+	if in.CloudHsmClusterId != "" && in.CloudHsmClusterId != ks.ClusterID {
+		if newCluster, err = s.cluster(in.CloudHsmClusterId); err != nil {
+			return nil, err
+		}
+		if _, err := keystore.Probe(newCluster); err != nil {
+			return nil, probeError(newCluster.ID, err)
+		}
+		password := in.KeyStorePassword
+		if password == "" {
+			if password, err = s.openPassword(ctx, ks.ID, ks.Password); err != nil {
+				return nil, err
+			}
+		}
+		if err := s.checkRelated(ctx, ks, newCluster, password); err != nil {
+			return nil, err
+		}
+	}
+	var enc []byte
+	if in.KeyStorePassword != "" {
+		if enc, err = s.sealPassword(ctx, ks.ID, in.KeyStorePassword); err != nil {
+			return nil, err
+		}
+	}
+	_, err = s.store.UpdateKeyStore(ctx, ks.ID, func(k *store.KeyStore) error {
+		if in.NewCustomKeyStoreName != "" {
+			k.Name = in.NewCustomKeyStoreName
+		}
+		if enc != nil {
+			k.Password, k.PendingPassword = enc, nil
+		}
+		if newCluster.ID != "" {
+			k.ClusterID = newCluster.ID
+		}
+		return nil
+	})
+	if errors.Is(err, store.ErrAlreadyExists) {
+		if newCluster.ID != "" {
+			return nil, wire.Errorf(wire.CloudHsmClusterInUse, "The cluster %s is already associated with a custom key store.", newCluster.ID)
+		}
+		return nil, wire.Errorf(wire.CustomKeyStoreNameInUse, "A custom key store named %s already exists in this account and Region.", in.NewCustomKeyStoreName)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if newCluster.ID != "" {
+		if err := live.SetCluster(newCluster); err != nil {
+			return nil, keyStoreInvalidState(ks.ID, st, "DISCONNECTED")
+		}
+	}
+	return &Empty{}, nil
+}
+
+// checkRelated is AWS's rule that a replacement cluster must hold the same
+// key store: every token object of the store's keys must be on the new
+// token, found by CKA_ID after logging in with the store's password.
+func (s *Service) checkRelated(ctx context.Context, ks *store.KeyStore, cl keystore.Cluster, password string) error {
+	var ids [][]byte
+	err := s.store.ForEachKey(ctx, func(k *store.Key) error {
+		if k.CustomKeyStoreID == ks.ID {
+			for _, m := range k.Materials {
+				ids = append(ids, m.TokenID)
+			}
+		}
+		return nil
+	})
+	if err != nil || len(ids) == 0 {
+		return err
+	}
+	notRelated := wire.Errorf(wire.CloudHsmClusterNotRelated, "The cluster %s is not related to the cluster of custom key store %s: it does not hold the store's keys.", cl.ID, ks.ID)
+	tok, err := hsm.OpenToken(cl.Token)
+	if err != nil {
+		return probeError(cl.ID, err)
+	}
+	defer tok.Close()
+	if err := tok.Login(ctx, password); err != nil {
+		return notRelated
+	}
+	defer tok.Logout(ctx)
+	for _, id := range ids {
+		if _, err := tok.FindObject(ctx, hsm.SecretKeyByID(id)); err != nil {
+			return notRelated
+		}
+	}
+	return nil
+}
+
+func (s *Service) DeleteCustomKeyStore(ctx context.Context, c *wire.Call, in *CustomKeyStoreIDInput) (*Empty, error) {
+	ks, live, err := s.keyStore(ctx, c, in.CustomKeyStoreId)
+	if err != nil {
+		return nil, err
+	}
+	if st, _ := live.State(); st != keystore.Disconnected {
+		return nil, keyStoreInvalidState(ks.ID, st, "DISCONNECTED")
+	}
+	n, err := s.store.CountKeysInStore(ctx, ks.ID)
+	if err != nil {
+		return nil, err
+	}
+	if n > 0 {
+		return nil, wire.Errorf(wire.CustomKeyStoreHasCMKs, "Custom key store %s contains %d KMS keys; delete them before deleting the store.", ks.ID, n)
+	}
+	if err := s.store.DeleteKeyStore(ctx, ks.ID); err != nil {
+		return nil, err
+	}
+	if err := s.keystores.Remove(ks.ID); err != nil {
+		s.log.Warn("forgetting deleted key store", "store", ks.ID, "error", err)
+	}
+	return &Empty{}, nil
+}
+
+// StartKeyStores registers every custom key store and reconnects those
+// that were connected when the service last stopped.
+func (s *Service) StartKeyStores(ctx context.Context) error {
+	all, err := s.store.AllKeyStores(ctx)
+	if err != nil {
+		return err
+	}
+	for _, ks := range all {
+		cl, ok := s.clusters[ks.ClusterID]
+		if !ok {
+			// Connecting will report CLUSTER_NOT_FOUND.
+			cl = keystore.Cluster{ID: ks.ClusterID, Token: hsm.TokenConfig{Module: "/nonexistent-cluster/" + ks.ClusterID, Label: ks.ClusterID}}
+			s.log.Warn("custom key store's cluster is no longer declared", "store", ks.ID, "cluster", ks.ClusterID)
+		}
+		live := s.keystores.AddCustom(ks.ID, cl)
+		if ks.Connect {
+			if started, _ := live.BeginConnect(); started {
+				s.connectInBackground(live)
+			}
+		}
+	}
+	return nil
+}
+
+// Password encryption. The kmsuser password is sealed with AES-GCM under
+// a key on the default token; the key store id is the additional data, so
+// a sealed password cannot be moved to another store.
+
+var passwordKeyMu sync.Mutex
+
+func (s *Service) passwordKey(ctx context.Context) (*hsm.Token, hsm.ObjectRef, error) {
+	tok, err := s.keystores.Default().Token()
+	if err != nil {
+		return nil, hsm.ObjectRef{}, err
+	}
+	ref := hsm.SecretKeyByID(passwordKeyID)
+	passwordKeyMu.Lock()
+	defer passwordKeyMu.Unlock()
+	if _, err := tok.FindObject(ctx, ref); errors.Is(err, hsm.ErrObjectNotFound) {
+		if _, err := tok.GenerateAESKey(ctx, passwordKeyID, "hsmkms key store passwords", hsm.UsageEncrypt|hsm.UsageDecrypt); err != nil {
+			return nil, ref, err
+		}
+	} else if err != nil {
+		return nil, ref, err
+	}
+	return tok, ref, nil
+}
+
+func (s *Service) sealPassword(ctx context.Context, storeID, password string) ([]byte, error) {
+	tok, ref, err := s.passwordKey(ctx)
+	if err != nil {
+		return nil, err
+	}
+	iv, sealed, err := tok.EncryptGCM(ctx, ref, []byte(password), []byte("kmsuser password for "+storeID))
+	if err != nil {
+		return nil, err
+	}
+	return append(iv, sealed...), nil
+}
+
+func (s *Service) openPassword(ctx context.Context, storeID string, enc []byte) (string, error) {
+	if len(enc) == 0 {
+		return "", nil
+	}
+	if len(enc) < hsm.GCMIVSize+hsm.GCMTagSize {
+		return "", internalf("key store %s: sealed password too short", storeID)
+	}
+	tok, ref, err := s.passwordKey(ctx)
+	if err != nil {
+		return "", err
+	}
+	plain, err := tok.DecryptGCM(ctx, ref, enc[:hsm.GCMIVSize], enc[hsm.GCMIVSize:], []byte("kmsuser password for "+storeID))
+	if err != nil {
+		return "", internalf("key store %s: opening the stored password: %w", storeID, err)
+	}
+	return string(plain), nil
+}
+
+// storePasswords is keystore.Passwords on the metadata store.
+type storePasswords struct{ s *Service }
+
+func (p storePasswords) Password(ctx context.Context, id string) (string, string, error) {
+	ks, err := p.s.store.GetKeyStore(ctx, id)
+	if err != nil {
+		return "", "", err
+	}
+	cur, err := p.s.openPassword(ctx, id, ks.Password)
+	if err != nil {
+		return "", "", err
+	}
+	pending, err := p.s.openPassword(ctx, id, ks.PendingPassword)
+	return cur, pending, err
+}
+
+func (p storePasswords) SetPending(ctx context.Context, id, pending string) error {
+	enc, err := p.s.sealPassword(ctx, id, pending)
+	if err != nil {
+		return err
+	}
+	_, err = p.s.store.UpdateKeyStore(ctx, id, func(k *store.KeyStore) error { k.PendingPassword = enc; return nil })
+	return err
+}
+
+func (p storePasswords) CommitPending(ctx context.Context, id string) error {
+	_, err := p.s.store.UpdateKeyStore(ctx, id, func(k *store.KeyStore) error {
+		if len(k.PendingPassword) > 0 {
+			k.Password, k.PendingPassword = k.PendingPassword, nil
+		}
+		return nil
+	})
+	return err
+}
+
+// Orphans lists token objects left on a cluster by keys deleted while
+// their store was disconnected, for an operator to destroy.
+func (s *Service) Orphans(ctx context.Context) ([]store.Orphan, error) { return s.store.Orphans(ctx) }
