@@ -70,6 +70,53 @@ state=$(aws kms schedule-key-deletion --key-id "$key" --pending-window-in-days 7
 state=$(aws kms describe-key --key-id alias/cli-test --query KeyMetadata.KeyState --output text)
 [ "$state" = PendingDeletion ] || fail "describe-key state '$state'"
 
+step "custom key store: create on the first printed cluster"
+cluster=$(sed -n 's/^  \(cluster-[a-z2-7]*\)  initial kmsuser password: .*$/\1/p' "$dir/out" | head -1)
+password=$(sed -n 's/^  cluster-[a-z2-7]*  initial kmsuser password: \(.*\)$/\1/p' "$dir/out" | head -1)
+[ -n "$cluster" ] && [ -n "$password" ] || fail "no cluster printed"
+cks=$(aws kms create-custom-key-store --custom-key-store-name cli-store --cloud-hsm-cluster-id "$cluster" \
+  --key-store-password "$password" --trust-anchor-certificate "file://$AWS_CA_BUNDLE" --query CustomKeyStoreId --output text)
+[[ $cks =~ ^cks-[0-9a-f]{17}$ ]] || fail "create-custom-key-store returned '$cks'"
+
+store_state() {
+  aws kms describe-custom-key-stores --custom-key-store-id "$cks" --query 'CustomKeyStores[0].ConnectionState' --output text
+}
+wait_state() {
+  for _ in $(seq 1 50); do
+    s=$(store_state)
+    [ "$s" = "$1" ] && return 0
+    [ "$s" = CONNECTING ] || [ "$s" = DISCONNECTING ] || fail "store is $s, wanted $1"
+    sleep 0.1
+  done
+  fail "store never became $1"
+}
+
+step "custom key store: connect and poll until CONNECTED"
+aws kms connect-custom-key-store --custom-key-store-id "$cks"
+wait_state CONNECTED
+
+step "custom key store: key, encrypt, decrypt"
+skey=$(aws kms create-key --custom-key-store-id "$cks" --origin AWS_CLOUDHSM --query KeyMetadata.KeyId --output text)
+aws kms encrypt --key-id "$skey" --plaintext "fileb://$dir/plain" --query CiphertextBlob --output text | base64 -d > "$dir/sblob"
+aws kms decrypt --ciphertext-blob "fileb://$dir/sblob" --query Plaintext --output text | base64 -d > "$dir/sback"
+cmp -s "$dir/plain" "$dir/sback" || fail "decrypt in the store returned different plaintext"
+
+step "custom key store: disconnect makes the key Unavailable"
+aws kms disconnect-custom-key-store --custom-key-store-id "$cks"
+wait_state DISCONNECTED
+state=$(aws kms describe-key --key-id "$skey" --query KeyMetadata.KeyState --output text)
+[ "$state" = Unavailable ] || fail "key state '$state' while disconnected"
+if aws kms decrypt --ciphertext-blob "fileb://$dir/sblob" 2>"$dir/err" >/dev/null; then
+  fail "decrypt succeeded while the store was disconnected"
+fi
+grep -q KMSInvalidStateException "$dir/err" || fail "expected KMSInvalidStateException, got: $(cat "$dir/err")"
+
+step "custom key store: reconnect, the same ciphertext decrypts"
+aws kms connect-custom-key-store --custom-key-store-id "$cks"
+wait_state CONNECTED
+aws kms decrypt --ciphertext-blob "fileb://$dir/sblob" --query Plaintext --output text | base64 -d > "$dir/sback"
+cmp -s "$dir/plain" "$dir/sback" || fail "decrypt after reconnect returned different plaintext"
+
 step "graceful shutdown"
 kill -TERM "$pid"
 wait "$pid" || fail "server exited with status $?"

@@ -31,7 +31,17 @@ type BootstrapInfo struct {
 	CABundle        string
 	CredentialsFile string
 	Region          string
+	Clusters        []BootstrapCluster
 }
+
+// BootstrapCluster is an extra token made to back a custom key store.
+type BootstrapCluster struct {
+	ID, PasswordFile, Password string
+}
+
+// bootstrapClusters is how many extra tokens the first run makes, so a
+// newcomer can create custom key stores at once.
+const bootstrapClusters = 2
 
 // softHSMModules are where Debian and Ubuntu put the SoftHSM2 module;
 // HSMKMS_SOFTHSM_MODULE overrides them (scripts/softhsm-module.sh searches
@@ -99,6 +109,36 @@ func Bootstrap(dir, listen string) (string, *BootstrapInfo, error) {
 	if err := ensureToken(module, conf, defaultTokenLabel, secret("so-pin"), secret("user-pin"), soNew || userNew); err != nil {
 		return "", nil, err
 	}
+	var clusters []ClusterConfig
+	var clusterInfo []BootstrapCluster
+	for i := 1; i <= bootstrapClusters; i++ {
+		n := fmt.Sprint(i)
+		if _, err := ensureSecret(secret("cluster-"+n+"-id"), func() string { return "cluster-" + randomClusterSuffix(11) }); err != nil {
+			return "", nil, err
+		}
+		soNew, err := ensureSecret(secret("cluster-"+n+"-so-pin"), func() string { return randomText(24) })
+		if err != nil {
+			return "", nil, err
+		}
+		pwNew, err := ensureSecret(secret("cluster-"+n+"-kmsuser-password"), func() string { return randomClusterSuffix(24) })
+		if err != nil {
+			return "", nil, err
+		}
+		label := "hsmkms-cluster-" + n
+		if err := ensureToken(module, conf, label, secret("cluster-"+n+"-so-pin"), secret("cluster-"+n+"-kmsuser-password"), soNew || pwNew); err != nil {
+			return "", nil, err
+		}
+		id, err := readSecret("secret", secret("cluster-"+n+"-id"), "")
+		if err != nil {
+			return "", nil, err
+		}
+		pw, err := readSecret("secret", secret("cluster-"+n+"-kmsuser-password"), "")
+		if err != nil {
+			return "", nil, err
+		}
+		clusters = append(clusters, ClusterConfig{ID: id, Module: module, TokenLabel: label, PoolSize: 4})
+		clusterInfo = append(clusterInfo, BootstrapCluster{ID: id, PasswordFile: secret("cluster-" + n + "-kmsuser-password"), Password: pw})
+	}
 	if _, err := ensureSecret(secret("admin-access-key-id"), func() string { return "AKIA" + randomKeyID(16) }); err != nil {
 		return "", nil, err
 	}
@@ -138,6 +178,7 @@ func Bootstrap(dir, listen string) (string, *BootstrapInfo, error) {
 			AccessKeyID: keyID, SecretFile: "secrets/admin-secret",
 			AccountID: defaultAccount, ARN: "arn:aws:iam::" + defaultAccount + ":user/hsmkms-admin",
 		}},
+		Clusters: clusters,
 	}
 	out, err := yaml.Marshal(&cfg)
 	if err != nil {
@@ -156,7 +197,20 @@ func Bootstrap(dir, listen string) (string, *BootstrapInfo, error) {
 		CABundle:        filepath.Join(dir, "tls", "ca.pem"),
 		CredentialsFile: filepath.Join(dir, "credentials"),
 		Region:          defaultRegion,
+		Clusters:        clusterInfo,
 	}, nil
+}
+
+// randomClusterSuffix is n characters of AWS's cluster id alphabet. It also
+// makes the initial kmsuser passwords: plain letters and digits paste safely
+// into a shell and never look like a CLI option.
+func randomClusterSuffix(n int) string {
+	const alphabet = "234567abcdefghijklmnopqrstuvwxyz"
+	b := randomBytes(n)
+	for i := range b {
+		b[i] = alphabet[int(b[i])%len(alphabet)]
+	}
+	return string(b)
 }
 
 // ensureToken initialises the token on first run. SOFTHSM2_CONF must point
@@ -261,5 +315,26 @@ export AWS_REGION=%s
 Then, for example:
 
   aws kms create-key --description "my first hsmkms key"
-`, info.Endpoint, info.CABundle, info.CredentialsFile, info.Region, info.Region)
+`, info.Endpoint, info.CABundle, info.CredentialsFile, info.Region, info.Region) + clusterBlock(info)
+}
+
+// clusterBlock tells how to use the extra tokens as custom key stores.
+// The initial kmsuser password stops working at the first connect, which
+// rotates it; the file keeps the initial one for reference only.
+func clusterBlock(info *BootstrapInfo) string {
+	if len(info.Clusters) == 0 {
+		return ""
+	}
+	var b strings.Builder
+	b.WriteString("\nTokens you can use as CloudHSM clusters for custom key stores:\n\n")
+	for _, c := range info.Clusters {
+		fmt.Fprintf(&b, "  %s  initial kmsuser password: %s\n", c.ID, c.Password)
+	}
+	c := info.Clusters[0]
+	fmt.Fprintf(&b, `
+  aws kms create-custom-key-store --custom-key-store-name my-store \
+    --cloud-hsm-cluster-id %s --key-store-password %s \
+    --trust-anchor-certificate file://%s
+`, c.ID, c.Password, info.CABundle)
+	return b.String()
 }

@@ -18,14 +18,30 @@ import (
 // 0600) or environment variables, so the file itself can be reviewed and
 // versioned.
 type Config struct {
-	Version         int            `yaml:"version"`
-	Listen          string         `yaml:"listen"`
-	PlainHTTP       bool           `yaml:"plain_http,omitempty"`
-	TLS             TLSConfig      `yaml:"tls,omitempty"`
-	LogLevel        string         `yaml:"log_level,omitempty"`
-	Database        DatabaseConfig `yaml:"database"`
-	DefaultKeyStore KeyStoreConfig `yaml:"default_key_store"`
-	Principals      []Principal    `yaml:"principals"`
+	Version         int             `yaml:"version"`
+	Listen          string          `yaml:"listen"`
+	PlainHTTP       bool            `yaml:"plain_http,omitempty"`
+	TLS             TLSConfig       `yaml:"tls,omitempty"`
+	LogLevel        string          `yaml:"log_level,omitempty"`
+	Database        DatabaseConfig  `yaml:"database"`
+	DefaultKeyStore KeyStoreConfig  `yaml:"default_key_store"`
+	Principals      []Principal     `yaml:"principals"`
+	Clusters        []ClusterConfig `yaml:"clusters,omitempty"`
+}
+
+// ClusterConfig declares a token that may back a custom key store, under
+// the id AWS clients use for a CloudHSM cluster.
+type ClusterConfig struct {
+	ID          string `yaml:"id"`
+	Module      string `yaml:"module"`
+	TokenLabel  string `yaml:"token_label,omitempty"`
+	TokenSerial string `yaml:"token_serial,omitempty"`
+	// The expected identity of the device; a token that differs is refused
+	// as the wrong device.
+	Manufacturer string `yaml:"manufacturer,omitempty"`
+	Model        string `yaml:"model,omitempty"`
+	Serial       string `yaml:"serial,omitempty"`
+	PoolSize     int    `yaml:"pool_size,omitempty"`
 }
 
 type TLSConfig struct {
@@ -115,6 +131,10 @@ var schema = map[string]any{
 	},
 	"principals": []any{map[string]any{
 		"access_key_id": "!!str", "secret_file": "!!str", "secret_env": "!!str", "account_id": "!!str", "arn": "!!str",
+	}},
+	"clusters": []any{map[string]any{
+		"id": "!!str", "module": "!!str", "token_label": "!!str", "token_serial": "!!str",
+		"manufacturer": "!!str", "model": "!!str", "serial": "!!str", "pool_size": "!!int",
 	}},
 }
 
@@ -216,6 +236,7 @@ var (
 	accountIDRe   = regexp.MustCompile(`^[0-9]{12}$`)
 	principalRe   = regexp.MustCompile(`^arn:aws:iam::([0-9]{12}):(user|role)/[\w+=,.@/-]{1,512}$`)
 	envNameRe     = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+	clusterIDRe   = regexp.MustCompile(`^cluster-[2-7a-zA-Z]{11,16}$`)
 )
 
 func (c *Config) validate(baseDir string) error {
@@ -307,6 +328,25 @@ func (c *Config) validate(baseDir string) error {
 		}
 		seen[p.AccessKeyID] = true
 		p.SecretFile = abs(p.SecretFile)
+	}
+	ids := map[string]bool{}
+	for i, cl := range c.Clusters {
+		at := fmt.Sprintf("clusters[%d]", i)
+		switch {
+		case !clusterIDRe.MatchString(cl.ID):
+			return fmt.Errorf("%s.id: %q must match cluster-[2-7a-zA-Z]{11,16}, as AWS cluster ids do", at, cl.ID)
+		case ids[cl.ID]:
+			return fmt.Errorf("%s.id: %s is declared twice", at, cl.ID)
+		case !filepath.IsAbs(cl.Module):
+			return fmt.Errorf("%s.module: %q is not an absolute path", at, cl.Module)
+		case (cl.TokenLabel == "") == (cl.TokenSerial == ""):
+			return fmt.Errorf("%s: exactly one of token_label and token_serial is required", at)
+		case cl.PoolSize < 0 || cl.PoolSize > 1024:
+			return fmt.Errorf("%s.pool_size: must be between 1 and 1024 (0 for the default)", at)
+		case cl.Module == ks.Module && ((cl.TokenLabel != "" && cl.TokenLabel == ks.TokenLabel) || (cl.TokenSerial != "" && cl.TokenSerial == ks.TokenSerial)):
+			return fmt.Errorf("%s: the default key store's token cannot also be a cluster", at)
+		}
+		ids[cl.ID] = true
 	}
 	return nil
 }

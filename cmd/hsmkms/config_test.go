@@ -1,12 +1,14 @@
 package main
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 
+	"github.com/hsmkms/hsmkms/hsm"
 	"github.com/stretchr/testify/require"
 )
 
@@ -157,4 +159,50 @@ func TestBootstrap(t *testing.T) {
 	require.Contains(t, block, "export AWS_ENDPOINT_URL_KMS=https://127.0.0.1:4599\n")
 	require.Contains(t, block, "export AWS_CA_BUNDLE="+info.CABundle+"\n")
 	require.Contains(t, block, "aws kms create-key")
+}
+
+func TestClustersConfig(t *testing.T) {
+	cluster := "\nclusters:\n  - id: cluster-234567abcdefg\n    module: /usr/lib/luna/libCryptoki2_64.so\n    token_label: partition1\n    manufacturer: Thales\n    pool_size: 4\n"
+	cfg, err := ParseConfig([]byte(validConfig+cluster), "/etc/hsmkms")
+	require.NoError(t, err)
+	require.Equal(t, "Thales", cfg.Clusters[0].Manufacturer)
+	for bad, want := range map[string]string{
+		strings.Replace(cluster, "cluster-234567abcdefg", "cluster-1", 1):                             "clusters[0].id: \"cluster-1\" must match",
+		strings.Replace(cluster, "token_label: partition1", "token_label: x\n    token_serial: y", 1): "clusters[0]: exactly one of token_label and token_serial",
+		strings.Replace(cluster, "manufacturer", "vendor", 1):                                         "clusters[0].vendor (line 31): unknown key",
+	} {
+		_, err := ParseConfig([]byte(validConfig+bad), "/etc/hsmkms")
+		require.ErrorContains(t, err, want)
+	}
+	same := strings.Replace(strings.Replace(cluster, "/usr/lib/luna/libCryptoki2_64.so", "/usr/lib/softhsm/libsofthsm2.so", 1), "partition1", "hsmkms-default", 1)
+	_, err = ParseConfig([]byte(validConfig+same), "/etc/hsmkms")
+	require.ErrorContains(t, err, "the default key store's token cannot also be a cluster")
+}
+
+// TestResetKmsuser is the documented recovery for a lost kmsuser password.
+func TestResetKmsuser(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	_, info, err := Bootstrap(dir, "127.0.0.1:4599")
+	require.NoError(t, err)
+	require.Len(t, info.Clusters, 2)
+	fi, err := os.Stat(info.Clusters[0].PasswordFile)
+	require.NoError(t, err)
+	require.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
+
+	newPW := filepath.Join(t.TempDir(), "new")
+	require.NoError(t, os.WriteFile(newPW, []byte("recovered-password\n"), 0o600))
+	require.NoError(t, resetKmsuser([]string{"--data-dir", dir, "--cluster", info.Clusters[0].ID,
+		"--so-pin-file", filepath.Join(dir, "secrets", "cluster-1-so-pin"), "--new-password-file", newPW}))
+
+	cfg, err := LoadConfig(filepath.Join(dir, "hsmkms.yaml"))
+	require.NoError(t, err)
+	tok, err := hsm.OpenToken(hsm.TokenConfig{Module: cfg.Clusters[0].Module, Label: cfg.Clusters[0].TokenLabel})
+	require.NoError(t, err)
+	defer tok.Close()
+	require.ErrorIs(t, tok.Login(context.Background(), info.Clusters[0].Password), hsm.ErrPINIncorrect)
+	require.NoError(t, tok.Login(context.Background(), "recovered-password"))
+	tok.Logout(context.Background())
+
+	require.ErrorContains(t, resetKmsuser([]string{"--data-dir", dir, "--cluster", "cluster-nosuchcluster",
+		"--so-pin-file", filepath.Join(dir, "secrets", "cluster-1-so-pin"), "--new-password-file", newPW}), "no cluster")
 }

@@ -24,6 +24,10 @@ func main() {
 		err = tokens(os.Args[2:])
 	case "bench":
 		err = bench(os.Args[2:])
+	case "clusters":
+		err = clusters(os.Args[2:])
+	case "reset-kmsuser":
+		err = resetKmsuser(os.Args[2:])
 	case "version", "--version", "-v":
 		fmt.Println("hsmkms", version)
 	case "help", "-h", "--help":
@@ -43,9 +47,11 @@ func usage() {
 	fmt.Fprint(os.Stderr, `usage: hsmkms <command> [flags]
 
 commands:
-  serve    run the key service (--data-dir DIR --listen HOST:PORT, or --config FILE)
-  tokens   list the tokens a PKCS#11 module offers (--module PATH)
-  bench    load a running server through aws-sdk-go-v2 (--op Encrypt --workers 16 --duration 10s)
-  version  print the version
+  serve          run the key service (--data-dir DIR --listen HOST:PORT, or --config FILE)
+  tokens         list the tokens a PKCS#11 module offers (--module PATH)
+  clusters       list the tokens declared as CloudHSM clusters and the key stores using them
+  reset-kmsuser  set a new kmsuser password with the token's SO PIN (--cluster ID --so-pin-file F --new-password-file F)
+  bench          load a running server through aws-sdk-go-v2 (--op Encrypt --workers 16 --duration 10s)
+  version        print the version
 `)
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -153,7 +154,7 @@ func open(ctx context.Context, cfg *Config, log hclog.Logger) (*kms.Service, fun
 			log.Error("closing database", "error", err)
 		}
 	}
-	svc := kms.New(kms.Config{Store: db, KeyStores: keystores, Logger: log.Named("kms")})
+	svc := kms.New(kms.Config{Store: db, KeyStores: keystores, Logger: log.Named("kms"), Clusters: clusterConfigs(cfg, log)})
 	report, err := svc.Reconcile(ctx)
 	if err != nil {
 		closeAll()
@@ -168,5 +169,34 @@ func open(ctx context.Context, cfg *Config, log hclog.Logger) (*kms.Service, fun
 	for _, o := range report.OrphanObjects {
 		log.Warn("token object with no key metadata", "label", o)
 	}
-	return svc, closeAll, nil
+	orphans, err := svc.Orphans(ctx)
+	if err != nil {
+		closeAll()
+		return nil, nil, err
+	}
+	for _, o := range orphans {
+		log.Warn("token object orphaned by deleting a key while its custom key store was disconnected",
+			"store", o.KeyStoreID, "key", o.KeyARN, "cka_id", hex.EncodeToString(o.TokenID))
+	}
+	if err := svc.StartKeyStores(ctx); err != nil {
+		closeAll()
+		return nil, nil, err
+	}
+	return svc, func() { svc.WaitConnects(); closeAll() }, nil
+}
+
+// clusterConfigs turns the clusters section into the key store layer's
+// declarations.
+func clusterConfigs(cfg *Config, log hclog.Logger) []keystore.Cluster {
+	out := make([]keystore.Cluster, len(cfg.Clusters))
+	for i, c := range cfg.Clusters {
+		out[i] = keystore.Cluster{
+			ID: c.ID, Manufacturer: c.Manufacturer, Model: c.Model, Serial: c.Serial,
+			Token: hsm.TokenConfig{Module: c.Module, Label: c.TokenLabel, Serial: c.TokenSerial, PoolSize: c.PoolSize},
+		}
+		if log != nil {
+			out[i].Token.Logger = log.Named("hsm").With("cluster", c.ID)
+		}
+	}
+	return out
 }
