@@ -238,12 +238,9 @@ func (s *Service) ConnectCustomKeyStore(ctx context.Context, c *wire.Call, in *C
 	if err != nil {
 		return nil, err
 	}
+	// The token is not probed here: whatever stops the connection is
+	// reported as the store's ConnectionErrorCode, as AWS does.
 	st, _ := live.State()
-	if st == keystore.Disconnected {
-		if _, err := keystore.Probe(s.clusters[ks.ClusterID]); err != nil {
-			return nil, probeError(ks.ClusterID, err)
-		}
-	}
 	started, err := live.BeginConnect()
 	if errors.Is(err, keystore.ErrInvalidState) {
 		return nil, keyStoreInvalidState(ks.ID, st, "DISCONNECTED")

@@ -8,6 +8,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"math/big"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -15,6 +16,9 @@ import (
 	awskms "github.com/aws/aws-sdk-go-v2/service/kms"
 	"github.com/aws/aws-sdk-go-v2/service/kms/types"
 	"github.com/hsmkms/hsmkms/hsm"
+	"github.com/hsmkms/hsmkms/hsm/hsmtest"
+	"github.com/hsmkms/hsmkms/keystore"
+	"github.com/miekg/pkcs11"
 	"github.com/stretchr/testify/require"
 )
 
@@ -308,4 +312,37 @@ func TestConnectionStateTable(t *testing.T) {
 	}
 	_, err = c.DeleteCustomKeyStore(bg(), &awskms.DeleteCustomKeyStoreInput{CustomKeyStoreId: aws.String(ids[types.ConnectionStateTypeDisconnected])})
 	require.NoError(t, err)
+}
+
+// TestFailingClusterTokenRecovers: a CONNECTED store whose token starts
+// failing stays CONNECTED, its keys answer KMSInvalidStateException, and it
+// recovers by itself when the token does.
+func TestFailingClusterTokenRecovers(t *testing.T) {
+	var faults *hsm.Faults
+	e := &env{t: t, tok: hsmtest.NewToken(t), dbPath: filepath.Join(t.TempDir(), "hsmkms.db"), clock: &clock{now: time.Now()},
+		clusterToken: map[string]hsmtest.Token{}}
+	tok := hsmtest.NewToken(t)
+	cluster := "cluster-failingtoken"
+	e.clusters = []keystore.Cluster{{ID: cluster, Token: hsm.TokenConfig{Module: tok.Module, Label: tok.Label, PoolSize: 2,
+		Wrap: func(p hsm.PKCS11) hsm.PKCS11 { faults = hsm.NewFaults(p); return faults }}}}
+	e.clusterToken[cluster] = tok
+	e.start()
+	t.Cleanup(func() { e.close() })
+	c := e.admin()
+	id := e.createStore(c, "flaky", cluster, tok.UserPIN)
+	_, err := c.ConnectCustomKeyStore(bg(), &awskms.ConnectCustomKeyStoreInput{CustomKeyStoreId: &id})
+	require.NoError(t, err)
+	require.Equal(t, types.ConnectionStateTypeConnected, e.waitState(c, id).ConnectionState)
+	key, err := c.CreateKey(bg(), &awskms.CreateKeyInput{CustomKeyStoreId: &id, Origin: types.OriginTypeAwsCloudhsm})
+	require.NoError(t, err)
+
+	faults.Fail("C_EncryptInit", pkcs11.CKR_DEVICE_ERROR, 1)
+	_, err = c.Encrypt(bg(), &awskms.EncryptInput{KeyId: key.KeyMetadata.KeyId, Plaintext: []byte("x")})
+	requireAPIError(t, err, "KMSInvalidStateException", *key.KeyMetadata.Arn+" is unavailable.")
+	require.Equal(t, types.ConnectionStateTypeConnected, e.waitState(c, id).ConnectionState, "the store stays CONNECTED")
+
+	require.Eventually(t, func() bool {
+		_, err := c.Encrypt(bg(), &awskms.EncryptInput{KeyId: key.KeyMetadata.KeyId, Plaintext: []byte("x")})
+		return err == nil
+	}, 10*time.Second, 50*time.Millisecond, "the store recovers by itself")
 }

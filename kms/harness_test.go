@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -16,6 +17,8 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/aws/ratelimit"
+	"github.com/aws/aws-sdk-go-v2/aws/retry"
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	awskms "github.com/aws/aws-sdk-go-v2/service/kms"
@@ -137,10 +140,28 @@ func (e *env) restart() {
 // client returns an SDK client signing as principal p in region r.
 func (e *env) client(p kms.Principal, r string) *awskms.Client {
 	return awskms.New(awskms.Options{
-		Region:           r,
-		Credentials:      credentials.NewStaticCredentialsProvider(p.AccessKeyID, p.Secret, ""),
-		BaseEndpoint:     aws.String(e.srv.URL),
-		RetryMaxAttempts: 1,
+		Region:       r,
+		Credentials:  credentials.NewStaticCredentialsProvider(p.AccessKeyID, p.Secret, ""),
+		BaseEndpoint: aws.String(e.srv.URL),
+		Retryer:      closedConnRetryer(),
+	})
+}
+
+// closedConnRetryer retries only a known client-side race of the SDK
+// (aws-sdk-go-v2 issues 1825 and 2737: a pooled connection closed under a
+// response being read), never an answer of the server, so every test
+// still sees exactly the server's first response.
+func closedConnRetryer() aws.Retryer {
+	return retry.NewStandard(func(o *retry.StandardOptions) {
+		o.MaxAttempts = 3
+		o.Backoff = retry.BackoffDelayerFunc(func(int, error) (time.Duration, error) { return 0, nil })
+		o.Retryables = []retry.IsErrorRetryable{retry.IsErrorRetryableFunc(func(err error) aws.Ternary {
+			if errors.Is(err, net.ErrClosed) {
+				return aws.TrueTernary
+			}
+			return aws.FalseTernary
+		})}
+		o.RateLimiter = ratelimit.None
 	})
 }
 
