@@ -346,3 +346,40 @@ func TestFailingClusterTokenRecovers(t *testing.T) {
 		return err == nil
 	}, 10*time.Second, 50*time.Millisecond, "the store recovers by itself")
 }
+
+// TestClusterChecks: a declared token that is absent, or is not the
+// declared device, cannot back a new store; a replacement cluster must hold
+// the store's keys.
+func TestClusterChecks(t *testing.T) {
+	e := &env{t: t, tok: hsmtest.NewToken(t), dbPath: filepath.Join(t.TempDir(), "hsmkms.db"), clock: &clock{now: time.Now()},
+		clusterToken: map[string]hsmtest.Token{}}
+	t1, t2 := hsmtest.NewToken(t), hsmtest.NewToken(t)
+	e.clusters = []keystore.Cluster{
+		{ID: "cluster-aaaaaaaaaaa", Token: hsm.TokenConfig{Module: t1.Module, Label: t1.Label, PoolSize: 2}},
+		{ID: "cluster-bbbbbbbbbbb", Token: hsm.TokenConfig{Module: t2.Module, Label: t2.Label, PoolSize: 2}},
+		{ID: "cluster-absentabsent", Token: hsm.TokenConfig{Module: t1.Module, Label: "not-initialised", PoolSize: 2}},
+		{ID: "cluster-wrongdevice", Token: hsm.TokenConfig{Module: t2.Module, Label: t2.Label, PoolSize: 2}, Manufacturer: "Thales"},
+	}
+	e.start()
+	t.Cleanup(func() { e.close() })
+	c := e.admin()
+	create := func(name, cluster string) error {
+		_, err := c.CreateCustomKeyStore(bg(), &awskms.CreateCustomKeyStoreInput{CustomKeyStoreName: aws.String(name),
+			CloudHsmClusterId: aws.String(cluster), TrustAnchorCertificate: aws.String(trustAnchor(t)), KeyStorePassword: aws.String("password1")})
+		return err
+	}
+	requireAPIError(t, create("absent", "cluster-absentabsent"), "CloudHsmClusterNotActiveException", "")
+	requireAPIError(t, create("wrong", "cluster-wrongdevice"), "CloudHsmClusterInvalidConfigurationException", "")
+
+	id := e.createStore(c, "moving", "cluster-aaaaaaaaaaa", t1.UserPIN)
+	_, err := c.ConnectCustomKeyStore(bg(), &awskms.ConnectCustomKeyStoreInput{CustomKeyStoreId: &id})
+	require.NoError(t, err)
+	require.Equal(t, types.ConnectionStateTypeConnected, e.waitState(c, id).ConnectionState)
+	_, err = c.CreateKey(bg(), &awskms.CreateKeyInput{CustomKeyStoreId: &id, Origin: types.OriginTypeAwsCloudhsm})
+	require.NoError(t, err)
+	_, err = c.DisconnectCustomKeyStore(bg(), &awskms.DisconnectCustomKeyStoreInput{CustomKeyStoreId: &id})
+	require.NoError(t, err)
+	_, err = c.UpdateCustomKeyStore(bg(), &awskms.UpdateCustomKeyStoreInput{CustomKeyStoreId: &id, CloudHsmClusterId: aws.String("cluster-bbbbbbbbbbb"),
+		KeyStorePassword: aws.String(t2.UserPIN)})
+	requireAPIError(t, err, "CloudHsmClusterNotRelatedException", "")
+}
