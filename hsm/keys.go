@@ -175,29 +175,20 @@ func (t *Token) find(s pkcs11.SessionHandle, tmpl []*pkcs11.Attribute, max int) 
 // (the object was destroyed, or the token reloaded), the cache entry is
 // dropped and the lookup done once more.
 func (t *Token) withObject(ctx context.Context, ref ObjectRef, fn func(pkcs11.SessionHandle, pkcs11.ObjectHandle) error) error {
-	for attempt := 0; ; attempt++ {
-		err := t.do(ctx, hotPath, func(s pkcs11.SessionHandle) error {
-			h, err := t.handle(s, ref)
-			if err != nil {
-				return err
-			}
-			return fn(s, h)
-		})
-		if code, ok := Code(err); ok && isHandleError(code) && attempt == 0 {
-			t.handles.Delete(ref.cacheKey())
-			t.copies.Delete(ref.cacheKey())
-			continue
-		}
-		return err
-	}
+	return t.withHandle(ctx, ref, t.handle, fn)
 }
 
 // withKey is withObject for cryptographic operations: fn gets the handle
 // of ref's working copy (see workingHandle).
 func (t *Token) withKey(ctx context.Context, ref ObjectRef, fn func(pkcs11.SessionHandle, pkcs11.ObjectHandle) error) error {
+	return t.withHandle(ctx, ref, t.workingHandle, fn)
+}
+
+func (t *Token) withHandle(ctx context.Context, ref ObjectRef, lookup func(pkcs11.SessionHandle, ObjectRef) (pkcs11.ObjectHandle, error),
+	fn func(pkcs11.SessionHandle, pkcs11.ObjectHandle) error) error {
 	for attempt := 0; ; attempt++ {
 		err := t.do(ctx, hotPath, func(s pkcs11.SessionHandle) error {
-			h, err := t.workingHandle(s, ref)
+			h, err := lookup(s, ref)
 			if err != nil {
 				return err
 			}

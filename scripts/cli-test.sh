@@ -9,26 +9,9 @@ set -euo pipefail
 
 bin=${1:-bin/hsmkms}
 command -v aws >/dev/null || { echo "cli-test: the aws CLI is not installed" >&2; exit 1; }
-dir=$(mktemp -d)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-pid=
-cleanup() {
-  [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
-  rm -rf "$dir"
-}
-trap cleanup EXIT
-
-"$bin" serve --data-dir "$dir/data" --listen "127.0.0.1:$port" >"$dir/out" 2>"$dir/log" &
-pid=$!
-for _ in $(seq 1 100); do
-  grep -q '^export AWS_REGION=' "$dir/out" 2>/dev/null && break
-  kill -0 "$pid" 2>/dev/null || { cat "$dir/log" >&2; echo "cli-test: server exited" >&2; exit 1; }
-  sleep 0.1
-done
+. "$(dirname "$0")/serve-temp.sh"
 # Only what the server printed: no credentials or endpoints of our own.
-unset AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_SESSION_TOKEN AWS_PROFILE AWS_DEFAULT_REGION AWS_ENDPOINT_URL
-eval "$(grep '^export ' "$dir/out")"
-export AWS_CONFIG_FILE=/dev/null AWS_MAX_ATTEMPTS=1
+export AWS_MAX_ATTEMPTS=1
 
 step() { echo "cli-test: $*" >&2; }
 fail() { echo "cli-test: FAIL: $*" >&2; cat "$dir/log" >&2; exit 1; }
