@@ -8,7 +8,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/hsmkms/hsmkms/hsm"
@@ -89,9 +88,11 @@ func (s *Service) CreateCustomKeyStore(ctx context.Context, c *wire.Call, in *Cr
 	if in.CustomKeyStoreType != "" && in.CustomKeyStoreType != storeTypeCloudHSM {
 		return nil, wire.Errorf(wire.UnsupportedOperation, "Custom key stores of type %s are not supported by hsmkms.", in.CustomKeyStoreType)
 	}
-	for name, v := range map[string]string{"CloudHsmClusterId": in.CloudHsmClusterId, "TrustAnchorCertificate": in.TrustAnchorCertificate, "KeyStorePassword": in.KeyStorePassword} {
-		if v == "" {
-			return nil, wire.Errorf(wire.Validation, "%s is required for an AWS_CLOUDHSM custom key store.", name)
+	for _, p := range []struct{ name, v string }{
+		{"CloudHsmClusterId", in.CloudHsmClusterId}, {"TrustAnchorCertificate", in.TrustAnchorCertificate}, {"KeyStorePassword", in.KeyStorePassword},
+	} {
+		if p.v == "" {
+			return nil, wire.Errorf(wire.Validation, "%s is required for an AWS_CLOUDHSM custom key store.", p.name)
 		}
 	}
 	cl, err := s.cluster(in.CloudHsmClusterId)
@@ -446,16 +447,15 @@ func (s *Service) StartKeyStores(ctx context.Context) error {
 // a key on the default token; the key store id is the additional data, so
 // a sealed password cannot be moved to another store.
 
-var passwordKeyMu sync.Mutex
-
 func (s *Service) passwordKey(ctx context.Context) (*hsm.Token, hsm.ObjectRef, error) {
 	tok, err := s.keystores.Default().Token()
 	if err != nil {
 		return nil, hsm.ObjectRef{}, err
 	}
 	ref := hsm.SecretKeyByID(passwordKeyID)
-	passwordKeyMu.Lock()
-	defer passwordKeyMu.Unlock()
+	// Two first connects must not both generate the key.
+	s.passwordKeyMu.Lock()
+	defer s.passwordKeyMu.Unlock()
 	if _, err := tok.FindObject(ctx, ref); errors.Is(err, hsm.ErrObjectNotFound) {
 		if _, err := tok.GenerateAESKey(ctx, passwordKeyID, "hsmkms key store passwords", hsm.UsageEncrypt|hsm.UsageDecrypt); err != nil {
 			return nil, ref, err

@@ -36,6 +36,9 @@ type Service struct {
 	now       func() time.Time
 	clusters  map[string]keystore.Cluster
 	bg        sync.WaitGroup // background connects
+	// passwordKeyMu serialises finding or making the key that seals
+	// kmsuser passwords; connects only, never the request hot path.
+	passwordKeyMu sync.Mutex
 }
 
 // New returns a Service.
