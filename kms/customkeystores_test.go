@@ -8,7 +8,6 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"math/big"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -319,15 +318,11 @@ func TestConnectionStateTable(t *testing.T) {
 // recovers by itself when the token does.
 func TestFailingClusterTokenRecovers(t *testing.T) {
 	var faults *hsm.Faults
-	e := &env{t: t, tok: hsmtest.NewToken(t), dbPath: filepath.Join(t.TempDir(), "hsmkms.db"), clock: &clock{now: time.Now()},
-		clusterToken: map[string]hsmtest.Token{}}
 	tok := hsmtest.NewToken(t)
 	cluster := "cluster-failingtoken"
-	e.clusters = []keystore.Cluster{{ID: cluster, Token: hsm.TokenConfig{Module: tok.Module, Label: tok.Label, PoolSize: 2,
-		Wrap: func(p hsm.PKCS11) hsm.PKCS11 { faults = hsm.NewFaults(p); return faults }}}}
-	e.clusterToken[cluster] = tok
-	e.start()
-	t.Cleanup(func() { e.close() })
+	e := newEnvWith(t, func(e *env) {
+		e.addCluster(cluster, tok, func(p hsm.PKCS11) hsm.PKCS11 { faults = hsm.NewFaults(p); return faults })
+	})
 	c := e.admin()
 	id := e.createStore(c, "flaky", cluster, tok.UserPIN)
 	_, err := c.ConnectCustomKeyStore(bg(), &awskms.ConnectCustomKeyStoreInput{CustomKeyStoreId: &id})
@@ -351,17 +346,14 @@ func TestFailingClusterTokenRecovers(t *testing.T) {
 // declared device, cannot back a new store; a replacement cluster must hold
 // the store's keys.
 func TestClusterChecks(t *testing.T) {
-	e := &env{t: t, tok: hsmtest.NewToken(t), dbPath: filepath.Join(t.TempDir(), "hsmkms.db"), clock: &clock{now: time.Now()},
-		clusterToken: map[string]hsmtest.Token{}}
 	t1, t2 := hsmtest.NewToken(t), hsmtest.NewToken(t)
-	e.clusters = []keystore.Cluster{
-		{ID: "cluster-aaaaaaaaaaa", Token: hsm.TokenConfig{Module: t1.Module, Label: t1.Label, PoolSize: 2}},
-		{ID: "cluster-bbbbbbbbbbb", Token: hsm.TokenConfig{Module: t2.Module, Label: t2.Label, PoolSize: 2}},
-		{ID: "cluster-absentabsent", Token: hsm.TokenConfig{Module: t1.Module, Label: "not-initialised", PoolSize: 2}},
-		{ID: "cluster-wrongdevice", Token: hsm.TokenConfig{Module: t2.Module, Label: t2.Label, PoolSize: 2}, Manufacturer: "Thales"},
-	}
-	e.start()
-	t.Cleanup(func() { e.close() })
+	e := newEnvWith(t, func(e *env) {
+		e.addCluster("cluster-aaaaaaaaaaa", t1, nil)
+		e.addCluster("cluster-bbbbbbbbbbb", t2, nil)
+		e.clusters = append(e.clusters,
+			keystore.Cluster{ID: "cluster-absentabsent", Token: hsm.TokenConfig{Module: t1.Module, Label: "not-initialised", PoolSize: 2}},
+			keystore.Cluster{ID: "cluster-wrongdevice", Token: hsm.TokenConfig{Module: t2.Module, Label: t2.Label, PoolSize: 2}, Manufacturer: "Thales"})
+	})
 	c := e.admin()
 	create := func(name, cluster string) error {
 		_, err := c.CreateCustomKeyStore(bg(), &awskms.CreateCustomKeyStoreInput{CustomKeyStoreName: aws.String(name),

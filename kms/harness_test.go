@@ -82,8 +82,16 @@ type env struct {
 	clusterToken map[string]hsmtest.Token
 }
 
-func newEnv(t *testing.T) *env {
-	e := &env{t: t, tok: hsmtest.NewToken(t), dbPath: filepath.Join(t.TempDir(), "hsmkms.db"), clock: &clock{now: time.Now()}}
+func newEnv(t *testing.T) *env { return newEnvWith(t, nil) }
+
+// newEnvWith is newEnv with setup run before the service starts (to declare
+// clusters, say).
+func newEnvWith(t *testing.T, setup func(e *env)) *env {
+	e := &env{t: t, tok: hsmtest.NewToken(t), dbPath: filepath.Join(t.TempDir(), "hsmkms.db"), clock: &clock{now: time.Now()},
+		clusterToken: map[string]hsmtest.Token{}}
+	if setup != nil {
+		setup(e)
+	}
 	e.start()
 	t.Cleanup(func() { e.close() })
 	return e
@@ -119,17 +127,17 @@ func (e *env) start() {
 
 // newEnvWithClusters is newEnv plus n tokens declared as clusters.
 func newEnvWithClusters(t *testing.T, n int) *env {
-	e := &env{t: t, tok: hsmtest.NewToken(t), dbPath: filepath.Join(t.TempDir(), "hsmkms.db"), clock: &clock{now: time.Now()},
-		clusterToken: map[string]hsmtest.Token{}}
-	for i := range n {
-		tok := hsmtest.NewToken(t)
-		id := "cluster-" + strings.Repeat("abcdefghijk"[i:i+1], 11)
-		e.clusters = append(e.clusters, keystore.Cluster{ID: id, Token: hsm.TokenConfig{Module: tok.Module, Label: tok.Label, PoolSize: 2}})
-		e.clusterToken[id] = tok
-	}
-	e.start()
-	t.Cleanup(func() { e.close() })
-	return e
+	return newEnvWith(t, func(e *env) {
+		for i := range n {
+			e.addCluster("cluster-"+strings.Repeat("abcdefghijk"[i:i+1], 11), hsmtest.NewToken(t), nil)
+		}
+	})
+}
+
+// addCluster declares tok as cluster id; wrap, if set, wraps its PKCS#11.
+func (e *env) addCluster(id string, tok hsmtest.Token, wrap func(hsm.PKCS11) hsm.PKCS11) {
+	e.clusters = append(e.clusters, keystore.Cluster{ID: id, Token: hsm.TokenConfig{Module: tok.Module, Label: tok.Label, PoolSize: 2, Wrap: wrap}})
+	e.clusterToken[id] = tok
 }
 
 func (e *env) restart() {
