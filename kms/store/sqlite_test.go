@@ -2,15 +2,18 @@ package store
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"modernc.org/sqlite"
 )
 
 var ctx = context.Background()
@@ -188,8 +191,18 @@ func FuzzMarker(f *testing.F) {
 	f.Add("")
 	f.Add(encodeMarker("k1"))
 	f.Add("m1.////")
+	f.Add(encodeMarker("alias/x"))
+	f.Add("m1.AA")
 	f.Fuzz(func(t *testing.T, marker string) {
 		_, _, err := s.ListKeys(ctx, "a", "r", marker, 10)
+		if err != nil && !errors.Is(err, ErrInvalidMarker) {
+			t.Fatal(err)
+		}
+		_, _, err = s.ListAliases(ctx, "a", "r", "", marker, 10)
+		if err != nil && !errors.Is(err, ErrInvalidMarker) {
+			t.Fatal(err)
+		}
+		_, _, err = s.ListTags(ctx, "a", "r", "k", marker, 10)
 		if err != nil && !errors.Is(err, ErrInvalidMarker) {
 			t.Fatal(err)
 		}
@@ -299,4 +312,541 @@ func TestKeyStores(t *testing.T) {
 	s2, err := OpenSQLite(path) // version 1 → 2 already applied; reopening is a no-op
 	require.NoError(t, err)
 	s2.Close()
+}
+
+func BenchmarkUpdateKey(b *testing.B) {
+	s, _ := open(b)
+	require.NoError(b, s.CreateKey(ctx, newKey("a", "r", "k"), nil))
+	b.SetParallelism(4)
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, err := s.UpdateKey(ctx, "a", "r", "k", func(k *Key) error { k.PendingWindowDays++; return nil }); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
+
+// collect pages through a list with the given limit and returns every item.
+func collect[T any](t *testing.T, limit int, list func(marker string, limit int) ([]T, string, error)) []T {
+	t.Helper()
+	var all []T
+	marker := ""
+	for range 100 {
+		page, next, err := list(marker, limit)
+		require.NoError(t, err)
+		require.LessOrEqual(t, len(page), limit)
+		all = append(all, page...)
+		if next == "" {
+			return all
+		}
+		require.Len(t, page, limit, "a page before the last is full")
+		marker = next
+	}
+	t.Fatal("pagination does not end")
+	return nil
+}
+
+func TestTimesAndMaterials(t *testing.T) {
+	s, path := open(t)
+	paris, err := time.LoadLocation("Europe/Paris")
+	if err != nil {
+		paris = time.FixedZone("UTC+1", 3600)
+	}
+	created := time.Date(2024, 2, 29, 23, 59, 59, 999999999, paris)
+	k := newKey("111122223333", "us-west-2", "k")
+	k.CreationDate = created
+	k.Materials[0].CreationDate = created
+	k.NextRotationDate = created.Add(365 * 24 * time.Hour)
+	k.RotationEnabled, k.RotationPeriodDays, k.MultiRegion = true, 365, true
+	k.Policy = "{\n  \"Version\" : \"2012-10-17\",\t\"x\": \"\u00e9\\u00e9\"\n}\n" // byte for byte, whitespace and escapes included
+	k.CustomKeyStoreID = "cks-1234"
+	require.NoError(t, s.CreateKey(ctx, k, nil))
+
+	got, err := s.GetKey(ctx, k.Account, k.Region, k.ID)
+	require.NoError(t, err)
+	require.True(t, got.CreationDate.Equal(created))
+	require.Equal(t, time.UTC, got.CreationDate.Location())
+	require.True(t, got.Materials[0].CreationDate.Equal(created))
+	require.True(t, got.NextRotationDate.Equal(k.NextRotationDate))
+	require.True(t, got.DeletionDate.IsZero())
+	require.Equal(t, time.Time{}, got.DeletionDate, "the zero time comes back as the zero value")
+	require.Equal(t, k.Policy, got.Policy)
+	require.True(t, got.RotationEnabled)
+	require.True(t, got.MultiRegion)
+	require.Equal(t, 365, got.RotationPeriodDays)
+	require.Equal(t, "cks-1234", got.CustomKeyStoreID)
+
+	rotated := created.Add(time.Hour)
+	for i, typ := range []string{"AUTOMATIC", "ON_DEMAND"} {
+		out, err := s.UpdateKey(ctx, k.Account, k.Region, k.ID, func(k *Key) error {
+			k.Materials = append(k.Materials, Material{ID: fmt.Sprintf("m%d", i), TokenID: []byte{byte(i), 0xff}, CreationDate: rotated, RotationType: typ})
+			k.ID = "moved" // ignored: fn cannot move the key
+			return nil
+		})
+		require.NoError(t, err)
+		require.Equal(t, "k", out.ID)
+		require.Len(t, out.Materials, i+2)
+	}
+	_, err = s.GetKey(ctx, k.Account, k.Region, "moved")
+	require.ErrorIs(t, err, ErrNotFound)
+	require.NoError(t, s.Close())
+
+	s, err = OpenSQLite(path)
+	require.NoError(t, err)
+	defer s.Close()
+	got, err = s.GetKey(ctx, k.Account, k.Region, k.ID)
+	require.NoError(t, err)
+	require.Len(t, got.Materials, 3)
+	require.Equal(t, []string{"aa", "m0", "m1"}, []string{got.Materials[0].ID, got.Materials[1].ID, got.Materials[2].ID}, "oldest first")
+	require.Equal(t, []string{"", "AUTOMATIC", "ON_DEMAND"}, []string{got.Materials[0].RotationType, got.Materials[1].RotationType, got.Materials[2].RotationType})
+	require.Equal(t, []byte{1, 0xff}, got.Materials[2].TokenID)
+	require.True(t, got.Materials[2].CreationDate.Equal(rotated))
+
+	bare := newKey("111122223333", "us-west-2", "bare")
+	bare.Materials = nil
+	require.NoError(t, s.CreateKey(ctx, bare, nil))
+	got, err = s.GetKey(ctx, bare.Account, bare.Region, bare.ID)
+	require.NoError(t, err)
+	require.Equal(t, bare, got)
+}
+
+type callerError struct{ code string }
+
+func (e *callerError) Error() string { return e.code }
+
+func TestUpdateKeyErrors(t *testing.T) {
+	s, _ := open(t)
+	k := newKey("111122223333", "us-west-2", "k")
+	require.NoError(t, s.CreateKey(ctx, k, []Tag{{"t", "v"}}))
+
+	called := false
+	_, err := s.UpdateKey(ctx, k.Account, k.Region, "missing", func(*Key) error { called = true; return nil })
+	require.ErrorIs(t, err, ErrNotFound)
+	require.False(t, called)
+	_, err = s.UpdateKey(ctx, "444455556666", k.Region, k.ID, func(*Key) error { called = true; return nil })
+	require.ErrorIs(t, err, ErrNotFound, "another account's key is not found")
+	require.False(t, called)
+
+	want := &callerError{"KMSInvalidStateException"}
+	out, err := s.UpdateKey(ctx, k.Account, k.Region, k.ID, func(k *Key) error {
+		k.State, k.Description, k.Policy = "Disabled", "changed", "{}"
+		k.Materials = append(k.Materials, Material{ID: "bb"})
+		return want
+	})
+	require.Nil(t, out)
+	require.True(t, err == error(want), "the error comes back unchanged, not wrapped")
+	got, err := s.GetKey(ctx, k.Account, k.Region, k.ID)
+	require.NoError(t, err)
+	require.Equal(t, k, got, "nothing written")
+}
+
+func TestAliases(t *testing.T) {
+	s, _ := open(t)
+	const acct, reg = "111122223333", "us-west-2"
+	for _, id := range []string{"k1", "k2"} {
+		require.NoError(t, s.CreateKey(ctx, newKey(acct, reg, id), nil))
+	}
+	require.NoError(t, s.CreateKey(ctx, newKey(acct, "eu-west-1", "k1"), nil))
+	require.NoError(t, s.CreateKey(ctx, newKey("444455556666", reg, "k1"), nil))
+
+	created := time.Unix(1700000000, 5).UTC()
+	var names []string
+	for i := range 5 {
+		name := fmt.Sprintf("alias/n%d", i)
+		names = append(names, name)
+		target := []string{"k1", "k2"}[i%2]
+		require.NoError(t, s.CreateAlias(ctx, &Alias{Account: acct, Region: reg, Name: name, TargetKeyID: target, CreationDate: created, LastUpdatedDate: created}))
+	}
+	// The same name elsewhere is another alias.
+	require.NoError(t, s.CreateAlias(ctx, &Alias{Account: acct, Region: "eu-west-1", Name: "alias/n0", TargetKeyID: "k1"}))
+	require.NoError(t, s.CreateAlias(ctx, &Alias{Account: "444455556666", Region: reg, Name: "alias/n0", TargetKeyID: "k1"}))
+	require.ErrorIs(t, s.CreateAlias(ctx, &Alias{Account: acct, Region: reg, Name: "alias/n0", TargetKeyID: "k2"}), ErrAlreadyExists)
+
+	a, err := s.GetAlias(ctx, acct, reg, "alias/n1")
+	require.NoError(t, err)
+	require.Equal(t, &Alias{Account: acct, Region: reg, Name: "alias/n1", TargetKeyID: "k2", CreationDate: created, LastUpdatedDate: created}, a)
+	_, err = s.GetAlias(ctx, acct, "ap-south-1", "alias/n1")
+	require.ErrorIs(t, err, ErrNotFound)
+
+	updated := created.Add(time.Hour)
+	require.NoError(t, s.UpdateAlias(ctx, acct, reg, "alias/n1", "k1", updated))
+	a, err = s.GetAlias(ctx, acct, reg, "alias/n1")
+	require.NoError(t, err)
+	require.Equal(t, "k1", a.TargetKeyID)
+	require.True(t, a.CreationDate.Equal(created))
+	require.True(t, a.LastUpdatedDate.Equal(updated))
+	require.ErrorIs(t, s.UpdateAlias(ctx, acct, reg, "alias/n1", "missing", updated), ErrNotFound, "the target must exist")
+	require.ErrorIs(t, s.UpdateAlias(ctx, acct, "eu-west-1", "alias/n1", "k1", updated), ErrNotFound)
+
+	// n0,n1,n2,n4 → k1; n3 → k2.
+	for _, limit := range []int{1, 2, 10} {
+		all := collect(t, limit, func(m string, l int) ([]*Alias, string, error) { return s.ListAliases(ctx, acct, reg, "", m, l) })
+		var got []string
+		for _, a := range all {
+			require.Equal(t, acct, a.Account)
+			require.Equal(t, reg, a.Region)
+			got = append(got, a.Name)
+		}
+		require.Equal(t, names, got, "limit %d", limit)
+		k1 := collect(t, limit, func(m string, l int) ([]*Alias, string, error) { return s.ListAliases(ctx, acct, reg, "k1", m, l) })
+		got = got[:0]
+		for _, a := range k1 {
+			require.Equal(t, "k1", a.TargetKeyID)
+			got = append(got, a.Name)
+		}
+		require.Equal(t, []string{"alias/n0", "alias/n1", "alias/n2", "alias/n4"}, got, "limit %d", limit)
+	}
+	for keyID, want := range map[string]int{"": 5, "k1": 4, "k2": 1, "none": 0} {
+		n, err := s.CountAliases(ctx, acct, reg, keyID)
+		require.NoError(t, err)
+		require.Equal(t, want, n, "keyID %q", keyID)
+	}
+	_, _, err = s.ListAliases(ctx, acct, reg, "", "bogus", 1)
+	require.ErrorIs(t, err, ErrInvalidMarker)
+
+	require.NoError(t, s.DeleteAlias(ctx, acct, reg, "alias/n0"))
+	require.ErrorIs(t, s.DeleteAlias(ctx, acct, reg, "alias/n0"), ErrNotFound)
+	_, err = s.GetAlias(ctx, acct, "eu-west-1", "alias/n0")
+	require.NoError(t, err, "deleting one region's alias leaves the other")
+	_, err = s.GetAlias(ctx, "444455556666", reg, "alias/n0")
+	require.NoError(t, err)
+
+	// Deleting k1 takes its aliases and no others.
+	require.NoError(t, s.DeleteKey(ctx, acct, reg, "k1"))
+	n, err := s.CountAliases(ctx, acct, reg, "")
+	require.NoError(t, err)
+	require.Equal(t, 1, n)
+	_, err = s.GetAlias(ctx, acct, "eu-west-1", "alias/n0")
+	require.NoError(t, err)
+}
+
+func TestTags(t *testing.T) {
+	s, _ := open(t)
+	const acct, reg = "111122223333", "us-west-2"
+	require.NoError(t, s.CreateKey(ctx, newKey(acct, reg, "k"), []Tag{{"env", "prod"}}))
+	require.NoError(t, s.CreateKey(ctx, newKey(acct, "eu-west-1", "k"), []Tag{{"other", "region"}}))
+
+	var want []Tag
+	for i := range 5 {
+		want = append(want, Tag{fmt.Sprintf("t%d", i), fmt.Sprint(i)})
+	}
+	require.NoError(t, s.TagKey(ctx, acct, reg, "k", want))
+	require.NoError(t, s.TagKey(ctx, acct, reg, "k", []Tag{{"env", "dev"}}), "upsert")
+	want = append([]Tag{{"env", "dev"}}, want...)
+	for _, limit := range []int{1, 2, 10} {
+		got := collect(t, limit, func(m string, l int) ([]Tag, string, error) { return s.ListTags(ctx, acct, reg, "k", m, l) })
+		require.Equal(t, want, got, "limit %d", limit)
+	}
+	n, err := s.CountTags(ctx, acct, reg, "k")
+	require.NoError(t, err)
+	require.Equal(t, 6, n)
+	n, err = s.CountTags(ctx, acct, "eu-west-1", "k")
+	require.NoError(t, err)
+	require.Equal(t, 1, n, "tags are per region")
+
+	require.NoError(t, s.UntagKey(ctx, acct, reg, "k", []string{"env", "t4", "never-set"}))
+	got := collect(t, 10, func(m string, l int) ([]Tag, string, error) { return s.ListTags(ctx, acct, reg, "k", m, l) })
+	require.Equal(t, want[1:5], got)
+	require.ErrorIs(t, s.UntagKey(ctx, acct, reg, "missing", []string{"t0"}), ErrNotFound)
+	require.ErrorIs(t, s.TagKey(ctx, "444455556666", reg, "k", []Tag{{"a", "b"}}), ErrNotFound)
+	_, _, err = s.ListTags(ctx, acct, reg, "k", "m1.%%%", 1)
+	require.ErrorIs(t, err, ErrInvalidMarker)
+
+	require.ErrorIs(t, s.CreateKey(ctx, newKey(acct, reg, "k"), []Tag{{"x", "y"}}), ErrAlreadyExists)
+	n, _ = s.CountTags(ctx, acct, reg, "k")
+	require.Equal(t, 4, n, "a failed CreateKey writes none of its tags")
+}
+
+func TestListKeysIsolationAndLimits(t *testing.T) {
+	s, _ := open(t)
+	for _, acct := range []string{"111122223333", "444455556666"} {
+		for _, reg := range []string{"us-west-2", "eu-west-1"} {
+			for i := range 3 {
+				require.NoError(t, s.CreateKey(ctx, newKey(acct, reg, fmt.Sprintf("%s-%s-%d", acct, reg, i)), nil))
+			}
+		}
+	}
+	keys := collect(t, 2, func(m string, l int) ([]*Key, string, error) {
+		return s.ListKeys(ctx, "444455556666", "eu-west-1", m, l)
+	})
+	require.Len(t, keys, 3)
+	for _, k := range keys {
+		require.Equal(t, "444455556666", k.Account)
+		require.Equal(t, "eu-west-1", k.Region)
+	}
+	keys, next, err := s.ListKeys(ctx, "999999999999", "us-west-2", "", 5)
+	require.NoError(t, err)
+	require.Empty(t, keys)
+	require.Empty(t, next)
+
+	// A limit below 1 is not a page size; it must not panic or loop.
+	for _, limit := range []int{0, -1} {
+		keys, next, err = s.ListKeys(ctx, "111122223333", "us-west-2", "", limit)
+		require.NoError(t, err)
+		require.Len(t, keys, 3)
+		require.Empty(t, next)
+		as, next, err := s.ListAliases(ctx, "111122223333", "us-west-2", "", "", limit)
+		require.NoError(t, err)
+		require.Empty(t, as)
+		require.Empty(t, next)
+		tags, next, err := s.ListTags(ctx, "111122223333", "us-west-2", "x", "", limit)
+		require.NoError(t, err)
+		require.Empty(t, tags)
+		require.Empty(t, next)
+	}
+}
+
+func TestForEachKeyAndDeletionSchedule(t *testing.T) {
+	s, _ := open(t)
+	var want []string
+	due := time.Unix(1800000000, 0).UTC()
+	for i := range forEachPage + 50 { // more than a page
+		acct := []string{"111122223333", "444455556666"}[i%2]
+		reg := []string{"us-west-2", "eu-west-1", "ap-south-1"}[i%3]
+		k := newKey(acct, reg, fmt.Sprintf("k%04d", i))
+		if i%5 == 0 {
+			k.State, k.DeletionDate, k.PendingWindowDays = "PendingDeletion", due.Add(time.Duration(i)*time.Second), 7
+		}
+		require.NoError(t, s.CreateKey(ctx, k, nil))
+		want = append(want, acct+"/"+reg+"/"+k.ID)
+	}
+	slices.Sort(want)
+	var got []string
+	require.NoError(t, s.ForEachKey(ctx, func(k *Key) error {
+		got = append(got, k.Account+"/"+k.Region+"/"+k.ID)
+		return nil
+	}))
+	require.Equal(t, want, got, "every key once, in order")
+
+	stop := errors.New("stop")
+	calls := 0
+	err := s.ForEachKey(ctx, func(k *Key) error {
+		calls++
+		return stop
+	})
+	require.True(t, err == stop, "fn's error comes back unchanged")
+	require.Equal(t, 1, calls)
+
+	// fn may write: the walk holds no transaction open.
+	n := 0
+	require.NoError(t, s.ForEachKey(ctx, func(k *Key) error {
+		n++
+		return s.TagKey(ctx, k.Account, k.Region, k.ID, []Tag{{"seen", "1"}})
+	}))
+	require.Equal(t, len(want), n)
+
+	keys, err := s.KeysDueForDeletion(ctx, due.Add(100*time.Second))
+	require.NoError(t, err)
+	require.Len(t, keys, 21, "i = 0, 5, ..., 100, of both accounts")
+	accounts := map[string]bool{}
+	for _, k := range keys {
+		require.Equal(t, "PendingDeletion", k.State)
+		require.False(t, k.DeletionDate.After(due.Add(100*time.Second)))
+		accounts[k.Account] = true
+	}
+	require.Len(t, accounts, 2)
+	keys, err = s.KeysDueForDeletion(ctx, time.Time{})
+	require.NoError(t, err)
+	require.Empty(t, keys)
+}
+
+func userVersion(t *testing.T, s *SQLite) int {
+	t.Helper()
+	var v int
+	require.NoError(t, s.db.QueryRow(`PRAGMA user_version`).Scan(&v))
+	return v
+}
+
+func TestMigrations(t *testing.T) {
+	s, path := open(t)
+	require.Equal(t, len(migrations), userVersion(t, s))
+	require.NoError(t, s.CreateKey(ctx, newKey("a", "r", "k"), nil))
+	require.NoError(t, s.Close())
+	for range 2 {
+		s, err := OpenSQLite(path)
+		require.NoError(t, err)
+		require.Equal(t, len(migrations), userVersion(t, s))
+		_, err = s.GetKey(ctx, "a", "r", "k")
+		require.NoError(t, err)
+		require.NoError(t, s.Close())
+	}
+
+	// A file written by an older hsmkms is brought up to date, keeping its rows.
+	old := filepath.Join(t.TempDir(), "v1.db")
+	db, err := sql.Open("sqlite", old)
+	require.NoError(t, err)
+	_, err = db.Exec(migrations[0] + `; PRAGMA user_version = 1`)
+	require.NoError(t, err)
+	_, err = db.Exec(`INSERT INTO keys VALUES ('a','r','k','','ENCRYPT_DECRYPT','SYMMETRIC_DEFAULT','AWS_KMS','Enabled',1,0,0,'{}','',0,0,0,0,'[]')`)
+	require.NoError(t, err)
+	require.NoError(t, db.Close())
+	s, err = OpenSQLite(old)
+	require.NoError(t, err)
+	require.Equal(t, len(migrations), userVersion(t, s))
+	k, err := s.GetKey(ctx, "a", "r", "k")
+	require.NoError(t, err)
+	require.Equal(t, "Enabled", k.State)
+	_, err = s.AllKeyStores(ctx)
+	require.NoError(t, err, "migration 2 ran")
+
+	// A file from a newer hsmkms is refused rather than misread.
+	_, err = s.db.Exec(fmt.Sprintf(`PRAGMA user_version = %d`, len(migrations)+1))
+	require.NoError(t, err)
+	require.NoError(t, s.Close())
+	_, err = OpenSQLite(old)
+	require.ErrorContains(t, err, "newer")
+}
+
+func TestConcurrentOpen(t *testing.T) {
+	// Two processes starting on a fresh file must not both migrate it.
+	path := filepath.Join(t.TempDir(), "hsmkms.db")
+	var wg sync.WaitGroup
+	errs := make([]error, 4)
+	for i := range errs {
+		wg.Go(func() {
+			s, err := OpenSQLite(path)
+			if err == nil {
+				err = s.Close()
+			}
+			errs[i] = err
+		})
+	}
+	wg.Wait()
+	for _, err := range errs {
+		require.NoError(t, err)
+	}
+}
+
+func TestFilesArePrivate(t *testing.T) {
+	s, path := open(t)
+	require.NoError(t, s.CreateKey(ctx, newKey("a", "r", "k"), nil))
+	for _, p := range []string{path, path + "-wal", path + "-shm"} {
+		fi, err := os.Stat(p)
+		require.NoError(t, err)
+		require.Equal(t, os.FileMode(0o600), fi.Mode().Perm(), p)
+	}
+	var mode string
+	require.NoError(t, s.db.QueryRow(`PRAGMA journal_mode`).Scan(&mode))
+	require.Equal(t, "wal", mode)
+	var sync, fk int
+	require.NoError(t, s.db.QueryRow(`PRAGMA synchronous`).Scan(&sync))
+	require.Equal(t, 2, sync, "FULL")
+	require.NoError(t, s.db.QueryRow(`PRAGMA foreign_keys`).Scan(&fk))
+	require.Equal(t, 1, fk)
+}
+
+func TestOddPath(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "with space")
+	require.NoError(t, os.Mkdir(dir, 0o700))
+	path := filepath.Join(dir, "a?b#c%41.db")
+	s, err := OpenSQLite(path)
+	require.NoError(t, err)
+	require.NoError(t, s.CreateKey(ctx, newKey("a", "r", "k"), nil))
+	require.NoError(t, s.Close())
+	entries, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	require.Contains(t, names, "a?b#c%41.db", "the file is named exactly as asked")
+	s, err = OpenSQLite(path)
+	require.NoError(t, err)
+	defer s.Close()
+	_, err = s.GetKey(ctx, "a", "r", "k")
+	require.NoError(t, err)
+
+	_, err = OpenSQLite(filepath.Join(t.TempDir(), "no-such-dir", "x.db"))
+	require.Error(t, err, "the parent directory must exist")
+}
+
+func TestConcurrentReadersAndWriters(t *testing.T) {
+	s, _ := open(t)
+	const acct, reg = "111122223333", "us-west-2"
+	for i := range 4 {
+		require.NoError(t, s.CreateKey(ctx, newKey(acct, reg, fmt.Sprintf("k%d", i)), nil))
+	}
+	var wg sync.WaitGroup
+	done := make(chan struct{})
+	for range 4 {
+		wg.Go(func() {
+			for {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				if _, err := s.GetKey(ctx, acct, reg, "k0"); err != nil {
+					t.Error(err)
+					return
+				}
+				if _, _, err := s.ListKeys(ctx, acct, reg, "", 2); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	var writers sync.WaitGroup
+	for g := range 8 {
+		writers.Go(func() {
+			id := fmt.Sprintf("k%d", g%4)
+			for i := range 25 {
+				name := fmt.Sprintf("alias/g%d-%d", g, i)
+				steps := []func() error{
+					func() error { return s.TagKey(ctx, acct, reg, id, []Tag{{fmt.Sprintf("g%d", g), fmt.Sprint(i)}}) },
+					func() error {
+						_, err := s.UpdateKey(ctx, acct, reg, id, func(k *Key) error {
+							k.Materials = append(k.Materials, Material{ID: fmt.Sprintf("g%d-%d", g, i)})
+							return nil
+						})
+						return err
+					},
+					func() error {
+						return s.CreateAlias(ctx, &Alias{Account: acct, Region: reg, Name: name, TargetKeyID: id})
+					},
+					func() error { return s.UpdateAlias(ctx, acct, reg, name, id, time.Now()) },
+					func() error { return s.DeleteAlias(ctx, acct, reg, name) },
+					func() error { return s.UntagKey(ctx, acct, reg, id, []string{"nothing"}) },
+				}
+				for _, step := range steps {
+					if err := step(); err != nil {
+						t.Error(err)
+						return
+					}
+				}
+			}
+		})
+	}
+	writers.Wait()
+	close(done)
+	wg.Wait()
+	total := 0
+	require.NoError(t, s.ForEachKey(ctx, func(k *Key) error { total += len(k.Materials) - 1; return nil }))
+	require.Equal(t, 8*25, total, "no lost material")
+}
+
+func TestCanceledContext(t *testing.T) {
+	s, _ := open(t)
+	require.NoError(t, s.CreateKey(ctx, newKey("a", "r", "k"), nil))
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	_, err := s.UpdateKey(cctx, "a", "r", "k", func(k *Key) error { k.State = "Disabled"; return nil })
+	require.ErrorIs(t, err, context.Canceled)
+	k, err := s.GetKey(ctx, "a", "r", "k")
+	require.NoError(t, err)
+	require.Equal(t, "Enabled", k.State)
+}
+
+// The constraint check must see through the driver's error type.
+func TestIsConstraint(t *testing.T) {
+	s, _ := open(t)
+	require.NoError(t, s.CreateKey(ctx, newKey("a", "r", "k"), nil))
+	_, err := s.db.Exec(`INSERT INTO keys (account, region, id) VALUES ('a','r','k')`)
+	var se *sqlite.Error
+	require.ErrorAs(t, err, &se)
+	require.True(t, isConstraint(err))
+	require.False(t, isConstraint(errors.New("x")))
 }
