@@ -54,6 +54,29 @@ type Call struct {
 	// KeyARN is set by the operation to the key it acted on, for the
 	// request's log line.
 	KeyARN string
+
+	// What authorization needs from the request beyond the caller, set by
+	// the operation before it resolves a key:
+	// Action is the IAM action when it is not "kms:"+Op (ReEncrypt's
+	// kms:ReEncryptFrom and kms:ReEncryptTo).
+	Action string
+	// Conditions are the request's condition keys (kms:EncryptionContext:…,
+	// kms:GrantOperations, …) with their values.
+	Conditions map[string][]string
+	// GrantTokens are the request's grant tokens.
+	GrantTokens []string
+	// Decisions are the authorization decisions taken for the request, for
+	// its log line; Grant is the id of a grant that allowed it, if one did.
+	Decisions []string
+	Grant     string
+}
+
+// IAMAction is the action authorization checks for the call.
+func (c *Call) IAMAction() string {
+	if c.Action != "" {
+		return c.Action
+	}
+	return "kms:" + c.Op
 }
 
 // Route handles one operation. body has passed Validate.
@@ -123,7 +146,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			principal = "-"
 		}
 		s.Logger.Info("request", "request_id", c.RequestID, "principal", principal, "operation", c.Op,
-			"key", c.KeyARN, "outcome", outcome, "status", status, "latency", time.Since(start), "source_ip", c.SourceIP)
+			"key", c.KeyARN, "outcome", outcome, "status", status, "latency", time.Since(start), "source_ip", c.SourceIP,
+			"authz", strings.Join(c.Decisions, "; "))
 	}
 }
 
