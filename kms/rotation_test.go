@@ -2,6 +2,7 @@ package kms_test
 
 import (
 	"bytes"
+	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"testing"
@@ -201,6 +202,7 @@ func TestAutomaticRotation(t *testing.T) {
 	// The schedule is in the store: a restart between rotations keeps it.
 	e.restart()
 	c = e.admin()
+	assert.Empty(t, e.report.AbandonedRotations)
 	assert.Empty(t, e.report.OrphanObjects)
 	e.clock.Advance(89 * day)
 	assert.Equal(t, 0, e.rotateDue())
@@ -495,6 +497,55 @@ func TestRotationStateAndKeyTypeErrors(t *testing.T) {
 		_, err = c.GetKeyRotationStatus(bg(), &awskms.GetKeyRotationStatusInput{KeyId: &id})
 		requireAPIError(t, err, "UnsupportedOperationException", msg)
 	}
+}
+
+// TestReconcileDestroysUnrecordedRotation stands in for a process killed
+// between making a rotation's token object and recording it: the next start
+// destroys that object (no ciphertext can name it) and reports it, while a
+// stranger's object is only reported.
+func TestReconcileDestroysUnrecordedRotation(t *testing.T) {
+	e := newEnv(t)
+	c := e.admin()
+	id := e.createKey(c)
+	_, err := c.RotateKeyOnDemand(bg(), &awskms.RotateKeyOnDemandInput{KeyId: &id})
+	require.NoError(t, err)
+	enc, err := c.Encrypt(bg(), &awskms.EncryptInput{KeyId: &id, Plaintext: []byte("kept")})
+	require.NoError(t, err)
+	e.close()
+
+	tok, err := hsm.OpenToken(hsm.TokenConfig{Module: e.tok.Module, Label: e.tok.Label})
+	require.NoError(t, err)
+	require.NoError(t, tok.Login(bg(), e.tok.UserPIN))
+	uuid, err := hex.DecodeString(string(bytes.ReplaceAll([]byte(id), []byte("-"), nil)))
+	require.NoError(t, err)
+	material := make([]byte, 32)
+	rand.Read(material)
+	_, err = tok.GenerateAESKey(bg(), append(uuid, material...), arn(id), hsm.UsageEncrypt|hsm.UsageDecrypt)
+	require.NoError(t, err)
+	stranger := make([]byte, 48)
+	rand.Read(stranger)
+	_, err = tok.GenerateAESKey(bg(), stranger, "stranger", hsm.UsageEncrypt|hsm.UsageDecrypt)
+	require.NoError(t, err)
+	require.NoError(t, tok.Close())
+
+	e.start()
+	c = e.admin()
+	assert.Equal(t, []string{arn(id) + " material " + hex.EncodeToString(material)}, e.report.AbandonedRotations)
+	assert.Equal(t, []string{"stranger"}, e.report.OrphanObjects)
+	assert.Empty(t, e.report.MissingMaterial)
+	assert.Equal(t, 2, e.keyObjects(id), "the two recorded versions remain")
+
+	rep, err := e.svc.Reconcile(bg())
+	require.NoError(t, err)
+	assert.Empty(t, rep.AbandonedRotations, "the first start already cleaned up")
+	assert.Equal(t, []string{"stranger"}, rep.OrphanObjects)
+
+	dec, err := c.Decrypt(bg(), &awskms.DecryptInput{CiphertextBlob: enc.CiphertextBlob})
+	require.NoError(t, err)
+	assert.Equal(t, "kept", string(dec.Plaintext))
+	_, err = c.RotateKeyOnDemand(bg(), &awskms.RotateKeyOnDemandInput{KeyId: &id})
+	require.NoError(t, err)
+	assert.Len(t, e.rotations(c, id, false), 2)
 }
 
 // TestDeleteRotatedKey: deleting a key destroys every version's object.
