@@ -1,6 +1,7 @@
 package kms
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"time"
@@ -153,12 +154,17 @@ type Report struct {
 	MissingMaterial []string
 	// OrphanObjects: secret keys on a token that no key's metadata names.
 	OrphanObjects []string
+	// AbandonedRotations: token objects a crash left between making a
+	// rotation's object and recording it, now destroyed (key ARN and the
+	// material id the object would have had).
+	AbandonedRotations []string
 }
 
 // Reconcile is the startup check between metadata and tokens. It removes
-// keys a crash left half-created and reports, without changing anything,
-// metadata whose token object is missing and token objects no metadata
-// names (an operator decides about those).
+// keys a crash left half-created and rotation objects a crash left
+// unrecorded, and reports, without changing anything, metadata whose token
+// object is missing and other token objects no metadata names (an operator
+// decides about those).
 func (s *Service) Reconcile(ctx context.Context) (*Report, error) {
 	r := &Report{}
 	tok, err := s.keystores.Default().Token()
@@ -176,6 +182,7 @@ func (s *Service) Reconcile(ctx context.Context) (*Report, error) {
 	known := map[string]bool{}
 	var creating []*store.Key
 	known[string(passwordKeyID)] = true
+	owners := map[string]*store.Key{} // key uuid (the CKA_ID prefix) → key
 	err = s.store.ForEachKey(ctx, func(k *store.Key) error {
 		if k.State == string(StateCreating) {
 			creating = append(creating, k)
@@ -183,6 +190,9 @@ func (s *Service) Reconcile(ctx context.Context) (*Report, error) {
 		}
 		if k.CustomKeyStoreID != "" {
 			return nil // its token is checked when its store connects, not here
+		}
+		if uuid, ok := parseUUID(k.ID); ok {
+			owners[string(uuid[:])] = k
 		}
 		for _, m := range k.Materials {
 			known[string(m.TokenID)] = true
@@ -215,9 +225,55 @@ func (s *Service) Reconcile(ctx context.Context) (*Report, error) {
 		r.Abandoned = append(r.Abandoned, arnOf(k))
 	}
 	for _, o := range objs {
-		if !known[string(o.ID)] && onToken[string(o.ID)] {
-			r.OrphanObjects = append(r.OrphanObjects, o.Label)
+		if known[string(o.ID)] || !onToken[string(o.ID)] {
+			continue
 		}
+		if k := owners[string(o.ID[:min(len(o.ID), 16)])]; k != nil && len(o.ID) == 16+materialIDSize {
+			destroyed, err := s.destroyUnrecordedRotation(ctx, tok, k, o.ID)
+			if err != nil {
+				return nil, err
+			}
+			if destroyed {
+				r.AbandonedRotations = append(r.AbandonedRotations, arnOf(k)+" material "+hexID(o.ID[16:]))
+			}
+			continue // else a rotation running now, or recorded since the walk read k
+		}
+		r.OrphanObjects = append(r.OrphanObjects, o.Label)
 	}
 	return r, nil
+}
+
+// destroyUnrecordedRotation destroys id, an object on k's token whose
+// CKA_ID starts with k's uuid, if no material of k names it: a rotation
+// that made its object and died before recording it. That is safe because
+// nothing can have been encrypted under a material never committed. A
+// rotation of k running in this process now is left alone (it records or
+// destroys its object itself); once none runs, the key is read again so a
+// rotation that committed after the walk read k is seen.
+func (s *Service) destroyUnrecordedRotation(ctx context.Context, tok *hsm.Token, k *store.Key, id []byte) (bool, error) {
+	if _, running := s.rotations.get(k); running || s.namesMaterial(ctx, k, id) {
+		return false, nil
+	}
+	err := tok.DestroyObject(ctx, hsm.SecretKeyByID(id))
+	if err != nil && !errors.Is(err, hsm.ErrObjectNotFound) {
+		return false, internalf("destroy unrecorded rotation of %s: %w", arnOf(k), err)
+	}
+	s.log.Warn("destroyed the token object of a rotation a crash left unrecorded", "key", arnOf(k), "material", hexID(id[16:]))
+	return true, nil
+}
+
+// namesMaterial reports whether k, as stored now, has a material whose
+// token object is id. A key that is gone or unreadable counts as naming
+// it, so that nothing is destroyed on doubt.
+func (s *Service) namesMaterial(ctx context.Context, k *store.Key, id []byte) bool {
+	cur, err := s.store.GetKey(ctx, k.Account, k.Region, k.ID)
+	if err != nil {
+		return true
+	}
+	for _, m := range cur.Materials {
+		if bytes.Equal(m.TokenID, id) {
+			return true
+		}
+	}
+	return false
 }

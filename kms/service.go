@@ -39,6 +39,8 @@ type Service struct {
 	// passwordKeyMu serialises finding or making the key that seals
 	// kmsuser passwords; connects only, never the request hot path.
 	passwordKeyMu sync.Mutex
+	// rotations marks the keys being rotated now (see rotation.go).
+	rotations rotations
 }
 
 // New returns a Service.
@@ -86,6 +88,8 @@ func (s *Service) handlers() map[string]wire.Route {
 		"EnableKeyRotation":               wire.Typed(s.EnableKeyRotation),
 		"DisableKeyRotation":              wire.Typed(s.DisableKeyRotation),
 		"GetKeyRotationStatus":            wire.Typed(s.GetKeyRotationStatus),
+		"RotateKeyOnDemand":               wire.Typed(s.RotateKeyOnDemand),
+		"ListKeyRotations":                wire.Typed(s.ListKeyRotations),
 		"CreateCustomKeyStore":            wire.Typed(s.CreateCustomKeyStore),
 		"DescribeCustomKeyStores":         wire.Typed(s.DescribeCustomKeyStores),
 		"ConnectCustomKeyStore":           wire.Typed(s.ConnectCustomKeyStore),

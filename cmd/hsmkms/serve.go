@@ -94,6 +94,7 @@ func serve(args []string) error {
 		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
 	}
 	go svc.RunReaper(ctx, time.Minute)
+	go svc.RunRotator(ctx, time.Minute)
 
 	scheme := "https"
 	if cfg.PlainHTTP {
@@ -165,6 +166,9 @@ func open(ctx context.Context, cfg *Config, log hclog.Logger) (*kms.Service, fun
 	}
 	for _, m := range report.MissingMaterial {
 		log.Error("key material missing from the token", "material", m)
+	}
+	for _, m := range report.AbandonedRotations {
+		log.Warn("destroyed the token object of a rotation left unrecorded by a crash", "material", m)
 	}
 	for _, o := range report.OrphanObjects {
 		log.Warn("token object with no key metadata", "label", o)

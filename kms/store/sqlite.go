@@ -60,6 +60,9 @@ var migrations = []string{
 	CREATE TABLE orphans (
 		key_store_id TEXT NOT NULL, key_arn TEXT NOT NULL, token_id BLOB NOT NULL, deleted INTEGER NOT NULL
 	);`,
+	// 3: the automatic rotation scheduler's query (KeysDueForRotation),
+	// so that a pass reads only the keys that are due.
+	`CREATE INDEX keys_rotation ON keys (rotation_enabled, state, next_rotation_date);`,
 }
 
 // SQLite is the embedded Store: one file, WAL journal, synchronous=FULL so
@@ -391,6 +394,14 @@ func (s *SQLite) ForEachKey(ctx context.Context, fn func(*Key) error) error {
 
 func (s *SQLite) KeysDueForDeletion(ctx context.Context, now time.Time) ([]*Key, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT `+keyColumns+` FROM keys WHERE state = 'PendingDeletion' AND deletion_date <= ? ORDER BY deletion_date`, toNanos(now))
+	if err != nil {
+		return nil, err
+	}
+	return collectKeys(rows)
+}
+
+func (s *SQLite) KeysDueForRotation(ctx context.Context, now time.Time) ([]*Key, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+keyColumns+` FROM keys WHERE rotation_enabled = 1 AND state = 'Enabled' AND next_rotation_date <= ? ORDER BY next_rotation_date`, toNanos(now))
 	if err != nil {
 		return nil, err
 	}

@@ -850,3 +850,42 @@ func TestIsConstraint(t *testing.T) {
 	require.True(t, isConstraint(err))
 	require.False(t, isConstraint(errors.New("x")))
 }
+
+func TestKeysDueForRotation(t *testing.T) {
+	s, _ := open(t)
+	due := time.Unix(1800000000, 0).UTC()
+	add := func(id, state string, enabled bool, next time.Time) {
+		k := newKey("a", "r", id)
+		k.State, k.RotationEnabled, k.RotationPeriodDays, k.NextRotationDate = state, enabled, 90, next
+		require.NoError(t, s.CreateKey(ctx, k, nil))
+	}
+	add("later", "Enabled", true, due.Add(time.Second))
+	add("due", "Enabled", true, due)
+	add("overdue", "Enabled", true, due.Add(-time.Hour))
+	add("off", "Enabled", false, time.Time{})
+	add("disabled", "Disabled", true, due.Add(-time.Hour))
+	add("pending", "PendingDeletion", true, due.Add(-time.Hour))
+	add("creating", "Creating", true, due.Add(-time.Hour))
+
+	keys, err := s.KeysDueForRotation(ctx, due)
+	require.NoError(t, err)
+	var got []string
+	for _, k := range keys {
+		got = append(got, k.ID)
+	}
+	require.Equal(t, []string{"overdue", "due"}, got, "Enabled keys with rotation on, most overdue first")
+
+	// The scheduler's query is served by migration 3's index, not a scan.
+	var plan []string
+	rows, err := s.db.Query(`EXPLAIN QUERY PLAN SELECT `+keyColumns+` FROM keys WHERE rotation_enabled = 1 AND state = 'Enabled' AND next_rotation_date <= ? ORDER BY next_rotation_date`, toNanos(due))
+	require.NoError(t, err)
+	defer rows.Close()
+	for rows.Next() {
+		var id, parent, unused int
+		var detail string
+		require.NoError(t, rows.Scan(&id, &parent, &unused, &detail))
+		plan = append(plan, detail)
+	}
+	require.NoError(t, rows.Err())
+	require.Contains(t, fmt.Sprint(plan), "keys_rotation")
+}

@@ -95,6 +95,9 @@ type Store interface {
 	ForEachKey(ctx context.Context, fn func(*Key) error) error
 	// KeysDueForDeletion returns keys PendingDeletion whose date is not after now.
 	KeysDueForDeletion(ctx context.Context, now time.Time) ([]*Key, error)
+	// KeysDueForRotation returns keys Enabled, with automatic rotation on,
+	// whose next rotation date is not after now, the most overdue first.
+	KeysDueForRotation(ctx context.Context, now time.Time) ([]*Key, error)
 
 	CreateAlias(ctx context.Context, a *Alias) error
 	GetAlias(ctx context.Context, account, region, name string) (*Alias, error)
