@@ -96,6 +96,11 @@ func (s *Service) handlers() map[string]wire.Route {
 		"DisconnectCustomKeyStore":        wire.Typed(s.DisconnectCustomKeyStore),
 		"UpdateCustomKeyStore":            wire.Typed(s.UpdateCustomKeyStore),
 		"DeleteCustomKeyStore":            wire.Typed(s.DeleteCustomKeyStore),
+		"CreateGrant":                     wire.Typed(s.CreateGrant),
+		"ListGrants":                      wire.Typed(s.ListGrants),
+		"ListRetirableGrants":             wire.Typed(s.ListRetirableGrants),
+		"RetireGrant":                     wire.Typed(s.RetireGrant),
+		"RevokeGrant":                     wire.Typed(s.RevokeGrant),
 	}
 }
 

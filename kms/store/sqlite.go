@@ -63,6 +63,22 @@ var migrations = []string{
 	// 3: the automatic rotation scheduler's query (KeysDueForRotation),
 	// so that a pass reads only the keys that are due.
 	`CREATE INDEX keys_rotation ON keys (rotation_enabled, state, next_rotation_date);`,
+	// 4: grants. They go with their key (ON DELETE CASCADE), so deleting a
+	// key in any way deletes its grants in the same transaction.
+	// Operations and constraints are JSON: they are only ever read whole.
+	`CREATE TABLE grants (
+		grant_id TEXT PRIMARY KEY,
+		account TEXT NOT NULL, region TEXT NOT NULL, key_id TEXT NOT NULL,
+		grant_token TEXT NOT NULL UNIQUE, name TEXT NOT NULL,
+		grantee_principal TEXT NOT NULL, retiring_principal TEXT NOT NULL,
+		issuing_account TEXT NOT NULL, operations TEXT NOT NULL, constraints TEXT NOT NULL,
+		creation_date INTEGER NOT NULL,
+		FOREIGN KEY (account, region, key_id) REFERENCES keys (account, region, id) ON DELETE CASCADE
+	);
+	CREATE INDEX grants_key ON grants (account, region, key_id, grant_id);
+	CREATE INDEX grants_grantee ON grants (account, region, key_id, grantee_principal);
+	CREATE INDEX grants_name ON grants (account, region, key_id, name);
+	CREATE INDEX grants_retiring ON grants (region, retiring_principal, grant_id);`,
 }
 
 // SQLite is the embedded Store: one file, WAL journal, synchronous=FULL so
@@ -773,4 +789,173 @@ func (s *SQLite) Orphans(ctx context.Context) ([]Orphan, error) {
 		out = append(out, o)
 	}
 	return out, rows.Err()
+}
+
+const grantColumns = `grant_id, account, region, key_id, grant_token, name, grantee_principal, retiring_principal,
+	issuing_account, operations, constraints, creation_date`
+
+// grantConstraints is GrantConstraints as stored in the JSON column.
+type grantConstraints struct {
+	Equals map[string]string `json:"equals,omitempty"`
+	Subset map[string]string `json:"subset,omitempty"`
+}
+
+func scanGrant(row scanner) (*Grant, error) {
+	var g Grant
+	var ops, cons string
+	var created int64
+	err := row.Scan(&g.GrantID, &g.Account, &g.Region, &g.KeyID, &g.GrantToken, &g.Name, &g.GranteePrincipal,
+		&g.RetiringPrincipal, &g.IssuingAccount, &ops, &cons, &created)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := json.Unmarshal([]byte(ops), &g.Operations); err != nil {
+		return nil, fmt.Errorf("store: grant %s: operations: %w", g.GrantID, err)
+	}
+	var c grantConstraints
+	if err := json.Unmarshal([]byte(cons), &c); err != nil {
+		return nil, fmt.Errorf("store: grant %s: constraints: %w", g.GrantID, err)
+	}
+	g.Constraints = GrantConstraints{EncryptionContextEquals: c.Equals, EncryptionContextSubset: c.Subset}
+	g.CreationDate = fromNanos(created)
+	return &g, nil
+}
+
+func collectGrants(rows *sql.Rows) ([]*Grant, error) {
+	defer rows.Close()
+	var out []*Grant
+	for rows.Next() {
+		g, err := scanGrant(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, g)
+	}
+	return out, rows.Err()
+}
+
+func (s *SQLite) CreateGrant(ctx context.Context, g *Grant, limit int) (*Grant, error) {
+	ops, err := json.Marshal(g.Operations)
+	if err != nil {
+		return nil, err
+	}
+	cons, err := json.Marshal(grantConstraints{Equals: g.Constraints.EncryptionContextEquals, Subset: g.Constraints.EncryptionContextSubset})
+	if err != nil {
+		return nil, err
+	}
+	out := g
+	err = s.tx(ctx, func(tx *sql.Tx) error {
+		if err := keyExists(ctx, tx, g.Account, g.Region, g.KeyID); err != nil {
+			return err
+		}
+		if g.Name != "" {
+			rows, err := tx.QueryContext(ctx, `SELECT `+grantColumns+` FROM grants WHERE account = ? AND region = ? AND key_id = ? AND name = ?`,
+				g.Account, g.Region, g.KeyID, g.Name)
+			if err != nil {
+				return err
+			}
+			same, err := collectGrants(rows)
+			if err != nil {
+				return err
+			}
+			for _, old := range same {
+				if old.SameParameters(g) {
+					out = old
+					return nil
+				}
+			}
+		}
+		var n int
+		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM grants WHERE account = ? AND region = ? AND key_id = ?`,
+			g.Account, g.Region, g.KeyID).Scan(&n); err != nil {
+			return err
+		}
+		if n >= limit {
+			return ErrLimitExceeded
+		}
+		_, err := tx.ExecContext(ctx, `INSERT INTO grants (`+grantColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)`,
+			g.GrantID, g.Account, g.Region, g.KeyID, g.GrantToken, g.Name, g.GranteePrincipal, g.RetiringPrincipal,
+			g.IssuingAccount, string(ops), string(cons), toNanos(g.CreationDate))
+		if isConstraint(err) {
+			return ErrAlreadyExists // a grant id or token collision: 256 random bits make it a bug
+		}
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (s *SQLite) GetGrant(ctx context.Context, grantID string) (*Grant, error) {
+	return scanGrant(s.db.QueryRowContext(ctx, `SELECT `+grantColumns+` FROM grants WHERE grant_id = ?`, grantID))
+}
+
+func (s *SQLite) GetGrantByToken(ctx context.Context, token string) (*Grant, error) {
+	return scanGrant(s.db.QueryRowContext(ctx, `SELECT `+grantColumns+` FROM grants WHERE grant_token = ?`, token))
+}
+
+// listGrants pages a grant query ordered by grant id.
+func (s *SQLite) listGrants(ctx context.Context, where string, args []any, marker string, limit int) ([]*Grant, string, error) {
+	after, err := decodeMarker(marker)
+	if err != nil {
+		return nil, "", err
+	}
+	rows, err := s.db.QueryContext(ctx, `SELECT `+grantColumns+` FROM grants WHERE `+where+` AND grant_id > ? ORDER BY grant_id LIMIT ?`,
+		append(args, after, fetchLimit(limit))...)
+	if err != nil {
+		return nil, "", err
+	}
+	out, err := collectGrants(rows)
+	if err != nil {
+		return nil, "", err
+	}
+	next := ""
+	if limit > 0 && len(out) > limit {
+		out = out[:limit]
+		next = encodeMarker(out[limit-1].GrantID)
+	}
+	return out, next, nil
+}
+
+func (s *SQLite) ListGrants(ctx context.Context, account, region, keyID, grantID, grantee, marker string, limit int) ([]*Grant, string, error) {
+	where := `account = ? AND region = ? AND key_id = ?`
+	args := []any{account, region, keyID}
+	if grantID != "" {
+		where += ` AND grant_id = ?`
+		args = append(args, grantID)
+	}
+	if grantee != "" {
+		where += ` AND grantee_principal = ?`
+		args = append(args, grantee)
+	}
+	return s.listGrants(ctx, where, args, marker, limit)
+}
+
+func (s *SQLite) ListRetirableGrants(ctx context.Context, region, retiringPrincipal, marker string, limit int) ([]*Grant, string, error) {
+	return s.listGrants(ctx, `region = ? AND retiring_principal = ?`, []any{region, retiringPrincipal}, marker, limit)
+}
+
+func (s *SQLite) DeleteGrant(ctx context.Context, grantID string) error {
+	res, err := s.exec(ctx, `DELETE FROM grants WHERE grant_id = ?`, grantID)
+	return affected(res, err)
+}
+
+func (s *SQLite) GrantsFor(ctx context.Context, account, region, keyID string, grantees []string) ([]*Grant, error) {
+	if len(grantees) == 0 {
+		return nil, nil
+	}
+	args := []any{account, region, keyID}
+	for _, g := range grantees {
+		args = append(args, g)
+	}
+	rows, err := s.db.QueryContext(ctx, `SELECT `+grantColumns+` FROM grants WHERE account = ? AND region = ? AND key_id = ?
+		AND grantee_principal IN (?`+strings.Repeat(",?", len(grantees)-1)+`) ORDER BY grant_id`, args...)
+	if err != nil {
+		return nil, err
+	}
+	return collectGrants(rows)
 }

@@ -889,3 +889,157 @@ func TestKeysDueForRotation(t *testing.T) {
 	require.NoError(t, rows.Err())
 	require.Contains(t, fmt.Sprint(plan), "keys_rotation")
 }
+
+func newGrant(acct, region, keyID string, n int) *Grant {
+	return &Grant{Account: acct, Region: region, KeyID: keyID,
+		GrantID: fmt.Sprintf("%064x", n), GrantToken: fmt.Sprintf("token-%d", n),
+		GranteePrincipal: "arn:aws:iam::" + acct + ":role/app", IssuingAccount: "arn:aws:iam::" + acct + ":root",
+		Operations: []string{"Encrypt", "Decrypt"}, CreationDate: time.Unix(1700000000, int64(n)).UTC()}
+}
+
+func TestGrants(t *testing.T) {
+	s, path := open(t)
+	const acct, reg = "111122223333", "us-west-2"
+	for _, id := range []string{"k1", "k2"} {
+		require.NoError(t, s.CreateKey(ctx, newKey(acct, reg, id), nil))
+	}
+	g := newGrant(acct, reg, "k1", 1)
+	g.Name, g.RetiringPrincipal = "retry-me", "arn:aws:iam::"+acct+":user/ops"
+	g.Constraints = GrantConstraints{EncryptionContextSubset: map[string]string{"tenant": "a"}}
+	got, err := s.CreateGrant(ctx, g, 10)
+	require.NoError(t, err)
+	require.Equal(t, g, got)
+	_, err = s.CreateGrant(ctx, newGrant(acct, reg, "missing", 2), 10)
+	require.ErrorIs(t, err, ErrNotFound, "a grant needs its key")
+
+	// The same Name and parameters (operations in any order) is a retry:
+	// the first grant comes back and nothing is stored.
+	retry := *g
+	retry.GrantID, retry.GrantToken, retry.Operations = fmt.Sprintf("%064x", 3), "token-3", []string{"Decrypt", "Encrypt"}
+	got, err = s.CreateGrant(ctx, &retry, 10)
+	require.NoError(t, err)
+	require.Equal(t, g.GrantID, got.GrantID)
+	require.Equal(t, g.GrantToken, got.GrantToken)
+	// The same Name with other parameters is another grant.
+	other := retry
+	other.Constraints = GrantConstraints{}
+	got, err = s.CreateGrant(ctx, &other, 10)
+	require.NoError(t, err)
+	require.Equal(t, other.GrantID, got.GrantID)
+
+	byID, err := s.GetGrant(ctx, g.GrantID)
+	require.NoError(t, err)
+	require.Equal(t, g, byID)
+	byToken, err := s.GetGrantByToken(ctx, "token-1")
+	require.NoError(t, err)
+	require.Equal(t, g, byToken)
+	_, err = s.GetGrantByToken(ctx, "token-404")
+	require.ErrorIs(t, err, ErrNotFound)
+
+	// Grants survive a reopen.
+	require.NoError(t, s.Close())
+	s, err = OpenSQLite(path)
+	require.NoError(t, err)
+	defer s.Close()
+	byID, err = s.GetGrant(ctx, g.GrantID)
+	require.NoError(t, err)
+	require.Equal(t, g, byID)
+
+	require.NoError(t, s.DeleteGrant(ctx, other.GrantID))
+	require.ErrorIs(t, s.DeleteGrant(ctx, other.GrantID), ErrNotFound)
+	_, err = s.GetGrant(ctx, other.GrantID)
+	require.ErrorIs(t, err, ErrNotFound)
+}
+
+func TestGrantLimitAndLists(t *testing.T) {
+	s, _ := open(t)
+	const acct, reg = "111122223333", "us-west-2"
+	for _, k := range []*Key{newKey(acct, reg, "k1"), newKey(acct, reg, "k2"), newKey("444455556666", reg, "k1"), newKey(acct, "eu-west-1", "k1")} {
+		require.NoError(t, s.CreateKey(ctx, k, nil))
+	}
+	for i := range 5 {
+		g := newGrant(acct, reg, "k1", i)
+		if i%2 == 1 {
+			g.GranteePrincipal = "arn:aws:iam::" + acct + ":user/odd"
+			g.RetiringPrincipal = "arn:aws:iam::" + acct + ":user/ops"
+		}
+		_, err := s.CreateGrant(ctx, g, 5)
+		require.NoError(t, err)
+	}
+	_, err := s.CreateGrant(ctx, newGrant(acct, reg, "k1", 5), 5)
+	require.ErrorIs(t, err, ErrLimitExceeded)
+	// The limit is per key, and a retry by name is no new grant.
+	_, err = s.CreateGrant(ctx, newGrant(acct, reg, "k2", 6), 5)
+	require.NoError(t, err)
+	other := newGrant("444455556666", reg, "k1", 7)
+	other.RetiringPrincipal = "arn:aws:iam::" + acct + ":user/ops"
+	_, err = s.CreateGrant(ctx, other, 5)
+	require.NoError(t, err)
+	elsewhere := newGrant(acct, "eu-west-1", "k1", 8)
+	elsewhere.RetiringPrincipal = "arn:aws:iam::" + acct + ":user/ops"
+	_, err = s.CreateGrant(ctx, elsewhere, 5)
+	require.NoError(t, err)
+
+	ids := func(gs []*Grant) []string {
+		var out []string
+		for _, g := range gs {
+			out = append(out, g.GrantID)
+		}
+		return out
+	}
+	all := collect(t, 2, func(m string, l int) ([]*Grant, string, error) {
+		return s.ListGrants(ctx, acct, reg, "k1", "", "", m, l)
+	})
+	require.Equal(t, []string{fmt.Sprintf("%064x", 0), fmt.Sprintf("%064x", 1), fmt.Sprintf("%064x", 2), fmt.Sprintf("%064x", 3), fmt.Sprintf("%064x", 4)}, ids(all))
+	odd := collect(t, 1, func(m string, l int) ([]*Grant, string, error) {
+		return s.ListGrants(ctx, acct, reg, "k1", "", "arn:aws:iam::"+acct+":user/odd", m, l)
+	})
+	require.Equal(t, []string{fmt.Sprintf("%064x", 1), fmt.Sprintf("%064x", 3)}, ids(odd))
+	one, next, err := s.ListGrants(ctx, acct, reg, "k1", fmt.Sprintf("%064x", 2), "", "", 50)
+	require.NoError(t, err)
+	require.Empty(t, next)
+	require.Equal(t, []string{fmt.Sprintf("%064x", 2)}, ids(one))
+	none, _, err := s.ListGrants(ctx, acct, reg, "k2", fmt.Sprintf("%064x", 2), "", "", 50)
+	require.NoError(t, err)
+	require.Empty(t, none, "a grant id filter does not reach another key's grants")
+	_, _, err = s.ListGrants(ctx, acct, reg, "k1", "", "", "garbage", 50)
+	require.ErrorIs(t, err, ErrInvalidMarker)
+
+	// Retirable grants: one region, keys of any account.
+	ret := collect(t, 1, func(m string, l int) ([]*Grant, string, error) {
+		return s.ListRetirableGrants(ctx, reg, "arn:aws:iam::"+acct+":user/ops", m, l)
+	})
+	require.Equal(t, []string{fmt.Sprintf("%064x", 1), fmt.Sprintf("%064x", 3), fmt.Sprintf("%064x", 7)}, ids(ret))
+
+	f, err := s.GrantsFor(ctx, acct, reg, "k1", []string{"arn:aws:iam::" + acct + ":user/odd", "arn:aws:iam::" + acct + ":root"})
+	require.NoError(t, err)
+	require.Equal(t, []string{fmt.Sprintf("%064x", 1), fmt.Sprintf("%064x", 3)}, ids(f))
+	f, err = s.GrantsFor(ctx, acct, reg, "k1", nil)
+	require.NoError(t, err)
+	require.Empty(t, f)
+}
+
+func TestDeletingAKeyDeletesItsGrants(t *testing.T) {
+	s, _ := open(t)
+	const acct, reg = "111122223333", "us-west-2"
+	for _, id := range []string{"k1", "k2"} {
+		require.NoError(t, s.CreateKey(ctx, newKey(acct, reg, id), nil))
+	}
+	for i, id := range []string{"k1", "k2", "k1", "k2"} {
+		_, err := s.CreateGrant(ctx, newGrant(acct, reg, id, i), 10)
+		require.NoError(t, err)
+	}
+	require.NoError(t, s.DeleteKey(ctx, acct, reg, "k1"))
+	k2, err := s.GetKey(ctx, acct, reg, "k2")
+	require.NoError(t, err)
+	require.NoError(t, s.DeleteKeyOrphaning(ctx, k2, time.Now()))
+	for i := range 4 {
+		_, err := s.GetGrant(ctx, fmt.Sprintf("%064x", i))
+		require.ErrorIs(t, err, ErrNotFound)
+	}
+	// A new key under an old id starts with no grants.
+	require.NoError(t, s.CreateKey(ctx, newKey(acct, reg, "k1"), nil))
+	gs, _, err := s.ListGrants(ctx, acct, reg, "k1", "", "", "", 50)
+	require.NoError(t, err)
+	require.Empty(t, gs)
+}

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"errors"
+	"maps"
 	"time"
 )
 
@@ -10,6 +11,8 @@ var (
 	ErrNotFound      = errors.New("store: not found")
 	ErrAlreadyExists = errors.New("store: already exists")
 	ErrInvalidMarker = errors.New("store: invalid pagination marker")
+	// ErrLimitExceeded: creating the item would pass a count limit.
+	ErrLimitExceeded = errors.New("store: limit exceeded")
 )
 
 // Material is one version of a key's material: a token object.
@@ -78,6 +81,57 @@ type Orphan struct {
 	Deleted    time.Time
 }
 
+// GrantConstraints are a grant's encryption context constraints; a nil map
+// is no constraint.
+type GrantConstraints struct {
+	EncryptionContextEquals map[string]string
+	EncryptionContextSubset map[string]string
+}
+
+// Grant lets GranteePrincipal perform Operations on one key. GrantID is
+// unique across accounts and regions.
+type Grant struct {
+	Account, Region, KeyID string // the key's identity
+	GrantID                string // 64 hex characters
+	// GrantToken is the token issued with the grant (opaque to the store).
+	GrantToken        string
+	Name              string // "" when none was given
+	GranteePrincipal  string
+	RetiringPrincipal string // "" when none was given
+	IssuingAccount    string // arn:aws:iam::<account>:root of the creator
+	Operations        []string
+	Constraints       GrantConstraints
+	CreationDate      time.Time
+}
+
+// SameParameters reports whether g and o were created with the same
+// parameters, apart from id, token and date: what makes a CreateGrant with a
+// Name a retry of an earlier one. Operations compare as sets.
+func (g *Grant) SameParameters(o *Grant) bool {
+	if g.Account != o.Account || g.Region != o.Region || g.KeyID != o.KeyID || g.Name != o.Name ||
+		g.GranteePrincipal != o.GranteePrincipal || g.RetiringPrincipal != o.RetiringPrincipal ||
+		g.IssuingAccount != o.IssuingAccount {
+		return false
+	}
+	if !sameSet(g.Operations, o.Operations) {
+		return false
+	}
+	// An empty constraint map is no constraint, as in AWS.
+	return maps.Equal(g.Constraints.EncryptionContextEquals, o.Constraints.EncryptionContextEquals) &&
+		maps.Equal(g.Constraints.EncryptionContextSubset, o.Constraints.EncryptionContextSubset)
+}
+
+func sameSet(a, b []string) bool {
+	in := func(x []string) map[string]bool {
+		m := make(map[string]bool, len(x))
+		for _, v := range x {
+			m[v] = true
+		}
+		return m
+	}
+	return maps.Equal(in(a), in(b))
+}
+
 // Store is the metadata store. Lists page in a stable order with opaque
 // markers; a marker the store did not produce is ErrInvalidMarker.
 type Store interface {
@@ -88,7 +142,7 @@ type Store interface {
 	// stores what fn changed. If fn fails nothing is written and its error
 	// is returned unchanged.
 	UpdateKey(ctx context.Context, account, region, id string, fn func(*Key) error) (*Key, error)
-	// DeleteKey removes the key with its aliases and tags.
+	// DeleteKey removes the key with its aliases, tags and grants.
 	DeleteKey(ctx context.Context, account, region, id string) error
 	ListKeys(ctx context.Context, account, region, marker string, limit int) (keys []*Key, next string, err error)
 	// ForEachKey visits every key of every account and region.
@@ -122,10 +176,29 @@ type Store interface {
 	DeleteKeyStore(ctx context.Context, id string) error
 	// CountKeysInStore counts keys in any state in the store.
 	CountKeysInStore(ctx context.Context, id string) (int, error)
-	// DeleteKeyOrphaning deletes a key and records its token objects as
-	// orphans, in one transaction.
+	// DeleteKeyOrphaning deletes a key (with its aliases, tags and grants)
+	// and records its token objects as orphans, in one transaction.
 	DeleteKeyOrphaning(ctx context.Context, k *Key, now time.Time) error
 	Orphans(ctx context.Context) ([]Orphan, error)
+
+	// CreateGrant stores g unless a grant with the same non-empty Name and
+	// the same parameters (SameParameters) exists on the key, in which case
+	// it returns that grant and stores nothing. Otherwise it returns g, or
+	// ErrLimitExceeded if the key already has limit grants, or ErrNotFound
+	// if the key does not exist. The check and the insert are one
+	// transaction.
+	CreateGrant(ctx context.Context, g *Grant, limit int) (*Grant, error)
+	GetGrant(ctx context.Context, grantID string) (*Grant, error)
+	GetGrantByToken(ctx context.Context, token string) (*Grant, error)
+	// ListGrants lists a key's grants by grant id; grantID and grantee ""
+	// mean no filter.
+	ListGrants(ctx context.Context, account, region, keyID, grantID, grantee, marker string, limit int) (grants []*Grant, next string, err error)
+	// ListRetirableGrants lists the grants of one region, on keys of any
+	// account, whose retiring principal is retiringPrincipal.
+	ListRetirableGrants(ctx context.Context, region, retiringPrincipal, marker string, limit int) (grants []*Grant, next string, err error)
+	DeleteGrant(ctx context.Context, grantID string) error
+	// GrantsFor returns the key's grants whose grantee is one of grantees.
+	GrantsFor(ctx context.Context, account, region, keyID string, grantees []string) ([]*Grant, error)
 
 	Close() error
 }

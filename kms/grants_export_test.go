@@ -1,0 +1,24 @@
+package kms
+
+import (
+	"context"
+	"testing"
+)
+
+// SetMaxGrantsPerKey lowers the per-key grant quota for one test.
+func SetMaxGrantsPerKey(t testing.TB, n int) {
+	old := maxGrantsPerKey
+	maxGrantsPerKey = n
+	t.Cleanup(func() { maxGrantsPerKey = old })
+}
+
+// GrantAllows is grantAllows on the key (account, region, keyID).
+func (s *Service) GrantAllows(ctx context.Context, account, region, keyID, principal, op string, ec map[string]string) (string, error) {
+	k, err := s.store.GetKey(ctx, account, region, keyID)
+	if err != nil {
+		return "", err
+	}
+	return s.grantAllows(ctx, k, principal, op, ec)
+}
+
+var CheckGrantTokens = checkGrantTokens
