@@ -20,7 +20,15 @@ type mechCache struct {
 	// oaepRefused holds the hashes for which the token refused the
 	// CKM_RSA_PKCS_OAEP parameters; DecryptOAEP goes raw for them.
 	oaepRefused sync.Map // crypto.Hash → struct{}
+
+	edPhMu sync.Mutex
+	edPh   int // 0 not yet probed, edPhHonoured or edPhIgnored
 }
+
+const (
+	edPhHonoured = 1
+	edPhIgnored  = 2
+)
 
 func newMechCache() *mechCache { return &mechCache{flags: map[uint]uint{}} }
 
