@@ -152,6 +152,9 @@ func (t *Token) ecPublic(s pkcs11.SessionHandle, h pkcs11.ObjectHandle) (*curve,
 // ecCurve reads the curve of an EC key, public or private.
 func (t *Token) ecCurve(s pkcs11.SessionHandle, h pkcs11.ObjectHandle) (*curve, error) {
 	a, err := t.p11.GetAttributeValue(s, h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, nil)})
+	if code, _ := Code(err); code == pkcs11.CKR_ATTRIBUTE_TYPE_INVALID {
+		return nil, fmt.Errorf("hsm: not an EC key: %w", wrap("C_GetAttributeValue", err))
+	}
 	if err != nil {
 		return nil, wrap("C_GetAttributeValue", err)
 	}
