@@ -239,6 +239,7 @@ func TestECDSAVerifyMalformedSignatures(t *testing.T) {
 		"empty":          nil,
 		"raw r||s":       append(rs.R.FillBytes(make([]byte, 32)), rs.S.FillBytes(make([]byte, 32))...),
 		"trailing bytes": append(bytes.Clone(sig), 0),
+		"junk inside":    append([]byte{0x30, sig[1] + 1}, append(bytes.Clone(sig[2:]), 0)...),
 		"r too large":    der(huge, rs.S),
 		"s negative":     der(rs.R, new(big.Int).Neg(rs.S)),
 		"r zero":         der(big.NewInt(0), rs.S),
@@ -496,8 +497,7 @@ func TestDecryptOAEP(t *testing.T) {
 		}
 		otherHash, err := rsa.EncryptOAEP(other.New(), rand.Reader, pub, []byte("secret"), nil)
 		require.NoError(t, err)
-		pkcs1, err := rsa.EncryptPKCS1v15(rand.Reader, pub, []byte("secret"))
-		require.NoError(t, err)
+		pkcs1 := rawRSA(pub, pkcs1v15Block(pub.Size(), []byte("secret")))
 		tooBig := bytes.Repeat([]byte{0xff}, len(ct))
 		for name, bad := range map[string][]byte{
 			"tampered": flipped(ct, 10), "label": withLabel, "other hash": otherHash, "PKCS#1 v1.5": pkcs1,
@@ -523,6 +523,24 @@ func TestDecryptOAEP(t *testing.T) {
 	_, err = tok.DecryptOAEP(ctx(t), id, crypto.SHA512, ct256)
 	require.Error(t, err)
 	assert.NotErrorIs(t, err, hsm.ErrInvalidCiphertext)
+}
+
+// pkcs1v15Block is an RSAES-PKCS1-v1_5 encoded message (00 02 PS 00 M):
+// a well-formed ciphertext of the wrong scheme.
+func pkcs1v15Block(k int, msg []byte) []byte {
+	em := make([]byte, k)
+	em[1] = 2
+	for i := 2; i < k-len(msg)-1; i++ {
+		em[i] = 0x55
+	}
+	copy(em[k-len(msg):], msg)
+	return em
+}
+
+// rawRSA is the RSA public-key operation em^e mod n, k bytes out.
+func rawRSA(pub *rsa.PublicKey, em []byte) []byte {
+	c := new(big.Int).Exp(new(big.Int).SetBytes(em), big.NewInt(int64(pub.E)), pub.N)
+	return c.FillBytes(make([]byte, pub.Size()))
 }
 
 func TestDeriveECDHEqualsCryptoECDH(t *testing.T) {

@@ -1,6 +1,7 @@
 package hsm
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/ed25519"
@@ -160,12 +161,16 @@ func ecdsaDER(raw []byte) ([]byte, error) {
 }
 
 // ecdsaRaw turns DER SEQUENCE{r, s} into r||s of size bytes each. ok is
-// false for anything that cannot be a signature on the curve: trailing
-// bytes, non-positive or oversized values.
+// false for anything that cannot be a signature on the curve: other than
+// the one DER encoding (encoding/asn1 alone lets bytes trail inside the
+// SEQUENCE), non-positive or oversized values.
 func ecdsaRaw(der []byte, size int) (raw []byte, ok bool) {
 	var sig ecdsaSignature
 	rest, err := asn1.Unmarshal(der, &sig)
 	if err != nil || len(rest) != 0 || sig.R == nil || sig.S == nil {
+		return nil, false
+	}
+	if canonical, err := asn1.Marshal(sig); err != nil || !bytes.Equal(canonical, der) {
 		return nil, false
 	}
 	if sig.R.Sign() <= 0 || sig.S.Sign() <= 0 || sig.R.BitLen() > 8*size || sig.S.BitLen() > 8*size {
