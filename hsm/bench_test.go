@@ -3,7 +3,11 @@ package hsm_test
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
 	"sync"
 	"testing"
 
@@ -126,6 +130,90 @@ func BenchmarkGenerateRandom32(b *testing.B) {
 	tok, _, _ := benchToken(b)
 	for range b.N {
 		if _, err := tok.GenerateRandom(context.Background(), 32); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// benchPair opens a token with a 4-session pool and a key pair of spec.
+func benchPair(b *testing.B, spec hsm.KeyPairSpec, usage hsm.Usage) (*hsm.Token, []byte) {
+	tok, _ := open(b, nil, 4)
+	id := []byte("bench-" + spec.String())
+	if err := tok.GenerateKeyPair(context.Background(), id, "bench", spec, usage); err != nil {
+		b.Fatal(err)
+	}
+	return tok, id
+}
+
+func BenchmarkSignECDSAP256(b *testing.B) {
+	tok, id := benchPair(b, hsm.ECP256, hsm.UsageSign|hsm.UsageVerify)
+	d := sha256.Sum256([]byte("message"))
+	b.ResetTimer()
+	for range b.N {
+		if _, err := tok.Sign(context.Background(), id, hsm.ECDSA, crypto.SHA256, d[:]); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkVerifyECDSAP256(b *testing.B) {
+	tok, id := benchPair(b, hsm.ECP256, hsm.UsageSign|hsm.UsageVerify)
+	d := sha256.Sum256([]byte("message"))
+	sig, err := tok.Sign(context.Background(), id, hsm.ECDSA, crypto.SHA256, d[:])
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for range b.N {
+		if ok, err := tok.Verify(context.Background(), id, hsm.ECDSA, crypto.SHA256, d[:], sig); !ok || err != nil {
+			b.Fatal(ok, err)
+		}
+	}
+}
+
+func BenchmarkMACSHA256(b *testing.B) {
+	tok, _ := open(b, nil, 4)
+	id := []byte("bench-hmac")
+	if err := tok.GenerateHMACKey(context.Background(), id, "bench", 256); err != nil {
+		b.Fatal(err)
+	}
+	msg := bytes.Repeat([]byte{0x5a}, 256)
+	b.SetBytes(int64(len(msg)))
+	b.ResetTimer()
+	for range b.N {
+		if _, err := tok.MAC(context.Background(), id, crypto.SHA256, msg); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkGenerateDataKeyPairECP256(b *testing.B) {
+	tok, _ := open(b, nil, 4)
+	b.ResetTimer()
+	for range b.N {
+		if _, _, err := tok.GenerateDataKeyPair(context.Background(), hsm.ECP256); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkDecryptOAEPSHA256RSA2048(b *testing.B) {
+	tok, id := benchPair(b, hsm.RSA2048, hsm.UsageEncrypt|hsm.UsageDecrypt)
+	der, err := tok.PublicKeyDER(context.Background(), id)
+	if err != nil {
+		b.Fatal(err)
+	}
+	pub, err := x509.ParsePKIXPublicKey(der)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ct, err := rsa.EncryptOAEP(sha256.New(), rand.Reader, pub.(*rsa.PublicKey), make([]byte, 32), nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for range b.N {
+		if _, err := tok.DecryptOAEP(context.Background(), id, crypto.SHA256, ct); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -1,6 +1,7 @@
 // Package hsm is everything hsmkms needs from a PKCS#11 token, and nothing
 // about KMS: loading modules, finding tokens, sessions, logins and PINs, key
-// objects, AES-GCM and random numbers. It exists so that the rest of the
+// objects, AES-GCM, RSA and EC key pairs (signatures, RSAES-OAEP, ECDH),
+// HMAC and random numbers. It exists so that the rest of the
 // service never sees a session handle, a CKR code it must interpret, or a
 // mechanism parameter it could get wrong.
 //
@@ -18,6 +19,16 @@
 //     refuses other sizes before calling the token (SoftHSM2 would accept a
 //     NULL IV or a 0-bit tag). Any authentication failure is
 //     ErrInvalidCiphertext, whatever code the token used for it.
+//   - Key pairs follow the same template; the private half never leaves the
+//     token. The only key material this package ever returns is what
+//     GenerateDataKeyPair and DeriveECDH exist to return, from session
+//     objects destroyed before they return.
+//   - Every RSAES-OAEP ciphertext that does not decrypt is exactly
+//     ErrInvalidCiphertext, whether the token or the in-process constant-time
+//     decoding (used where the token lacks the OAEP parameters) found it.
+//   - A signature that does not verify is (false, nil), never an error; a
+//     scheme the token cannot really do is ErrMechanismNotSupported, even
+//     when the token claims otherwise (Ed25519ph on SoftHSM2).
 //   - The hot path never searches the token: object handles are cached, and
 //     dropped when the token says they are gone.
 //   - A failed login is never retried automatically; each try would burn the

@@ -11,8 +11,9 @@ import (
 // made to take on demand; use real SoftHSM2 for everything else. Install it
 // with TokenConfig.Wrap. Safe for concurrent use.
 type Faults struct {
-	next  PKCS11
-	flags uint // ORed into every C_GetTokenInfo answer
+	next   PKCS11
+	flags  uint          // ORed into every C_GetTokenInfo answer
+	hidden map[uint]bool // mechanisms the token is made to lack
 
 	mu    sync.Mutex
 	rules map[string]*faultRule
@@ -52,6 +53,26 @@ func (f *Faults) Clear() {
 	defer f.mu.Unlock()
 	f.rules = map[string]*faultRule{}
 	f.flags = 0
+	f.hidden = nil
+}
+
+// HideMechanism makes the token appear to lack mech, until Clear: it is left
+// out of C_GetMechanismList and C_GetMechanismInfo fails with
+// CKR_MECHANISM_INVALID. Token caches what it learned about mechanisms, so
+// hide before the first use or on a fresh Token.
+func (f *Faults) HideMechanism(mech uint) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.hidden == nil {
+		f.hidden = map[uint]bool{}
+	}
+	f.hidden[mech] = true
+}
+
+func (f *Faults) isHidden(mech uint) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.hidden[mech]
 }
 
 // Calls reports how many times call was made, failed or not.
@@ -104,12 +125,22 @@ func (f *Faults) GetMechanismList(slotID uint) ([]*pkcs11.Mechanism, error) {
 	if err := f.hit("C_GetMechanismList"); err != nil {
 		return nil, err
 	}
-	return f.next.GetMechanismList(slotID)
+	ms, err := f.next.GetMechanismList(slotID)
+	out := ms[:0:0]
+	for _, m := range ms {
+		if !f.isHidden(m.Mechanism) {
+			out = append(out, m)
+		}
+	}
+	return out, err
 }
 
 func (f *Faults) GetMechanismInfo(slotID uint, m []*pkcs11.Mechanism) (pkcs11.MechanismInfo, error) {
 	if err := f.hit("C_GetMechanismInfo"); err != nil {
 		return pkcs11.MechanismInfo{}, err
+	}
+	if len(m) == 1 && f.isHidden(m[0].Mechanism) {
+		return pkcs11.MechanismInfo{}, pkcs11.Error(pkcs11.CKR_MECHANISM_INVALID)
 	}
 	return f.next.GetMechanismInfo(slotID, m)
 }
@@ -238,4 +269,46 @@ func (f *Faults) GenerateRandom(sh pkcs11.SessionHandle, length int) ([]byte, er
 		return nil, err
 	}
 	return f.next.GenerateRandom(sh, length)
+}
+
+func (f *Faults) GenerateKeyPair(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, public, private []*pkcs11.Attribute) (pkcs11.ObjectHandle, pkcs11.ObjectHandle, error) {
+	if err := f.hit("C_GenerateKeyPair"); err != nil {
+		return 0, 0, err
+	}
+	return f.next.GenerateKeyPair(sh, m, public, private)
+}
+
+func (f *Faults) DeriveKey(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, basekey pkcs11.ObjectHandle, a []*pkcs11.Attribute) (pkcs11.ObjectHandle, error) {
+	if err := f.hit("C_DeriveKey"); err != nil {
+		return 0, err
+	}
+	return f.next.DeriveKey(sh, m, basekey, a)
+}
+
+func (f *Faults) SignInit(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, o pkcs11.ObjectHandle) error {
+	if err := f.hit("C_SignInit"); err != nil {
+		return err
+	}
+	return f.next.SignInit(sh, m, o)
+}
+
+func (f *Faults) Sign(sh pkcs11.SessionHandle, message []byte) ([]byte, error) {
+	if err := f.hit("C_Sign"); err != nil {
+		return nil, err
+	}
+	return f.next.Sign(sh, message)
+}
+
+func (f *Faults) VerifyInit(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, key pkcs11.ObjectHandle) error {
+	if err := f.hit("C_VerifyInit"); err != nil {
+		return err
+	}
+	return f.next.VerifyInit(sh, m, key)
+}
+
+func (f *Faults) Verify(sh pkcs11.SessionHandle, data []byte, signature []byte) error {
+	if err := f.hit("C_Verify"); err != nil {
+		return err
+	}
+	return f.next.Verify(sh, data, signature)
 }

@@ -21,6 +21,12 @@ type ObjectRef struct {
 // SecretKeyByID refers to the secret key with CKA_ID id.
 func SecretKeyByID(id []byte) ObjectRef { return ObjectRef{Class: pkcs11.CKO_SECRET_KEY, ID: id} }
 
+// PrivateKeyByID refers to the private key with CKA_ID id.
+func PrivateKeyByID(id []byte) ObjectRef { return ObjectRef{Class: pkcs11.CKO_PRIVATE_KEY, ID: id} }
+
+// PublicKeyByID refers to the public key with CKA_ID id.
+func PublicKeyByID(id []byte) ObjectRef { return ObjectRef{Class: pkcs11.CKO_PUBLIC_KEY, ID: id} }
+
 // SecretKeyByLabel refers to the secret key with CKA_LABEL label.
 func SecretKeyByLabel(label string) ObjectRef {
 	return ObjectRef{Class: pkcs11.CKO_SECRET_KEY, Label: label}

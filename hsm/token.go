@@ -98,6 +98,7 @@ type tokenState struct {
 	pool   *pool
 	size   int
 	anchor pkcs11.SessionHandle // guarded by Token.loginMu
+	mechs  *mechCache
 }
 
 func (st *tokenState) close(p PKCS11) {
@@ -188,7 +189,7 @@ func (t *Token) newState() (*tokenState, error) {
 	if err != nil {
 		return nil, wrap("C_OpenSession", err)
 	}
-	return &tokenState{slot: slot, pool: newPool(t.p11, slot, size), size: size, anchor: anchor}, nil
+	return &tokenState{slot: slot, pool: newPool(t.p11, slot, size), size: size, anchor: anchor, mechs: newMechCache()}, nil
 }
 
 // PoolSize is the number of sessions the token may hold open at once.

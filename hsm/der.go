@@ -1,0 +1,162 @@
+package hsm
+
+import (
+	"context"
+	"crypto/rsa"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
+	"fmt"
+	"math/big"
+
+	"github.com/miekg/pkcs11"
+)
+
+// DER built by hand where Go's crypto/x509 cannot help: it knows no
+// secp256k1, and one code path for every curve is simpler than two.
+
+type subjectPublicKeyInfo struct {
+	Algorithm pkix.AlgorithmIdentifier
+	PublicKey asn1.BitString
+}
+
+// RFC 5208 PrivateKeyInfo.
+type privateKeyInfo struct {
+	Version    int
+	Algorithm  pkix.AlgorithmIdentifier
+	PrivateKey []byte
+}
+
+// RFC 5915 ECPrivateKey.
+type ecPrivateKey struct {
+	Version    int
+	PrivateKey []byte
+	Params     asn1.ObjectIdentifier `asn1:"optional,explicit,tag:0"`
+	PublicKey  asn1.BitString        `asn1:"optional,explicit,tag:1"`
+}
+
+func (c *curve) algorithm() pkix.AlgorithmIdentifier {
+	return pkix.AlgorithmIdentifier{Algorithm: oidECPublicKey, Parameters: asn1.RawValue{FullBytes: c.params()}}
+}
+
+// ecSPKI is the SubjectPublicKeyInfo of an uncompressed point on c.
+func (c *curve) spki(point []byte) ([]byte, error) {
+	return asn1.Marshal(subjectPublicKeyInfo{
+		Algorithm: c.algorithm(),
+		PublicKey: asn1.BitString{Bytes: point, BitLength: 8 * len(point)},
+	})
+}
+
+// pkcs8 is the PKCS#8 PrivateKeyInfo of the private scalar d (big-endian,
+// padded here to the size of the group order) with its public point.
+func (c *curve) pkcs8(d, point []byte) ([]byte, error) {
+	if len(d) > c.size {
+		return nil, fmt.Errorf("hsm: token returned a %d-byte %s private key", len(d), c.name)
+	}
+	padded := make([]byte, c.size)
+	copy(padded[c.size-len(d):], d)
+	defer clear(padded)
+	inner, err := asn1.Marshal(ecPrivateKey{
+		Version:    1,
+		PrivateKey: padded,
+		Params:     c.oid,
+		PublicKey:  asn1.BitString{Bytes: point, BitLength: 8 * len(point)},
+	})
+	if err != nil {
+		return nil, err
+	}
+	defer clear(inner)
+	return asn1.Marshal(privateKeyInfo{Algorithm: c.algorithm(), PrivateKey: inner})
+}
+
+func ed25519SPKI(pub []byte) ([]byte, error) {
+	return asn1.Marshal(subjectPublicKeyInfo{
+		Algorithm: pkix.AlgorithmIdentifier{Algorithm: oidEd25519},
+		PublicKey: asn1.BitString{Bytes: pub, BitLength: 8 * len(pub)},
+	})
+}
+
+func rsaSPKI(modulus, exponent []byte) ([]byte, error) {
+	e := new(big.Int).SetBytes(exponent)
+	if !e.IsInt64() || e.Int64() > 1<<31-1 || e.Int64() < 3 {
+		return nil, fmt.Errorf("hsm: unusable RSA public exponent on the token")
+	}
+	return x509.MarshalPKIXPublicKey(&rsa.PublicKey{N: new(big.Int).SetBytes(modulus), E: int(e.Int64())})
+}
+
+// PublicKeyDER returns the DER SubjectPublicKeyInfo of the public key with
+// CKA_ID id: RSA, EC on P-256, P-384, P-521 or secp256k1 (namedCurve,
+// uncompressed point), or Ed25519.
+func (t *Token) PublicKeyDER(ctx context.Context, id []byte) ([]byte, error) {
+	var out []byte
+	err := t.withObject(ctx, PublicKeyByID(id), func(s pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
+		var err error
+		out, err = t.publicKeyDER(s, h)
+		return err
+	})
+	return out, err
+}
+
+func (t *Token) publicKeyDER(s pkcs11.SessionHandle, h pkcs11.ObjectHandle) ([]byte, error) {
+	kt, err := t.p11.GetAttributeValue(s, h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, nil)})
+	if err != nil {
+		return nil, wrap("C_GetAttributeValue", err)
+	}
+	switch ulong(kt[0].Value) {
+	case pkcs11.CKK_RSA:
+		a, err := t.p11.GetAttributeValue(s, h, []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_MODULUS, nil),
+			pkcs11.NewAttribute(pkcs11.CKA_PUBLIC_EXPONENT, nil),
+		})
+		if err != nil {
+			return nil, wrap("C_GetAttributeValue", err)
+		}
+		return rsaSPKI(a[0].Value, a[1].Value)
+	case pkcs11.CKK_EC:
+		c, point, err := t.ecPublic(s, h)
+		if err != nil {
+			return nil, err
+		}
+		return c.spki(point)
+	case ckkECEdwards:
+		a, err := t.p11.GetAttributeValue(s, h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_EC_POINT, nil)})
+		if err != nil {
+			return nil, wrap("C_GetAttributeValue", err)
+		}
+		pub, err := edPoint(a[0].Value)
+		if err != nil {
+			return nil, err
+		}
+		return ed25519SPKI(pub)
+	}
+	return nil, fmt.Errorf("%w: key type 0x%X", ErrMechanismNotSupported, ulong(kt[0].Value))
+}
+
+// ecPublic reads the curve and uncompressed point of an EC public key.
+func (t *Token) ecPublic(s pkcs11.SessionHandle, h pkcs11.ObjectHandle) (*curve, []byte, error) {
+	a, err := t.p11.GetAttributeValue(s, h, []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, nil),
+		pkcs11.NewAttribute(pkcs11.CKA_EC_POINT, nil),
+	})
+	if err != nil {
+		return nil, nil, wrap("C_GetAttributeValue", err)
+	}
+	c, err := curveByParams(a[0].Value)
+	if err != nil {
+		return nil, nil, err
+	}
+	point, err := c.ecPoint(a[1].Value)
+	return c, point, err
+}
+
+// ecCurve reads the curve of an EC key, public or private.
+func (t *Token) ecCurve(s pkcs11.SessionHandle, h pkcs11.ObjectHandle) (*curve, error) {
+	a, err := t.p11.GetAttributeValue(s, h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, nil)})
+	if code, _ := Code(err); code == pkcs11.CKR_ATTRIBUTE_TYPE_INVALID {
+		return nil, fmt.Errorf("hsm: not an EC key: %w", wrap("C_GetAttributeValue", err))
+	}
+	if err != nil {
+		return nil, wrap("C_GetAttributeValue", err)
+	}
+	return curveByParams(a[0].Value)
+}
