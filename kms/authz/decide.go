@@ -100,12 +100,13 @@ func DeniedMessage(principalARN, action, resource string, explicit bool, identit
 		action = "kms:" + action
 	}
 	kind := KeyPolicy
+	article := "a"
 	if identityOnly {
-		kind = IdentityPolicy
+		kind, article = IdentityPolicy, "an"
 	}
 	if explicit {
-		return fmt.Sprintf("User: %s is not authorized to perform: %s on resource: %s with an explicit deny in a %s policy",
-			principalARN, action, resource, kind)
+		return fmt.Sprintf("User: %s is not authorized to perform: %s on resource: %s with an explicit deny in %s %s policy",
+			principalARN, action, resource, article, kind)
 	}
 	return fmt.Sprintf("User: %s is not authorized to perform: %s on resource: %s because no %s policy allows the %s action",
 		principalARN, action, resource, kind, action)

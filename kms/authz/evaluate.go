@@ -51,7 +51,7 @@ func (st *Statement) applies(kind Kind, req *Request) matchKind {
 			return matchNone
 		}
 	}
-	for _, c := range st.Conditions {
+	for _, c := range st.conditions {
 		if !c.eval(req.Context) {
 			return matchNone
 		}
@@ -61,7 +61,7 @@ func (st *Statement) applies(kind Kind, req *Request) matchKind {
 
 func (st *Statement) matchPrincipal(c Principal) matchKind {
 	best := matchNone
-	for _, p := range st.Principals {
+	for _, p := range st.principals {
 		best = max(best, p.match(c))
 	}
 	if st.NotPrincipal {

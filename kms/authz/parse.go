@@ -48,19 +48,21 @@ type Policy struct {
 	Statements []Statement
 }
 
-// Statement is one parsed statement. The fields are exported for
-// inspection; match through Policy.Evaluate.
+// Statement is one parsed statement. The plain fields are exported for
+// inspection (listing who a key is shared with, say); principals and
+// conditions stay internal because only Policy.Evaluate should interpret
+// them.
 type Statement struct {
 	Sid    string // "#<index>" when the document has none
 	Effect Effect // Allow or Deny
 
-	Principals   []principal // nil when the statement has no Principal
+	principals   []principal // nil when the statement has no Principal
 	NotPrincipal bool
 	Actions      []string // lower-cased patterns
 	NotAction    bool
 	Resources    []string
 	NotResource  bool
-	Conditions   []condition
+	conditions   []condition
 }
 
 // Effect is the outcome of a statement or of a whole policy.
@@ -200,13 +202,13 @@ func parseStatement(obj *object, kind Kind) (Statement, error) {
 		if err != nil {
 			return st, err
 		}
-		st.Principals = ps
+		st.principals = ps
 	case isNP:
 		ps, err := parsePrincipals(rawNP)
 		if err != nil {
 			return st, err
 		}
-		st.Principals, st.NotPrincipal = ps, true
+		st.principals, st.NotPrincipal = ps, true
 	}
 
 	if err := exactlyOne(obj, "Action", "NotAction"); err != nil {
@@ -249,7 +251,7 @@ func parseStatement(obj *object, kind Kind) (Statement, error) {
 		if err != nil {
 			return st, err
 		}
-		st.Conditions = conds
+		st.conditions = conds
 	}
 	return st, nil
 }

@@ -44,15 +44,15 @@ func TestParseGrammar(t *testing.T) {
 				assert.True(t, p.Statements[1].NotPrincipal)
 				assert.True(t, p.Statements[1].NotAction)
 				assert.True(t, p.Statements[1].NotResource)
-				assert.Len(t, p.Statements[1].Principals, 2)
+				assert.Len(t, p.Statements[1].principals, 2)
 			}},
 		{"every principal shape and service", KeyPolicy,
 			`{"Statement":[{"Effect":"Allow","Principal":{"AWS":["*","111122223333","arn:aws:iam::111122223333:root","arn:aws:iam::111122223333:user/a/b/Carol","arn:aws:iam::111122223333:role/Admin","arn:aws:sts::111122223333:assumed-role/Admin/sess"],"Service":"logs.amazonaws.com"},"Action":"kms:*","Resource":"*"}]}`,
-			func(t *testing.T, p *Policy) { assert.Len(t, p.Statements[0].Principals, 7) }},
+			func(t *testing.T, p *Policy) { assert.Len(t, p.Statements[0].principals, 7) }},
 		{"condition values of every JSON scalar type", IdentityPolicy,
 			`{"Statement":[{"Effect":"Allow","Action":"kms:*","Resource":"*","Condition":{"Bool":{"aws:SecureTransport":true},"NumericLessThan":{"kms:X":[5, "6.5"]},"ForAnyValue:StringLike":{"kms:EncryptionContextKeys":"app*"},"StringEqualsIfExists":{"kms:ViaService":"s3.amazonaws.com"},"Null":{"kms:GranteePrincipal":"false"}}}]}`,
 			func(t *testing.T, p *Policy) {
-				conds := p.Statements[0].Conditions
+				conds := p.Statements[0].conditions
 				require.Len(t, conds, 5)
 				assert.Equal(t, []string{"true"}, conds[0].values)
 				assert.Equal(t, []string{"5", "6.5"}, conds[1].values)
