@@ -70,8 +70,10 @@ func TestKeyIDErrors(t *testing.T) {
 func TestCreateKeyUnsupportedInputs(t *testing.T) {
 	e := newEnv(t)
 	c := e.admin()
-	_, err := c.CreateKey(bg(), &awskms.CreateKeyInput{KeySpec: types.KeySpecRsa2048, KeyUsage: types.KeyUsageTypeSignVerify})
-	requireAPIError(t, err, "UnsupportedOperationException", "")
+	_, err := c.CreateKey(bg(), &awskms.CreateKeyInput{KeySpec: types.KeySpecSm2, KeyUsage: types.KeyUsageTypeSignVerify})
+	requireAPIError(t, err, "UnsupportedOperationException", "SM2 keys are not supported by hsmkms: PKCS#11 2.40 defines no SM2 mechanism.")
+	_, err = c.CreateKey(bg(), &awskms.CreateKeyInput{KeySpec: types.KeySpecMlDsa65, KeyUsage: types.KeyUsageTypeSignVerify})
+	requireAPIError(t, err, "UnsupportedOperationException", "ML-DSA keys are not supported by hsmkms: PKCS#11 2.40 defines no ML-DSA mechanism.")
 	_, err = c.CreateKey(bg(), &awskms.CreateKeyInput{MultiRegion: aws.Bool(true)})
 	requireAPIError(t, err, "UnsupportedOperationException", "")
 	_, err = c.CreateKey(bg(), &awskms.CreateKeyInput{Origin: types.OriginTypeExternal})
@@ -440,15 +442,22 @@ func TestIsolationByAccountAndRegion(t *testing.T) {
 	enc, err := e.admin().Encrypt(bg(), &awskms.EncryptInput{KeyId: &id, Plaintext: []byte("x")})
 	require.NoError(t, err)
 
-	for name, c := range map[string]*awskms.Client{
-		"other region":  e.client(principals[0], "eu-west-1"),
-		"other account": e.client(principals[1], region),
+	for name, tc := range map[string]struct {
+		c *awskms.Client
+		// byARN is the answer to the key's ARN: another region has no
+		// such key; another account may not see it (access_test.go has
+		// the key policies that let it).
+		byARN string
+	}{
+		"other region":  {e.client(principals[0], "eu-west-1"), "NotFoundException"},
+		"other account": {e.client(principals[1], region), "AccessDeniedException"},
 	} {
+		c := tc.c
 		t.Run(name, func(t *testing.T) {
 			_, err := c.DescribeKey(bg(), &awskms.DescribeKeyInput{KeyId: &id})
 			requireAPIError(t, err, "NotFoundException", "")
 			_, err = c.DescribeKey(bg(), &awskms.DescribeKeyInput{KeyId: aws.String(arn(id))})
-			requireAPIError(t, err, "NotFoundException", "")
+			requireAPIError(t, err, tc.byARN, "")
 			_, err = c.Decrypt(bg(), &awskms.DecryptInput{CiphertextBlob: enc.CiphertextBlob})
 			require.Error(t, err)
 			keys, err := c.ListKeys(bg(), &awskms.ListKeysInput{})
@@ -484,8 +493,9 @@ func TestRestartPersistence(t *testing.T) {
 
 func TestUnsupportedOperations(t *testing.T) {
 	e := newEnv(t)
-	_, err := e.admin().Sign(bg(), &awskms.SignInput{KeyId: aws.String("alias/x"), Message: []byte("m"), SigningAlgorithm: types.SigningAlgorithmSpecEcdsaSha256})
-	requireAPIError(t, err, "UnsupportedOperationException", "")
+	_, err := e.admin().GetParametersForImport(bg(), &awskms.GetParametersForImportInput{KeyId: aws.String("alias/x"),
+		WrappingAlgorithm: types.AlgorithmSpecRsaesOaepSha256, WrappingKeySpec: types.WrappingKeySpecRsa2048})
+	requireAPIError(t, err, "UnsupportedOperationException", "GetParametersForImport is not supported by hsmkms.")
 }
 
 func TestAuthFailures(t *testing.T) {

@@ -2,8 +2,12 @@ package kms
 
 import (
 	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
+	"slices"
 
 	"github.com/hsmkms/hsmkms/hsm"
 	"github.com/hsmkms/hsmkms/keystore"
@@ -13,84 +17,134 @@ import (
 
 func hexID(b []byte) string { return hex.EncodeToString(b) }
 
-// cryptoKey resolves keyID for a cryptographic operation and checks that
-// the key may do symmetric encryption now.
-func (s *Service) cryptoKey(ctx context.Context, c *wire.Call, keyID, alg string) (*store.Key, error) {
-	k, err := s.lookupKey(ctx, c, keyID, true)
+// encryptionKey resolves keyID for an operation that encrypts under it
+// with alg ("" meaning SYMMETRIC_DEFAULT, as AWS defaults it) and returns
+// the algorithm to use.
+func (s *Service) encryptionKey(ctx context.Context, c *wire.Call, keyID, alg string) (*store.Key, string, error) {
+	k, err := s.usableKey(ctx, c, keyID, usageEncrypt)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
-	if k.CustomKeyStoreID != "" && k.State != string(StatePendingDeletion) && !s.storeConnected(k.CustomKeyStoreID) {
-		return nil, invalidState(arnOf(k), StateUnavailable)
+	if alg == "" {
+		alg = algSymmetric
 	}
-	if err := checkState(k, classCrypto); err != nil {
-		return nil, err
+	if !slices.Contains(keySpecs[k.KeySpec].encrypt, alg) {
+		return nil, "", incompatible(alg, k)
 	}
-	if k.KeyUsage != usageEncrypt {
-		return nil, wire.Errorf(wire.InvalidKeyUsage, "%s key usage is %s which is not valid for this operation.", arnOf(k), k.KeyUsage)
-	}
-	if alg != "" && alg != algSymmetric {
-		return nil, wire.Errorf(wire.InvalidKeyUsage, "%s is not a supported encryption algorithm for %s.", alg, arnOf(k))
-	}
-	return k, nil
+	return k, alg, nil
 }
 
-// seal encrypts plaintext under k's current material.
-func (s *Service) seal(ctx context.Context, c *wire.Call, k *store.Key, plaintext []byte, ec map[string]string) ([]byte, error) {
+// encrypt encrypts plaintext under k with alg (already checked against the
+// key's spec) and returns the ciphertext and, for symmetric keys, the
+// material version used.
+func (s *Service) encrypt(ctx context.Context, c *wire.Call, k *store.Key, alg string, plaintext []byte, ec map[string]string) ([]byte, string, error) {
+	if alg == algSymmetric {
+		return s.seal(ctx, c, k, plaintext, ec)
+	}
+	if len(ec) > 0 {
+		return nil, "", asymmetricContext()
+	}
+	pub, err := s.rsaPublicKey(ctx, k)
+	if err != nil {
+		return nil, "", err
+	}
+	h := oaepHashes[alg]
+	if max := pub.Size() - 2*h.Size() - 2; len(plaintext) > max {
+		return nil, "", wire.Errorf(wire.Validation, "Plaintext is too long: %s with %s encrypts at most %d bytes.", k.KeySpec, alg, max)
+	}
+	// Encryption needs only the public key, which is public: Go does it,
+	// as any holder of GetPublicKey's output could.
+	out, err := rsa.EncryptOAEP(h.New(), rand.Reader, pub, plaintext, nil)
+	if err != nil {
+		return nil, "", internalf("RSA encryption under %s: %w", arnOf(k), err)
+	}
+	return out, "", nil
+}
+
+func asymmetricContext() error {
+	return wire.Errorf(wire.Validation, "EncryptionContext is not supported with asymmetric KMS keys.")
+}
+
+// seal encrypts plaintext under k's current material and returns the
+// blob and the material's id.
+func (s *Service) seal(ctx context.Context, c *wire.Call, k *store.Key, plaintext []byte, ec map[string]string) ([]byte, string, error) {
 	tok, err := s.token(k)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	m := k.Materials[len(k.Materials)-1]
 	uuid, _ := parseUUID(k.ID)
 	matID, err := hex.DecodeString(m.ID)
 	if err != nil || len(matID) != materialIDSize {
-		return nil, internalf("key %s has a malformed material id", arnOf(k))
+		return nil, "", internalf("key %s has a malformed material id", arnOf(k))
 	}
 	header := appendBlobHeader(nil, k.Account, k.Region, uuid, matID)
 	iv, sealed, err := tok.EncryptGCM(ctx, hsm.SecretKeyByID(m.TokenID), plaintext, additionalData(header, ec))
 	if err != nil {
-		return nil, tokenError(k, err)
+		return nil, "", tokenError(k, err)
 	}
 	out := make([]byte, 0, len(header)+len(iv)+len(sealed))
 	out = append(append(append(out, header...), iv...), sealed...)
-	return out, nil
+	return out, m.ID, nil
 }
 
-// open decrypts a ciphertext blob. keyID, if given, must name the key the
-// blob was made under. Every failure to authenticate looks the same to the
-// client: InvalidCiphertextException, with no hint of which part was wrong.
-func (s *Service) open(ctx context.Context, c *wire.Call, ciphertext []byte, keyID, alg string, ec map[string]string) (*store.Key, []byte, error) {
+// opened is a decrypted ciphertext and what it was made with.
+type opened struct {
+	key        *store.Key
+	plaintext  []byte
+	alg        string
+	materialID string // symmetric keys only
+}
+
+// open decrypts ciphertext. keyID, if given, must name the key it was made
+// under; for RSA keys it and alg are required, as AWS requires them. Every
+// failure to authenticate looks the same to the client:
+// InvalidCiphertextException, with no hint of which part was wrong.
+func (s *Service) open(ctx context.Context, c *wire.Call, ciphertext []byte, keyID, alg string, ec map[string]string) (*opened, error) {
+	var named *store.Key
+	if keyID != "" {
+		k, err := s.usableKey(ctx, c, keyID, usageEncrypt)
+		if err != nil {
+			return nil, err
+		}
+		if keySpecs[k.KeySpec].asymmetric() {
+			return s.openRSA(ctx, k, ciphertext, alg, ec)
+		}
+		named = k
+	}
+	if alg != "" && alg != algSymmetric {
+		if named != nil {
+			return nil, incompatible(alg, named)
+		}
+		// No key named: an RSA ciphertext carries no key id to find it by.
+		return nil, invalidCiphertext()
+	}
 	b, err := parseBlob(ciphertext)
 	if err != nil {
-		if keyID != "" { // a named key that does not exist is still NotFound
-			if _, kerr := s.cryptoKey(ctx, c, keyID, alg); kerr != nil {
-				return nil, nil, kerr
-			}
-		}
-		return nil, nil, invalidCiphertext()
+		return nil, invalidCiphertext()
 	}
 	blobKey := formatUUID(b.KeyID)
-	var k *store.Key
-	if keyID != "" {
-		k, err = s.cryptoKey(ctx, c, keyID, alg)
-		if err != nil {
-			return nil, nil, err
-		}
+	k := named
+	if k != nil {
 		if k.ID != blobKey || k.Account != b.Account || k.Region != b.Region {
-			return nil, nil, wire.Errorf(wire.IncorrectKey, "The key ID in the request does not identify a CMK that can perform this operation.")
+			return nil, wire.Errorf(wire.IncorrectKey, "The key ID in the request does not identify a CMK that can perform this operation.")
 		}
 	} else {
-		if b.Account != c.Caller.Account || b.Region != c.Caller.Region {
-			return nil, nil, invalidCiphertext()
+		if b.Region != c.Caller.Region {
+			return nil, invalidCiphertext()
 		}
-		k, err = s.cryptoKey(ctx, c, blobKey, alg)
+		// The blob names its key's account: another account's key is
+		// looked up (and authorized) as if named by its ARN.
+		k, err = s.usableKey(ctx, c, keyARN(b.Region, b.Account, blobKey), usageEncrypt)
 		if err != nil {
 			var we *wire.Error
 			if errors.As(err, &we) && we.Type == wire.NotFound {
-				return nil, nil, invalidCiphertext()
+				return nil, invalidCiphertext()
 			}
-			return nil, nil, err
+			return nil, err
+		}
+		if keySpecs[k.KeySpec].asymmetric() {
+			return nil, invalidCiphertext()
 		}
 	}
 	var m *store.Material
@@ -101,20 +155,96 @@ func (s *Service) open(ctx context.Context, c *wire.Call, ciphertext []byte, key
 		}
 	}
 	if m == nil {
-		return nil, nil, invalidCiphertext()
+		return nil, invalidCiphertext()
 	}
 	tok, err := s.token(k)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	plain, err := tok.DecryptGCM(ctx, hsm.SecretKeyByID(m.TokenID), b.IV, b.Sealed, additionalData(b.header, ec))
 	if errors.Is(err, hsm.ErrInvalidCiphertext) {
-		return nil, nil, invalidCiphertext()
+		return nil, invalidCiphertext()
 	}
 	if err != nil {
-		return nil, nil, tokenError(k, err)
+		return nil, tokenError(k, err)
 	}
-	return k, plain, nil
+	return &opened{key: k, plaintext: plain, alg: algSymmetric, materialID: m.ID}, nil
+}
+
+// openRSA decrypts RSAES-OAEP ciphertext with k's private key, on the token.
+func (s *Service) openRSA(ctx context.Context, k *store.Key, ciphertext []byte, alg string, ec map[string]string) (*opened, error) {
+	if alg == "" {
+		alg = algSymmetric
+	}
+	h, ok := oaepHashes[alg]
+	if !ok {
+		return nil, incompatible(alg, k)
+	}
+	if len(ec) > 0 {
+		return nil, asymmetricContext()
+	}
+	tok, err := s.token(k)
+	if err != nil {
+		return nil, err
+	}
+	plain, err := tok.DecryptOAEP(ctx, currentTokenID(k), h, ciphertext)
+	if errors.Is(err, hsm.ErrInvalidCiphertext) {
+		return nil, invalidCiphertext()
+	}
+	if err != nil {
+		return nil, tokenError(k, err)
+	}
+	return &opened{key: k, plaintext: plain, alg: alg}, nil
+}
+
+// currentTokenID is the CKA_ID of k's current material.
+func currentTokenID(k *store.Key) []byte { return k.Materials[len(k.Materials)-1].TokenID }
+
+// rsaPublicKey is k's RSA public key, read from the token once.
+func (s *Service) rsaPublicKey(ctx context.Context, k *store.Key) (*rsa.PublicKey, error) {
+	der, err := s.publicKeyDER(ctx, k)
+	if err != nil {
+		return nil, err
+	}
+	pub, err := x509.ParsePKIXPublicKey(der)
+	if err != nil {
+		return nil, internalf("public key of %s: %w", arnOf(k), err)
+	}
+	rpub, ok := pub.(*rsa.PublicKey)
+	if !ok {
+		return nil, internalf("public key of %s is not RSA", arnOf(k))
+	}
+	return rpub, nil
+}
+
+// publicKeyDER is k's public key as DER SubjectPublicKeyInfo. Public keys
+// never change, so each is read from the token once and kept.
+func (s *Service) publicKeyDER(ctx context.Context, k *store.Key) ([]byte, error) {
+	id := currentTokenID(k)
+	if der, ok := s.publicKeys.Load(string(id)); ok {
+		return der.([]byte), nil
+	}
+	tok, err := s.token(k)
+	if err != nil {
+		return nil, err
+	}
+	der, err := tok.PublicKeyDER(ctx, id)
+	if err != nil {
+		return nil, tokenError(k, err)
+	}
+	s.publicKeys.Store(string(id), der)
+	return der, nil
+}
+
+// setCryptoConditions records the condition keys of an operation that
+// encrypts or decrypts: the encryption context and the algorithm (AWS's
+// default when the request names none).
+func setCryptoConditions(c *wire.Call, ec map[string]string, alg string) {
+	if alg == "" {
+		alg = algSymmetric
+	}
+	setEncryptionContext(c, ec)
+	setCondition(c, "kms:EncryptionAlgorithm", alg)
 }
 
 func invalidCiphertext() error { return &wire.Error{Type: wire.InvalidCiphertext, Message: ""} }
@@ -135,18 +265,19 @@ type EncryptOutput struct {
 }
 
 func (s *Service) Encrypt(ctx context.Context, c *wire.Call, in *EncryptInput) (*EncryptOutput, error) {
-	k, err := s.cryptoKey(ctx, c, in.KeyId, in.EncryptionAlgorithm)
+	setCryptoConditions(c, in.EncryptionContext, in.EncryptionAlgorithm)
+	k, alg, err := s.encryptionKey(ctx, c, in.KeyId, in.EncryptionAlgorithm)
 	if err != nil {
 		return nil, err
 	}
 	if in.DryRun {
 		return nil, dryRun()
 	}
-	blob, err := s.seal(ctx, c, k, in.Plaintext, in.EncryptionContext)
+	blob, _, err := s.encrypt(ctx, c, k, alg, in.Plaintext, in.EncryptionContext)
 	if err != nil {
 		return nil, err
 	}
-	return &EncryptOutput{CiphertextBlob: blob, EncryptionAlgorithm: algSymmetric, KeyId: arnOf(k)}, nil
+	return &EncryptOutput{CiphertextBlob: blob, EncryptionAlgorithm: alg, KeyId: arnOf(k)}, nil
 }
 
 func dryRun() error {
@@ -166,6 +297,7 @@ type DecryptInput struct {
 type DecryptOutput struct {
 	EncryptionAlgorithm string
 	KeyId               string
+	KeyMaterialId       string `json:"KeyMaterialId,omitempty"`
 	Plaintext           []byte
 }
 
@@ -173,14 +305,16 @@ func (s *Service) Decrypt(ctx context.Context, c *wire.Call, in *DecryptInput) (
 	if in.Recipient != nil {
 		return nil, wire.Errorf(wire.UnsupportedOperation, "Recipient (Nitro Enclaves attestation) is not supported by hsmkms.")
 	}
-	k, plain, err := s.open(ctx, c, in.CiphertextBlob, in.KeyId, in.EncryptionAlgorithm, in.EncryptionContext)
+	setCryptoConditions(c, in.EncryptionContext, in.EncryptionAlgorithm)
+	o, err := s.open(ctx, c, in.CiphertextBlob, in.KeyId, in.EncryptionAlgorithm, in.EncryptionContext)
 	if err != nil {
 		return nil, err
 	}
 	if in.DryRun {
+		clear(o.plaintext)
 		return nil, dryRun()
 	}
-	return &DecryptOutput{EncryptionAlgorithm: algSymmetric, KeyId: arnOf(k), Plaintext: plain}, nil
+	return &DecryptOutput{EncryptionAlgorithm: o.alg, KeyId: arnOf(o.key), KeyMaterialId: o.materialID, Plaintext: o.plaintext}, nil
 }
 
 type ReEncryptInput struct {
@@ -198,32 +332,39 @@ type ReEncryptInput struct {
 type ReEncryptOutput struct {
 	CiphertextBlob                 []byte
 	DestinationEncryptionAlgorithm string
+	DestinationKeyMaterialId       string `json:"DestinationKeyMaterialId,omitempty"`
 	KeyId                          string
 	SourceEncryptionAlgorithm      string
 	SourceKeyId                    string
+	SourceKeyMaterialId            string `json:"SourceKeyMaterialId,omitempty"`
 }
 
 func (s *Service) ReEncrypt(ctx context.Context, c *wire.Call, in *ReEncryptInput) (*ReEncryptOutput, error) {
-	src, plain, err := s.open(ctx, c, in.CiphertextBlob, in.SourceKeyId, in.SourceEncryptionAlgorithm, in.SourceEncryptionContext)
+	// Each side is authorized as its own action, with its own context.
+	c.Action = "kms:ReEncryptFrom"
+	setCryptoConditions(c, in.SourceEncryptionContext, in.SourceEncryptionAlgorithm)
+	src, err := s.open(ctx, c, in.CiphertextBlob, in.SourceKeyId, in.SourceEncryptionAlgorithm, in.SourceEncryptionContext)
 	if err != nil {
 		return nil, err
 	}
-	defer clear(plain)
-	dst, err := s.cryptoKey(ctx, c, in.DestinationKeyId, in.DestinationEncryptionAlgorithm)
+	defer clear(src.plaintext)
+	c.Action, c.Conditions = "kms:ReEncryptTo", nil
+	setCryptoConditions(c, in.DestinationEncryptionContext, in.DestinationEncryptionAlgorithm)
+	dst, alg, err := s.encryptionKey(ctx, c, in.DestinationKeyId, in.DestinationEncryptionAlgorithm)
 	if err != nil {
 		return nil, err
 	}
 	if in.DryRun {
 		return nil, dryRun()
 	}
-	blob, err := s.seal(ctx, c, dst, plain, in.DestinationEncryptionContext)
+	blob, material, err := s.encrypt(ctx, c, dst, alg, src.plaintext, in.DestinationEncryptionContext)
 	if err != nil {
 		return nil, err
 	}
 	c.KeyARN = arnOf(dst)
 	return &ReEncryptOutput{
-		CiphertextBlob: blob, DestinationEncryptionAlgorithm: algSymmetric, KeyId: arnOf(dst),
-		SourceEncryptionAlgorithm: algSymmetric, SourceKeyId: arnOf(src),
+		CiphertextBlob: blob, DestinationEncryptionAlgorithm: alg, DestinationKeyMaterialId: material, KeyId: arnOf(dst),
+		SourceEncryptionAlgorithm: src.alg, SourceKeyId: arnOf(src.key), SourceKeyMaterialId: src.materialID,
 	}, nil
 }
 
@@ -240,6 +381,7 @@ type GenerateDataKeyInput struct {
 type GenerateDataKeyOutput struct {
 	CiphertextBlob []byte
 	KeyId          string
+	KeyMaterialId  string
 	Plaintext      []byte `json:"Plaintext,omitempty"`
 }
 
@@ -268,7 +410,8 @@ func (s *Service) generateDataKey(ctx context.Context, c *wire.Call, in *Generat
 	default:
 		return nil, wire.Errorf(wire.Validation, "Please specify either number of bytes or key spec.")
 	}
-	k, err := s.cryptoKey(ctx, c, in.KeyId, "")
+	setCryptoConditions(c, in.EncryptionContext, algSymmetric)
+	k, _, err := s.encryptionKey(ctx, c, in.KeyId, algSymmetric)
 	if err != nil {
 		return nil, err
 	}
@@ -283,11 +426,12 @@ func (s *Service) generateDataKey(ctx context.Context, c *wire.Call, in *Generat
 	if err != nil {
 		return nil, tokenError(k, err)
 	}
-	blob, err := s.seal(ctx, c, k, plain, in.EncryptionContext)
+	blob, material, err := s.seal(ctx, c, k, plain, in.EncryptionContext)
 	if err != nil {
+		clear(plain)
 		return nil, err
 	}
-	out := &GenerateDataKeyOutput{CiphertextBlob: blob, KeyId: arnOf(k)}
+	out := &GenerateDataKeyOutput{CiphertextBlob: blob, KeyId: arnOf(k), KeyMaterialId: material}
 	if withPlaintext {
 		out.Plaintext = plain
 	} else {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"strconv"
 	"time"
 
 	"github.com/hsmkms/hsmkms/hsm"
@@ -32,6 +33,7 @@ func (s *Service) ScheduleKeyDeletion(ctx context.Context, c *wire.Call, in *Sch
 	if days < 7 || days > 30 {
 		return nil, wire.Errorf(wire.Validation, "1 validation error detected: Value '%d' at 'pendingWindowInDays' failed to satisfy constraint: Member must have value between 7 and 30", days)
 	}
+	setCondition(c, "kms:ScheduleKeyDeletionPendingWindowInDays", strconv.Itoa(days))
 	var out *ScheduleKeyDeletionOutput
 	err := s.update(ctx, c, in.KeyId, classEnableDisable, func(k *store.Key) error {
 		when := s.now().UTC().Add(time.Duration(days) * 24 * time.Hour)
@@ -120,10 +122,23 @@ func (s *Service) destroyMaterial(ctx context.Context, k *store.Key) error {
 	if err != nil {
 		return err
 	}
+	if err := destroyMaterials(ctx, tok, k); err != nil {
+		return internalf("destroy material of %s: %w", arnOf(k), err)
+	}
 	for _, m := range k.Materials {
-		err := tok.DestroyObject(ctx, hsm.SecretKeyByID(m.TokenID))
-		if err != nil && !errors.Is(err, hsm.ErrObjectNotFound) {
-			return internalf("destroy material of %s: %w", arnOf(k), err)
+		s.publicKeys.Delete(string(m.TokenID))
+	}
+	return nil
+}
+
+// destroyMaterials destroys every token object of every material version
+// of k; objects already gone are not an error, so it can be repeated.
+func destroyMaterials(ctx context.Context, tok *hsm.Token, k *store.Key) error {
+	for _, m := range k.Materials {
+		for _, ref := range materialObjects(k, m.TokenID) {
+			if err := tok.DestroyObject(ctx, ref); err != nil && !errors.Is(err, hsm.ErrObjectNotFound) {
+				return err
+			}
 		}
 	}
 	return nil

@@ -3,6 +3,8 @@ package kms
 import (
 	"context"
 	"errors"
+	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/hsmkms/hsmkms/hsm"
@@ -28,10 +30,13 @@ type KeyMetadata struct {
 	KeyManager                  string     `json:"KeyManager"`
 	KeySpec                     string     `json:"KeySpec"`
 	KeyState                    string     `json:"KeyState"`
+	KeyAgreementAlgorithms      []string   `json:"KeyAgreementAlgorithms,omitempty"`
 	KeyUsage                    string     `json:"KeyUsage"`
+	MacAlgorithms               []string   `json:"MacAlgorithms,omitempty"`
 	MultiRegion                 bool       `json:"MultiRegion"`
 	Origin                      string     `json:"Origin"`
 	PendingDeletionWindowInDays int        `json:"PendingDeletionWindowInDays,omitempty"`
+	SigningAlgorithms           []string   `json:"SigningAlgorithms,omitempty"`
 }
 
 func (s *Service) metadata(k *store.Key) *KeyMetadata {
@@ -61,10 +66,10 @@ func (s *Service) metadata(k *store.Key) *KeyMetadata {
 			}
 		}
 	}
-	if k.KeySpec == specSymmetric {
-		m.EncryptionAlgorithms = []string{algSymmetric}
-	}
-	if n := len(k.Materials); n > 0 {
+	m.EncryptionAlgorithms, m.SigningAlgorithms, m.MacAlgorithms, m.KeyAgreementAlgorithms = keySpecs[k.KeySpec].algorithms(k.KeyUsage)
+	// AWS names the current material only of keys that rotate: symmetric
+	// encryption keys whose material it made.
+	if n := len(k.Materials); n > 0 && k.KeySpec == specSymmetric && k.CustomKeyStoreID == "" {
 		m.CurrentKeyMaterialId = k.Materials[n-1].ID
 	}
 	if k.State == string(StatePendingDeletion) {
@@ -131,6 +136,21 @@ func (s *Service) CreateKey(ctx context.Context, c *wire.Call, in *CreateKeyInpu
 	if origin == "" {
 		origin = originAWSKMS
 	}
+	ksp, known := keySpecs[spec]
+	if !known {
+		return nil, wire.Errorf(wire.Validation, "KeySpec %s is not valid.", spec)
+	}
+	setCondition(c, "kms:KeySpec", spec)
+	setCondition(c, "kms:CustomerMasterKeySpec", spec)
+	setCondition(c, "kms:KeyUsage", usage)
+	setCondition(c, "kms:CustomerMasterKeyUsage", usage)
+	setCondition(c, "kms:KeyOrigin", origin)
+	setCondition(c, "kms:MultiRegion", strconv.FormatBool(in.MultiRegion))
+	setCondition(c, "kms:BypassPolicyLockoutSafetyCheck", strconv.FormatBool(in.BypassPolicyLockoutSafetyCheck))
+	setRequestTags(c, in.Tags)
+	if err := s.authorize(ctx, c, nil); err != nil {
+		return nil, err
+	}
 	var ks *keystore.Store
 	if in.CustomKeyStoreId != "" {
 		if in.Origin != originCloudHSM {
@@ -153,10 +173,10 @@ func (s *Service) CreateKey(ctx context.Context, c *wire.Call, in *CreateKeyInpu
 	switch {
 	case origin != originAWSKMS:
 		return nil, wire.Errorf(wire.UnsupportedOperation, "Origin %s is not supported by hsmkms: key material is always generated on the token.", origin)
-	case spec != specSymmetric:
-		return nil, wire.Errorf(wire.UnsupportedOperation, "KeySpec %s is not supported by hsmkms yet.", spec)
-	case usage != usageEncrypt:
+	case !slices.Contains(ksp.usages, usage):
 		return nil, wire.Errorf(wire.Validation, "KeyUsage %s is not compatible with KeySpec %s", usage, spec)
+	case ksp.unsupported != "":
+		return nil, wire.Errorf(wire.UnsupportedOperation, "%s", ksp.unsupported)
 	case in.MultiRegion:
 		return nil, wire.Errorf(wire.UnsupportedOperation, "Multi-Region keys are not supported by hsmkms.")
 	}
@@ -166,8 +186,14 @@ func (s *Service) CreateKey(ctx context.Context, c *wire.Call, in *CreateKeyInpu
 	id, uuid := newKeyID()
 	policy := defaultPolicy(c.Caller.Account)
 	if in.Policy != nil {
-		if err := checkPolicy(*in.Policy); err != nil {
+		pol, err := checkPolicy(*in.Policy)
+		if err != nil {
 			return nil, err
+		}
+		if !in.BypassPolicyLockoutSafetyCheck {
+			if err := s.checkLockout(c, pol, c.Caller.Account, keyARN(c.Caller.Region, c.Caller.Account, id)); err != nil {
+				return nil, err
+			}
 		}
 		policy = *in.Policy
 	}
@@ -201,9 +227,11 @@ func (s *Service) CreateKey(ctx context.Context, c *wire.Call, in *CreateKeyInpu
 		return nil, err
 	}
 	c.KeyARN = arnOf(k)
-	ref := hsm.SecretKeyByID(k.Materials[0].TokenID)
-	if _, err := tok.GenerateAESKey(ctx, ref.ID, arnOf(k), hsm.UsageEncrypt|hsm.UsageDecrypt); err != nil {
+	if err := generateMaterial(ctx, tok, k, k.Materials[0].TokenID); err != nil {
 		s.abandon(ctx, k, false)
+		if errors.Is(err, hsm.ErrMechanismNotSupported) {
+			return nil, wire.Errorf(wire.UnsupportedOperation, "KeySpec %s is not supported by this key store's token.", spec)
+		}
 		return nil, tokenError(k, err)
 	}
 	k, err = s.store.UpdateKey(ctx, k.Account, k.Region, k.ID, func(k *store.Key) error {
@@ -217,16 +245,28 @@ func (s *Service) CreateKey(ctx context.Context, c *wire.Call, in *CreateKeyInpu
 	return &CreateKeyOutput{KeyMetadata: s.metadata(k)}, nil
 }
 
+// generateMaterial makes one material version of k on tok, with CKA_ID
+// tokenID and the key's ARN as label.
+func generateMaterial(ctx context.Context, tok *hsm.Token, k *store.Key, tokenID []byte) error {
+	ksp := keySpecs[k.KeySpec]
+	switch {
+	case ksp.asymmetric():
+		return tok.GenerateKeyPair(ctx, tokenID, arnOf(k), ksp.pair, hsmUsage(ksp, k.KeyUsage))
+	case ksp.hmacBits != 0:
+		return tok.GenerateHMACKey(ctx, tokenID, arnOf(k), ksp.hmacBits)
+	}
+	_, err := tok.GenerateAESKey(ctx, tokenID, arnOf(k), hsm.UsageEncrypt|hsm.UsageDecrypt)
+	return err
+}
+
 // abandon undoes a CreateKey that failed half way. If it fails too, the row
 // stays in Creating and Reconcile finishes the job at the next start.
 func (s *Service) abandon(ctx context.Context, k *store.Key, destroy bool) {
 	if destroy {
 		if tok, err := s.token(k); err == nil {
-			for _, m := range k.Materials {
-				if err := tok.DestroyObject(ctx, hsm.SecretKeyByID(m.TokenID)); err != nil && !errors.Is(err, hsm.ErrObjectNotFound) {
-					s.log.Error("abandoning key: destroy token object", "key", arnOf(k), "error", err)
-					return
-				}
+			if err := destroyMaterials(ctx, tok, k); err != nil {
+				s.log.Error("abandoning key: destroy token objects", "key", arnOf(k), "error", err)
+				return
 			}
 		}
 	}

@@ -477,7 +477,7 @@ func TestRotationStateAndKeyTypeErrors(t *testing.T) {
 	}
 	for id, set := range unrotatable {
 		k := &store.Key{Account: account, Region: region, ID: id, KeyUsage: "ENCRYPT_DECRYPT", KeySpec: "SYMMETRIC_DEFAULT",
-			Origin: "AWS_KMS", State: "Enabled", CreationDate: time.Now(), Policy: "{}"}
+			Origin: "AWS_KMS", State: "Enabled", CreationDate: time.Now(), Policy: defaultKeyPolicy}
 		set(k)
 		require.NoError(t, db.CreateKey(bg(), k, nil))
 	}
@@ -572,3 +572,7 @@ func TestDeleteRotatedKey(t *testing.T) {
 	assert.Equal(t, 0, e.keyObjects(id), "no version of the deleted key remains on the token")
 	assert.Equal(t, 1, e.keyObjects(kept))
 }
+
+// defaultKeyPolicy is AWS's default key policy for the test account.
+const defaultKeyPolicy = `{"Version":"2012-10-17","Statement":[{"Sid":"Enable IAM User Permissions","Effect":"Allow",
+"Principal":{"AWS":"arn:aws:iam::` + account + `:root"},"Action":"kms:*","Resource":"*"}]}`

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -41,6 +42,13 @@ type Service struct {
 	passwordKeyMu sync.Mutex
 	// rotations marks the keys being rotated now (see rotation.go).
 	rotations rotations
+	// publicKeys caches public keys as DER SPKI by token object id: they
+	// are public and never change, and reading one costs a token call.
+	publicKeys sync.Map
+	// identities are the principals' identity policies by ARN, set by
+	// Handler; policies caches parsed key policies.
+	identities atomic.Pointer[map[string]*identity]
+	policies   keyPolicies
 }
 
 // New returns a Service.
@@ -61,46 +69,54 @@ func New(cfg Config) *Service {
 // handlers are the operations implemented here, by operation name.
 func (s *Service) handlers() map[string]wire.Route {
 	return map[string]wire.Route{
-		"CreateKey":                       wire.Typed(s.CreateKey),
-		"DescribeKey":                     wire.Typed(s.DescribeKey),
-		"ListKeys":                        wire.Typed(s.ListKeys),
-		"EnableKey":                       wire.Typed(s.EnableKey),
-		"DisableKey":                      wire.Typed(s.DisableKey),
-		"UpdateKeyDescription":            wire.Typed(s.UpdateKeyDescription),
-		"ScheduleKeyDeletion":             wire.Typed(s.ScheduleKeyDeletion),
-		"CancelKeyDeletion":               wire.Typed(s.CancelKeyDeletion),
-		"CreateAlias":                     wire.Typed(s.CreateAlias),
-		"UpdateAlias":                     wire.Typed(s.UpdateAlias),
-		"DeleteAlias":                     wire.Typed(s.DeleteAlias),
-		"ListAliases":                     wire.Typed(s.ListAliases),
-		"TagResource":                     wire.Typed(s.TagResource),
-		"UntagResource":                   wire.Typed(s.UntagResource),
-		"ListResourceTags":                wire.Typed(s.ListResourceTags),
-		"Encrypt":                         wire.Typed(s.Encrypt),
-		"Decrypt":                         wire.Typed(s.Decrypt),
-		"ReEncrypt":                       wire.Typed(s.ReEncrypt),
-		"GenerateDataKey":                 wire.Typed(s.GenerateDataKey),
-		"GenerateDataKeyWithoutPlaintext": wire.Typed(s.GenerateDataKeyWithoutPlaintext),
-		"GenerateRandom":                  wire.Typed(s.GenerateRandom),
-		"GetKeyPolicy":                    wire.Typed(s.GetKeyPolicy),
-		"PutKeyPolicy":                    wire.Typed(s.PutKeyPolicy),
-		"ListKeyPolicies":                 wire.Typed(s.ListKeyPolicies),
-		"EnableKeyRotation":               wire.Typed(s.EnableKeyRotation),
-		"DisableKeyRotation":              wire.Typed(s.DisableKeyRotation),
-		"GetKeyRotationStatus":            wire.Typed(s.GetKeyRotationStatus),
-		"RotateKeyOnDemand":               wire.Typed(s.RotateKeyOnDemand),
-		"ListKeyRotations":                wire.Typed(s.ListKeyRotations),
-		"CreateCustomKeyStore":            wire.Typed(s.CreateCustomKeyStore),
-		"DescribeCustomKeyStores":         wire.Typed(s.DescribeCustomKeyStores),
-		"ConnectCustomKeyStore":           wire.Typed(s.ConnectCustomKeyStore),
-		"DisconnectCustomKeyStore":        wire.Typed(s.DisconnectCustomKeyStore),
-		"UpdateCustomKeyStore":            wire.Typed(s.UpdateCustomKeyStore),
-		"DeleteCustomKeyStore":            wire.Typed(s.DeleteCustomKeyStore),
-		"CreateGrant":                     wire.Typed(s.CreateGrant),
-		"ListGrants":                      wire.Typed(s.ListGrants),
-		"ListRetirableGrants":             wire.Typed(s.ListRetirableGrants),
-		"RetireGrant":                     wire.Typed(s.RetireGrant),
-		"RevokeGrant":                     wire.Typed(s.RevokeGrant),
+		"CreateKey":                           wire.Typed(s.CreateKey),
+		"DescribeKey":                         wire.Typed(s.DescribeKey),
+		"ListKeys":                            wire.Typed(s.ListKeys),
+		"EnableKey":                           wire.Typed(s.EnableKey),
+		"DisableKey":                          wire.Typed(s.DisableKey),
+		"UpdateKeyDescription":                wire.Typed(s.UpdateKeyDescription),
+		"ScheduleKeyDeletion":                 wire.Typed(s.ScheduleKeyDeletion),
+		"CancelKeyDeletion":                   wire.Typed(s.CancelKeyDeletion),
+		"CreateAlias":                         wire.Typed(s.CreateAlias),
+		"UpdateAlias":                         wire.Typed(s.UpdateAlias),
+		"DeleteAlias":                         wire.Typed(s.DeleteAlias),
+		"ListAliases":                         wire.Typed(s.ListAliases),
+		"TagResource":                         wire.Typed(s.TagResource),
+		"UntagResource":                       wire.Typed(s.UntagResource),
+		"ListResourceTags":                    wire.Typed(s.ListResourceTags),
+		"Encrypt":                             wire.Typed(s.Encrypt),
+		"Decrypt":                             wire.Typed(s.Decrypt),
+		"ReEncrypt":                           wire.Typed(s.ReEncrypt),
+		"GenerateDataKey":                     wire.Typed(s.GenerateDataKey),
+		"GenerateDataKeyWithoutPlaintext":     wire.Typed(s.GenerateDataKeyWithoutPlaintext),
+		"GenerateRandom":                      wire.Typed(s.GenerateRandom),
+		"GetKeyPolicy":                        wire.Typed(s.GetKeyPolicy),
+		"PutKeyPolicy":                        wire.Typed(s.PutKeyPolicy),
+		"ListKeyPolicies":                     wire.Typed(s.ListKeyPolicies),
+		"EnableKeyRotation":                   wire.Typed(s.EnableKeyRotation),
+		"DisableKeyRotation":                  wire.Typed(s.DisableKeyRotation),
+		"GetKeyRotationStatus":                wire.Typed(s.GetKeyRotationStatus),
+		"RotateKeyOnDemand":                   wire.Typed(s.RotateKeyOnDemand),
+		"ListKeyRotations":                    wire.Typed(s.ListKeyRotations),
+		"CreateCustomKeyStore":                wire.Typed(s.CreateCustomKeyStore),
+		"DescribeCustomKeyStores":             wire.Typed(s.DescribeCustomKeyStores),
+		"ConnectCustomKeyStore":               wire.Typed(s.ConnectCustomKeyStore),
+		"DisconnectCustomKeyStore":            wire.Typed(s.DisconnectCustomKeyStore),
+		"UpdateCustomKeyStore":                wire.Typed(s.UpdateCustomKeyStore),
+		"DeleteCustomKeyStore":                wire.Typed(s.DeleteCustomKeyStore),
+		"CreateGrant":                         wire.Typed(s.CreateGrant),
+		"ListGrants":                          wire.Typed(s.ListGrants),
+		"ListRetirableGrants":                 wire.Typed(s.ListRetirableGrants),
+		"RetireGrant":                         wire.Typed(s.RetireGrant),
+		"RevokeGrant":                         wire.Typed(s.RevokeGrant),
+		"GenerateDataKeyPair":                 wire.Typed(s.GenerateDataKeyPair),
+		"GenerateDataKeyPairWithoutPlaintext": wire.Typed(s.GenerateDataKeyPairWithoutPlaintext),
+		"Sign":                                wire.Typed(s.Sign),
+		"Verify":                              wire.Typed(s.Verify),
+		"GetPublicKey":                        wire.Typed(s.GetPublicKey),
+		"GenerateMac":                         wire.Typed(s.GenerateMac),
+		"VerifyMac":                           wire.Typed(s.VerifyMac),
+		"DeriveSharedSecret":                  wire.Typed(s.DeriveSharedSecret),
 	}
 }
 
@@ -112,6 +128,9 @@ func (s *Service) Routes() map[string]wire.Route {
 	out := make(map[string]wire.Route, len(wire.Operations()))
 	for _, op := range wire.Operations() {
 		if route, ok := r[op]; ok {
+			if keylessOps[op] {
+				route = s.authorized(route)
+			}
 			out["TrentService."+op] = route
 		} else {
 			out["TrentService."+op] = unsupported(op)

@@ -13,3 +13,8 @@ for op in Encrypt Decrypt GenerateDataKey; do
   "$bin" bench --op "$op" --workers "$workers" --duration "$duration" --size 1024
 done
 "$bin" bench --op GenerateRandom --workers "$workers" --duration "$duration" --size 32
+# Issue 5's operations: ECDSA P-256 signing and verifying, HMAC-SHA-256 and
+# ECC data key pairs, over 1 KiB messages.
+for op in Sign Verify GenerateMac GenerateDataKeyPair; do
+  "$bin" bench --op "$op" --workers "$workers" --duration "$duration" --size 1024
+done

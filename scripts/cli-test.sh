@@ -53,6 +53,27 @@ state=$(aws kms schedule-key-deletion --key-id "$key" --pending-window-in-days 7
 state=$(aws kms describe-key --key-id alias/cli-test --query KeyMetadata.KeyState --output text)
 [ "$state" = PendingDeletion ] || fail "describe-key state '$state'"
 
+step "asymmetric: create an ECC_NIST_P256 signing key"
+ekey=$(aws kms create-key --key-spec ECC_NIST_P256 --key-usage SIGN_VERIFY --query KeyMetadata.KeyId --output text)
+[[ $ekey =~ ^[0-9a-f-]{36}$ ]] || fail "create-key (ECC) returned '$ekey'"
+
+step "asymmetric: sign, verify, and openssl verifies with get-public-key"
+printf 'signed by the aws cli' > "$dir/msg"
+aws kms sign --key-id "$ekey" --message "fileb://$dir/msg" --message-type RAW --signing-algorithm ECDSA_SHA_256 \
+  --query Signature --output text | base64 -d > "$dir/sig"
+valid=$(aws kms verify --key-id "$ekey" --message "fileb://$dir/msg" --message-type RAW --signing-algorithm ECDSA_SHA_256 \
+  --signature "fileb://$dir/sig" --query SignatureValid --output text)
+[ "$valid" = True ] || fail "verify said '$valid'"
+aws kms get-public-key --key-id "$ekey" --query PublicKey --output text | base64 -d > "$dir/pub.der"
+openssl dgst -sha256 -verify "$dir/pub.der" -keyform DER -signature "$dir/sig" "$dir/msg" >"$dir/ossl" 2>&1 \
+  || fail "openssl could not verify the signature: $(cat "$dir/ossl")"
+printf 'tampered' >> "$dir/msg"
+if aws kms verify --key-id "$ekey" --message "fileb://$dir/msg" --signing-algorithm ECDSA_SHA_256 \
+  --signature "fileb://$dir/sig" 2>"$dir/err" >/dev/null; then
+  fail "verify accepted a signature over another message"
+fi
+grep -q KMSInvalidSignatureException "$dir/err" || fail "expected KMSInvalidSignatureException, got: $(cat "$dir/err")"
+
 step "custom key store: create on the first printed cluster"
 cluster=$(sed -n 's/^  \(cluster-[a-z2-7]*\)  initial kmsuser password: .*$/\1/p' "$dir/out" | head -1)
 password=$(sed -n 's/^  cluster-[a-z2-7]*  initial kmsuser password: \(.*\)$/\1/p' "$dir/out" | head -1)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what hsmkms needs beyond Go: SoftHSM2 (the token used by tests and
-# `make run`) and OpenSC (pkcs11-tool, for poking at tokens by hand).
+# `make run`), OpenSC (pkcs11-tool, for poking at tokens by hand) and
+# OpenSSL (tests verify signatures with it, as a user would).
 # Idempotent: does nothing when everything is present. Called by `make test`
 # and `make run`; safe to run by hand.
 set -euo pipefail
@@ -8,6 +9,7 @@ set -euo pipefail
 need=()
 command -v softhsm2-util >/dev/null 2>&1 || need+=(softhsm2)
 command -v pkcs11-tool   >/dev/null 2>&1 || need+=(opensc)
+command -v openssl       >/dev/null 2>&1 || need+=(openssl)   # tests check signatures with it
 [ -e "$("$(dirname "$0")/softhsm-module.sh" 2>/dev/null || echo /nonexistent)" ] || need+=(softhsm2)
 
 if [ ${#need[@]} -eq 0 ]; then
@@ -31,5 +33,5 @@ fi
 echo "setup: installing ${need[*]} with apt-get" >&2
 export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -qq
-$sudo apt-get install -y -qq --no-install-recommends softhsm2 opensc >/dev/null
+$sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 echo "setup: done" >&2

@@ -27,10 +27,10 @@ import (
 // credentials and region from the same AWS_* environment the CLI uses.
 func bench(args []string) error {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
-	op := fs.String("op", "Encrypt", "operation: Encrypt, Decrypt, GenerateDataKey or GenerateRandom")
+	op := fs.String("op", "Encrypt", "operation: Encrypt, Decrypt, GenerateDataKey, GenerateDataKeyPair, Sign, Verify, GenerateMac or GenerateRandom")
 	workers := fs.Int("workers", 16, "concurrent clients")
 	duration := fs.Duration("duration", 10*time.Second, "how long to run")
-	size := fs.Int("size", 1024, "plaintext bytes (Encrypt, Decrypt) or random bytes (GenerateRandom)")
+	size := fs.Int("size", 1024, "message bytes (Encrypt, Decrypt, Sign, Verify, GenerateMac) or random bytes (GenerateRandom)")
 	keyID := fs.String("key-id", "", "key to use (default: create one)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -44,7 +44,14 @@ func bench(args []string) error {
 		return err
 	}
 	if *keyID == "" && *op != "GenerateRandom" {
-		out, err := client.CreateKey(ctx, &awskms.CreateKeyInput{Description: aws.String("hsmkms bench")})
+		in := &awskms.CreateKeyInput{Description: aws.String("hsmkms bench")}
+		switch *op {
+		case "Sign", "Verify":
+			in.KeySpec, in.KeyUsage = types.KeySpecEccNistP256, types.KeyUsageTypeSignVerify
+		case "GenerateMac", "VerifyMac":
+			in.KeySpec, in.KeyUsage = types.KeySpecHmac256, types.KeyUsageTypeGenerateVerifyMac
+		}
+		out, err := client.CreateKey(ctx, in)
 		if err != nil {
 			return fmt.Errorf("bench: create key: %w", err)
 		}
@@ -72,6 +79,30 @@ func bench(args []string) error {
 	case "GenerateDataKey":
 		call = func() error {
 			_, err := client.GenerateDataKey(ctx, &awskms.GenerateDataKeyInput{KeyId: keyID, KeySpec: types.DataKeySpecAes256, EncryptionContext: ec})
+			return err
+		}
+	case "GenerateDataKeyPair":
+		call = func() error {
+			_, err := client.GenerateDataKeyPair(ctx, &awskms.GenerateDataKeyPairInput{KeyId: keyID, KeyPairSpec: types.DataKeyPairSpecEccNistP256, EncryptionContext: ec})
+			return err
+		}
+	case "Sign":
+		call = func() error {
+			_, err := client.Sign(ctx, &awskms.SignInput{KeyId: keyID, Message: plaintext, SigningAlgorithm: types.SigningAlgorithmSpecEcdsaSha256})
+			return err
+		}
+	case "Verify":
+		out, err := client.Sign(ctx, &awskms.SignInput{KeyId: keyID, Message: plaintext, SigningAlgorithm: types.SigningAlgorithmSpecEcdsaSha256})
+		if err != nil {
+			return fmt.Errorf("bench: sign: %w", err)
+		}
+		call = func() error {
+			_, err := client.Verify(ctx, &awskms.VerifyInput{KeyId: keyID, Message: plaintext, Signature: out.Signature, SigningAlgorithm: types.SigningAlgorithmSpecEcdsaSha256})
+			return err
+		}
+	case "GenerateMac":
+		call = func() error {
+			_, err := client.GenerateMac(ctx, &awskms.GenerateMacInput{KeyId: keyID, Message: plaintext, MacAlgorithm: types.MacAlgorithmSpecHmacSha256})
 			return err
 		}
 	case "GenerateRandom":

@@ -1,0 +1,94 @@
+package kms
+
+import (
+	"context"
+	"slices"
+
+	"github.com/hsmkms/hsmkms/kms/store"
+	"github.com/hsmkms/hsmkms/kms/wire"
+)
+
+type GenerateMacInput struct {
+	KeyId        string
+	Message      []byte
+	MacAlgorithm string
+	GrantTokens  []string
+	DryRun       bool
+}
+
+type GenerateMacOutput struct {
+	KeyId        string
+	Mac          []byte
+	MacAlgorithm string
+}
+
+// GenerateMac computes an HMAC on the token.
+func (s *Service) GenerateMac(ctx context.Context, c *wire.Call, in *GenerateMacInput) (*GenerateMacOutput, error) {
+	k, err := s.macKey(ctx, c, in.KeyId, in.MacAlgorithm)
+	if err != nil {
+		return nil, err
+	}
+	if in.DryRun {
+		return nil, dryRun()
+	}
+	tok, err := s.token(k)
+	if err != nil {
+		return nil, err
+	}
+	mac, err := tok.MAC(ctx, currentTokenID(k), macHashes[in.MacAlgorithm], in.Message)
+	if err != nil {
+		return nil, s.signError(k, in.MacAlgorithm, err)
+	}
+	return &GenerateMacOutput{KeyId: arnOf(k), Mac: mac, MacAlgorithm: in.MacAlgorithm}, nil
+}
+
+type VerifyMacInput struct {
+	KeyId        string
+	Message      []byte
+	MacAlgorithm string
+	Mac          []byte
+	GrantTokens  []string
+	DryRun       bool
+}
+
+type VerifyMacOutput struct {
+	KeyId        string
+	MacAlgorithm string
+	MacValid     bool
+}
+
+// VerifyMac recomputes the HMAC on the token and compares in constant time
+// (inside hsm.Token.VerifyMAC).
+func (s *Service) VerifyMac(ctx context.Context, c *wire.Call, in *VerifyMacInput) (*VerifyMacOutput, error) {
+	k, err := s.macKey(ctx, c, in.KeyId, in.MacAlgorithm)
+	if err != nil {
+		return nil, err
+	}
+	if in.DryRun {
+		return nil, dryRun()
+	}
+	tok, err := s.token(k)
+	if err != nil {
+		return nil, err
+	}
+	ok, err := tok.VerifyMAC(ctx, currentTokenID(k), macHashes[in.MacAlgorithm], in.Message, in.Mac)
+	if err != nil {
+		return nil, s.signError(k, in.MacAlgorithm, err)
+	}
+	if !ok {
+		return nil, &wire.Error{Type: wire.KMSInvalidMac}
+	}
+	return &VerifyMacOutput{KeyId: arnOf(k), MacAlgorithm: in.MacAlgorithm, MacValid: true}, nil
+}
+
+func (s *Service) macKey(ctx context.Context, c *wire.Call, keyID, alg string) (*store.Key, error) {
+	setCondition(c, "kms:MacAlgorithm", alg)
+	k, err := s.usableKey(ctx, c, keyID, usageMAC)
+	if err != nil {
+		return nil, err
+	}
+	if !slices.Contains(keySpecs[k.KeySpec].mac, alg) {
+		return nil, incompatible(alg, k)
+	}
+	return k, nil
+}
