@@ -283,9 +283,9 @@ func TestListGrantsPagingAndFilters(t *testing.T) {
 	requireAPIError(t, err, "InvalidMarkerException", "Invalid marker")
 	_, err = c.ListGrants(bg(), &awskms.ListGrantsInput{KeyId: &id, GrantId: aws.String("xyz")})
 	requireAPIError(t, err, "InvalidGrantIdException", "")
-	// Another account's key is not found (no cross-account lookups yet).
+	// Another account may list only if the key policy lets it.
 	_, err = e.client(principals[1], region).ListGrants(bg(), &awskms.ListGrantsInput{KeyId: aws.String(arn(id))})
-	requireAPIError(t, err, "NotFoundException", "")
+	requireAPIError(t, err, "AccessDeniedException", "")
 }
 
 func TestDeletingAKeyDeletesItsGrants(t *testing.T) {

@@ -1,6 +1,7 @@
 package kms_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -11,6 +12,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -23,6 +25,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	awskms "github.com/aws/aws-sdk-go-v2/service/kms"
 	"github.com/aws/smithy-go"
+	"github.com/hashicorp/go-hclog"
 	"github.com/hsmkms/hsmkms/hsm"
 	"github.com/hsmkms/hsmkms/hsm/hsmtest"
 	"github.com/hsmkms/hsmkms/keystore"
@@ -43,9 +46,11 @@ const (
 	region       = "us-west-2"
 )
 
+// principals are the admins of two accounts: each may do anything its
+// account's key policies delegate to the account.
 var principals = []kms.Principal{
-	{AccessKeyID: "AKIAADMIN00000000001", Secret: "admin-secret-0000000000000000000000000", Account: account, ARN: "arn:aws:iam::" + account + ":user/admin"},
-	{AccessKeyID: "AKIAOTHER00000000001", Secret: "other-secret-0000000000000000000000000", Account: otherAccount, ARN: "arn:aws:iam::" + otherAccount + ":user/other"},
+	{AccessKeyID: "AKIAADMIN00000000001", Secret: "admin-secret-0000000000000000000000000", Account: account, ARN: "arn:aws:iam::" + account + ":user/admin", Policy: kms.AdminPolicy},
+	{AccessKeyID: "AKIAOTHER00000000001", Secret: "other-secret-0000000000000000000000000", Account: otherAccount, ARN: "arn:aws:iam::" + otherAccount + ":user/other", Policy: kms.AdminPolicy},
 }
 
 // clock is an injectable time source.
@@ -80,6 +85,28 @@ type env struct {
 	// clusters back custom key stores: tokens with their initial user PIN.
 	clusters     []keystore.Cluster
 	clusterToken map[string]hsmtest.Token
+	// principals are callers beyond the two admins, set by a setup hook.
+	principals []kms.Principal
+	// log holds the request log lines, one JSON object each.
+	log syncBuffer
+}
+
+// syncBuffer is a bytes.Buffer safe for the server's concurrent writes.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 func newEnv(t *testing.T) *env { return newEnvWith(t, nil) }
@@ -111,7 +138,10 @@ func (e *env) start() {
 	e.report, err = e.svc.Reconcile(ctx)
 	require.NoError(t, err)
 	require.NoError(t, e.svc.StartKeyStores(ctx))
-	e.srv = httptest.NewServer(e.svc.Handler(kms.HandlerConfig{Principals: principals}))
+	handler, err := e.svc.Handler(kms.HandlerConfig{Principals: append(slices.Clone(principals), e.principals...),
+		Logger: hclog.New(&hclog.LoggerOptions{Output: &e.log, JSONFormat: true})})
+	require.NoError(t, err)
+	e.srv = httptest.NewServer(handler)
 	closed := false
 	e.close = func() {
 		if closed {

@@ -2,8 +2,10 @@ package kms
 
 import (
 	"context"
-	"encoding/json"
+	"errors"
+	"strconv"
 
+	"github.com/hsmkms/hsmkms/kms/authz"
 	"github.com/hsmkms/hsmkms/kms/store"
 	"github.com/hsmkms/hsmkms/kms/wire"
 )
@@ -27,18 +29,30 @@ func defaultPolicy(account string) string {
 }`
 }
 
-// checkPolicy validates a policy document's form. Policies are stored and
-// returned byte for byte; evaluating them is the authorization layer's job.
-func checkPolicy(doc string) error {
+// checkPolicy parses a key policy document, refusing what AWS refuses with
+// its reason. Policies are stored and returned byte for byte.
+func checkPolicy(doc string) (*authz.Policy, error) {
 	if len(doc) > maxPolicyBytes {
-		return wire.Errorf(wire.MalformedPolicyDocument, "The policy document exceeds the maximum size of %d bytes.", maxPolicyBytes)
+		return nil, wire.Errorf(wire.MalformedPolicyDocument, "The policy document exceeds the maximum size of %d bytes.", maxPolicyBytes)
 	}
-	var v map[string]any
-	if err := json.Unmarshal([]byte(doc), &v); err != nil {
+	pol, err := authz.Parse([]byte(doc), authz.KeyPolicy)
+	var me *authz.MalformedError
+	if errors.As(err, &me) {
+		return nil, wire.Errorf(wire.MalformedPolicyDocument, "%s", me.Reason)
+	}
+	return pol, err
+}
+
+// checkLockout is AWS's policy lockout safety check: a new key policy must
+// let the caller change it again, or the key could become unmanageable.
+func (s *Service) checkLockout(c *wire.Call, pol *authz.Policy, keyAccount, keyARN string) error {
+	req := authz.NewRequest("kms:PutKeyPolicy", keyARN, authz.Principal{ARN: c.Caller.PrincipalARN, Account: c.Caller.Account})
+	in := authz.Input{Request: req, KeyPolicy: pol, KeyAccount: keyAccount}
+	if id := s.identityOf(c.Caller.PrincipalARN); id != nil {
+		in.Identity = id.policies
+	}
+	if !authz.Decide(in).Allowed {
 		return wire.Errorf(wire.MalformedPolicyDocument, "The new key policy will not allow you to update the key policy in the future.")
-	}
-	if _, ok := v["Statement"]; !ok {
-		return wire.Errorf(wire.MalformedPolicyDocument, "Policy is missing required element - Statement")
 	}
 	return nil
 }
@@ -82,10 +96,17 @@ func (s *Service) PutKeyPolicy(ctx context.Context, c *wire.Call, in *PutKeyPoli
 	if err := checkPolicyName(in.PolicyName); err != nil {
 		return nil, err
 	}
-	if err := checkPolicy(in.Policy); err != nil {
+	pol, err := checkPolicy(in.Policy)
+	if err != nil {
 		return nil, err
 	}
-	err := s.update(ctx, c, in.KeyId, classRead, func(k *store.Key) error {
+	setCondition(c, "kms:BypassPolicyLockoutSafetyCheck", strconv.FormatBool(in.BypassPolicyLockoutSafetyCheck))
+	err = s.update(ctx, c, in.KeyId, classRead, func(k *store.Key) error {
+		if !in.BypassPolicyLockoutSafetyCheck {
+			if err := s.checkLockout(c, pol, k.Account, arnOf(k)); err != nil {
+				return err
+			}
+		}
 		k.Policy = in.Policy
 		return nil
 	})

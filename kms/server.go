@@ -16,6 +16,9 @@ type Principal struct {
 	Secret      string
 	Account     string
 	ARN         string
+	// Policy is the principal's IAM identity policy (JSON); empty means
+	// none, so the principal has only what key policies and grants give it.
+	Policy string
 }
 
 // HandlerConfig configures the HTTP edge.
@@ -32,10 +35,11 @@ type HandlerConfig struct {
 }
 
 // Handler returns the service's HTTP handler: SigV4 against the configured
-// principals, then the wire protocol, then the operation. The caller's
+// principals, then the wire protocol, then authorization and the operation.
+// It fails if a principal's identity policy is malformed. The caller's
 // account comes from its principal, the region from the request's
 // credential scope.
-func (s *Service) Handler(cfg HandlerConfig) http.Handler {
+func (s *Service) Handler(cfg HandlerConfig) (http.Handler, error) {
 	if cfg.MaxBody == 0 {
 		cfg.MaxBody = 1 << 20
 	}
@@ -48,6 +52,11 @@ func (s *Service) Handler(cfg HandlerConfig) http.Handler {
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
 	}
+	ids, err := parseIdentities(cfg.Principals)
+	if err != nil {
+		return nil, err
+	}
+	s.identities.Store(&ids)
 	byKey := make(map[string]Principal, len(cfg.Principals))
 	for _, p := range cfg.Principals {
 		byKey[p.AccessKeyID] = p
@@ -74,5 +83,5 @@ func (s *Service) Handler(cfg HandlerConfig) http.Handler {
 			p := byKey[res.AccessKeyID]
 			return wire.Caller{AccessKeyID: p.AccessKeyID, Account: p.Account, PrincipalARN: p.ARN, Region: res.Region}, nil
 		},
-	}
+	}, nil
 }

@@ -27,6 +27,7 @@ func (s *Service) TagResource(ctx context.Context, c *wire.Call, in *TagResource
 	if err := checkTags(in.Tags); err != nil {
 		return nil, err
 	}
+	setRequestTags(c, in.Tags)
 	k, err := s.lookupKey(ctx, c, in.KeyId, false)
 	if err != nil {
 		return nil, err
@@ -59,6 +60,9 @@ type UntagResourceInput struct {
 }
 
 func (s *Service) UntagResource(ctx context.Context, c *wire.Call, in *UntagResourceInput) (*Empty, error) {
+	if len(in.TagKeys) > 0 {
+		setCondition(c, "aws:TagKeys", in.TagKeys...)
+	}
 	k, err := s.lookupKey(ctx, c, in.KeyId, false)
 	if err != nil {
 		return nil, err

@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/hsmkms/hsmkms/hsm"
+	"github.com/hsmkms/hsmkms/kms"
 	softhsmconfig "github.com/hsmkms/hsmkms/softhsm-config"
 	"go.yaml.in/yaml/v3"
 )
@@ -177,6 +178,7 @@ func Bootstrap(dir, listen string) (string, *BootstrapInfo, error) {
 		Principals: []Principal{{
 			AccessKeyID: keyID, SecretFile: "secrets/admin-secret",
 			AccountID: defaultAccount, ARN: "arn:aws:iam::" + defaultAccount + ":user/hsmkms-admin",
+			Policy: kms.AdminPolicy,
 		}},
 		Clusters: clusters,
 	}

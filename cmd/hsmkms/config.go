@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"strings"
 
+	"github.com/hsmkms/hsmkms/kms/authz"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -79,11 +80,29 @@ type Principal struct {
 	SecretEnv   string `yaml:"secret_env,omitempty"`
 	AccountID   string `yaml:"account_id"`
 	ARN         string `yaml:"arn"`
+	// Policy or PolicyFile is the principal's IAM identity policy (JSON).
+	// Neither means none: the principal has only what key policies and
+	// grants give it directly. Policies are not secret, so inline is fine.
+	Policy     string `yaml:"policy,omitempty"`
+	PolicyFile string `yaml:"policy_file,omitempty"`
 }
 
 // Secret reads the principal's secret access key.
 func (p *Principal) Secret() (string, error) {
 	return readSecret("secret", p.SecretFile, p.SecretEnv)
+}
+
+// IdentityPolicy returns the principal's identity policy document, "" if
+// it has none.
+func (p *Principal) IdentityPolicy() (string, error) {
+	if p.PolicyFile == "" {
+		return p.Policy, nil
+	}
+	b, err := os.ReadFile(p.PolicyFile)
+	if err != nil {
+		return "", fmt.Errorf("policy_file: %w", err)
+	}
+	return string(b), nil
 }
 
 func readSecret(what, file, env string) (string, error) {
@@ -131,6 +150,7 @@ var schema = map[string]any{
 	},
 	"principals": []any{map[string]any{
 		"access_key_id": "!!str", "secret_file": "!!str", "secret_env": "!!str", "account_id": "!!str", "arn": "!!str",
+		"policy": "!!str", "policy_file": "!!str",
 	}},
 	"clusters": []any{map[string]any{
 		"id": "!!str", "module": "!!str", "token_label": "!!str", "token_serial": "!!str",
@@ -326,8 +346,25 @@ func (c *Config) validate(baseDir string) error {
 		if m[1] != p.AccountID {
 			return fmt.Errorf("%s.arn: account %s does not match account_id %s", at, m[1], p.AccountID)
 		}
+		if p.Policy != "" && p.PolicyFile != "" {
+			return fmt.Errorf("%s: at most one of policy and policy_file", at)
+		}
 		seen[p.AccessKeyID] = true
 		p.SecretFile = abs(p.SecretFile)
+		p.PolicyFile = abs(p.PolicyFile)
+		doc, err := p.IdentityPolicy()
+		if err != nil {
+			return fmt.Errorf("%s.%w", at, err)
+		}
+		if doc != "" {
+			if _, err := authz.Parse([]byte(doc), authz.IdentityPolicy); err != nil {
+				var me *authz.MalformedError
+				if errors.As(err, &me) {
+					return fmt.Errorf("%s.policy: %s", at, me.Reason)
+				}
+				return fmt.Errorf("%s.policy: %w", at, err)
+			}
+		}
 	}
 	ids := map[string]bool{}
 	for i, cl := range c.Clusters {

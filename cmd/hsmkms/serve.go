@@ -71,10 +71,18 @@ func serve(args []string) error {
 		if err != nil {
 			return fmt.Errorf("principals[%d]: %w", i, err)
 		}
-		principals = append(principals, kms.Principal{AccessKeyID: p.AccessKeyID, Secret: secret, Account: p.AccountID, ARN: p.ARN})
+		policy, err := p.IdentityPolicy()
+		if err != nil {
+			return fmt.Errorf("principals[%d]: %w", i, err)
+		}
+		principals = append(principals, kms.Principal{AccessKeyID: p.AccessKeyID, Secret: secret, Account: p.AccountID, ARN: p.ARN, Policy: policy})
+	}
+	handler, err := svc.Handler(kms.HandlerConfig{Principals: principals, Logger: log.Named("api")})
+	if err != nil {
+		return err
 	}
 	srv := &http.Server{
-		Handler:           svc.Handler(kms.HandlerConfig{Principals: principals, Logger: log.Named("api")}),
+		Handler:           handler,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      60 * time.Second,

@@ -1,0 +1,245 @@
+package kms_test
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	awskms "github.com/aws/aws-sdk-go-v2/service/kms"
+	"github.com/aws/aws-sdk-go-v2/service/kms/types"
+	"github.com/hsmkms/hsmkms/kms"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// The cast of the access-control tests: in the key's account a key
+// administrator and a key user with no identity policy (so only key
+// policies and grants give them anything), an outsider with no access at
+// all, and in the other account a user whose identity policy allows
+// kms:Encrypt and kms:Decrypt on any key, and one with no identity policy.
+var (
+	keyAdmin = kms.Principal{AccessKeyID: "AKIAKEYADMIN00000001", Secret: "keyadmin-secret-000000000000000000000",
+		Account: account, ARN: "arn:aws:iam::" + account + ":user/keyadmin"}
+	keyUser = kms.Principal{AccessKeyID: "AKIAKEYUSER000000001", Secret: "keyuser-secret-0000000000000000000000",
+		Account: account, ARN: "arn:aws:iam::" + account + ":role/app"}
+	outsider = kms.Principal{AccessKeyID: "AKIAOUTSIDER00000001", Secret: "outsider-secret-000000000000000000000",
+		Account: account, ARN: "arn:aws:iam::" + account + ":user/outsider"}
+	partner = kms.Principal{AccessKeyID: "AKIAPARTNER000000001", Secret: "partner-secret-0000000000000000000000",
+		Account: otherAccount, ARN: "arn:aws:iam::" + otherAccount + ":role/partner",
+		Policy: `{"Version":"2012-10-17","Statement":{"Effect":"Allow","Action":["kms:Encrypt","kms:Decrypt","kms:DescribeKey"],"Resource":"*"}}`}
+	partnerNoPolicy = kms.Principal{AccessKeyID: "AKIAPARTNER000000002", Secret: "partner2-secret-000000000000000000000",
+		Account: otherAccount, ARN: "arn:aws:iam::" + otherAccount + ":user/nopolicy"}
+)
+
+func newAccessEnv(t *testing.T) *env {
+	return newEnvWith(t, func(e *env) {
+		e.principals = []kms.Principal{keyAdmin, keyUser, outsider, partner, partnerNoPolicy}
+	})
+}
+
+// separationOfDuties lets the admin principal (which creates the key and
+// must keep control of its policy) and the key administrator manage the key
+// but not use it, and the key user use it but not manage it.
+const separationOfDuties = `{
+  "Version": "2012-10-17",
+  "Statement": [
+    {"Sid": "Administrators", "Effect": "Allow",
+     "Principal": {"AWS": ["arn:aws:iam::111122223333:user/keyadmin", "arn:aws:iam::111122223333:user/admin"]},
+     "Action": ["kms:Create*", "kms:Describe*", "kms:Enable*", "kms:List*", "kms:Put*", "kms:Update*", "kms:Revoke*",
+                "kms:Disable*", "kms:Get*", "kms:Delete*", "kms:TagResource", "kms:UntagResource",
+                "kms:ScheduleKeyDeletion", "kms:CancelKeyDeletion"],
+     "Resource": "*"},
+    {"Sid": "Users", "Effect": "Allow",
+     "Principal": {"AWS": "arn:aws:iam::111122223333:role/app"},
+     "Action": ["kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:DescribeKey"],
+     "Resource": "*"},
+    {"Sid": "FinanceOnly", "Effect": "Deny",
+     "Principal": {"AWS": "arn:aws:iam::111122223333:role/app"},
+     "Action": "kms:Decrypt", "Resource": "*",
+     "Condition": {"StringNotEquals": {"kms:EncryptionContext:dept": "finance"}}}
+  ]
+}`
+
+func denied(user kms.Principal, action, resource, why string) string {
+	return "User: " + user.ARN + " is not authorized to perform: " + action + " on resource: " + resource + " " + why
+}
+
+func TestDefaultKeyPolicyDelegatesToIdentityPolicies(t *testing.T) {
+	e := newAccessEnv(t)
+	id := e.createKey(e.admin())
+	for _, p := range []kms.Principal{keyAdmin, keyUser, outsider} {
+		_, err := e.client(p, region).Encrypt(bg(), &awskms.EncryptInput{KeyId: &id, Plaintext: []byte("x")})
+		requireAPIError(t, err, "AccessDeniedException", denied(p, "kms:Encrypt", arn(id), "because no identity-based policy allows the kms:Encrypt action"))
+	}
+	// Operations without a key are the identity policy's alone.
+	_, err := e.client(outsider, region).ListKeys(bg(), &awskms.ListKeysInput{})
+	requireAPIError(t, err, "AccessDeniedException", denied(outsider, "kms:ListKeys", "*", "because no identity-based policy allows the kms:ListKeys action"))
+	_, err = e.client(outsider, region).CreateKey(bg(), &awskms.CreateKeyInput{})
+	requireAPIError(t, err, "AccessDeniedException", "")
+	// A key that does not exist in one's own account is still NotFound.
+	_, err = e.client(outsider, region).DescribeKey(bg(), &awskms.DescribeKeyInput{KeyId: aws.String("1234abcd-12ab-34cd-56ef-1234567890ab")})
+	requireAPIError(t, err, "NotFoundException", "")
+}
+
+func TestSeparationOfDuties(t *testing.T) {
+	e := newAccessEnv(t)
+	out, err := e.admin().CreateKey(bg(), &awskms.CreateKeyInput{Policy: aws.String(separationOfDuties)})
+	require.NoError(t, err)
+	id := *out.KeyMetadata.KeyId
+	admin, user := e.client(keyAdmin, region), e.client(keyUser, region)
+
+	// The administrator manages but cannot use the key.
+	_, err = admin.DisableKey(bg(), &awskms.DisableKeyInput{KeyId: &id})
+	require.NoError(t, err)
+	_, err = admin.EnableKey(bg(), &awskms.EnableKeyInput{KeyId: &id})
+	require.NoError(t, err)
+	_, err = admin.TagResource(bg(), &awskms.TagResourceInput{KeyId: &id, Tags: []types.Tag{{TagKey: aws.String("owner"), TagValue: aws.String("sec")}}})
+	require.NoError(t, err)
+	_, err = admin.Encrypt(bg(), &awskms.EncryptInput{KeyId: &id, Plaintext: []byte("x")})
+	requireAPIError(t, err, "AccessDeniedException", denied(keyAdmin, "kms:Encrypt", arn(id), "because no resource-based policy allows the kms:Encrypt action"))
+
+	// The user uses but cannot manage it, and decrypts only finance data.
+	enc, err := user.Encrypt(bg(), &awskms.EncryptInput{KeyId: &id, Plaintext: []byte("salaries"), EncryptionContext: map[string]string{"dept": "finance"}})
+	require.NoError(t, err)
+	dec, err := user.Decrypt(bg(), &awskms.DecryptInput{CiphertextBlob: enc.CiphertextBlob, EncryptionContext: map[string]string{"dept": "finance"}})
+	require.NoError(t, err)
+	assert.Equal(t, []byte("salaries"), dec.Plaintext)
+	other, err := user.Encrypt(bg(), &awskms.EncryptInput{KeyId: &id, Plaintext: []byte("menu"), EncryptionContext: map[string]string{"dept": "canteen"}})
+	require.NoError(t, err)
+	_, err = user.Decrypt(bg(), &awskms.DecryptInput{CiphertextBlob: other.CiphertextBlob, EncryptionContext: map[string]string{"dept": "canteen"}})
+	requireAPIError(t, err, "AccessDeniedException", denied(keyUser, "kms:Decrypt", arn(id), "with an explicit deny in a resource-based policy"))
+	_, err = user.DisableKey(bg(), &awskms.DisableKeyInput{KeyId: &id})
+	requireAPIError(t, err, "AccessDeniedException", denied(keyUser, "kms:DisableKey", arn(id), "because no resource-based policy allows the kms:DisableKey action"))
+	_, err = user.PutKeyPolicy(bg(), &awskms.PutKeyPolicyInput{KeyId: &id, Policy: aws.String(separationOfDuties), PolicyName: aws.String("default")})
+	requireAPIError(t, err, "AccessDeniedException", "")
+
+	// DryRun is authorized like the real call.
+	_, err = user.Encrypt(bg(), &awskms.EncryptInput{KeyId: &id, Plaintext: []byte("x"), DryRun: aws.Bool(true)})
+	requireAPIError(t, err, "DryRunOperationException", "")
+	_, err = admin.Encrypt(bg(), &awskms.EncryptInput{KeyId: &id, Plaintext: []byte("x"), DryRun: aws.Bool(true)})
+	requireAPIError(t, err, "AccessDeniedException", "")
+
+	// The outsider can do nothing with it, and the log says why.
+	_, err = e.client(outsider, region).DescribeKey(bg(), &awskms.DescribeKeyInput{KeyId: &id})
+	requireAPIError(t, err, "AccessDeniedException", "")
+	log := e.log.String()
+	assert.Contains(t, log, `"authz":"allow kms:Encrypt on `+arn(id)+` by key policy statement Users"`)
+	assert.Contains(t, log, `"authz":"deny kms:Decrypt on `+arn(id)+` by key policy statement FinanceOnly"`)
+	assert.NotContains(t, log, "salaries")
+
+	// Survives a restart: the policy is the key's, on disk.
+	e.restart()
+	_, err = e.client(keyUser, region).Encrypt(bg(), &awskms.EncryptInput{KeyId: &id, Plaintext: []byte("x")})
+	require.NoError(t, err)
+	_, err = e.client(keyAdmin, region).Encrypt(bg(), &awskms.EncryptInput{KeyId: &id, Plaintext: []byte("x")})
+	requireAPIError(t, err, "AccessDeniedException", "")
+}
+
+func TestPolicyLockoutSafetyCheck(t *testing.T) {
+	e := newAccessEnv(t)
+	c := e.admin()
+	usersOnly := `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"arn:aws:iam::111122223333:role/app"},"Action":"kms:*","Resource":"*"}]}`
+	const lockout = "The new key policy will not allow you to update the key policy in the future."
+	_, err := c.CreateKey(bg(), &awskms.CreateKeyInput{Policy: aws.String(usersOnly)})
+	requireAPIError(t, err, "MalformedPolicyDocumentException", lockout)
+	out, err := c.CreateKey(bg(), &awskms.CreateKeyInput{Policy: aws.String(usersOnly), BypassPolicyLockoutSafetyCheck: true})
+	require.NoError(t, err)
+	// Bypassed: the admin is now locked out, as AWS warns.
+	_, err = c.PutKeyPolicy(bg(), &awskms.PutKeyPolicyInput{KeyId: out.KeyMetadata.KeyId, Policy: aws.String(usersOnly), PolicyName: aws.String("default")})
+	requireAPIError(t, err, "AccessDeniedException", "")
+
+	id := e.createKey(c)
+	_, err = c.PutKeyPolicy(bg(), &awskms.PutKeyPolicyInput{KeyId: &id, Policy: aws.String(usersOnly), PolicyName: aws.String("default")})
+	requireAPIError(t, err, "MalformedPolicyDocumentException", lockout)
+	_, err = c.PutKeyPolicy(bg(), &awskms.PutKeyPolicyInput{KeyId: &id, Policy: aws.String(`{"Statement":[{"Effect":"Allow","Action":"kms:*","Resource":"*"}]}`), PolicyName: aws.String("default")})
+	requireAPIError(t, err, "MalformedPolicyDocumentException", "")
+	got, err := c.GetKeyPolicy(bg(), &awskms.GetKeyPolicyInput{KeyId: &id, PolicyName: aws.String("default")})
+	require.NoError(t, err)
+	assert.Contains(t, *got.Policy, "Enable IAM User Permissions", "a refused policy changes nothing")
+	_, err = c.PutKeyPolicy(bg(), &awskms.PutKeyPolicyInput{KeyId: &id, Policy: aws.String(separationOfDuties), PolicyName: aws.String("default")})
+	require.NoError(t, err)
+	got, err = c.GetKeyPolicy(bg(), &awskms.GetKeyPolicyInput{KeyId: &id, PolicyName: aws.String("default")})
+	require.NoError(t, err)
+	assert.Equal(t, separationOfDuties, *got.Policy, "byte for byte")
+}
+
+func TestCrossAccountNeedsBothSides(t *testing.T) {
+	e := newAccessEnv(t)
+	c := e.admin()
+	id := e.createKey(c)
+	keyArn := arn(id)
+	p, np := e.client(partner, region), e.client(partnerNoPolicy, region)
+
+	// The default policy trusts only the key's own account.
+	_, err := p.Encrypt(bg(), &awskms.EncryptInput{KeyId: &keyArn, Plaintext: []byte("x")})
+	requireAPIError(t, err, "AccessDeniedException", denied(partner, "kms:Encrypt", keyArn, "because no resource-based policy allows the kms:Encrypt action"))
+	// A key that does not exist looks the same from outside.
+	missing := "arn:aws:kms:" + region + ":" + account + ":key/1234abcd-12ab-34cd-56ef-1234567890ab"
+	_, err = p.Encrypt(bg(), &awskms.EncryptInput{KeyId: &missing, Plaintext: []byte("x")})
+	requireAPIError(t, err, "AccessDeniedException", denied(partner, "kms:Encrypt", missing, "because no resource-based policy allows the kms:Encrypt action"))
+	// Only ARNs reach another account; a bare id is the caller's own.
+	_, err = p.Encrypt(bg(), &awskms.EncryptInput{KeyId: &id, Plaintext: []byte("x")})
+	requireAPIError(t, err, "NotFoundException", "")
+
+	shared := `{"Version":"2012-10-17","Statement":[
+ {"Sid":"Enable IAM User Permissions","Effect":"Allow","Principal":{"AWS":"arn:aws:iam::111122223333:root"},"Action":"kms:*","Resource":"*"},
+ {"Sid":"Partner","Effect":"Allow","Principal":{"AWS":"arn:aws:iam::444455556666:root"},"Action":["kms:Encrypt","kms:Decrypt","kms:DescribeKey"],"Resource":"*"}]}`
+	_, err = c.PutKeyPolicy(bg(), &awskms.PutKeyPolicyInput{KeyId: &id, Policy: aws.String(shared), PolicyName: aws.String("default")})
+	require.NoError(t, err)
+	enc, err := p.Encrypt(bg(), &awskms.EncryptInput{KeyId: &keyArn, Plaintext: []byte("shared secret")})
+	require.NoError(t, err)
+	// Decrypt needs no KeyId: the ciphertext names the other account's key.
+	dec, err := p.Decrypt(bg(), &awskms.DecryptInput{CiphertextBlob: enc.CiphertextBlob})
+	require.NoError(t, err)
+	assert.Equal(t, []byte("shared secret"), dec.Plaintext)
+	// Both sides: the partner account's user without an identity policy
+	// gets nothing, however the key policy trusts its account.
+	_, err = np.Encrypt(bg(), &awskms.EncryptInput{KeyId: &keyArn, Plaintext: []byte("x")})
+	requireAPIError(t, err, "AccessDeniedException", denied(partnerNoPolicy, "kms:Encrypt", keyArn, "because no identity-based policy allows the kms:Encrypt action"))
+	// Management never crosses accounts.
+	_, err = p.DisableKey(bg(), &awskms.DisableKeyInput{KeyId: &keyArn})
+	requireAPIError(t, err, "NotFoundException", "")
+	// And the key's own account keeps its delegation.
+	_, err = c.Decrypt(bg(), &awskms.DecryptInput{CiphertextBlob: enc.CiphertextBlob})
+	require.NoError(t, err)
+}
+
+func TestIdentityPolicyExplicitDeny(t *testing.T) {
+	deny := kms.Principal{AccessKeyID: "AKIADENIED0000000001", Secret: "denied-secret-00000000000000000000000",
+		Account: account, ARN: "arn:aws:iam::" + account + ":user/denied",
+		Policy: `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"kms:*","Resource":"*"},
+		          {"Effect":"Deny","Action":"kms:Decrypt","Resource":"*","Condition":{"StringEquals":{"kms:EncryptionContext:level":"secret"}}}]}`}
+	e := newEnvWith(t, func(e *env) { e.principals = []kms.Principal{deny} })
+	c := e.client(deny, region)
+	out, err := c.CreateKey(bg(), &awskms.CreateKeyInput{})
+	require.NoError(t, err)
+	id := *out.KeyMetadata.KeyId
+	for _, level := range []string{"public", "secret"} {
+		ec := map[string]string{"level": level}
+		enc, err := c.Encrypt(bg(), &awskms.EncryptInput{KeyId: &id, Plaintext: []byte(level), EncryptionContext: ec})
+		require.NoError(t, err)
+		_, err = c.Decrypt(bg(), &awskms.DecryptInput{CiphertextBlob: enc.CiphertextBlob, EncryptionContext: ec})
+		if level == "secret" {
+			requireAPIError(t, err, "AccessDeniedException", denied(deny, "kms:Decrypt", arn(id), "with an explicit deny in an identity-based policy"))
+		} else {
+			require.NoError(t, err)
+		}
+	}
+}
+
+func TestReEncryptAuthorizesEachSide(t *testing.T) {
+	e := newAccessEnv(t)
+	c := e.admin()
+	src := e.createKey(c)
+	only := `{"Version":"2012-10-17","Statement":[
+ {"Sid":"Enable IAM User Permissions","Effect":"Allow","Principal":{"AWS":"arn:aws:iam::111122223333:root"},"Action":"kms:*","Resource":"*"},
+ {"Sid":"From","Effect":"Allow","Principal":{"AWS":"arn:aws:iam::111122223333:role/app"},"Action":["kms:ReEncryptFrom"],"Resource":"*"}]}`
+	_, err := c.PutKeyPolicy(bg(), &awskms.PutKeyPolicyInput{KeyId: &src, Policy: aws.String(only), PolicyName: aws.String("default")})
+	require.NoError(t, err)
+	dst := e.createKey(c)
+	enc, err := c.Encrypt(bg(), &awskms.EncryptInput{KeyId: &src, Plaintext: []byte("x")})
+	require.NoError(t, err)
+	_, err = e.client(keyUser, region).ReEncrypt(bg(), &awskms.ReEncryptInput{CiphertextBlob: enc.CiphertextBlob, DestinationKeyId: &dst})
+	requireAPIError(t, err, "AccessDeniedException", denied(keyUser, "kms:ReEncryptTo", arn(dst), "because no identity-based policy allows the kms:ReEncryptTo action"))
+	assert.True(t, strings.Contains(e.log.String(), "allow kms:ReEncryptFrom on "+arn(src)))
+}
