@@ -243,3 +243,169 @@ func TestReEncryptAuthorizesEachSide(t *testing.T) {
 	requireAPIError(t, err, "AccessDeniedException", denied(keyUser, "kms:ReEncryptTo", arn(dst), "because no identity-based policy allows the kms:ReEncryptTo action"))
 	assert.True(t, strings.Contains(e.log.String(), "allow kms:ReEncryptFrom on "+arn(src)))
 }
+
+func TestGrantsAllowWhatPoliciesDoNot(t *testing.T) {
+	e := newAccessEnv(t)
+	c := e.admin()
+	id := e.createKey(c)
+	o := e.client(outsider, region)
+	hr := map[string]string{"dept": "hr"}
+	_, err := o.Encrypt(bg(), &awskms.EncryptInput{KeyId: &id, Plaintext: []byte("x"), EncryptionContext: hr})
+	requireAPIError(t, err, "AccessDeniedException", "")
+
+	g := e.createGrant(c, &awskms.CreateGrantInput{KeyId: &id, GranteePrincipal: aws.String(outsider.ARN),
+		RetiringPrincipal: aws.String(keyAdmin.ARN),
+		Operations:        []types.GrantOperation{types.GrantOperationEncrypt, types.GrantOperationDecrypt, types.GrantOperationCreateGrant},
+		Constraints:       &types.GrantConstraints{EncryptionContextSubset: hr}})
+	// Used with its token and without: grants here take effect at once.
+	for _, tokens := range [][]string{{*g.GrantToken}, nil} {
+		enc, err := o.Encrypt(bg(), &awskms.EncryptInput{KeyId: &id, Plaintext: []byte("payroll"), GrantTokens: tokens,
+			EncryptionContext: map[string]string{"dept": "hr", "year": "2026"}})
+		require.NoError(t, err)
+		dec, err := o.Decrypt(bg(), &awskms.DecryptInput{CiphertextBlob: enc.CiphertextBlob, GrantTokens: tokens,
+			EncryptionContext: map[string]string{"dept": "hr", "year": "2026"}})
+		require.NoError(t, err)
+		assert.Equal(t, []byte("payroll"), dec.Plaintext)
+	}
+	assert.Contains(t, e.log.String(), "allow kms:Encrypt on "+arn(id)+" by grant "+*g.GrantId)
+	// The constraint holds: another department's context is not granted.
+	_, err = o.Encrypt(bg(), &awskms.EncryptInput{KeyId: &id, Plaintext: []byte("x"), EncryptionContext: map[string]string{"dept": "it"}})
+	requireAPIError(t, err, "AccessDeniedException", "")
+	// Nor are operations the grant does not list.
+	_, err = o.DescribeKey(bg(), &awskms.DescribeKeyInput{KeyId: &id})
+	requireAPIError(t, err, "AccessDeniedException", "")
+	_, err = o.Encrypt(bg(), &awskms.EncryptInput{KeyId: &id, Plaintext: []byte("x"), EncryptionContext: hr, GrantTokens: []string{"not-a-grant-token"}})
+	requireAPIError(t, err, "InvalidGrantTokenException", "")
+
+	// A grant for CreateGrant delegates only what it has.
+	_, err = o.CreateGrant(bg(), &awskms.CreateGrantInput{KeyId: &id, GranteePrincipal: aws.String(keyUser.ARN),
+		Operations: []types.GrantOperation{types.GrantOperationEncrypt}, Constraints: &types.GrantConstraints{EncryptionContextSubset: hr}})
+	require.NoError(t, err)
+	_, err = o.CreateGrant(bg(), &awskms.CreateGrantInput{KeyId: &id, GranteePrincipal: aws.String(keyUser.ARN),
+		Operations: []types.GrantOperation{types.GrantOperationGenerateDataKey}, Constraints: &types.GrantConstraints{EncryptionContextSubset: hr}})
+	requireAPIError(t, err, "AccessDeniedException", "")
+
+	// Retired by its retiring principal, the grant no longer allows.
+	_, err = e.client(keyAdmin, region).RetireGrant(bg(), &awskms.RetireGrantInput{GrantToken: g.GrantToken})
+	require.NoError(t, err)
+	_, err = o.Encrypt(bg(), &awskms.EncryptInput{KeyId: &id, Plaintext: []byte("x"), EncryptionContext: hr})
+	requireAPIError(t, err, "AccessDeniedException", "")
+
+	// Revoked by the key's administrator: the same.
+	g2 := e.createGrant(c, &awskms.CreateGrantInput{KeyId: &id, GranteePrincipal: aws.String(outsider.ARN),
+		Operations: []types.GrantOperation{types.GrantOperationEncrypt}})
+	_, err = o.Encrypt(bg(), &awskms.EncryptInput{KeyId: &id, Plaintext: []byte("x")})
+	require.NoError(t, err)
+	_, err = c.RevokeGrant(bg(), &awskms.RevokeGrantInput{KeyId: &id, GrantId: g2.GrantId})
+	require.NoError(t, err)
+	_, err = o.Encrypt(bg(), &awskms.EncryptInput{KeyId: &id, Plaintext: []byte("x")})
+	requireAPIError(t, err, "AccessDeniedException", "")
+
+	// A grant to another account's principal is enough on the key's side;
+	// grants survive a restart.
+	g3 := e.createGrant(c, &awskms.CreateGrantInput{KeyId: &id, GranteePrincipal: aws.String(partner.ARN),
+		Operations: []types.GrantOperation{types.GrantOperationEncrypt}})
+	e.restart()
+	keyArn := arn(id)
+	_, err = e.client(partner, region).Encrypt(bg(), &awskms.EncryptInput{KeyId: &keyArn, Plaintext: []byte("x"), GrantTokens: []string{*g3.GrantToken}})
+	require.NoError(t, err)
+	// An explicit deny still beats a grant.
+	denyUser := `{"Version":"2012-10-17","Statement":[
+ {"Sid":"Enable IAM User Permissions","Effect":"Allow","Principal":{"AWS":"arn:aws:iam::111122223333:root"},"Action":"kms:*","Resource":"*"},
+ {"Sid":"NoPartner","Effect":"Deny","Principal":{"AWS":"arn:aws:iam::444455556666:role/partner"},"Action":"kms:*","Resource":"*"}]}`
+	_, err = e.admin().PutKeyPolicy(bg(), &awskms.PutKeyPolicyInput{KeyId: &id, Policy: aws.String(denyUser), PolicyName: aws.String("default")})
+	require.NoError(t, err)
+	_, err = e.client(partner, region).Encrypt(bg(), &awskms.EncryptInput{KeyId: &keyArn, Plaintext: []byte("x")})
+	requireAPIError(t, err, "AccessDeniedException", denied(partner, "kms:Encrypt", keyArn, "with an explicit deny in a resource-based policy"))
+}
+
+// TestDryRun: every operation with DryRun in the model is authorized and
+// validated in full and then does nothing.
+func TestDryRun(t *testing.T) {
+	e := newAccessEnv(t)
+	c := e.admin()
+	ks := &keys{e: e, m: map[string]string{}}
+	sym := ks.get(types.KeySpecSymmetricDefault, types.KeyUsageTypeEncryptDecrypt)
+	ecc := ks.get(types.KeySpecEccNistP256, types.KeyUsageTypeSignVerify)
+	agree := ks.get(types.KeySpecEccNistP256, types.KeyUsageTypeKeyAgreement)
+	mac := ks.get(types.KeySpecHmac256, types.KeyUsageTypeGenerateVerifyMac)
+	enc, err := c.Encrypt(bg(), &awskms.EncryptInput{KeyId: &sym, Plaintext: []byte("x")})
+	require.NoError(t, err)
+	sig, err := c.Sign(bg(), &awskms.SignInput{KeyId: &ecc, Message: []byte("m"), SigningAlgorithm: types.SigningAlgorithmSpecEcdsaSha256})
+	require.NoError(t, err)
+	m, err := c.GenerateMac(bg(), &awskms.GenerateMacInput{KeyId: &mac, Message: []byte("m"), MacAlgorithm: types.MacAlgorithmSpecHmacSha256})
+	require.NoError(t, err)
+	pk, err := c.GetPublicKey(bg(), &awskms.GetPublicKeyInput{KeyId: &agree})
+	require.NoError(t, err)
+	g := e.createGrant(c, &awskms.CreateGrantInput{KeyId: &sym, GranteePrincipal: aws.String(keyUser.ARN), Operations: []types.GrantOperation{types.GrantOperationDecrypt}})
+	yes := aws.Bool(true)
+	calls := map[string]func(*awskms.Client) error{
+		"Encrypt": func(c *awskms.Client) error {
+			_, err := c.Encrypt(bg(), &awskms.EncryptInput{KeyId: &sym, Plaintext: []byte("x"), DryRun: yes})
+			return err
+		},
+		"Decrypt": func(c *awskms.Client) error {
+			_, err := c.Decrypt(bg(), &awskms.DecryptInput{CiphertextBlob: enc.CiphertextBlob, DryRun: yes})
+			return err
+		},
+		"ReEncrypt": func(c *awskms.Client) error {
+			_, err := c.ReEncrypt(bg(), &awskms.ReEncryptInput{CiphertextBlob: enc.CiphertextBlob, DestinationKeyId: &sym, DryRun: yes})
+			return err
+		},
+		"GenerateDataKey": func(c *awskms.Client) error {
+			_, err := c.GenerateDataKey(bg(), &awskms.GenerateDataKeyInput{KeyId: &sym, NumberOfBytes: aws.Int32(32), DryRun: yes})
+			return err
+		},
+		"GenerateDataKeyWithoutPlaintext": func(c *awskms.Client) error {
+			_, err := c.GenerateDataKeyWithoutPlaintext(bg(), &awskms.GenerateDataKeyWithoutPlaintextInput{KeyId: &sym, NumberOfBytes: aws.Int32(32), DryRun: yes})
+			return err
+		},
+		"GenerateDataKeyPair": func(c *awskms.Client) error {
+			_, err := c.GenerateDataKeyPair(bg(), &awskms.GenerateDataKeyPairInput{KeyId: &sym, KeyPairSpec: types.DataKeyPairSpecEccNistP256, DryRun: yes})
+			return err
+		},
+		"GenerateDataKeyPairWithoutPlaintext": func(c *awskms.Client) error {
+			_, err := c.GenerateDataKeyPairWithoutPlaintext(bg(), &awskms.GenerateDataKeyPairWithoutPlaintextInput{KeyId: &sym, KeyPairSpec: types.DataKeyPairSpecEccNistP256, DryRun: yes})
+			return err
+		},
+		"Sign": func(c *awskms.Client) error {
+			_, err := c.Sign(bg(), &awskms.SignInput{KeyId: &ecc, Message: []byte("m"), SigningAlgorithm: types.SigningAlgorithmSpecEcdsaSha256, DryRun: yes})
+			return err
+		},
+		"Verify": func(c *awskms.Client) error {
+			_, err := c.Verify(bg(), &awskms.VerifyInput{KeyId: &ecc, Message: []byte("m"), Signature: sig.Signature, SigningAlgorithm: types.SigningAlgorithmSpecEcdsaSha256, DryRun: yes})
+			return err
+		},
+		"GenerateMac": func(c *awskms.Client) error {
+			_, err := c.GenerateMac(bg(), &awskms.GenerateMacInput{KeyId: &mac, Message: []byte("m"), MacAlgorithm: types.MacAlgorithmSpecHmacSha256, DryRun: yes})
+			return err
+		},
+		"VerifyMac": func(c *awskms.Client) error {
+			_, err := c.VerifyMac(bg(), &awskms.VerifyMacInput{KeyId: &mac, Message: []byte("m"), Mac: m.Mac, MacAlgorithm: types.MacAlgorithmSpecHmacSha256, DryRun: yes})
+			return err
+		},
+		"DeriveSharedSecret": func(c *awskms.Client) error {
+			_, err := c.DeriveSharedSecret(bg(), &awskms.DeriveSharedSecretInput{KeyId: &agree, KeyAgreementAlgorithm: types.KeyAgreementAlgorithmSpecEcdh, PublicKey: pk.PublicKey, DryRun: yes})
+			return err
+		},
+		"CreateGrant": func(c *awskms.Client) error {
+			_, err := c.CreateGrant(bg(), &awskms.CreateGrantInput{KeyId: &sym, GranteePrincipal: aws.String(outsider.ARN), Operations: []types.GrantOperation{types.GrantOperationEncrypt}, DryRun: yes})
+			return err
+		},
+		"RetireGrant": func(c *awskms.Client) error {
+			_, err := c.RetireGrant(bg(), &awskms.RetireGrantInput{GrantToken: g.GrantToken, DryRun: yes})
+			return err
+		},
+		"RevokeGrant": func(c *awskms.Client) error {
+			_, err := c.RevokeGrant(bg(), &awskms.RevokeGrantInput{KeyId: &sym, GrantId: g.GrantId, DryRun: yes})
+			return err
+		},
+	}
+	for op, call := range calls {
+		requireAPIError(t, call(c), "DryRunOperationException", "The request would have succeeded, but the DryRun option is set.")
+		if op != "RetireGrant" { // decided by the grant, not by policies
+			requireAPIError(t, call(e.client(outsider, region)), "AccessDeniedException", "")
+		}
+	}
+	assert.Len(t, e.listGrants(sym), 1, "DryRun created, retired or revoked nothing")
+}

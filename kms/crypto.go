@@ -265,6 +265,7 @@ type EncryptOutput struct {
 }
 
 func (s *Service) Encrypt(ctx context.Context, c *wire.Call, in *EncryptInput) (*EncryptOutput, error) {
+	c.GrantTokens = in.GrantTokens
 	setCryptoConditions(c, in.EncryptionContext, in.EncryptionAlgorithm)
 	k, alg, err := s.encryptionKey(ctx, c, in.KeyId, in.EncryptionAlgorithm)
 	if err != nil {
@@ -305,6 +306,7 @@ func (s *Service) Decrypt(ctx context.Context, c *wire.Call, in *DecryptInput) (
 	if in.Recipient != nil {
 		return nil, wire.Errorf(wire.UnsupportedOperation, "Recipient (Nitro Enclaves attestation) is not supported by hsmkms.")
 	}
+	c.GrantTokens = in.GrantTokens
 	setCryptoConditions(c, in.EncryptionContext, in.EncryptionAlgorithm)
 	o, err := s.open(ctx, c, in.CiphertextBlob, in.KeyId, in.EncryptionAlgorithm, in.EncryptionContext)
 	if err != nil {
@@ -341,7 +343,7 @@ type ReEncryptOutput struct {
 
 func (s *Service) ReEncrypt(ctx context.Context, c *wire.Call, in *ReEncryptInput) (*ReEncryptOutput, error) {
 	// Each side is authorized as its own action, with its own context.
-	c.Action = "kms:ReEncryptFrom"
+	c.Action, c.GrantTokens = "kms:ReEncryptFrom", in.GrantTokens
 	setCryptoConditions(c, in.SourceEncryptionContext, in.SourceEncryptionAlgorithm)
 	src, err := s.open(ctx, c, in.CiphertextBlob, in.SourceKeyId, in.SourceEncryptionAlgorithm, in.SourceEncryptionContext)
 	if err != nil {
@@ -410,6 +412,7 @@ func (s *Service) generateDataKey(ctx context.Context, c *wire.Call, in *Generat
 	default:
 		return nil, wire.Errorf(wire.Validation, "Please specify either number of bytes or key spec.")
 	}
+	c.GrantTokens = in.GrantTokens
 	setCryptoConditions(c, in.EncryptionContext, algSymmetric)
 	k, _, err := s.encryptionKey(ctx, c, in.KeyId, algSymmetric)
 	if err != nil {

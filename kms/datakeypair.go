@@ -58,6 +58,7 @@ func (s *Service) generateDataKeyPair(ctx context.Context, c *wire.Call, in *Gen
 	if !ok && in.KeyPairSpec != specEd25519 {
 		return nil, wire.Errorf(wire.UnsupportedOperation, "KeyPairSpec %s is not supported by hsmkms: PKCS#11 2.40 defines no SM2 mechanism.", in.KeyPairSpec)
 	}
+	c.GrantTokens = in.GrantTokens
 	setCryptoConditions(c, in.EncryptionContext, algSymmetric)
 	setCondition(c, "kms:DataKeyPairSpec", in.KeyPairSpec)
 	k, _, err := s.encryptionKey(ctx, c, in.KeyId, algSymmetric)

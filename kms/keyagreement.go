@@ -34,6 +34,7 @@ func (s *Service) DeriveSharedSecret(ctx context.Context, c *wire.Call, in *Deri
 	if in.Recipient != nil {
 		return nil, wire.Errorf(wire.UnsupportedOperation, "Recipient (Nitro Enclaves attestation) is not supported by hsmkms.")
 	}
+	c.GrantTokens = in.GrantTokens
 	setCondition(c, "kms:KeyAgreementAlgorithm", in.KeyAgreementAlgorithm)
 	k, err := s.usableKey(ctx, c, in.KeyId, usageKeyAgreement)
 	if err != nil {

@@ -292,6 +292,7 @@ type DescribeKeyOutput struct {
 }
 
 func (s *Service) DescribeKey(ctx context.Context, c *wire.Call, in *KeyIDInput) (*DescribeKeyOutput, error) {
+	c.GrantTokens = in.GrantTokens
 	k, err := s.lookupKey(ctx, c, in.KeyId, true)
 	if err != nil {
 		return nil, err

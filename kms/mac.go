@@ -24,6 +24,7 @@ type GenerateMacOutput struct {
 
 // GenerateMac computes an HMAC on the token.
 func (s *Service) GenerateMac(ctx context.Context, c *wire.Call, in *GenerateMacInput) (*GenerateMacOutput, error) {
+	c.GrantTokens = in.GrantTokens
 	k, err := s.macKey(ctx, c, in.KeyId, in.MacAlgorithm)
 	if err != nil {
 		return nil, err
@@ -60,6 +61,7 @@ type VerifyMacOutput struct {
 // VerifyMac recomputes the HMAC on the token and compares in constant time
 // (inside hsm.Token.VerifyMAC).
 func (s *Service) VerifyMac(ctx context.Context, c *wire.Call, in *VerifyMacInput) (*VerifyMacOutput, error) {
+	c.GrantTokens = in.GrantTokens
 	k, err := s.macKey(ctx, c, in.KeyId, in.MacAlgorithm)
 	if err != nil {
 		return nil, err

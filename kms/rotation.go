@@ -3,6 +3,7 @@ package kms
 import (
 	"context"
 	"errors"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -136,6 +137,7 @@ func (s *Service) EnableKeyRotation(ctx context.Context, c *wire.Call, in *Enabl
 		}
 		return nil, wire.Errorf(wire.Validation, "1 validation error detected: Value '%d' at 'rotationPeriodInDays' failed to satisfy constraint: Member must have value less than or equal to %d", n, maxRotationDays)
 	}
+	setCondition(c, "kms:RotationPeriodInDays", strconv.Itoa(n))
 	err := s.update(ctx, c, in.KeyId, classManage, func(k *store.Key) error {
 		if err := rotatable(k); err != nil {
 			return err

@@ -28,6 +28,7 @@ type SignOutput struct {
 // Sign signs on the token with the key's private key. ECDSA signatures are
 // DER-encoded, as AWS returns them.
 func (s *Service) Sign(ctx context.Context, c *wire.Call, in *SignInput) (*SignOutput, error) {
+	c.GrantTokens = in.GrantTokens
 	k, sg, data, err := s.signingInput(ctx, c, in.KeyId, in.SigningAlgorithm, in.MessageType, in.Message)
 	if err != nil {
 		return nil, err
@@ -65,6 +66,7 @@ type VerifyOutput struct {
 // Verify checks a signature with the key's public key, on the token (Go's
 // crypto has no secp256k1, and one path for all specs is one to test).
 func (s *Service) Verify(ctx context.Context, c *wire.Call, in *VerifyInput) (*VerifyOutput, error) {
+	c.GrantTokens = in.GrantTokens
 	k, sg, data, err := s.signingInput(ctx, c, in.KeyId, in.SigningAlgorithm, in.MessageType, in.Message)
 	if err != nil {
 		return nil, err
@@ -150,6 +152,7 @@ type GetPublicKeyOutput struct {
 }
 
 func (s *Service) GetPublicKey(ctx context.Context, c *wire.Call, in *GetPublicKeyInput) (*GetPublicKeyOutput, error) {
+	c.GrantTokens = in.GrantTokens
 	k, err := s.usableKey(ctx, c, in.KeyId, "")
 	if err != nil {
 		return nil, err
