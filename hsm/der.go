@@ -150,6 +150,19 @@ func (t *Token) ecPublic(s pkcs11.SessionHandle, h pkcs11.ObjectHandle) (*curve,
 }
 
 // ecCurve reads the curve of an EC key, public or private.
+// cachedCurve is ecCurve remembered per object: Verify needs the curve's
+// size on every call, and reading it cost a token round trip each time.
+func (t *Token) cachedCurve(s pkcs11.SessionHandle, h pkcs11.ObjectHandle, ref ObjectRef) (*curve, error) {
+	if c, ok := t.curves.Load(ref.cacheKey()); ok {
+		return c.(*curve), nil
+	}
+	c, err := t.ecCurve(s, h)
+	if err == nil {
+		t.curves.Store(ref.cacheKey(), c)
+	}
+	return c, err
+}
+
 func (t *Token) ecCurve(s pkcs11.SessionHandle, h pkcs11.ObjectHandle) (*curve, error) {
 	a, err := t.p11.GetAttributeValue(s, h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, nil)})
 	if code, _ := Code(err); code == pkcs11.CKR_ATTRIBUTE_TYPE_INVALID {

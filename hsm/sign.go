@@ -200,10 +200,11 @@ func (t *Token) Verify(ctx context.Context, id []byte, alg SignAlgorithm, hash c
 			return false, err
 		}
 	}
-	err = t.withKey(ctx, PublicKeyByID(id), func(s pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
+	ref := PublicKeyByID(id)
+	err = t.withKey(ctx, ref, func(s pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
 		tokenSig := sig
 		if alg == ECDSA {
-			c, err := t.ecCurve(s, h)
+			c, err := t.cachedCurve(s, h, ref)
 			if err != nil {
 				return err
 			}

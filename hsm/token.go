@@ -76,6 +76,7 @@ type Token struct {
 	st      atomic.Pointer[tokenState]
 	handles sync.Map // ObjectRef.cacheKey() → pkcs11.ObjectHandle of the token object
 	copies  sync.Map // ObjectRef.cacheKey() → pkcs11.ObjectHandle used for crypto (see workingHandle)
+	curves  sync.Map // ObjectRef.cacheKey() → *curve of an EC public key: a key's curve never changes
 	closed  atomic.Bool
 
 	loginMu    sync.Mutex
