@@ -16,11 +16,11 @@ import (
 // `serve --data-dir` gives its admin.
 const AdminPolicy = `{"Version":"2012-10-17","Statement":[{"Sid":"Admin","Effect":"Allow","Action":"kms:*","Resource":"*"}]}`
 
-// identity is a caller's identity policies, parsed, and their text in
-// lower case (see policyMentions).
+// identity is a caller's identity policies, parsed, and the condition
+// keys they test.
 type identity struct {
 	policies []*authz.Policy
-	text     string
+	keys     []string
 }
 
 // parseIdentities parses each principal's identity policy; a principal
@@ -41,7 +41,7 @@ func parseIdentities(ps []Principal) (map[string]*identity, error) {
 			out[p.ARN] = id
 		}
 		id.policies = append(id.policies, pol)
-		id.text += strings.ToLower(p.Policy)
+		id.keys = append(id.keys, pol.ConditionKeys()...)
 	}
 	return out, nil
 }
@@ -51,25 +51,32 @@ func parseIdentities(ps []Principal) (map[string]*identity, error) {
 // evaluating. Bounded so PutKeyPolicy churn cannot grow it for ever.
 type keyPolicies struct {
 	mu sync.RWMutex
-	m  map[string]*authz.Policy
+	m  map[string]*keyPolicy
+}
+
+// keyPolicy is a parsed key policy and the condition keys it tests.
+type keyPolicy struct {
+	policy *authz.Policy
+	keys   []string
 }
 
 const maxCachedPolicies = 4096
 
-func (kp *keyPolicies) get(doc string) (*authz.Policy, error) {
+func (kp *keyPolicies) get(doc string) (*keyPolicy, error) {
 	kp.mu.RLock()
 	p, ok := kp.m[doc]
 	kp.mu.RUnlock()
 	if ok {
 		return p, nil
 	}
-	p, err := authz.Parse([]byte(doc), authz.KeyPolicy)
+	pol, err := authz.Parse([]byte(doc), authz.KeyPolicy)
 	if err != nil {
 		return nil, err
 	}
+	p = &keyPolicy{policy: pol, keys: pol.ConditionKeys()}
 	kp.mu.Lock()
 	if kp.m == nil || len(kp.m) >= maxCachedPolicies {
-		kp.m = map[string]*authz.Policy{}
+		kp.m = map[string]*keyPolicy{}
 	}
 	kp.m[doc] = p
 	kp.mu.Unlock()
@@ -100,18 +107,25 @@ func (s *Service) authorize(ctx context.Context, c *wire.Call, k *store.Key) err
 	if k != nil {
 		resource = arnOf(k)
 	}
-	req := authz.NewRequest(action, resource, authz.Principal{ARN: c.Caller.PrincipalARN, Account: c.Caller.Account})
-	s.requestContext(ctx, c, k, req.Context)
-	in := authz.Input{Request: req}
+	principal := authz.Principal{ARN: c.Caller.PrincipalARN, Account: c.Caller.Account}
+	in := authz.Input{Request: &authz.Request{Action: action, Resource: resource, Principal: principal}}
+	var keys []string // the condition keys the policies test
 	if id := s.identityOf(c.Caller.PrincipalARN); id != nil {
-		in.Identity = id.policies
+		in.Identity, keys = id.policies, id.keys
 	}
 	if k != nil {
-		pol, err := s.policies.get(k.Policy)
+		kp, err := s.policies.get(k.Policy)
 		if err != nil {
 			return internalf("key policy of %s: %w", arnOf(k), err)
 		}
-		in.KeyPolicy, in.KeyAccount = pol, k.Account
+		in.KeyPolicy, in.KeyAccount = kp.policy, k.Account
+		keys = append(keys[:len(keys):len(keys)], kp.keys...)
+	}
+	// Only conditions read the context, and most policies have none: the
+	// request's context is built only for those that do.
+	if len(keys) > 0 {
+		in.Request = authz.NewRequest(action, resource, principal)
+		s.requestContext(ctx, c, k, keys, in.Request.Context)
 	}
 	d := authz.Decide(in)
 	if !d.Allowed && !d.ExplicitDeny && k != nil {
@@ -145,7 +159,7 @@ func decisionLog(d authz.Decision, action, resource string) string {
 // requestContext fills the condition keys AWS sets for a KMS request:
 // global keys, the key's own (kms:KeySpec, aws:ResourceTag/…), and what the
 // operation put on c.
-func (s *Service) requestContext(ctx context.Context, c *wire.Call, k *store.Key, rc authz.Context) {
+func (s *Service) requestContext(ctx context.Context, c *wire.Call, k *store.Key, keys []string, rc authz.Context) {
 	rc.Set("aws:CurrentTime", s.now().UTC().Format(time.RFC3339))
 	rc.Set("aws:EpochTime", fmt.Sprint(s.now().Unix()))
 	rc.Set("aws:SecureTransport", fmt.Sprint(c.Secure))
@@ -166,8 +180,8 @@ func (s *Service) requestContext(ctx context.Context, c *wire.Call, k *store.Key
 	rc.Set("kms:KeyOrigin", k.Origin)
 	rc.Set("kms:MultiRegion", "false")
 	// Tags and aliases cost a store read each: read them only when a
-	// policy that will be evaluated can mention them.
-	if s.policyMentions(c, k, "aws:resourcetag/") {
+	// policy that will be evaluated tests them.
+	if tests(keys, "aws:resourcetag/") {
 		if tags, _, err := s.store.ListTags(ctx, k.Account, k.Region, k.ID, "", 0); err == nil {
 			m := make(map[string]string, len(tags))
 			for _, t := range tags {
@@ -176,7 +190,7 @@ func (s *Service) requestContext(ctx context.Context, c *wire.Call, k *store.Key
 			rc.SetResourceTags(m)
 		}
 	}
-	if s.policyMentions(c, k, "kms:resourcealiases") {
+	if tests(keys, "kms:resourcealiases") {
 		if aliases, _, err := s.store.ListAliases(ctx, k.Account, k.Region, k.ID, "", 0); err == nil {
 			names := make([]string, len(aliases))
 			for i, a := range aliases {
@@ -187,14 +201,15 @@ func (s *Service) requestContext(ctx context.Context, c *wire.Call, k *store.Key
 	}
 }
 
-// policyMentions reports whether k's policy or the caller's identity
-// policies contain key (lower case) at all: a cheap, conservative test.
-func (s *Service) policyMentions(c *wire.Call, k *store.Key, key string) bool {
-	if strings.Contains(strings.ToLower(k.Policy), key) {
-		return true
+// tests reports whether any of keys (normalized condition keys) starts
+// with prefix.
+func tests(keys []string, prefix string) bool {
+	for _, k := range keys {
+		if strings.HasPrefix(k, prefix) {
+			return true
+		}
 	}
-	id := s.identityOf(c.Caller.PrincipalARN)
-	return id != nil && strings.Contains(id.text, key)
+	return false
 }
 
 // encryptionContextOf recovers the request's encryption context from its

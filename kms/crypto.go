@@ -418,10 +418,7 @@ func (s *Service) generateDataKey(ctx context.Context, c *wire.Call, in *Generat
 	if err != nil {
 		return nil, err
 	}
-	if in.DryRun {
-		return nil, dryRun()
-	}
-	tok, err := s.token(k)
+	tok, err := s.tokenFor(k, in.DryRun)
 	if err != nil {
 		return nil, err
 	}

@@ -65,12 +65,9 @@ func (s *Service) generateDataKeyPair(ctx context.Context, c *wire.Call, in *Gen
 	if err != nil {
 		return nil, err
 	}
-	if in.DryRun {
-		return nil, dryRun()
-	}
-	// Data key pairs come from the default key store's token even for a
-	// key in a custom key store: they are returned, never kept.
-	tok, err := s.token(k)
+	// The pair is made on the token of the key that encrypts it (a
+	// custom key store's, for its keys).
+	tok, err := s.tokenFor(k, in.DryRun)
 	if err != nil {
 		return nil, err
 	}

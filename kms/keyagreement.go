@@ -54,10 +54,7 @@ func (s *Service) DeriveSharedSecret(ctx context.Context, c *wire.Call, in *Deri
 	if err != nil {
 		return nil, wire.Errorf(wire.Validation, "PublicKey must be a DER-encoded SubjectPublicKeyInfo of a %s public key.", k.KeySpec)
 	}
-	if in.DryRun {
-		return nil, dryRun()
-	}
-	tok, err := s.token(k)
+	tok, err := s.tokenFor(k, in.DryRun)
 	if err != nil {
 		return nil, err
 	}

@@ -29,10 +29,7 @@ func (s *Service) GenerateMac(ctx context.Context, c *wire.Call, in *GenerateMac
 	if err != nil {
 		return nil, err
 	}
-	if in.DryRun {
-		return nil, dryRun()
-	}
-	tok, err := s.token(k)
+	tok, err := s.tokenFor(k, in.DryRun)
 	if err != nil {
 		return nil, err
 	}
@@ -66,10 +63,7 @@ func (s *Service) VerifyMac(ctx context.Context, c *wire.Call, in *VerifyMacInpu
 	if err != nil {
 		return nil, err
 	}
-	if in.DryRun {
-		return nil, dryRun()
-	}
-	tok, err := s.token(k)
+	tok, err := s.tokenFor(k, in.DryRun)
 	if err != nil {
 		return nil, err
 	}

@@ -159,6 +159,15 @@ func (s *Service) token(k *store.Key) (*hsm.Token, error) {
 	return tok, err
 }
 
+// tokenFor is token for an operation that is about to use k's material:
+// a DryRun request stops here, having passed every check, as AWS answers it.
+func (s *Service) tokenFor(k *store.Key, dry bool) (*hsm.Token, error) {
+	if dry {
+		return nil, dryRun()
+	}
+	return s.token(k)
+}
+
 // tokenError turns a token failure during an operation on k into what the
 // client sees: a broken or absent device is the key being unavailable, as
 // AWS reports for a custom key store whose cluster fails; anything else is

@@ -33,10 +33,7 @@ func (s *Service) Sign(ctx context.Context, c *wire.Call, in *SignInput) (*SignO
 	if err != nil {
 		return nil, err
 	}
-	if in.DryRun {
-		return nil, dryRun()
-	}
-	tok, err := s.token(k)
+	tok, err := s.tokenFor(k, in.DryRun)
 	if err != nil {
 		return nil, err
 	}
@@ -71,10 +68,7 @@ func (s *Service) Verify(ctx context.Context, c *wire.Call, in *VerifyInput) (*V
 	if err != nil {
 		return nil, err
 	}
-	if in.DryRun {
-		return nil, dryRun()
-	}
-	tok, err := s.token(k)
+	tok, err := s.tokenFor(k, in.DryRun)
 	if err != nil {
 		return nil, err
 	}

@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 func TestDecide(t *testing.T) {
@@ -188,4 +189,16 @@ func TestLockoutCheck(t *testing.T) {
 			assert.Equal(t, "kms:CreateKey", in.Request.Action, "the caller's request is not modified")
 		})
 	}
+}
+
+func TestConditionKeys(t *testing.T) {
+	p, err := Parse([]byte(`{"Statement":[
+	  {"Effect":"Allow","Principal":"*","Action":"kms:*","Resource":"*"},
+	  {"Effect":"Deny","Principal":"*","Action":"kms:Decrypt","Resource":"*",
+	   "Condition":{"StringEquals":{"kms:EncryptionContext:Dept":"x","aws:ResourceTag/Team":"y"},"Bool":{"aws:SecureTransport":"false"}}}]}`), KeyPolicy)
+	require.NoError(t, err)
+	assert.ElementsMatch(t, []string{"kms:encryptioncontext:Dept", "aws:resourcetag/Team", "aws:securetransport"}, p.ConditionKeys())
+	p, err = Parse([]byte(`{"Statement":{"Effect":"Allow","Action":"kms:*","Resource":"*"}}`), IdentityPolicy)
+	require.NoError(t, err)
+	assert.Empty(t, p.ConditionKeys())
 }

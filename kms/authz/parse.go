@@ -335,3 +335,18 @@ func jsonScalar(v any) (string, bool) {
 	}
 	return "", false
 }
+
+// ConditionKeys returns the condition keys the policy's statements test,
+// normalized as Context stores them (lower case but for a case-sensitive
+// suffix). A caller can gather only these: building a request's whole
+// context costs more than evaluating most policies, and most policies
+// (the default key policy among them) test none.
+func (p *Policy) ConditionKeys() []string {
+	var keys []string
+	for i := range p.Statements {
+		for _, c := range p.Statements[i].conditions {
+			keys = append(keys, c.key)
+		}
+	}
+	return keys
+}
