@@ -263,6 +263,9 @@ func (t *Token) GenerateKeyPair(ctx context.Context, id []byte, label string, sp
 	return nil
 }
 
+// hmacByBits is the HMAC mechanism an HMAC key of each size is used with.
+var hmacByBits = map[int]uint{224: pkcs11.CKM_SHA224_HMAC, 256: pkcs11.CKM_SHA256_HMAC, 384: pkcs11.CKM_SHA384_HMAC, 512: pkcs11.CKM_SHA512_HMAC}
+
 // GenerateHMACKey makes a CKK_GENERIC_SECRET key of bits bits (224, 256,
 // 384 or 512) on the token with CKA_ID id and CKA_LABEL label, with the
 // template of GenerateAESKey, usable to sign and verify (MAC) only.
@@ -274,6 +277,13 @@ func (t *Token) GenerateHMACKey(ctx context.Context, id []byte, label string, bi
 	case 224, 256, 384, 512:
 	default:
 		return fmt.Errorf("hsm: HMAC keys are 224, 256, 384 or 512 bits, not %d", bits)
+	}
+	// A key the token could make but not use would be a key in name only.
+	if err := t.requireMechanism(ctx, pkcs11.CKM_GENERIC_SECRET_KEY_GEN, pkcs11.CKF_GENERATE, "HMAC key generation"); err != nil {
+		return err
+	}
+	if err := t.requireMechanism(ctx, hmacByBits[bits], pkcs11.CKF_SIGN, fmt.Sprintf("HMAC with a %d-bit key", bits)); err != nil {
+		return err
 	}
 	tmpl := append(secretTemplate(id, label),
 		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_GENERIC_SECRET),

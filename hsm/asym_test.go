@@ -314,6 +314,7 @@ func TestEd25519phIsRefusedWhenTheTokenIgnoresPhFlag(t *testing.T) {
 func TestSupportsMechanism(t *testing.T) {
 	tok, f, _ := withFaults(t, 2)
 	f.HideMechanism(pkcs11.CKM_EC_KEY_PAIR_GEN)
+	f.HideMechanism(pkcs11.CKM_SHA384_HMAC)
 	ok, err := tok.SupportsMechanism(ctx(t), pkcs11.CKM_ECDSA, pkcs11.CKF_SIGN|pkcs11.CKF_VERIFY)
 	require.NoError(t, err)
 	assert.True(t, ok)
@@ -338,6 +339,11 @@ func TestSupportsMechanism(t *testing.T) {
 	require.ErrorIs(t, err, hsm.ErrMechanismNotSupported)
 	assert.Zero(t, f.Calls("C_GenerateKeyPair"), "refused before reaching the token")
 	require.NoError(t, tok.GenerateKeyPair(ctx(t), []byte("ed"), "ed", hsm.Ed25519, hsm.UsageSign))
+	keys := f.Calls("C_GenerateKey")
+	require.ErrorIs(t, tok.GenerateHMACKey(ctx(t), []byte("h384"), "h384", 384), hsm.ErrMechanismNotSupported,
+		"an HMAC key the token could not use is not made")
+	assert.Equal(t, keys, f.Calls("C_GenerateKey"))
+	require.NoError(t, tok.GenerateHMACKey(ctx(t), []byte("h256"), "h256", 256))
 
 	// A rebuilt token state asks the token again.
 	ref := newKey(t, tok, "dev")

@@ -19,6 +19,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awskms "github.com/aws/aws-sdk-go-v2/service/kms"
 	"github.com/aws/aws-sdk-go-v2/service/kms/types"
+	"github.com/hsmkms/hsmkms/hsm"
+	"github.com/miekg/pkcs11"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -554,4 +556,29 @@ func TestAsymmetricKeyDeletionDestroysBothHalves(t *testing.T) {
 	assert.Equal(t, 1, n)
 	e.restart()
 	assert.Empty(t, e.report.OrphanObjects, "no half of the key pair may stay on the token")
+}
+
+// A token without a spec's mechanisms refuses the spec before anything is
+// made, in AWS's words for what the service does not support.
+func TestCreateKeyOnTokenWithoutMechanism(t *testing.T) {
+	e := newEnvWith(t, func(e *env) {
+		e.wrapDefault = func(p hsm.PKCS11) hsm.PKCS11 {
+			f := hsm.NewFaults(p)
+			f.HideMechanism(pkcs11.CKM_EC_KEY_PAIR_GEN)
+			f.HideMechanism(pkcs11.CKM_SHA512_HMAC)
+			return f
+		}
+	})
+	c := e.admin()
+	_, err := c.CreateKey(bg(), &awskms.CreateKeyInput{KeySpec: types.KeySpecEccNistP256, KeyUsage: types.KeyUsageTypeSignVerify})
+	requireAPIError(t, err, "UnsupportedOperationException", "KeySpec ECC_NIST_P256 is not supported by this key store's token.")
+	_, err = c.CreateKey(bg(), &awskms.CreateKeyInput{KeySpec: types.KeySpecHmac512, KeyUsage: types.KeyUsageTypeGenerateVerifyMac})
+	requireAPIError(t, err, "UnsupportedOperationException", "KeySpec HMAC_512 is not supported by this key store's token.")
+	keys, err := c.ListKeys(bg(), &awskms.ListKeysInput{})
+	require.NoError(t, err)
+	assert.Empty(t, keys.Keys, "nothing half-made is left")
+	_, err = c.CreateKey(bg(), &awskms.CreateKeyInput{KeySpec: types.KeySpecEccNistP384, KeyUsage: types.KeyUsageTypeSignVerify})
+	requireAPIError(t, err, "UnsupportedOperationException", "")
+	_, err = c.CreateKey(bg(), &awskms.CreateKeyInput{KeySpec: types.KeySpecHmac256, KeyUsage: types.KeyUsageTypeGenerateVerifyMac})
+	require.NoError(t, err)
 }

@@ -87,6 +87,9 @@ type env struct {
 	clusterToken map[string]hsmtest.Token
 	// principals are callers beyond the two admins, set by a setup hook.
 	principals []kms.Principal
+	// wrapDefault, if set by a setup hook, wraps the default token's
+	// PKCS#11 (to hide a mechanism, say).
+	wrapDefault func(hsm.PKCS11) hsm.PKCS11
 	// log holds the request log lines, one JSON object each.
 	log syncBuffer
 }
@@ -129,7 +132,7 @@ func newEnvWith(t *testing.T, setup func(e *env)) *env {
 func (e *env) start() {
 	t := e.t
 	ctx := context.Background()
-	def, err := keystore.OpenDefault(ctx, hsm.TokenConfig{Module: e.tok.Module, Label: e.tok.Label, PoolSize: 4}, e.tok.UserPIN)
+	def, err := keystore.OpenDefault(ctx, hsm.TokenConfig{Module: e.tok.Module, Label: e.tok.Label, PoolSize: 4, Wrap: e.wrapDefault}, e.tok.UserPIN)
 	require.NoError(t, err)
 	ks := keystore.NewManager(def)
 	db, err := store.OpenSQLite(e.dbPath)

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/hsmkms/hsmkms/hsm"
+	"github.com/hsmkms/hsmkms/kms"
 	"github.com/stretchr/testify/require"
 )
 
@@ -38,6 +39,20 @@ principals:
     account_id: 444455556666
     arn: arn:aws:iam::444455556666:role/app
 `
+
+func TestPrincipalPolicyFile(t *testing.T) {
+	dir := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "app.json"), []byte(`{"Version":"2012-10-17","Statement":{"Effect":"Allow","Action":"kms:Decrypt","Resource":"*"}}`), 0o644))
+	doc := strings.Replace(validConfig, "    arn: arn:aws:iam::444455556666:role/app", "    arn: arn:aws:iam::444455556666:role/app\n    policy_file: app.json", 1)
+	cfg, err := ParseConfig([]byte(doc), dir)
+	require.NoError(t, err)
+	pol, err := cfg.Principals[1].IdentityPolicy()
+	require.NoError(t, err)
+	require.Contains(t, pol, "kms:Decrypt")
+	pol, err = cfg.Principals[0].IdentityPolicy()
+	require.NoError(t, err)
+	require.Empty(t, pol, "no policy: only key policies and grants")
+}
 
 func TestParseConfig(t *testing.T) {
 	cfg, err := ParseConfig([]byte(validConfig), "/etc/hsmkms")
@@ -73,6 +88,10 @@ func TestParseConfigErrorsNameThePath(t *testing.T) {
 		"arn of other account":  {edit("arn:aws:iam::111122223333:user/admin", "arn:aws:iam::999999999999:user/admin"), "principals[0].arn: account 999999999999 does not match account_id 111122223333"},
 		"duplicate key id":      {edit("AKIAEXAMPLEAPP000001", "AKIAEXAMPLEADMIN0001"), "principals[1].access_key_id: AKIAEXAMPLEADMIN0001 is declared twice"},
 		"no tls":                {edit("  cert_file: tls/server.pem\n", ""), "tls: cert_file and key_file are required"},
+		"malformed policy": {edit("    arn: arn:aws:iam::444455556666:role/app", "    arn: arn:aws:iam::444455556666:role/app\n    policy: '{\"Statement\":[{\"Effect\":\"Allow\",\"Principal\":\"*\",\"Action\":\"kms:*\",\"Resource\":\"*\"}]}'"),
+			"principals[1].policy: "},
+		"two policy sources": {edit("    arn: arn:aws:iam::444455556666:role/app", "    arn: arn:aws:iam::444455556666:role/app\n    policy: '{}'\n    policy_file: p.json"),
+			"principals[1]: at most one of policy and policy_file"},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -138,6 +157,9 @@ func TestBootstrap(t *testing.T) {
 		require.NoError(t, err, f)
 		require.Equal(t, os.FileMode(0o600), fi.Mode().Perm(), f)
 	}
+	// The first-run admin may do everything, through its identity policy.
+	require.Len(t, cfg.Principals, 1)
+	require.Equal(t, kms.AdminPolicy, cfg.Principals[0].Policy)
 	creds, err := os.ReadFile(info.CredentialsFile)
 	require.NoError(t, err)
 	require.Regexp(t, `(?m)^aws_access_key_id = AKIA[A-Z0-9]{16}$`, string(creds))
