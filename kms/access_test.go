@@ -409,3 +409,18 @@ func TestDryRun(t *testing.T) {
 	}
 	assert.Len(t, e.listGrants(sym), 1, "DryRun created, retired or revoked nothing")
 }
+
+// A grant to an account, like a key policy statement for one, passes the
+// permission to the account: its principals need their identity policy too.
+func TestGrantToAnAccountNeedsItsIdentityPolicy(t *testing.T) {
+	e := newAccessEnv(t)
+	c := e.admin()
+	id := e.createKey(c)
+	keyArn := arn(id)
+	e.createGrant(c, &awskms.CreateGrantInput{KeyId: &id, GranteePrincipal: aws.String("arn:aws:iam::" + otherAccount + ":root"),
+		Operations: []types.GrantOperation{types.GrantOperationEncrypt}})
+	_, err := e.client(partner, region).Encrypt(bg(), &awskms.EncryptInput{KeyId: &keyArn, Plaintext: []byte("x")})
+	require.NoError(t, err)
+	_, err = e.client(partnerNoPolicy, region).Encrypt(bg(), &awskms.EncryptInput{KeyId: &keyArn, Plaintext: []byte("x")})
+	requireAPIError(t, err, "AccessDeniedException", "")
+}

@@ -131,9 +131,12 @@ func (s *Service) authorize(ctx context.Context, c *wire.Call, k *store.Key) err
 	if !d.Allowed && !d.ExplicitDeny && k != nil {
 		// Grants are read only when the policies say no: the common
 		// case never touches the store.
-		grant, err := s.grantAllows(ctx, k, c.Caller.PrincipalARN, c.Op, encryptionContextOf(c))
+		grant, viaAccount, err := s.grantAllows(ctx, k, c.Caller.PrincipalARN, c.Op, encryptionContextOf(c))
 		if err != nil {
 			return err
+		}
+		if viaAccount && !authz.Decide(authz.Input{Request: in.Request, Identity: in.Identity}).Allowed {
+			grant = "" // a grant to the account needs the account's IAM to pass it on
 		}
 		if grant != "" {
 			in.GrantAllows = grant

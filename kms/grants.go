@@ -238,10 +238,15 @@ func constraintTypes(gc store.GrantConstraints) []string {
 // RetireGrant, CreateGrant itself, Sign, …) a constrained grant allows as an
 // unconstrained one does, as AWS documents. A CreateGrant so allowed is then
 // held to the grant's constraints by CreateGrant (c.Grant).
-func (s *Service) grantAllows(ctx context.Context, k *store.Key, principalARN, op string, ec map[string]string) (string, error) {
+//
+// viaAccount reports that the grant names the caller's account
+// (arn:aws:iam::<account>:root) rather than the caller: as with a key
+// policy that delegates to an account, the caller's identity policy must
+// then allow the operation too. A grant naming the caller is preferred.
+func (s *Service) grantAllows(ctx context.Context, k *store.Key, principalARN, op string, ec map[string]string) (id string, viaAccount bool, err error) {
 	grants, err := s.store.GrantsFor(ctx, k.Account, k.Region, k.ID, principalsFor(principalARN))
 	if err != nil {
-		return "", err
+		return "", false, err
 	}
 	takesEC := slices.Contains(ecOperations, op)
 	for _, g := range grants {
@@ -251,9 +256,14 @@ func (s *Service) grantAllows(ctx context.Context, k *store.Key, principalARN, o
 		if takesEC && !constraintsMatch(g.Constraints, ec) {
 			continue
 		}
-		return g.GrantID, nil
+		if !strings.HasSuffix(g.GranteePrincipal, ":root") || g.GranteePrincipal == principalARN {
+			return g.GrantID, false, nil
+		}
+		if id == "" {
+			id, viaAccount = g.GrantID, true
+		}
 	}
-	return "", nil
+	return id, viaAccount, nil
 }
 
 type GrantConstraints struct {

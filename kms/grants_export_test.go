@@ -18,7 +18,8 @@ func (s *Service) GrantAllows(ctx context.Context, account, region, keyID, princ
 	if err != nil {
 		return "", err
 	}
-	return s.grantAllows(ctx, k, principal, op, ec)
+	id, _, err := s.grantAllows(ctx, k, principal, op, ec)
+	return id, err
 }
 
 var CheckGrantTokens = checkGrantTokens
