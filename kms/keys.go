@@ -251,7 +251,7 @@ func generateMaterial(ctx context.Context, tok *hsm.Token, k *store.Key, tokenID
 	ksp := keySpecs[k.KeySpec]
 	switch {
 	case ksp.asymmetric():
-		return tok.GenerateKeyPair(ctx, tokenID, arnOf(k), ksp.pair, hsmUsage(ksp, k.KeyUsage))
+		return tok.GenerateKeyPair(ctx, tokenID, arnOf(k), ksp.pair, hsmUsage(k.KeyUsage))
 	case ksp.hmacBits != 0:
 		return tok.GenerateHMACKey(ctx, tokenID, arnOf(k), ksp.hmacBits)
 	}

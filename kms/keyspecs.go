@@ -85,9 +85,9 @@ func (ks keySpec) algorithms(usage string) (encrypt, sign, mac, agree []string) 
 	return nil, nil, nil, nil
 }
 
-// hsmUsage is the token usage a key of this spec and KeyUsage needs: only
+// hsmUsage is the token usage a key with KeyUsage usage needs: only
 // what its operations use, so the token itself refuses anything else.
-func hsmUsage(spec keySpec, usage string) hsm.Usage {
+func hsmUsage(usage string) hsm.Usage {
 	switch usage {
 	case usageEncrypt:
 		return hsm.UsageEncrypt | hsm.UsageDecrypt
