@@ -125,4 +125,75 @@ step "graceful shutdown"
 kill -TERM "$pid"
 wait "$pid" || fail "server exited with status $?"
 pid=
+
+# Access control, as README's "Separation of duties with the stock CLI":
+# the same data directory served with --config and two more principals that
+# have no identity policy, so only the key policy gives them anything.
+step "access control: serve --config with a key administrator and a key user"
+data="$dir/data"
+for who in keyadmin keyuser; do
+  (umask 077; head -c 30 /dev/urandom | base64 | tr -d '/+=' > "$data/secrets/$who-secret")
+done
+{
+  sed '/^clusters:/,$d' "$data/hsmkms.yaml"
+  printf '    - access_key_id: AKIAKEYADMIN00000001\n      secret_file: secrets/keyadmin-secret\n'
+  printf '      account_id: "111122223333"\n      arn: arn:aws:iam::111122223333:user/keyadmin\n'
+  printf '    - access_key_id: AKIAKEYUSER000000001\n      secret_file: secrets/keyuser-secret\n'
+  printf '      account_id: "111122223333"\n      arn: arn:aws:iam::111122223333:role/app\n'
+} > "$data/access.yaml"
+creds="$dir/access-credentials"
+{
+  cat "$AWS_SHARED_CREDENTIALS_FILE"
+  printf '\n[keyadmin]\naws_access_key_id = AKIAKEYADMIN00000001\naws_secret_access_key = %s\n' "$(cat "$data/secrets/keyadmin-secret")"
+  printf '\n[keyuser]\naws_access_key_id = AKIAKEYUSER000000001\naws_secret_access_key = %s\n' "$(cat "$data/secrets/keyuser-secret")"
+} > "$creds"
+chmod 600 "$creds"
+export AWS_SHARED_CREDENTIALS_FILE=$creds
+"$bin" serve --config "$data/access.yaml" >>"$dir/out" 2>>"$dir/log" &
+pid=$!
+for _ in $(seq 1 100); do
+  aws kms list-keys >/dev/null 2>&1 && break
+  kill -0 "$pid" 2>/dev/null || fail "serve --config exited"
+  sleep 0.1
+done
+
+cat > "$dir/policy.json" <<'JSON'
+{"Version": "2012-10-17", "Statement": [
+  {"Sid": "Administrators", "Effect": "Allow",
+   "Principal": {"AWS": ["arn:aws:iam::111122223333:user/keyadmin", "arn:aws:iam::111122223333:user/hsmkms-admin"]},
+   "Action": ["kms:Create*", "kms:Describe*", "kms:Enable*", "kms:List*", "kms:Put*", "kms:Update*", "kms:Revoke*",
+              "kms:Disable*", "kms:Get*", "kms:Delete*", "kms:TagResource", "kms:UntagResource",
+              "kms:ScheduleKeyDeletion", "kms:CancelKeyDeletion"], "Resource": "*"},
+  {"Sid": "Users", "Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::111122223333:role/app"},
+   "Action": ["kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:DescribeKey"], "Resource": "*"},
+  {"Sid": "FinanceOnly", "Effect": "Deny", "Principal": {"AWS": "arn:aws:iam::111122223333:role/app"},
+   "Action": "kms:Decrypt", "Resource": "*",
+   "Condition": {"StringNotEquals": {"kms:EncryptionContext:dept": "finance"}}}]}
+JSON
+step "access control: the admin creates a key with the separation-of-duties policy"
+skey=$(aws kms create-key --policy "file://$dir/policy.json" --query KeyMetadata.KeyId --output text)
+denied() { # profile, then the command's arguments: must fail with AccessDeniedException
+  local profile=$1; shift
+  if AWS_PROFILE=$profile aws kms "$@" 2>"$dir/err" >/dev/null; then fail "$profile may $1"; fi
+  grep -q AccessDeniedException "$dir/err" || fail "expected AccessDeniedException for $profile $1, got: $(cat "$dir/err")"
+}
+step "access control: the key administrator manages but cannot use the key"
+AWS_PROFILE=keyadmin aws kms disable-key --key-id "$skey"
+AWS_PROFILE=keyadmin aws kms enable-key --key-id "$skey"
+denied keyadmin encrypt --key-id "$skey" --plaintext "fileb://$dir/plain"
+step "access control: the key user uses but cannot manage it, and decrypts only finance data"
+AWS_PROFILE=keyuser aws kms encrypt --key-id "$skey" --plaintext "fileb://$dir/plain" --encryption-context dept=finance \
+  --query CiphertextBlob --output text | base64 -d > "$dir/fin"
+AWS_PROFILE=keyuser aws kms decrypt --ciphertext-blob "fileb://$dir/fin" --encryption-context dept=finance >/dev/null
+AWS_PROFILE=keyuser aws kms encrypt --key-id "$skey" --plaintext "fileb://$dir/plain" --encryption-context dept=canteen \
+  --query CiphertextBlob --output text | base64 -d > "$dir/can"
+denied keyuser decrypt --ciphertext-blob "fileb://$dir/can" --encryption-context dept=canteen
+denied keyuser disable-key --key-id "$skey"
+grep -q 'authz="allow kms:Encrypt on arn:aws:kms:[^"]* by key policy statement Users"' "$dir/log" \
+  || fail "the request log does not show the decision"
+
+step "graceful shutdown (serve --config)"
+kill -TERM "$pid"
+wait "$pid" || fail "server exited with status $?"
+pid=
 echo "cli-test: all steps passed" >&2
