@@ -343,6 +343,7 @@ func (t *Token) DestroyObject(ctx context.Context, ref ObjectRef) error {
 	t.handles.Delete(ref.cacheKey())
 	t.copies.Delete(ref.cacheKey())
 	t.curves.Delete(ref.cacheKey())
+	t.moduli.Delete(ref.cacheKey())
 	return err
 }
 

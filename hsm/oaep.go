@@ -58,11 +58,10 @@ func (t *Token) DecryptOAEP(ctx context.Context, id []byte, hash crypto.Hash, ci
 
 	var em []byte
 	err := t.withKey(ctx, ref, func(s pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
-		a, err := t.p11.GetAttributeValue(s, h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_MODULUS, nil)})
+		k, err := t.modulusSize(s, h, ref)
 		if err != nil {
-			return wrap("C_GetAttributeValue", err)
+			return err
 		}
-		k := (new(big.Int).SetBytes(a[0].Value).BitLen() + 7) / 8
 		if len(ciphertext) != k { // RFC 8017 §7.1.2 step 1b; the length is public
 			return ErrInvalidCiphertext
 		}
@@ -87,6 +86,22 @@ func (t *Token) DecryptOAEP(ctx context.Context, id []byte, hash crypto.Hash, ci
 	}
 	defer clear(em)
 	return decodeOAEP(hash.New(), em)
+}
+
+// modulusSize is the byte length of the RSA key's modulus, read from the
+// token once per key: it never changes, and the fallback path needs it on
+// every decryption.
+func (t *Token) modulusSize(s pkcs11.SessionHandle, h pkcs11.ObjectHandle, ref ObjectRef) (int, error) {
+	if k, ok := t.moduli.Load(ref.cacheKey()); ok {
+		return k.(int), nil
+	}
+	a, err := t.p11.GetAttributeValue(s, h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_MODULUS, nil)})
+	if err != nil {
+		return 0, wrap("C_GetAttributeValue", err)
+	}
+	k := (new(big.Int).SetBytes(a[0].Value).BitLen() + 7) / 8
+	t.moduli.Store(ref.cacheKey(), k)
+	return k, nil
 }
 
 // decryptError maps what C_Decrypt says about a bad ciphertext to

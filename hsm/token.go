@@ -77,6 +77,7 @@ type Token struct {
 	handles sync.Map // ObjectRef.cacheKey() → pkcs11.ObjectHandle of the token object
 	copies  sync.Map // ObjectRef.cacheKey() → pkcs11.ObjectHandle used for crypto (see workingHandle)
 	curves  sync.Map // ObjectRef.cacheKey() → *curve of an EC public key: a key's curve never changes
+	moduli  sync.Map // ObjectRef.cacheKey() → byte length of an RSA private key's modulus, likewise
 	closed  atomic.Bool
 
 	loginMu    sync.Mutex
