@@ -28,6 +28,10 @@ var (
 	ErrNotConnected = errors.New("keystore: key store not connected")
 )
 
+// TokenConfig says which token backs a key store and how to open it; an
+// alias so that packages above keystore never name hsm.
+type TokenConfig = hsm.TokenConfig
+
 // Store is one key store and the token behind it. Safe for concurrent use.
 type Store struct {
 	id     string

@@ -258,17 +258,12 @@ func (s *Service) ConnectCustomKeyStore(ctx context.Context, c *wire.Call, in *C
 }
 
 func (s *Service) connectInBackground(live *keystore.Store) {
-	s.bg.Add(1)
-	go func() {
-		defer s.bg.Done()
-		ctx, cancel := context.WithTimeout(context.Background(), connectTimeout)
+	s.goBackground(func() {
+		ctx, cancel := context.WithTimeout(s.life, connectTimeout)
 		defer cancel()
 		live.Connect(ctx, storePasswords{s}, s.log)
-	}()
+	})
 }
-
-// WaitConnects waits for background connects to finish (tests, shutdown).
-func (s *Service) WaitConnects() { s.bg.Wait() }
 
 func (s *Service) DisconnectCustomKeyStore(ctx context.Context, c *wire.Call, in *CustomKeyStoreIDInput) (*Empty, error) {
 	ks, live, err := s.keyStore(ctx, c, in.CustomKeyStoreId)
@@ -419,9 +414,9 @@ func (s *Service) DeleteCustomKeyStore(ctx context.Context, c *wire.Call, in *Cu
 	return &Empty{}, nil
 }
 
-// StartKeyStores registers every custom key store and reconnects those
-// that were connected when the service last stopped.
-func (s *Service) StartKeyStores(ctx context.Context) error {
+// registerKeyStores registers every custom key store, DISCONNECTED, and
+// remembers those that were connected when the service last stopped.
+func (s *Service) registerKeyStores(ctx context.Context) error {
 	all, err := s.store.AllKeyStores(ctx)
 	if err != nil {
 		return err
@@ -435,12 +430,21 @@ func (s *Service) StartKeyStores(ctx context.Context) error {
 		}
 		live := s.keystores.AddCustom(ks.ID, cl)
 		if ks.Connect {
-			if started, _ := live.BeginConnect(); started {
-				s.connectInBackground(live)
-			}
+			s.reconnect = append(s.reconnect, live)
 		}
 	}
 	return nil
+}
+
+// reconnectKeyStores connects, in the background, the stores that were
+// connected when the service last stopped.
+func (s *Service) reconnectKeyStores() {
+	for _, live := range s.reconnect {
+		if started, _ := live.BeginConnect(); started {
+			s.connectInBackground(live)
+		}
+	}
+	s.reconnect = nil
 }
 
 // Password encryption. The kmsuser password is sealed with AES-GCM under

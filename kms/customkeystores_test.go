@@ -43,11 +43,16 @@ func (e *env) createStore(c *awskms.Client, name, cluster, password string) stri
 // waitState polls DescribeCustomKeyStores, as a client would, until the
 // store leaves CONNECTING.
 func (e *env) waitState(c *awskms.Client, id string) types.CustomKeyStoresListEntry {
-	e.svc.WaitConnects()
-	out, err := c.DescribeCustomKeyStores(bg(), &awskms.DescribeCustomKeyStoresInput{CustomKeyStoreId: &id})
-	require.NoError(e.t, err)
-	require.Len(e.t, out.CustomKeyStores, 1)
-	return out.CustomKeyStores[0]
+	deadline := time.Now().Add(time.Minute)
+	for {
+		out, err := c.DescribeCustomKeyStores(bg(), &awskms.DescribeCustomKeyStoresInput{CustomKeyStoreId: &id})
+		require.NoError(e.t, err)
+		require.Len(e.t, out.CustomKeyStores, 1)
+		if st := out.CustomKeyStores[0].ConnectionState; st != types.ConnectionStateTypeConnecting || time.Now().After(deadline) {
+			return out.CustomKeyStores[0]
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 func directLogin(t *testing.T, module, label, pin string) error {

@@ -30,7 +30,6 @@ import (
 	"github.com/hsmkms/hsmkms/hsm/hsmtest"
 	"github.com/hsmkms/hsmkms/keystore"
 	"github.com/hsmkms/hsmkms/kms"
-	"github.com/hsmkms/hsmkms/kms/store"
 	"github.com/stretchr/testify/require"
 )
 
@@ -132,15 +131,17 @@ func newEnvWith(t *testing.T, setup func(e *env)) *env {
 func (e *env) start() {
 	t := e.t
 	ctx := context.Background()
-	def, err := keystore.OpenDefault(ctx, hsm.TokenConfig{Module: e.tok.Module, Label: e.tok.Label, PoolSize: 4, Wrap: e.wrapDefault}, e.tok.UserPIN)
+	var err error
+	e.svc, err = kms.Open(ctx, kms.OpenConfig{
+		DefaultToken: keystore.TokenConfig{Module: e.tok.Module, Label: e.tok.Label, PoolSize: 4, Wrap: e.wrapDefault},
+		PIN:          e.tok.UserPIN,
+		Database:     e.dbPath,
+		Clusters:     e.clusters,
+		Now:          e.clock.Now,
+	})
 	require.NoError(t, err)
-	ks := keystore.NewManager(def)
-	db, err := store.OpenSQLite(e.dbPath)
-	require.NoError(t, err)
-	e.svc = kms.New(kms.Config{Store: db, KeyStores: ks, Now: e.clock.Now, Clusters: e.clusters})
-	e.report, err = e.svc.Reconcile(ctx)
-	require.NoError(t, err)
-	require.NoError(t, e.svc.StartKeyStores(ctx))
+	e.report = e.svc.StartupReport()
+	e.svc.Start()
 	handler, err := e.svc.Handler(kms.HandlerConfig{Principals: append(slices.Clone(principals), e.principals...),
 		Logger: hclog.New(&hclog.LoggerOptions{Output: &e.log, JSONFormat: true})})
 	require.NoError(t, err)
@@ -152,9 +153,7 @@ func (e *env) start() {
 		}
 		closed = true
 		e.srv.Close()
-		e.svc.WaitConnects()
-		ks.Close(ctx)
-		db.Close()
+		require.NoError(t, e.svc.Close(ctx))
 	}
 }
 

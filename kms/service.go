@@ -36,7 +36,14 @@ type Service struct {
 	log       hclog.Logger
 	now       func() time.Time
 	clusters  map[string]keystore.Cluster
-	bg        sync.WaitGroup // background connects
+	// life ends when Close begins; bg counts the goroutines started on
+	// it (connects, reaper, rotator), which Close waits for.
+	life        context.Context
+	stop        context.CancelFunc
+	bg          sync.WaitGroup
+	jobInterval time.Duration
+	report      *Report
+	reconnect   []*keystore.Store // connected at the last stop; Start reconnects them
 	// passwordKeyMu serialises finding or making the key that seals
 	// kmsuser passwords; connects only, never the request hot path.
 	passwordKeyMu sync.Mutex
@@ -63,7 +70,9 @@ func New(cfg Config) *Service {
 	for _, c := range cfg.Clusters {
 		clusters[c.ID] = c
 	}
-	return &Service{store: store.WithKeyCache(cfg.Store), keystores: cfg.KeyStores, log: cfg.Logger, now: cfg.Now, clusters: clusters}
+	s := &Service{store: store.WithKeyCache(cfg.Store), keystores: cfg.KeyStores, log: cfg.Logger, now: cfg.Now, clusters: clusters}
+	s.life, s.stop = context.WithCancel(context.Background())
+	return s
 }
 
 // handlers are the operations implemented here, by operation name.

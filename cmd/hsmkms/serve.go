@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"crypto/tls"
-	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -19,7 +18,6 @@ import (
 	"github.com/hsmkms/hsmkms/hsm"
 	"github.com/hsmkms/hsmkms/keystore"
 	"github.com/hsmkms/hsmkms/kms"
-	"github.com/hsmkms/hsmkms/kms/store"
 )
 
 // serve runs the key service until SIGINT or SIGTERM.
@@ -59,11 +57,17 @@ func serve(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	svc, closeAll, err := open(ctx, cfg, log)
+	svc, err := open(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
-	defer closeAll()
+	defer func() {
+		c, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := svc.Close(c); err != nil {
+			log.Error("closing", "error", err)
+		}
+	}()
 
 	principals := make([]kms.Principal, 0, len(cfg.Principals))
 	for i, p := range cfg.Principals {
@@ -101,8 +105,7 @@ func serve(args []string) error {
 		}
 		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
 	}
-	go svc.RunReaper(ctx, time.Minute)
-	go svc.RunRotator(ctx, time.Minute)
+	svc.Start()
 
 	scheme := "https"
 	if cfg.PlainHTTP {
@@ -126,75 +129,29 @@ func serve(args []string) error {
 	return srv.Shutdown(shutdownCtx)
 }
 
-// open brings up the token, the metadata store and the service, and checks
-// them against each other. closeAll logs out, closes sessions, finalises
-// the module and closes the database.
-func open(ctx context.Context, cfg *Config, log hclog.Logger) (*kms.Service, func(), error) {
+// open brings up the service on cfg's token, database and clusters.
+func open(ctx context.Context, cfg *Config, log hclog.Logger) (*kms.Service, error) {
 	ks := cfg.DefaultKeyStore
 	for k, v := range ks.ModuleEnv {
 		if err := os.Setenv(k, v); err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 	}
 	pin, err := ks.PIN()
 	if err != nil {
-		return nil, nil, fmt.Errorf("default_key_store: %w", err)
+		return nil, fmt.Errorf("default_key_store: %w", err)
 	}
-	def, err := keystore.OpenDefault(ctx, hsm.TokenConfig{
-		Module: ks.Module, Label: ks.TokenLabel, Serial: ks.TokenSerial, PoolSize: ks.PoolSize,
-		Logger: log.Named("hsm"),
-	}, pin)
-	if err != nil {
-		return nil, nil, err
-	}
-	keystores := keystore.NewManager(def)
-	db, err := store.OpenSQLite(cfg.Database.Path)
-	if err != nil {
-		keystores.Close(ctx)
-		return nil, nil, err
-	}
-	closeAll := func() {
-		c, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := keystores.Close(c); err != nil {
-			log.Error("closing key stores", "error", err)
-		}
-		if err := db.Close(); err != nil {
-			log.Error("closing database", "error", err)
-		}
-	}
-	svc := kms.New(kms.Config{Store: db, KeyStores: keystores, Logger: log.Named("kms"), Clusters: clusterConfigs(cfg, log)})
-	report, err := svc.Reconcile(ctx)
-	if err != nil {
-		closeAll()
-		return nil, nil, fmt.Errorf("startup check: %w", err)
-	}
-	for _, k := range report.Abandoned {
-		log.Warn("removed a key left half-created by a crash", "key", k)
-	}
-	for _, m := range report.MissingMaterial {
-		log.Error("key material missing from the token", "material", m)
-	}
-	for _, m := range report.AbandonedRotations {
-		log.Warn("destroyed the token object of a rotation left unrecorded by a crash", "material", m)
-	}
-	for _, o := range report.OrphanObjects {
-		log.Warn("token object with no key metadata", "label", o)
-	}
-	orphans, err := svc.Orphans(ctx)
-	if err != nil {
-		closeAll()
-		return nil, nil, err
-	}
-	for _, o := range orphans {
-		log.Warn("token object orphaned by deleting a key while its custom key store was disconnected",
-			"store", o.KeyStoreID, "key", o.KeyARN, "cka_id", hex.EncodeToString(o.TokenID))
-	}
-	if err := svc.StartKeyStores(ctx); err != nil {
-		closeAll()
-		return nil, nil, err
-	}
-	return svc, func() { svc.WaitConnects(); closeAll() }, nil
+	return kms.Open(ctx, kms.OpenConfig{
+		DefaultToken: keystore.TokenConfig{
+			Module: ks.Module, Label: ks.TokenLabel, Serial: ks.TokenSerial, PoolSize: ks.PoolSize,
+			Logger: log.Named("hsm"),
+		},
+		PIN:         pin,
+		Database:    cfg.Database.Path,
+		Clusters:    clusterConfigs(cfg, log),
+		Logger:      log.Named("kms"),
+		JobInterval: time.Minute,
+	})
 }
 
 // clusterConfigs turns the clusters section into the key store layer's

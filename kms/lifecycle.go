@@ -1,0 +1,148 @@
+package kms
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hsmkms/hsmkms/keystore"
+	"github.com/hsmkms/hsmkms/kms/store"
+)
+
+// The service lifecycle, one path for `hsmkms serve` and the tests:
+//
+//	Open   the default token (logged in), the metadata store, the start-up
+//	       check between them (Reconcile), the orphan report, and the custom
+//	       key stores registered DISCONNECTED
+//	Start  reconnects the custom key stores that were connected and starts
+//	       the deletion reaper and the key rotator
+//	Close  stops the background work and waits for it, then logs out,
+//	       closes the token sessions and the store
+//
+// Every goroutine the Service starts is joined by Close, so nothing uses
+// a token or the store after Close has closed them.
+
+// OpenConfig is what Open needs to bring a Service up.
+type OpenConfig struct {
+	// DefaultToken is the token of the default key store and PIN its user
+	// PIN.
+	DefaultToken keystore.TokenConfig
+	PIN          string
+	// Database is the SQLite file of the metadata store, created if
+	// missing.
+	Database string
+	// Clusters are the tokens that may back custom key stores.
+	Clusters []keystore.Cluster
+	Logger   hclog.Logger
+	// Now is the clock; tests inject one. Nil means time.Now.
+	Now func() time.Time
+	// JobInterval is how often the deletion reaper and the key rotator run
+	// after Start; 0 runs neither (tests drive Reap and RotateDue).
+	JobInterval time.Duration
+}
+
+// Open brings up the token, the metadata store and the service, checks
+// them against each other and logs what the check found. On error
+// everything it opened is closed again.
+func Open(ctx context.Context, cfg OpenConfig) (_ *Service, err error) {
+	log := cfg.Logger
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
+	def, err := keystore.OpenDefault(ctx, cfg.DefaultToken, cfg.PIN)
+	if err != nil {
+		return nil, err
+	}
+	keystores := keystore.NewManager(def)
+	db, err := store.OpenSQLite(cfg.Database)
+	if err != nil {
+		keystores.Close(ctx)
+		return nil, err
+	}
+	s := New(Config{Store: db, KeyStores: keystores, Logger: log, Now: cfg.Now, Clusters: cfg.Clusters})
+	s.jobInterval = cfg.JobInterval
+	defer func() {
+		if err != nil {
+			s.closeResources(context.WithoutCancel(ctx))
+		}
+	}()
+	report, err := s.Reconcile(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("kms: start-up check: %w", err)
+	}
+	s.report = report
+	report.log(log)
+	orphans, err := s.Orphans(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, o := range orphans {
+		log.Warn("token object orphaned by deleting a key while its custom key store was disconnected",
+			"store", o.KeyStoreID, "key", o.KeyARN, "cka_id", hex.EncodeToString(o.TokenID))
+	}
+	if err := s.registerKeyStores(ctx); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func (r *Report) log(log hclog.Logger) {
+	for _, k := range r.Abandoned {
+		log.Warn("removed a key left half-created by a crash", "key", k)
+	}
+	for _, m := range r.MissingMaterial {
+		log.Error("key material missing from the token", "material", m)
+	}
+	for _, m := range r.AbandonedRotations {
+		log.Warn("destroyed the token object of a rotation left unrecorded by a crash", "material", m)
+	}
+	for _, o := range r.OrphanObjects {
+		log.Warn("token object with no key metadata", "label", o)
+	}
+}
+
+// StartupReport is what Open's start-up check found.
+func (s *Service) StartupReport() *Report { return s.report }
+
+// Start reconnects the custom key stores that were connected when the
+// service last stopped and starts the background jobs. Call it once,
+// after Open; Close stops what it started.
+func (s *Service) Start() {
+	s.reconnectKeyStores()
+	if s.jobInterval > 0 {
+		s.goBackground(func() { s.RunReaper(s.life, s.jobInterval) })
+		s.goBackground(func() { s.RunRotator(s.life, s.jobInterval) })
+	}
+}
+
+// goBackground runs fn on a goroutine that Close waits for.
+func (s *Service) goBackground(fn func()) {
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		fn()
+	}()
+}
+
+// Close stops the background jobs and connects and waits for them, then
+// logs out of every token, closes their sessions and closes the store.
+// ctx bounds the logouts.
+func (s *Service) Close(ctx context.Context) error {
+	s.stop()
+	s.bg.Wait()
+	return s.closeResources(ctx)
+}
+
+func (s *Service) closeResources(ctx context.Context) error {
+	var errs []error
+	if err := s.keystores.Close(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("kms: closing key stores: %w", err))
+	}
+	if err := s.store.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("kms: closing the store: %w", err))
+	}
+	return errors.Join(errs...)
+}
