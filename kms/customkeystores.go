@@ -40,9 +40,9 @@ func keyStoreInvalidState(id string, st keystore.ConnectionState, want string) e
 }
 
 // keyStore returns a store of the caller's account and region.
-func (s *Service) keyStore(ctx context.Context, c *wire.Call, id string) (*store.KeyStore, *keystore.Store, error) {
+func (s *Service) keyStore(ctx context.Context, r *Request, id string) (*store.KeyStore, *keystore.Store, error) {
 	ks, err := s.store.GetKeyStore(ctx, id)
-	if errors.Is(err, store.ErrNotFound) || (err == nil && (ks.Account != c.Caller.Account || ks.Region != c.Caller.Region)) {
+	if errors.Is(err, store.ErrNotFound) || (err == nil && (ks.Account != r.Caller.Account || ks.Region != r.Caller.Region)) {
 		return nil, nil, keyStoreNotFound(id)
 	}
 	if err != nil {
@@ -84,7 +84,7 @@ type CreateCustomKeyStoreOutput struct {
 	CustomKeyStoreId string
 }
 
-func (s *Service) CreateCustomKeyStore(ctx context.Context, c *wire.Call, in *CreateCustomKeyStoreInput) (*CreateCustomKeyStoreOutput, error) {
+func (s *Service) CreateCustomKeyStore(ctx context.Context, r *Request, in *CreateCustomKeyStoreInput) (*CreateCustomKeyStoreOutput, error) {
 	if in.CustomKeyStoreType != "" && in.CustomKeyStoreType != storeTypeCloudHSM {
 		return nil, wire.Errorf(wire.UnsupportedOperation, "Custom key stores of type %s are not supported by hsmkms.", in.CustomKeyStoreType)
 	}
@@ -113,7 +113,7 @@ func (s *Service) CreateCustomKeyStore(ctx context.Context, c *wire.Call, in *Cr
 		if ks.ClusterID == in.CloudHsmClusterId {
 			return nil, wire.Errorf(wire.CloudHsmClusterInUse, "The cluster %s is already associated with a custom key store.", in.CloudHsmClusterId)
 		}
-		if ks.Account == c.Caller.Account && ks.Region == c.Caller.Region {
+		if ks.Account == r.Caller.Account && ks.Region == r.Caller.Region {
 			n++
 			if ks.Name == in.CustomKeyStoreName {
 				return nil, wire.Errorf(wire.CustomKeyStoreNameInUse, "A custom key store named %s already exists in this account and Region.", in.CustomKeyStoreName)
@@ -134,7 +134,7 @@ func (s *Service) CreateCustomKeyStore(ctx context.Context, c *wire.Call, in *Cr
 		return nil, err
 	}
 	err = s.store.CreateKeyStore(ctx, &store.KeyStore{
-		ID: id, Account: c.Caller.Account, Region: c.Caller.Region, Name: in.CustomKeyStoreName,
+		ID: id, Account: r.Caller.Account, Region: r.Caller.Region, Name: in.CustomKeyStoreName,
 		ClusterID: cl.ID, TrustAnchor: in.TrustAnchorCertificate, CreationDate: s.now().UTC(), Password: enc,
 	})
 	if errors.Is(err, store.ErrAlreadyExists) { // lost a race for the name or cluster
@@ -177,11 +177,11 @@ type DescribeCustomKeyStoresOutput struct {
 	Truncated       bool
 }
 
-func (s *Service) DescribeCustomKeyStores(ctx context.Context, c *wire.Call, in *DescribeCustomKeyStoresInput) (*DescribeCustomKeyStoresOutput, error) {
+func (s *Service) DescribeCustomKeyStores(ctx context.Context, r *Request, in *DescribeCustomKeyStoresInput) (*DescribeCustomKeyStoresOutput, error) {
 	if in.CustomKeyStoreId != "" && in.CustomKeyStoreName != "" {
 		return nil, wire.Errorf(wire.Validation, "You cannot specify both CustomKeyStoreId and CustomKeyStoreName.")
 	}
-	all, err := s.store.ListKeyStores(ctx, c.Caller.Account, c.Caller.Region)
+	all, err := s.store.ListKeyStores(ctx, r.Caller.Account, r.Caller.Region)
 	if err != nil {
 		return nil, err
 	}
@@ -234,8 +234,8 @@ type CustomKeyStoreIDInput struct {
 
 // ConnectCustomKeyStore answers at once and connects in the background:
 // DISCONNECTED → CONNECTING → CONNECTED or FAILED.
-func (s *Service) ConnectCustomKeyStore(ctx context.Context, c *wire.Call, in *CustomKeyStoreIDInput) (*Empty, error) {
-	ks, live, err := s.keyStore(ctx, c, in.CustomKeyStoreId)
+func (s *Service) ConnectCustomKeyStore(ctx context.Context, r *Request, in *CustomKeyStoreIDInput) (*Empty, error) {
+	ks, live, err := s.keyStore(ctx, r, in.CustomKeyStoreId)
 	if err != nil {
 		return nil, err
 	}
@@ -265,8 +265,8 @@ func (s *Service) connectInBackground(live *keystore.Store) {
 	})
 }
 
-func (s *Service) DisconnectCustomKeyStore(ctx context.Context, c *wire.Call, in *CustomKeyStoreIDInput) (*Empty, error) {
-	ks, live, err := s.keyStore(ctx, c, in.CustomKeyStoreId)
+func (s *Service) DisconnectCustomKeyStore(ctx context.Context, r *Request, in *CustomKeyStoreIDInput) (*Empty, error) {
+	ks, live, err := s.keyStore(ctx, r, in.CustomKeyStoreId)
 	if err != nil {
 		return nil, err
 	}
@@ -291,8 +291,8 @@ type UpdateCustomKeyStoreInput struct {
 	XksProxyUriEndpoint   string
 }
 
-func (s *Service) UpdateCustomKeyStore(ctx context.Context, c *wire.Call, in *UpdateCustomKeyStoreInput) (*Empty, error) {
-	ks, live, err := s.keyStore(ctx, c, in.CustomKeyStoreId)
+func (s *Service) UpdateCustomKeyStore(ctx context.Context, r *Request, in *UpdateCustomKeyStoreInput) (*Empty, error) {
+	ks, live, err := s.keyStore(ctx, r, in.CustomKeyStoreId)
 	if err != nil {
 		return nil, err
 	}
@@ -390,8 +390,8 @@ func (s *Service) checkRelated(ctx context.Context, ks *store.KeyStore, cl keyst
 	return nil
 }
 
-func (s *Service) DeleteCustomKeyStore(ctx context.Context, c *wire.Call, in *CustomKeyStoreIDInput) (*Empty, error) {
-	ks, live, err := s.keyStore(ctx, c, in.CustomKeyStoreId)
+func (s *Service) DeleteCustomKeyStore(ctx context.Context, r *Request, in *CustomKeyStoreIDInput) (*Empty, error) {
+	ks, live, err := s.keyStore(ctx, r, in.CustomKeyStoreId)
 	if err != nil {
 		return nil, err
 	}

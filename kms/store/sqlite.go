@@ -457,17 +457,17 @@ func (s *SQLite) GetAlias(ctx context.Context, account, region, name string) (*A
 	return scanAlias(s.db.QueryRowContext(ctx, `SELECT `+aliasColumns+` FROM aliases WHERE account = ? AND region = ? AND name = ?`, account, region, name))
 }
 
-func (s *SQLite) UpdateAlias(ctx context.Context, account, region, name, targetKeyID string, now time.Time) error {
-	res, err := s.exec(ctx, `UPDATE aliases SET target_key_id = ?, last_updated_date = ? WHERE account = ? AND region = ? AND name = ?`,
-		targetKeyID, toNanos(now), account, region, name)
+func (s *SQLite) UpdateAlias(ctx context.Context, account, region, name, fromKeyID, toKeyID string, now time.Time) error {
+	res, err := s.exec(ctx, `UPDATE aliases SET target_key_id = ?, last_updated_date = ? WHERE account = ? AND region = ? AND name = ? AND target_key_id = ?`,
+		toKeyID, toNanos(now), account, region, name, fromKeyID)
 	if isConstraint(err) {
 		return ErrNotFound // the new target does not exist
 	}
 	return affected(res, err)
 }
 
-func (s *SQLite) DeleteAlias(ctx context.Context, account, region, name string) error {
-	res, err := s.exec(ctx, `DELETE FROM aliases WHERE account = ? AND region = ? AND name = ?`, account, region, name)
+func (s *SQLite) DeleteAlias(ctx context.Context, account, region, name, keyID string) error {
+	res, err := s.exec(ctx, `DELETE FROM aliases WHERE account = ? AND region = ? AND name = ? AND target_key_id = ?`, account, region, name, keyID)
 	return affected(res, err)
 }
 

@@ -154,9 +154,10 @@ func TestAliasErrors(t *testing.T) {
 	require.NoError(t, s.CreateAlias(ctx, a))
 	require.ErrorIs(t, s.CreateAlias(ctx, a), ErrAlreadyExists)
 	require.ErrorIs(t, s.CreateAlias(ctx, &Alias{Account: acct, Region: reg, Name: "alias/b", TargetKeyID: "none"}), ErrNotFound)
-	require.ErrorIs(t, s.UpdateAlias(ctx, acct, reg, "alias/none", "k", time.Now()), ErrNotFound)
-	require.ErrorIs(t, s.DeleteAlias(ctx, acct, reg, "alias/none"), ErrNotFound)
-	require.NoError(t, s.DeleteAlias(ctx, acct, reg, "alias/a"))
+	require.ErrorIs(t, s.UpdateAlias(ctx, acct, reg, "alias/none", "k", "k", time.Now()), ErrNotFound)
+	require.ErrorIs(t, s.DeleteAlias(ctx, acct, reg, "alias/none", "k"), ErrNotFound)
+	require.ErrorIs(t, s.DeleteAlias(ctx, acct, reg, "alias/a", "other"), ErrNotFound, "only the authorized target's alias goes")
+	require.NoError(t, s.DeleteAlias(ctx, acct, reg, "alias/a", "k"))
 }
 
 func TestConcurrentWriters(t *testing.T) {
@@ -471,14 +472,15 @@ func TestAliases(t *testing.T) {
 	require.ErrorIs(t, err, ErrNotFound)
 
 	updated := created.Add(time.Hour)
-	require.NoError(t, s.UpdateAlias(ctx, acct, reg, "alias/n1", "k1", updated))
+	require.ErrorIs(t, s.UpdateAlias(ctx, acct, reg, "alias/n1", "k1", "k1", updated), ErrNotFound, "it names k2, not k1")
+	require.NoError(t, s.UpdateAlias(ctx, acct, reg, "alias/n1", "k2", "k1", updated))
 	a, err = s.GetAlias(ctx, acct, reg, "alias/n1")
 	require.NoError(t, err)
 	require.Equal(t, "k1", a.TargetKeyID)
 	require.True(t, a.CreationDate.Equal(created))
 	require.True(t, a.LastUpdatedDate.Equal(updated))
-	require.ErrorIs(t, s.UpdateAlias(ctx, acct, reg, "alias/n1", "missing", updated), ErrNotFound, "the target must exist")
-	require.ErrorIs(t, s.UpdateAlias(ctx, acct, "eu-west-1", "alias/n1", "k1", updated), ErrNotFound)
+	require.ErrorIs(t, s.UpdateAlias(ctx, acct, reg, "alias/n1", "k1", "missing", updated), ErrNotFound, "the target must exist")
+	require.ErrorIs(t, s.UpdateAlias(ctx, acct, "eu-west-1", "alias/n1", "k2", "k1", updated), ErrNotFound)
 
 	// n0,n1,n2,n4 → k1; n3 → k2.
 	for _, limit := range []int{1, 2, 10} {
@@ -506,8 +508,8 @@ func TestAliases(t *testing.T) {
 	_, _, err = s.ListAliases(ctx, acct, reg, "", "bogus", 1)
 	require.ErrorIs(t, err, ErrInvalidMarker)
 
-	require.NoError(t, s.DeleteAlias(ctx, acct, reg, "alias/n0"))
-	require.ErrorIs(t, s.DeleteAlias(ctx, acct, reg, "alias/n0"), ErrNotFound)
+	require.NoError(t, s.DeleteAlias(ctx, acct, reg, "alias/n0", "k1"))
+	require.ErrorIs(t, s.DeleteAlias(ctx, acct, reg, "alias/n0", "k1"), ErrNotFound)
 	_, err = s.GetAlias(ctx, acct, "eu-west-1", "alias/n0")
 	require.NoError(t, err, "deleting one region's alias leaves the other")
 	_, err = s.GetAlias(ctx, "444455556666", reg, "alias/n0")
@@ -807,8 +809,8 @@ func TestConcurrentReadersAndWriters(t *testing.T) {
 					func() error {
 						return s.CreateAlias(ctx, &Alias{Account: acct, Region: reg, Name: name, TargetKeyID: id})
 					},
-					func() error { return s.UpdateAlias(ctx, acct, reg, name, id, time.Now()) },
-					func() error { return s.DeleteAlias(ctx, acct, reg, name) },
+					func() error { return s.UpdateAlias(ctx, acct, reg, name, id, id, time.Now()) },
+					func() error { return s.DeleteAlias(ctx, acct, reg, name, id) },
 					func() error { return s.UntagKey(ctx, acct, reg, id, []string{"nothing"}) },
 				}
 				for _, step := range steps {

@@ -155,8 +155,12 @@ type Store interface {
 
 	CreateAlias(ctx context.Context, a *Alias) error
 	GetAlias(ctx context.Context, account, region, name string) (*Alias, error)
-	UpdateAlias(ctx context.Context, account, region, name, targetKeyID string, now time.Time) error
-	DeleteAlias(ctx context.Context, account, region, name string) error
+	// UpdateAlias points the alias at toKeyID if it names fromKeyID now,
+	// and DeleteAlias deletes it if it names keyID now: what the caller
+	// authorized is what changes. Otherwise (or if the alias or the new
+	// target is gone) they return ErrNotFound.
+	UpdateAlias(ctx context.Context, account, region, name, fromKeyID, toKeyID string, now time.Time) error
+	DeleteAlias(ctx context.Context, account, region, name, keyID string) error
 	// ListAliases lists by name; keyID "" means all keys.
 	ListAliases(ctx context.Context, account, region, keyID, marker string, limit int) (aliases []*Alias, next string, err error)
 	CountAliases(ctx context.Context, account, region, keyID string) (int, error)
