@@ -48,22 +48,26 @@ func (s *Service) CreateAlias(ctx context.Context, c *wire.Call, in *AliasInput)
 	if err != nil {
 		return nil, err
 	}
-	n, err := s.store.CountAliases(ctx, c.Caller.Account, c.Caller.Region, k.ID)
-	if err != nil {
-		return nil, err
-	}
-	if n >= maxAliasesPerKey {
-		return nil, wire.Errorf(wire.LimitExceeded, "Cannot exceed quota for AliasesPerCMK: %d", maxAliasesPerKey)
-	}
 	now := s.now().UTC()
 	err = s.store.CreateAlias(ctx, &store.Alias{
 		Account: c.Caller.Account, Region: c.Caller.Region, Name: in.AliasName,
 		TargetKeyID: k.ID, CreationDate: now, LastUpdatedDate: now,
-	})
-	if errors.Is(err, store.ErrAlreadyExists) {
+	}, maxAliasesPerKey)
+	switch {
+	case errors.Is(err, store.ErrLimitExceeded):
+		return nil, aliasLimitExceeded()
+	case errors.Is(err, store.ErrAlreadyExists):
 		return nil, wire.Errorf(wire.AlreadyExists, "An alias with the name %s already exists", aliasARN(c.Caller.Region, c.Caller.Account, in.AliasName))
+	case errors.Is(err, store.ErrNotFound): // the key was deleted since the lookup
+		return nil, keyNotFound(k.Region, k.Account, k.ID)
 	}
 	return &Empty{}, err
+}
+
+// aliasLimitExceeded is AWS's answer when a key has maxAliasesPerKey
+// aliases; the store counts, in the transaction that adds the alias.
+func aliasLimitExceeded() error {
+	return wire.Errorf(wire.LimitExceeded, "Cannot exceed quota for AliasesPerCMK: %d", maxAliasesPerKey)
 }
 
 func (s *Service) UpdateAlias(ctx context.Context, c *wire.Call, in *AliasInput) (*Empty, error) {
@@ -86,9 +90,12 @@ func (s *Service) UpdateAlias(ctx context.Context, c *wire.Call, in *AliasInput)
 			return nil, wire.Errorf(wire.Validation, "%s key usage or type does not match the alias's current target key %s.", arnOf(k), arnOf(old))
 		}
 	}
-	err = s.store.UpdateAlias(ctx, c.Caller.Account, c.Caller.Region, in.AliasName, k.ID, s.now().UTC())
+	err = s.store.UpdateAlias(ctx, c.Caller.Account, c.Caller.Region, in.AliasName, k.ID, s.now().UTC(), maxAliasesPerKey)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, aliasNotFound(c, in.AliasName)
+	}
+	if errors.Is(err, store.ErrLimitExceeded) {
+		return nil, aliasLimitExceeded()
 	}
 	return &Empty{}, err
 }

@@ -424,17 +424,46 @@ func (s *SQLite) KeysDueForRotation(ctx context.Context, now time.Time) ([]*Key,
 	return collectKeys(rows)
 }
 
-func (s *SQLite) CreateAlias(ctx context.Context, a *Alias) error {
-	_, err := s.exec(ctx, `INSERT INTO aliases (account, region, name, target_key_id, creation_date, last_updated_date) VALUES (?,?,?,?,?,?)`,
-		a.Account, a.Region, a.Name, a.TargetKeyID, toNanos(a.CreationDate), toNanos(a.LastUpdatedDate))
-	if isConstraint(err) {
-		// Either the name is taken or the target is gone; tell them apart.
-		if _, gerr := s.GetAlias(ctx, a.Account, a.Region, a.Name); gerr == nil {
-			return ErrAlreadyExists
+func (s *SQLite) CreateAlias(ctx context.Context, a *Alias, limit int) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		if err := keyExists(ctx, tx, a.Account, a.Region, a.TargetKeyID); err != nil {
+			return err
 		}
-		return ErrNotFound
+		if err := aliasRoom(ctx, tx, a.Account, a.Region, a.TargetKeyID, limit); err != nil {
+			return err
+		}
+		_, err := tx.ExecContext(ctx, `INSERT INTO aliases (account, region, name, target_key_id, creation_date, last_updated_date) VALUES (?,?,?,?,?,?)`,
+			a.Account, a.Region, a.Name, a.TargetKeyID, toNanos(a.CreationDate), toNanos(a.LastUpdatedDate))
+		if isConstraint(err) {
+			return ErrAlreadyExists // the target exists, so it is the name
+		}
+		return err
+	})
+}
+
+// aliasRoom is ErrLimitExceeded if the key already has limit aliases. It
+// must run in the transaction that adds the alias, so that two writers
+// cannot both take the last place.
+func aliasRoom(ctx context.Context, tx *sql.Tx, account, region, keyID string, limit int) error {
+	var n int
+	if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM aliases WHERE account = ? AND region = ? AND target_key_id = ?`,
+		account, region, keyID).Scan(&n); err != nil {
+		return err
 	}
-	return err
+	if n >= limit {
+		return ErrLimitExceeded
+	}
+	return nil
+}
+
+// exists reports whether query, a SELECT 1, finds a row.
+func exists(ctx context.Context, tx *sql.Tx, query string, args ...any) (bool, error) {
+	var one int
+	err := tx.QueryRowContext(ctx, query, args...).Scan(&one)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, nil
+	}
+	return err == nil, err
 }
 
 const aliasColumns = `account, region, name, target_key_id, creation_date, last_updated_date`
@@ -457,13 +486,29 @@ func (s *SQLite) GetAlias(ctx context.Context, account, region, name string) (*A
 	return scanAlias(s.db.QueryRowContext(ctx, `SELECT `+aliasColumns+` FROM aliases WHERE account = ? AND region = ? AND name = ?`, account, region, name))
 }
 
-func (s *SQLite) UpdateAlias(ctx context.Context, account, region, name, targetKeyID string, now time.Time) error {
-	res, err := s.exec(ctx, `UPDATE aliases SET target_key_id = ?, last_updated_date = ? WHERE account = ? AND region = ? AND name = ?`,
-		targetKeyID, toNanos(now), account, region, name)
-	if isConstraint(err) {
-		return ErrNotFound // the new target does not exist
-	}
-	return affected(res, err)
+func (s *SQLite) UpdateAlias(ctx context.Context, account, region, name, targetKeyID string, now time.Time, limit int) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		var cur string
+		err := tx.QueryRowContext(ctx, `SELECT target_key_id FROM aliases WHERE account = ? AND region = ? AND name = ?`,
+			account, region, name).Scan(&cur)
+		if errors.Is(err, sql.ErrNoRows) {
+			return ErrNotFound
+		}
+		if err != nil {
+			return err
+		}
+		if err := keyExists(ctx, tx, account, region, targetKeyID); err != nil {
+			return err
+		}
+		if cur != targetKeyID {
+			if err := aliasRoom(ctx, tx, account, region, targetKeyID, limit); err != nil {
+				return err
+			}
+		}
+		_, err = tx.ExecContext(ctx, `UPDATE aliases SET target_key_id = ?, last_updated_date = ? WHERE account = ? AND region = ? AND name = ?`,
+			targetKeyID, toNanos(now), account, region, name)
+		return err
+	})
 }
 
 func (s *SQLite) DeleteAlias(ctx context.Context, account, region, name string) error {
@@ -506,24 +551,25 @@ func (s *SQLite) ListAliases(ctx context.Context, account, region, keyID, marker
 	return out, next, nil
 }
 
-// CountAliases counts like ListAliases lists: keyID "" means all keys.
-func (s *SQLite) CountAliases(ctx context.Context, account, region, keyID string) (int, error) {
-	var n int
-	var err error
-	if keyID == "" {
-		err = s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM aliases WHERE account = ? AND region = ?`, account, region).Scan(&n)
-	} else {
-		err = s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM aliases WHERE account = ? AND region = ? AND target_key_id = ?`, account, region, keyID).Scan(&n)
-	}
-	return n, err
-}
-
-func (s *SQLite) TagKey(ctx context.Context, account, region, keyID string, tags []Tag) error {
+func (s *SQLite) TagKey(ctx context.Context, account, region, keyID string, tags []Tag, limit int) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
 		if err := keyExists(ctx, tx, account, region, keyID); err != nil {
 			return err
 		}
-		return putTags(ctx, tx, account, region, keyID, tags)
+		if err := putTags(ctx, tx, account, region, keyID, tags); err != nil {
+			return err
+		}
+		// Counted after the writes, so that a tag replacing an existing
+		// key's value takes no place; failing rolls the writes back.
+		var n int
+		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM tags WHERE account = ? AND region = ? AND key_id = ?`,
+			account, region, keyID).Scan(&n); err != nil {
+			return err
+		}
+		if n > limit {
+			return ErrLimitExceeded
+		}
+		return nil
 	})
 }
 
@@ -590,12 +636,6 @@ func (s *SQLite) ListTags(ctx context.Context, account, region, keyID, marker st
 		next = encodeMarker(out[limit-1].Key)
 	}
 	return out, next, nil
-}
-
-func (s *SQLite) CountTags(ctx context.Context, account, region, keyID string) (int, error) {
-	var n int
-	err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM tags WHERE account = ? AND region = ? AND key_id = ?`, account, region, keyID).Scan(&n)
-	return n, err
 }
 
 // lockWrites queues this process's writers in Go. SQLite admits one writer

@@ -134,6 +134,16 @@ func sameSet(a, b []string) bool {
 
 // Store is the metadata store. Lists page in a stable order with opaque
 // markers; a marker the store did not produce is ErrInvalidMarker.
+//
+// Every count limit and uniqueness rule is checked by the store inside the
+// write transaction that would break it, so that concurrent writers cannot
+// both pass a check and then both write; callers pass the limit and map
+// the error. The calls that enforce one:
+//
+//	CreateAlias, UpdateAlias  aliases per key (limit): ErrLimitExceeded; alias names: ErrAlreadyExists
+//	TagKey                    tag keys per key (limit): ErrLimitExceeded
+//	CreateGrant               grants per key (limit): ErrLimitExceeded
+//	UpdateKey                 whatever fn checks (on-demand rotations per key, key states)
 type Store interface {
 	// CreateKey stores k with its tags atomically.
 	CreateKey(ctx context.Context, k *Key, tags []Tag) error
@@ -153,19 +163,25 @@ type Store interface {
 	// whose next rotation date is not after now, the most overdue first.
 	KeysDueForRotation(ctx context.Context, now time.Time) ([]*Key, error)
 
-	CreateAlias(ctx context.Context, a *Alias) error
+	// CreateAlias stores a. Checked in its transaction, in this order: the
+	// target key exists (ErrNotFound), has fewer than limit aliases
+	// (ErrLimitExceeded), and the name is free (ErrAlreadyExists).
+	CreateAlias(ctx context.Context, a *Alias, limit int) error
 	GetAlias(ctx context.Context, account, region, name string) (*Alias, error)
-	UpdateAlias(ctx context.Context, account, region, name, targetKeyID string, now time.Time) error
+	// UpdateAlias points an alias at targetKeyID: ErrNotFound if the alias
+	// or the key does not exist, ErrLimitExceeded if the key already has
+	// limit aliases (an alias already on it does not count twice).
+	UpdateAlias(ctx context.Context, account, region, name, targetKeyID string, now time.Time, limit int) error
 	DeleteAlias(ctx context.Context, account, region, name string) error
 	// ListAliases lists by name; keyID "" means all keys.
 	ListAliases(ctx context.Context, account, region, keyID, marker string, limit int) (aliases []*Alias, next string, err error)
-	CountAliases(ctx context.Context, account, region, keyID string) (int, error)
 
-	// TagKey sets each tag, replacing the value of an existing tag key.
-	TagKey(ctx context.Context, account, region, keyID string, tags []Tag) error
+	// TagKey sets each tag, replacing the value of an existing tag key, or
+	// nothing: ErrNotFound if the key does not exist, ErrLimitExceeded if
+	// the key would then have more than limit tag keys.
+	TagKey(ctx context.Context, account, region, keyID string, tags []Tag, limit int) error
 	UntagKey(ctx context.Context, account, region, keyID string, tagKeys []string) error
 	ListTags(ctx context.Context, account, region, keyID, marker string, limit int) (tags []Tag, next string, err error)
-	CountTags(ctx context.Context, account, region, keyID string) (int, error)
 
 	CreateKeyStore(ctx context.Context, ks *KeyStore) error // ErrAlreadyExists for a taken name or cluster
 	GetKeyStore(ctx context.Context, id string) (*KeyStore, error)
