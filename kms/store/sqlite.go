@@ -261,6 +261,15 @@ func (s *SQLite) CreateKey(ctx context.Context, k *Key, tags []Tag) error {
 		return err
 	}
 	return s.tx(ctx, func(tx *sql.Tx) error {
+		if k.CustomKeyStoreID != "" {
+			// Checked here, not by the caller, so that a DeleteKeyStore
+			// cannot slip between the check and the insert.
+			if ok, err := exists(ctx, tx, `SELECT 1 FROM key_stores WHERE id = ?`, k.CustomKeyStoreID); err != nil {
+				return err
+			} else if !ok {
+				return ErrNotFound
+			}
+		}
 		_, err := tx.ExecContext(ctx, `INSERT INTO keys (`+keyColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`, vals...)
 		if isConstraint(err) {
 			return ErrAlreadyExists
@@ -721,13 +730,45 @@ func scanKeyStore(row scanner) (*KeyStore, error) {
 	return &ks, nil
 }
 
-func (s *SQLite) CreateKeyStore(ctx context.Context, ks *KeyStore) error {
-	_, err := s.exec(ctx, `INSERT INTO key_stores (`+keyStoreColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?)`,
-		ks.ID, ks.Account, ks.Region, ks.Name, ks.ClusterID, ks.TrustAnchor, toNanos(ks.CreationDate), ks.Connect, ks.Password, ks.PendingPassword)
-	if isConstraint(err) {
-		return ErrAlreadyExists
+func (s *SQLite) CreateKeyStore(ctx context.Context, ks *KeyStore, limit int) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		if err := keyStoreConflict(ctx, tx, ks, ""); err != nil {
+			return err
+		}
+		var n int
+		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM key_stores WHERE account = ? AND region = ?`, ks.Account, ks.Region).Scan(&n); err != nil {
+			return err
+		}
+		if n >= limit {
+			return ErrLimitExceeded
+		}
+		_, err := tx.ExecContext(ctx, `INSERT INTO key_stores (`+keyStoreColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?)`,
+			ks.ID, ks.Account, ks.Region, ks.Name, ks.ClusterID, ks.TrustAnchor, toNanos(ks.CreationDate), ks.Connect, ks.Password, ks.PendingPassword)
+		if isConstraint(err) {
+			return ErrAlreadyExists // the id: random, so a bug
+		}
+		return err
+	})
+}
+
+// keyStoreConflict names which of ks's unique columns another store (not
+// self) already has: the cluster first, then the name in its account and
+// region. The unique indexes would refuse either, but not say which.
+func keyStoreConflict(ctx context.Context, tx *sql.Tx, ks *KeyStore, self string) error {
+	if taken, err := exists(ctx, tx, `SELECT 1 FROM key_stores WHERE cluster_id = ? AND id != ?`, ks.ClusterID, self); err != nil || taken {
+		if taken {
+			return ErrClusterInUse
+		}
+		return err
 	}
-	return err
+	if taken, err := exists(ctx, tx, `SELECT 1 FROM key_stores WHERE account = ? AND region = ? AND name = ? AND id != ?`,
+		ks.Account, ks.Region, ks.Name, self); err != nil || taken {
+		if taken {
+			return ErrKeyStoreNameInUse
+		}
+		return err
+	}
+	return nil
 }
 
 func (s *SQLite) GetKeyStore(ctx context.Context, id string) (*KeyStore, error) {
@@ -766,15 +807,20 @@ func (s *SQLite) UpdateKeyStore(ctx context.Context, id string, fn func(*KeyStor
 		if err != nil {
 			return err
 		}
+		account, region := ks.Account, ks.Region
 		if err := fn(ks); err != nil {
+			return err
+		}
+		// The identity is the row's; fn may not move the store.
+		ks.ID, ks.Account, ks.Region = id, account, region
+		if err := keyStoreConflict(ctx, tx, ks, id); err != nil {
 			return err
 		}
 		_, err = tx.ExecContext(ctx, `UPDATE key_stores SET name = ?, cluster_id = ?, trust_anchor = ?, connect = ?, password = ?, pending_password = ? WHERE id = ?`,
 			ks.Name, ks.ClusterID, ks.TrustAnchor, ks.Connect, ks.Password, ks.PendingPassword, id)
 		if isConstraint(err) {
-			return ErrAlreadyExists
+			return ErrAlreadyExists // keyStoreConflict looked first: a bug
 		}
-		ks.ID = id
 		out = ks
 		return err
 	})
@@ -785,14 +831,22 @@ func (s *SQLite) UpdateKeyStore(ctx context.Context, id string, fn func(*KeyStor
 }
 
 func (s *SQLite) DeleteKeyStore(ctx context.Context, id string) error {
-	res, err := s.exec(ctx, `DELETE FROM key_stores WHERE id = ?`, id)
-	return affected(res, err)
-}
-
-func (s *SQLite) CountKeysInStore(ctx context.Context, id string) (int, error) {
-	var n int
-	err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM keys WHERE custom_key_store_id = ?`, id).Scan(&n)
-	return n, err
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		if ok, err := exists(ctx, tx, `SELECT 1 FROM key_stores WHERE id = ?`, id); err != nil {
+			return err
+		} else if !ok {
+			return ErrNotFound
+		}
+		var n int
+		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM keys WHERE custom_key_store_id = ?`, id).Scan(&n); err != nil {
+			return err
+		}
+		if n > 0 {
+			return &KeyStoreNotEmptyError{Keys: n}
+		}
+		_, err := tx.ExecContext(ctx, `DELETE FROM key_stores WHERE id = ?`, id)
+		return err
+	})
 }
 
 func (s *SQLite) DeleteKeyOrphaning(ctx context.Context, k *Key, now time.Time) error {

@@ -291,20 +291,41 @@ func TestKeyStores(t *testing.T) {
 	const acct, reg = "111122223333", "us-west-2"
 	ks := &KeyStore{ID: "cks-1", Account: acct, Region: reg, Name: "one", ClusterID: "cluster-a", TrustAnchor: "pem",
 		CreationDate: time.Unix(1700000000, 0).UTC(), Password: []byte{1, 2}}
-	require.NoError(t, s.CreateKeyStore(ctx, ks))
+	require.NoError(t, s.CreateKeyStore(ctx, ks, testLimit))
 	dupName := *ks
 	dupName.ID, dupName.ClusterID = "cks-2", "cluster-b"
-	require.ErrorIs(t, s.CreateKeyStore(ctx, &dupName), ErrAlreadyExists, "names are unique per account and region")
+	require.ErrorIs(t, s.CreateKeyStore(ctx, &dupName, testLimit), ErrAlreadyExists, "names are unique per account and region")
 	dupCluster := *ks
 	dupCluster.ID, dupCluster.Name = "cks-3", "three"
-	require.ErrorIs(t, s.CreateKeyStore(ctx, &dupCluster), ErrAlreadyExists, "a cluster backs one store")
+	require.ErrorIs(t, s.CreateKeyStore(ctx, &dupCluster, testLimit), ErrAlreadyExists, "a cluster backs one store")
 	other := dupName
 	other.Region = "eu-west-1"
-	require.NoError(t, s.CreateKeyStore(ctx, &other), "the same name in another region is fine")
+	require.NoError(t, s.CreateKeyStore(ctx, &other, testLimit), "the same name in another region is fine")
+	dupName.ClusterID = "cluster-free"
+	require.ErrorIs(t, s.CreateKeyStore(ctx, &dupName, testLimit), ErrKeyStoreNameInUse)
+	require.ErrorIs(t, s.CreateKeyStore(ctx, &dupCluster, testLimit), ErrClusterInUse)
+	both := dupCluster
+	both.Name = ks.Name
+	require.ErrorIs(t, s.CreateKeyStore(ctx, &both, testLimit), ErrClusterInUse, "the cluster is checked first")
+	full := dupName
+	full.Name, full.ClusterID = "full", "cluster-full"
+	require.ErrorIs(t, s.CreateKeyStore(ctx, &full, 1), ErrLimitExceeded, "one store in the account and region already")
+
+	// An update is held to the same rules, and says which it broke.
+	_, err := s.UpdateKeyStore(ctx, "cks-1", func(k *KeyStore) error { k.ClusterID = other.ClusterID; return nil })
+	require.ErrorIs(t, err, ErrClusterInUse)
+	_, err = s.UpdateKeyStore(ctx, other.ID, func(k *KeyStore) error { k.Name, k.ClusterID = "renamed", "cluster-c"; return nil })
+	require.NoError(t, err, "the name is free in the other region")
+	elsewhere := other
+	elsewhere.ID, elsewhere.Name, elsewhere.ClusterID = "cks-4", "four", "cluster-d"
+	require.NoError(t, s.CreateKeyStore(ctx, &elsewhere, testLimit))
+	_, err = s.UpdateKeyStore(ctx, elsewhere.ID, func(k *KeyStore) error { k.Name, k.ClusterID = "renamed", "cluster-e"; return nil })
+	require.ErrorIs(t, err, ErrKeyStoreNameInUse)
+	require.NoError(t, s.DeleteKeyStore(ctx, elsewhere.ID))
 
 	got, err := s.GetKeyStore(ctx, "cks-1")
 	require.NoError(t, err)
-	require.Equal(t, ks, got)
+	require.Equal(t, ks, got, "failed updates wrote nothing")
 	_, err = s.UpdateKeyStore(ctx, "cks-1", func(k *KeyStore) error {
 		k.Connect, k.PendingPassword = true, []byte{3}
 		return nil
@@ -321,9 +342,12 @@ func TestKeyStores(t *testing.T) {
 	k := newKey(acct, reg, "in-store")
 	k.CustomKeyStoreID = "cks-1"
 	require.NoError(t, s.CreateKey(ctx, k, nil))
-	n, err := s.CountKeysInStore(ctx, "cks-1")
-	require.NoError(t, err)
-	require.Equal(t, 1, n)
+	var notEmpty *KeyStoreNotEmptyError
+	require.ErrorAs(t, s.DeleteKeyStore(ctx, "cks-1"), &notEmpty, "a store with keys stays")
+	require.Equal(t, 1, notEmpty.Keys)
+	gone := newKey(acct, reg, "in-no-store")
+	gone.CustomKeyStoreID = "cks-none"
+	require.ErrorIs(t, s.CreateKey(ctx, gone, nil), ErrNotFound, "a key's store must exist")
 	require.NoError(t, s.DeleteKeyOrphaning(ctx, k, time.Unix(1800000000, 0)))
 	orphans, err := s.Orphans(ctx)
 	require.NoError(t, err)
@@ -385,6 +409,7 @@ func TestTimesAndMaterials(t *testing.T) {
 	k.RotationEnabled, k.RotationPeriodDays, k.MultiRegion = true, 365, true
 	k.Policy = "{\n  \"Version\" : \"2012-10-17\",\t\"x\": \"\u00e9\\u00e9\"\n}\n" // byte for byte, whitespace and escapes included
 	k.CustomKeyStoreID = "cks-1234"
+	require.NoError(t, s.CreateKeyStore(ctx, &KeyStore{ID: "cks-1234", Account: k.Account, Region: k.Region, Name: "s", ClusterID: "cluster-a"}, testLimit))
 	require.NoError(t, s.CreateKey(ctx, k, nil))
 
 	got, err := s.GetKey(ctx, k.Account, k.Region, k.ID)
