@@ -78,22 +78,26 @@ func (s *Service) CreateAlias(ctx context.Context, r *Request, in *AliasInput) (
 	if err := r.proceed(); err != nil {
 		return nil, err
 	}
-	n, err := s.store.CountAliases(ctx, r.Caller.Account, r.Caller.Region, k.ID)
-	if err != nil {
-		return nil, err
-	}
-	if n >= maxAliasesPerKey {
-		return nil, wire.Errorf(wire.LimitExceeded, "Cannot exceed quota for AliasesPerCMK: %d", maxAliasesPerKey)
-	}
 	now := s.now().UTC()
 	err = s.store.CreateAlias(ctx, &store.Alias{
 		Account: r.Caller.Account, Region: r.Caller.Region, Name: in.AliasName,
 		TargetKeyID: k.ID, CreationDate: now, LastUpdatedDate: now,
-	})
-	if errors.Is(err, store.ErrAlreadyExists) {
+	}, maxAliasesPerKey)
+	switch {
+	case errors.Is(err, store.ErrLimitExceeded):
+		return nil, aliasLimitExceeded()
+	case errors.Is(err, store.ErrAlreadyExists):
 		return nil, wire.Errorf(wire.AlreadyExists, "An alias with the name %s already exists", aliasARN(r.Caller.Region, r.Caller.Account, in.AliasName))
+	case errors.Is(err, store.ErrNotFound): // the key was deleted since the lookup
+		return nil, keyNotFound(k.Region, k.Account, k.ID)
 	}
 	return &Empty{}, err
+}
+
+// aliasLimitExceeded is AWS's answer when a key has maxAliasesPerKey
+// aliases; the store counts, in the transaction that adds the alias.
+func aliasLimitExceeded() error {
+	return wire.Errorf(wire.LimitExceeded, "Cannot exceed quota for AliasesPerCMK: %d", maxAliasesPerKey)
 }
 
 // UpdateAlias needs kms:UpdateAlias on the alias (identity policy), on its
@@ -124,9 +128,12 @@ func (s *Service) UpdateAlias(ctx context.Context, r *Request, in *AliasInput) (
 	if err := r.proceed(); err != nil {
 		return nil, err
 	}
-	err = s.store.UpdateAlias(ctx, r.Caller.Account, r.Caller.Region, in.AliasName, old.ID, k.ID, s.now().UTC())
+	err = s.store.UpdateAlias(ctx, r.Caller.Account, r.Caller.Region, in.AliasName, old.ID, k.ID, s.now().UTC(), maxAliasesPerKey)
 	if isNotFound(err) {
 		return nil, aliasNotFound(r, in.AliasName)
+	}
+	if errors.Is(err, store.ErrLimitExceeded) {
+		return nil, aliasLimitExceeded()
 	}
 	return &Empty{}, err
 }

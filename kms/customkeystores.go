@@ -104,25 +104,9 @@ func (s *Service) CreateCustomKeyStore(ctx context.Context, r *Request, in *Crea
 	} else if _, err := x509.ParseCertificate(block.Bytes); err != nil {
 		return nil, wire.Errorf(wire.IncorrectTrustAnchor, "The trust anchor certificate is not a valid X.509 certificate.")
 	}
-	existing, err := s.store.AllKeyStores(ctx)
-	if err != nil {
-		return nil, err
-	}
-	n := 0
-	for _, ks := range existing {
-		if ks.ClusterID == in.CloudHsmClusterId {
-			return nil, wire.Errorf(wire.CloudHsmClusterInUse, "The cluster %s is already associated with a custom key store.", in.CloudHsmClusterId)
-		}
-		if ks.Account == r.Caller.Account && ks.Region == r.Caller.Region {
-			n++
-			if ks.Name == in.CustomKeyStoreName {
-				return nil, wire.Errorf(wire.CustomKeyStoreNameInUse, "A custom key store named %s already exists in this account and Region.", in.CustomKeyStoreName)
-			}
-		}
-	}
-	if n >= maxKeyStoresPerRegion {
-		return nil, wire.Errorf(wire.LimitExceeded, "Cannot exceed quota for CustomKeyStoresPerAccount: %d", maxKeyStoresPerRegion)
-	}
+	// The cluster, the name and the quota are checked by CreateKeyStore
+	// below, in the transaction that inserts the store.
+	//
 	// The password is not tried here, as in AWS: a wrong one shows up at
 	// connect as INVALID_CREDENTIALS.
 	if _, err := keystore.Probe(cl); err != nil {
@@ -136,15 +120,27 @@ func (s *Service) CreateCustomKeyStore(ctx context.Context, r *Request, in *Crea
 	err = s.store.CreateKeyStore(ctx, &store.KeyStore{
 		ID: id, Account: r.Caller.Account, Region: r.Caller.Region, Name: in.CustomKeyStoreName,
 		ClusterID: cl.ID, TrustAnchor: in.TrustAnchorCertificate, CreationDate: s.now().UTC(), Password: enc,
-	})
-	if errors.Is(err, store.ErrAlreadyExists) { // lost a race for the name or cluster
-		return nil, wire.Errorf(wire.CustomKeyStoreNameInUse, "A custom key store named %s already exists in this account and Region.", in.CustomKeyStoreName)
-	}
-	if err != nil {
+	}, maxKeyStoresPerRegion)
+	switch {
+	case errors.Is(err, store.ErrClusterInUse):
+		return nil, clusterInUse(cl.ID)
+	case errors.Is(err, store.ErrKeyStoreNameInUse):
+		return nil, keyStoreNameInUse(in.CustomKeyStoreName)
+	case errors.Is(err, store.ErrLimitExceeded):
+		return nil, wire.Errorf(wire.LimitExceeded, "Cannot exceed quota for CustomKeyStoresPerAccount: %d", maxKeyStoresPerRegion)
+	case err != nil:
 		return nil, err
 	}
 	s.keystores.AddCustom(id, cl)
 	return &CreateCustomKeyStoreOutput{CustomKeyStoreId: id}, nil
+}
+
+func clusterInUse(id string) error {
+	return wire.Errorf(wire.CloudHsmClusterInUse, "The cluster %s is already associated with a custom key store.", id)
+}
+
+func keyStoreNameInUse(name string) error {
+	return wire.Errorf(wire.CustomKeyStoreNameInUse, "A custom key store named %s already exists in this account and Region.", name)
 }
 
 func newKeyStoreID() string {
@@ -339,13 +335,12 @@ func (s *Service) UpdateCustomKeyStore(ctx context.Context, r *Request, in *Upda
 		}
 		return nil
 	})
-	if errors.Is(err, store.ErrAlreadyExists) {
-		if newCluster.ID != "" {
-			return nil, wire.Errorf(wire.CloudHsmClusterInUse, "The cluster %s is already associated with a custom key store.", newCluster.ID)
-		}
-		return nil, wire.Errorf(wire.CustomKeyStoreNameInUse, "A custom key store named %s already exists in this account and Region.", in.NewCustomKeyStoreName)
-	}
-	if err != nil {
+	switch {
+	case errors.Is(err, store.ErrClusterInUse):
+		return nil, clusterInUse(newCluster.ID)
+	case errors.Is(err, store.ErrKeyStoreNameInUse):
+		return nil, keyStoreNameInUse(in.NewCustomKeyStoreName)
+	case err != nil:
 		return nil, err
 	}
 	if newCluster.ID != "" {
@@ -398,14 +393,15 @@ func (s *Service) DeleteCustomKeyStore(ctx context.Context, r *Request, in *Cust
 	if st, _ := live.State(); st != keystore.Disconnected {
 		return nil, keyStoreInvalidState(ks.ID, st, "DISCONNECTED")
 	}
-	n, err := s.store.CountKeysInStore(ctx, ks.ID)
-	if err != nil {
-		return nil, err
-	}
-	if n > 0 {
-		return nil, wire.Errorf(wire.CustomKeyStoreHasCMKs, "Custom key store %s contains %d KMS keys; delete them before deleting the store.", ks.ID, n)
-	}
-	if err := s.store.DeleteKeyStore(ctx, ks.ID); err != nil {
+	// The store counts the keys in the transaction that deletes it, and
+	// CreateKey checks the store exists in the one that adds a key.
+	var notEmpty *store.KeyStoreNotEmptyError
+	switch err := s.store.DeleteKeyStore(ctx, ks.ID); {
+	case errors.As(err, &notEmpty):
+		return nil, wire.Errorf(wire.CustomKeyStoreHasCMKs, "Custom key store %s contains %d KMS keys; delete them before deleting the store.", ks.ID, notEmpty.Keys)
+	case errors.Is(err, store.ErrNotFound): // deleted since the lookup
+		return nil, keyStoreNotFound(ks.ID)
+	case err != nil:
 		return nil, err
 	}
 	if err := s.keystores.Remove(ks.ID); err != nil {

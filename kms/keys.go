@@ -219,7 +219,10 @@ func (s *Service) CreateKey(ctx context.Context, r *Request, in *CreateKeyInput)
 	for i, t := range in.Tags {
 		tags[i] = store.Tag{Key: t.TagKey, Value: t.TagValue}
 	}
-	if err := s.store.CreateKey(ctx, k, tags); err != nil {
+	if err := s.store.CreateKey(ctx, k, tags); errors.Is(err, store.ErrNotFound) {
+		// The custom key store was deleted since it was looked up.
+		return nil, keyStoreNotFound(in.CustomKeyStoreId)
+	} else if err != nil {
 		return nil, err
 	}
 	r.touched(arnOf(k))

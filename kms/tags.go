@@ -2,6 +2,7 @@ package kms
 
 import (
 	"context"
+	"errors"
 
 	"github.com/hsmkms/hsmkms/kms/authz"
 	"github.com/hsmkms/hsmkms/kms/store"
@@ -35,23 +36,22 @@ func (s *Service) TagResource(ctx context.Context, r *Request, in *TagResourceIn
 	if err := r.proceed(); err != nil {
 		return nil, err
 	}
-	existing, _, err := s.store.ListTags(ctx, k.Account, k.Region, k.ID, "", maxTagsPerKey+1)
-	if err != nil {
-		return nil, err
-	}
-	have := map[string]bool{}
-	for _, t := range existing {
-		have[t.Key] = true
-	}
 	tags := make([]store.Tag, len(in.Tags))
 	for i, t := range in.Tags {
 		tags[i] = store.Tag{Key: t.TagKey, Value: t.TagValue}
-		have[t.TagKey] = true
 	}
-	if len(have) > maxTagsPerKey {
+	// The store counts the tag keys, after the request's replacements, in
+	// the transaction that writes them.
+	err = s.store.TagKey(ctx, k.Account, k.Region, k.ID, tags, maxTagsPerKey)
+	switch {
+	case errors.Is(err, store.ErrLimitExceeded):
 		return nil, wire.Errorf(wire.LimitExceeded, "The request was rejected because a quota was exceeded. You can have at most %d tags per KMS key.", maxTagsPerKey)
+	case errors.Is(err, store.ErrNotFound): // the key was deleted since the lookup
+		return nil, keyNotFound(k.Region, k.Account, k.ID)
+	case err != nil:
+		return nil, err
 	}
-	return &Empty{}, s.store.TagKey(ctx, k.Account, k.Region, k.ID, tags)
+	return &Empty{}, nil
 }
 
 type UntagResourceInput struct {
