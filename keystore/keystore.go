@@ -80,6 +80,7 @@ func (s *Store) Close(ctx context.Context) error {
 type Manager struct {
 	mu     sync.Mutex // serialises writers
 	stores atomic.Pointer[map[string]*Store]
+	guard  *Safeguards // given to the custom stores it registers; guarded by mu
 }
 
 // NewManager returns a manager holding the default store.
