@@ -253,15 +253,22 @@ func (s *Service) ConnectCustomKeyStore(ctx context.Context, c *wire.Call, in *C
 		live.Disconnect(ctx)
 		return nil, err
 	}
-	s.connectInBackground(live)
+	s.connectInBackground(live, true)
 	return &Empty{}, nil
 }
 
-func (s *Service) connectInBackground(live *keystore.Store) {
+// connectInBackground connects live, rotating its password if rotate (a
+// user's ConnectCustomKeyStore), else logging in with the current one (a
+// store reconnected at start).
+func (s *Service) connectInBackground(live *keystore.Store, rotate bool) {
 	s.goBackground(func() {
 		ctx, cancel := context.WithTimeout(s.life, connectTimeout)
 		defer cancel()
-		live.Connect(ctx, storePasswords{s}, s.log)
+		if rotate {
+			live.Connect(ctx, storePasswords{s}, s.log)
+		} else {
+			live.Reconnect(ctx, storePasswords{s}, s.log)
+		}
 	})
 }
 
@@ -437,11 +444,13 @@ func (s *Service) registerKeyStores(ctx context.Context) error {
 }
 
 // reconnectKeyStores connects, in the background, the stores that were
-// connected when the service last stopped.
+// connected when the service last stopped. It does not rotate their
+// passwords: as in AWS, only a user's ConnectCustomKeyStore does, and each
+// rotation is a write to the token that a crash could cut short.
 func (s *Service) reconnectKeyStores() {
 	for _, live := range s.reconnect {
 		if started, _ := live.BeginConnect(); started {
-			s.connectInBackground(live)
+			s.connectInBackground(live, false)
 		}
 	}
 	s.reconnect = nil
