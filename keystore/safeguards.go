@@ -69,7 +69,7 @@ func (g *Safeguards) Explain(ctx context.Context, storeID string, cfg hsm.TokenC
 		return p
 	}
 	if t, ok := g.Backups.Find(cfg, recorded.Serial); ok {
-		p.Dir = t.describe()
+		p.Dir = t.Describe()
 		if p.Serial == "" {
 			p.Serial = t.Serial
 		}
@@ -87,7 +87,7 @@ func (g *Safeguards) Explain(ctx context.Context, storeID string, cfg hsm.TokenC
 		if dirs, derr := g.Backups.Store().Tokens(); derr == nil {
 			for _, t := range dirs {
 				if t.Damage != nil {
-					damaged = append(damaged, t.describe())
+					damaged = append(damaged, t.Describe())
 				}
 			}
 		}

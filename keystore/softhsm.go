@@ -542,8 +542,9 @@ func writeFileSync(path string, data []byte) error {
 	return d.Sync()
 }
 
-// describe is how messages name a SoftHSM2 token directory.
-func (t SoftHSMToken) describe() string {
+// Describe is how messages name a SoftHSM2 token directory: its path and
+// what is wrong with it.
+func (t SoftHSMToken) Describe() string {
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "directory %s", t.Dir)
 	if t.Damage != nil {
