@@ -158,8 +158,18 @@ func (s SoftHSMStore) Tokens() ([]SoftHSMToken, error) {
 	return out, nil
 }
 
-// tokenBySerial finds the directory of the token with serial.
+// tokenBySerial finds the directory of the token with serial: by its name
+// when SoftHSM2 named it, else by reading every token.object.
 func (s SoftHSMStore) tokenBySerial(serial string) (SoftHSMToken, bool, error) {
+	entries, err := os.ReadDir(s.TokenDir)
+	if err != nil {
+		return SoftHSMToken{}, false, fmt.Errorf("keystore: SoftHSM2 tokendir: %w", err)
+	}
+	for _, e := range entries {
+		if e.IsDir() && serial != "" && serialFromDir(e.Name()) == serial {
+			return SoftHSMToken{Dir: filepath.Join(s.TokenDir, e.Name()), Serial: serial}, true, nil
+		}
+	}
 	toks, err := s.Tokens()
 	if err != nil {
 		return SoftHSMToken{}, false, err
