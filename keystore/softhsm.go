@@ -432,6 +432,7 @@ func (b *TokenBackups) Repair(tokens []hsm.TokenConfig) (RepairReport, error) {
 	present := map[string]bool{}
 	for _, t := range dirs {
 		present[filepath.Base(t.Dir)] = true
+		removeTemporaries(t.Dir) // a restore killed before its rename
 		saved, data, ok := b.copyOf(t.Dir)
 		if t.Damage == nil && ok && saved.userPIN && !t.userPIN {
 			t.Damage = fmt.Errorf("%w: token.object lacks the user PIN its copy has", ErrTokenDamaged)
@@ -455,6 +456,7 @@ func (b *TokenBackups) Repair(tokens []hsm.TokenConfig) (RepairReport, error) {
 			}
 		}
 	}
+	removeTemporaries(b.dir)
 	copies, err := os.ReadDir(b.dir)
 	if err != nil {
 		return r, err
@@ -516,12 +518,23 @@ func restoreTokenObject(dir string, data []byte) error {
 	return writeFileSync(filepath.Join(dir, "token.object"), data)
 }
 
+// removeTemporaries removes what writeFileSync leaves in dir when killed
+// before its rename.
+func removeTemporaries(dir string) {
+	tmps, _ := filepath.Glob(filepath.Join(dir, ".*"+tmpMark+"*"))
+	for _, f := range tmps {
+		os.Remove(f)
+	}
+}
+
+const tmpMark = ".hsmkms-tmp-"
+
 // writeFileSync writes data to path through a temporary file in the same
 // directory (mode 0600), fsyncs it, renames it over path and fsyncs the
 // directory, so the new content is durable once it returns.
 func writeFileSync(path string, data []byte) error {
 	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".hsmkms-tmp-*")
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+tmpMark+"*")
 	if err != nil {
 		return err
 	}
