@@ -21,7 +21,9 @@ import (
 // both. After each kill the server is started again and must reconnect
 // the store (with a password that logs in: no lockout) and decrypt what
 // was encrypted before the first kill under a key in the store (no lost
-// token), and under a key of the default key store.
+// token), and under a key of the default key store. Every other trial
+// also kills the restart 0-400 ms in, where hsmkms restores damaged
+// tokens and logs in to the default and the cluster token.
 //
 // HSMKMS_CRASH_TRIALS sets the number of kills (default 10, which `make
 // test` runs; `make test-crash` runs 150).
@@ -54,6 +56,17 @@ func TestCrashDuringConnect(t *testing.T) {
 		time.Sleep(time.Duration(rand.IntN(60_001)) * time.Microsecond)
 		srv.kill()
 
+		logs := ""
+		if i%2 == 1 {
+			// Every other trial also kills the restart, 0-400 ms in: while
+			// it restores, logs in to the default token, reconnects the
+			// store (one more login on the cluster token) or serves.
+			run++
+			early := startServer(t, dir, listen, run)
+			time.Sleep(time.Duration(rand.IntN(400_001)) * time.Microsecond)
+			early.kill()
+			logs = early.log()
+		}
 		run++
 		srv = startServer(t, dir, listen, run)
 		if !srv.ready() {
@@ -82,7 +95,7 @@ func TestCrashDuringConnect(t *testing.T) {
 			defaultLost++
 			t.Errorf("trial %d: the default store's key does not decrypt: %v\n%s", i, err, srv.log())
 		}
-		log := srv.log()
+		log := logs + srv.log()
 		restores += countLines(log, "restored a damaged SoftHSM2 token")
 		cutShort += countLines(log, "resolving a password rotation cut short")
 		tokenHadNew += countLines(log, "rotation cut short: the token has the new password")
@@ -91,10 +104,10 @@ func TestCrashDuringConnect(t *testing.T) {
 		}
 	}
 	srv.stop()
-	t.Logf("%d kills 0-60 ms after ConnectCustomKeyStore: %d lost tokens, %d lockouts, %d default-store losses; "+
+	t.Logf("%d kills 0-60 ms after ConnectCustomKeyStore (and %d during the restart): %d lost tokens, %d lockouts, %d default-store losses; "+
 		"%d token.object files restored from hsmkms's copy; %d restarts found a rotation cut short between recording "+
 		"the new password and committing it (the token had the new password in %d, the previous in %d)",
-		trials, lost, lockouts, defaultLost, restores, cutShort, tokenHadNew, cutShort-tokenHadNew)
+		trials, trials/2, lost, lockouts, defaultLost, restores, cutShort, tokenHadNew, cutShort-tokenHadNew)
 	require.Zero(t, lost)
 	require.Zero(t, lockouts)
 	require.Zero(t, defaultLost)
