@@ -47,7 +47,7 @@ func TestCrashDuringConnect(t *testing.T) {
 	def, err := c.Encrypt(ctx, &awskms.EncryptInput{KeyId: key.KeyMetadata.KeyId, Plaintext: []byte("in the default store")})
 	require.NoError(t, err)
 
-	var lost, lockouts, defaultLost, restores, cutShort, tokenHadNew int
+	var lost, lockouts, defaultLost, restores, restoresDefault, cutShort, tokenHadNew int
 	for i := range trials {
 		_, err := c.DisconnectCustomKeyStore(ctx, &awskms.DisconnectCustomKeyStoreInput{CustomKeyStoreId: &st.id})
 		require.NoError(t, err)
@@ -97,6 +97,7 @@ func TestCrashDuringConnect(t *testing.T) {
 		}
 		log := logs + srv.log()
 		restores += countLines(log, "restored a damaged SoftHSM2 token")
+		restoresDefault += countLines(log, "restored a damaged SoftHSM2 token from hsmkms's copy of its token.object: label="+defaultTokenLabel+" ")
 		cutShort += countLines(log, "resolving a password rotation cut short")
 		tokenHadNew += countLines(log, "rotation cut short: the token has the new password")
 		if t.Failed() {
@@ -105,9 +106,9 @@ func TestCrashDuringConnect(t *testing.T) {
 	}
 	srv.stop()
 	t.Logf("%d kills 0-60 ms after ConnectCustomKeyStore (and %d during the restart): %d lost tokens, %d lockouts, %d default-store losses; "+
-		"%d token.object files restored from hsmkms's copy; %d restarts found a rotation cut short between recording "+
+		"%d token.object files restored from hsmkms's copy (%d of the default token); %d restarts found a rotation cut short between recording "+
 		"the new password and committing it (the token had the new password in %d, the previous in %d)",
-		trials, trials/2, lost, lockouts, defaultLost, restores, cutShort, tokenHadNew, cutShort-tokenHadNew)
+		trials, trials/2, lost, lockouts, defaultLost, restores, restoresDefault, cutShort, tokenHadNew, cutShort-tokenHadNew)
 	require.Zero(t, lost)
 	require.Zero(t, lockouts)
 	require.Zero(t, defaultLost)
