@@ -5,6 +5,11 @@
 //
 // The default key store (ID "") is the token named in the service
 // configuration; it is connected for as long as the service runs.
+//
+// It also keeps a store's token from being lost or replaced unnoticed:
+// each token carries an identity the database records (identity.go), and
+// SoftHSM2 tokens, whose token.object a crash can empty, are restored from
+// copies hsmkms keeps (softhsm.go). See Safeguards.
 package keystore
 
 import (
