@@ -296,7 +296,7 @@ func (s *Store) connect(ctx context.Context, pw Passwords, log hclog.Logger, rot
 		return nil, err
 	}
 	// SoftHSM2 rewrites token.object at every login, failed or not.
-	if err := s.custom.guard.beforeRewrite(info); err != nil {
+	if err := s.custom.guard.BeforeRewrite(info); err != nil {
 		return nil, err
 	}
 	// A pending password means a rotation was cut short: if it logs in,
@@ -349,7 +349,7 @@ func (s *Store) connect(ctx context.Context, pw Passwords, log hclog.Logger, rot
 	if err := pw.SetPending(ctx, s.id, next); err != nil {
 		return nil, err
 	}
-	if err := s.custom.guard.beforeRewrite(info); err != nil {
+	if err := s.custom.guard.BeforeRewrite(info); err != nil {
 		return nil, err
 	}
 	if err := tok.SetPIN(ctx, current, next); err != nil {

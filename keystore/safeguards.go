@@ -30,9 +30,17 @@ func (m *Manager) SetSafeguards(g *Safeguards) {
 	m.guard = g
 }
 
-// beforeRewrite is called right before a call that makes SoftHSM2 rewrite
-// token.object (C_Login, C_SetPIN): see TokenBackups.Save.
-func (g *Safeguards) beforeRewrite(info hsm.TokenInfo) error {
+// Safeguards returns what SetSafeguards set (nil if nothing).
+func (m *Manager) Safeguards() *Safeguards {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.guard
+}
+
+// BeforeRewrite is to be called right before a call that makes SoftHSM2
+// rewrite token.object (C_Login, C_SetPIN, C_InitPIN) on the token info
+// describes: see TokenBackups.Save.
+func (g *Safeguards) BeforeRewrite(info hsm.TokenInfo) error {
 	if g == nil {
 		return nil
 	}

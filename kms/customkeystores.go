@@ -385,6 +385,11 @@ func (s *Service) checkRelated(ctx context.Context, ks *store.KeyStore, cl keyst
 		return probeError(cl.ID, err)
 	}
 	defer tok.Close()
+	if info, err := tok.Info(); err != nil {
+		return err
+	} else if err := s.keystores.Safeguards().BeforeRewrite(info); err != nil {
+		return err
+	}
 	if err := tok.Login(ctx, password); err != nil {
 		return notRelated
 	}
