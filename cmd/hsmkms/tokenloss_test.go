@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"testing"
 
@@ -166,6 +168,11 @@ func TestServeRefusesDamagedDefaultToken(t *testing.T) {
 			require.Contains(t, log, want)
 		}
 		require.NotContains(t, moduleLabels(t, dir), defaultTokenLabel, "no token was made in its place")
+
+		out, err := exec.Command(binary(t), "tokens", "--data-dir", dir).CombinedOutput()
+		require.NoError(t, err, "%s", out)
+		require.Regexp(t, `\(unreadable\)\s+\w+\s+SoftHSM project\s+SoftHSM v2\s+-\s+damaged: directory `+regexp.QuoteMeta(tokDir)+` \(token.object is empty\)`, string(out))
+		require.Contains(t, string(out), "hsmkms-cluster-1")
 	})
 }
 

@@ -66,26 +66,25 @@ func tokens(args []string) error {
 		return nil
 	}
 	st, ok, err := keystore.FindSoftHSMStore()
+	var dirs []keystore.SoftHSMToken
+	if err == nil && ok {
+		dirs, err = st.Tokens()
+	}
 	if err != nil {
-		return err
+		// The module's own list above is still worth printing.
+		defer fmt.Fprintf(os.Stderr, "note: cannot check SoftHSM2's token directories for damage: %v\n", err)
 	}
 	damaged := 0
-	if ok {
-		dirs, err := st.Tokens()
-		if err != nil {
-			return err
+	for _, d := range dirs {
+		if d.Damage == nil {
+			continue
 		}
-		for _, d := range dirs {
-			if d.Damage == nil {
-				continue
-			}
-			damaged++
-			label := d.Label
-			if label == "" {
-				label = "(unreadable)"
-			}
-			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t-\tdamaged: %s\n", label, d.Serial, keystore.SoftHSMManufacturer, "SoftHSM v2", d.Describe())
+		damaged++
+		label := d.Label
+		if label == "" {
+			label = "(unreadable)"
 		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t-\tdamaged: %s\n", label, d.Serial, keystore.SoftHSMManufacturer, "SoftHSM v2", d.Describe())
 	}
 	if err := w.Flush(); err != nil {
 		return err
