@@ -5,6 +5,11 @@
 //
 // The default key store (ID "") is the token named in the service
 // configuration; it is connected for as long as the service runs.
+//
+// It also keeps a store's token from being lost or replaced unnoticed:
+// each token carries an identity the database records (identity.go), and
+// SoftHSM2 tokens, whose token.object a crash can empty, are restored from
+// copies hsmkms keeps (softhsm.go). See Safeguards.
 package keystore
 
 import (
@@ -80,6 +85,7 @@ func (s *Store) Close(ctx context.Context) error {
 type Manager struct {
 	mu     sync.Mutex // serialises writers
 	stores atomic.Pointer[map[string]*Store]
+	guard  *Safeguards // given to the custom stores it registers; guarded by mu
 }
 
 // NewManager returns a manager holding the default store.

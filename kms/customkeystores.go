@@ -249,15 +249,22 @@ func (s *Service) ConnectCustomKeyStore(ctx context.Context, r *Request, in *Cus
 		live.Disconnect(ctx)
 		return nil, err
 	}
-	s.connectInBackground(live)
+	s.connectInBackground(live, true)
 	return &Empty{}, nil
 }
 
-func (s *Service) connectInBackground(live *keystore.Store) {
+// connectInBackground connects live, rotating its password if rotate (a
+// user's ConnectCustomKeyStore), else logging in with the current one (a
+// store reconnected at start).
+func (s *Service) connectInBackground(live *keystore.Store, rotate bool) {
 	s.goBackground(func() {
 		ctx, cancel := context.WithTimeout(s.life, connectTimeout)
 		defer cancel()
-		live.Connect(ctx, storePasswords{s}, s.log)
+		if rotate {
+			live.Connect(ctx, storePasswords{s}, s.log)
+		} else {
+			live.Reconnect(ctx, storePasswords{s}, s.log)
+		}
 	})
 }
 
@@ -373,6 +380,11 @@ func (s *Service) checkRelated(ctx context.Context, ks *store.KeyStore, cl keyst
 		return probeError(cl.ID, err)
 	}
 	defer tok.Close()
+	if info, err := tok.Info(); err != nil {
+		return err
+	} else if err := s.keystores.Safeguards().BeforeRewrite(info); err != nil {
+		return err
+	}
 	if err := tok.Login(ctx, password); err != nil {
 		return notRelated
 	}
@@ -433,11 +445,13 @@ func (s *Service) registerKeyStores(ctx context.Context) error {
 }
 
 // reconnectKeyStores connects, in the background, the stores that were
-// connected when the service last stopped.
+// connected when the service last stopped. It does not rotate their
+// passwords: as in AWS, only a user's ConnectCustomKeyStore does, and each
+// rotation is a write to the token that a crash could cut short.
 func (s *Service) reconnectKeyStores() {
 	for _, live := range s.reconnect {
 		if started, _ := live.BeginConnect(); started {
-			s.connectInBackground(live)
+			s.connectInBackground(live, false)
 		}
 	}
 	s.reconnect = nil

@@ -233,6 +233,9 @@ func (s *Service) Reconcile(ctx context.Context) (*Report, error) {
 		r.Abandoned = append(r.Abandoned, arnOf(k))
 	}
 	for _, o := range objs {
+		if keystore.IsIdentityObject(o) {
+			continue
+		}
 		if known[string(o.ID)] || !onToken[string(o.ID)] {
 			continue
 		}

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime/debug"
 	"syscall"
 	"time"
@@ -35,7 +36,8 @@ func serve(args []string) error {
 		return errors.New("serve: give --config or --data-dir, not both")
 	case *dataDir != "":
 		var err error
-		*configPath, info, err = Bootstrap(*dataDir, *listen)
+		blog := hclog.New(&hclog.LoggerOptions{Name: "hsmkms", Output: os.Stderr})
+		*configPath, info, err = Bootstrap(*dataDir, *listen, blog)
 		if err != nil {
 			return err
 		}
@@ -146,12 +148,20 @@ func open(ctx context.Context, cfg *Config, log hclog.Logger) (*kms.Service, err
 			Module: ks.Module, Label: ks.TokenLabel, Serial: ks.TokenSerial, PoolSize: ks.PoolSize,
 			Logger: log.Named("hsm"),
 		},
-		PIN:         pin,
-		Database:    cfg.Database.Path,
-		Clusters:    clusterConfigs(cfg, log),
-		Logger:      log.Named("kms"),
-		JobInterval: time.Minute,
+		PIN:          pin,
+		Database:     cfg.Database.Path,
+		Clusters:     clusterConfigs(cfg, log),
+		Logger:       log.Named("kms"),
+		JobInterval:  time.Minute,
+		TokenBackups: tokenBackupDir(cfg.Database.Path),
 	})
+}
+
+// tokenBackupDir is where hsmkms keeps its copies of SoftHSM2 token.object
+// files (see keystore.TokenBackups): beside the database, in hsmkms's own
+// directory.
+func tokenBackupDir(database string) string {
+	return filepath.Join(filepath.Dir(database), "token-backups")
 }
 
 // clusterConfigs turns the clusters section into the key store layer's

@@ -1096,3 +1096,34 @@ func TestDeletingAKeyDeletesItsGrants(t *testing.T) {
 	require.NoError(t, err)
 	require.Empty(t, gs)
 }
+
+func TestTokenIdentities(t *testing.T) {
+	s, _ := open(t)
+	_, err := s.TokenIdentity(ctx, "")
+	require.ErrorIs(t, err, ErrNotFound)
+
+	def := &TokenIdentity{Marker: []byte{1, 2}, Serial: "0123456789abcdef", Label: "hsmkms-default", Recorded: time.Unix(1700000000, 0).UTC()}
+	require.NoError(t, s.PutTokenIdentity(ctx, def))
+	got, err := s.TokenIdentity(ctx, "")
+	require.NoError(t, err)
+	require.Equal(t, def, got)
+
+	t.Run("a later record replaces the earlier", func(t *testing.T) {
+		moved := *def
+		moved.Serial = "fedcba9876543210"
+		require.NoError(t, s.PutTokenIdentity(ctx, &moved))
+		got, err := s.TokenIdentity(ctx, "")
+		require.NoError(t, err)
+		require.Equal(t, "fedcba9876543210", got.Serial)
+	})
+	t.Run("deleting a key store deletes its record", func(t *testing.T) {
+		require.NoError(t, s.CreateKeyStore(ctx, &KeyStore{ID: "cks-1", Account: "a", Region: "r", Name: "n", ClusterID: "cluster-a", TrustAnchor: "pem"}, testLimit))
+		require.NoError(t, s.PutTokenIdentity(ctx, &TokenIdentity{KeyStoreID: "cks-1", ClusterID: "cluster-a", Marker: []byte{3}, Serial: "s", Label: "l"}))
+		require.NoError(t, s.DeleteKeyStore(ctx, "cks-1"))
+		_, err := s.TokenIdentity(ctx, "cks-1")
+		require.ErrorIs(t, err, ErrNotFound)
+		require.ErrorIs(t, s.DeleteKeyStore(ctx, "cks-1"), ErrNotFound)
+		_, err = s.TokenIdentity(ctx, "")
+		require.NoError(t, err, "the default key store's record stays")
+	})
+}
