@@ -9,7 +9,6 @@ import (
 	"errors"
 	"slices"
 
-	"github.com/hsmkms/hsmkms/hsm"
 	"github.com/hsmkms/hsmkms/keystore"
 	"github.com/hsmkms/hsmkms/kms/store"
 	"github.com/hsmkms/hsmkms/kms/wire"
@@ -79,9 +78,9 @@ func (s *Service) seal(ctx context.Context, c *wire.Call, k *store.Key, plaintex
 		return nil, "", internalf("key %s has a malformed material id", arnOf(k))
 	}
 	header := appendBlobHeader(nil, k.Account, k.Region, uuid, matID)
-	iv, sealed, err := tok.EncryptGCM(ctx, hsm.SecretKeyByID(m.TokenID), plaintext, additionalData(header, ec))
+	iv, sealed, err := tok.EncryptGCM(ctx, material(k, m), plaintext, additionalData(header, ec))
 	if err != nil {
-		return nil, "", tokenError(k, err)
+		return nil, "", tokenError(err, tokenCall{key: k})
 	}
 	out := make([]byte, 0, len(header)+len(iv)+len(sealed))
 	out = append(append(append(out, header...), iv...), sealed...)
@@ -161,12 +160,9 @@ func (s *Service) open(ctx context.Context, c *wire.Call, ciphertext []byte, key
 	if err != nil {
 		return nil, err
 	}
-	plain, err := tok.DecryptGCM(ctx, hsm.SecretKeyByID(m.TokenID), b.IV, b.Sealed, additionalData(b.header, ec))
-	if errors.Is(err, hsm.ErrInvalidCiphertext) {
-		return nil, invalidCiphertext()
-	}
+	plain, err := tok.DecryptGCM(ctx, material(k, *m), b.IV, b.Sealed, additionalData(b.header, ec))
 	if err != nil {
-		return nil, tokenError(k, err)
+		return nil, tokenError(err, tokenCall{key: k})
 	}
 	return &opened{key: k, plaintext: plain, alg: algSymmetric, materialID: m.ID}, nil
 }
@@ -187,18 +183,12 @@ func (s *Service) openRSA(ctx context.Context, k *store.Key, ciphertext []byte, 
 	if err != nil {
 		return nil, err
 	}
-	plain, err := tok.DecryptOAEP(ctx, currentTokenID(k), h, ciphertext)
-	if errors.Is(err, hsm.ErrInvalidCiphertext) {
-		return nil, invalidCiphertext()
-	}
+	plain, err := tok.DecryptOAEP(ctx, currentMaterial(k), h, ciphertext)
 	if err != nil {
-		return nil, tokenError(k, err)
+		return nil, tokenError(err, tokenCall{key: k})
 	}
 	return &opened{key: k, plaintext: plain, alg: alg}, nil
 }
-
-// currentTokenID is the CKA_ID of k's current material.
-func currentTokenID(k *store.Key) []byte { return k.Materials[len(k.Materials)-1].TokenID }
 
 // rsaPublicKey is k's RSA public key, read from the token once.
 func (s *Service) rsaPublicKey(ctx context.Context, k *store.Key) (*rsa.PublicKey, error) {
@@ -217,22 +207,17 @@ func (s *Service) rsaPublicKey(ctx context.Context, k *store.Key) (*rsa.PublicKe
 	return rpub, nil
 }
 
-// publicKeyDER is k's public key as DER SubjectPublicKeyInfo. Public keys
-// never change, so each is read from the token once and kept.
+// publicKeyDER is k's public key as DER SubjectPublicKeyInfo (read from the
+// token once: the key store caches public keys).
 func (s *Service) publicKeyDER(ctx context.Context, k *store.Key) ([]byte, error) {
-	id := currentTokenID(k)
-	if der, ok := s.publicKeys.Load(string(id)); ok {
-		return der.([]byte), nil
-	}
 	tok, err := s.token(k)
 	if err != nil {
 		return nil, err
 	}
-	der, err := tok.PublicKeyDER(ctx, id)
+	der, err := tok.PublicKey(ctx, currentMaterial(k))
 	if err != nil {
-		return nil, tokenError(k, err)
+		return nil, tokenError(err, tokenCall{key: k})
 	}
-	s.publicKeys.Store(string(id), der)
 	return der, nil
 }
 
@@ -424,7 +409,7 @@ func (s *Service) generateDataKey(ctx context.Context, c *wire.Call, in *Generat
 	}
 	plain, err := tok.GenerateRandom(ctx, n)
 	if err != nil {
-		return nil, tokenError(k, err)
+		return nil, tokenError(err, tokenCall{key: k})
 	}
 	blob, material, err := s.seal(ctx, c, k, plain, in.EncryptionContext)
 	if err != nil {
@@ -468,15 +453,9 @@ func (s *Service) GenerateRandom(ctx context.Context, c *wire.Call, in *Generate
 	if in.NumberOfBytes == 0 {
 		return nil, wire.Errorf(wire.Validation, "1 validation error detected: Value null at 'numberOfBytes' failed to satisfy constraint: Member must not be null")
 	}
-	tok, err := ks.Token()
-	if err != nil && in.CustomKeyStoreId != "" {
-		return nil, keyStoreInvalidState(in.CustomKeyStoreId, keystore.Disconnected, "CONNECTED")
-	} else if err != nil {
-		return nil, err
-	}
-	b, err := tok.GenerateRandom(ctx, in.NumberOfBytes)
+	b, err := ks.GenerateRandom(ctx, in.NumberOfBytes)
 	if err != nil {
-		return nil, err
+		return nil, tokenError(err, tokenCall{storeID: in.CustomKeyStoreId})
 	}
 	return &GenerateRandomOutput{Plaintext: b}, nil
 }

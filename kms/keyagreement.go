@@ -58,7 +58,7 @@ func (s *Service) DeriveSharedSecret(ctx context.Context, c *wire.Call, in *Deri
 	if err != nil {
 		return nil, err
 	}
-	secret, err := tok.DeriveECDH(ctx, currentTokenID(k), peer.Bytes())
+	secret, err := tok.DeriveECDH(ctx, currentMaterial(k), peer.Bytes())
 	if err != nil {
 		return nil, s.signError(k, in.KeyAgreementAlgorithm, err)
 	}

@@ -33,7 +33,7 @@ func (s *Service) GenerateMac(ctx context.Context, c *wire.Call, in *GenerateMac
 	if err != nil {
 		return nil, err
 	}
-	mac, err := tok.MAC(ctx, currentTokenID(k), macHashes[in.MacAlgorithm], in.Message)
+	mac, err := tok.MAC(ctx, currentMaterial(k), macHashes[in.MacAlgorithm], in.Message)
 	if err != nil {
 		return nil, s.signError(k, in.MacAlgorithm, err)
 	}
@@ -56,7 +56,7 @@ type VerifyMacOutput struct {
 }
 
 // VerifyMac recomputes the HMAC on the token and compares in constant time
-// (inside hsm.Token.VerifyMAC).
+// (inside the key store).
 func (s *Service) VerifyMac(ctx context.Context, c *wire.Call, in *VerifyMacInput) (*VerifyMacOutput, error) {
 	c.GrantTokens = in.GrantTokens
 	k, err := s.macKey(ctx, c, in.KeyId, in.MacAlgorithm)
@@ -67,7 +67,7 @@ func (s *Service) VerifyMac(ctx context.Context, c *wire.Call, in *VerifyMacInpu
 	if err != nil {
 		return nil, err
 	}
-	ok, err := tok.VerifyMAC(ctx, currentTokenID(k), macHashes[in.MacAlgorithm], in.Message, in.Mac)
+	ok, err := tok.VerifyMAC(ctx, currentMaterial(k), macHashes[in.MacAlgorithm], in.Message, in.Mac)
 	if err != nil {
 		return nil, s.signError(k, in.MacAlgorithm, err)
 	}
