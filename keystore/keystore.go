@@ -119,6 +119,3 @@ func (m *Manager) Close(ctx context.Context) error {
 	}
 	return errors.Join(errs...)
 }
-
-// Token returns the store's logged-in token, or ErrNotConnected.
-func (s *Store) Token() (*hsm.Token, error) { return s.token() }
