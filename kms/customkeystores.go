@@ -352,8 +352,8 @@ func (s *Service) UpdateCustomKeyStore(ctx context.Context, c *wire.Call, in *Up
 }
 
 // checkRelated is AWS's rule that a replacement cluster must hold the same
-// key store: every token object of the store's keys must be on the new
-// token, found by CKA_ID after logging in with the store's password.
+// key store: every material version of the store's keys must be on the new
+// token, logged in with the store's password (keystore.Cluster.CheckRelated).
 func (s *Service) checkRelated(ctx context.Context, ks *store.KeyStore, cl keystore.Cluster, password string) error {
 	var ms []keystore.Material
 	err := s.store.ForEachKey(ctx, func(k *store.Key) error {

@@ -187,7 +187,7 @@ func (s *Service) Reconcile(ctx context.Context) (*Report, error) {
 	}
 	known := map[string]bool{}
 	var creating []*store.Key
-	owners := map[string]*store.Key{} // key uuid (the CKA_ID prefix) → key
+	owners := map[string]*store.Key{} // key uuid (TokenObject.KeyID) → key
 	err = s.store.ForEachKey(ctx, func(k *store.Key) error {
 		if k.State == string(StateCreating) {
 			creating = append(creating, k)
@@ -248,13 +248,14 @@ func (s *Service) Reconcile(ctx context.Context) (*Report, error) {
 	return r, nil
 }
 
-// destroyUnrecordedRotation destroys id, an object on k's token whose
-// CKA_ID starts with k's uuid, if no material of k names it: a rotation
-// that made its object and died before recording it. That is safe because
-// nothing can have been encrypted under a material never committed. A
-// rotation of k running in this process now is left alone (it records or
-// destroys its object itself); once none runs, the key is read again so a
-// rotation that committed after the walk read k is seen.
+// destroyUnrecordedRotation destroys id, a material version on k's token
+// that belongs to k (keystore.TokenObject.KeyID), if no material of k
+// names it: a rotation that made its object and died before recording it.
+// That is safe because nothing can have been encrypted under a material
+// never committed. A rotation of k running in this process now is left
+// alone (it records or destroys its object itself); once none runs, the
+// key is read again so a rotation that committed after the walk read k is
+// seen.
 func (s *Service) destroyUnrecordedRotation(ctx context.Context, tok *keystore.Store, k *store.Key, id []byte) (bool, error) {
 	if _, running := s.rotations.get(k); running || s.namesMaterial(ctx, k, id) {
 		return false, nil
