@@ -128,6 +128,7 @@ func opEnv(t *testing.T) (*storeEnv, *opMaterials) {
 func TestDeviceFailuresAreUnavailable(t *testing.T) {
 	for _, op := range tokenOps {
 		t.Run(op.name, func(t *testing.T) {
+			t.Parallel() // each case has its own token
 			e, m := opEnv(t)
 			before := e.faults.Calls(op.call)
 			e.faults.Fail(op.call, pkcs11.CKR_DEVICE_REMOVED, 1)
@@ -161,6 +162,7 @@ func TestErrorClasses(t *testing.T) {
 	}
 	for _, c := range codes {
 		t.Run(c.name, func(t *testing.T) {
+			t.Parallel() // each case has its own token
 			e, m := opEnv(t)
 			e.faults.Fail(encrypt.call, c.code, c.times)
 			err := encrypt.run(bg(t), e, m)
