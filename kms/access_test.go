@@ -1,6 +1,7 @@
 package kms_test
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
@@ -8,6 +9,7 @@ import (
 	awskms "github.com/aws/aws-sdk-go-v2/service/kms"
 	"github.com/aws/aws-sdk-go-v2/service/kms/types"
 	"github.com/hsmkms/hsmkms/kms"
+	"github.com/hsmkms/hsmkms/kms/wire"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -401,11 +403,24 @@ func TestDryRun(t *testing.T) {
 			return err
 		},
 	}
-	for op, call := range calls {
-		requireAPIError(t, call(c), "DryRunOperationException", "The request would have succeeded, but the DryRun option is set.")
-		if op != "RetireGrant" { // decided by the grant, not by policies
-			requireAPIError(t, call(e.client(outsider, region)), "AccessDeniedException", "")
+	var withDryRun, names []string
+	for _, op := range wire.Operations() {
+		if slices.Contains(wire.InputMembers(op), "DryRun") {
+			withDryRun = append(withDryRun, op)
 		}
+	}
+	for op := range calls {
+		names = append(names, op)
+	}
+	slices.Sort(names)
+	require.Equal(t, withDryRun, names, "one call per operation with DryRun")
+	for op, call := range calls {
+		t.Run(op, func(t *testing.T) {
+			requireAPIError(t, call(c), "DryRunOperationException", "The request would have succeeded, but the DryRun option is set.")
+			// Authorization comes first: a DryRun of a caller without
+			// access is a denial, also for RetireGrant.
+			requireAPIError(t, call(e.client(outsider, region)), "AccessDeniedException", "")
+		})
 	}
 	assert.Len(t, e.listGrants(sym), 1, "DryRun created, retired or revoked nothing")
 }

@@ -28,67 +28,112 @@ func checkAliasName(name string) error {
 	return nil
 }
 
-// aliasTarget resolves a TargetKeyId, which must name a key, not an alias.
-func (s *Service) aliasTarget(ctx context.Context, c *wire.Call, target string) (*store.Key, error) {
-	k, err := s.lookupKey(ctx, c, target, false)
+// aliasKey resolves a key an alias names (TargetKeyId, or the alias's
+// current target) and authorizes the alias operation on it, by the key's
+// policy, as AWS requires. The new target must also be in a state that
+// may take an alias (the operation's rule); the current one may be in any.
+func (s *Service) aliasKey(ctx context.Context, r *Request, keyID string, checkState bool) (*store.Key, error) {
+	k, _, err := s.lookupKey(ctx, r, keyID, false, access{})
 	if err != nil {
 		return nil, err
 	}
-	if err := checkState(k, classManage); err != nil {
+	if err := s.authorizeKey(ctx, r, k, access{}); err != nil {
 		return nil, err
+	}
+	if checkState {
+		if err := s.checkState(k, r.op.states); err != nil {
+			return nil, err
+		}
 	}
 	return k, nil
 }
 
-func (s *Service) CreateAlias(ctx context.Context, c *wire.Call, in *AliasInput) (*Empty, error) {
+// authorizeAlias authorizes the alias operation on the alias itself,
+// which only identity policies can allow (an alias has no policy).
+func (s *Service) authorizeAlias(ctx context.Context, r *Request, name string) error {
+	return s.authorizeIdentity(ctx, r, nil, r.action(), aliasARN(r.Caller.Region, r.Caller.Account, name), onAlias)
+}
+
+func (s *Service) getAlias(ctx context.Context, r *Request, name string) (*store.Alias, error) {
+	a, err := s.store.GetAlias(ctx, r.Caller.Account, r.Caller.Region, name)
+	if isNotFound(err) {
+		return nil, aliasNotFound(r, name)
+	}
+	return a, err
+}
+
+// CreateAlias needs kms:CreateAlias on the alias (identity policy) and on
+// the target key (key policy).
+func (s *Service) CreateAlias(ctx context.Context, r *Request, in *AliasInput) (*Empty, error) {
 	if err := checkAliasName(in.AliasName); err != nil {
 		return nil, err
 	}
-	k, err := s.aliasTarget(ctx, c, in.TargetKeyId)
+	if err := s.authorizeAlias(ctx, r, in.AliasName); err != nil {
+		return nil, err
+	}
+	k, err := s.aliasKey(ctx, r, in.TargetKeyId, true)
 	if err != nil {
 		return nil, err
 	}
-	n, err := s.store.CountAliases(ctx, c.Caller.Account, c.Caller.Region, k.ID)
-	if err != nil {
+	if err := r.proceed(); err != nil {
 		return nil, err
-	}
-	if n >= maxAliasesPerKey {
-		return nil, wire.Errorf(wire.LimitExceeded, "Cannot exceed quota for AliasesPerCMK: %d", maxAliasesPerKey)
 	}
 	now := s.now().UTC()
 	err = s.store.CreateAlias(ctx, &store.Alias{
-		Account: c.Caller.Account, Region: c.Caller.Region, Name: in.AliasName,
+		Account: r.Caller.Account, Region: r.Caller.Region, Name: in.AliasName,
 		TargetKeyID: k.ID, CreationDate: now, LastUpdatedDate: now,
-	})
-	if errors.Is(err, store.ErrAlreadyExists) {
-		return nil, wire.Errorf(wire.AlreadyExists, "An alias with the name %s already exists", aliasARN(c.Caller.Region, c.Caller.Account, in.AliasName))
+	}, maxAliasesPerKey)
+	switch {
+	case errors.Is(err, store.ErrLimitExceeded):
+		return nil, aliasLimitExceeded()
+	case errors.Is(err, store.ErrAlreadyExists):
+		return nil, wire.Errorf(wire.AlreadyExists, "An alias with the name %s already exists", aliasARN(r.Caller.Region, r.Caller.Account, in.AliasName))
+	case errors.Is(err, store.ErrNotFound): // the key was deleted since the lookup
+		return nil, keyNotFound(k.Region, k.Account, k.ID)
 	}
 	return &Empty{}, err
 }
 
-func (s *Service) UpdateAlias(ctx context.Context, c *wire.Call, in *AliasInput) (*Empty, error) {
+// aliasLimitExceeded is AWS's answer when a key has maxAliasesPerKey
+// aliases; the store counts, in the transaction that adds the alias.
+func aliasLimitExceeded() error {
+	return wire.Errorf(wire.LimitExceeded, "Cannot exceed quota for AliasesPerCMK: %d", maxAliasesPerKey)
+}
+
+// UpdateAlias needs kms:UpdateAlias on the alias (identity policy), on its
+// current target key and on the new one (their key policies). The alias
+// moves only if it still names the key that was authorized.
+func (s *Service) UpdateAlias(ctx context.Context, r *Request, in *AliasInput) (*Empty, error) {
 	if err := checkAliasName(in.AliasName); err != nil {
 		return nil, err
 	}
-	a, err := s.store.GetAlias(ctx, c.Caller.Account, c.Caller.Region, in.AliasName)
-	if errors.Is(err, store.ErrNotFound) {
-		return nil, aliasNotFound(c, in.AliasName)
-	}
+	a, err := s.getAlias(ctx, r, in.AliasName)
 	if err != nil {
 		return nil, err
 	}
-	k, err := s.aliasTarget(ctx, c, in.TargetKeyId)
+	if err := s.authorizeAlias(ctx, r, in.AliasName); err != nil {
+		return nil, err
+	}
+	old, err := s.aliasKey(ctx, r, a.TargetKeyID, false)
 	if err != nil {
 		return nil, err
 	}
-	if old, err := s.store.GetKey(ctx, c.Caller.Account, c.Caller.Region, a.TargetKeyID); err == nil {
-		if old.KeyUsage != k.KeyUsage || (old.KeySpec == specSymmetric) != (k.KeySpec == specSymmetric) {
-			return nil, wire.Errorf(wire.Validation, "%s key usage or type does not match the alias's current target key %s.", arnOf(k), arnOf(old))
-		}
+	k, err := s.aliasKey(ctx, r, in.TargetKeyId, true)
+	if err != nil {
+		return nil, err
 	}
-	err = s.store.UpdateAlias(ctx, c.Caller.Account, c.Caller.Region, in.AliasName, k.ID, s.now().UTC())
-	if errors.Is(err, store.ErrNotFound) {
-		return nil, aliasNotFound(c, in.AliasName)
+	if old.KeyUsage != k.KeyUsage || (old.KeySpec == specSymmetric) != (k.KeySpec == specSymmetric) {
+		return nil, wire.Errorf(wire.Validation, "%s key usage or type does not match the alias's current target key %s.", arnOf(k), arnOf(old))
+	}
+	if err := r.proceed(); err != nil {
+		return nil, err
+	}
+	err = s.store.UpdateAlias(ctx, r.Caller.Account, r.Caller.Region, in.AliasName, old.ID, k.ID, s.now().UTC(), maxAliasesPerKey)
+	if isNotFound(err) {
+		return nil, aliasNotFound(r, in.AliasName)
+	}
+	if errors.Is(err, store.ErrLimitExceeded) {
+		return nil, aliasLimitExceeded()
 	}
 	return &Empty{}, err
 }
@@ -97,13 +142,30 @@ type DeleteAliasInput struct {
 	AliasName string
 }
 
-func (s *Service) DeleteAlias(ctx context.Context, c *wire.Call, in *DeleteAliasInput) (*Empty, error) {
+// DeleteAlias needs kms:DeleteAlias on the alias (identity policy) and on
+// the key it names (key policy). The alias is deleted only if it still
+// names the key that was authorized.
+func (s *Service) DeleteAlias(ctx context.Context, r *Request, in *DeleteAliasInput) (*Empty, error) {
 	if err := checkAliasName(in.AliasName); err != nil {
 		return nil, err
 	}
-	err := s.store.DeleteAlias(ctx, c.Caller.Account, c.Caller.Region, in.AliasName)
-	if errors.Is(err, store.ErrNotFound) {
-		return nil, aliasNotFound(c, in.AliasName)
+	a, err := s.getAlias(ctx, r, in.AliasName)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.authorizeAlias(ctx, r, in.AliasName); err != nil {
+		return nil, err
+	}
+	k, err := s.aliasKey(ctx, r, a.TargetKeyID, false)
+	if err != nil {
+		return nil, err
+	}
+	if err := r.proceed(); err != nil {
+		return nil, err
+	}
+	err = s.store.DeleteAlias(ctx, r.Caller.Account, r.Caller.Region, in.AliasName, k.ID)
+	if isNotFound(err) {
+		return nil, aliasNotFound(r, in.AliasName)
 	}
 	return &Empty{}, err
 }
@@ -128,16 +190,18 @@ type ListAliasesOutput struct {
 	Truncated  bool
 }
 
-func (s *Service) ListAliases(ctx context.Context, c *wire.Call, in *ListAliasesInput) (*ListAliasesOutput, error) {
+// ListAliases is decided by the identity policy alone, on "*", even when
+// it names a key, as AWS does.
+func (s *Service) ListAliases(ctx context.Context, r *Request, in *ListAliasesInput) (*ListAliasesOutput, error) {
 	keyID := ""
 	if in.KeyId != "" {
-		k, err := s.lookupKey(ctx, c, in.KeyId, false)
+		k, _, err := s.lookupKey(ctx, r, in.KeyId, false, access{})
 		if err != nil {
 			return nil, err
 		}
 		keyID = k.ID
 	}
-	as, next, err := s.store.ListAliases(ctx, c.Caller.Account, c.Caller.Region, keyID, in.Marker, limit(in.Limit, 100))
+	as, next, err := s.store.ListAliases(ctx, r.Caller.Account, r.Caller.Region, keyID, in.Marker, limit(in.Limit, 100))
 	if err != nil {
 		return nil, listError(err)
 	}

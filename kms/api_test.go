@@ -491,11 +491,45 @@ func TestRestartPersistence(t *testing.T) {
 	require.Len(t, tags.Tags, 1)
 }
 
+// Operations not implemented yet are authorized on the key they name
+// like the real call, and then answer UnsupportedOperationException.
 func TestUnsupportedOperations(t *testing.T) {
 	e := newEnv(t)
-	_, err := e.admin().GetParametersForImport(bg(), &awskms.GetParametersForImportInput{KeyId: aws.String("alias/x"),
-		WrappingAlgorithm: types.AlgorithmSpecRsaesOaepSha256, WrappingKeySpec: types.WrappingKeySpecRsa2048})
-	requireAPIError(t, err, "UnsupportedOperationException", "GetParametersForImport is not supported by hsmkms.")
+	c := e.admin()
+	id := e.createKey(c)
+	for op, call := range map[string]func() error{
+		"GetParametersForImport": func() error {
+			_, err := c.GetParametersForImport(bg(), &awskms.GetParametersForImportInput{KeyId: &id,
+				WrappingAlgorithm: types.AlgorithmSpecRsaesOaepSha256, WrappingKeySpec: types.WrappingKeySpecRsa2048})
+			return err
+		},
+		"ImportKeyMaterial": func() error {
+			_, err := c.ImportKeyMaterial(bg(), &awskms.ImportKeyMaterialInput{KeyId: &id, EncryptedKeyMaterial: []byte("x"), ImportToken: []byte("x")})
+			return err
+		},
+		"DeleteImportedKeyMaterial": func() error {
+			_, err := c.DeleteImportedKeyMaterial(bg(), &awskms.DeleteImportedKeyMaterialInput{KeyId: &id})
+			return err
+		},
+		"GetKeyLastUsage": func() error {
+			_, err := c.GetKeyLastUsage(bg(), &awskms.GetKeyLastUsageInput{KeyId: &id})
+			return err
+		},
+		"ReplicateKey": func() error {
+			_, err := c.ReplicateKey(bg(), &awskms.ReplicateKeyInput{KeyId: &id, ReplicaRegion: aws.String("us-east-2")})
+			return err
+		},
+		"UpdatePrimaryRegion": func() error {
+			_, err := c.UpdatePrimaryRegion(bg(), &awskms.UpdatePrimaryRegionInput{KeyId: &id, PrimaryRegion: aws.String("us-east-2")})
+			return err
+		},
+	} {
+		t.Run(op, func(t *testing.T) {
+			requireAPIError(t, call(), "UnsupportedOperationException", op+" is not supported by hsmkms.")
+		})
+	}
+	_, err := c.ReplicateKey(bg(), &awskms.ReplicateKeyInput{KeyId: aws.String("alias/none"), ReplicaRegion: aws.String("us-east-2")})
+	requireAPIError(t, err, "NotFoundException", "")
 }
 
 func TestAuthFailures(t *testing.T) {

@@ -92,46 +92,127 @@ func (s *Service) identityOf(arn string) *identity {
 	return (*m)[arn]
 }
 
-// authorize decides whether the caller may perform c.IAMAction() on k (nil
-// for operations without a key resource), with AWS's rules: an explicit
-// deny anywhere wins; otherwise the key policy, the key policy's
-// delegation to the account together with the caller's identity policy
-// (both sides for another account's caller), or a grant must allow it.
-// Each decision is recorded on c for the request's log line.
-func (s *Service) authorize(ctx context.Context, c *wire.Call, k *store.Key) error {
-	if err := checkGrantTokens(c.GrantTokens); err != nil {
+// access is what authorizing one action on a key takes from the request
+// beyond its caller.
+type access struct {
+	// action is the IAM action; "" means the operation's own.
+	action string
+	// cond holds the request's condition keys for the action
+	// (kms:EncryptionContext:…, kms:GrantOperations, …).
+	cond authz.Context
+	// ec is the request's encryption context, which grant constraints
+	// are matched against.
+	ec map[string]string
+}
+
+func (a access) actionFor(r *Request) string {
+	if a.action != "" {
+		return a.action
+	}
+	return r.action()
+}
+
+// key finds the key keyID names, authorizes a's action on it for r, and
+// applies the operation's key-state rule: the one way an operation on a
+// key gets its key. Keys are regional: an ARN for another Region names no
+// key this caller can see. Another account's key is found only for the
+// operations AWS allows across accounts, and then, whether it exists or
+// not, a caller its policies do not admit learns nothing but
+// AccessDeniedException.
+func (s *Service) key(ctx context.Context, r *Request, keyID string, a access) (*store.Key, error) {
+	k, alias, err := s.lookupKey(ctx, r, keyID, r.op.aliases, a)
+	if err != nil {
+		return nil, err
+	}
+	if alias != "" {
+		if a.cond == nil {
+			a.cond = authz.Context{}
+		}
+		a.cond.Set("kms:RequestAlias", alias)
+	}
+	if err := s.authorizeKey(ctx, r, k, a); err != nil {
+		return nil, err
+	}
+	if err := s.checkState(k, r.op.states); err != nil {
+		return nil, err
+	}
+	return k, nil
+}
+
+// lookupKey finds the key keyID names, without authorizing anything: for
+// key-less operations that filter by a key (ListAliases) and for the
+// operations that authorize what they found themselves (aliases). It
+// returns the alias name when keyID named one. Keys still being created
+// do not exist yet.
+func (s *Service) lookupKey(ctx context.Context, r *Request, keyID string, allowAlias bool, a access) (*store.Key, string, error) {
+	ref, err := parseKeyID(r, keyID, allowAlias)
+	if err != nil {
+		return nil, "", err
+	}
+	cross := ref.Account != r.Caller.Account
+	if ref.Alias != "" {
+		if ref.Region != r.Caller.Region || (cross && !r.op.crossAccount) {
+			return nil, "", aliasNotFound(r, ref.Alias)
+		}
+		al, err := s.store.GetAlias(ctx, ref.Account, ref.Region, ref.Alias)
+		if isNotFound(err) {
+			if cross {
+				return nil, "", s.deniedUnseen(r, a, aliasARN(ref.Region, ref.Account, ref.Alias))
+			}
+			return nil, "", aliasNotFound(r, ref.Alias)
+		}
+		if err != nil {
+			return nil, "", err
+		}
+		ref.ID = al.TargetKeyID
+	}
+	if ref.Region != r.Caller.Region || (cross && !r.op.crossAccount) {
+		return nil, "", keyNotFound(ref.Region, ref.Account, ref.ID)
+	}
+	k, err := s.store.GetKey(ctx, ref.Account, ref.Region, ref.ID)
+	if isNotFound(err) || (err == nil && k.State == string(StateCreating)) {
+		if cross {
+			return nil, "", s.deniedUnseen(r, a, keyARN(ref.Region, ref.Account, ref.ID))
+		}
+		return nil, "", keyNotFound(ref.Region, ref.Account, ref.ID)
+	}
+	if err != nil {
+		return nil, "", err
+	}
+	r.touched(arnOf(k))
+	return k, ref.Alias, nil
+}
+
+// deniedUnseen is the answer about another account's key that does not
+// exist: the same AccessDeniedException a caller without access gets, so
+// the answer does not tell which.
+func (s *Service) deniedUnseen(r *Request, a access, resource string) error {
+	action := a.actionFor(r)
+	r.record(decision{action: action, resource: resource, kind: onKey, by: "no such key"})
+	return wire.Errorf(wire.AccessDenied, "%s", authz.DeniedMessage(r.Caller.PrincipalARN, action, resource, false, false))
+}
+
+// authorizeKey decides whether r's caller may perform a's action on k,
+// with AWS's rules: an explicit deny anywhere wins; otherwise the key
+// policy, the key policy's delegation to the account together with the
+// caller's identity policy (both sides for another account's caller), or
+// (for operations a grant can allow) a grant must allow it. The decision
+// is recorded on r.
+func (s *Service) authorizeKey(ctx context.Context, r *Request, k *store.Key, a access) error {
+	if err := checkGrantTokens(r.GrantTokens); err != nil {
 		return err
 	}
-	action := c.IAMAction()
-	resource := "*"
-	if k != nil {
-		resource = arnOf(k)
+	action, resource := a.actionFor(r), arnOf(k)
+	kp, err := s.policies.get(k.Policy)
+	if err != nil {
+		return internalf("key policy of %s: %w", resource, err)
 	}
-	principal := authz.Principal{ARN: c.Caller.PrincipalARN, Account: c.Caller.Account}
-	in := authz.Input{Request: &authz.Request{Action: action, Resource: resource, Principal: principal}}
-	var keys []string // the condition keys the policies test
-	if id := s.identityOf(c.Caller.PrincipalARN); id != nil {
-		in.Identity, keys = id.policies, id.keys
-	}
-	if k != nil {
-		kp, err := s.policies.get(k.Policy)
-		if err != nil {
-			return internalf("key policy of %s: %w", arnOf(k), err)
-		}
-		in.KeyPolicy, in.KeyAccount = kp.policy, k.Account
-		keys = append(keys[:len(keys):len(keys)], kp.keys...)
-	}
-	// Only conditions read the context, and most policies have none: the
-	// request's context is built only for those that do.
-	if len(keys) > 0 {
-		in.Request = authz.NewRequest(action, resource, principal)
-		s.requestContext(ctx, c, k, keys, in.Request.Context)
-	}
+	in := s.decisionInput(ctx, r, k, action, resource, a.cond, kp)
 	d := authz.Decide(in)
-	if !d.Allowed && !d.ExplicitDeny && k != nil {
+	if !d.Allowed && !d.ExplicitDeny && r.op.grantable {
 		// Grants are read only when the policies say no: the common
 		// case never touches the store.
-		grant, viaAccount, err := s.grantAllows(ctx, k, c.Caller.PrincipalARN, c.Op, encryptionContextOf(c))
+		grant, viaAccount, err := s.grantAllows(ctx, k, r.Caller.PrincipalARN, strings.TrimPrefix(action, "kms:"), a.ec)
 		if err != nil {
 			return err
 		}
@@ -141,37 +222,64 @@ func (s *Service) authorize(ctx context.Context, c *wire.Call, k *store.Key) err
 		if grant != "" {
 			in.GrantAllows = grant
 			d = authz.Decide(in)
-			c.Grant = grant
+			r.grant = grant
 		}
 	}
-	c.Decisions = append(c.Decisions, decisionLog(d, action, resource))
+	return s.decided(r, d, action, resource, onKey)
+}
+
+// authorizeIdentity decides r's caller's action on resource by its
+// identity policies alone: operations without a key, and aliases.
+func (s *Service) authorizeIdentity(ctx context.Context, r *Request, cond authz.Context, action, resource string, kind resourceKind) error {
+	d := authz.Decide(s.decisionInput(ctx, r, nil, action, resource, cond, nil))
+	return s.decided(r, d, action, resource, kind)
+}
+
+// decided records d on r and turns a denial into AWS's exception.
+func (s *Service) decided(r *Request, d authz.Decision, action, resource string, kind resourceKind) error {
+	r.record(decision{action: action, resource: resource, kind: kind, allowed: d.Allowed, by: d.By})
 	if d.Allowed {
 		return nil
 	}
-	return wire.Errorf(wire.AccessDenied, "%s", d.Message(c.Caller.PrincipalARN, action, resource))
+	return wire.Errorf(wire.AccessDenied, "%s", d.Message(r.Caller.PrincipalARN, action, resource))
 }
 
-func decisionLog(d authz.Decision, action, resource string) string {
-	verdict := "deny"
-	if d.Allowed {
-		verdict = "allow"
+// decisionInput gathers the policies for a decision and, only when they
+// test conditions, the request's condition context.
+func (s *Service) decisionInput(ctx context.Context, r *Request, k *store.Key, action, resource string, cond authz.Context, kp *keyPolicy) authz.Input {
+	principal := authz.Principal{ARN: r.Caller.PrincipalARN, Account: r.Caller.Account}
+	in := authz.Input{Request: &authz.Request{Action: action, Resource: resource, Principal: principal}}
+	var keys []string // the condition keys the policies test
+	if id := s.identityOf(r.Caller.PrincipalARN); id != nil {
+		in.Identity, keys = id.policies, id.keys
 	}
-	return verdict + " " + action + " on " + resource + " by " + d.By
+	if kp != nil {
+		in.KeyPolicy, in.KeyAccount = kp.policy, k.Account
+		keys = append(keys[:len(keys):len(keys)], kp.keys...)
+	}
+	// Only conditions read the context, and most policies have none: the
+	// request's context is built only for those that do.
+	if len(keys) > 0 {
+		in.Request = authz.NewRequest(action, resource, principal)
+		s.requestContext(ctx, r, k, keys, cond, in.Request.Context)
+	}
+	return in
 }
 
 // requestContext fills the condition keys AWS sets for a KMS request:
-// global keys, the key's own (kms:KeySpec, aws:ResourceTag/…), and what the
-// operation put on c.
-func (s *Service) requestContext(ctx context.Context, c *wire.Call, k *store.Key, keys []string, rc authz.Context) {
-	rc.Set("aws:CurrentTime", s.now().UTC().Format(time.RFC3339))
-	rc.Set("aws:EpochTime", fmt.Sprint(s.now().Unix()))
-	rc.Set("aws:SecureTransport", fmt.Sprint(c.Secure))
-	rc.Set("aws:RequestedRegion", c.Caller.Region)
-	if c.SourceIP != "" {
-		rc.Set("aws:SourceIp", c.SourceIP)
+// global keys, the request's own (cond), and the key's (kms:KeySpec,
+// aws:ResourceTag/…).
+func (s *Service) requestContext(ctx context.Context, r *Request, k *store.Key, keys []string, cond, rc authz.Context) {
+	now := s.now()
+	rc.Set("aws:CurrentTime", now.UTC().Format(time.RFC3339))
+	rc.Set("aws:EpochTime", fmt.Sprint(now.Unix()))
+	rc.Set("aws:SecureTransport", fmt.Sprint(r.Secure))
+	rc.Set("aws:RequestedRegion", r.Caller.Region)
+	if r.SourceIP != "" {
+		rc.Set("aws:SourceIp", r.SourceIP)
 	}
-	for key, v := range c.Conditions {
-		rc.Set(key, v...)
+	for key, v := range cond {
+		rc[key] = v // already normalized by cond's Set
 	}
 	if k == nil {
 		return
@@ -215,73 +323,37 @@ func tests(keys []string, prefix string) bool {
 	return false
 }
 
-// encryptionContextOf recovers the request's encryption context from its
-// condition keys, for grant constraints.
-func encryptionContextOf(c *wire.Call) map[string]string {
-	const prefix = "kms:EncryptionContext:"
-	var ec map[string]string
-	for key, v := range c.Conditions {
-		if strings.HasPrefix(key, prefix) && len(v) == 1 {
-			if ec == nil {
-				ec = map[string]string{}
-			}
-			ec[key[len(prefix):]] = v[0]
-		}
+// cryptoAccess is the access of an operation that encrypts or decrypts:
+// its encryption context and algorithm (AWS's default when the request
+// names none) as condition keys.
+func cryptoAccess(action string, ec map[string]string, alg string) access {
+	if alg == "" {
+		alg = algSymmetric
 	}
-	return ec
+	cond := authz.Context{}
+	cond.SetEncryptionContext(ec)
+	cond.Set("kms:EncryptionAlgorithm", alg)
+	return access{action: action, cond: cond, ec: ec}
 }
 
-// setCondition records a request condition key on c.
-func setCondition(c *wire.Call, key string, values ...string) {
-	if c.Conditions == nil {
-		c.Conditions = map[string][]string{}
-	}
-	c.Conditions[key] = values
-}
-
-// setRequestTags records the tags a request adds, as aws:RequestTag/<k>
-// and aws:TagKeys.
-func setRequestTags(c *wire.Call, tags []Tag) {
+// requestTags are the condition keys of a request that adds tags.
+func requestTags(cond authz.Context, tags []Tag) authz.Context {
 	if len(tags) == 0 {
-		return
+		return cond
 	}
-	keys := make([]string, len(tags))
-	for i, t := range tags {
-		setCondition(c, "aws:RequestTag/"+t.TagKey, t.TagValue)
-		keys[i] = t.TagKey
+	m := make(map[string]string, len(tags))
+	for _, t := range tags {
+		m[t.TagKey] = t.TagValue
 	}
-	setCondition(c, "aws:TagKeys", keys...)
+	cond.SetRequestTags(m)
+	return cond
 }
 
-// keylessOps are authorized with resource "*" before they run: AWS decides
-// them by the caller's identity policy alone (ListAliases too, even when
-// it names a key). CreateKey authorizes itself, once its condition keys
-// are known.
-var keylessOps = map[string]bool{
-	"ListKeys": true, "ListAliases": true, "GenerateRandom": true, "ListRetirableGrants": true,
-	"CreateCustomKeyStore": true, "DescribeCustomKeyStores": true, "ConnectCustomKeyStore": true,
-	"DisconnectCustomKeyStore": true, "UpdateCustomKeyStore": true, "DeleteCustomKeyStore": true,
-}
-
-// authorized wraps a key-less operation's route with its authorization.
-func (s *Service) authorized(r wire.Route) wire.Route {
-	return wire.Route{Handle: func(ctx context.Context, c *wire.Call, body []byte) (any, error) {
-		if err := s.authorize(ctx, c, nil); err != nil {
-			return nil, err
-		}
-		return r.Handle(ctx, c, body)
-	}}
-}
-
-// setEncryptionContext records ec as AWS's condition keys.
-func setEncryptionContext(c *wire.Call, ec map[string]string) {
-	if len(ec) == 0 {
-		return
+// conditions builds a condition context from key/value pairs.
+func conditions(kv ...string) authz.Context {
+	c := authz.Context{}
+	for i := 0; i+1 < len(kv); i += 2 {
+		c.Set(kv[i], kv[i+1])
 	}
-	keys := make([]string, 0, len(ec))
-	for k, v := range ec {
-		setCondition(c, "kms:EncryptionContext:"+k, v)
-		keys = append(keys, k)
-	}
-	setCondition(c, "kms:EncryptionContextKeys", keys...)
+	return c
 }

@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/hsmkms/hsmkms/kms/store"
-	"github.com/hsmkms/hsmkms/kms/wire"
 )
 
 // BenchmarkAuthorize is the cost authorization adds to every request: an
@@ -22,12 +21,12 @@ func BenchmarkAuthorize(b *testing.B) {
 		KeySpec: specSymmetric, KeyUsage: usageEncrypt, Origin: originAWSKMS, State: "Enabled",
 		CreationDate: time.Now(), Policy: defaultPolicy("111122223333")}
 	ctx := context.Background()
+	op := s.op("Encrypt")
 	b.ReportAllocs()
 	for b.Loop() {
-		c := &wire.Call{Op: "Encrypt", SourceIP: "127.0.0.1", Secure: true,
-			Caller: wire.Caller{Account: "111122223333", Region: "us-east-1", PrincipalARN: "arn:aws:iam::111122223333:user/admin"}}
-		setCryptoConditions(c, map[string]string{"purpose": "bench"}, "")
-		if err := s.authorize(ctx, c, k); err != nil {
+		r := &Request{op: op, SourceIP: "127.0.0.1", Secure: true,
+			Caller: Caller{Account: "111122223333", Region: "us-east-1", PrincipalARN: "arn:aws:iam::111122223333:user/admin"}}
+		if err := s.authorizeKey(ctx, r, k, cryptoAccess("", map[string]string{"purpose": "bench"}, "")); err != nil {
 			b.Fatal(err)
 		}
 	}

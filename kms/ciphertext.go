@@ -43,11 +43,11 @@ type blob struct {
 	header          []byte
 }
 
-func marshalBlob(account, region string, keyID [16]byte, materialID []byte, iv, sealed []byte) []byte {
-	out := make([]byte, 0, minBlobSize+len(account)+len(region)+len(sealed))
-	out = appendBlobHeader(out, account, region, keyID, materialID)
-	out = append(out, iv...)
-	return append(out, sealed...)
+// marshalBlob assembles a blob from its header (appendBlobHeader), the IV
+// and the sealed bytes: the one encoder, used by Encrypt and the tests.
+func marshalBlob(header, iv, sealed []byte) []byte {
+	out := make([]byte, 0, len(header)+len(iv)+len(sealed))
+	return append(append(append(out, header...), iv...), sealed...)
 }
 
 func appendBlobHeader(dst []byte, account, region string, keyID [16]byte, materialID []byte) []byte {

@@ -11,8 +11,8 @@ import (
 func sampleBlob() []byte {
 	var id [16]byte
 	copy(id[:], "0123456789abcdef")
-	return marshalBlob("111122223333", "us-west-2", id, bytes.Repeat([]byte{7}, materialIDSize),
-		bytes.Repeat([]byte{1}, 12), bytes.Repeat([]byte{2}, 40))
+	header := appendBlobHeader(nil, "111122223333", "us-west-2", id, bytes.Repeat([]byte{7}, materialIDSize))
+	return marshalBlob(header, bytes.Repeat([]byte{1}, 12), bytes.Repeat([]byte{2}, 40))
 }
 
 func TestBlobRoundTrip(t *testing.T) {
@@ -57,7 +57,7 @@ func FuzzParseBlob(f *testing.F) {
 			return
 		}
 		// A blob that parses re-marshals to exactly the input.
-		out := marshalBlob(b.Account, b.Region, b.KeyID, b.MaterialID, b.IV, b.Sealed)
+		out := marshalBlob(appendBlobHeader(nil, b.Account, b.Region, b.KeyID, b.MaterialID), b.IV, b.Sealed)
 		if !bytes.Equal(out, in) {
 			t.Fatalf("round trip changed the blob")
 		}

@@ -2,6 +2,7 @@ package kms
 
 import (
 	"context"
+	"crypto"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
@@ -16,11 +17,11 @@ import (
 
 func hexID(b []byte) string { return hex.EncodeToString(b) }
 
-// encryptionKey resolves keyID for an operation that encrypts under it
-// with alg ("" meaning SYMMETRIC_DEFAULT, as AWS defaults it) and returns
-// the algorithm to use.
-func (s *Service) encryptionKey(ctx context.Context, c *wire.Call, keyID, alg string) (*store.Key, string, error) {
-	k, err := s.usableKey(ctx, c, keyID, usageEncrypt)
+// encryptionKey resolves and authorizes keyID for an operation that
+// encrypts under it with alg ("" meaning SYMMETRIC_DEFAULT, as AWS
+// defaults it) and returns the algorithm to use.
+func (s *Service) encryptionKey(ctx context.Context, r *Request, keyID, alg string, a access) (*store.Key, string, error) {
+	k, err := s.usableKey(ctx, r, keyID, usageEncrypt, a)
 	if err != nil {
 		return nil, "", err
 	}
@@ -36,9 +37,9 @@ func (s *Service) encryptionKey(ctx context.Context, c *wire.Call, keyID, alg st
 // encrypt encrypts plaintext under k with alg (already checked against the
 // key's spec) and returns the ciphertext and, for symmetric keys, the
 // material version used.
-func (s *Service) encrypt(ctx context.Context, c *wire.Call, k *store.Key, alg string, plaintext []byte, ec map[string]string) ([]byte, string, error) {
+func (s *Service) encrypt(ctx context.Context, k *store.Key, alg string, plaintext []byte, ec map[string]string) ([]byte, string, error) {
 	if alg == algSymmetric {
-		return s.seal(ctx, c, k, plaintext, ec)
+		return s.seal(ctx, k, plaintext, ec)
 	}
 	if len(ec) > 0 {
 		return nil, "", asymmetricContext()
@@ -66,7 +67,7 @@ func asymmetricContext() error {
 
 // seal encrypts plaintext under k's current material and returns the
 // blob and the material's id.
-func (s *Service) seal(ctx context.Context, c *wire.Call, k *store.Key, plaintext []byte, ec map[string]string) ([]byte, string, error) {
+func (s *Service) seal(ctx context.Context, k *store.Key, plaintext []byte, ec map[string]string) ([]byte, string, error) {
 	tok, err := s.token(k)
 	if err != nil {
 		return nil, "", err
@@ -82,9 +83,21 @@ func (s *Service) seal(ctx context.Context, c *wire.Call, k *store.Key, plaintex
 	if err != nil {
 		return nil, "", tokenError(err, tokenCall{key: k})
 	}
-	out := make([]byte, 0, len(header)+len(iv)+len(sealed))
-	out = append(append(append(out, header...), iv...), sealed...)
-	return out, m.ID, nil
+	return marshalBlob(header, iv, sealed), m.ID, nil
+}
+
+// sealed is a ciphertext whose key has been resolved and authorized:
+// what decrypt needs, once the request may proceed.
+type sealed struct {
+	key *store.Key
+	alg string
+	// Symmetric: the parsed blob and the material it names.
+	blob     *blob
+	material *store.Material
+	// RSA: the ciphertext and its OAEP hash.
+	ciphertext []byte
+	hash       crypto.Hash
+	ec         map[string]string
 }
 
 // opened is a decrypted ciphertext and what it was made with.
@@ -95,19 +108,20 @@ type opened struct {
 	materialID string // symmetric keys only
 }
 
-// open decrypts ciphertext. keyID, if given, must name the key it was made
-// under; for RSA keys it and alg are required, as AWS requires them. Every
-// failure to authenticate looks the same to the client:
-// InvalidCiphertextException, with no hint of which part was wrong.
-func (s *Service) open(ctx context.Context, c *wire.Call, ciphertext []byte, keyID, alg string, ec map[string]string) (*opened, error) {
+// ciphertextKey resolves and authorizes the key of a ciphertext, without
+// decrypting it. keyID, if given, must name the key it was made under; for
+// RSA keys it and alg are required, as AWS requires them. Every failure to
+// authenticate looks the same to the client: InvalidCiphertextException,
+// with no hint of which part was wrong.
+func (s *Service) ciphertextKey(ctx context.Context, r *Request, ciphertext []byte, keyID, alg string, ec map[string]string, a access) (*sealed, error) {
 	var named *store.Key
 	if keyID != "" {
-		k, err := s.usableKey(ctx, c, keyID, usageEncrypt)
+		k, err := s.usableKey(ctx, r, keyID, usageEncrypt, a)
 		if err != nil {
 			return nil, err
 		}
 		if keySpecs[k.KeySpec].asymmetric() {
-			return s.openRSA(ctx, k, ciphertext, alg, ec)
+			return rsaCiphertext(k, ciphertext, alg, ec)
 		}
 		named = k
 	}
@@ -129,12 +143,12 @@ func (s *Service) open(ctx context.Context, c *wire.Call, ciphertext []byte, key
 			return nil, wire.Errorf(wire.IncorrectKey, "The key ID in the request does not identify a CMK that can perform this operation.")
 		}
 	} else {
-		if b.Region != c.Caller.Region {
+		if b.Region != r.Caller.Region {
 			return nil, invalidCiphertext()
 		}
 		// The blob names its key's account: another account's key is
 		// looked up (and authorized) as if named by its ARN.
-		k, err = s.usableKey(ctx, c, keyARN(b.Region, b.Account, blobKey), usageEncrypt)
+		k, err = s.usableKey(ctx, r, keyARN(b.Region, b.Account, blobKey), usageEncrypt, a)
 		if err != nil {
 			var we *wire.Error
 			if errors.As(err, &we) && we.Type == wire.NotFound {
@@ -146,29 +160,17 @@ func (s *Service) open(ctx context.Context, c *wire.Call, ciphertext []byte, key
 			return nil, invalidCiphertext()
 		}
 	}
-	var m *store.Material
 	want := hexID(b.MaterialID)
 	for i := range k.Materials {
 		if k.Materials[i].ID == want {
-			m = &k.Materials[i]
+			return &sealed{key: k, alg: algSymmetric, blob: b, material: &k.Materials[i], ec: ec}, nil
 		}
 	}
-	if m == nil {
-		return nil, invalidCiphertext()
-	}
-	tok, err := s.token(k)
-	if err != nil {
-		return nil, err
-	}
-	plain, err := tok.DecryptGCM(ctx, material(k, *m), b.IV, b.Sealed, additionalData(b.header, ec))
-	if err != nil {
-		return nil, tokenError(err, tokenCall{key: k})
-	}
-	return &opened{key: k, plaintext: plain, alg: algSymmetric, materialID: m.ID}, nil
+	return nil, invalidCiphertext()
 }
 
-// openRSA decrypts RSAES-OAEP ciphertext with k's private key, on the token.
-func (s *Service) openRSA(ctx context.Context, k *store.Key, ciphertext []byte, alg string, ec map[string]string) (*opened, error) {
+// rsaCiphertext checks an RSAES-OAEP ciphertext request against k.
+func rsaCiphertext(k *store.Key, ciphertext []byte, alg string, ec map[string]string) (*sealed, error) {
 	if alg == "" {
 		alg = algSymmetric
 	}
@@ -179,15 +181,30 @@ func (s *Service) openRSA(ctx context.Context, k *store.Key, ciphertext []byte, 
 	if len(ec) > 0 {
 		return nil, asymmetricContext()
 	}
+	return &sealed{key: k, alg: alg, ciphertext: ciphertext, hash: h}, nil
+}
+
+// decrypt decrypts on the token what ciphertextKey resolved.
+func (s *Service) decrypt(ctx context.Context, in *sealed) (*opened, error) {
+	k := in.key
 	tok, err := s.token(k)
 	if err != nil {
 		return nil, err
 	}
-	plain, err := tok.DecryptOAEP(ctx, currentMaterial(k), h, ciphertext)
+	var plain []byte
+	if in.blob != nil {
+		plain, err = tok.DecryptGCM(ctx, material(k, *in.material), in.blob.IV, in.blob.Sealed, additionalData(in.blob.header, in.ec))
+	} else {
+		plain, err = tok.DecryptOAEP(ctx, currentMaterial(k), in.hash, in.ciphertext)
+	}
 	if err != nil {
 		return nil, tokenError(err, tokenCall{key: k})
 	}
-	return &opened{key: k, plaintext: plain, alg: alg}, nil
+	o := &opened{key: k, plaintext: plain, alg: in.alg}
+	if in.material != nil {
+		o.materialID = in.material.ID
+	}
+	return o, nil
 }
 
 // rsaPublicKey is k's RSA public key, read from the token once.
@@ -221,17 +238,6 @@ func (s *Service) publicKeyDER(ctx context.Context, k *store.Key) ([]byte, error
 	return der, nil
 }
 
-// setCryptoConditions records the condition keys of an operation that
-// encrypts or decrypts: the encryption context and the algorithm (AWS's
-// default when the request names none).
-func setCryptoConditions(c *wire.Call, ec map[string]string, alg string) {
-	if alg == "" {
-		alg = algSymmetric
-	}
-	setEncryptionContext(c, ec)
-	setCondition(c, "kms:EncryptionAlgorithm", alg)
-}
-
 func invalidCiphertext() error { return &wire.Error{Type: wire.InvalidCiphertext, Message: ""} }
 
 type EncryptInput struct {
@@ -239,8 +245,8 @@ type EncryptInput struct {
 	Plaintext           []byte
 	EncryptionContext   map[string]string
 	EncryptionAlgorithm string
-	GrantTokens         []string
-	DryRun              bool
+	GrantTokensField
+	DryRunField
 }
 
 type EncryptOutput struct {
@@ -249,25 +255,20 @@ type EncryptOutput struct {
 	KeyId               string
 }
 
-func (s *Service) Encrypt(ctx context.Context, c *wire.Call, in *EncryptInput) (*EncryptOutput, error) {
-	c.GrantTokens = in.GrantTokens
-	setCryptoConditions(c, in.EncryptionContext, in.EncryptionAlgorithm)
-	k, alg, err := s.encryptionKey(ctx, c, in.KeyId, in.EncryptionAlgorithm)
+func (s *Service) Encrypt(ctx context.Context, r *Request, in *EncryptInput) (*EncryptOutput, error) {
+	a := cryptoAccess("", in.EncryptionContext, in.EncryptionAlgorithm)
+	k, alg, err := s.encryptionKey(ctx, r, in.KeyId, in.EncryptionAlgorithm, a)
 	if err != nil {
 		return nil, err
 	}
-	if in.DryRun {
-		return nil, dryRun()
+	if err := r.proceed(); err != nil {
+		return nil, err
 	}
-	blob, _, err := s.encrypt(ctx, c, k, alg, in.Plaintext, in.EncryptionContext)
+	blob, _, err := s.encrypt(ctx, k, alg, in.Plaintext, in.EncryptionContext)
 	if err != nil {
 		return nil, err
 	}
 	return &EncryptOutput{CiphertextBlob: blob, EncryptionAlgorithm: alg, KeyId: arnOf(k)}, nil
-}
-
-func dryRun() error {
-	return wire.Errorf(wire.DryRunOperation, "The request would have succeeded, but the DryRun option is set.")
 }
 
 type DecryptInput struct {
@@ -275,9 +276,9 @@ type DecryptInput struct {
 	EncryptionContext   map[string]string
 	EncryptionAlgorithm string
 	KeyId               string
-	GrantTokens         []string
 	Recipient           *struct{}
-	DryRun              bool
+	GrantTokensField
+	DryRunField
 }
 
 type DecryptOutput struct {
@@ -287,19 +288,21 @@ type DecryptOutput struct {
 	Plaintext           []byte
 }
 
-func (s *Service) Decrypt(ctx context.Context, c *wire.Call, in *DecryptInput) (*DecryptOutput, error) {
+func (s *Service) Decrypt(ctx context.Context, r *Request, in *DecryptInput) (*DecryptOutput, error) {
 	if in.Recipient != nil {
 		return nil, wire.Errorf(wire.UnsupportedOperation, "Recipient (Nitro Enclaves attestation) is not supported by hsmkms.")
 	}
-	c.GrantTokens = in.GrantTokens
-	setCryptoConditions(c, in.EncryptionContext, in.EncryptionAlgorithm)
-	o, err := s.open(ctx, c, in.CiphertextBlob, in.KeyId, in.EncryptionAlgorithm, in.EncryptionContext)
+	a := cryptoAccess("", in.EncryptionContext, in.EncryptionAlgorithm)
+	sl, err := s.ciphertextKey(ctx, r, in.CiphertextBlob, in.KeyId, in.EncryptionAlgorithm, in.EncryptionContext, a)
 	if err != nil {
 		return nil, err
 	}
-	if in.DryRun {
-		clear(o.plaintext)
-		return nil, dryRun()
+	if err := r.proceed(); err != nil {
+		return nil, err
+	}
+	o, err := s.decrypt(ctx, sl)
+	if err != nil {
+		return nil, err
 	}
 	return &DecryptOutput{EncryptionAlgorithm: o.alg, KeyId: arnOf(o.key), KeyMaterialId: o.materialID, Plaintext: o.plaintext}, nil
 }
@@ -312,8 +315,8 @@ type ReEncryptInput struct {
 	DestinationEncryptionContext   map[string]string
 	SourceEncryptionAlgorithm      string
 	DestinationEncryptionAlgorithm string
-	GrantTokens                    []string
-	DryRun                         bool
+	GrantTokensField
+	DryRunField
 }
 
 type ReEncryptOutput struct {
@@ -326,29 +329,31 @@ type ReEncryptOutput struct {
 	SourceKeyMaterialId            string `json:"SourceKeyMaterialId,omitempty"`
 }
 
-func (s *Service) ReEncrypt(ctx context.Context, c *wire.Call, in *ReEncryptInput) (*ReEncryptOutput, error) {
-	// Each side is authorized as its own action, with its own context.
-	c.Action, c.GrantTokens = "kms:ReEncryptFrom", in.GrantTokens
-	setCryptoConditions(c, in.SourceEncryptionContext, in.SourceEncryptionAlgorithm)
-	src, err := s.open(ctx, c, in.CiphertextBlob, in.SourceKeyId, in.SourceEncryptionAlgorithm, in.SourceEncryptionContext)
+// ReEncrypt authorizes each side as its own action with its own context,
+// both before anything is decrypted.
+func (s *Service) ReEncrypt(ctx context.Context, r *Request, in *ReEncryptInput) (*ReEncryptOutput, error) {
+	from := cryptoAccess("kms:ReEncryptFrom", in.SourceEncryptionContext, in.SourceEncryptionAlgorithm)
+	sl, err := s.ciphertextKey(ctx, r, in.CiphertextBlob, in.SourceKeyId, in.SourceEncryptionAlgorithm, in.SourceEncryptionContext, from)
+	if err != nil {
+		return nil, err
+	}
+	to := cryptoAccess("kms:ReEncryptTo", in.DestinationEncryptionContext, in.DestinationEncryptionAlgorithm)
+	dst, alg, err := s.encryptionKey(ctx, r, in.DestinationKeyId, in.DestinationEncryptionAlgorithm, to)
+	if err != nil {
+		return nil, err
+	}
+	if err := r.proceed(); err != nil {
+		return nil, err
+	}
+	src, err := s.decrypt(ctx, sl)
 	if err != nil {
 		return nil, err
 	}
 	defer clear(src.plaintext)
-	c.Action, c.Conditions = "kms:ReEncryptTo", nil
-	setCryptoConditions(c, in.DestinationEncryptionContext, in.DestinationEncryptionAlgorithm)
-	dst, alg, err := s.encryptionKey(ctx, c, in.DestinationKeyId, in.DestinationEncryptionAlgorithm)
+	blob, material, err := s.encrypt(ctx, dst, alg, src.plaintext, in.DestinationEncryptionContext)
 	if err != nil {
 		return nil, err
 	}
-	if in.DryRun {
-		return nil, dryRun()
-	}
-	blob, material, err := s.encrypt(ctx, c, dst, alg, src.plaintext, in.DestinationEncryptionContext)
-	if err != nil {
-		return nil, err
-	}
-	c.KeyARN = arnOf(dst)
 	return &ReEncryptOutput{
 		CiphertextBlob: blob, DestinationEncryptionAlgorithm: alg, DestinationKeyMaterialId: material, KeyId: arnOf(dst),
 		SourceEncryptionAlgorithm: src.alg, SourceKeyId: arnOf(src.key), SourceKeyMaterialId: src.materialID,
@@ -360,9 +365,9 @@ type GenerateDataKeyInput struct {
 	EncryptionContext map[string]string
 	NumberOfBytes     int
 	KeySpec           string
-	GrantTokens       []string
 	Recipient         *struct{}
-	DryRun            bool
+	GrantTokensField
+	DryRunField
 }
 
 type GenerateDataKeyOutput struct {
@@ -372,15 +377,15 @@ type GenerateDataKeyOutput struct {
 	Plaintext      []byte `json:"Plaintext,omitempty"`
 }
 
-func (s *Service) GenerateDataKey(ctx context.Context, c *wire.Call, in *GenerateDataKeyInput) (*GenerateDataKeyOutput, error) {
-	return s.generateDataKey(ctx, c, in, true)
+func (s *Service) GenerateDataKey(ctx context.Context, r *Request, in *GenerateDataKeyInput) (*GenerateDataKeyOutput, error) {
+	return s.generateDataKey(ctx, r, in, true)
 }
 
-func (s *Service) GenerateDataKeyWithoutPlaintext(ctx context.Context, c *wire.Call, in *GenerateDataKeyInput) (*GenerateDataKeyOutput, error) {
-	return s.generateDataKey(ctx, c, in, false)
+func (s *Service) GenerateDataKeyWithoutPlaintext(ctx context.Context, r *Request, in *GenerateDataKeyInput) (*GenerateDataKeyOutput, error) {
+	return s.generateDataKey(ctx, r, in, false)
 }
 
-func (s *Service) generateDataKey(ctx context.Context, c *wire.Call, in *GenerateDataKeyInput, withPlaintext bool) (*GenerateDataKeyOutput, error) {
+func (s *Service) generateDataKey(ctx context.Context, r *Request, in *GenerateDataKeyInput, withPlaintext bool) (*GenerateDataKeyOutput, error) {
 	if in.Recipient != nil {
 		return nil, wire.Errorf(wire.UnsupportedOperation, "Recipient (Nitro Enclaves attestation) is not supported by hsmkms.")
 	}
@@ -397,13 +402,15 @@ func (s *Service) generateDataKey(ctx context.Context, c *wire.Call, in *Generat
 	default:
 		return nil, wire.Errorf(wire.Validation, "Please specify either number of bytes or key spec.")
 	}
-	c.GrantTokens = in.GrantTokens
-	setCryptoConditions(c, in.EncryptionContext, algSymmetric)
-	k, _, err := s.encryptionKey(ctx, c, in.KeyId, algSymmetric)
+	a := cryptoAccess("", in.EncryptionContext, algSymmetric)
+	k, _, err := s.encryptionKey(ctx, r, in.KeyId, algSymmetric, a)
 	if err != nil {
 		return nil, err
 	}
-	tok, err := s.tokenFor(k, in.DryRun)
+	if err := r.proceed(); err != nil {
+		return nil, err
+	}
+	tok, err := s.token(k)
 	if err != nil {
 		return nil, err
 	}
@@ -411,7 +418,7 @@ func (s *Service) generateDataKey(ctx context.Context, c *wire.Call, in *Generat
 	if err != nil {
 		return nil, tokenError(err, tokenCall{key: k})
 	}
-	blob, material, err := s.seal(ctx, c, k, plain, in.EncryptionContext)
+	blob, material, err := s.seal(ctx, k, plain, in.EncryptionContext)
 	if err != nil {
 		clear(plain)
 		return nil, err
@@ -435,13 +442,13 @@ type GenerateRandomOutput struct {
 	Plaintext []byte
 }
 
-func (s *Service) GenerateRandom(ctx context.Context, c *wire.Call, in *GenerateRandomInput) (*GenerateRandomOutput, error) {
+func (s *Service) GenerateRandom(ctx context.Context, r *Request, in *GenerateRandomInput) (*GenerateRandomOutput, error) {
 	if in.Recipient != nil {
 		return nil, wire.Errorf(wire.UnsupportedOperation, "Recipient (Nitro Enclaves attestation) is not supported by hsmkms.")
 	}
 	ks := s.keystores.Default()
 	if in.CustomKeyStoreId != "" {
-		_, live, err := s.keyStore(ctx, c, in.CustomKeyStoreId)
+		_, live, err := s.keyStore(ctx, r, in.CustomKeyStoreId)
 		if err != nil {
 			return nil, err
 		}
@@ -452,6 +459,9 @@ func (s *Service) GenerateRandom(ctx context.Context, c *wire.Call, in *Generate
 	}
 	if in.NumberOfBytes == 0 {
 		return nil, wire.Errorf(wire.Validation, "1 validation error detected: Value null at 'numberOfBytes' failed to satisfy constraint: Member must not be null")
+	}
+	if err := r.proceed(); err != nil {
+		return nil, err
 	}
 	b, err := ks.GenerateRandom(ctx, in.NumberOfBytes)
 	if err != nil {

@@ -35,9 +35,9 @@ func keyStoreInvalidState(id string, st keystore.ConnectionState, want string) e
 }
 
 // keyStore returns a store of the caller's account and region.
-func (s *Service) keyStore(ctx context.Context, c *wire.Call, id string) (*store.KeyStore, *keystore.Store, error) {
+func (s *Service) keyStore(ctx context.Context, r *Request, id string) (*store.KeyStore, *keystore.Store, error) {
 	ks, err := s.store.GetKeyStore(ctx, id)
-	if errors.Is(err, store.ErrNotFound) || (err == nil && (ks.Account != c.Caller.Account || ks.Region != c.Caller.Region)) {
+	if errors.Is(err, store.ErrNotFound) || (err == nil && (ks.Account != r.Caller.Account || ks.Region != r.Caller.Region)) {
 		return nil, nil, keyStoreNotFound(id)
 	}
 	if err != nil {
@@ -79,7 +79,7 @@ type CreateCustomKeyStoreOutput struct {
 	CustomKeyStoreId string
 }
 
-func (s *Service) CreateCustomKeyStore(ctx context.Context, c *wire.Call, in *CreateCustomKeyStoreInput) (*CreateCustomKeyStoreOutput, error) {
+func (s *Service) CreateCustomKeyStore(ctx context.Context, r *Request, in *CreateCustomKeyStoreInput) (*CreateCustomKeyStoreOutput, error) {
 	if in.CustomKeyStoreType != "" && in.CustomKeyStoreType != storeTypeCloudHSM {
 		return nil, wire.Errorf(wire.UnsupportedOperation, "Custom key stores of type %s are not supported by hsmkms.", in.CustomKeyStoreType)
 	}
@@ -99,25 +99,9 @@ func (s *Service) CreateCustomKeyStore(ctx context.Context, c *wire.Call, in *Cr
 	} else if _, err := x509.ParseCertificate(block.Bytes); err != nil {
 		return nil, wire.Errorf(wire.IncorrectTrustAnchor, "The trust anchor certificate is not a valid X.509 certificate.")
 	}
-	existing, err := s.store.AllKeyStores(ctx)
-	if err != nil {
-		return nil, err
-	}
-	n := 0
-	for _, ks := range existing {
-		if ks.ClusterID == in.CloudHsmClusterId {
-			return nil, wire.Errorf(wire.CloudHsmClusterInUse, "The cluster %s is already associated with a custom key store.", in.CloudHsmClusterId)
-		}
-		if ks.Account == c.Caller.Account && ks.Region == c.Caller.Region {
-			n++
-			if ks.Name == in.CustomKeyStoreName {
-				return nil, wire.Errorf(wire.CustomKeyStoreNameInUse, "A custom key store named %s already exists in this account and Region.", in.CustomKeyStoreName)
-			}
-		}
-	}
-	if n >= maxKeyStoresPerRegion {
-		return nil, wire.Errorf(wire.LimitExceeded, "Cannot exceed quota for CustomKeyStoresPerAccount: %d", maxKeyStoresPerRegion)
-	}
+	// The cluster, the name and the quota are checked by CreateKeyStore
+	// below, in the transaction that inserts the store.
+	//
 	// The password is not tried here, as in AWS: a wrong one shows up at
 	// connect as INVALID_CREDENTIALS.
 	if _, err := keystore.Probe(cl); err != nil {
@@ -129,17 +113,29 @@ func (s *Service) CreateCustomKeyStore(ctx context.Context, c *wire.Call, in *Cr
 		return nil, tokenError(err, tokenCall{})
 	}
 	err = s.store.CreateKeyStore(ctx, &store.KeyStore{
-		ID: id, Account: c.Caller.Account, Region: c.Caller.Region, Name: in.CustomKeyStoreName,
+		ID: id, Account: r.Caller.Account, Region: r.Caller.Region, Name: in.CustomKeyStoreName,
 		ClusterID: cl.ID, TrustAnchor: in.TrustAnchorCertificate, CreationDate: s.now().UTC(), Password: enc,
-	})
-	if errors.Is(err, store.ErrAlreadyExists) { // lost a race for the name or cluster
-		return nil, wire.Errorf(wire.CustomKeyStoreNameInUse, "A custom key store named %s already exists in this account and Region.", in.CustomKeyStoreName)
-	}
-	if err != nil {
+	}, maxKeyStoresPerRegion)
+	switch {
+	case errors.Is(err, store.ErrClusterInUse):
+		return nil, clusterInUse(cl.ID)
+	case errors.Is(err, store.ErrKeyStoreNameInUse):
+		return nil, keyStoreNameInUse(in.CustomKeyStoreName)
+	case errors.Is(err, store.ErrLimitExceeded):
+		return nil, wire.Errorf(wire.LimitExceeded, "Cannot exceed quota for CustomKeyStoresPerAccount: %d", maxKeyStoresPerRegion)
+	case err != nil:
 		return nil, err
 	}
 	s.keystores.AddCustom(id, cl)
 	return &CreateCustomKeyStoreOutput{CustomKeyStoreId: id}, nil
+}
+
+func clusterInUse(id string) error {
+	return wire.Errorf(wire.CloudHsmClusterInUse, "The cluster %s is already associated with a custom key store.", id)
+}
+
+func keyStoreNameInUse(name string) error {
+	return wire.Errorf(wire.CustomKeyStoreNameInUse, "A custom key store named %s already exists in this account and Region.", name)
 }
 
 func newKeyStoreID() string {
@@ -172,11 +168,11 @@ type DescribeCustomKeyStoresOutput struct {
 	Truncated       bool
 }
 
-func (s *Service) DescribeCustomKeyStores(ctx context.Context, c *wire.Call, in *DescribeCustomKeyStoresInput) (*DescribeCustomKeyStoresOutput, error) {
+func (s *Service) DescribeCustomKeyStores(ctx context.Context, r *Request, in *DescribeCustomKeyStoresInput) (*DescribeCustomKeyStoresOutput, error) {
 	if in.CustomKeyStoreId != "" && in.CustomKeyStoreName != "" {
 		return nil, wire.Errorf(wire.Validation, "You cannot specify both CustomKeyStoreId and CustomKeyStoreName.")
 	}
-	all, err := s.store.ListKeyStores(ctx, c.Caller.Account, c.Caller.Region)
+	all, err := s.store.ListKeyStores(ctx, r.Caller.Account, r.Caller.Region)
 	if err != nil {
 		return nil, err
 	}
@@ -229,8 +225,8 @@ type CustomKeyStoreIDInput struct {
 
 // ConnectCustomKeyStore answers at once and connects in the background:
 // DISCONNECTED → CONNECTING → CONNECTED or FAILED.
-func (s *Service) ConnectCustomKeyStore(ctx context.Context, c *wire.Call, in *CustomKeyStoreIDInput) (*Empty, error) {
-	ks, live, err := s.keyStore(ctx, c, in.CustomKeyStoreId)
+func (s *Service) ConnectCustomKeyStore(ctx context.Context, r *Request, in *CustomKeyStoreIDInput) (*Empty, error) {
+	ks, live, err := s.keyStore(ctx, r, in.CustomKeyStoreId)
 	if err != nil {
 		return nil, err
 	}
@@ -260,8 +256,8 @@ func (s *Service) connectInBackground(live *keystore.Store) {
 	})
 }
 
-func (s *Service) DisconnectCustomKeyStore(ctx context.Context, c *wire.Call, in *CustomKeyStoreIDInput) (*Empty, error) {
-	ks, live, err := s.keyStore(ctx, c, in.CustomKeyStoreId)
+func (s *Service) DisconnectCustomKeyStore(ctx context.Context, r *Request, in *CustomKeyStoreIDInput) (*Empty, error) {
+	ks, live, err := s.keyStore(ctx, r, in.CustomKeyStoreId)
 	if err != nil {
 		return nil, err
 	}
@@ -286,8 +282,8 @@ type UpdateCustomKeyStoreInput struct {
 	XksProxyUriEndpoint   string
 }
 
-func (s *Service) UpdateCustomKeyStore(ctx context.Context, c *wire.Call, in *UpdateCustomKeyStoreInput) (*Empty, error) {
-	ks, live, err := s.keyStore(ctx, c, in.CustomKeyStoreId)
+func (s *Service) UpdateCustomKeyStore(ctx context.Context, r *Request, in *UpdateCustomKeyStoreInput) (*Empty, error) {
+	ks, live, err := s.keyStore(ctx, r, in.CustomKeyStoreId)
 	if err != nil {
 		return nil, err
 	}
@@ -334,13 +330,12 @@ func (s *Service) UpdateCustomKeyStore(ctx context.Context, c *wire.Call, in *Up
 		}
 		return nil
 	})
-	if errors.Is(err, store.ErrAlreadyExists) {
-		if newCluster.ID != "" {
-			return nil, wire.Errorf(wire.CloudHsmClusterInUse, "The cluster %s is already associated with a custom key store.", newCluster.ID)
-		}
-		return nil, wire.Errorf(wire.CustomKeyStoreNameInUse, "A custom key store named %s already exists in this account and Region.", in.NewCustomKeyStoreName)
-	}
-	if err != nil {
+	switch {
+	case errors.Is(err, store.ErrClusterInUse):
+		return nil, clusterInUse(newCluster.ID)
+	case errors.Is(err, store.ErrKeyStoreNameInUse):
+		return nil, keyStoreNameInUse(in.NewCustomKeyStoreName)
+	case err != nil:
 		return nil, err
 	}
 	if newCluster.ID != "" {
@@ -377,22 +372,23 @@ func (s *Service) checkRelated(ctx context.Context, ks *store.KeyStore, cl keyst
 	return nil
 }
 
-func (s *Service) DeleteCustomKeyStore(ctx context.Context, c *wire.Call, in *CustomKeyStoreIDInput) (*Empty, error) {
-	ks, live, err := s.keyStore(ctx, c, in.CustomKeyStoreId)
+func (s *Service) DeleteCustomKeyStore(ctx context.Context, r *Request, in *CustomKeyStoreIDInput) (*Empty, error) {
+	ks, live, err := s.keyStore(ctx, r, in.CustomKeyStoreId)
 	if err != nil {
 		return nil, err
 	}
 	if st, _ := live.State(); st != keystore.Disconnected {
 		return nil, keyStoreInvalidState(ks.ID, st, "DISCONNECTED")
 	}
-	n, err := s.store.CountKeysInStore(ctx, ks.ID)
-	if err != nil {
-		return nil, err
-	}
-	if n > 0 {
-		return nil, wire.Errorf(wire.CustomKeyStoreHasCMKs, "Custom key store %s contains %d KMS keys; delete them before deleting the store.", ks.ID, n)
-	}
-	if err := s.store.DeleteKeyStore(ctx, ks.ID); err != nil {
+	// The store counts the keys in the transaction that deletes it, and
+	// CreateKey checks the store exists in the one that adds a key.
+	var notEmpty *store.KeyStoreNotEmptyError
+	switch err := s.store.DeleteKeyStore(ctx, ks.ID); {
+	case errors.As(err, &notEmpty):
+		return nil, wire.Errorf(wire.CustomKeyStoreHasCMKs, "Custom key store %s contains %d KMS keys; delete them before deleting the store.", ks.ID, notEmpty.Keys)
+	case errors.Is(err, store.ErrNotFound): // deleted since the lookup
+		return nil, keyStoreNotFound(ks.ID)
+	case err != nil:
 		return nil, err
 	}
 	if err := s.keystores.Remove(ks.ID); err != nil {

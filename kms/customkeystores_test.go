@@ -147,7 +147,7 @@ func TestCustomKeyStoreLifecycle(t *testing.T) {
 	_, err = c.EnableKey(bg(), &awskms.EnableKeyInput{KeyId: m.KeyId})
 	require.NoError(t, err)
 	_, err = c.DeleteCustomKeyStore(bg(), &awskms.DeleteCustomKeyStoreInput{CustomKeyStoreId: &id})
-	requireAPIError(t, err, "CustomKeyStoreHasCMKsException", "")
+	requireAPIError(t, err, "CustomKeyStoreHasCMKsException", "Custom key store "+id+" contains 1 KMS keys; delete them before deleting the store.")
 
 	// The rotated password is what logs in now; the original does not.
 	require.ErrorIs(t, directLogin(t, tok.Module, tok.Label, tok.UserPIN), hsm.ErrPINIncorrect)

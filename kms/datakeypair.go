@@ -12,9 +12,9 @@ type GenerateDataKeyPairInput struct {
 	EncryptionContext map[string]string
 	KeyId             string
 	KeyPairSpec       string
-	GrantTokens       []string
 	Recipient         *struct{}
-	DryRun            bool
+	GrantTokensField
+	DryRunField
 }
 
 type GenerateDataKeyPairOutput struct {
@@ -34,35 +34,34 @@ var dataKeyPairs = map[string]keystore.Spec{
 	"ECC_SECG_P256K1": keystore.ECSecp256k1, "ECC_NIST_EDWARDS25519": keystore.Ed25519,
 }
 
-func (s *Service) GenerateDataKeyPair(ctx context.Context, c *wire.Call, in *GenerateDataKeyPairInput) (*GenerateDataKeyPairOutput, error) {
+func (s *Service) GenerateDataKeyPair(ctx context.Context, r *Request, in *GenerateDataKeyPairInput) (*GenerateDataKeyPairOutput, error) {
 	if in.Recipient != nil {
 		return nil, wire.Errorf(wire.UnsupportedOperation, "Recipient (Nitro Enclaves attestation) is not supported by hsmkms.")
 	}
-	return s.generateDataKeyPair(ctx, c, in, true)
+	return s.generateDataKeyPair(ctx, r, in, true)
 }
 
-func (s *Service) GenerateDataKeyPairWithoutPlaintext(ctx context.Context, c *wire.Call, in *GenerateDataKeyPairInput) (*GenerateDataKeyPairOutput, error) {
-	return s.generateDataKeyPair(ctx, c, in, false)
+func (s *Service) GenerateDataKeyPairWithoutPlaintext(ctx context.Context, r *Request, in *GenerateDataKeyPairInput) (*GenerateDataKeyPairOutput, error) {
+	return s.generateDataKeyPair(ctx, r, in, false)
 }
 
 // generateDataKeyPair makes a key pair with the token's randomness and
 // returns its private key (PKCS#8) encrypted under a symmetric KMS key,
 // and in plaintext if asked.
-func (s *Service) generateDataKeyPair(ctx context.Context, c *wire.Call, in *GenerateDataKeyPairInput, withPlaintext bool) (*GenerateDataKeyPairOutput, error) {
+func (s *Service) generateDataKeyPair(ctx context.Context, r *Request, in *GenerateDataKeyPairInput, withPlaintext bool) (*GenerateDataKeyPairOutput, error) {
 	pair, ok := dataKeyPairs[in.KeyPairSpec]
 	if !ok {
 		return nil, wire.Errorf(wire.UnsupportedOperation, "KeyPairSpec %s is not supported by hsmkms: PKCS#11 2.40 defines no SM2 mechanism.", in.KeyPairSpec)
 	}
-	c.GrantTokens = in.GrantTokens
-	setCryptoConditions(c, in.EncryptionContext, algSymmetric)
-	setCondition(c, "kms:DataKeyPairSpec", in.KeyPairSpec)
-	k, _, err := s.encryptionKey(ctx, c, in.KeyId, algSymmetric)
+	a := cryptoAccess("", in.EncryptionContext, algSymmetric)
+	a.cond.Set("kms:DataKeyPairSpec", in.KeyPairSpec)
+	k, _, err := s.encryptionKey(ctx, r, in.KeyId, algSymmetric, a)
 	if err != nil {
 		return nil, err
 	}
 	// The pair is made on the token of the key that encrypts it (a
 	// custom key store's, for its keys).
-	tok, err := s.tokenFor(k, in.DryRun)
+	tok, err := s.tokenFor(r, k)
 	if err != nil {
 		return nil, err
 	}
@@ -70,7 +69,7 @@ func (s *Service) generateDataKeyPair(ctx context.Context, c *wire.Call, in *Gen
 	if err != nil {
 		return nil, s.dataKeyPairError(k, in.KeyPairSpec, err)
 	}
-	blob, material, err := s.seal(ctx, c, k, private, in.EncryptionContext)
+	blob, material, err := s.seal(ctx, k, private, in.EncryptionContext)
 	if err != nil {
 		clear(private)
 		return nil, err

@@ -24,7 +24,7 @@ type ScheduleKeyDeletionOutput struct {
 	PendingWindowInDays int
 }
 
-func (s *Service) ScheduleKeyDeletion(ctx context.Context, c *wire.Call, in *ScheduleKeyDeletionInput) (*ScheduleKeyDeletionOutput, error) {
+func (s *Service) ScheduleKeyDeletion(ctx context.Context, r *Request, in *ScheduleKeyDeletionInput) (*ScheduleKeyDeletionOutput, error) {
 	days := in.PendingWindowInDays
 	if days == 0 {
 		days = 30
@@ -32,9 +32,9 @@ func (s *Service) ScheduleKeyDeletion(ctx context.Context, c *wire.Call, in *Sch
 	if days < 7 || days > 30 {
 		return nil, wire.Errorf(wire.Validation, "1 validation error detected: Value '%d' at 'pendingWindowInDays' failed to satisfy constraint: Member must have value between 7 and 30", days)
 	}
-	setCondition(c, "kms:ScheduleKeyDeletionPendingWindowInDays", strconv.Itoa(days))
+	a := access{cond: conditions("kms:ScheduleKeyDeletionPendingWindowInDays", strconv.Itoa(days))}
 	var out *ScheduleKeyDeletionOutput
-	err := s.update(ctx, c, in.KeyId, classEnableDisable, func(k *store.Key) error {
+	_, err := s.update(ctx, r, in.KeyId, a, func(k *store.Key) error {
 		when := s.now().UTC().Add(time.Duration(days) * 24 * time.Hour)
 		k.State = string(StatePendingDeletion)
 		k.DeletionDate = when
@@ -49,15 +49,8 @@ type CancelKeyDeletionOutput struct {
 	KeyId string
 }
 
-func (s *Service) CancelKeyDeletion(ctx context.Context, c *wire.Call, in *KeyIDInput) (*CancelKeyDeletionOutput, error) {
-	k, err := s.lookupKey(ctx, c, in.KeyId, false)
-	if err != nil {
-		return nil, err
-	}
-	_, err = s.store.UpdateKey(ctx, k.Account, k.Region, k.ID, func(k *store.Key) error {
-		if k.State != string(StatePendingDeletion) {
-			return wire.Errorf(wire.KMSInvalidState, "%s is not pending deletion.", arnOf(k))
-		}
+func (s *Service) CancelKeyDeletion(ctx context.Context, r *Request, in *KeyIDInput) (*CancelKeyDeletionOutput, error) {
+	k, err := s.update(ctx, r, in.KeyId, access{}, func(k *store.Key) error {
 		k.State = string(StateDisabled)
 		k.DeletionDate = time.Time{}
 		k.PendingWindowDays = 0

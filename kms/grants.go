@@ -6,10 +6,10 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
-	"regexp"
 	"slices"
 	"strings"
 
+	"github.com/hsmkms/hsmkms/kms/authz"
 	"github.com/hsmkms/hsmkms/kms/store"
 	"github.com/hsmkms/hsmkms/kms/wire"
 )
@@ -60,17 +60,11 @@ func grantOperationsFor(k *store.Key) []string {
 	return slices.Concat(grantOpsAnyKey, grantOpsByUsage[k.KeyUsage])
 }
 
-// principalPattern is what a grantee or retiring principal may be: an
-// account, IAM user or role, assumed-role session or federated user.
-var principalPattern = regexp.MustCompile(`^arn:aws:(?:iam::(\d{12}):(?:root|user/[\w+=,.@/-]+|role/[\w+=,.@/-]+)|sts::(\d{12}):(?:assumed-role/[\w+=,.@-]+/[\w+=,.@-]+|federated-user/[\w+=,.@-]+))$`)
-
-// principalAccount returns the account of a well-formed principal ARN.
+// principalAccount returns the account of a well-formed principal ARN (a
+// grantee or retiring principal), by authz's one principal grammar.
 func principalAccount(p string) (string, bool) {
-	m := principalPattern.FindStringSubmatch(p)
-	if m == nil {
-		return "", false
-	}
-	return m[1] + m[2], true
+	pa, ok := authz.ParsePrincipalARN(p)
+	return pa.Account, ok
 }
 
 func invalidPrincipal(p string) error {
@@ -82,21 +76,36 @@ func invalidPrincipal(p string) error {
 // which the session ARN does not carry).
 func principalsFor(caller string) []string {
 	out := []string{caller}
-	acct, ok := principalAccount(caller)
+	pa, ok := authz.ParsePrincipalARN(caller)
 	if !ok {
 		return out
 	}
-	out = append(out, "arn:aws:iam::"+acct+":root")
-	if rest, ok := strings.CutPrefix(caller, "arn:aws:sts::"+acct+":assumed-role/"); ok {
-		role, _, _ := strings.Cut(rest, "/")
-		out = append(out, "arn:aws:iam::"+acct+":role/"+role)
+	out = append(out, accountRoot(pa.Account))
+	if pa.Type == authz.AssumedRole {
+		out = append(out, "arn:aws:iam::"+pa.Account+":role/"+pa.Role)
 	}
 	return out
 }
 
-// principalMatches reports whether a grant's principal p stands for caller.
-func principalMatches(p, caller string) bool {
-	return p != "" && slices.Contains(principalsFor(caller), p)
+func accountRoot(account string) string { return "arn:aws:iam::" + account + ":root" }
+
+// grantNames reports how a grant's principal p (grantee or retiring)
+// covers caller: directly (the caller, or the role of its session), or
+// only through the caller's account (p is the account's root), which
+// needs the account's IAM to pass it on.
+func grantNames(p, caller string) (direct, viaAccount bool) {
+	if p == "" {
+		return false, false
+	}
+	for _, c := range principalsFor(caller) {
+		if p == c {
+			if strings.HasSuffix(p, ":root") && p != caller {
+				return false, true
+			}
+			return true, false
+		}
+	}
+	return false, false
 }
 
 // Grant ids are 32 random bytes in hex, the form of AWS grant ids.
@@ -256,10 +265,11 @@ func (s *Service) grantAllows(ctx context.Context, k *store.Key, principalARN, o
 		if takesEC && !constraintsMatch(g.Constraints, ec) {
 			continue
 		}
-		if !strings.HasSuffix(g.GranteePrincipal, ":root") || g.GranteePrincipal == principalARN {
+		direct, via := grantNames(g.GranteePrincipal, principalARN)
+		if direct {
 			return g.GrantID, false, nil
 		}
-		if id == "" {
+		if via && id == "" {
 			id, viaAccount = g.GrantID, true
 		}
 	}
@@ -277,9 +287,9 @@ type CreateGrantInput struct {
 	RetiringPrincipal string
 	Operations        []string
 	Constraints       *GrantConstraints
-	GrantTokens       []string
 	Name              string
-	DryRun            bool
+	GrantTokensField
+	DryRunField
 }
 
 type CreateGrantOutput struct {
@@ -287,7 +297,7 @@ type CreateGrantOutput struct {
 	GrantToken string
 }
 
-func (s *Service) CreateGrant(ctx context.Context, c *wire.Call, in *CreateGrantInput) (*CreateGrantOutput, error) {
+func (s *Service) CreateGrant(ctx context.Context, r *Request, in *CreateGrantInput) (*CreateGrantOutput, error) {
 	var gc store.GrantConstraints
 	if in.Constraints != nil {
 		// An empty map is no constraint.
@@ -299,26 +309,19 @@ func (s *Service) CreateGrant(ctx context.Context, c *wire.Call, in *CreateGrant
 		}
 	}
 	ops := slices.Compact(slices.Sorted(slices.Values(in.Operations)))
-	c.Conditions = map[string][]string{
-		"kms:GrantOperations":       ops,
-		"kms:GranteePrincipal":      {in.GranteePrincipal},
-		"kms:GrantIsForAWSResource": {"false"},
-	}
+	cond := conditions("kms:GranteePrincipal", in.GranteePrincipal, "kms:GrantIsForAWSResource", "false")
+	cond.Set("kms:GrantOperations", ops...)
 	if in.RetiringPrincipal != "" {
-		c.Conditions["kms:RetiringPrincipal"] = []string{in.RetiringPrincipal}
+		cond.Set("kms:RetiringPrincipal", in.RetiringPrincipal)
 	}
 	if t := constraintTypes(gc); t != nil {
-		c.Conditions["kms:GrantConstraintType"] = t
+		cond.Set("kms:GrantConstraintType", t...)
 	}
-	c.GrantTokens = in.GrantTokens
 	if err := checkCreateGrantInput(in, ops, gc); err != nil {
 		return nil, err
 	}
-	k, err := s.lookupKey(ctx, c, in.KeyId, false)
+	k, err := s.key(ctx, r, in.KeyId, access{cond: cond})
 	if err != nil {
-		return nil, err
-	}
-	if err := checkState(k, classManage); err != nil {
 		return nil, err
 	}
 	allowed := grantOperationsFor(k)
@@ -335,19 +338,19 @@ func (s *Service) CreateGrant(ctx context.Context, c *wire.Call, in *CreateGrant
 	if (gc.EncryptionContextEquals != nil || gc.EncryptionContextSubset != nil) && k.KeySpec != specSymmetric {
 		return nil, wire.Errorf(wire.Validation, "Grant constraints are not supported for KMS key %s: only symmetric encryption keys take an encryption context.", arnOf(k))
 	}
-	if c.Grant != "" {
-		if err := s.checkNarrower(ctx, c.Grant, k, ops, gc); err != nil {
+	if r.grant != "" {
+		if err := s.checkNarrower(ctx, r.grant, k, ops, gc); err != nil {
 			return nil, err
 		}
 	}
-	if in.DryRun {
-		return nil, dryRun()
+	if err := r.proceed(); err != nil {
+		return nil, err
 	}
 	id := newGrantID()
 	g, err := s.store.CreateGrant(ctx, &store.Grant{
 		Account: k.Account, Region: k.Region, KeyID: k.ID, GrantID: id, GrantToken: newGrantToken(id),
 		Name: in.Name, GranteePrincipal: in.GranteePrincipal, RetiringPrincipal: in.RetiringPrincipal,
-		IssuingAccount: "arn:aws:iam::" + c.Caller.Account + ":root", Operations: ops, Constraints: gc,
+		IssuingAccount: accountRoot(r.Caller.Account), Operations: ops, Constraints: gc,
 		CreationDate: s.now().UTC(),
 	}, maxGrantsPerKey)
 	switch {
@@ -466,12 +469,11 @@ func listEntries(gs []*store.Grant, next string) *ListGrantsOutput {
 	return out
 }
 
-func (s *Service) ListGrants(ctx context.Context, c *wire.Call, in *ListGrantsInput) (*ListGrantsOutput, error) {
-	c.Conditions = map[string][]string{"kms:GrantIsForAWSResource": {"false"}}
+func (s *Service) ListGrants(ctx context.Context, r *Request, in *ListGrantsInput) (*ListGrantsOutput, error) {
 	if in.GrantId != "" && !validGrantID(in.GrantId) {
 		return nil, invalidGrantID(in.GrantId)
 	}
-	k, err := s.lookupKey(ctx, c, in.KeyId, false)
+	k, err := s.key(ctx, r, in.KeyId, access{cond: conditions("kms:GrantIsForAWSResource", "false")})
 	if err != nil {
 		return nil, err
 	}
@@ -492,15 +494,15 @@ type ListRetirableGrantsInput struct {
 // any account, that RetiringPrincipal may retire. The principal must be in
 // the caller's account, as AWS requires: another account's retirable grants
 // are that account's business.
-func (s *Service) ListRetirableGrants(ctx context.Context, c *wire.Call, in *ListRetirableGrantsInput) (*ListGrantsOutput, error) {
+func (s *Service) ListRetirableGrants(ctx context.Context, r *Request, in *ListRetirableGrantsInput) (*ListGrantsOutput, error) {
 	acct, ok := principalAccount(in.RetiringPrincipal)
 	if !ok {
 		return nil, invalidPrincipal(in.RetiringPrincipal)
 	}
-	if acct != c.Caller.Account {
-		return nil, wire.Errorf(wire.AccessDenied, "The retiring principal %s is not in your account %s.", in.RetiringPrincipal, c.Caller.Account)
+	if acct != r.Caller.Account {
+		return nil, wire.Errorf(wire.AccessDenied, "The retiring principal %s is not in your account %s.", in.RetiringPrincipal, r.Caller.Account)
 	}
-	gs, next, err := s.store.ListRetirableGrants(ctx, c.Caller.Region, in.RetiringPrincipal, in.Marker, grantsLimit(in.Limit))
+	gs, next, err := s.store.ListRetirableGrants(ctx, r.Caller.Region, in.RetiringPrincipal, in.Marker, grantsLimit(in.Limit))
 	if err != nil {
 		return nil, listError(err)
 	}
@@ -511,15 +513,13 @@ type RetireGrantInput struct {
 	GrantToken string
 	KeyId      string
 	GrantId    string
-	DryRun     bool
+	DryRunField
 }
 
 // RetireGrant deletes a grant named by its token, or by key and grant id.
-// Who may retire is decided by the grant: its retiring principal, its
-// grantee if the grant allows RetireGrant, or the account that owns the
-// key. The key may be another account's, so it is not resolved as the
-// caller's.
-func (s *Service) RetireGrant(ctx context.Context, c *wire.Call, in *RetireGrantInput) (*Empty, error) {
+// Who may retire is decided by the grant (authorizeRetire). The key may be
+// another account's, so it is not resolved as the caller's.
+func (s *Service) RetireGrant(ctx context.Context, r *Request, in *RetireGrantInput) (*Empty, error) {
 	var g *store.Grant
 	var err error
 	switch {
@@ -528,12 +528,12 @@ func (s *Service) RetireGrant(ctx context.Context, c *wire.Call, in *RetireGrant
 			return nil, invalidGrantToken()
 		}
 		g, err = s.store.GetGrantByToken(ctx, in.GrantToken)
-		if errors.Is(err, store.ErrNotFound) {
+		if isNotFound(err) {
 			return nil, wire.Errorf(wire.NotFound, "Grant not found for the specified grant token.")
 		}
 	case in.KeyId != "" && in.GrantId != "":
 		var ref keyRef
-		ref, err = parseKeyID(c, in.KeyId, false)
+		ref, err = parseKeyID(r, in.KeyId, false)
 		if err != nil {
 			return nil, err
 		}
@@ -541,7 +541,7 @@ func (s *Service) RetireGrant(ctx context.Context, c *wire.Call, in *RetireGrant
 			return nil, invalidGrantID(in.GrantId)
 		}
 		g, err = s.store.GetGrant(ctx, in.GrantId)
-		if errors.Is(err, store.ErrNotFound) || (err == nil && (g.Account != ref.Account || g.Region != ref.Region || g.KeyID != ref.ID)) {
+		if isNotFound(err) || (err == nil && (g.Account != ref.Account || g.Region != ref.Region || g.KeyID != ref.ID)) {
 			return nil, grantNotFound(in.GrantId)
 		}
 	default:
@@ -550,15 +550,13 @@ func (s *Service) RetireGrant(ctx context.Context, c *wire.Call, in *RetireGrant
 	if err != nil {
 		return nil, err
 	}
-	c.KeyARN = keyARN(g.Region, g.Account, g.KeyID)
-	if !mayRetire(c.Caller, g) {
-		return nil, wire.Errorf(wire.AccessDenied, "User: %s is not authorized to perform: kms:RetireGrant on resource: %s because no grant allows it.",
-			c.Caller.PrincipalARN, c.KeyARN)
+	if err := s.authorizeRetire(ctx, r, g); err != nil {
+		return nil, err
 	}
-	if in.DryRun {
-		return nil, dryRun()
+	if err := r.proceed(); err != nil {
+		return nil, err
 	}
-	if err := s.store.DeleteGrant(ctx, g.GrantID); errors.Is(err, store.ErrNotFound) {
+	if err := s.store.DeleteGrant(ctx, g.GrantID); isNotFound(err) {
 		return nil, grantNotFound(g.GrantID)
 	} else if err != nil {
 		return nil, err
@@ -566,26 +564,63 @@ func (s *Service) RetireGrant(ctx context.Context, c *wire.Call, in *RetireGrant
 	return &Empty{}, nil
 }
 
-// mayRetire is AWS's rule for RetireGrant (Retiring and revoking grants,
-// in the KMS Developer Guide).
-func mayRetire(caller wire.Caller, g *store.Grant) bool {
-	return caller.Account == g.Account ||
-		principalMatches(g.RetiringPrincipal, caller.PrincipalARN) ||
-		(slices.Contains(g.Operations, "RetireGrant") && principalMatches(g.GranteePrincipal, caller.PrincipalARN))
+// authorizeRetire is AWS's rule for RetireGrant ("Retiring and revoking
+// grants", KMS Developer Guide): the grant decides. The caller may retire
+// it if it is the grant's retiring principal, or its grantee and the grant
+// allows RetireGrant, or the root user of the key's account. A principal
+// of the account a grant names by its root (the key's account, a retiring
+// account, a grantee account) may retire it when its identity policy
+// allows kms:RetireGrant: the account delegating, as AWS allows. An
+// explicit Deny of kms:RetireGrant in the caller's identity policy wins.
+// Key policies play no part. The decision is recorded on r.
+func (s *Service) authorizeRetire(ctx context.Context, r *Request, g *store.Grant) error {
+	keyARN := keyARN(g.Region, g.Account, g.KeyID)
+	r.touched(keyARN)
+	caller := r.Caller.PrincipalARN
+	in := s.decisionInput(ctx, r, nil, r.action(), keyARN, nil, nil)
+	ident := authz.Decide(in)
+	by := ""
+	if !ident.ExplicitDeny {
+		retiring, retiringAccount := grantNames(g.RetiringPrincipal, caller)
+		grantee, granteeAccount := grantNames(g.GranteePrincipal, caller)
+		if !slices.Contains(g.Operations, "RetireGrant") {
+			grantee, granteeAccount = false, false
+		}
+		keyAccount := r.Caller.Account == g.Account
+		switch {
+		case retiring:
+			by = "grant " + g.GrantID + " (retiring principal)"
+		case grantee:
+			by = "grant " + g.GrantID + " (grantee allowed RetireGrant)"
+		case caller == accountRoot(g.Account):
+			by = "grant " + g.GrantID + " (the key's account)"
+		case (keyAccount || retiringAccount || granteeAccount) && ident.Allowed:
+			by = "grant " + g.GrantID + " (account delegates by " + ident.By + ")"
+		}
+	}
+	if by == "" {
+		why := "because no grant allows it"
+		if ident.ExplicitDeny {
+			why = "with an explicit deny in an identity-based policy"
+		}
+		r.record(decision{action: r.action(), resource: keyARN, kind: onKey, by: "grant rules"})
+		return wire.Errorf(wire.AccessDenied, "User: %s is not authorized to perform: kms:RetireGrant on resource: %s %s", caller, keyARN, why)
+	}
+	r.record(decision{action: r.action(), resource: keyARN, kind: onKey, allowed: true, by: by})
+	return nil
 }
 
 type RevokeGrantInput struct {
 	KeyId   string
 	GrantId string
-	DryRun  bool
+	DryRunField
 }
 
-func (s *Service) RevokeGrant(ctx context.Context, c *wire.Call, in *RevokeGrantInput) (*Empty, error) {
-	c.Conditions = map[string][]string{"kms:GrantIsForAWSResource": {"false"}}
+func (s *Service) RevokeGrant(ctx context.Context, r *Request, in *RevokeGrantInput) (*Empty, error) {
 	if !validGrantID(in.GrantId) {
 		return nil, invalidGrantID(in.GrantId)
 	}
-	k, err := s.lookupKey(ctx, c, in.KeyId, false)
+	k, err := s.key(ctx, r, in.KeyId, access{cond: conditions("kms:GrantIsForAWSResource", "false")})
 	if err != nil {
 		return nil, err
 	}
@@ -596,8 +631,8 @@ func (s *Service) RevokeGrant(ctx context.Context, c *wire.Call, in *RevokeGrant
 	if err != nil {
 		return nil, err
 	}
-	if in.DryRun {
-		return nil, dryRun()
+	if err := r.proceed(); err != nil {
+		return nil, err
 	}
 	if err := s.store.DeleteGrant(ctx, g.GrantID); errors.Is(err, store.ErrNotFound) {
 		return nil, grantNotFound(g.GrantID)

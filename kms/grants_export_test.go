@@ -23,3 +23,8 @@ func (s *Service) GrantAllows(ctx context.Context, account, region, keyID, princ
 }
 
 var CheckGrantTokens = checkGrantTokens
+
+// RequestAs is a request for op by caller, as the runner would build it.
+func (s *Service) RequestAs(op string, caller Caller) *Request {
+	return &Request{op: s.op(op), Caller: caller}
+}

@@ -360,8 +360,10 @@ func TestCreateGrantFromAGrant(t *testing.T) {
 	parent := *e.createGrant(c, &awskms.CreateGrantInput{KeyId: &id, GranteePrincipal: aws.String(appRole),
 		Operations:  []types.GrantOperation{"Encrypt", "Decrypt", "CreateGrant"},
 		Constraints: &types.GrantConstraints{EncryptionContextSubset: map[string]string{"tenant": "a"}}}).GrantId
-	call := func() *wire.Call {
-		return &wire.Call{Op: "CreateGrant", Caller: wire.Caller{Account: account, Region: region, PrincipalARN: appRole}, Grant: parent}
+	// appRole has no policy of its own: the parent grant is what allows it
+	// to call CreateGrant, and what CreateGrant then holds it to.
+	call := func() *kms.Request {
+		return e.svc.RequestAs("CreateGrant", kms.Caller{Account: account, Region: region, PrincipalARN: appRole})
 	}
 	for _, tc := range []struct {
 		name string

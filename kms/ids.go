@@ -1,14 +1,12 @@
 package kms
 
 import (
-	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"strings"
 
-	"github.com/hsmkms/hsmkms/kms/authz"
 	"github.com/hsmkms/hsmkms/kms/store"
 	"github.com/hsmkms/hsmkms/kms/wire"
 )
@@ -80,8 +78,8 @@ type keyRef struct {
 // parseKeyID reads a KeyId parameter: key id, key ARN, alias name or alias
 // ARN. allowAlias is false for parameters AWS documents as key id or ARN
 // only (CreateAlias TargetKeyId, tagging, policies).
-func parseKeyID(c *wire.Call, s string, allowAlias bool) (keyRef, error) {
-	ref := keyRef{Account: c.Caller.Account, Region: c.Caller.Region}
+func parseKeyID(r *Request, s string, allowAlias bool) (keyRef, error) {
+	ref := keyRef{Account: r.Caller.Account, Region: r.Caller.Region}
 	resource := s
 	if strings.HasPrefix(s, "arn:") {
 		a, ok := parseARN(s)
@@ -113,83 +111,15 @@ func invalidKeyID(s string) error {
 	return wire.Errorf(wire.NotFound, "Invalid keyId '%s'", s)
 }
 
-// lookupKey finds the key a KeyId parameter names and authorizes the
-// caller's c.IAMAction() on it. Keys are regional: an ARN for another
-// region names no key this caller can see. Another account's key is found
-// only for the operations AWS allows across accounts, and then, whether it
-// exists or not, a caller its policies do not admit learns nothing but
-// AccessDeniedException. Keys still being created do not exist yet.
-func (s *Service) lookupKey(ctx context.Context, c *wire.Call, keyID string, allowAlias bool) (*store.Key, error) {
-	ref, err := parseKeyID(c, keyID, allowAlias)
-	if err != nil {
-		return nil, err
-	}
-	cross := ref.Account != c.Caller.Account
-	if ref.Alias != "" {
-		if ref.Region != c.Caller.Region || (cross && !crossAccountOps[c.Op]) {
-			return nil, aliasNotFound(c, ref.Alias)
-		}
-		a, err := s.store.GetAlias(ctx, ref.Account, ref.Region, ref.Alias)
-		if errors.Is(err, store.ErrNotFound) {
-			if cross {
-				return nil, s.deniedUnseen(c, aliasARN(ref.Region, ref.Account, ref.Alias))
-			}
-			return nil, aliasNotFound(c, ref.Alias)
-		}
-		if err != nil {
-			return nil, err
-		}
-		ref.ID = a.TargetKeyID
-		setCondition(c, "kms:RequestAlias", ref.Alias)
-	}
-	if ref.Region != c.Caller.Region || (cross && !crossAccountOps[c.Op]) {
-		return nil, keyNotFound(ref.Region, ref.Account, ref.ID)
-	}
-	k, err := s.store.GetKey(ctx, ref.Account, ref.Region, ref.ID)
-	if errors.Is(err, store.ErrNotFound) || (err == nil && k.State == string(StateCreating)) {
-		if cross {
-			return nil, s.deniedUnseen(c, keyARN(ref.Region, ref.Account, ref.ID))
-		}
-		return nil, keyNotFound(ref.Region, ref.Account, ref.ID)
-	}
-	if err != nil {
-		return nil, err
-	}
-	c.KeyARN = arnOf(k)
-	// Key-less operations were authorized before they ran; RetireGrant is
-	// decided by the grant itself, not by policies.
-	if !keylessOps[c.Op] && c.Op != "RetireGrant" {
-		if err := s.authorize(ctx, c, k); err != nil {
-			return nil, err
-		}
-	}
-	return k, nil
-}
-
-// crossAccountOps are the operations AWS lets a principal call on a key of
-// another account (when both accounts' policies allow it).
-var crossAccountOps = map[string]bool{
-	"CreateGrant": true, "Decrypt": true, "DescribeKey": true, "DeriveSharedSecret": true, "Encrypt": true,
-	"GenerateDataKey": true, "GenerateDataKeyPair": true, "GenerateDataKeyPairWithoutPlaintext": true,
-	"GenerateDataKeyWithoutPlaintext": true, "GenerateMac": true, "GetKeyRotationStatus": true, "GetPublicKey": true,
-	"ListGrants": true, "ReEncrypt": true, "RetireGrant": true, "RevokeGrant": true, "Sign": true, "Verify": true, "VerifyMac": true,
-}
-
-// deniedUnseen is the answer about another account's key that does not
-// exist: the same AccessDeniedException a caller without access gets, so
-// the answer does not tell which.
-func (s *Service) deniedUnseen(c *wire.Call, resource string) error {
-	c.Decisions = append(c.Decisions, "deny "+c.IAMAction()+" on "+resource+" by no such key")
-	return wire.Errorf(wire.AccessDenied, "%s", authz.DeniedMessage(c.Caller.PrincipalARN, c.IAMAction(), resource, false, false))
-}
-
 func keyNotFound(region, account, id string) error {
 	return wire.Errorf(wire.NotFound, "Key '%s' does not exist", keyARN(region, account, id))
 }
 
-func aliasNotFound(c *wire.Call, name string) error {
-	return wire.Errorf(wire.NotFound, "Alias %s is not found.", aliasARN(c.Caller.Region, c.Caller.Account, name))
+func aliasNotFound(r *Request, name string) error {
+	return wire.Errorf(wire.NotFound, "Alias %s is not found.", aliasARN(r.Caller.Region, r.Caller.Account, name))
 }
+
+func isNotFound(err error) bool { return errors.Is(err, store.ErrNotFound) }
 
 func arnOf(k *store.Key) string { return keyARN(k.Region, k.Account, k.ID) }
 

@@ -13,9 +13,9 @@ type DeriveSharedSecretInput struct {
 	KeyId                 string
 	KeyAgreementAlgorithm string
 	PublicKey             []byte
-	GrantTokens           []string
-	DryRun                bool
 	Recipient             *struct{}
+	GrantTokensField
+	DryRunField
 }
 
 type DeriveSharedSecretOutput struct {
@@ -30,13 +30,12 @@ var curves = map[string]string{"ECC_NIST_P256": "P-256", "ECC_NIST_P384": "P-384
 
 // DeriveSharedSecret does ECDH on the token between the key's private key
 // and the peer's public key; the raw shared secret is returned, as AWS does.
-func (s *Service) DeriveSharedSecret(ctx context.Context, c *wire.Call, in *DeriveSharedSecretInput) (*DeriveSharedSecretOutput, error) {
+func (s *Service) DeriveSharedSecret(ctx context.Context, r *Request, in *DeriveSharedSecretInput) (*DeriveSharedSecretOutput, error) {
 	if in.Recipient != nil {
 		return nil, wire.Errorf(wire.UnsupportedOperation, "Recipient (Nitro Enclaves attestation) is not supported by hsmkms.")
 	}
-	c.GrantTokens = in.GrantTokens
-	setCondition(c, "kms:KeyAgreementAlgorithm", in.KeyAgreementAlgorithm)
-	k, err := s.usableKey(ctx, c, in.KeyId, usageKeyAgreement)
+	a := access{cond: conditions("kms:KeyAgreementAlgorithm", in.KeyAgreementAlgorithm)}
+	k, err := s.usableKey(ctx, r, in.KeyId, usageKeyAgreement, a)
 	if err != nil {
 		return nil, err
 	}
@@ -54,7 +53,7 @@ func (s *Service) DeriveSharedSecret(ctx context.Context, c *wire.Call, in *Deri
 	if err != nil {
 		return nil, wire.Errorf(wire.Validation, "PublicKey must be a DER-encoded SubjectPublicKeyInfo of a %s public key.", k.KeySpec)
 	}
-	tok, err := s.tokenFor(k, in.DryRun)
+	tok, err := s.tokenFor(r, k)
 	if err != nil {
 		return nil, err
 	}

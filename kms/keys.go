@@ -58,11 +58,9 @@ func (s *Service) metadata(k *store.Key) *KeyMetadata {
 	if k.CustomKeyStoreID != "" {
 		if live, err := s.keystores.Get(k.CustomKeyStoreID); err == nil {
 			m.CloudHsmClusterId = live.ClusterID()
-			// A disconnected store's keys are Unavailable; their own state
-			// returns when it reconnects. PendingDeletion shows through.
-			if st, _ := live.State(); st != keystore.Connected && k.State != string(StatePendingDeletion) {
-				m.KeyState, m.Enabled = string(StateUnavailable), false
-			}
+		}
+		if st := s.effectiveState(k); st == StateUnavailable {
+			m.KeyState, m.Enabled = string(st), false
 		}
 	}
 	m.EncryptionAlgorithms, m.SigningAlgorithms, m.MacAlgorithms, m.KeyAgreementAlgorithms = keySpecs[k.KeySpec].algorithms(k.KeyUsage)
@@ -117,7 +115,7 @@ type CreateKeyOutput struct {
 // becomes Enabled. A crash at any point leaves either nothing or a Creating
 // row, which Reconcile removes together with any token object it names, so
 // no half-made key is ever usable.
-func (s *Service) CreateKey(ctx context.Context, c *wire.Call, in *CreateKeyInput) (*CreateKeyOutput, error) {
+func (s *Service) CreateKey(ctx context.Context, r *Request, in *CreateKeyInput) (*CreateKeyOutput, error) {
 	spec := in.KeySpec
 	if spec == "" {
 		spec = in.CustomerMasterKeySpec
@@ -139,15 +137,10 @@ func (s *Service) CreateKey(ctx context.Context, c *wire.Call, in *CreateKeyInpu
 	if !known {
 		return nil, wire.Errorf(wire.Validation, "KeySpec %s is not valid.", spec)
 	}
-	setCondition(c, "kms:KeySpec", spec)
-	setCondition(c, "kms:CustomerMasterKeySpec", spec)
-	setCondition(c, "kms:KeyUsage", usage)
-	setCondition(c, "kms:CustomerMasterKeyUsage", usage)
-	setCondition(c, "kms:KeyOrigin", origin)
-	setCondition(c, "kms:MultiRegion", strconv.FormatBool(in.MultiRegion))
-	setCondition(c, "kms:BypassPolicyLockoutSafetyCheck", strconv.FormatBool(in.BypassPolicyLockoutSafetyCheck))
-	setRequestTags(c, in.Tags)
-	if err := s.authorize(ctx, c, nil); err != nil {
+	cond := conditions("kms:KeySpec", spec, "kms:CustomerMasterKeySpec", spec, "kms:KeyUsage", usage,
+		"kms:CustomerMasterKeyUsage", usage, "kms:KeyOrigin", origin, "kms:MultiRegion", strconv.FormatBool(in.MultiRegion),
+		"kms:BypassPolicyLockoutSafetyCheck", strconv.FormatBool(in.BypassPolicyLockoutSafetyCheck))
+	if err := s.authorizeIdentity(ctx, r, requestTags(cond, in.Tags), r.action(), "*", onNothing); err != nil {
 		return nil, err
 	}
 	var ks *keystore.Store
@@ -158,7 +151,7 @@ func (s *Service) CreateKey(ctx context.Context, c *wire.Call, in *CreateKeyInpu
 		if spec != specSymmetric || usage != usageEncrypt {
 			return nil, wire.Errorf(wire.UnsupportedOperation, "Keys in a custom key store are SYMMETRIC_DEFAULT ENCRYPT_DECRYPT keys only.")
 		}
-		_, live, err := s.keyStore(ctx, c, in.CustomKeyStoreId)
+		_, live, err := s.keyStore(ctx, r, in.CustomKeyStoreId)
 		if err != nil {
 			return nil, err
 		}
@@ -183,31 +176,34 @@ func (s *Service) CreateKey(ctx context.Context, c *wire.Call, in *CreateKeyInpu
 		return nil, err
 	}
 	id, uuid := newKeyID()
-	policy := defaultPolicy(c.Caller.Account)
+	policy := defaultPolicy(r.Caller.Account)
 	if in.Policy != nil {
 		pol, err := checkPolicy(*in.Policy)
 		if err != nil {
 			return nil, err
 		}
 		if !in.BypassPolicyLockoutSafetyCheck {
-			if err := s.checkLockout(c, pol, c.Caller.Account, keyARN(c.Caller.Region, c.Caller.Account, id)); err != nil {
+			if err := s.checkLockout(r, pol, r.Caller.Account, keyARN(r.Caller.Region, r.Caller.Account, id)); err != nil {
 				return nil, err
 			}
 		}
 		policy = *in.Policy
+	}
+	if err := r.proceed(); err != nil {
+		return nil, err
 	}
 	if ks == nil {
 		ks = s.keystores.Default()
 	} else {
 		origin = originCloudHSM
 	}
-	mat, err := ks.NewMaterial(ctx, uuid, ksp.material, keyUsage(usage), keyARN(c.Caller.Region, c.Caller.Account, id))
+	mat, err := ks.NewMaterial(ctx, uuid, ksp.material, keyUsage(usage), keyARN(r.Caller.Region, r.Caller.Account, id))
 	if err != nil {
 		return nil, tokenError(err, tokenCall{storeID: in.CustomKeyStoreId})
 	}
 	now := s.now().UTC()
 	k := &store.Key{
-		Account: c.Caller.Account, Region: c.Caller.Region, ID: id,
+		Account: r.Caller.Account, Region: r.Caller.Region, ID: id,
 		Description: in.Description, KeyUsage: usage, KeySpec: spec, Origin: origin, CustomKeyStoreID: in.CustomKeyStoreId,
 		State: string(StateCreating), CreationDate: now, Policy: policy,
 		Materials: []store.Material{{ID: hexID(mat.ID()), TokenID: mat.Ref(), CreationDate: now}},
@@ -216,10 +212,13 @@ func (s *Service) CreateKey(ctx context.Context, c *wire.Call, in *CreateKeyInpu
 	for i, t := range in.Tags {
 		tags[i] = store.Tag{Key: t.TagKey, Value: t.TagValue}
 	}
-	if err := s.store.CreateKey(ctx, k, tags); err != nil {
+	if err := s.store.CreateKey(ctx, k, tags); errors.Is(err, store.ErrNotFound) {
+		// The custom key store was deleted since it was looked up.
+		return nil, keyStoreNotFound(in.CustomKeyStoreId)
+	} else if err != nil {
 		return nil, err
 	}
-	c.KeyARN = arnOf(k)
+	r.touched(arnOf(k))
 	if err := ks.Generate(ctx, mat); err != nil {
 		s.abandon(ctx, k, false)
 		return nil, tokenError(err, tokenCall{key: k, what: "KeySpec " + spec})
@@ -252,17 +251,20 @@ func (s *Service) abandon(ctx context.Context, k *store.Key, destroy bool) {
 }
 
 type KeyIDInput struct {
-	KeyId       string
-	GrantTokens []string
+	KeyId string
+}
+
+type DescribeKeyInput struct {
+	KeyId string
+	GrantTokensField
 }
 
 type DescribeKeyOutput struct {
 	KeyMetadata *KeyMetadata
 }
 
-func (s *Service) DescribeKey(ctx context.Context, c *wire.Call, in *KeyIDInput) (*DescribeKeyOutput, error) {
-	c.GrantTokens = in.GrantTokens
-	k, err := s.lookupKey(ctx, c, in.KeyId, true)
+func (s *Service) DescribeKey(ctx context.Context, r *Request, in *DescribeKeyInput) (*DescribeKeyOutput, error) {
+	k, err := s.key(ctx, r, in.KeyId, access{})
 	if err != nil {
 		return nil, err
 	}
@@ -285,8 +287,8 @@ type ListKeysOutput struct {
 	Truncated  bool
 }
 
-func (s *Service) ListKeys(ctx context.Context, c *wire.Call, in *ListInput) (*ListKeysOutput, error) {
-	keys, next, err := s.store.ListKeys(ctx, c.Caller.Account, c.Caller.Region, in.Marker, limit(in.Limit, 1000))
+func (s *Service) ListKeys(ctx context.Context, r *Request, in *ListInput) (*ListKeysOutput, error) {
+	keys, next, err := s.store.ListKeys(ctx, r.Caller.Account, r.Caller.Region, in.Marker, limit(in.Limit, 1000))
 	if err != nil {
 		return nil, listError(err)
 	}
@@ -316,40 +318,43 @@ func listError(err error) error {
 
 type Empty struct{}
 
-func (s *Service) EnableKey(ctx context.Context, c *wire.Call, in *KeyIDInput) (*Empty, error) {
-	return s.setEnabled(ctx, c, in.KeyId, StateEnabled)
+func (s *Service) EnableKey(ctx context.Context, r *Request, in *KeyIDInput) (*Empty, error) {
+	return s.setEnabled(ctx, r, in.KeyId, StateEnabled)
 }
 
-func (s *Service) DisableKey(ctx context.Context, c *wire.Call, in *KeyIDInput) (*Empty, error) {
-	return s.setEnabled(ctx, c, in.KeyId, StateDisabled)
+func (s *Service) DisableKey(ctx context.Context, r *Request, in *KeyIDInput) (*Empty, error) {
+	return s.setEnabled(ctx, r, in.KeyId, StateDisabled)
 }
 
-func (s *Service) setEnabled(ctx context.Context, c *wire.Call, keyID string, state KeyState) (*Empty, error) {
-	err := s.update(ctx, c, keyID, classEnableDisable, func(k *store.Key) error {
+func (s *Service) setEnabled(ctx context.Context, r *Request, keyID string, state KeyState) (*Empty, error) {
+	_, err := s.update(ctx, r, keyID, access{}, func(k *store.Key) error {
 		k.State = string(state)
 		return nil
 	})
 	return &Empty{}, err
 }
 
-// update applies fn to the key keyID names, atomically, after checking the
-// key state for an operation of class against the stored (not a cached)
-// state.
-func (s *Service) update(ctx context.Context, c *wire.Call, keyID string, class opClass, fn func(*store.Key) error) error {
-	k, err := s.lookupKey(ctx, c, keyID, false)
+// update resolves and authorizes the key keyID names (Service.key), then
+// applies fn to it atomically, checking the operation's key-state rule
+// again against the stored (not a cached) state inside the transaction.
+func (s *Service) update(ctx context.Context, r *Request, keyID string, a access, fn func(*store.Key) error) (*store.Key, error) {
+	k, err := s.key(ctx, r, keyID, a)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	_, err = s.store.UpdateKey(ctx, k.Account, k.Region, k.ID, func(k *store.Key) error {
-		if err := checkState(k, class); err != nil {
+	if err := r.proceed(); err != nil {
+		return nil, err
+	}
+	out, err := s.store.UpdateKey(ctx, k.Account, k.Region, k.ID, func(k *store.Key) error {
+		if err := s.checkState(k, r.op.states); err != nil {
 			return err
 		}
 		return fn(k)
 	})
-	if errors.Is(err, store.ErrNotFound) {
-		return keyNotFound(k.Region, k.Account, k.ID)
+	if isNotFound(err) {
+		return nil, keyNotFound(k.Region, k.Account, k.ID)
 	}
-	return err
+	return out, err
 }
 
 type UpdateKeyDescriptionInput struct {
@@ -357,8 +362,8 @@ type UpdateKeyDescriptionInput struct {
 	Description string
 }
 
-func (s *Service) UpdateKeyDescription(ctx context.Context, c *wire.Call, in *UpdateKeyDescriptionInput) (*Empty, error) {
-	err := s.update(ctx, c, in.KeyId, classManage, func(k *store.Key) error {
+func (s *Service) UpdateKeyDescription(ctx context.Context, r *Request, in *UpdateKeyDescriptionInput) (*Empty, error) {
+	_, err := s.update(ctx, r, in.KeyId, access{}, func(k *store.Key) error {
 		k.Description = in.Description
 		return nil
 	})

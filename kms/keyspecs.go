@@ -110,27 +110,22 @@ func currentMaterial(k *store.Key) keystore.Material {
 	return material(k, k.Materials[len(k.Materials)-1])
 }
 
-// usableKey resolves keyID for a cryptographic operation and checks that
-// the key is in a state to do it now and has usage ("" for any).
-func (s *Service) usableKey(ctx context.Context, c *wire.Call, keyID, usage string) (*store.Key, error) {
-	k, err := s.lookupKey(ctx, c, keyID, true)
+// usableKey resolves and authorizes keyID for a cryptographic operation
+// (Service.key applies the operation's state rule) and checks that the
+// key has usage ("" for any).
+func (s *Service) usableKey(ctx context.Context, r *Request, keyID, usage string, a access) (*store.Key, error) {
+	k, err := s.key(ctx, r, keyID, a)
 	if err != nil {
 		return nil, err
 	}
-	if k.CustomKeyStoreID != "" && k.State != string(StatePendingDeletion) && !s.storeConnected(k.CustomKeyStoreID) {
-		return nil, invalidState(arnOf(k), StateUnavailable)
-	}
-	if err := checkState(k, classCrypto); err != nil {
-		return nil, err
-	}
 	if usage != "" && k.KeyUsage != usage {
-		return nil, wrongUsage(c, k)
+		return nil, wrongUsage(r, k)
 	}
 	return k, nil
 }
 
-func wrongUsage(c *wire.Call, k *store.Key) error {
-	return wire.Errorf(wire.InvalidKeyUsage, "%s key usage is %s which is not valid for %s.", arnOf(k), k.KeyUsage, c.Op)
+func wrongUsage(r *Request, k *store.Key) error {
+	return wire.Errorf(wire.InvalidKeyUsage, "%s key usage is %s which is not valid for %s.", arnOf(k), k.KeyUsage, r.op.name)
 }
 
 // incompatible is AWS's answer to an algorithm the key's spec does not do.

@@ -12,8 +12,8 @@ type GenerateMacInput struct {
 	KeyId        string
 	Message      []byte
 	MacAlgorithm string
-	GrantTokens  []string
-	DryRun       bool
+	GrantTokensField
+	DryRunField
 }
 
 type GenerateMacOutput struct {
@@ -23,13 +23,12 @@ type GenerateMacOutput struct {
 }
 
 // GenerateMac computes an HMAC on the token.
-func (s *Service) GenerateMac(ctx context.Context, c *wire.Call, in *GenerateMacInput) (*GenerateMacOutput, error) {
-	c.GrantTokens = in.GrantTokens
-	k, err := s.macKey(ctx, c, in.KeyId, in.MacAlgorithm)
+func (s *Service) GenerateMac(ctx context.Context, r *Request, in *GenerateMacInput) (*GenerateMacOutput, error) {
+	k, err := s.macKey(ctx, r, in.KeyId, in.MacAlgorithm)
 	if err != nil {
 		return nil, err
 	}
-	tok, err := s.tokenFor(k, in.DryRun)
+	tok, err := s.tokenFor(r, k)
 	if err != nil {
 		return nil, err
 	}
@@ -45,8 +44,8 @@ type VerifyMacInput struct {
 	Message      []byte
 	MacAlgorithm string
 	Mac          []byte
-	GrantTokens  []string
-	DryRun       bool
+	GrantTokensField
+	DryRunField
 }
 
 type VerifyMacOutput struct {
@@ -57,13 +56,12 @@ type VerifyMacOutput struct {
 
 // VerifyMac recomputes the HMAC on the token and compares in constant time
 // (inside the key store).
-func (s *Service) VerifyMac(ctx context.Context, c *wire.Call, in *VerifyMacInput) (*VerifyMacOutput, error) {
-	c.GrantTokens = in.GrantTokens
-	k, err := s.macKey(ctx, c, in.KeyId, in.MacAlgorithm)
+func (s *Service) VerifyMac(ctx context.Context, r *Request, in *VerifyMacInput) (*VerifyMacOutput, error) {
+	k, err := s.macKey(ctx, r, in.KeyId, in.MacAlgorithm)
 	if err != nil {
 		return nil, err
 	}
-	tok, err := s.tokenFor(k, in.DryRun)
+	tok, err := s.tokenFor(r, k)
 	if err != nil {
 		return nil, err
 	}
@@ -77,9 +75,8 @@ func (s *Service) VerifyMac(ctx context.Context, c *wire.Call, in *VerifyMacInpu
 	return &VerifyMacOutput{KeyId: arnOf(k), MacAlgorithm: in.MacAlgorithm, MacValid: true}, nil
 }
 
-func (s *Service) macKey(ctx context.Context, c *wire.Call, keyID, alg string) (*store.Key, error) {
-	setCondition(c, "kms:MacAlgorithm", alg)
-	k, err := s.usableKey(ctx, c, keyID, usageMAC)
+func (s *Service) macKey(ctx context.Context, r *Request, keyID, alg string) (*store.Key, error) {
+	k, err := s.usableKey(ctx, r, keyID, usageMAC, access{cond: conditions("kms:MacAlgorithm", alg)})
 	if err != nil {
 		return nil, err
 	}

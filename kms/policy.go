@@ -45,13 +45,13 @@ func checkPolicy(doc string) (*authz.Policy, error) {
 
 // checkLockout is AWS's policy lockout safety check: a new key policy must
 // let the caller change it again, or the key could become unmanageable.
-func (s *Service) checkLockout(c *wire.Call, pol *authz.Policy, keyAccount, keyARN string) error {
-	req := authz.NewRequest("kms:PutKeyPolicy", keyARN, authz.Principal{ARN: c.Caller.PrincipalARN, Account: c.Caller.Account})
-	in := authz.Input{Request: req, KeyPolicy: pol, KeyAccount: keyAccount}
-	if id := s.identityOf(c.Caller.PrincipalARN); id != nil {
+func (s *Service) checkLockout(r *Request, pol *authz.Policy, keyAccount, keyARN string) error {
+	req := authz.NewRequest("kms:PutKeyPolicy", keyARN, authz.Principal{ARN: r.Caller.PrincipalARN, Account: r.Caller.Account})
+	in := authz.Input{Request: req, KeyAccount: keyAccount}
+	if id := s.identityOf(r.Caller.PrincipalARN); id != nil {
 		in.Identity = id.policies
 	}
-	if !authz.Decide(in).Allowed {
+	if !authz.LockoutCheck(pol, in).Allowed {
 		return wire.Errorf(wire.MalformedPolicyDocument, "The new key policy will not allow you to update the key policy in the future.")
 	}
 	return nil
@@ -74,8 +74,8 @@ type GetKeyPolicyOutput struct {
 	PolicyName string
 }
 
-func (s *Service) GetKeyPolicy(ctx context.Context, c *wire.Call, in *GetKeyPolicyInput) (*GetKeyPolicyOutput, error) {
-	k, err := s.lookupKey(ctx, c, in.KeyId, false)
+func (s *Service) GetKeyPolicy(ctx context.Context, r *Request, in *GetKeyPolicyInput) (*GetKeyPolicyOutput, error) {
+	k, err := s.key(ctx, r, in.KeyId, access{})
 	if err != nil {
 		return nil, err
 	}
@@ -92,7 +92,7 @@ type PutKeyPolicyInput struct {
 	BypassPolicyLockoutSafetyCheck bool
 }
 
-func (s *Service) PutKeyPolicy(ctx context.Context, c *wire.Call, in *PutKeyPolicyInput) (*Empty, error) {
+func (s *Service) PutKeyPolicy(ctx context.Context, r *Request, in *PutKeyPolicyInput) (*Empty, error) {
 	if err := checkPolicyName(in.PolicyName); err != nil {
 		return nil, err
 	}
@@ -100,10 +100,10 @@ func (s *Service) PutKeyPolicy(ctx context.Context, c *wire.Call, in *PutKeyPoli
 	if err != nil {
 		return nil, err
 	}
-	setCondition(c, "kms:BypassPolicyLockoutSafetyCheck", strconv.FormatBool(in.BypassPolicyLockoutSafetyCheck))
-	err = s.update(ctx, c, in.KeyId, classRead, func(k *store.Key) error {
+	a := access{cond: conditions("kms:BypassPolicyLockoutSafetyCheck", strconv.FormatBool(in.BypassPolicyLockoutSafetyCheck))}
+	_, err = s.update(ctx, r, in.KeyId, a, func(k *store.Key) error {
 		if !in.BypassPolicyLockoutSafetyCheck {
-			if err := s.checkLockout(c, pol, k.Account, arnOf(k)); err != nil {
+			if err := s.checkLockout(r, pol, k.Account, arnOf(k)); err != nil {
 				return err
 			}
 		}
@@ -124,8 +124,8 @@ type ListKeyPoliciesOutput struct {
 	Truncated   bool
 }
 
-func (s *Service) ListKeyPolicies(ctx context.Context, c *wire.Call, in *ListKeyPoliciesInput) (*ListKeyPoliciesOutput, error) {
-	if _, err := s.lookupKey(ctx, c, in.KeyId, false); err != nil {
+func (s *Service) ListKeyPolicies(ctx context.Context, r *Request, in *ListKeyPoliciesInput) (*ListKeyPoliciesOutput, error) {
+	if _, err := s.key(ctx, r, in.KeyId, access{}); err != nil {
 		return nil, err
 	}
 	if in.Marker != "" {

@@ -102,16 +102,6 @@ func rotatable(k *store.Key) error {
 	return nil
 }
 
-// checkRotateState is AWS's key-state rule for changing rotation and for
-// rotating: Enabled only; Disabled is DisabledException, any other state
-// KMSInvalidStateException.
-func checkRotateState(k *store.Key) error {
-	if k.State == string(StateDisabled) {
-		return wire.Errorf(wire.Disabled, "%s is disabled.", arnOf(k))
-	}
-	return checkState(k, classManage)
-}
-
 func days(n int) time.Duration { return time.Duration(n) * 24 * time.Hour }
 
 type EnableKeyRotationInput struct {
@@ -123,7 +113,7 @@ type EnableKeyRotationInput struct {
 // a period after now. On a key whose rotation is already on it changes
 // the period, keeping the date the current period counts from (the last
 // automatic rotation, or when rotation was enabled).
-func (s *Service) EnableKeyRotation(ctx context.Context, c *wire.Call, in *EnableKeyRotationInput) (*Empty, error) {
+func (s *Service) EnableKeyRotation(ctx context.Context, r *Request, in *EnableKeyRotationInput) (*Empty, error) {
 	n := in.RotationPeriodInDays
 	if n == 0 {
 		n = defaultRotationDays
@@ -136,12 +126,9 @@ func (s *Service) EnableKeyRotation(ctx context.Context, c *wire.Call, in *Enabl
 		}
 		return nil, wire.Errorf(wire.Validation, "1 validation error detected: Value '%d' at 'rotationPeriodInDays' failed to satisfy constraint: Member must have value less than or equal to %d", n, maxRotationDays)
 	}
-	setCondition(c, "kms:RotationPeriodInDays", strconv.Itoa(n))
-	err := s.update(ctx, c, in.KeyId, classManage, func(k *store.Key) error {
+	a := access{cond: conditions("kms:RotationPeriodInDays", strconv.Itoa(n))}
+	_, err := s.update(ctx, r, in.KeyId, a, func(k *store.Key) error {
 		if err := rotatable(k); err != nil {
-			return err
-		}
-		if err := checkRotateState(k); err != nil {
 			return err
 		}
 		if k.RotationEnabled && !k.NextRotationDate.IsZero() {
@@ -156,12 +143,9 @@ func (s *Service) EnableKeyRotation(ctx context.Context, c *wire.Call, in *Enabl
 	return &Empty{}, err
 }
 
-func (s *Service) DisableKeyRotation(ctx context.Context, c *wire.Call, in *KeyIDInput) (*Empty, error) {
-	err := s.update(ctx, c, in.KeyId, classManage, func(k *store.Key) error {
+func (s *Service) DisableKeyRotation(ctx context.Context, r *Request, in *KeyIDInput) (*Empty, error) {
+	_, err := s.update(ctx, r, in.KeyId, access{}, func(k *store.Key) error {
 		if err := rotatable(k); err != nil {
-			return err
-		}
-		if err := checkRotateState(k); err != nil {
 			return err
 		}
 		k.RotationEnabled = false
@@ -183,15 +167,12 @@ type GetKeyRotationStatusOutput struct {
 // keeps its status (it is not rotated while disabled, and rotates at once
 // when re-enabled if it fell due), and a key pending deletion reports false
 // (its stored status returns if the deletion is cancelled).
-func (s *Service) GetKeyRotationStatus(ctx context.Context, c *wire.Call, in *KeyIDInput) (*GetKeyRotationStatusOutput, error) {
-	k, err := s.lookupKey(ctx, c, in.KeyId, false)
+func (s *Service) GetKeyRotationStatus(ctx context.Context, r *Request, in *KeyIDInput) (*GetKeyRotationStatusOutput, error) {
+	k, err := s.key(ctx, r, in.KeyId, access{})
 	if err != nil {
 		return nil, err
 	}
 	if err := rotatable(k); err != nil {
-		return nil, err
-	}
-	if err := checkState(k, classRead); err != nil {
 		return nil, err
 	}
 	out := &GetKeyRotationStatusOutput{KeyId: arnOf(k)}
@@ -216,17 +197,17 @@ type RotateKeyOnDemandOutput struct {
 // on, without moving the automatic schedule. AWS finishes the rotation in
 // the background; here it is done when the call returns, so
 // OnDemandRotationStartDate is visible only to concurrent callers.
-func (s *Service) RotateKeyOnDemand(ctx context.Context, c *wire.Call, in *KeyIDInput) (*RotateKeyOnDemandOutput, error) {
-	k, err := s.lookupKey(ctx, c, in.KeyId, false)
+func (s *Service) RotateKeyOnDemand(ctx context.Context, r *Request, in *KeyIDInput) (*RotateKeyOnDemandOutput, error) {
+	k, err := s.key(ctx, r, in.KeyId, access{})
 	if err != nil {
 		return nil, err
 	}
 	now := s.now().UTC()
 	check := func(k *store.Key) error {
-		if err := rotatable(k); err != nil {
+		if err := s.checkState(k, r.op.states); err != nil {
 			return err
 		}
-		if err := checkRotateState(k); err != nil {
+		if err := rotatable(k); err != nil {
 			return err
 		}
 		if onDemandCount(k) >= maxOnDemandRotations {
@@ -238,6 +219,9 @@ func (s *Service) RotateKeyOnDemand(ctx context.Context, c *wire.Call, in *KeyID
 		return nil
 	}
 	if err := check(k); err != nil {
+		return nil, err
+	}
+	if err := r.proceed(); err != nil {
 		return nil, err
 	}
 	end, ok := s.rotations.begin(k, rotation{start: now, onDemand: true})
@@ -405,15 +389,12 @@ const rotationMarkerPrefix = "r1."
 // ListKeyRotations lists a key's material versions oldest first: by
 // default the rotations (every version after the original), with
 // IncludeKeyMaterial ALL_KEY_MATERIAL the original too.
-func (s *Service) ListKeyRotations(ctx context.Context, c *wire.Call, in *ListKeyRotationsInput) (*ListKeyRotationsOutput, error) {
-	k, err := s.lookupKey(ctx, c, in.KeyId, false)
+func (s *Service) ListKeyRotations(ctx context.Context, r *Request, in *ListKeyRotationsInput) (*ListKeyRotationsOutput, error) {
+	k, err := s.key(ctx, r, in.KeyId, access{})
 	if err != nil {
 		return nil, err
 	}
 	if err := rotatable(k); err != nil {
-		return nil, err
-	}
-	if err := checkState(k, classRead); err != nil {
 		return nil, err
 	}
 	first := 1

@@ -475,6 +475,9 @@ func TestRotationStateAndKeyTypeErrors(t *testing.T) {
 		"33333333-3333-4333-8333-333333333333": func(k *store.Key) { k.Origin = "EXTERNAL" },
 		"44444444-4444-4444-8444-444444444444": func(k *store.Key) { k.Origin, k.CustomKeyStoreID = "AWS_CLOUDHSM", "cks-1234567890abcdef0" },
 	}
+	// A key's custom key store must exist for the store to take the key.
+	require.NoError(t, db.CreateKeyStore(bg(), &store.KeyStore{ID: "cks-1234567890abcdef0", Account: account, Region: region,
+		Name: "unrotatable", ClusterID: "cluster-undeclared1", CreationDate: time.Now()}, 10))
 	for id, set := range unrotatable {
 		k := &store.Key{Account: account, Region: region, ID: id, KeyUsage: "ENCRYPT_DECRYPT", KeySpec: "SYMMETRIC_DEFAULT",
 			Origin: "AWS_KMS", State: "Enabled", CreationDate: time.Now(), Policy: defaultKeyPolicy}

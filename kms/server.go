@@ -75,13 +75,13 @@ func (s *Service) Handler(cfg HandlerConfig) (http.Handler, error) {
 		Timeout: cfg.Timeout,
 		Logger:  cfg.Logger,
 		Now:     cfg.Now,
-		Authenticate: func(r *http.Request, body []byte) (wire.Caller, error) {
+		Authenticate: func(r *http.Request, body []byte) (any, error) {
 			res, err := v.Verify(r, body)
 			if err != nil {
-				return wire.Caller{}, err
+				return nil, err
 			}
 			p := byKey[res.AccessKeyID]
-			return wire.Caller{AccessKeyID: p.AccessKeyID, Account: p.Account, PrincipalARN: p.ARN, Region: res.Region}, nil
+			return Caller{AccessKeyID: p.AccessKeyID, Account: p.Account, PrincipalARN: p.ARN, Region: res.Region}, nil
 		},
 	}, nil
 }

@@ -42,6 +42,7 @@ type Service struct {
 	jobInterval time.Duration
 	report      *Report
 	reconnect   []*keystore.Store // connected at the last stop; Start reconnects them
+	ops         []*operation      // the operation table
 	// rotations marks the keys being rotated now (see rotation.go).
 	rotations rotations
 	// identities are the principals' identity policies by ARN, set by
@@ -64,86 +65,25 @@ func New(cfg Config) *Service {
 	}
 	s := &Service{store: store.WithKeyCache(cfg.Store), keystores: cfg.KeyStores, log: cfg.Logger, now: cfg.Now, clusters: clusters}
 	s.life, s.stop = context.WithCancel(context.Background())
+	s.ops = s.operations()
 	return s
 }
 
-// handlers are the operations implemented here, by operation name.
-func (s *Service) handlers() map[string]wire.Route {
-	return map[string]wire.Route{
-		"CreateKey":                           wire.Typed(s.CreateKey),
-		"DescribeKey":                         wire.Typed(s.DescribeKey),
-		"ListKeys":                            wire.Typed(s.ListKeys),
-		"EnableKey":                           wire.Typed(s.EnableKey),
-		"DisableKey":                          wire.Typed(s.DisableKey),
-		"UpdateKeyDescription":                wire.Typed(s.UpdateKeyDescription),
-		"ScheduleKeyDeletion":                 wire.Typed(s.ScheduleKeyDeletion),
-		"CancelKeyDeletion":                   wire.Typed(s.CancelKeyDeletion),
-		"CreateAlias":                         wire.Typed(s.CreateAlias),
-		"UpdateAlias":                         wire.Typed(s.UpdateAlias),
-		"DeleteAlias":                         wire.Typed(s.DeleteAlias),
-		"ListAliases":                         wire.Typed(s.ListAliases),
-		"TagResource":                         wire.Typed(s.TagResource),
-		"UntagResource":                       wire.Typed(s.UntagResource),
-		"ListResourceTags":                    wire.Typed(s.ListResourceTags),
-		"Encrypt":                             wire.Typed(s.Encrypt),
-		"Decrypt":                             wire.Typed(s.Decrypt),
-		"ReEncrypt":                           wire.Typed(s.ReEncrypt),
-		"GenerateDataKey":                     wire.Typed(s.GenerateDataKey),
-		"GenerateDataKeyWithoutPlaintext":     wire.Typed(s.GenerateDataKeyWithoutPlaintext),
-		"GenerateRandom":                      wire.Typed(s.GenerateRandom),
-		"GetKeyPolicy":                        wire.Typed(s.GetKeyPolicy),
-		"PutKeyPolicy":                        wire.Typed(s.PutKeyPolicy),
-		"ListKeyPolicies":                     wire.Typed(s.ListKeyPolicies),
-		"EnableKeyRotation":                   wire.Typed(s.EnableKeyRotation),
-		"DisableKeyRotation":                  wire.Typed(s.DisableKeyRotation),
-		"GetKeyRotationStatus":                wire.Typed(s.GetKeyRotationStatus),
-		"RotateKeyOnDemand":                   wire.Typed(s.RotateKeyOnDemand),
-		"ListKeyRotations":                    wire.Typed(s.ListKeyRotations),
-		"CreateCustomKeyStore":                wire.Typed(s.CreateCustomKeyStore),
-		"DescribeCustomKeyStores":             wire.Typed(s.DescribeCustomKeyStores),
-		"ConnectCustomKeyStore":               wire.Typed(s.ConnectCustomKeyStore),
-		"DisconnectCustomKeyStore":            wire.Typed(s.DisconnectCustomKeyStore),
-		"UpdateCustomKeyStore":                wire.Typed(s.UpdateCustomKeyStore),
-		"DeleteCustomKeyStore":                wire.Typed(s.DeleteCustomKeyStore),
-		"CreateGrant":                         wire.Typed(s.CreateGrant),
-		"ListGrants":                          wire.Typed(s.ListGrants),
-		"ListRetirableGrants":                 wire.Typed(s.ListRetirableGrants),
-		"RetireGrant":                         wire.Typed(s.RetireGrant),
-		"RevokeGrant":                         wire.Typed(s.RevokeGrant),
-		"GenerateDataKeyPair":                 wire.Typed(s.GenerateDataKeyPair),
-		"GenerateDataKeyPairWithoutPlaintext": wire.Typed(s.GenerateDataKeyPairWithoutPlaintext),
-		"Sign":                                wire.Typed(s.Sign),
-		"Verify":                              wire.Typed(s.Verify),
-		"GetPublicKey":                        wire.Typed(s.GetPublicKey),
-		"GenerateMac":                         wire.Typed(s.GenerateMac),
-		"VerifyMac":                           wire.Typed(s.VerifyMac),
-		"DeriveSharedSecret":                  wire.Typed(s.DeriveSharedSecret),
-	}
-}
-
 // Routes is the explicit route table, keyed by X-Amz-Target: every
-// operation of the KMS model, those not implemented answering
-// UnsupportedOperationException.
+// operation of the operation table, run by the runner that enforces its
+// contract.
 func (s *Service) Routes() map[string]wire.Route {
-	r := s.handlers()
-	out := make(map[string]wire.Route, len(wire.Operations()))
-	for _, op := range wire.Operations() {
-		if route, ok := r[op]; ok {
-			if keylessOps[op] {
-				route = s.authorized(route)
-			}
-			out["TrentService."+op] = route
-		} else {
-			out["TrentService."+op] = unsupported(op)
-		}
+	out := map[string]wire.Route{}
+	for _, op := range s.ops {
+		out["TrentService."+op.name] = s.route(op)
 	}
 	return out
 }
 
 // Supported reports whether op is implemented here (for the README table).
 func (s *Service) Supported(op string) bool {
-	_, ok := s.handlers()[op]
-	return ok
+	o := s.op(op)
+	return o != nil && o.handle != nil
 }
 
 // token returns the key store holding k's material, or the exception AWS
@@ -160,10 +100,10 @@ func (s *Service) token(k *store.Key) (*keystore.Store, error) {
 }
 
 // tokenFor is token for an operation that is about to use k's material:
-// a DryRun request stops here, having passed every check, as AWS answers it.
-func (s *Service) tokenFor(k *store.Key, dry bool) (*keystore.Store, error) {
-	if dry {
-		return nil, dryRun()
+// the request must be allowed to proceed (and a DryRun stops here).
+func (s *Service) tokenFor(r *Request, k *store.Key) (*keystore.Store, error) {
+	if err := r.proceed(); err != nil {
+		return nil, err
 	}
 	return s.token(k)
 }

@@ -13,8 +13,8 @@ type SignInput struct {
 	Message          []byte
 	MessageType      string
 	SigningAlgorithm string
-	GrantTokens      []string
-	DryRun           bool
+	GrantTokensField
+	DryRunField
 }
 
 type SignOutput struct {
@@ -25,13 +25,12 @@ type SignOutput struct {
 
 // Sign signs on the token with the key's private key. ECDSA signatures are
 // DER-encoded, as AWS returns them.
-func (s *Service) Sign(ctx context.Context, c *wire.Call, in *SignInput) (*SignOutput, error) {
-	c.GrantTokens = in.GrantTokens
-	k, sg, data, err := s.signingInput(ctx, c, in.KeyId, in.SigningAlgorithm, in.MessageType, in.Message)
+func (s *Service) Sign(ctx context.Context, r *Request, in *SignInput) (*SignOutput, error) {
+	k, sg, data, err := s.signingInput(ctx, r, in.KeyId, in.SigningAlgorithm, in.MessageType, in.Message)
 	if err != nil {
 		return nil, err
 	}
-	tok, err := s.tokenFor(k, in.DryRun)
+	tok, err := s.tokenFor(r, k)
 	if err != nil {
 		return nil, err
 	}
@@ -48,8 +47,8 @@ type VerifyInput struct {
 	MessageType      string
 	Signature        []byte
 	SigningAlgorithm string
-	GrantTokens      []string
-	DryRun           bool
+	GrantTokensField
+	DryRunField
 }
 
 type VerifyOutput struct {
@@ -60,13 +59,12 @@ type VerifyOutput struct {
 
 // Verify checks a signature with the key's public key, on the token (Go's
 // crypto has no secp256k1, and one path for all specs is one to test).
-func (s *Service) Verify(ctx context.Context, c *wire.Call, in *VerifyInput) (*VerifyOutput, error) {
-	c.GrantTokens = in.GrantTokens
-	k, sg, data, err := s.signingInput(ctx, c, in.KeyId, in.SigningAlgorithm, in.MessageType, in.Message)
+func (s *Service) Verify(ctx context.Context, r *Request, in *VerifyInput) (*VerifyOutput, error) {
+	k, sg, data, err := s.signingInput(ctx, r, in.KeyId, in.SigningAlgorithm, in.MessageType, in.Message)
 	if err != nil {
 		return nil, err
 	}
-	tok, err := s.tokenFor(k, in.DryRun)
+	tok, err := s.tokenFor(r, k)
 	if err != nil {
 		return nil, err
 	}
@@ -83,14 +81,13 @@ func (s *Service) Verify(ctx context.Context, c *wire.Call, in *VerifyInput) (*V
 // signingInput checks a Sign or Verify request against the key and returns
 // what the token signs: the digest (hashed here for RAW messages), or the
 // message itself for pure Ed25519.
-func (s *Service) signingInput(ctx context.Context, c *wire.Call, keyID, alg, msgType string, msg []byte) (*store.Key, signing, []byte, error) {
-	setCondition(c, "kms:SigningAlgorithm", alg)
-	if msgType == "" {
-		setCondition(c, "kms:MessageType", "RAW")
-	} else {
-		setCondition(c, "kms:MessageType", msgType)
+func (s *Service) signingInput(ctx context.Context, r *Request, keyID, alg, msgType string, msg []byte) (*store.Key, signing, []byte, error) {
+	mt := msgType
+	if mt == "" {
+		mt = "RAW"
 	}
-	k, err := s.usableKey(ctx, c, keyID, usageSign)
+	a := access{cond: conditions("kms:SigningAlgorithm", alg, "kms:MessageType", mt)}
+	k, err := s.usableKey(ctx, r, keyID, usageSign, a)
 	if err != nil {
 		return nil, signing{}, nil, err
 	}
@@ -125,8 +122,8 @@ func (s *Service) signError(k *store.Key, alg string, err error) error {
 }
 
 type GetPublicKeyInput struct {
-	KeyId       string
-	GrantTokens []string
+	KeyId string
+	GrantTokensField
 }
 
 type GetPublicKeyOutput struct {
@@ -140,9 +137,8 @@ type GetPublicKeyOutput struct {
 	SigningAlgorithms      []string `json:"SigningAlgorithms,omitempty"`
 }
 
-func (s *Service) GetPublicKey(ctx context.Context, c *wire.Call, in *GetPublicKeyInput) (*GetPublicKeyOutput, error) {
-	c.GrantTokens = in.GrantTokens
-	k, err := s.usableKey(ctx, c, in.KeyId, "")
+func (s *Service) GetPublicKey(ctx context.Context, r *Request, in *GetPublicKeyInput) (*GetPublicKeyOutput, error) {
+	k, err := s.usableKey(ctx, r, in.KeyId, "", access{})
 	if err != nil {
 		return nil, err
 	}

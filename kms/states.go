@@ -1,6 +1,7 @@
 package kms
 
 import (
+	"github.com/hsmkms/hsmkms/keystore"
 	"github.com/hsmkms/hsmkms/kms/store"
 	"github.com/hsmkms/hsmkms/kms/wire"
 )
@@ -11,8 +12,9 @@ import (
 //	Enabled         ⇄ Disabled (EnableKey, DisableKey)
 //	Enabled/Disabled → PendingDeletion (ScheduleKeyDeletion)
 //	PendingDeletion → Disabled (CancelKeyDeletion), or deleted when due
-//	Unavailable: reported, never stored, for keys of a disconnected custom
-//	key store; the stored state returns when the store reconnects.
+//	Unavailable: reported, never stored, for keys of a custom key store that
+//	is not connected; the stored state returns when the store reconnects.
+//	A key pending deletion stays PendingDeletion, so it can be cancelled.
 type KeyState string
 
 const (
@@ -20,52 +22,107 @@ const (
 	StateEnabled         KeyState = "Enabled"
 	StateDisabled        KeyState = "Disabled"
 	StatePendingDeletion KeyState = "PendingDeletion"
+	StatePendingImport   KeyState = "PendingImport"
 	StateUnavailable     KeyState = "Unavailable"
 )
 
-// opClass groups operations that AWS treats alike in its key-state table.
-type opClass int
+// stateRule is which key states allow an operation; the operation table
+// gives each operation on a key its rule, and checkState is the single
+// place where the rules are applied. states_test.go holds the whole
+// (state, rule) table.
+type stateRule int
 
 const (
-	// classCrypto: Encrypt, Decrypt, ReEncrypt, GenerateDataKey*: Enabled only.
-	classCrypto opClass = iota
-	// classEnableDisable: EnableKey, DisableKey: not while PendingDeletion.
-	classEnableDisable
-	// classManage: changes to an existing key's settings (description,
-	// tags, alias targets, rotation): not while PendingDeletion.
-	classManage
-	// classRead: DescribeKey, ListResourceTags, GetKeyPolicy, …: any state.
-	classRead
+	// anyState: DescribeKey, the lists, policies, grants' retire and
+	// revoke, DeleteAlias.
+	anyState stateRule = iota
+	// usable: cryptographic use. Enabled only; Disabled is
+	// DisabledException; an unavailable key is KMSInvalidStateException.
+	usable
+	// manageable: changing an existing key's settings (description, tags,
+	// aliases, grants): any state but PendingDeletion.
+	manageable
+	// enableDisable: EnableKey, DisableKey, ScheduleKeyDeletion: Enabled
+	// or Disabled.
+	enableDisable
+	// pendingDeletion: CancelKeyDeletion.
+	pendingDeletion
+	// rotating: rotation settings and rotating: Enabled only, Disabled
+	// being DisabledException.
+	rotating
 )
 
-// checkState says whether an operation of class may run on k, and if not,
-// with which exception. It is the single place where AWS's key-state rules
-// for the operations here live; states_test.go holds the full table.
-func checkState(k *store.Key, class opClass) error {
+// effectiveState is the state AWS reports for k: its stored state, or
+// Unavailable for a key of a custom key store that is not connected (a
+// key pending deletion stays PendingDeletion).
+func (s *Service) effectiveState(k *store.Key) KeyState {
 	state := KeyState(k.State)
-	arn := arnOf(k)
-	switch class {
-	case classRead:
+	if k.CustomKeyStoreID == "" || state == StatePendingDeletion {
+		return state
+	}
+	if live, err := s.keystores.Get(k.CustomKeyStoreID); err == nil {
+		if st, _ := live.State(); st == keystore.Connected {
+			return state
+		}
+	}
+	return StateUnavailable
+}
+
+// checkState says whether an operation with rule may run on k now, and if
+// not, with which exception.
+func (s *Service) checkState(k *store.Key, rule stateRule) error {
+	stored := KeyState(k.State)
+	unavailable := rule == usable && s.effectiveState(k) == StateUnavailable
+	return stateError(rule, stored, unavailable, arnOf(k))
+}
+
+// stateError applies rule to a key in stored state; unavailable says its
+// custom key store is not connected (only cryptographic use cares).
+func stateError(rule stateRule, stored KeyState, unavailable bool, arn string) error {
+	switch rule {
+	case anyState:
 		return nil
-	case classCrypto:
-		switch state {
+	case usable:
+		switch {
+		case unavailable:
+			return invalidState(arn, StateUnavailable)
+		case stored == StateEnabled:
+			return nil
+		case stored == StateDisabled:
+			return disabled(arn)
+		}
+	case manageable:
+		if stored == StateEnabled || stored == StateDisabled || stored == StatePendingImport {
+			return nil
+		}
+	case enableDisable:
+		if stored == StateEnabled || stored == StateDisabled {
+			return nil
+		}
+	case pendingDeletion:
+		if stored == StatePendingDeletion {
+			return nil
+		}
+		return wire.Errorf(wire.KMSInvalidState, "%s is not pending deletion.", arn)
+	case rotating:
+		switch stored {
 		case StateEnabled:
 			return nil
 		case StateDisabled:
-			return wire.Errorf(wire.Disabled, "%s is disabled.", arn)
-		}
-	case classEnableDisable, classManage:
-		if state == StateEnabled || state == StateDisabled {
-			return nil
+			return disabled(arn)
 		}
 	}
-	return invalidState(arn, state)
+	return invalidState(arn, stored)
 }
+
+func disabled(arn string) error { return wire.Errorf(wire.Disabled, "%s is disabled.", arn) }
 
 func invalidState(arn string, state KeyState) error {
 	switch state {
 	case StatePendingDeletion:
 		return wire.Errorf(wire.KMSInvalidState, "%s is pending deletion.", arn)
+	case StatePendingImport:
+		return wire.Errorf(wire.KMSInvalidState, "%s is pending import.", arn)
 	case StateUnavailable:
 		return wire.Errorf(wire.KMSInvalidState, "%s is unavailable.", arn)
 	}

@@ -2,7 +2,9 @@ package kms
 
 import (
 	"context"
+	"errors"
 
+	"github.com/hsmkms/hsmkms/kms/authz"
 	"github.com/hsmkms/hsmkms/kms/store"
 	"github.com/hsmkms/hsmkms/kms/wire"
 )
@@ -23,35 +25,33 @@ type TagResourceInput struct {
 	Tags  []Tag
 }
 
-func (s *Service) TagResource(ctx context.Context, c *wire.Call, in *TagResourceInput) (*Empty, error) {
+func (s *Service) TagResource(ctx context.Context, r *Request, in *TagResourceInput) (*Empty, error) {
 	if err := checkTags(in.Tags); err != nil {
 		return nil, err
 	}
-	setRequestTags(c, in.Tags)
-	k, err := s.lookupKey(ctx, c, in.KeyId, false)
+	k, err := s.key(ctx, r, in.KeyId, access{cond: requestTags(authz.Context{}, in.Tags)})
 	if err != nil {
 		return nil, err
 	}
-	if err := checkState(k, classManage); err != nil {
+	if err := r.proceed(); err != nil {
 		return nil, err
-	}
-	existing, _, err := s.store.ListTags(ctx, k.Account, k.Region, k.ID, "", maxTagsPerKey+1)
-	if err != nil {
-		return nil, err
-	}
-	have := map[string]bool{}
-	for _, t := range existing {
-		have[t.Key] = true
 	}
 	tags := make([]store.Tag, len(in.Tags))
 	for i, t := range in.Tags {
 		tags[i] = store.Tag{Key: t.TagKey, Value: t.TagValue}
-		have[t.TagKey] = true
 	}
-	if len(have) > maxTagsPerKey {
+	// The store counts the tag keys, after the request's replacements, in
+	// the transaction that writes them.
+	err = s.store.TagKey(ctx, k.Account, k.Region, k.ID, tags, maxTagsPerKey)
+	switch {
+	case errors.Is(err, store.ErrLimitExceeded):
 		return nil, wire.Errorf(wire.LimitExceeded, "The request was rejected because a quota was exceeded. You can have at most %d tags per KMS key.", maxTagsPerKey)
+	case errors.Is(err, store.ErrNotFound): // the key was deleted since the lookup
+		return nil, keyNotFound(k.Region, k.Account, k.ID)
+	case err != nil:
+		return nil, err
 	}
-	return &Empty{}, s.store.TagKey(ctx, k.Account, k.Region, k.ID, tags)
+	return &Empty{}, nil
 }
 
 type UntagResourceInput struct {
@@ -59,15 +59,16 @@ type UntagResourceInput struct {
 	TagKeys []string
 }
 
-func (s *Service) UntagResource(ctx context.Context, c *wire.Call, in *UntagResourceInput) (*Empty, error) {
+func (s *Service) UntagResource(ctx context.Context, r *Request, in *UntagResourceInput) (*Empty, error) {
+	cond := authz.Context{}
 	if len(in.TagKeys) > 0 {
-		setCondition(c, "aws:TagKeys", in.TagKeys...)
+		cond.Set("aws:TagKeys", in.TagKeys...)
 	}
-	k, err := s.lookupKey(ctx, c, in.KeyId, false)
+	k, err := s.key(ctx, r, in.KeyId, access{cond: cond})
 	if err != nil {
 		return nil, err
 	}
-	if err := checkState(k, classManage); err != nil {
+	if err := r.proceed(); err != nil {
 		return nil, err
 	}
 	return &Empty{}, s.store.UntagKey(ctx, k.Account, k.Region, k.ID, in.TagKeys)
@@ -85,8 +86,8 @@ type ListResourceTagsOutput struct {
 	Truncated  bool
 }
 
-func (s *Service) ListResourceTags(ctx context.Context, c *wire.Call, in *ListResourceTagsInput) (*ListResourceTagsOutput, error) {
-	k, err := s.lookupKey(ctx, c, in.KeyId, false)
+func (s *Service) ListResourceTags(ctx context.Context, r *Request, in *ListResourceTagsInput) (*ListResourceTagsOutput, error) {
+	k, err := s.key(ctx, r, in.KeyId, access{})
 	if err != nil {
 		return nil, err
 	}

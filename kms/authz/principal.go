@@ -11,14 +11,75 @@ type Principal struct {
 	Account string // the 12-digit account id in ARN
 }
 
-// PrincipalFromARN builds a Principal from an IAM or STS ARN, taking the
-// account from it.
+// PrincipalFromARN builds a Principal from an IAM or STS principal ARN,
+// taking the account from it.
 func PrincipalFromARN(arn string) (Principal, error) {
-	parts := strings.SplitN(arn, ":", 6)
-	if len(parts) != 6 || parts[0] != "arn" || (parts[2] != "iam" && parts[2] != "sts") || !isAccountID(parts[4]) || parts[5] == "" {
+	p, ok := ParsePrincipalARN(arn)
+	if !ok {
 		return Principal{}, errors.New("authz: not an IAM or STS principal ARN")
 	}
-	return Principal{ARN: arn, Account: parts[4]}, nil
+	return Principal{ARN: arn, Account: p.Account}, nil
+}
+
+// PrincipalType is the kind of identity a principal ARN names.
+type PrincipalType int
+
+const (
+	AccountRoot   PrincipalType = iota + 1 // arn:aws:iam::A:root
+	IAMUser                                // arn:aws:iam::A:user/[path/]name
+	IAMRole                                // arn:aws:iam::A:role/[path/]name
+	AssumedRole                            // arn:aws:sts::A:assumed-role/role/session
+	FederatedUser                          // arn:aws:sts::A:federated-user/name
+)
+
+// PrincipalARN is a parsed principal ARN.
+type PrincipalARN struct {
+	Type    PrincipalType
+	Account string
+	// Role is the role's name (without path) for IAMRole and AssumedRole:
+	// a session's ARN carries no path, so a role and its sessions are
+	// matched by account and name.
+	Role string
+}
+
+// ParsePrincipalARN is the one grammar of principal ARNs in hsmkms: key
+// and identity policy principals, grantee and retiring principals, and
+// the callers the configuration declares. Names and path segments are
+// IAM's characters (letters, digits, _+=,.@-); no wildcards.
+func ParsePrincipalARN(s string) (PrincipalARN, bool) {
+	parts := strings.SplitN(s, ":", 6)
+	if len(parts) != 6 || parts[0] != "arn" || !validPartition(parts[1]) || parts[3] != "" || !isAccountID(parts[4]) {
+		return PrincipalARN{}, false
+	}
+	p := PrincipalARN{Account: parts[4]}
+	res := parts[5]
+	switch parts[2] {
+	case "iam":
+		switch {
+		case res == "root":
+			p.Type = AccountRoot
+			return p, true
+		case validPathName(res, "user/"):
+			p.Type = IAMUser
+			return p, true
+		case validPathName(res, "role/"):
+			p.Type, p.Role = IAMRole, res[strings.LastIndexByte(res, '/')+1:]
+			return p, true
+		}
+	case "sts":
+		if rest, ok := strings.CutPrefix(res, "assumed-role/"); ok {
+			role, session, found := strings.Cut(rest, "/")
+			if found && validName(role) && validName(session) {
+				p.Type, p.Role = AssumedRole, role
+				return p, true
+			}
+		}
+		if name, ok := strings.CutPrefix(res, "federated-user/"); ok && validName(name) {
+			p.Type = FederatedUser
+			return p, true
+		}
+	}
+	return PrincipalARN{}, false
 }
 
 type principalKind int
@@ -62,12 +123,8 @@ func (p principal) match(c Principal) matchKind {
 		}
 		// A session arn:aws:sts::A:assumed-role/R/S carries no role path,
 		// so the role is identified by account and name.
-		parts := strings.SplitN(c.ARN, ":", 6)
-		if len(parts) == 6 && parts[2] == "sts" && parts[4] == p.account {
-			rest, ok := strings.CutPrefix(parts[5], "assumed-role/")
-			if name, _, found := strings.Cut(rest, "/"); ok && found && name == p.role {
-				return matchDirect
-			}
+		if cp, ok := ParsePrincipalARN(c.ARN); ok && cp.Type == AssumedRole && cp.Account == p.account && cp.Role == p.role {
+			return matchDirect
 		}
 	}
 	return matchNone
@@ -125,39 +182,46 @@ func parseAWSPrincipal(v string) (principal, bool) {
 	if isAccountID(v) {
 		return principal{kind: accountRoot, account: v, arn: "arn:aws:iam::" + v + ":root"}, true
 	}
-	parts := strings.SplitN(v, ":", 6)
-	if len(parts) != 6 || parts[0] != "arn" || !validPartition(parts[1]) || parts[3] != "" || !isAccountID(parts[4]) {
+	p, ok := ParsePrincipalARN(v)
+	if !ok {
 		return principal{}, false
 	}
-	acct, res := parts[4], parts[5]
-	switch parts[2] {
-	case "iam":
-		switch {
-		case res == "root":
-			return principal{kind: accountRoot, account: acct, arn: v}, true
-		case validPathName(res, "user/"):
-			return principal{kind: exactARN, account: acct, arn: v}, true
-		case validPathName(res, "role/"):
-			path := strings.TrimPrefix(res, "role/")
-			return principal{kind: roleARN, account: acct, arn: v, role: path[strings.LastIndexByte(path, '/')+1:]}, true
-		}
-	case "sts":
-		rest, ok := strings.CutPrefix(res, "assumed-role/")
-		role, session, found := strings.Cut(rest, "/")
-		if ok && found && role != "" && session != "" {
-			return principal{kind: exactARN, account: acct, arn: v}, true
-		}
+	switch p.Type {
+	case AccountRoot:
+		return principal{kind: accountRoot, account: p.Account, arn: v}, true
+	case IAMRole:
+		return principal{kind: roleARN, account: p.Account, arn: v, role: p.Role}, true
 	}
-	return principal{}, false
+	return principal{kind: exactARN, account: p.Account, arn: v}, true
 }
 
-// validPathName accepts prefix + optional path + non-empty name.
+// validPathName accepts prefix + optional path + a name.
 func validPathName(res, prefix string) bool {
 	rest, ok := strings.CutPrefix(res, prefix)
-	if !ok || rest == "" || strings.HasSuffix(rest, "/") {
+	if !ok {
 		return false
 	}
-	return !strings.ContainsAny(rest, "*?")
+	for _, seg := range strings.Split(rest, "/") {
+		if !validName(seg) {
+			return false
+		}
+	}
+	return true
+}
+
+// validName is a non-empty IAM name: letters, digits and _+=,.@-.
+func validName(s string) bool {
+	if s == "" || len(s) > 128 {
+		return false
+	}
+	for _, r := range s {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', strings.ContainsRune("_+=,.@-", r):
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 func validPartition(p string) bool {

@@ -261,6 +261,15 @@ func (s *SQLite) CreateKey(ctx context.Context, k *Key, tags []Tag) error {
 		return err
 	}
 	return s.tx(ctx, func(tx *sql.Tx) error {
+		if k.CustomKeyStoreID != "" {
+			// Checked here, not by the caller, so that a DeleteKeyStore
+			// cannot slip between the check and the insert.
+			if ok, err := exists(ctx, tx, `SELECT 1 FROM key_stores WHERE id = ?`, k.CustomKeyStoreID); err != nil {
+				return err
+			} else if !ok {
+				return ErrNotFound
+			}
+		}
 		_, err := tx.ExecContext(ctx, `INSERT INTO keys (`+keyColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`, vals...)
 		if isConstraint(err) {
 			return ErrAlreadyExists
@@ -424,17 +433,46 @@ func (s *SQLite) KeysDueForRotation(ctx context.Context, now time.Time) ([]*Key,
 	return collectKeys(rows)
 }
 
-func (s *SQLite) CreateAlias(ctx context.Context, a *Alias) error {
-	_, err := s.exec(ctx, `INSERT INTO aliases (account, region, name, target_key_id, creation_date, last_updated_date) VALUES (?,?,?,?,?,?)`,
-		a.Account, a.Region, a.Name, a.TargetKeyID, toNanos(a.CreationDate), toNanos(a.LastUpdatedDate))
-	if isConstraint(err) {
-		// Either the name is taken or the target is gone; tell them apart.
-		if _, gerr := s.GetAlias(ctx, a.Account, a.Region, a.Name); gerr == nil {
-			return ErrAlreadyExists
+func (s *SQLite) CreateAlias(ctx context.Context, a *Alias, limit int) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		if err := keyExists(ctx, tx, a.Account, a.Region, a.TargetKeyID); err != nil {
+			return err
 		}
-		return ErrNotFound
+		if err := aliasRoom(ctx, tx, a.Account, a.Region, a.TargetKeyID, limit); err != nil {
+			return err
+		}
+		_, err := tx.ExecContext(ctx, `INSERT INTO aliases (account, region, name, target_key_id, creation_date, last_updated_date) VALUES (?,?,?,?,?,?)`,
+			a.Account, a.Region, a.Name, a.TargetKeyID, toNanos(a.CreationDate), toNanos(a.LastUpdatedDate))
+		if isConstraint(err) {
+			return ErrAlreadyExists // the target exists, so it is the name
+		}
+		return err
+	})
+}
+
+// aliasRoom is ErrLimitExceeded if the key already has limit aliases. It
+// must run in the transaction that adds the alias, so that two writers
+// cannot both take the last place.
+func aliasRoom(ctx context.Context, tx *sql.Tx, account, region, keyID string, limit int) error {
+	var n int
+	if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM aliases WHERE account = ? AND region = ? AND target_key_id = ?`,
+		account, region, keyID).Scan(&n); err != nil {
+		return err
 	}
-	return err
+	if n >= limit {
+		return ErrLimitExceeded
+	}
+	return nil
+}
+
+// exists reports whether query, a SELECT 1, finds a row.
+func exists(ctx context.Context, tx *sql.Tx, query string, args ...any) (bool, error) {
+	var one int
+	err := tx.QueryRowContext(ctx, query, args...).Scan(&one)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, nil
+	}
+	return err == nil, err
 }
 
 const aliasColumns = `account, region, name, target_key_id, creation_date, last_updated_date`
@@ -457,17 +495,33 @@ func (s *SQLite) GetAlias(ctx context.Context, account, region, name string) (*A
 	return scanAlias(s.db.QueryRowContext(ctx, `SELECT `+aliasColumns+` FROM aliases WHERE account = ? AND region = ? AND name = ?`, account, region, name))
 }
 
-func (s *SQLite) UpdateAlias(ctx context.Context, account, region, name, targetKeyID string, now time.Time) error {
-	res, err := s.exec(ctx, `UPDATE aliases SET target_key_id = ?, last_updated_date = ? WHERE account = ? AND region = ? AND name = ?`,
-		targetKeyID, toNanos(now), account, region, name)
-	if isConstraint(err) {
-		return ErrNotFound // the new target does not exist
-	}
-	return affected(res, err)
+func (s *SQLite) UpdateAlias(ctx context.Context, account, region, name, fromKeyID, toKeyID string, now time.Time, limit int) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		var cur string
+		err := tx.QueryRowContext(ctx, `SELECT target_key_id FROM aliases WHERE account = ? AND region = ? AND name = ?`,
+			account, region, name).Scan(&cur)
+		if errors.Is(err, sql.ErrNoRows) || (err == nil && cur != fromKeyID) {
+			return ErrNotFound
+		}
+		if err != nil {
+			return err
+		}
+		if err := keyExists(ctx, tx, account, region, toKeyID); err != nil {
+			return err
+		}
+		if cur != toKeyID {
+			if err := aliasRoom(ctx, tx, account, region, toKeyID, limit); err != nil {
+				return err
+			}
+		}
+		_, err = tx.ExecContext(ctx, `UPDATE aliases SET target_key_id = ?, last_updated_date = ? WHERE account = ? AND region = ? AND name = ?`,
+			toKeyID, toNanos(now), account, region, name)
+		return err
+	})
 }
 
-func (s *SQLite) DeleteAlias(ctx context.Context, account, region, name string) error {
-	res, err := s.exec(ctx, `DELETE FROM aliases WHERE account = ? AND region = ? AND name = ?`, account, region, name)
+func (s *SQLite) DeleteAlias(ctx context.Context, account, region, name, keyID string) error {
+	res, err := s.exec(ctx, `DELETE FROM aliases WHERE account = ? AND region = ? AND name = ? AND target_key_id = ?`, account, region, name, keyID)
 	return affected(res, err)
 }
 
@@ -506,24 +560,25 @@ func (s *SQLite) ListAliases(ctx context.Context, account, region, keyID, marker
 	return out, next, nil
 }
 
-// CountAliases counts like ListAliases lists: keyID "" means all keys.
-func (s *SQLite) CountAliases(ctx context.Context, account, region, keyID string) (int, error) {
-	var n int
-	var err error
-	if keyID == "" {
-		err = s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM aliases WHERE account = ? AND region = ?`, account, region).Scan(&n)
-	} else {
-		err = s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM aliases WHERE account = ? AND region = ? AND target_key_id = ?`, account, region, keyID).Scan(&n)
-	}
-	return n, err
-}
-
-func (s *SQLite) TagKey(ctx context.Context, account, region, keyID string, tags []Tag) error {
+func (s *SQLite) TagKey(ctx context.Context, account, region, keyID string, tags []Tag, limit int) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
 		if err := keyExists(ctx, tx, account, region, keyID); err != nil {
 			return err
 		}
-		return putTags(ctx, tx, account, region, keyID, tags)
+		if err := putTags(ctx, tx, account, region, keyID, tags); err != nil {
+			return err
+		}
+		// Counted after the writes, so that a tag replacing an existing
+		// key's value takes no place; failing rolls the writes back.
+		var n int
+		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM tags WHERE account = ? AND region = ? AND key_id = ?`,
+			account, region, keyID).Scan(&n); err != nil {
+			return err
+		}
+		if n > limit {
+			return ErrLimitExceeded
+		}
+		return nil
 	})
 }
 
@@ -590,12 +645,6 @@ func (s *SQLite) ListTags(ctx context.Context, account, region, keyID, marker st
 		next = encodeMarker(out[limit-1].Key)
 	}
 	return out, next, nil
-}
-
-func (s *SQLite) CountTags(ctx context.Context, account, region, keyID string) (int, error) {
-	var n int
-	err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM tags WHERE account = ? AND region = ? AND key_id = ?`, account, region, keyID).Scan(&n)
-	return n, err
 }
 
 // lockWrites queues this process's writers in Go. SQLite admits one writer
@@ -681,13 +730,45 @@ func scanKeyStore(row scanner) (*KeyStore, error) {
 	return &ks, nil
 }
 
-func (s *SQLite) CreateKeyStore(ctx context.Context, ks *KeyStore) error {
-	_, err := s.exec(ctx, `INSERT INTO key_stores (`+keyStoreColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?)`,
-		ks.ID, ks.Account, ks.Region, ks.Name, ks.ClusterID, ks.TrustAnchor, toNanos(ks.CreationDate), ks.Connect, ks.Password, ks.PendingPassword)
-	if isConstraint(err) {
-		return ErrAlreadyExists
+func (s *SQLite) CreateKeyStore(ctx context.Context, ks *KeyStore, limit int) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		if err := keyStoreConflict(ctx, tx, ks, ""); err != nil {
+			return err
+		}
+		var n int
+		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM key_stores WHERE account = ? AND region = ?`, ks.Account, ks.Region).Scan(&n); err != nil {
+			return err
+		}
+		if n >= limit {
+			return ErrLimitExceeded
+		}
+		_, err := tx.ExecContext(ctx, `INSERT INTO key_stores (`+keyStoreColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?)`,
+			ks.ID, ks.Account, ks.Region, ks.Name, ks.ClusterID, ks.TrustAnchor, toNanos(ks.CreationDate), ks.Connect, ks.Password, ks.PendingPassword)
+		if isConstraint(err) {
+			return ErrAlreadyExists // the id: random, so a bug
+		}
+		return err
+	})
+}
+
+// keyStoreConflict names which of ks's unique columns another store (not
+// self) already has: the cluster first, then the name in its account and
+// region. The unique indexes would refuse either, but not say which.
+func keyStoreConflict(ctx context.Context, tx *sql.Tx, ks *KeyStore, self string) error {
+	if taken, err := exists(ctx, tx, `SELECT 1 FROM key_stores WHERE cluster_id = ? AND id != ?`, ks.ClusterID, self); err != nil || taken {
+		if taken {
+			return ErrClusterInUse
+		}
+		return err
 	}
-	return err
+	if taken, err := exists(ctx, tx, `SELECT 1 FROM key_stores WHERE account = ? AND region = ? AND name = ? AND id != ?`,
+		ks.Account, ks.Region, ks.Name, self); err != nil || taken {
+		if taken {
+			return ErrKeyStoreNameInUse
+		}
+		return err
+	}
+	return nil
 }
 
 func (s *SQLite) GetKeyStore(ctx context.Context, id string) (*KeyStore, error) {
@@ -726,15 +807,20 @@ func (s *SQLite) UpdateKeyStore(ctx context.Context, id string, fn func(*KeyStor
 		if err != nil {
 			return err
 		}
+		account, region := ks.Account, ks.Region
 		if err := fn(ks); err != nil {
+			return err
+		}
+		// The identity is the row's; fn may not move the store.
+		ks.ID, ks.Account, ks.Region = id, account, region
+		if err := keyStoreConflict(ctx, tx, ks, id); err != nil {
 			return err
 		}
 		_, err = tx.ExecContext(ctx, `UPDATE key_stores SET name = ?, cluster_id = ?, trust_anchor = ?, connect = ?, password = ?, pending_password = ? WHERE id = ?`,
 			ks.Name, ks.ClusterID, ks.TrustAnchor, ks.Connect, ks.Password, ks.PendingPassword, id)
 		if isConstraint(err) {
-			return ErrAlreadyExists
+			return ErrAlreadyExists // keyStoreConflict looked first: a bug
 		}
-		ks.ID = id
 		out = ks
 		return err
 	})
@@ -745,14 +831,22 @@ func (s *SQLite) UpdateKeyStore(ctx context.Context, id string, fn func(*KeyStor
 }
 
 func (s *SQLite) DeleteKeyStore(ctx context.Context, id string) error {
-	res, err := s.exec(ctx, `DELETE FROM key_stores WHERE id = ?`, id)
-	return affected(res, err)
-}
-
-func (s *SQLite) CountKeysInStore(ctx context.Context, id string) (int, error) {
-	var n int
-	err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM keys WHERE custom_key_store_id = ?`, id).Scan(&n)
-	return n, err
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		if ok, err := exists(ctx, tx, `SELECT 1 FROM key_stores WHERE id = ?`, id); err != nil {
+			return err
+		} else if !ok {
+			return ErrNotFound
+		}
+		var n int
+		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM keys WHERE custom_key_store_id = ?`, id).Scan(&n); err != nil {
+			return err
+		}
+		if n > 0 {
+			return &KeyStoreNotEmptyError{Keys: n}
+		}
+		_, err := tx.ExecContext(ctx, `DELETE FROM key_stores WHERE id = ?`, id)
+		return err
+	})
 }
 
 func (s *SQLite) DeleteKeyOrphaning(ctx context.Context, k *Key, now time.Time) error {

@@ -27,6 +27,21 @@ func open(t testing.TB) (*SQLite, string) {
 	return s, path
 }
 
+// testLimit is the limit tests pass where they do not test one: above
+// anything they create.
+const testLimit = 1000
+
+// countAliases counts like ListAliases lists: keyID "" means all keys.
+func countAliases(s *SQLite, account, region, keyID string) (int, error) {
+	as, _, err := s.ListAliases(ctx, account, region, keyID, "", 0)
+	return len(as), err
+}
+
+func countTags(s *SQLite, account, region, keyID string) (int, error) {
+	tags, _, err := s.ListTags(ctx, account, region, keyID, "", 0)
+	return len(tags), err
+}
+
 func newKey(acct, region, id string) *Key {
 	now := time.Unix(1700000000, 123456789).UTC()
 	return &Key{Account: acct, Region: region, ID: id, Description: "d", KeyUsage: "ENCRYPT_DECRYPT",
@@ -78,12 +93,12 @@ func TestKeyRoundTripAndErrors(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, due, 1)
 
-	require.NoError(t, s.CreateAlias(ctx, &Alias{Account: k.Account, Region: k.Region, Name: "alias/x", TargetKeyID: k.ID}))
+	require.NoError(t, s.CreateAlias(ctx, &Alias{Account: k.Account, Region: k.Region, Name: "alias/x", TargetKeyID: k.ID}, testLimit))
 	require.NoError(t, s.DeleteKey(ctx, k.Account, k.Region, k.ID))
 	require.ErrorIs(t, s.DeleteKey(ctx, k.Account, k.Region, k.ID), ErrNotFound)
 	_, err = s.GetAlias(ctx, k.Account, k.Region, "alias/x")
 	require.ErrorIs(t, err, ErrNotFound, "aliases go with their key")
-	n, err := s.CountTags(ctx, k.Account, k.Region, k.ID)
+	n, err := countTags(s, k.Account, k.Region, k.ID)
 	require.NoError(t, err)
 	require.Zero(t, n, "tags go with their key")
 
@@ -97,7 +112,7 @@ func TestPagination(t *testing.T) {
 	const acct, reg = "111122223333", "us-west-2"
 	for i := range 5 {
 		require.NoError(t, s.CreateKey(ctx, newKey(acct, reg, fmt.Sprintf("k%d", i)), nil))
-		require.NoError(t, s.CreateAlias(ctx, &Alias{Account: acct, Region: reg, Name: fmt.Sprintf("alias/a%d", i), TargetKeyID: fmt.Sprintf("k%d", i%2)}))
+		require.NoError(t, s.CreateAlias(ctx, &Alias{Account: acct, Region: reg, Name: fmt.Sprintf("alias/a%d", i), TargetKeyID: fmt.Sprintf("k%d", i%2)}, testLimit))
 	}
 	require.NoError(t, s.CreateKey(ctx, newKey(acct, "eu-west-1", "other"), nil))
 	for _, limit := range []int{1, 2, 5} {
@@ -123,12 +138,12 @@ func TestPagination(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "alias/a3", as[0].Name)
 	require.Empty(t, next)
-	n, err := s.CountAliases(ctx, acct, reg, "k0")
+	n, err := countAliases(s, acct, reg, "k0")
 	require.NoError(t, err)
 	require.Equal(t, 3, n)
 
-	require.NoError(t, s.TagKey(ctx, acct, reg, "k0", []Tag{{"b", "1"}, {"a", "1"}, {"c", "1"}}))
-	require.NoError(t, s.TagKey(ctx, acct, reg, "k0", []Tag{{"a", "2"}}))
+	require.NoError(t, s.TagKey(ctx, acct, reg, "k0", []Tag{{"b", "1"}, {"a", "1"}, {"c", "1"}}, testLimit))
+	require.NoError(t, s.TagKey(ctx, acct, reg, "k0", []Tag{{"a", "2"}}, testLimit))
 	tags, next, err := s.ListTags(ctx, acct, reg, "k0", "", 2)
 	require.NoError(t, err)
 	require.Equal(t, []Tag{{"a", "2"}, {"b", "1"}}, tags)
@@ -136,9 +151,9 @@ func TestPagination(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, []Tag{{"c", "1"}}, tags)
 	require.NoError(t, s.UntagKey(ctx, acct, reg, "k0", []string{"a", "zzz"}))
-	n, _ = s.CountTags(ctx, acct, reg, "k0")
+	n, _ = countTags(s, acct, reg, "k0")
 	require.Equal(t, 2, n)
-	require.ErrorIs(t, s.TagKey(ctx, acct, reg, "missing", []Tag{{"a", "1"}}), ErrNotFound)
+	require.ErrorIs(t, s.TagKey(ctx, acct, reg, "missing", []Tag{{"a", "1"}}, testLimit), ErrNotFound)
 
 	for _, bad := range []string{"x", "m1.!!", "m1."} {
 		_, _, err := s.ListKeys(ctx, acct, reg, bad, 1)
@@ -151,12 +166,22 @@ func TestAliasErrors(t *testing.T) {
 	const acct, reg = "111122223333", "us-west-2"
 	require.NoError(t, s.CreateKey(ctx, newKey(acct, reg, "k"), nil))
 	a := &Alias{Account: acct, Region: reg, Name: "alias/a", TargetKeyID: "k"}
-	require.NoError(t, s.CreateAlias(ctx, a))
-	require.ErrorIs(t, s.CreateAlias(ctx, a), ErrAlreadyExists)
-	require.ErrorIs(t, s.CreateAlias(ctx, &Alias{Account: acct, Region: reg, Name: "alias/b", TargetKeyID: "none"}), ErrNotFound)
-	require.ErrorIs(t, s.UpdateAlias(ctx, acct, reg, "alias/none", "k", time.Now()), ErrNotFound)
-	require.ErrorIs(t, s.DeleteAlias(ctx, acct, reg, "alias/none"), ErrNotFound)
-	require.NoError(t, s.DeleteAlias(ctx, acct, reg, "alias/a"))
+	require.NoError(t, s.CreateAlias(ctx, a, testLimit))
+	require.ErrorIs(t, s.CreateAlias(ctx, a, testLimit), ErrAlreadyExists)
+	require.ErrorIs(t, s.CreateAlias(ctx, &Alias{Account: acct, Region: reg, Name: "alias/b", TargetKeyID: "none"}, testLimit), ErrNotFound)
+	require.ErrorIs(t, s.CreateAlias(ctx, &Alias{Account: acct, Region: reg, Name: "alias/b", TargetKeyID: "k"}, 1), ErrLimitExceeded)
+	require.ErrorIs(t, s.CreateAlias(ctx, a, 1), ErrLimitExceeded, "the limit is checked before the name, as before")
+	require.NoError(t, s.CreateKey(ctx, newKey(acct, reg, "k2"), nil))
+	b := &Alias{Account: acct, Region: reg, Name: "alias/b", TargetKeyID: "k2"}
+	require.NoError(t, s.CreateAlias(ctx, b, 1))
+	require.ErrorIs(t, s.UpdateAlias(ctx, acct, reg, "alias/b", "k2", "k", time.Now(), 1), ErrLimitExceeded)
+	require.ErrorIs(t, s.UpdateAlias(ctx, acct, reg, "alias/b", "k2", "none", time.Now(), 1), ErrNotFound)
+	require.NoError(t, s.UpdateAlias(ctx, acct, reg, "alias/b", "k2", "k2", time.Now(), 1), "an alias on its own target takes no new place")
+	require.ErrorIs(t, s.UpdateAlias(ctx, acct, reg, "alias/b", "k", "k2", time.Now(), testLimit), ErrNotFound, "it names k2, not k")
+	require.ErrorIs(t, s.UpdateAlias(ctx, acct, reg, "alias/none", "k", "k", time.Now(), testLimit), ErrNotFound)
+	require.ErrorIs(t, s.DeleteAlias(ctx, acct, reg, "alias/none", "k"), ErrNotFound)
+	require.ErrorIs(t, s.DeleteAlias(ctx, acct, reg, "alias/a", "other"), ErrNotFound, "only the authorized target's alias goes")
+	require.NoError(t, s.DeleteAlias(ctx, acct, reg, "alias/a", "k"))
 }
 
 func TestConcurrentWriters(t *testing.T) {
@@ -169,7 +194,7 @@ func TestConcurrentWriters(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := range 50 {
-				if err := s.TagKey(ctx, acct, reg, "k", []Tag{{fmt.Sprintf("g%d", g), fmt.Sprint(i)}}); err != nil {
+				if err := s.TagKey(ctx, acct, reg, "k", []Tag{{fmt.Sprintf("g%d", g), fmt.Sprint(i)}}, testLimit); err != nil {
 					t.Error(err)
 					return
 				}
@@ -268,20 +293,41 @@ func TestKeyStores(t *testing.T) {
 	const acct, reg = "111122223333", "us-west-2"
 	ks := &KeyStore{ID: "cks-1", Account: acct, Region: reg, Name: "one", ClusterID: "cluster-a", TrustAnchor: "pem",
 		CreationDate: time.Unix(1700000000, 0).UTC(), Password: []byte{1, 2}}
-	require.NoError(t, s.CreateKeyStore(ctx, ks))
+	require.NoError(t, s.CreateKeyStore(ctx, ks, testLimit))
 	dupName := *ks
 	dupName.ID, dupName.ClusterID = "cks-2", "cluster-b"
-	require.ErrorIs(t, s.CreateKeyStore(ctx, &dupName), ErrAlreadyExists, "names are unique per account and region")
+	require.ErrorIs(t, s.CreateKeyStore(ctx, &dupName, testLimit), ErrAlreadyExists, "names are unique per account and region")
 	dupCluster := *ks
 	dupCluster.ID, dupCluster.Name = "cks-3", "three"
-	require.ErrorIs(t, s.CreateKeyStore(ctx, &dupCluster), ErrAlreadyExists, "a cluster backs one store")
+	require.ErrorIs(t, s.CreateKeyStore(ctx, &dupCluster, testLimit), ErrAlreadyExists, "a cluster backs one store")
 	other := dupName
 	other.Region = "eu-west-1"
-	require.NoError(t, s.CreateKeyStore(ctx, &other), "the same name in another region is fine")
+	require.NoError(t, s.CreateKeyStore(ctx, &other, testLimit), "the same name in another region is fine")
+	dupName.ClusterID = "cluster-free"
+	require.ErrorIs(t, s.CreateKeyStore(ctx, &dupName, testLimit), ErrKeyStoreNameInUse)
+	require.ErrorIs(t, s.CreateKeyStore(ctx, &dupCluster, testLimit), ErrClusterInUse)
+	both := dupCluster
+	both.Name = ks.Name
+	require.ErrorIs(t, s.CreateKeyStore(ctx, &both, testLimit), ErrClusterInUse, "the cluster is checked first")
+	full := dupName
+	full.Name, full.ClusterID = "full", "cluster-full"
+	require.ErrorIs(t, s.CreateKeyStore(ctx, &full, 1), ErrLimitExceeded, "one store in the account and region already")
+
+	// An update is held to the same rules, and says which it broke.
+	_, err := s.UpdateKeyStore(ctx, "cks-1", func(k *KeyStore) error { k.ClusterID = other.ClusterID; return nil })
+	require.ErrorIs(t, err, ErrClusterInUse)
+	_, err = s.UpdateKeyStore(ctx, other.ID, func(k *KeyStore) error { k.Name, k.ClusterID = "renamed", "cluster-c"; return nil })
+	require.NoError(t, err, "the name is free in the other region")
+	elsewhere := other
+	elsewhere.ID, elsewhere.Name, elsewhere.ClusterID = "cks-4", "four", "cluster-d"
+	require.NoError(t, s.CreateKeyStore(ctx, &elsewhere, testLimit))
+	_, err = s.UpdateKeyStore(ctx, elsewhere.ID, func(k *KeyStore) error { k.Name, k.ClusterID = "renamed", "cluster-e"; return nil })
+	require.ErrorIs(t, err, ErrKeyStoreNameInUse)
+	require.NoError(t, s.DeleteKeyStore(ctx, elsewhere.ID))
 
 	got, err := s.GetKeyStore(ctx, "cks-1")
 	require.NoError(t, err)
-	require.Equal(t, ks, got)
+	require.Equal(t, ks, got, "failed updates wrote nothing")
 	_, err = s.UpdateKeyStore(ctx, "cks-1", func(k *KeyStore) error {
 		k.Connect, k.PendingPassword = true, []byte{3}
 		return nil
@@ -298,9 +344,12 @@ func TestKeyStores(t *testing.T) {
 	k := newKey(acct, reg, "in-store")
 	k.CustomKeyStoreID = "cks-1"
 	require.NoError(t, s.CreateKey(ctx, k, nil))
-	n, err := s.CountKeysInStore(ctx, "cks-1")
-	require.NoError(t, err)
-	require.Equal(t, 1, n)
+	var notEmpty *KeyStoreNotEmptyError
+	require.ErrorAs(t, s.DeleteKeyStore(ctx, "cks-1"), &notEmpty, "a store with keys stays")
+	require.Equal(t, 1, notEmpty.Keys)
+	gone := newKey(acct, reg, "in-no-store")
+	gone.CustomKeyStoreID = "cks-none"
+	require.ErrorIs(t, s.CreateKey(ctx, gone, nil), ErrNotFound, "a key's store must exist")
 	require.NoError(t, s.DeleteKeyOrphaning(ctx, k, time.Unix(1800000000, 0)))
 	orphans, err := s.Orphans(ctx)
 	require.NoError(t, err)
@@ -362,6 +411,7 @@ func TestTimesAndMaterials(t *testing.T) {
 	k.RotationEnabled, k.RotationPeriodDays, k.MultiRegion = true, 365, true
 	k.Policy = "{\n  \"Version\" : \"2012-10-17\",\t\"x\": \"\u00e9\\u00e9\"\n}\n" // byte for byte, whitespace and escapes included
 	k.CustomKeyStoreID = "cks-1234"
+	require.NoError(t, s.CreateKeyStore(ctx, &KeyStore{ID: "cks-1234", Account: k.Account, Region: k.Region, Name: "s", ClusterID: "cluster-a"}, testLimit))
 	require.NoError(t, s.CreateKey(ctx, k, nil))
 
 	got, err := s.GetKey(ctx, k.Account, k.Region, k.ID)
@@ -457,12 +507,12 @@ func TestAliases(t *testing.T) {
 		name := fmt.Sprintf("alias/n%d", i)
 		names = append(names, name)
 		target := []string{"k1", "k2"}[i%2]
-		require.NoError(t, s.CreateAlias(ctx, &Alias{Account: acct, Region: reg, Name: name, TargetKeyID: target, CreationDate: created, LastUpdatedDate: created}))
+		require.NoError(t, s.CreateAlias(ctx, &Alias{Account: acct, Region: reg, Name: name, TargetKeyID: target, CreationDate: created, LastUpdatedDate: created}, testLimit))
 	}
 	// The same name elsewhere is another alias.
-	require.NoError(t, s.CreateAlias(ctx, &Alias{Account: acct, Region: "eu-west-1", Name: "alias/n0", TargetKeyID: "k1"}))
-	require.NoError(t, s.CreateAlias(ctx, &Alias{Account: "444455556666", Region: reg, Name: "alias/n0", TargetKeyID: "k1"}))
-	require.ErrorIs(t, s.CreateAlias(ctx, &Alias{Account: acct, Region: reg, Name: "alias/n0", TargetKeyID: "k2"}), ErrAlreadyExists)
+	require.NoError(t, s.CreateAlias(ctx, &Alias{Account: acct, Region: "eu-west-1", Name: "alias/n0", TargetKeyID: "k1"}, testLimit))
+	require.NoError(t, s.CreateAlias(ctx, &Alias{Account: "444455556666", Region: reg, Name: "alias/n0", TargetKeyID: "k1"}, testLimit))
+	require.ErrorIs(t, s.CreateAlias(ctx, &Alias{Account: acct, Region: reg, Name: "alias/n0", TargetKeyID: "k2"}, testLimit), ErrAlreadyExists)
 
 	a, err := s.GetAlias(ctx, acct, reg, "alias/n1")
 	require.NoError(t, err)
@@ -471,14 +521,15 @@ func TestAliases(t *testing.T) {
 	require.ErrorIs(t, err, ErrNotFound)
 
 	updated := created.Add(time.Hour)
-	require.NoError(t, s.UpdateAlias(ctx, acct, reg, "alias/n1", "k1", updated))
+	require.ErrorIs(t, s.UpdateAlias(ctx, acct, reg, "alias/n1", "k1", "k1", updated, testLimit), ErrNotFound, "it names k2, not k1")
+	require.NoError(t, s.UpdateAlias(ctx, acct, reg, "alias/n1", "k2", "k1", updated, testLimit))
 	a, err = s.GetAlias(ctx, acct, reg, "alias/n1")
 	require.NoError(t, err)
 	require.Equal(t, "k1", a.TargetKeyID)
 	require.True(t, a.CreationDate.Equal(created))
 	require.True(t, a.LastUpdatedDate.Equal(updated))
-	require.ErrorIs(t, s.UpdateAlias(ctx, acct, reg, "alias/n1", "missing", updated), ErrNotFound, "the target must exist")
-	require.ErrorIs(t, s.UpdateAlias(ctx, acct, "eu-west-1", "alias/n1", "k1", updated), ErrNotFound)
+	require.ErrorIs(t, s.UpdateAlias(ctx, acct, reg, "alias/n1", "k1", "missing", updated, testLimit), ErrNotFound, "the target must exist")
+	require.ErrorIs(t, s.UpdateAlias(ctx, acct, "eu-west-1", "alias/n1", "k2", "k1", updated, testLimit), ErrNotFound)
 
 	// n0,n1,n2,n4 → k1; n3 → k2.
 	for _, limit := range []int{1, 2, 10} {
@@ -499,15 +550,15 @@ func TestAliases(t *testing.T) {
 		require.Equal(t, []string{"alias/n0", "alias/n1", "alias/n2", "alias/n4"}, got, "limit %d", limit)
 	}
 	for keyID, want := range map[string]int{"": 5, "k1": 4, "k2": 1, "none": 0} {
-		n, err := s.CountAliases(ctx, acct, reg, keyID)
+		n, err := countAliases(s, acct, reg, keyID)
 		require.NoError(t, err)
 		require.Equal(t, want, n, "keyID %q", keyID)
 	}
 	_, _, err = s.ListAliases(ctx, acct, reg, "", "bogus", 1)
 	require.ErrorIs(t, err, ErrInvalidMarker)
 
-	require.NoError(t, s.DeleteAlias(ctx, acct, reg, "alias/n0"))
-	require.ErrorIs(t, s.DeleteAlias(ctx, acct, reg, "alias/n0"), ErrNotFound)
+	require.NoError(t, s.DeleteAlias(ctx, acct, reg, "alias/n0", "k1"))
+	require.ErrorIs(t, s.DeleteAlias(ctx, acct, reg, "alias/n0", "k1"), ErrNotFound)
 	_, err = s.GetAlias(ctx, acct, "eu-west-1", "alias/n0")
 	require.NoError(t, err, "deleting one region's alias leaves the other")
 	_, err = s.GetAlias(ctx, "444455556666", reg, "alias/n0")
@@ -515,7 +566,7 @@ func TestAliases(t *testing.T) {
 
 	// Deleting k1 takes its aliases and no others.
 	require.NoError(t, s.DeleteKey(ctx, acct, reg, "k1"))
-	n, err := s.CountAliases(ctx, acct, reg, "")
+	n, err := countAliases(s, acct, reg, "")
 	require.NoError(t, err)
 	require.Equal(t, 1, n)
 	_, err = s.GetAlias(ctx, acct, "eu-west-1", "alias/n0")
@@ -532,17 +583,17 @@ func TestTags(t *testing.T) {
 	for i := range 5 {
 		want = append(want, Tag{fmt.Sprintf("t%d", i), fmt.Sprint(i)})
 	}
-	require.NoError(t, s.TagKey(ctx, acct, reg, "k", want))
-	require.NoError(t, s.TagKey(ctx, acct, reg, "k", []Tag{{"env", "dev"}}), "upsert")
+	require.NoError(t, s.TagKey(ctx, acct, reg, "k", want, testLimit))
+	require.NoError(t, s.TagKey(ctx, acct, reg, "k", []Tag{{"env", "dev"}}, testLimit), "upsert")
 	want = append([]Tag{{"env", "dev"}}, want...)
 	for _, limit := range []int{1, 2, 10} {
 		got := collect(t, limit, func(m string, l int) ([]Tag, string, error) { return s.ListTags(ctx, acct, reg, "k", m, l) })
 		require.Equal(t, want, got, "limit %d", limit)
 	}
-	n, err := s.CountTags(ctx, acct, reg, "k")
+	n, err := countTags(s, acct, reg, "k")
 	require.NoError(t, err)
 	require.Equal(t, 6, n)
-	n, err = s.CountTags(ctx, acct, "eu-west-1", "k")
+	n, err = countTags(s, acct, "eu-west-1", "k")
 	require.NoError(t, err)
 	require.Equal(t, 1, n, "tags are per region")
 
@@ -550,12 +601,12 @@ func TestTags(t *testing.T) {
 	got := collect(t, 10, func(m string, l int) ([]Tag, string, error) { return s.ListTags(ctx, acct, reg, "k", m, l) })
 	require.Equal(t, want[1:5], got)
 	require.ErrorIs(t, s.UntagKey(ctx, acct, reg, "missing", []string{"t0"}), ErrNotFound)
-	require.ErrorIs(t, s.TagKey(ctx, "444455556666", reg, "k", []Tag{{"a", "b"}}), ErrNotFound)
+	require.ErrorIs(t, s.TagKey(ctx, "444455556666", reg, "k", []Tag{{"a", "b"}}, testLimit), ErrNotFound)
 	_, _, err = s.ListTags(ctx, acct, reg, "k", "m1.%%%", 1)
 	require.ErrorIs(t, err, ErrInvalidMarker)
 
 	require.ErrorIs(t, s.CreateKey(ctx, newKey(acct, reg, "k"), []Tag{{"x", "y"}}), ErrAlreadyExists)
-	n, _ = s.CountTags(ctx, acct, reg, "k")
+	n, _ = countTags(s, acct, reg, "k")
 	require.Equal(t, 4, n, "a failed CreateKey writes none of its tags")
 }
 
@@ -633,7 +684,7 @@ func TestForEachKeyAndDeletionSchedule(t *testing.T) {
 	n := 0
 	require.NoError(t, s.ForEachKey(ctx, func(k *Key) error {
 		n++
-		return s.TagKey(ctx, k.Account, k.Region, k.ID, []Tag{{"seen", "1"}})
+		return s.TagKey(ctx, k.Account, k.Region, k.ID, []Tag{{"seen", "1"}}, testLimit)
 	}))
 	require.Equal(t, len(want), n)
 
@@ -796,7 +847,9 @@ func TestConcurrentReadersAndWriters(t *testing.T) {
 			for i := range 25 {
 				name := fmt.Sprintf("alias/g%d-%d", g, i)
 				steps := []func() error{
-					func() error { return s.TagKey(ctx, acct, reg, id, []Tag{{fmt.Sprintf("g%d", g), fmt.Sprint(i)}}) },
+					func() error {
+						return s.TagKey(ctx, acct, reg, id, []Tag{{fmt.Sprintf("g%d", g), fmt.Sprint(i)}}, testLimit)
+					},
 					func() error {
 						_, err := s.UpdateKey(ctx, acct, reg, id, func(k *Key) error {
 							k.Materials = append(k.Materials, Material{ID: fmt.Sprintf("g%d-%d", g, i)})
@@ -805,10 +858,10 @@ func TestConcurrentReadersAndWriters(t *testing.T) {
 						return err
 					},
 					func() error {
-						return s.CreateAlias(ctx, &Alias{Account: acct, Region: reg, Name: name, TargetKeyID: id})
+						return s.CreateAlias(ctx, &Alias{Account: acct, Region: reg, Name: name, TargetKeyID: id}, testLimit)
 					},
-					func() error { return s.UpdateAlias(ctx, acct, reg, name, id, time.Now()) },
-					func() error { return s.DeleteAlias(ctx, acct, reg, name) },
+					func() error { return s.UpdateAlias(ctx, acct, reg, name, id, id, time.Now(), testLimit) },
+					func() error { return s.DeleteAlias(ctx, acct, reg, name, id) },
 					func() error { return s.UntagKey(ctx, acct, reg, id, []string{"nothing"}) },
 				}
 				for _, step := range steps {

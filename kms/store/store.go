@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
 	"maps"
 	"time"
 )
@@ -13,7 +14,20 @@ var (
 	ErrInvalidMarker = errors.New("store: invalid pagination marker")
 	// ErrLimitExceeded: creating the item would pass a count limit.
 	ErrLimitExceeded = errors.New("store: limit exceeded")
+
+	// ErrClusterInUse and ErrKeyStoreNameInUse say which uniqueness rule
+	// of key stores a write broke; both are ErrAlreadyExists.
+	ErrClusterInUse      = fmt.Errorf("%w: the cluster backs another key store", ErrAlreadyExists)
+	ErrKeyStoreNameInUse = fmt.Errorf("%w: the key store name is taken in its account and region", ErrAlreadyExists)
 )
+
+// KeyStoreNotEmptyError is DeleteKeyStore's refusal: Keys keys, in any
+// state, are still in the store.
+type KeyStoreNotEmptyError struct{ Keys int }
+
+func (e *KeyStoreNotEmptyError) Error() string {
+	return fmt.Sprintf("store: key store holds %d keys", e.Keys)
+}
 
 // Material is one version of a key's material: a token object.
 type Material struct {
@@ -134,8 +148,24 @@ func sameSet(a, b []string) bool {
 
 // Store is the metadata store. Lists page in a stable order with opaque
 // markers; a marker the store did not produce is ErrInvalidMarker.
+//
+// Every count limit and uniqueness rule is checked by the store inside the
+// write transaction that would break it, so that concurrent writers cannot
+// both pass a check and then both write; callers pass the limit and map
+// the error. The calls that enforce one:
+//
+//	CreateAlias, UpdateAlias  aliases per key (limit): ErrLimitExceeded; alias names: ErrAlreadyExists
+//	TagKey                    tag keys per key (limit): ErrLimitExceeded
+//	CreateGrant               grants per key (limit): ErrLimitExceeded
+//	CreateKeyStore            key stores per account and region (limit): ErrLimitExceeded;
+//	                          one store per cluster: ErrClusterInUse; names: ErrKeyStoreNameInUse
+//	UpdateKeyStore            ErrClusterInUse, ErrKeyStoreNameInUse
+//	DeleteKeyStore            only an empty store: *KeyStoreNotEmptyError
+//	CreateKey                 a key's custom key store exists: ErrNotFound
+//	UpdateKey                 whatever fn checks (on-demand rotations per key, key states)
 type Store interface {
-	// CreateKey stores k with its tags atomically.
+	// CreateKey stores k with its tags atomically, or ErrNotFound if k
+	// names a custom key store that does not exist. It enforces no tag limit.
 	CreateKey(ctx context.Context, k *Key, tags []Tag) error
 	GetKey(ctx context.Context, account, region, id string) (*Key, error)
 	// UpdateKey applies fn to the key inside a write transaction and
@@ -153,29 +183,46 @@ type Store interface {
 	// whose next rotation date is not after now, the most overdue first.
 	KeysDueForRotation(ctx context.Context, now time.Time) ([]*Key, error)
 
-	CreateAlias(ctx context.Context, a *Alias) error
+	// CreateAlias stores a. Checked in its transaction, in this order: the
+	// target key exists (ErrNotFound), has fewer than limit aliases
+	// (ErrLimitExceeded), and the name is free (ErrAlreadyExists).
+	CreateAlias(ctx context.Context, a *Alias, limit int) error
 	GetAlias(ctx context.Context, account, region, name string) (*Alias, error)
-	UpdateAlias(ctx context.Context, account, region, name, targetKeyID string, now time.Time) error
-	DeleteAlias(ctx context.Context, account, region, name string) error
+	// UpdateAlias points the alias at toKeyID if it names fromKeyID now:
+	// what the caller authorized is what changes. ErrNotFound if the alias
+	// does not name fromKeyID (or is gone) or toKeyID does not exist,
+	// ErrLimitExceeded if toKeyID already has limit aliases (an alias
+	// already on it does not count twice).
+	UpdateAlias(ctx context.Context, account, region, name, fromKeyID, toKeyID string, now time.Time, limit int) error
+	// DeleteAlias deletes the alias if it names keyID now; ErrNotFound
+	// otherwise.
+	DeleteAlias(ctx context.Context, account, region, name, keyID string) error
 	// ListAliases lists by name; keyID "" means all keys.
 	ListAliases(ctx context.Context, account, region, keyID, marker string, limit int) (aliases []*Alias, next string, err error)
-	CountAliases(ctx context.Context, account, region, keyID string) (int, error)
 
-	// TagKey sets each tag, replacing the value of an existing tag key.
-	TagKey(ctx context.Context, account, region, keyID string, tags []Tag) error
+	// TagKey sets each tag, replacing the value of an existing tag key, or
+	// nothing: ErrNotFound if the key does not exist, ErrLimitExceeded if
+	// the key would then have more than limit tag keys.
+	TagKey(ctx context.Context, account, region, keyID string, tags []Tag, limit int) error
 	UntagKey(ctx context.Context, account, region, keyID string, tagKeys []string) error
 	ListTags(ctx context.Context, account, region, keyID, marker string, limit int) (tags []Tag, next string, err error)
-	CountTags(ctx context.Context, account, region, keyID string) (int, error)
 
-	CreateKeyStore(ctx context.Context, ks *KeyStore) error // ErrAlreadyExists for a taken name or cluster
+	// CreateKeyStore stores ks. Checked in its transaction, in this order:
+	// its cluster backs no store (ErrClusterInUse), its name is free in its
+	// account and region (ErrKeyStoreNameInUse), and they have fewer than
+	// limit stores (ErrLimitExceeded).
+	CreateKeyStore(ctx context.Context, ks *KeyStore, limit int) error
 	GetKeyStore(ctx context.Context, id string) (*KeyStore, error)
 	// ListKeyStores lists one account and region's stores by creation.
 	ListKeyStores(ctx context.Context, account, region string) ([]*KeyStore, error)
 	AllKeyStores(ctx context.Context) ([]*KeyStore, error)
+	// UpdateKeyStore applies fn to the store inside a write transaction, as
+	// UpdateKey does; ErrClusterInUse or ErrKeyStoreNameInUse if fn gave it
+	// another store's cluster or name. fn cannot change ID, Account, Region.
 	UpdateKeyStore(ctx context.Context, id string, fn func(*KeyStore) error) (*KeyStore, error)
+	// DeleteKeyStore deletes an empty store: *KeyStoreNotEmptyError if
+	// keys, in any state, are in it.
 	DeleteKeyStore(ctx context.Context, id string) error
-	// CountKeysInStore counts keys in any state in the store.
-	CountKeysInStore(ctx context.Context, id string) (int, error)
 	// DeleteKeyOrphaning deletes a key (with its aliases, tags and grants)
 	// and records its token objects as orphans, in one transaction.
 	DeleteKeyOrphaning(ctx context.Context, k *Key, now time.Time) error

@@ -95,5 +95,28 @@ func loadModel() *model {
 	return &m
 }
 
+// InputMembers returns the member names of op's input shape, as the model
+// lists them.
+func InputMembers(op string) []string {
+	in := kmsModel.inputs[op]
+	if in == nil {
+		return nil
+	}
+	out := make([]string, len(in.Members))
+	for i, m := range in.Members {
+		out[i] = m.Name
+	}
+	return out
+}
+
+// EnumValues returns the values of the model's enum shape name, in the
+// model's order.
+func EnumValues(name string) []string {
+	if sh := kmsModel.Shapes[name]; sh != nil {
+		return append([]string(nil), sh.Enum...)
+	}
+	return nil
+}
+
 // Operations returns the names of every operation in the KMS model, sorted.
 func Operations() []string { return append([]string(nil), kmsModel.names...) }

@@ -36,69 +36,40 @@ func (t *Time) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// Caller is the authenticated principal and the region it addressed.
-type Caller struct {
-	AccessKeyID  string
-	Account      string
-	PrincipalARN string
-	Region       string
-}
-
-// Call is one request as the operation sees it.
+// Call is one request as the protocol sees it. The caller's identity is
+// whatever Authenticate returned: wire carries it to the route without
+// knowing what it is.
 type Call struct {
 	Op        string
 	RequestID string
-	Caller    Caller
 	SourceIP  string
 	Secure    bool // arrived over TLS
-	// KeyARN is set by the operation to the key it acted on, for the
-	// request's log line.
-	KeyARN string
-
-	// What authorization needs from the request beyond the caller, set by
-	// the operation before it resolves a key:
-	// Action is the IAM action when it is not "kms:"+Op (ReEncrypt's
-	// kms:ReEncryptFrom and kms:ReEncryptTo).
-	Action string
-	// Conditions are the request's condition keys (kms:EncryptionContext:…,
-	// kms:GrantOperations, …) with their values.
-	Conditions map[string][]string
-	// GrantTokens are the request's grant tokens.
-	GrantTokens []string
-	// Decisions are the authorization decisions taken for the request, for
-	// its log line; Grant is the id of a grant that allowed it, if one did.
-	Decisions []string
-	Grant     string
+	UserAgent string
+	// Identity is what Authenticate returned for this request.
+	Identity any
+	// logAttrs are key/value pairs the route adds to the request's log line.
+	logAttrs []any
 }
 
-// IAMAction is the action authorization checks for the call.
-func (c *Call) IAMAction() string {
-	if c.Action != "" {
-		return c.Action
-	}
-	return "kms:" + c.Op
-}
+// Log adds key/value pairs to the request's log line. Never pass
+// plaintext, key bytes, PINs or secrets.
+func (c *Call) Log(kv ...any) { c.logAttrs = append(c.logAttrs, kv...) }
 
 // Route handles one operation. body has passed Validate.
 type Route struct {
 	Handle func(ctx context.Context, c *Call, body []byte) (any, error)
 }
 
-// Typed adapts an operation written against Go types to a Route.
-func Typed[In, Out any](fn func(context.Context, *Call, *In) (*Out, error)) Route {
-	return Route{Handle: func(ctx context.Context, c *Call, body []byte) (any, error) {
-		in := new(In)
-		if len(bytes.TrimSpace(body)) > 0 {
-			if err := json.Unmarshal(body, in); err != nil {
-				return nil, serialization("Malformed request body: " + describeJSONError(err))
-			}
-		}
-		out, err := fn(ctx, c, in)
-		if err != nil {
-			return nil, err
-		}
-		return out, nil
-	}}
+// Decode unmarshals a request body into v, answering malformed JSON with
+// AWS's SerializationException. An empty body leaves v as it is.
+func Decode(body []byte, v any) error {
+	if len(bytes.TrimSpace(body)) == 0 {
+		return nil
+	}
+	if err := json.Unmarshal(body, v); err != nil {
+		return serialization("Malformed request body: " + describeJSONError(err))
+	}
+	return nil
 }
 
 // describeJSONError says what was wrong without Go type names.
@@ -115,9 +86,10 @@ func describeJSONError(err error) string {
 // target not in it is UnknownOperationException.
 type Server struct {
 	Routes map[string]Route
-	// Authenticate verifies the request's signature over body and names
-	// the caller. Its *Error is sent as is.
-	Authenticate func(r *http.Request, body []byte) (Caller, error)
+	// Authenticate verifies the request's signature over body and returns
+	// the caller's identity, which routes find in Call.Identity. Its
+	// *Error is sent as is.
+	Authenticate func(r *http.Request, body []byte) (any, error)
 	MaxBody      int64
 	Timeout      time.Duration
 	Logger       hclog.Logger
@@ -132,7 +104,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		now = s.Now
 	}
 	start := now()
-	c := &Call{RequestID: newRequestID(), Secure: r.TLS != nil}
+	c := &Call{RequestID: newRequestID(), Secure: r.TLS != nil, UserAgent: r.UserAgent()}
 	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
 		c.SourceIP = host
 	}
@@ -141,13 +113,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	status, outcome := s.serve(w, r, c)
 	if s.Logger != nil {
-		principal := c.Caller.PrincipalARN
-		if principal == "" {
-			principal = "-"
-		}
-		s.Logger.Info("request", "request_id", c.RequestID, "principal", principal, "operation", c.Op,
-			"key", c.KeyARN, "outcome", outcome, "status", status, "latency", time.Since(start), "source_ip", c.SourceIP,
-			"authz", strings.Join(c.Decisions, "; "))
+		attrs := append([]any{"request_id", c.RequestID, "operation", c.Op, "outcome", outcome, "status", status,
+			"latency", time.Since(start), "source_ip", c.SourceIP}, c.logAttrs...)
+		s.Logger.Info("request", attrs...)
 	}
 }
 
@@ -169,11 +137,11 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, c *Call) (int, st
 		}
 		return writeError(w, serialization("Could not read the request body."))
 	}
-	caller, err := s.Authenticate(r, body)
+	id, err := s.Authenticate(r, body)
 	if err != nil {
 		return s.writeErr(w, c, err)
 	}
-	c.Caller = caller
+	c.Identity = id
 	route, ok := s.Routes[r.Header.Get("X-Amz-Target")]
 	if !ok {
 		return writeError(w, &Error{Type: UnknownOperation})

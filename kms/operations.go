@@ -1,0 +1,316 @@
+package kms
+
+import (
+	"context"
+	"errors"
+	"strings"
+
+	"github.com/hsmkms/hsmkms/kms/wire"
+)
+
+// The operation table: every operation of the KMS API, with its handler
+// and its contract. The runner (Service.route) enforces the contract, so a
+// handler cannot forget it:
+//
+//   - auth says how the operation is authorized; the runner authorizes
+//     key-less operations itself before the handler runs, and after the
+//     handler returns it checks that the decisions the contract requires
+//     were taken and all allowed (Request.authorized). A handler that
+//     returns success without them is answered AccessDeniedException and
+//     logged as a server bug: authorization fails closed.
+//   - crossAccount: whether a key of another account may be named.
+//   - grantable: whether a grant can allow the operation's actions; the
+//     set of grant operations CreateGrant accepts is derived from it.
+//   - states: which key states allow it, applied to the key the request
+//     names after authorization (Service.key) and again inside the write
+//     transaction (Service.update).
+//   - aliases: whether its KeyId may name an alias.
+//   - Operations without a handler are authorized like the real call and
+//     then answer UnsupportedOperationException.
+//
+// Whether an operation takes GrantTokens and DryRun is not declared: the
+// runner reads them from any input that has them, and a test checks the
+// inputs against the AWS model.
+
+// authKind is how an operation is authorized.
+type authKind int
+
+const (
+	// authKeyless: by the caller's identity policy alone, on resource "*".
+	authKeyless authKind = iota
+	// authKey: on the key the request names (or, for Decrypt, the
+	// ciphertext names), by key policy, identity policy and grants.
+	authKey
+	// authAlias: on the alias (identity policy) and on each key the alias
+	// names before and after the call (key policy), as AWS requires for
+	// CreateAlias, UpdateAlias and DeleteAlias.
+	authAlias
+	// authCreateKey: by the identity policy on "*", with the condition
+	// keys of the key to be made.
+	authCreateKey
+	// authRetireGrant: by the grant being retired (its retiring principal,
+	// its grantee if it allows RetireGrant, or its key's account).
+	authRetireGrant
+)
+
+// handler runs an operation: it decodes body and does the work. input
+// makes an empty input value, so tests can check the inputs against the
+// model.
+type handler struct {
+	run   func(ctx context.Context, r *Request, body []byte) (any, error)
+	input func() any
+}
+
+type operation struct {
+	name   string
+	handle *handler // nil: authorized, then UnsupportedOperationException
+	auth   authKind
+	// actions are the IAM actions checked on keys, when not "kms:"+name
+	// (ReEncrypt's kms:ReEncryptFrom and kms:ReEncryptTo).
+	actions []string
+	// aliasKeys is how many key decisions an alias operation needs: the
+	// new target (CreateAlias), the old and the new (UpdateAlias), or the
+	// current one (DeleteAlias).
+	aliasKeys    int
+	crossAccount bool
+	grantable    bool
+	aliases      bool
+	states       stateRule
+}
+
+// requirement is one authorization decision an operation's contract
+// requires.
+type requirement struct {
+	action string
+	kind   resourceKind
+}
+
+// required lists the decisions the operation's contract requires.
+func (op *operation) required() []requirement {
+	switch op.auth {
+	case authKeyless, authCreateKey:
+		return []requirement{{"kms:" + op.name, onNothing}}
+	case authAlias:
+		out := []requirement{{"kms:" + op.name, onAlias}}
+		for range op.aliasKeys {
+			out = append(out, requirement{"kms:" + op.name, onKey})
+		}
+		return out
+	}
+	var out []requirement
+	for _, a := range op.keyActions() {
+		out = append(out, requirement{a, onKey})
+	}
+	return out
+}
+
+// keyActions are the IAM actions authorized on keys.
+func (op *operation) keyActions() []string {
+	if op.actions != nil {
+		return op.actions
+	}
+	return []string{"kms:" + op.name}
+}
+
+// operations is the table, built once per Service because handlers are
+// its methods.
+func (s *Service) operations() []*operation {
+	crypto := func(name string, h *handler) *operation {
+		return &operation{name: name, handle: h, auth: authKey, crossAccount: true, grantable: true, aliases: true, states: usable}
+	}
+	keyless := func(name string, h *handler) *operation {
+		return &operation{name: name, handle: h, auth: authKeyless}
+	}
+	onKeyOp := func(name string, h *handler, states stateRule) *operation {
+		return &operation{name: name, handle: h, auth: authKey, states: states}
+	}
+	reEncrypt := crypto("ReEncrypt", typed(s.ReEncrypt))
+	reEncrypt.actions = []string{"kms:ReEncryptFrom", "kms:ReEncryptTo"}
+	reEncrypt.aliases = true
+	describe := onKeyOp("DescribeKey", typed(s.DescribeKey), anyState)
+	describe.crossAccount, describe.grantable, describe.aliases = true, true, true
+	createGrant := onKeyOp("CreateGrant", typed(s.CreateGrant), manageable)
+	createGrant.crossAccount, createGrant.grantable = true, true
+	crossRead := func(name string, h *handler) *operation {
+		op := onKeyOp(name, h, anyState)
+		op.crossAccount = true
+		return op
+	}
+	return []*operation{
+		// Keys.
+		{name: "CreateKey", handle: typed(s.CreateKey), auth: authCreateKey},
+		describe,
+		keyless("ListKeys", typed(s.ListKeys)),
+		onKeyOp("EnableKey", typed(s.EnableKey), enableDisable),
+		onKeyOp("DisableKey", typed(s.DisableKey), enableDisable),
+		onKeyOp("UpdateKeyDescription", typed(s.UpdateKeyDescription), manageable),
+		onKeyOp("ScheduleKeyDeletion", typed(s.ScheduleKeyDeletion), enableDisable),
+		onKeyOp("CancelKeyDeletion", typed(s.CancelKeyDeletion), pendingDeletion),
+		// Aliases.
+		{name: "CreateAlias", handle: typed(s.CreateAlias), auth: authAlias, aliasKeys: 1, states: manageable},
+		{name: "UpdateAlias", handle: typed(s.UpdateAlias), auth: authAlias, aliasKeys: 2, states: manageable},
+		{name: "DeleteAlias", handle: typed(s.DeleteAlias), auth: authAlias, aliasKeys: 1, states: anyState},
+		keyless("ListAliases", typed(s.ListAliases)),
+		// Tags and policies.
+		onKeyOp("TagResource", typed(s.TagResource), manageable),
+		onKeyOp("UntagResource", typed(s.UntagResource), manageable),
+		onKeyOp("ListResourceTags", typed(s.ListResourceTags), anyState),
+		onKeyOp("GetKeyPolicy", typed(s.GetKeyPolicy), anyState),
+		onKeyOp("PutKeyPolicy", typed(s.PutKeyPolicy), anyState),
+		onKeyOp("ListKeyPolicies", typed(s.ListKeyPolicies), anyState),
+		// Cryptography.
+		crypto("Encrypt", typed(s.Encrypt)),
+		crypto("Decrypt", typed(s.Decrypt)),
+		reEncrypt,
+		crypto("GenerateDataKey", typed(s.GenerateDataKey)),
+		crypto("GenerateDataKeyWithoutPlaintext", typed(s.GenerateDataKeyWithoutPlaintext)),
+		crypto("GenerateDataKeyPair", typed(s.GenerateDataKeyPair)),
+		crypto("GenerateDataKeyPairWithoutPlaintext", typed(s.GenerateDataKeyPairWithoutPlaintext)),
+		crypto("Sign", typed(s.Sign)),
+		crypto("Verify", typed(s.Verify)),
+		crypto("GetPublicKey", typed(s.GetPublicKey)),
+		crypto("GenerateMac", typed(s.GenerateMac)),
+		crypto("VerifyMac", typed(s.VerifyMac)),
+		crypto("DeriveSharedSecret", typed(s.DeriveSharedSecret)),
+		keyless("GenerateRandom", typed(s.GenerateRandom)),
+		// Rotation.
+		onKeyOp("EnableKeyRotation", typed(s.EnableKeyRotation), rotating),
+		onKeyOp("DisableKeyRotation", typed(s.DisableKeyRotation), rotating),
+		crossRead("GetKeyRotationStatus", typed(s.GetKeyRotationStatus)),
+		onKeyOp("RotateKeyOnDemand", typed(s.RotateKeyOnDemand), rotating),
+		onKeyOp("ListKeyRotations", typed(s.ListKeyRotations), anyState),
+		// Grants.
+		createGrant,
+		crossRead("ListGrants", typed(s.ListGrants)),
+		keyless("ListRetirableGrants", typed(s.ListRetirableGrants)),
+		{name: "RetireGrant", handle: typed(s.RetireGrant), auth: authRetireGrant, crossAccount: true, grantable: true},
+		crossRead("RevokeGrant", typed(s.RevokeGrant)),
+		// Custom key stores.
+		keyless("CreateCustomKeyStore", typed(s.CreateCustomKeyStore)),
+		keyless("DescribeCustomKeyStores", typed(s.DescribeCustomKeyStores)),
+		keyless("ConnectCustomKeyStore", typed(s.ConnectCustomKeyStore)),
+		keyless("DisconnectCustomKeyStore", typed(s.DisconnectCustomKeyStore)),
+		keyless("UpdateCustomKeyStore", typed(s.UpdateCustomKeyStore)),
+		keyless("DeleteCustomKeyStore", typed(s.DeleteCustomKeyStore)),
+		// Not implemented yet: authorized on the key they name, then
+		// UnsupportedOperationException.
+		onKeyOp("GetParametersForImport", nil, anyState),
+		onKeyOp("ImportKeyMaterial", nil, anyState),
+		onKeyOp("DeleteImportedKeyMaterial", nil, anyState),
+		onKeyOp("GetKeyLastUsage", nil, anyState),
+		onKeyOp("ReplicateKey", nil, anyState),
+		onKeyOp("UpdatePrimaryRegion", nil, anyState),
+	}
+}
+
+// errUnauthorized is what proceed and the runner return for a request
+// whose operation did not take the decisions its contract requires: a bug
+// in hsmkms, answered as a denial.
+var errUnauthorized = errors.New("kms: operation acted without the authorization its contract requires")
+
+// route runs op for one request: it builds the Request, authorizes a
+// key-less operation, runs the handler and enforces the contract on what
+// comes back.
+func (s *Service) route(op *operation) wire.Route {
+	return wire.Route{Handle: func(ctx context.Context, c *wire.Call, body []byte) (any, error) {
+		caller, _ := c.Identity.(Caller)
+		r := &Request{ID: c.RequestID, op: op, Caller: caller, SourceIP: c.SourceIP, Secure: c.Secure, UserAgent: c.UserAgent}
+		defer func() {
+			c.Log("principal", caller.PrincipalARN, "key", strings.Join(r.keys, ","), "authz", r.logDecisions())
+		}()
+		if caller.PrincipalARN == "" {
+			// Authentication names every caller; an identity without one
+			// is a wiring bug, refused rather than run as nobody.
+			s.log.Error("server bug: request without a caller", "operation", op.name, "request_id", r.ID)
+			return nil, s.accessDenied(r)
+		}
+		run := s.unsupported
+		if op.handle != nil {
+			run = op.handle.run
+		}
+		if op.auth == authKeyless {
+			if err := s.authorizeIdentity(ctx, r, nil, r.action(), "*", onNothing); err != nil {
+				return nil, err
+			}
+		}
+		out, err := run(ctx, r, body)
+		if errors.Is(err, errUnauthorized) || (err == nil && !r.authorized()) {
+			s.log.Error("server bug: operation returned without the authorization its contract requires",
+				"operation", op.name, "request_id", r.ID, "authz", r.logDecisions())
+			return nil, s.accessDenied(r)
+		}
+		return out, err
+	}}
+}
+
+// accessDenied is the answer to a request that fails closed.
+func (s *Service) accessDenied(r *Request) error {
+	return wire.Errorf(wire.AccessDenied, "User: %s is not authorized to perform: %s", r.Caller.PrincipalARN, r.action())
+}
+
+// unsupported answers an operation hsmkms does not implement yet, once the
+// caller is authorized for it on the key it names, with AWS's
+// UnsupportedOperationException: never a fake success. The README's
+// support table lists them.
+func (s *Service) unsupported(ctx context.Context, r *Request, body []byte) (any, error) {
+	var in struct{ KeyId string }
+	if err := wire.Decode(body, &in); err != nil {
+		return nil, err
+	}
+	if _, err := s.key(ctx, r, in.KeyId, access{}); err != nil {
+		return nil, err
+	}
+	return nil, wire.Errorf(wire.UnsupportedOperation, "%s is not supported by hsmkms.", r.op.name)
+}
+
+// grantTokens and dryRunner are implemented by the inputs that carry those
+// members, by embedding GrantTokensField and DryRunField.
+type grantTokens interface{ grantTokens() []string }
+type dryRunner interface{ dryRun() bool }
+
+// GrantTokensField is the GrantTokens member of an input.
+type GrantTokensField struct {
+	GrantTokens []string
+}
+
+func (g GrantTokensField) grantTokens() []string { return g.GrantTokens }
+
+// DryRunField is the DryRun member of an input.
+type DryRunField struct {
+	DryRun bool
+}
+
+func (d DryRunField) dryRun() bool { return d.DryRun }
+
+// typed adapts an operation written against Go types to a handler: it
+// decodes the body and copies the members the runner owns (GrantTokens,
+// DryRun) onto the Request.
+func typed[In, Out any](fn func(context.Context, *Request, *In) (*Out, error)) *handler {
+	return &handler{input: func() any { return new(In) }, run: func(ctx context.Context, r *Request, body []byte) (any, error) {
+		in := new(In)
+		if err := wire.Decode(body, in); err != nil {
+			return nil, err
+		}
+		if g, ok := any(in).(grantTokens); ok {
+			r.GrantTokens = g.grantTokens()
+		}
+		if d, ok := any(in).(dryRunner); ok {
+			r.DryRun = d.dryRun()
+		}
+		out, err := fn(ctx, r, in)
+		if err != nil {
+			return nil, err
+		}
+		return out, nil
+	}}
+}
+
+// op returns the table's row for name, or nil.
+func (s *Service) op(name string) *operation {
+	for _, o := range s.ops {
+		if o.name == name {
+			return o
+		}
+	}
+	return nil
+}

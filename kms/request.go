@@ -1,0 +1,135 @@
+package kms
+
+import (
+	"strings"
+
+	"github.com/hsmkms/hsmkms/kms/wire"
+)
+
+// Caller is the authenticated principal of a request and the Region its
+// signature addressed.
+type Caller struct {
+	AccessKeyID  string
+	Account      string
+	PrincipalARN string
+	Region       string
+}
+
+// Request is one API call as an operation sees it: who calls, from where,
+// in which Region, what the request carries for authorization (grant
+// tokens, DryRun), and what authorization decided. The runner builds it
+// from the protocol's wire.Call before the operation runs and reads its
+// decisions after; operations pass it explicitly to everything that needs
+// it. A Request belongs to its request's goroutine.
+type Request struct {
+	ID        string
+	op        *operation
+	Caller    Caller
+	SourceIP  string
+	Secure    bool // arrived over TLS
+	UserAgent string
+	// GrantTokens and DryRun are the request's members of those names,
+	// set by the runner for every operation whose input has them.
+	GrantTokens []string
+	DryRun      bool
+
+	decisions []decision
+	// grant is the grant that allowed the request's action on its key, if
+	// one did (CreateGrant holds a grant-allowed request to that grant).
+	grant string
+	// keys are the ARNs of the keys the request acted on, in order.
+	keys []string
+}
+
+// resourceKind is what an authorization decision was about.
+type resourceKind int
+
+const (
+	onNothing resourceKind = iota // "*": operations without a resource
+	onKey
+	onAlias
+)
+
+// decision is one authorization decision taken for the request.
+type decision struct {
+	action, resource string
+	kind             resourceKind
+	allowed          bool
+	by               string // the statement, grant or rule that decided
+}
+
+func (d decision) String() string {
+	verdict := "deny"
+	if d.allowed {
+		verdict = "allow"
+	}
+	return verdict + " " + d.action + " on " + d.resource + " by " + d.by
+}
+
+func (r *Request) record(d decision) { r.decisions = append(r.decisions, d) }
+
+// touched records that the request acted on the key arn.
+func (r *Request) touched(arn string) {
+	for _, k := range r.keys {
+		if k == arn {
+			return
+		}
+	}
+	r.keys = append(r.keys, arn)
+}
+
+// action is the IAM action of the request's operation.
+func (r *Request) action() string { return "kms:" + r.op.name }
+
+// authorized reports whether the decisions recorded so far satisfy the
+// operation's declared authorization: every required (action, resource
+// kind) pair has its own allow decision and nothing was denied. It is
+// the runner's fail-closed check, also made at proceed.
+func (r *Request) authorized() bool {
+	used := make([]bool, len(r.decisions))
+	for _, need := range r.op.required() {
+		found := false
+		for i, d := range r.decisions {
+			if !used[i] && d.allowed && d.action == need.action && d.kind == need.kind {
+				used[i], found = true, true
+				break
+			}
+		}
+		if !found {
+			return false
+		}
+	}
+	for _, d := range r.decisions {
+		if !d.allowed {
+			return false
+		}
+	}
+	return true
+}
+
+// proceed is called by an operation right before it acts (touches a
+// token or writes to the store). It fails closed if authorization is not
+// complete, and stops a DryRun request there, having passed every check,
+// as AWS answers it.
+func (r *Request) proceed() error {
+	if !r.authorized() {
+		return errUnauthorized
+	}
+	if r.DryRun {
+		return dryRun()
+	}
+	return nil
+}
+
+func dryRun() error {
+	return wire.Errorf(wire.DryRunOperation, "The request would have succeeded, but the DryRun option is set.")
+}
+
+// logDecisions renders the decisions for the request's log line.
+func (r *Request) logDecisions() string {
+	parts := make([]string, len(r.decisions))
+	for i, d := range r.decisions {
+		parts[i] = d.String()
+	}
+	return strings.Join(parts, "; ")
+}
