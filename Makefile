@@ -34,6 +34,7 @@ test-crash: setup
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	GO=$(GO) scripts/check-imports.sh
 	$(GO) run $(STATICCHECK) ./...
 
 bench: setup build

@@ -59,9 +59,13 @@ type TokenIdentity struct {
 type TokenRecords interface {
 	TokenIdentity(ctx context.Context, storeID string) (TokenIdentity, bool, error)
 	RecordTokenIdentity(ctx context.Context, storeID string, id TokenIdentity) error
-	// KeyMaterial lists the CKA_IDs of the token objects the database
-	// says the store's token holds (keys not left half-made by a crash).
+	// KeyMaterial lists the references (Material.Ref) of the material the
+	// database says the store's token holds (keys not left half-made by a
+	// crash).
 	KeyMaterial(ctx context.Context, storeID string) ([][]byte, error)
+	// SealsPasswords reports whether the database holds kmsuser passwords
+	// sealed by the vault, whose key is then on the default token.
+	SealsPasswords(ctx context.Context) (bool, error)
 }
 
 // ErrWrongToken: the token that answers to a key store's label or serial is
@@ -156,6 +160,15 @@ func VerifyToken(ctx context.Context, tok *hsm.Token, storeID, clusterID string,
 	ids, err := rec.KeyMaterial(ctx, storeID)
 	if err != nil {
 		return err
+	}
+	if storeID == DefaultID {
+		sealed, err := rec.SealsPasswords(ctx)
+		if err != nil {
+			return err
+		}
+		if sealed {
+			ids = append(ids, vaultKeyID)
+		}
 	}
 	if len(ids) > 0 {
 		found, err := holdsAny(ctx, tok, ids)

@@ -43,6 +43,8 @@ func (r *memRecords) KeyMaterial(_ context.Context, id string) ([][]byte, error)
 	return r.material[id], nil
 }
 
+func (r *memRecords) SealsPasswords(context.Context) (bool, error) { return false, nil }
+
 // loggedIn opens tok and logs in.
 func loggedIn(t *testing.T, tok hsmtest.Token) *hsm.Token {
 	t.Helper()

@@ -10,7 +10,6 @@ import (
 	"errors"
 	"slices"
 
-	"github.com/hsmkms/hsmkms/hsm"
 	"github.com/hsmkms/hsmkms/keystore"
 	"github.com/hsmkms/hsmkms/kms/store"
 	"github.com/hsmkms/hsmkms/kms/wire"
@@ -80,9 +79,9 @@ func (s *Service) seal(ctx context.Context, k *store.Key, plaintext []byte, ec m
 		return nil, "", internalf("key %s has a malformed material id", arnOf(k))
 	}
 	header := appendBlobHeader(nil, k.Account, k.Region, uuid, matID)
-	iv, sealed, err := tok.EncryptGCM(ctx, hsm.SecretKeyByID(m.TokenID), plaintext, additionalData(header, ec))
+	iv, sealed, err := tok.EncryptGCM(ctx, material(k, m), plaintext, additionalData(header, ec))
 	if err != nil {
-		return nil, "", tokenError(k, err)
+		return nil, "", tokenError(err, tokenCall{key: k})
 	}
 	return marshalBlob(header, iv, sealed), m.ID, nil
 }
@@ -194,15 +193,12 @@ func (s *Service) decrypt(ctx context.Context, in *sealed) (*opened, error) {
 	}
 	var plain []byte
 	if in.blob != nil {
-		plain, err = tok.DecryptGCM(ctx, hsm.SecretKeyByID(in.material.TokenID), in.blob.IV, in.blob.Sealed, additionalData(in.blob.header, in.ec))
+		plain, err = tok.DecryptGCM(ctx, material(k, *in.material), in.blob.IV, in.blob.Sealed, additionalData(in.blob.header, in.ec))
 	} else {
-		plain, err = tok.DecryptOAEP(ctx, currentTokenID(k), in.hash, in.ciphertext)
-	}
-	if errors.Is(err, hsm.ErrInvalidCiphertext) {
-		return nil, invalidCiphertext()
+		plain, err = tok.DecryptOAEP(ctx, currentMaterial(k), in.hash, in.ciphertext)
 	}
 	if err != nil {
-		return nil, tokenError(k, err)
+		return nil, tokenError(err, tokenCall{key: k})
 	}
 	o := &opened{key: k, plaintext: plain, alg: in.alg}
 	if in.material != nil {
@@ -210,9 +206,6 @@ func (s *Service) decrypt(ctx context.Context, in *sealed) (*opened, error) {
 	}
 	return o, nil
 }
-
-// currentTokenID is the CKA_ID of k's current material.
-func currentTokenID(k *store.Key) []byte { return k.Materials[len(k.Materials)-1].TokenID }
 
 // rsaPublicKey is k's RSA public key, read from the token once.
 func (s *Service) rsaPublicKey(ctx context.Context, k *store.Key) (*rsa.PublicKey, error) {
@@ -231,22 +224,17 @@ func (s *Service) rsaPublicKey(ctx context.Context, k *store.Key) (*rsa.PublicKe
 	return rpub, nil
 }
 
-// publicKeyDER is k's public key as DER SubjectPublicKeyInfo. Public keys
-// never change, so each is read from the token once and kept.
+// publicKeyDER is k's public key as DER SubjectPublicKeyInfo (read from the
+// token once: the key store caches public keys).
 func (s *Service) publicKeyDER(ctx context.Context, k *store.Key) ([]byte, error) {
-	id := currentTokenID(k)
-	if der, ok := s.publicKeys.Load(string(id)); ok {
-		return der.([]byte), nil
-	}
 	tok, err := s.token(k)
 	if err != nil {
 		return nil, err
 	}
-	der, err := tok.PublicKeyDER(ctx, id)
+	der, err := tok.PublicKey(ctx, currentMaterial(k))
 	if err != nil {
-		return nil, tokenError(k, err)
+		return nil, tokenError(err, tokenCall{key: k})
 	}
-	s.publicKeys.Store(string(id), der)
 	return der, nil
 }
 
@@ -428,7 +416,7 @@ func (s *Service) generateDataKey(ctx context.Context, r *Request, in *GenerateD
 	}
 	plain, err := tok.GenerateRandom(ctx, n)
 	if err != nil {
-		return nil, tokenError(k, err)
+		return nil, tokenError(err, tokenCall{key: k})
 	}
 	blob, material, err := s.seal(ctx, k, plain, in.EncryptionContext)
 	if err != nil {
@@ -475,15 +463,9 @@ func (s *Service) GenerateRandom(ctx context.Context, r *Request, in *GenerateRa
 	if err := r.proceed(); err != nil {
 		return nil, err
 	}
-	tok, err := ks.Token()
-	if err != nil && in.CustomKeyStoreId != "" {
-		return nil, keyStoreInvalidState(in.CustomKeyStoreId, keystore.Disconnected, "CONNECTED")
-	} else if err != nil {
-		return nil, err
-	}
-	b, err := tok.GenerateRandom(ctx, in.NumberOfBytes)
+	b, err := ks.GenerateRandom(ctx, in.NumberOfBytes)
 	if err != nil {
-		return nil, err
+		return nil, tokenError(err, tokenCall{storeID: in.CustomKeyStoreId})
 	}
 	return &GenerateRandomOutput{Plaintext: b}, nil
 }

@@ -57,7 +57,7 @@ func (s *Service) DeriveSharedSecret(ctx context.Context, r *Request, in *Derive
 	if err != nil {
 		return nil, err
 	}
-	secret, err := tok.DeriveECDH(ctx, currentTokenID(k), peer.Bytes())
+	secret, err := tok.DeriveECDH(ctx, currentMaterial(k), peer.Bytes())
 	if err != nil {
 		return nil, s.signError(k, in.KeyAgreementAlgorithm, err)
 	}

@@ -83,11 +83,7 @@ func Open(ctx context.Context, cfg OpenConfig) (_ *Service, err error) {
 			s.closeResources(context.WithoutCancel(ctx))
 		}
 	}()
-	tok, err := def.Token()
-	if err != nil {
-		return nil, err
-	}
-	if err := keystore.VerifyToken(ctx, tok, keystore.DefaultID, "", guard.Records, log); err != nil {
+	if err := def.VerifyIdentity(ctx, "", guard.Records, log); err != nil {
 		return nil, guard.Explain(ctx, keystore.DefaultID, cfg.DefaultToken, err)
 	}
 	report, err := s.Reconcile(ctx)

@@ -29,10 +29,9 @@ func (r tokenRecords) RecordTokenIdentity(ctx context.Context, storeID string, i
 		Marker: id.Marker, Serial: id.Serial, Label: id.Label, Recorded: id.Recorded})
 }
 
-// KeyMaterial lists the CKA_IDs of the material of the store's keys, but
-// not of keys still Creating (a crash may have kept their object from ever
-// being made). The default token also holds the key that seals kmsuser
-// passwords once a custom key store has one.
+// KeyMaterial lists the references of the material of the store's keys,
+// but not of keys still Creating (a crash may have kept their material
+// from ever being made).
 func (r tokenRecords) KeyMaterial(ctx context.Context, storeID string) ([][]byte, error) {
 	var ids [][]byte
 	err := r.db.ForEachKey(ctx, func(k *store.Key) error {
@@ -43,17 +42,20 @@ func (r tokenRecords) KeyMaterial(ctx context.Context, storeID string) ([][]byte
 		}
 		return nil
 	})
-	if err != nil || storeID != keystore.DefaultID {
-		return ids, err
-	}
+	return ids, err
+}
+
+// SealsPasswords reports whether a custom key store has a sealed kmsuser
+// password.
+func (r tokenRecords) SealsPasswords(ctx context.Context) (bool, error) {
 	stores, err := r.db.AllKeyStores(ctx)
 	if err != nil {
-		return nil, err
+		return false, err
 	}
 	for _, ks := range stores {
-		if len(ks.Password) > 0 {
-			return append(ids, passwordKeyID), nil
+		if len(ks.Password) > 0 || len(ks.PendingPassword) > 0 {
+			return true, nil
 		}
 	}
-	return ids, nil
+	return false, nil
 }
