@@ -41,6 +41,7 @@ const (
 	LimitExceeded                = "LimitExceededException"
 	MalformedPolicyDocument      = "MalformedPolicyDocumentException"
 	MissingAuthenticationToken   = "MissingAuthenticationTokenException"
+	NotAuthorized                = "NotAuthorizedException" // not in the KMS model: reserved alias/aws/ names
 	NotFound                     = "NotFoundException"
 	RequestExpired               = "RequestExpired"
 	SerializationException       = "SerializationException"

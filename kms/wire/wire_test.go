@@ -203,6 +203,9 @@ func TestServer(t *testing.T) {
 		}
 		require.Regexp(t, `^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`, h.Get("x-amzn-RequestId"))
 	}
+	// An exception without a message has no message member, as AWS sends it.
+	_, body, _ := post(t, srv.URL, "TrentService.Nope", `{}`, true)
+	require.Equal(t, map[string]string{"__type": UnknownOperation}, body)
 	require.Contains(t, logs.String(), "token exploded", "the detail of an internal error goes to the log, not to the client")
 	require.Contains(t, logs.String(), "operation=DescribeKey")
 	require.Contains(t, logs.String(), "outcome=NotFoundException")
