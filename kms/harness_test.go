@@ -222,6 +222,19 @@ func requireAPIError(t *testing.T, err error, code, msg string) {
 	}
 }
 
+// requireAPIErrorNoMessage asserts err is the AWS exception code sent
+// without a message, as AWS sends some. aws-sdk-go-v2 reports such an
+// exception of the KMS model with an empty message, and one outside it
+// (ValidationException, NotAuthorizedException) with "UnknownError": what
+// it shows for AWS's own answer too. rawNoMessage checks the body itself.
+func requireAPIErrorNoMessage(t *testing.T, err error, code string) {
+	t.Helper()
+	requireAPIError(t, err, code, "")
+	var ae smithy.APIError
+	require.True(t, errors.As(err, &ae))
+	require.Contains(t, []string{"", "UnknownError"}, ae.ErrorMessage())
+}
+
 func (e *env) createKey(c *awskms.Client) string {
 	out, err := c.CreateKey(bg(), &awskms.CreateKeyInput{})
 	require.NoError(e.t, err)

@@ -83,6 +83,7 @@ const (
 	usageEncrypt   = "ENCRYPT_DECRYPT"
 	algSymmetric   = "SYMMETRIC_DEFAULT"
 	originAWSKMS   = "AWS_KMS"
+	originExternal = "EXTERNAL"
 	maxPolicyBytes = 32 * 1024
 )
 
