@@ -370,7 +370,7 @@ func TestTags(t *testing.T) {
 		many[i] = types.Tag{TagKey: aws.String(fmt.Sprintf("k%02d", i)), TagValue: aws.String("v")}
 	}
 	_, err = c.TagResource(bg(), &awskms.TagResourceInput{KeyId: &id, Tags: many})
-	requireAPIError(t, err, "LimitExceededException", "")
+	requireAPIError(t, err, "TagException", "Too many tags")
 }
 
 func TestListKeysPaginates(t *testing.T) {
