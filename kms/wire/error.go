@@ -26,7 +26,6 @@ const (
 	IncorrectKey                 = "IncorrectKeyException"
 	IncorrectTrustAnchor         = "IncorrectTrustAnchorException"
 	IncompleteSignature          = "IncompleteSignatureException"
-	InvalidAliasName             = "InvalidAliasNameException"
 	InvalidArn                   = "InvalidArnException"
 	InvalidCiphertext            = "InvalidCiphertextException"
 	InvalidGrantID               = "InvalidGrantIdException"
