@@ -244,7 +244,24 @@ func (e *env) createKey(c *awskms.Client) string {
 // raw sends body as operation op, signed by the admin, bypassing the SDK's
 // client-side checks: the way to test what the server itself refuses.
 func (e *env) raw(op, body string) (status int, errType, msg string) {
-	t := e.t
+	status, fields := e.rawFields(e.t, op, body)
+	errType, _ = fields["__type"].(string)
+	msg, _ = fields["message"].(string)
+	return status, errType, msg
+}
+
+// rawNoMessage sends body as raw does and asserts the answer is the
+// exception code with no message member at all, as AWS sends some.
+func (e *env) rawNoMessage(t *testing.T, op, body, code string) {
+	t.Helper()
+	status, fields := e.rawFields(t, op, body)
+	require.Equal(t, 400, status)
+	require.Equal(t, map[string]any{"__type": code}, fields)
+}
+
+// rawFields sends body as raw does, failing t, and returns the status and
+// the response body's members.
+func (e *env) rawFields(t *testing.T, op, body string) (int, map[string]any) {
 	req, err := http.NewRequest(http.MethodPost, e.srv.URL+"/", strings.NewReader(body))
 	require.NoError(t, err)
 	req.Header.Set("Content-Type", "application/x-amz-json-1.1")
@@ -257,11 +274,8 @@ func (e *env) raw(op, body string) (status int, errType, msg string) {
 	resp, err := http.DefaultClient.Do(req)
 	require.NoError(t, err)
 	defer resp.Body.Close()
-	var out struct {
-		Type    string `json:"__type"`
-		Message string `json:"message"`
-	}
+	var out map[string]any
 	require.NoError(t, json.NewDecoder(resp.Body).Decode(&out))
 	require.NotEmpty(t, resp.Header.Get("x-amzn-RequestId"))
-	return resp.StatusCode, out.Type, out.Message
+	return resp.StatusCode, out
 }
