@@ -82,9 +82,9 @@ func TestAWSAnswers(t *testing.T) {
 			// A null map value would be an encryption context of "".
 			{"Encrypt", `{"KeyId":"` + sym + `","Plaintext":"aGk=","EncryptionContext":{"a":null}}`},
 		} {
-			status, typ, _ := e.raw(tc.op, tc.body)
+			status, body := e.rawFields(t, tc.op, tc.body)
 			require.Equal(t, 400, status, tc.body)
-			require.Equal(t, "SerializationException", typ, tc.body)
+			require.Equal(t, "SerializationException", body["__type"], tc.body)
 		}
 		require.Equal(t, before, keyCount(t), "no key is made")
 	})
@@ -187,8 +187,12 @@ func TestAWSAnswers(t *testing.T) {
 			_, err := c.CreateKey(bg(), &awskms.CreateKeyInput{KeySpec: spec})
 			requireAPIError(t, err, "ValidationException", "You must specify a KeyUsage value for all KMS keys except for symmetric encryption keys.")
 		}
-		_, err := c.CreateKey(bg(), &awskms.CreateKeyInput{CustomerMasterKeySpec: types.CustomerMasterKeySpecEccNistP384})
-		requireAPIError(t, err, "ValidationException", "You must specify a KeyUsage value for all KMS keys except for symmetric encryption keys.")
+		// The deprecated CustomerMasterKeySpec alike (sent raw: the SDK
+		// marks the member deprecated).
+		status, body := e.rawFields(t, "CreateKey", `{"CustomerMasterKeySpec":"ECC_NIST_P384"}`)
+		require.Equal(t, 400, status)
+		require.Equal(t, map[string]any{"__type": "ValidationException",
+			"message": "You must specify a KeyUsage value for all KMS keys except for symmetric encryption keys."}, body)
 		require.Equal(t, before, keyCount(t))
 	})
 	t.Run("GetParametersForImport on an AWS_KMS key", func(t *testing.T) {
