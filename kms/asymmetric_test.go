@@ -359,6 +359,17 @@ func TestRSAEncryption(t *testing.T) {
 		_, err = c.Encrypt(bg(), &awskms.EncryptInput{KeyId: &id, Plaintext: []byte("x"), EncryptionAlgorithm: "RSAES_OAEP_SHA_1",
 			EncryptionContext: map[string]string{"a": "b"}})
 		requireAPIError(t, err, "ValidationException", "")
+
+		// An RSA key does not rotate (UnsupportedOperationException, no
+		// message), and its state is checked first.
+		_, err = c.RotateKeyOnDemand(bg(), &awskms.RotateKeyOnDemandInput{KeyId: &id})
+		requireAPIErrorNoMessage(t, err, "UnsupportedOperationException")
+		_, err = c.DisableKey(bg(), &awskms.DisableKeyInput{KeyId: &id})
+		require.NoError(t, err)
+		_, err = c.RotateKeyOnDemand(bg(), &awskms.RotateKeyOnDemandInput{KeyId: &id})
+		requireAPIError(t, err, "DisabledException", arn(id)+" is disabled.")
+		_, err = c.EnableKey(bg(), &awskms.EnableKeyInput{KeyId: &id})
+		require.NoError(t, err)
 	}
 
 	// ReEncrypt moves between symmetric and RSA keys both ways.
