@@ -50,7 +50,7 @@ func (s *Service) encrypt(ctx context.Context, k *store.Key, alg string, plainte
 	}
 	h := oaepHashes[alg]
 	if max := pub.Size() - 2*h.Size() - 2; len(plaintext) > max {
-		return nil, "", wire.Errorf(wire.Validation, "Plaintext is too long: %s with %s encrypts at most %d bytes.", k.KeySpec, alg, max)
+		return nil, "", wire.Errorf(wire.Validation, "Algorithm %s and key spec %s cannot encrypt data larger than %d bytes.", alg, k.KeySpec, max)
 	}
 	// Encryption needs only the public key, which is public: Go does it,
 	// as any holder of GetPublicKey's output could.
@@ -110,15 +110,21 @@ type opened struct {
 
 // ciphertextKey resolves and authorizes the key of a ciphertext, without
 // decrypting it. keyID, if given, must name the key it was made under; for
-// RSA keys it and alg are required, as AWS requires them. Every failure to
-// authenticate looks the same to the client: InvalidCiphertextException,
-// with no hint of which part was wrong.
+// RSA keys it and alg are required, as AWS requires them. A named key that
+// cannot have made the ciphertext (another key, or one whose usage is not
+// encryption) is IncorrectKeyException, as AWS answers on the decrypting
+// side, where the encrypting side says InvalidKeyUsageException. Every
+// failure to authenticate looks the same to the client:
+// InvalidCiphertextException, with no hint of which part was wrong.
 func (s *Service) ciphertextKey(ctx context.Context, r *Request, ciphertext []byte, keyID, alg string, ec map[string]string, a access) (*sealed, error) {
 	var named *store.Key
 	if keyID != "" {
-		k, err := s.usableKey(ctx, r, keyID, usageEncrypt, a)
+		k, err := s.usableKey(ctx, r, keyID, "", a)
 		if err != nil {
 			return nil, err
+		}
+		if k.KeyUsage != usageEncrypt {
+			return nil, incorrectKey()
 		}
 		if keySpecs[k.KeySpec].asymmetric() {
 			return rsaCiphertext(k, ciphertext, alg, ec)
@@ -140,7 +146,7 @@ func (s *Service) ciphertextKey(ctx context.Context, r *Request, ciphertext []by
 	k := named
 	if k != nil {
 		if k.ID != blobKey || k.Account != b.Account || k.Region != b.Region {
-			return nil, wire.Errorf(wire.IncorrectKey, "The key ID in the request does not identify a CMK that can perform this operation.")
+			return nil, incorrectKey()
 		}
 	} else {
 		if b.Region != r.Caller.Region {
@@ -148,7 +154,7 @@ func (s *Service) ciphertextKey(ctx context.Context, r *Request, ciphertext []by
 		}
 		// The blob names its key's account: another account's key is
 		// looked up (and authorized) as if named by its ARN.
-		k, err = s.usableKey(ctx, r, keyARN(b.Region, b.Account, blobKey), usageEncrypt, a)
+		k, err = s.usableKey(ctx, r, keyARN(b.Region, b.Account, blobKey), "", a)
 		if err != nil {
 			var we *wire.Error
 			if errors.As(err, &we) && we.Type == wire.NotFound {
@@ -156,8 +162,8 @@ func (s *Service) ciphertextKey(ctx context.Context, r *Request, ciphertext []by
 			}
 			return nil, err
 		}
-		if keySpecs[k.KeySpec].asymmetric() {
-			return nil, invalidCiphertext()
+		if k.KeyUsage != usageEncrypt || keySpecs[k.KeySpec].asymmetric() {
+			return nil, invalidCiphertext() // no key of hsmkms's made this blob
 		}
 	}
 	want := hexID(b.MaterialID)
@@ -239,6 +245,10 @@ func (s *Service) publicKeyDER(ctx context.Context, k *store.Key) ([]byte, error
 }
 
 func invalidCiphertext() error { return &wire.Error{Type: wire.InvalidCiphertext, Message: ""} }
+
+func incorrectKey() error {
+	return wire.Errorf(wire.IncorrectKey, "The key ID in the request does not identify a CMK that can perform this operation.")
+}
 
 type EncryptInput struct {
 	KeyId               string
@@ -446,6 +456,12 @@ func (s *Service) GenerateRandom(ctx context.Context, r *Request, in *GenerateRa
 	if in.Recipient != nil {
 		return nil, wire.Errorf(wire.UnsupportedOperation, "Recipient (Nitro Enclaves attestation) is not supported by hsmkms.")
 	}
+	// Optional in the model, required by the operation: a fault of the
+	// request alone, refused before the key store is looked up. (0 is
+	// below the model's minimum, so wire has refused an explicit 0.)
+	if in.NumberOfBytes == 0 {
+		return nil, wire.Errorf(wire.Validation, "NumberOfBytes is required.")
+	}
 	ks := s.keystores.Default()
 	if in.CustomKeyStoreId != "" {
 		_, live, err := s.keyStore(ctx, r, in.CustomKeyStoreId)
@@ -456,9 +472,6 @@ func (s *Service) GenerateRandom(ctx context.Context, r *Request, in *GenerateRa
 			return nil, keyStoreInvalidState(in.CustomKeyStoreId, st, "CONNECTED")
 		}
 		ks = live
-	}
-	if in.NumberOfBytes == 0 {
-		return nil, wire.Errorf(wire.Validation, "1 validation error detected: Value null at 'numberOfBytes' failed to satisfy constraint: Member must not be null")
 	}
 	if err := r.proceed(); err != nil {
 		return nil, err

@@ -82,6 +82,7 @@ const (
 	usageEncrypt   = "ENCRYPT_DECRYPT"
 	algSymmetric   = "SYMMETRIC_DEFAULT"
 	originAWSKMS   = "AWS_KMS"
+	originExternal = "EXTERNAL"
 	maxPolicyBytes = 32 * 1024
 )
 
@@ -127,6 +128,9 @@ func (s *Service) CreateKey(ctx context.Context, r *Request, in *CreateKeyInput)
 	}
 	usage := in.KeyUsage
 	if usage == "" {
+		if spec != specSymmetric {
+			return nil, wire.Errorf(wire.Validation, "You must specify a KeyUsage value for all KMS keys except for symmetric encryption keys.")
+		}
 		usage = usageEncrypt
 	}
 	origin := in.Origin
@@ -136,6 +140,15 @@ func (s *Service) CreateKey(ctx context.Context, r *Request, in *CreateKeyInput)
 	ksp, known := keySpecs[spec]
 	if !known {
 		return nil, wire.Errorf(wire.Validation, "KeySpec %s is not valid.", spec)
+	}
+	// What is wrong with the request alone (the spec and usage together,
+	// the tags) is refused before anything is authorized or looked up, as
+	// AWS validates a request before acting on it.
+	if !slices.Contains(ksp.usages, usage) {
+		return nil, wire.Errorf(wire.Validation, "KeyUsage %s is not compatible with KeySpec %s", usage, spec)
+	}
+	if err := checkTags(in.Tags); err != nil {
+		return nil, err
 	}
 	cond := conditions("kms:KeySpec", spec, "kms:CustomerMasterKeySpec", spec, "kms:KeyUsage", usage,
 		"kms:CustomerMasterKeyUsage", usage, "kms:KeyOrigin", origin, "kms:MultiRegion", strconv.FormatBool(in.MultiRegion),
@@ -165,15 +178,10 @@ func (s *Service) CreateKey(ctx context.Context, r *Request, in *CreateKeyInput)
 	switch {
 	case origin != originAWSKMS:
 		return nil, wire.Errorf(wire.UnsupportedOperation, "Origin %s is not supported by hsmkms: key material is always generated on the token.", origin)
-	case !slices.Contains(ksp.usages, usage):
-		return nil, wire.Errorf(wire.Validation, "KeyUsage %s is not compatible with KeySpec %s", usage, spec)
 	case ksp.unsupported != "":
 		return nil, wire.Errorf(wire.UnsupportedOperation, "%s", ksp.unsupported)
 	case in.MultiRegion:
 		return nil, wire.Errorf(wire.UnsupportedOperation, "Multi-Region keys are not supported by hsmkms.")
-	}
-	if err := checkTags(in.Tags); err != nil {
-		return nil, err
 	}
 	id, uuid := newKeyID()
 	policy := defaultPolicy(r.Caller.Account)

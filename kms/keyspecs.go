@@ -128,6 +128,13 @@ func wrongUsage(r *Request, k *store.Key) error {
 	return wire.Errorf(wire.InvalidKeyUsage, "%s key usage is %s which is not valid for %s.", arnOf(k), k.KeyUsage, r.op.name)
 }
 
+// wrongOrigin is AWS's answer to an operation on a key of an origin it does
+// not take (GetParametersForImport on an AWS_KMS key, rotation of an
+// AWS_CLOUDHSM key).
+func wrongOrigin(k *store.Key) error {
+	return wire.Errorf(wire.UnsupportedOperation, "%s origin is %s which is not valid for this operation.", arnOf(k), k.Origin)
+}
+
 // incompatible is AWS's answer to an algorithm the key's spec does not do.
 func incompatible(alg string, k *store.Key) error {
 	return wire.Errorf(wire.InvalidKeyUsage, "Algorithm %s is incompatible with key spec %s.", alg, k.KeySpec)

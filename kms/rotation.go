@@ -93,11 +93,17 @@ func (r *rotations) hookFn() func(string) error {
 	return r.hook
 }
 
-// rotatable refuses keys AWS does not rotate: asymmetric, HMAC, imported
-// and custom key store keys.
+// rotatable refuses keys AWS does not rotate, with AWS's answers: a key
+// of another origin (imported, custom key store) by its origin, and an
+// asymmetric or HMAC key with UnsupportedOperationException and no message.
+// The operation table already refuses other origins (after the key state)
+// for the rotation operations; the scheduler relies on this.
 func rotatable(k *store.Key) error {
-	if k.KeySpec != specSymmetric || k.Origin != originAWSKMS || k.CustomKeyStoreID != "" {
-		return wire.Errorf(wire.UnsupportedOperation, "%s key rotation is not supported for this key.", arnOf(k))
+	if k.Origin != originAWSKMS || k.CustomKeyStoreID != "" {
+		return wrongOrigin(k)
+	}
+	if k.KeySpec != specSymmetric {
+		return &wire.Error{Type: wire.UnsupportedOperation}
 	}
 	return nil
 }

@@ -414,18 +414,39 @@ func randomKeyID(n int) string {
 }
 
 // PasteBlock is the shell snippet that points the AWS CLI and SDKs at a
-// --data-dir instance. AWS_REGION comes last: scripts wait for it.
+// --data-dir instance, and what the clients that read the environment
+// differently need: the AWS SDK for JavaScript v3 trusts only
+// NODE_EXTRA_CA_CERTS (it ignores AWS_CA_BUNDLE), SOPS wants a key ARN,
+// and Vault's awskms seal ignores AWS_ENDPOINT_URL_KMS. AWS_REGION comes
+// last among the exports: scripts wait for it.
 func PasteBlock(info *BootstrapInfo) string {
-	return fmt.Sprintf(`export AWS_ENDPOINT_URL_KMS=%s
-export AWS_CA_BUNDLE=%s
-export AWS_SHARED_CREDENTIALS_FILE=%s
-export AWS_DEFAULT_REGION=%s
-export AWS_REGION=%s
+	return fmt.Sprintf(`export AWS_ENDPOINT_URL_KMS=%[1]s
+export AWS_CA_BUNDLE=%[2]s
+export NODE_EXTRA_CA_CERTS=%[2]s
+export AWS_SHARED_CREDENTIALS_FILE=%[3]s
+export AWS_DEFAULT_REGION=%[4]s
+export AWS_REGION=%[4]s
 
 Then, for example:
 
   aws kms create-key --description "my first hsmkms key"
-`, info.Endpoint, info.CABundle, info.CredentialsFile, info.Region, info.Region) + clusterBlock(info)
+
+SOPS takes the key by its ARN:
+
+  sops --encrypt --kms "$(aws kms describe-key --key-id <KeyId> --query KeyMetadata.Arn --output text)" secrets.yaml
+
+Vault's awskms seal ignores AWS_ENDPOINT_URL_KMS: name the endpoint in the seal stanza,
+
+  seal "awskms" {
+    region     = "%[4]s"
+    kms_key_id = "<KeyId>"
+    endpoint   = "%[1]s"
+  }
+
+and start Vault with AWS_SHARED_CREDENTIALS_FILE=%[3]s
+and SSL_CERT_FILE=%[2]s in its environment (leave AWS_CA_BUNDLE out of it:
+Vault builds whose seal uses the AWS SDK for Go v2 refuse to start the seal with it).
+`, info.Endpoint, info.CABundle, info.CredentialsFile, info.Region) + clusterBlock(info)
 }
 
 // clusterBlock tells how to use the extra tokens as custom key stores.

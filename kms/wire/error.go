@@ -26,7 +26,6 @@ const (
 	IncorrectKey                 = "IncorrectKeyException"
 	IncorrectTrustAnchor         = "IncorrectTrustAnchorException"
 	IncompleteSignature          = "IncompleteSignatureException"
-	InvalidAliasName             = "InvalidAliasNameException"
 	InvalidArn                   = "InvalidArnException"
 	InvalidCiphertext            = "InvalidCiphertextException"
 	InvalidGrantID               = "InvalidGrantIdException"
@@ -41,6 +40,7 @@ const (
 	LimitExceeded                = "LimitExceededException"
 	MalformedPolicyDocument      = "MalformedPolicyDocumentException"
 	MissingAuthenticationToken   = "MissingAuthenticationTokenException"
+	NotAuthorized                = "NotAuthorizedException" // not in the KMS model: reserved alias/aws/ names
 	NotFound                     = "NotFoundException"
 	RequestExpired               = "RequestExpired"
 	SerializationException       = "SerializationException"

@@ -204,9 +204,11 @@ func (s *Server) writeErr(w http.ResponseWriter, c *Call, err error) (int, strin
 }
 
 func writeError(w http.ResponseWriter, e *Error) (int, string) {
+	// An empty message is left out, as AWS leaves it out
+	// ({"__type":"InvalidCiphertextException"}).
 	body, _ := json.Marshal(struct {
 		Type    string `json:"__type"`
-		Message string `json:"message"`
+		Message string `json:"message,omitempty"`
 	}{e.Type, e.Message})
 	status := e.Status()
 	w.Header().Set("Content-Length", strconv.Itoa(len(body)))

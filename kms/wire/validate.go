@@ -12,8 +12,9 @@ import (
 )
 
 // Validate checks a request body against op's input shape in the KMS model,
-// the way AWS does before an operation runs: malformed JSON or a value of
-// the wrong JSON type is a SerializationException; missing required
+// the way AWS does before an operation runs: malformed JSON, a value of the
+// wrong JSON type, or a null inside a list or map (the model's collections
+// are all dense) is a SerializationException; missing required
 // members and values outside their length, range, enum or pattern are one
 // ValidationException listing every violation in AWS's words. Members the
 // model does not know are ignored, as AWS ignores them. An operation not in
@@ -165,10 +166,14 @@ func (c *checker) check(s *shape, v any, path string, sensitive bool) {
 		}
 		c.length(s, int64(len(list)), "", path)
 		for i, item := range list {
+			p := fmt.Sprintf("%s.%d.member", path, i+1)
 			if item == nil {
-				continue
+				// Every list of the KMS model is dense: a null element is
+				// malformed JSON for the shape, not a missing value.
+				c.wrongType("Unexpected null at '" + p + "'.")
+				return
 			}
-			c.check(s.elem, item, fmt.Sprintf("%s.%d.member", path, i+1), sensitive)
+			c.check(s.elem, item, p, sensitive)
 		}
 	case "map":
 		obj, ok := v.(map[string]any)
@@ -180,9 +185,14 @@ func (c *checker) check(s *shape, v any, path string, sensitive bool) {
 		key, val := kmsModel.Shapes[s.Key], kmsModel.Shapes[s.Value]
 		for k, item := range obj {
 			c.check(key, k, path+".key", sensitive)
-			if item != nil {
-				c.check(val, item, path+"."+k, sensitive)
+			if item == nil {
+				// Dense, as the lists: a null value would otherwise reach
+				// the operation as "" (an encryption context that
+				// differs from the one the client meant).
+				c.wrongType("Unexpected null at '" + path + "." + k + "'.")
+				return
 			}
+			c.check(val, item, path+"."+k, sensitive)
 		}
 	}
 }
