@@ -45,6 +45,7 @@ const (
 	RequestExpired               = "RequestExpired"
 	SerializationException       = "SerializationException"
 	TagException                 = "TagException"
+	Throttling                   = "ThrottlingException"
 	UnknownOperation             = "UnknownOperationException"
 	UnrecognizedClient           = "UnrecognizedClientException"
 	UnsupportedOperation         = "UnsupportedOperationException"
