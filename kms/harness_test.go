@@ -92,6 +92,9 @@ type env struct {
 	wrapDefault func(hsm.PKCS11) hsm.PKCS11
 	// log holds the request log lines, one JSON object each.
 	log syncBuffer
+	// edge, if set by a setup hook, sizes the HTTP edge: Regions,
+	// MaxInFlight and QueueWait are taken from it.
+	edge kms.HandlerConfig
 }
 
 // syncBuffer is a bytes.Buffer safe for the server's concurrent writes.
@@ -142,7 +145,8 @@ func (e *env) start() {
 	require.NoError(t, err)
 	require.NoError(t, e.svc.StartKeyStores(ctx))
 	handler, err := e.svc.Handler(kms.HandlerConfig{Principals: append(slices.Clone(principals), e.principals...),
-		Logger: hclog.New(&hclog.LoggerOptions{Output: &e.log, JSONFormat: true})})
+		Logger:  hclog.New(&hclog.LoggerOptions{Output: &e.log, JSONFormat: true}),
+		Regions: e.edge.Regions, MaxInFlight: e.edge.MaxInFlight, QueueWait: e.edge.QueueWait})
 	require.NoError(t, err)
 	e.srv = httptest.NewServer(handler)
 	closed := false

@@ -40,6 +40,7 @@ const (
 	KMSInvalidState              = "KMSInvalidStateException"
 	LimitExceeded                = "LimitExceededException"
 	MalformedPolicyDocument      = "MalformedPolicyDocumentException"
+	MalformedQueryString         = "MalformedQueryStringException"
 	MissingAuthenticationToken   = "MissingAuthenticationTokenException"
 	NotFound                     = "NotFoundException"
 	RequestExpired               = "RequestExpired"
