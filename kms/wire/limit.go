@@ -123,17 +123,16 @@ func (l *Limiter) acquire(r *http.Request) bool {
 	}
 }
 
-// throttle answers ThrottlingException without reading the body, and asks
-// to close the connection: the unread body is not worth draining, and a
-// client that resends finds the server with one connection fewer.
+// throttle answers ThrottlingException without reading the body. After
+// the answer net/http discards what is left of a small body (256 KiB, any
+// valid KMS request) to keep the connection, and closes the connection on
+// a larger one; a client still sending such a body may then see the
+// connection reset instead of the answer, which the SDKs retry alike.
 func (l *Limiter) throttle(w http.ResponseWriter, r *http.Request, start time.Time) {
 	l.throttled.Add(1)
 	id := newRequestID()
 	w.Header().Set("x-amzn-RequestId", id)
 	w.Header().Set("Content-Type", contentType)
-	if r.ContentLength != 0 {
-		w.Header().Set("Connection", "close")
-	}
 	status, outcome := writeError(w, Throttled())
 	if l.logger == nil {
 		return
