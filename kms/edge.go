@@ -25,9 +25,9 @@ import (
 const DefaultMaxInFlight = 16
 
 // DefaultQueueWait is how long a request beyond MaxInFlight waits for a
-// place by default: long enough to ride out a burst of ordinary requests
-// (a few milliseconds each), short enough that a client told to back off
-// hears it at once.
+// place by default (at most four times MaxInFlight wait): long enough to
+// ride out a burst of ordinary requests (a few milliseconds each), short
+// enough that a client told to back off hears it at once.
 const DefaultQueueWait = 50 * time.Millisecond
 
 // DefaultMaxBody bounds request bodies unless told otherwise. The largest

@@ -22,8 +22,8 @@ func Throttled() *Error {
 }
 
 // Limiter bounds how many requests next serves at once. A request beyond
-// the bound waits at most Wait for a place, and no more requests wait than
-// may run; any other is answered ThrottlingException at once. The bound is
+// the bound waits at most Wait for a place, and at most MaxWaiting wait;
+// any other is answered ThrottlingException at once. The bound is
 // taken before next runs, so before the request's body is read: memory
 // spent on bodies, and on everything a request allocates, is bounded by
 // MaxInFlight times what one request may allocate, however many clients
@@ -48,6 +48,11 @@ type LimiterConfig struct {
 	// Wait is how long a request beyond MaxInFlight may wait for a place
 	// before it is throttled; 0 throttles at once.
 	Wait time.Duration
+	// MaxWaiting is how many requests may wait at once; 0 means four times
+	// MaxInFlight. A waiting request has read nothing but its headers, so
+	// waiters cost no body memory; the bound keeps the queue, and so its
+	// latency, short.
+	MaxWaiting int
 	// Logger gets the log line of each throttled request; nil logs nothing.
 	Logger hclog.Logger
 	// Now is the clock for the log line's latency; nil means time.Now.
@@ -68,10 +73,13 @@ func NewLimiter(next http.Handler, cfg LimiterConfig) *Limiter {
 	if now == nil {
 		now = time.Now
 	}
+	if cfg.MaxWaiting <= 0 {
+		cfg.MaxWaiting = 4 * cfg.MaxInFlight
+	}
 	return &Limiter{
 		next:    next,
 		slots:   make(chan struct{}, cfg.MaxInFlight),
-		waiting: make(chan struct{}, cfg.MaxInFlight),
+		waiting: make(chan struct{}, cfg.MaxWaiting),
 		wait:    cfg.Wait,
 		logger:  cfg.Logger,
 		now:     now,
@@ -95,7 +103,7 @@ func (l *Limiter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // acquire takes a slot, waiting for one at most l.wait, and only while
-// fewer requests wait than may run.
+// fewer than MaxWaiting requests wait.
 func (l *Limiter) acquire(r *http.Request) bool {
 	select {
 	case l.slots <- struct{}{}:

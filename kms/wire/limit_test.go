@@ -137,9 +137,9 @@ func TestLimiter(t *testing.T) {
 		assert.Equal(t, http.StatusOK, (<-first).Code)
 	})
 
-	t.Run("no more wait than may run", func(t *testing.T) {
+	t.Run("no more wait than MaxWaiting", func(t *testing.T) {
 		g := newGate()
-		l := NewLimiter(g, LimiterConfig{MaxInFlight: 1, Wait: time.Hour})
+		l := NewLimiter(g, LimiterConfig{MaxInFlight: 1, Wait: time.Hour, MaxWaiting: 1})
 		first := serve(l, request(&watchedBody{Reader: strings.NewReader("{}")}))
 		<-g.entered
 		second := serve(l, request(&watchedBody{Reader: strings.NewReader("{}")}))
@@ -179,6 +179,11 @@ func TestLimiter(t *testing.T) {
 
 	t.Run("a bound is required", func(t *testing.T) {
 		assert.Panics(t, func() { NewLimiter(newGate(), LimiterConfig{}) })
+	})
+
+	t.Run("four times as many may wait as run by default", func(t *testing.T) {
+		l := NewLimiter(newGate(), LimiterConfig{MaxInFlight: 3, Wait: time.Second})
+		assert.Equal(t, 12, cap(l.waiting))
 	})
 
 	t.Run("many clients never exceed the bound", func(t *testing.T) {
