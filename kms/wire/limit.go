@@ -89,8 +89,8 @@ func NewLimiter(next http.Handler, cfg LimiterConfig) *Limiter {
 // InFlight is how many requests are being served now.
 func (l *Limiter) InFlight() int { return len(l.slots) }
 
-// Throttled is how many requests have been throttled since the start.
-func (l *Limiter) Throttled() int64 { return l.throttled.Load() }
+// ThrottledTotal is how many requests have been throttled since the start.
+func (l *Limiter) ThrottledTotal() int64 { return l.throttled.Load() }
 
 func (l *Limiter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := l.now()

@@ -101,7 +101,7 @@ func TestLimiter(t *testing.T) {
 		w := <-serve(l, request(body))
 		requireThrottled(t, w)
 		assert.False(t, body.read.Load(), "a throttled request's body is never read")
-		assert.Equal(t, int64(1), l.Throttled())
+		assert.Equal(t, int64(1), l.ThrottledTotal())
 		assert.Contains(t, log.String(), "outcome=ThrottlingException")
 		assert.Contains(t, log.String(), "operation=Encrypt")
 
@@ -124,7 +124,7 @@ func TestLimiter(t *testing.T) {
 		<-g.entered
 		g.release <- struct{}{}
 		assert.Equal(t, http.StatusOK, (<-second).Code)
-		assert.Equal(t, int64(0), l.Throttled())
+		assert.Equal(t, int64(0), l.ThrottledTotal())
 	})
 
 	t.Run("the wait is bounded", func(t *testing.T) {
