@@ -1,3 +1,5 @@
+//go:build linux
+
 package main
 
 import (
@@ -22,6 +24,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -202,6 +205,8 @@ func startServer(t *testing.T, bin string) *server {
 	ln.Close()
 
 	cmd := exec.Command(bin, "serve", "--data-dir", filepath.Join(dir, "data"), "--listen", addr)
+	// A test killed before its cleanup runs must not leave the server behind.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	stdout, err := cmd.StdoutPipe()
 	require.NoError(t, err)
 	logFile, err := os.Create(filepath.Join(dir, "log"))
