@@ -91,6 +91,9 @@ type env struct {
 	wrapDefault func(hsm.PKCS11) hsm.PKCS11
 	// log holds the request log lines, one JSON object each.
 	log syncBuffer
+	// edge, if set by a setup hook, sizes the HTTP edge: Regions,
+	// MaxInFlight and QueueWait are taken from it.
+	edge kms.HandlerConfig
 }
 
 // syncBuffer is a bytes.Buffer safe for the server's concurrent writes.
@@ -142,8 +145,16 @@ func (e *env) start() {
 	require.NoError(t, err)
 	e.report = e.svc.StartupReport()
 	e.svc.Start()
+	// Tests that race many calls are about what the service does with
+	// them, not about throttling: unless a test sizes the edge itself, it
+	// admits more than any test sends at once.
+	maxInFlight := e.edge.MaxInFlight
+	if maxInFlight == 0 {
+		maxInFlight = 256
+	}
 	handler, err := e.svc.Handler(kms.HandlerConfig{Principals: append(slices.Clone(principals), e.principals...),
-		Logger: hclog.New(&hclog.LoggerOptions{Output: &e.log, JSONFormat: true})})
+		Logger:  hclog.New(&hclog.LoggerOptions{Output: &e.log, JSONFormat: true}),
+		Regions: e.edge.Regions, MaxInFlight: maxInFlight, QueueWait: e.edge.QueueWait})
 	require.NoError(t, err)
 	e.srv = httptest.NewServer(handler)
 	closed := false

@@ -54,6 +54,12 @@ func serve(args []string) error {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(400)
 	}
+	// With GOGC raised, a burst of large requests grew the heap to five
+	// times what was live; the soft limit keeps it near what the in-flight
+	// bound allows. GOMEMLIMIT in the environment still wins.
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(memoryLimit(cfg.Limits.MaxInFlight, kms.DefaultMaxBody))
+	}
 	log := hclog.New(&hclog.LoggerOptions{Name: "hsmkms", Level: hclog.LevelFromString(cfg.LogLevel), Output: os.Stderr})
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -83,12 +89,18 @@ func serve(args []string) error {
 		}
 		principals = append(principals, kms.Principal{AccessKeyID: p.AccessKeyID, Secret: secret, Account: p.AccountID, ARN: p.ARN, Policy: policy})
 	}
-	handler, err := svc.Handler(kms.HandlerConfig{Principals: principals, Logger: log.Named("api")})
+	queueWait := cfg.Limits.Wait()
+	if queueWait == 0 {
+		queueWait = -1 // HandlerConfig's "none"
+	}
+	handler, err := svc.Handler(kms.HandlerConfig{Principals: principals, Logger: log.Named("api"),
+		MaxInFlight: cfg.Limits.MaxInFlight, QueueWait: queueWait, Regions: cfg.Regions})
 	if err != nil {
 		return err
 	}
 	srv := &http.Server{
 		Handler:           handler,
+		MaxHeaderBytes:    maxHeaderBytes,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      60 * time.Second,
@@ -108,6 +120,9 @@ func serve(args []string) error {
 		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
 	}
 	svc.Start()
+	go releaseAfterBursts(ctx, 2*time.Second, 32<<20, debug.FreeOSMemory)
+	log.Info("limits", "max_in_flight", cfg.Limits.MaxInFlight, "queue_wait", cfg.Limits.Wait(),
+		"go_memory_limit_mib", debug.SetMemoryLimit(-1)>>20, "regions", len(cfg.Regions))
 
 	scheme := "https"
 	if cfg.PlainHTTP {
