@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/hsmkms/hsmkms/hsm"
+	"github.com/hsmkms/hsmkms/internal/config"
 	"github.com/hsmkms/hsmkms/kms"
 	softhsmconfig "github.com/hsmkms/hsmkms/softhsm-config"
 	"go.yaml.in/yaml/v3"
@@ -110,7 +111,7 @@ func Bootstrap(dir, listen string) (string, *BootstrapInfo, error) {
 	if err := ensureToken(module, conf, defaultTokenLabel, secret("so-pin"), secret("user-pin"), soNew || userNew); err != nil {
 		return "", nil, err
 	}
-	var clusters []ClusterConfig
+	var clusters []config.ClusterConfig
 	var clusterInfo []BootstrapCluster
 	for i := 1; i <= bootstrapClusters; i++ {
 		n := fmt.Sprint(i)
@@ -129,15 +130,15 @@ func Bootstrap(dir, listen string) (string, *BootstrapInfo, error) {
 		if err := ensureToken(module, conf, label, secret("cluster-"+n+"-so-pin"), secret("cluster-"+n+"-kmsuser-password"), soNew || pwNew); err != nil {
 			return "", nil, err
 		}
-		id, err := readSecret("secret", secret("cluster-"+n+"-id"), "")
+		id, err := config.ReadSecret("secret", secret("cluster-"+n+"-id"), "")
 		if err != nil {
 			return "", nil, err
 		}
-		pw, err := readSecret("secret", secret("cluster-"+n+"-kmsuser-password"), "")
+		pw, err := config.ReadSecret("secret", secret("cluster-"+n+"-kmsuser-password"), "")
 		if err != nil {
 			return "", nil, err
 		}
-		clusters = append(clusters, ClusterConfig{ID: id, Module: module, TokenLabel: label, PoolSize: 4})
+		clusters = append(clusters, config.ClusterConfig{ID: id, Module: module, TokenLabel: label, PoolSize: 4})
 		clusterInfo = append(clusterInfo, BootstrapCluster{ID: id, PasswordFile: secret("cluster-" + n + "-kmsuser-password"), Password: pw})
 	}
 	if _, err := ensureSecret(secret("admin-access-key-id"), func() string { return "AKIA" + randomKeyID(16) }); err != nil {
@@ -146,11 +147,11 @@ func Bootstrap(dir, listen string) (string, *BootstrapInfo, error) {
 	if _, err := ensureSecret(secret("admin-secret"), func() string { return randomText(30) }); err != nil {
 		return "", nil, err
 	}
-	keyID, err := readSecret("secret", secret("admin-access-key-id"), "")
+	keyID, err := config.ReadSecret("secret", secret("admin-access-key-id"), "")
 	if err != nil {
 		return "", nil, err
 	}
-	adminSecret, err := readSecret("secret", secret("admin-secret"), "")
+	adminSecret, err := config.ReadSecret("secret", secret("admin-secret"), "")
 	if err != nil {
 		return "", nil, err
 	}
@@ -162,20 +163,20 @@ func Bootstrap(dir, listen string) (string, *BootstrapInfo, error) {
 		return "", nil, err
 	}
 
-	cfg := Config{
+	cfg := config.Config{
 		Version:  1,
 		Listen:   listen,
-		TLS:      TLSConfig{CertFile: "tls/server.pem", KeyFile: "tls/server-key.pem"},
+		TLS:      config.TLSConfig{CertFile: "tls/server.pem", KeyFile: "tls/server-key.pem"},
 		LogLevel: "info",
-		Database: DatabaseConfig{Path: "hsmkms.db"},
-		DefaultKeyStore: KeyStoreConfig{
+		Database: config.DatabaseConfig{Path: "hsmkms.db"},
+		DefaultKeyStore: config.KeyStoreConfig{
 			Module:     module,
 			ModuleEnv:  map[string]string{"SOFTHSM2_CONF": conf},
 			TokenLabel: defaultTokenLabel,
 			PINFile:    "secrets/user-pin",
 			PoolSize:   8,
 		},
-		Principals: []Principal{{
+		Principals: []config.Principal{{
 			AccessKeyID: keyID, SecretFile: "secrets/admin-secret",
 			AccountID: defaultAccount, ARN: "arn:aws:iam::" + defaultAccount + ":user/hsmkms-admin",
 			Policy: kms.AdminPolicy,
@@ -238,11 +239,11 @@ func ensureToken(module, conf, label, soPINFile, userPINFile string, pinsNew boo
 			return nil
 		}
 	}
-	so, err := readSecret("pin", soPINFile, "")
+	so, err := config.ReadSecret("pin", soPINFile, "")
 	if err != nil {
 		return err
 	}
-	user, err := readSecret("pin", userPINFile, "")
+	user, err := config.ReadSecret("pin", userPINFile, "")
 	if err != nil {
 		return err
 	}

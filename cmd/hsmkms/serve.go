@@ -16,6 +16,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hsmkms/hsmkms/hsm"
+	"github.com/hsmkms/hsmkms/internal/config"
 	"github.com/hsmkms/hsmkms/keystore"
 	"github.com/hsmkms/hsmkms/kms"
 )
@@ -42,7 +43,7 @@ func serve(args []string) error {
 	case *configPath == "":
 		return errors.New("serve: --config FILE or --data-dir DIR is required")
 	}
-	cfg, err := LoadConfig(*configPath)
+	cfg, err := config.LoadConfig(*configPath)
 	if err != nil {
 		return err
 	}
@@ -130,7 +131,7 @@ func serve(args []string) error {
 }
 
 // open brings up the service on cfg's token, database and clusters.
-func open(ctx context.Context, cfg *Config, log hclog.Logger) (*kms.Service, error) {
+func open(ctx context.Context, cfg *config.Config, log hclog.Logger) (*kms.Service, error) {
 	ks := cfg.DefaultKeyStore
 	for k, v := range ks.ModuleEnv {
 		if err := os.Setenv(k, v); err != nil {
@@ -156,7 +157,7 @@ func open(ctx context.Context, cfg *Config, log hclog.Logger) (*kms.Service, err
 
 // clusterConfigs turns the clusters section into the key store layer's
 // declarations.
-func clusterConfigs(cfg *Config, log hclog.Logger) []keystore.Cluster {
+func clusterConfigs(cfg *config.Config, log hclog.Logger) []keystore.Cluster {
 	out := make([]keystore.Cluster, len(cfg.Clusters))
 	for i, c := range cfg.Clusters {
 		out[i] = keystore.Cluster{

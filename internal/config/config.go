@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"bytes"
@@ -70,7 +70,7 @@ type KeyStoreConfig struct {
 
 // PIN reads the user PIN from its file or environment variable.
 func (k *KeyStoreConfig) PIN() (string, error) {
-	return readSecret("pin", k.PINFile, k.PINEnv)
+	return ReadSecret("pin", k.PINFile, k.PINEnv)
 }
 
 // Principal is an access key allowed to call the API.
@@ -89,7 +89,7 @@ type Principal struct {
 
 // Secret reads the principal's secret access key.
 func (p *Principal) Secret() (string, error) {
-	return readSecret("secret", p.SecretFile, p.SecretEnv)
+	return ReadSecret("secret", p.SecretFile, p.SecretEnv)
 }
 
 // IdentityPolicy returns the principal's identity policy document, "" if
@@ -105,7 +105,7 @@ func (p *Principal) IdentityPolicy() (string, error) {
 	return string(b), nil
 }
 
-func readSecret(what, file, env string) (string, error) {
+func ReadSecret(what, file, env string) (string, error) {
 	if env != "" {
 		v, ok := os.LookupEnv(env)
 		if !ok || v == "" {
