@@ -17,6 +17,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hsmkms/hsmkms/hsm"
 	"github.com/hsmkms/hsmkms/internal/config"
+	"github.com/hsmkms/hsmkms/internal/datadir"
 	"github.com/hsmkms/hsmkms/keystore"
 	"github.com/hsmkms/hsmkms/kms"
 )
@@ -30,13 +31,13 @@ func serve(args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	var info *BootstrapInfo
+	var info *datadir.BootstrapInfo
 	switch {
 	case *configPath != "" && *dataDir != "":
 		return errors.New("serve: give --config or --data-dir, not both")
 	case *dataDir != "":
 		var err error
-		*configPath, info, err = Bootstrap(*dataDir, *listen)
+		*configPath, info, err = datadir.Bootstrap(*dataDir, *listen)
 		if err != nil {
 			return err
 		}
@@ -114,7 +115,7 @@ func serve(args []string) error {
 	}
 	log.Info("listening", "endpoint", scheme+"://"+ln.Addr().String())
 	if info != nil {
-		fmt.Fprintf(os.Stdout, "\nhsmkms is serving at %s\n\nPaste this into your shell:\n\n%s\n", info.Endpoint, PasteBlock(info))
+		fmt.Fprintf(os.Stdout, "\nhsmkms is serving at %s\n\nPaste this into your shell:\n\n%s\n", info.Endpoint, datadir.PasteBlock(info))
 	}
 
 	errc := make(chan error, 1)
