@@ -45,11 +45,13 @@ type ClusterConfig struct {
 	PoolSize     int    `yaml:"pool_size,omitempty"`
 }
 
+// TLSConfig is the server certificate and key, PEM files.
 type TLSConfig struct {
 	CertFile string `yaml:"cert_file"`
 	KeyFile  string `yaml:"key_file"`
 }
 
+// DatabaseConfig is where the metadata database lives.
 type DatabaseConfig struct {
 	Path string `yaml:"path"`
 }
@@ -105,6 +107,9 @@ func (p *Principal) IdentityPolicy() (string, error) {
 	return string(b), nil
 }
 
+// ReadSecret reads a secret from the environment variable env if set, else
+// from file, which must not be readable by group or others. what names the
+// YAML key family in errors (pin, secret). Errors never contain the secret.
 func ReadSecret(what, file, env string) (string, error) {
 	if env != "" {
 		v, ok := os.LookupEnv(env)
