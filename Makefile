@@ -4,19 +4,26 @@
 
 GO          ?= go
 BIN         := bin/hsmkms
+LOAD_BIN    := bin/hsmkms-load
 DATA        ?= ./data
 LISTEN      ?= 127.0.0.1:4599
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 TESTFLAGS   ?=
 BENCHTIME   ?= 2s
 BENCH_DURATION ?= 10s
+BENCH_WORKERS  ?= 16
+BENCH_KEYS     ?= 1
 
-.PHONY: all build setup test test-cli lint bench run clean
+.PHONY: all build build-load setup test test-cli lint bench run clean
 
 all: build
 
 build:
 	$(GO) build -trimpath -o $(BIN) ./cmd/hsmkms
+
+# The load generator is a command of its own: the server carries no AWS SDK.
+build-load:
+	$(GO) build -trimpath -o $(LOAD_BIN) ./cmd/hsmkms-load
 
 setup:
 	@scripts/setup.sh
@@ -29,9 +36,9 @@ lint:
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
 
-bench: setup build
+bench: setup build build-load
 	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) ./hsm/ ./kms/...
-	scripts/bench-server.sh $(BIN) $(BENCH_DURATION) 16
+	LOAD=$(LOAD_BIN) scripts/bench-server.sh $(BIN) $(BENCH_DURATION) $(BENCH_WORKERS) $(BENCH_KEYS)
 
 run: setup build
 	$(BIN) serve --data-dir $(DATA) --listen $(LISTEN)
