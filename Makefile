@@ -31,6 +31,11 @@ setup:
 test: setup
 	$(GO) test -race -count=1 -timeout 12m $(TESTFLAGS) ./...
 
+# The stock aws CLI against a fresh `serve --data-dir`. Fails if the aws CLI
+# is missing, unless HSMKMS_SKIP_CLI_TEST=1.
+test-cli: setup build
+	scripts/cli-test.sh $(BIN)
+
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
