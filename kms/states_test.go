@@ -2,6 +2,7 @@ package kms
 
 import (
 	"errors"
+	"fmt"
 	"testing"
 
 	"github.com/hsmkms/hsmkms/kms/store"
@@ -11,6 +12,7 @@ import (
 
 // TestCheckState is AWS's key-state table for the operations hsmkms has.
 func TestCheckState(t *testing.T) {
+	t.Parallel()
 	arn := "arn:aws:kms:us-west-2:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
 	cases := []struct {
 		state KeyState
@@ -34,15 +36,17 @@ func TestCheckState(t *testing.T) {
 		{StatePendingDeletion, classRead, "", ""},
 	}
 	for _, c := range cases {
-		k := &store.Key{Account: "111122223333", Region: "us-west-2", ID: "1234abcd-12ab-34cd-56ef-1234567890ab", State: string(c.state)}
-		err := checkState(k, c.class)
-		if c.want == "" {
-			require.NoError(t, err, "%s/%d", c.state, c.class)
-			continue
-		}
-		var we *wire.Error
-		require.True(t, errors.As(err, &we), "%s/%d: %v", c.state, c.class, err)
-		require.Equal(t, c.want, we.Type)
-		require.Equal(t, c.msg, we.Message)
+		t.Run(fmt.Sprintf("%s/class%d", c.state, c.class), func(t *testing.T) {
+			k := &store.Key{Account: "111122223333", Region: "us-west-2", ID: "1234abcd-12ab-34cd-56ef-1234567890ab", State: string(c.state)}
+			err := checkState(k, c.class)
+			if c.want == "" {
+				require.NoError(t, err, "%s/%d", c.state, c.class)
+				return
+			}
+			var we *wire.Error
+			require.True(t, errors.As(err, &we), "%s/%d: %v", c.state, c.class, err)
+			require.Equal(t, c.want, we.Type)
+			require.Equal(t, c.msg, we.Message)
+		})
 	}
 }
