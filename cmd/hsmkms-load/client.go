@@ -4,19 +4,27 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
+	"sync/atomic"
+	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/aws/ratelimit"
+	"github.com/aws/aws-sdk-go-v2/aws/retry"
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 	awskms "github.com/aws/aws-sdk-go-v2/service/kms"
+	"github.com/aws/smithy-go/logging"
 )
 
 // newClient is a KMS client from the AWS_* environment, sized for workers
-// concurrent callers and never retrying: a retry would hide a failure and
-// count one request's latency twice.
-func newClient(ctx context.Context, workers int) (*awskms.Client, error) {
+// concurrent callers, retrying nothing but the SDK's closed-connection race
+// (see closedConnRetryer), which it counts in retries.
+func newClient(ctx context.Context, workers int, retries *atomic.Int64) (*awskms.Client, error) {
 	cfg, err := awsconfig.LoadDefaultConfig(ctx)
 	if err != nil {
 		return nil, err
@@ -41,6 +49,30 @@ func newClient(ctx context.Context, workers int) (*awskms.Client, error) {
 			t.TLSClientConfig = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
 		}
 	})
-	cfg.RetryMaxAttempts = 1
+	cfg.Retryer = func() aws.Retryer { return closedConnRetryer(retries) }
+	// The SDK warns on stderr about each closed connection it meets; the
+	// report counts them (retries), and the lines would interleave with it.
+	cfg.Logger = logging.Nop{}
 	return awskms.NewFromConfig(cfg), nil
+}
+
+// closedConnRetryer retries, once and at once, only a request whose
+// connection the client itself closed under the response (aws-sdk-go-v2
+// issues 1825 and 2737; the SDK's default retryer retries it too). Any
+// answer of the server, error or not, is final: a retry would hide it.
+// Each retry is counted in n, so the report shows how many requests paid
+// for two attempts.
+func closedConnRetryer(n *atomic.Int64) aws.Retryer {
+	return retry.NewStandard(func(o *retry.StandardOptions) {
+		o.MaxAttempts = 2
+		o.Backoff = retry.BackoffDelayerFunc(func(int, error) (time.Duration, error) { return 0, nil })
+		o.RateLimiter = ratelimit.None
+		o.Retryables = []retry.IsErrorRetryable{retry.IsErrorRetryableFunc(func(err error) aws.Ternary {
+			if errors.Is(err, net.ErrClosed) {
+				n.Add(1)
+				return aws.TrueTernary
+			}
+			return aws.FalseTernary
+		})}
+	})
 }

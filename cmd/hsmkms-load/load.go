@@ -52,6 +52,7 @@ type result struct {
 	keys      int             // how many keys the requests were spread over
 	latencies []time.Duration // of the successful requests, sorted
 	errors    int64
+	retries   int64 // requests sent twice because the client lost the connection
 	firstErr  error
 	elapsed   time.Duration
 	// serverCPU is the server's user+system time over the run; valid
@@ -74,8 +75,8 @@ func (r *result) percentile(p float64) time.Duration {
 // scripts can pick apart, in a fixed order.
 func (r *result) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%-19s workers=%-3d size=%-5d keys=%-5d requests=%-7d errors=%-4d %8.0f req/s  p50=%-8s p99=%-8s",
-		r.o.op, r.o.workers, r.o.size, r.keys, r.requests(), r.errors, float64(len(r.latencies))/r.elapsed.Seconds(),
+	fmt.Fprintf(&b, "%-19s workers=%-3d size=%-5d keys=%-5d requests=%-7d errors=%-4d retries=%-4d %8.0f req/s  p50=%-8s p99=%-8s",
+		r.o.op, r.o.workers, r.o.size, r.keys, r.requests(), r.errors, r.retries, float64(len(r.latencies))/r.elapsed.Seconds(),
 		r.percentile(0.50).Round(10*time.Microsecond), r.percentile(0.99).Round(10*time.Microsecond))
 	if r.o.pid != 0 {
 		perReq := time.Duration(0)
@@ -89,8 +90,9 @@ func (r *result) String() string {
 
 // load prepares the keys, checks each call once (which also opens the
 // connections), then runs o.workers callers for o.duration, each picking
-// one of the keys at random for every request.
-func load(ctx context.Context, c *awskms.Client, o options) (*result, error) {
+// one of the keys at random for every request. retries is the counter c's
+// retryer increments.
+func load(ctx context.Context, c *awskms.Client, o options, retries *atomic.Int64) (*result, error) {
 	op := operations[o.op]
 	msg := make([]byte, o.size)
 	rand.Read(msg)
@@ -136,6 +138,7 @@ func load(ctx context.Context, c *awskms.Client, o options) (*result, error) {
 			return nil, err
 		}
 	}
+	retried0 := retries.Load()
 	start := time.Now()
 	deadline := start.Add(o.duration)
 	for w := range o.workers {
@@ -153,7 +156,8 @@ func load(ctx context.Context, c *awskms.Client, o options) (*result, error) {
 		})
 	}
 	wg.Wait()
-	r := &result{o: o, keys: keys, elapsed: time.Since(start), errors: failures.Load(), latencies: slices.Concat(lat...)}
+	r := &result{o: o, keys: keys, elapsed: time.Since(start), errors: failures.Load(), retries: retries.Load() - retried0,
+		latencies: slices.Concat(lat...)}
 	if o.pid != 0 {
 		cpu1, err := processCPU(o.pid)
 		if err != nil {

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -102,19 +103,20 @@ func TestLoadEveryOperation(t *testing.T) {
 	require.NoError(t, err)
 	srv := httptest.NewServer(handler)
 	t.Cleanup(srv.Close)
+	var retries atomic.Int64
 	client := awskms.New(awskms.Options{
-		Region:           "us-east-1",
-		Credentials:      credentials.NewStaticCredentialsProvider(admin.AccessKeyID, admin.Secret, ""),
-		BaseEndpoint:     aws.String(srv.URL),
-		RetryMaxAttempts: 1,
+		Region:       "us-east-1",
+		Credentials:  credentials.NewStaticCredentialsProvider(admin.AccessKeyID, admin.Secret, ""),
+		BaseEndpoint: aws.String(srv.URL),
+		Retryer:      closedConnRetryer(&retries),
 	})
 
-	line := regexp.MustCompile(`^\S+ +workers=2 +size=64 +keys=[03] +requests=\d+ +errors=0 +\d+ req/s +p50=\S+ +p99=\S+ +server-cpu/req=\S+$`)
+	line := regexp.MustCompile(`^\S+ +workers=2 +size=64 +keys=[03] +requests=\d+ +errors=0 +retries=\d+ +\d+ req/s +p50=\S+ +p99=\S+ +server-cpu/req=\S+$`)
 	keysBefore := 0
 	for _, name := range strings.Split(opNames(), ", ") {
 		t.Run(name, func(t *testing.T) {
 			o := options{op: name, workers: 2, duration: 50 * time.Millisecond, size: 64, keys: 3, pid: os.Getpid()}
-			r, err := load(ctx, client, o)
+			r, err := load(ctx, client, o, &retries)
 			require.NoError(t, err)
 			assert.Positive(t, r.requests())
 			assert.Zero(t, r.errors)
@@ -136,10 +138,10 @@ func TestLoadEveryOperation(t *testing.T) {
 	// before it is measured.
 	created, err := client.CreateKey(ctx, &awskms.CreateKeyInput{})
 	require.NoError(t, err)
-	r, err := load(ctx, client, options{op: "Encrypt", workers: 1, duration: 10 * time.Millisecond, size: 16, keys: 1, keyID: *created.KeyMetadata.KeyId})
+	r, err := load(ctx, client, options{op: "Encrypt", workers: 1, duration: 10 * time.Millisecond, size: 16, keys: 1, keyID: *created.KeyMetadata.KeyId}, &retries)
 	require.NoError(t, err)
 	assert.Positive(t, r.requests())
 	assert.NotContains(t, r.String(), "server-cpu", "no --pid, no CPU figure")
-	_, err = load(ctx, client, options{op: "Sign", workers: 1, duration: 10 * time.Millisecond, size: 16, keys: 1, keyID: *created.KeyMetadata.KeyId})
+	_, err = load(ctx, client, options{op: "Sign", workers: 1, duration: 10 * time.Millisecond, size: 16, keys: 1, keyID: *created.KeyMetadata.KeyId}, &retries)
 	require.ErrorContains(t, err, "InvalidKeyUsageException")
 }

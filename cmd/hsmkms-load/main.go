@@ -16,6 +16,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"sync/atomic"
 	"time"
 )
 
@@ -62,11 +63,12 @@ flags:
 	if err := o.check(); err != nil {
 		return err
 	}
-	client, err := newClient(ctx, o.workers)
+	var retries atomic.Int64
+	client, err := newClient(ctx, o.workers, &retries)
 	if err != nil {
 		return err
 	}
-	res, err := load(ctx, client, o)
+	res, err := load(ctx, client, o, &retries)
 	if err != nil {
 		return err
 	}
