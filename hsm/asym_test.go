@@ -82,6 +82,7 @@ func opensslVerifyECDSA(t *testing.T, spki, dgst, sig []byte) bool {
 }
 
 func TestGenerateKeyPairEverySpec(t *testing.T) {
+	t.Parallel()
 	tok, _ := open(t, nil, 4)
 	specs := []struct {
 		spec  hsm.KeyPairSpec
@@ -224,6 +225,7 @@ func mustParse(t *testing.T, der []byte) crypto.PublicKey {
 }
 
 func TestECDSAVerifyMalformedSignatures(t *testing.T) {
+	t.Parallel()
 	tok, _ := open(t, nil, 2)
 	id := []byte("ec")
 	require.NoError(t, tok.GenerateKeyPair(ctx(t), id, "ec", hsm.ECP256, hsm.UsageSign|hsm.UsageVerify))
@@ -246,9 +248,11 @@ func TestECDSAVerifyMalformedSignatures(t *testing.T) {
 		"swapped":        der(rs.S, rs.R),
 	}
 	for name, bad := range cases {
-		ok, err := tok.Verify(ctx(t), id, hsm.ECDSA, crypto.SHA256, d, bad)
-		require.NoError(t, err, name)
-		assert.False(t, ok, name)
+		t.Run(name, func(t *testing.T) {
+			ok, err := tok.Verify(ctx(t), id, hsm.ECDSA, crypto.SHA256, d, bad)
+			require.NoError(t, err, name)
+			assert.False(t, ok, name)
+		})
 	}
 	ok, err := tok.Verify(ctx(t), id, hsm.ECDSA, crypto.SHA256, d, sig)
 	require.NoError(t, err)
@@ -256,6 +260,7 @@ func TestECDSAVerifyMalformedSignatures(t *testing.T) {
 }
 
 func TestSignChecksInputBeforeTheToken(t *testing.T) {
+	t.Parallel()
 	tok, f, _ := withFaults(t, 2)
 	require.NoError(t, tok.GenerateKeyPair(ctx(t), []byte("r"), "r", hsm.RSA2048, hsm.UsageSign|hsm.UsageVerify))
 	require.NoError(t, tok.GenerateKeyPair(ctx(t), []byte("e"), "e", hsm.Ed25519, hsm.UsageSign|hsm.UsageVerify))
@@ -297,6 +302,7 @@ func TestSignChecksInputBeforeTheToken(t *testing.T) {
 // SoftHSM2 2.6.1 accepts CK_EDDSA_PARAMS{phFlag: true} and ignores it, so
 // Ed25519ph must be refused rather than answered as pure Ed25519.
 func TestEd25519phIsRefusedWhenTheTokenIgnoresPhFlag(t *testing.T) {
+	t.Parallel()
 	tok, f, _ := withFaults(t, 2)
 	id := []byte("ed")
 	require.NoError(t, tok.GenerateKeyPair(ctx(t), id, "ed", hsm.Ed25519, hsm.UsageSign|hsm.UsageVerify))
@@ -312,6 +318,7 @@ func TestEd25519phIsRefusedWhenTheTokenIgnoresPhFlag(t *testing.T) {
 }
 
 func TestSupportsMechanism(t *testing.T) {
+	t.Parallel()
 	tok, f, _ := withFaults(t, 2)
 	f.HideMechanism(pkcs11.CKM_EC_KEY_PAIR_GEN)
 	f.HideMechanism(pkcs11.CKM_SHA384_HMAC)
@@ -362,6 +369,7 @@ func TestSupportsMechanism(t *testing.T) {
 }
 
 func TestDestroyKeyPair(t *testing.T) {
+	t.Parallel()
 	tok, _ := open(t, nil, 2)
 	id := []byte("doomed-pair")
 	require.NoError(t, tok.GenerateKeyPair(ctx(t), id, "d", hsm.ECP256, hsm.UsageSign|hsm.UsageVerify))
@@ -418,65 +426,72 @@ func importSecret(t *testing.T, tok *hsm.Token, id, value []byte) {
 }
 
 func TestMACEqualsCryptoHMAC(t *testing.T) {
+	t.Parallel()
 	tok, _ := open(t, nil, 2)
 	key := bytes.Repeat([]byte{0x4b}, 64)
 	importSecret(t, tok, []byte("known"), key)
 	msg := []byte("message to authenticate")
 	for _, h := range []crypto.Hash{crypto.SHA224, crypto.SHA256, crypto.SHA384, crypto.SHA512} {
-		mac, err := tok.MAC(ctx(t), []byte("known"), h, msg)
-		require.NoError(t, err)
-		want := hmac.New(h.New, key)
-		want.Write(msg)
-		assert.Equal(t, want.Sum(nil), mac, "%v", h)
+		t.Run(h.String(), func(t *testing.T) {
+			mac, err := tok.MAC(ctx(t), []byte("known"), h, msg)
+			require.NoError(t, err)
+			want := hmac.New(h.New, key)
+			want.Write(msg)
+			assert.Equal(t, want.Sum(nil), mac, "%v", h)
+		})
 	}
 	_, err := tok.MAC(ctx(t), []byte("known"), crypto.SHA1, msg)
 	require.Error(t, err)
 }
 
 func TestGenerateHMACKey(t *testing.T) {
+	t.Parallel()
 	tok, _ := open(t, nil, 2)
 	msg := []byte("message")
 	for _, c := range []struct {
 		bits int
 		hash crypto.Hash
 	}{{224, crypto.SHA224}, {256, crypto.SHA256}, {384, crypto.SHA384}, {512, crypto.SHA512}} {
-		id := []byte{'h', byte(c.bits / 8)}
-		require.NoError(t, tok.GenerateHMACKey(ctx(t), id, "hmac", c.bits))
-		ref := hsm.SecretKeyByID(id)
-		assert.Equal(t, map[uint]bool{
-			pkcs11.CKA_TOKEN: true, pkcs11.CKA_PRIVATE: true, pkcs11.CKA_SENSITIVE: true, pkcs11.CKA_EXTRACTABLE: false,
-			pkcs11.CKA_SIGN: true, pkcs11.CKA_VERIFY: true, pkcs11.CKA_ENCRYPT: false, pkcs11.CKA_DECRYPT: false,
-			pkcs11.CKA_WRAP: false, pkcs11.CKA_DERIVE: false,
-		}, boolAttrs(t, tok, ref, pkcs11.CKA_TOKEN, pkcs11.CKA_PRIVATE, pkcs11.CKA_SENSITIVE, pkcs11.CKA_EXTRACTABLE,
-			pkcs11.CKA_SIGN, pkcs11.CKA_VERIFY, pkcs11.CKA_ENCRYPT, pkcs11.CKA_DECRYPT, pkcs11.CKA_WRAP, pkcs11.CKA_DERIVE))
-		attrs, err := tok.Attributes(ctx(t), ref, pkcs11.CKA_VALUE_LEN, pkcs11.CKA_KEY_TYPE)
-		require.NoError(t, err)
-		assert.Equal(t, byte(c.bits/8), attrs[0].Value[0])
-		assert.Equal(t, byte(pkcs11.CKK_GENERIC_SECRET), attrs[1].Value[0])
+		t.Run(c.hash.String(), func(t *testing.T) {
+			id := []byte{'h', byte(c.bits / 8)}
+			require.NoError(t, tok.GenerateHMACKey(ctx(t), id, "hmac", c.bits))
+			ref := hsm.SecretKeyByID(id)
+			assert.Equal(t, map[uint]bool{
+				pkcs11.CKA_TOKEN: true, pkcs11.CKA_PRIVATE: true, pkcs11.CKA_SENSITIVE: true, pkcs11.CKA_EXTRACTABLE: false,
+				pkcs11.CKA_SIGN: true, pkcs11.CKA_VERIFY: true, pkcs11.CKA_ENCRYPT: false, pkcs11.CKA_DECRYPT: false,
+				pkcs11.CKA_WRAP: false, pkcs11.CKA_DERIVE: false,
+			}, boolAttrs(t, tok, ref, pkcs11.CKA_TOKEN, pkcs11.CKA_PRIVATE, pkcs11.CKA_SENSITIVE, pkcs11.CKA_EXTRACTABLE,
+				pkcs11.CKA_SIGN, pkcs11.CKA_VERIFY, pkcs11.CKA_ENCRYPT, pkcs11.CKA_DECRYPT, pkcs11.CKA_WRAP, pkcs11.CKA_DERIVE))
+			attrs, err := tok.Attributes(ctx(t), ref, pkcs11.CKA_VALUE_LEN, pkcs11.CKA_KEY_TYPE)
+			require.NoError(t, err)
+			assert.Equal(t, byte(c.bits/8), attrs[0].Value[0])
+			assert.Equal(t, byte(pkcs11.CKK_GENERIC_SECRET), attrs[1].Value[0])
 
-		mac, err := tok.MAC(ctx(t), id, c.hash, msg)
-		require.NoError(t, err)
-		require.Len(t, mac, c.hash.Size())
-		again, err := tok.MAC(ctx(t), id, c.hash, msg)
-		require.NoError(t, err)
-		assert.Equal(t, mac, again)
-		ok, err := tok.VerifyMAC(ctx(t), id, c.hash, msg, mac)
-		require.NoError(t, err)
-		assert.True(t, ok)
-		for _, bad := range [][]byte{flipped(mac, len(mac)-1), mac[:len(mac)-1], nil} {
-			ok, err = tok.VerifyMAC(ctx(t), id, c.hash, msg, bad)
+			mac, err := tok.MAC(ctx(t), id, c.hash, msg)
+			require.NoError(t, err)
+			require.Len(t, mac, c.hash.Size())
+			again, err := tok.MAC(ctx(t), id, c.hash, msg)
+			require.NoError(t, err)
+			assert.Equal(t, mac, again)
+			ok, err := tok.VerifyMAC(ctx(t), id, c.hash, msg, mac)
+			require.NoError(t, err)
+			assert.True(t, ok)
+			for _, bad := range [][]byte{flipped(mac, len(mac)-1), mac[:len(mac)-1], nil} {
+				ok, err = tok.VerifyMAC(ctx(t), id, c.hash, msg, bad)
+				require.NoError(t, err)
+				assert.False(t, ok)
+			}
+			ok, err = tok.VerifyMAC(ctx(t), id, c.hash, flipped(msg, 0), mac)
 			require.NoError(t, err)
 			assert.False(t, ok)
-		}
-		ok, err = tok.VerifyMAC(ctx(t), id, c.hash, flipped(msg, 0), mac)
-		require.NoError(t, err)
-		assert.False(t, ok)
+		})
 	}
 	require.Error(t, tok.GenerateHMACKey(ctx(t), []byte("x"), "x", 128))
 	require.Error(t, tok.GenerateHMACKey(ctx(t), nil, "x", 256))
 }
 
 func TestDecryptOAEP(t *testing.T) {
+	t.Parallel()
 	tok, f, _ := withFaults(t, 2)
 	id := []byte("oaep")
 	require.NoError(t, tok.GenerateKeyPair(ctx(t), id, "oaep", hsm.RSA2048, hsm.UsageEncrypt|hsm.UsageDecrypt))
@@ -509,9 +524,11 @@ func TestDecryptOAEP(t *testing.T) {
 			"tampered": flipped(ct, 10), "label": withLabel, "other hash": otherHash, "PKCS#1 v1.5": pkcs1,
 			"short": ct[1:], "long": append(bytes.Clone(ct), 0), "not below n": tooBig, "empty": nil,
 		} {
-			got, err := tok.DecryptOAEP(ctx(t), id, h, bad)
-			assert.Same(t, hsm.ErrInvalidCiphertext, err, "%v %s: %v", h, name, err)
-			assert.Nil(t, got)
+			t.Run(h.String()+"/"+name, func(t *testing.T) {
+				got, err := tok.DecryptOAEP(ctx(t), id, h, bad)
+				assert.Same(t, hsm.ErrInvalidCiphertext, err, "%v %s: %v", h, name, err)
+				assert.Nil(t, got)
+			})
 		}
 	}
 
@@ -550,35 +567,38 @@ func rawRSA(pub *rsa.PublicKey, em []byte) []byte {
 }
 
 func TestDeriveECDHEqualsCryptoECDH(t *testing.T) {
+	t.Parallel()
 	tok, _ := open(t, nil, 2)
 	for _, c := range []struct {
 		spec  hsm.KeyPairSpec
 		curve ecdh.Curve
 	}{{hsm.ECP256, ecdh.P256()}, {hsm.ECP384, ecdh.P384()}, {hsm.ECP521, ecdh.P521()}} {
-		id := []byte("dh-" + c.spec.String())
-		require.NoError(t, tok.GenerateKeyPair(ctx(t), id, "dh", c.spec, hsm.UsageDerive))
-		der, err := tok.PublicKeyDER(ctx(t), id)
-		require.NoError(t, err)
-		tokPub, err := mustParse(t, der).(*ecdsa.PublicKey).ECDH()
-		require.NoError(t, err)
-		peer, err := c.curve.GenerateKey(rand.Reader)
-		require.NoError(t, err)
+		t.Run(c.spec.String(), func(t *testing.T) {
+			id := []byte("dh-" + c.spec.String())
+			require.NoError(t, tok.GenerateKeyPair(ctx(t), id, "dh", c.spec, hsm.UsageDerive))
+			der, err := tok.PublicKeyDER(ctx(t), id)
+			require.NoError(t, err)
+			tokPub, err := mustParse(t, der).(*ecdsa.PublicKey).ECDH()
+			require.NoError(t, err)
+			peer, err := c.curve.GenerateKey(rand.Reader)
+			require.NoError(t, err)
 
-		got, err := tok.DeriveECDH(ctx(t), id, peer.PublicKey().Bytes())
-		require.NoError(t, err)
-		want, err := peer.ECDH(tokPub)
-		require.NoError(t, err)
-		assert.Equal(t, want, got, "%v", c.spec)
+			got, err := tok.DeriveECDH(ctx(t), id, peer.PublicKey().Bytes())
+			require.NoError(t, err)
+			want, err := peer.ECDH(tokPub)
+			require.NoError(t, err)
+			assert.Equal(t, want, got, "%v", c.spec)
 
-		point := peer.PublicKey().Bytes()
-		for name, bad := range map[string][]byte{
-			"compressed": append([]byte{2 + point[len(point)-1]&1}, point[1:1+len(point)/2]...),
-			"off curve":  flipped(point, len(point)-1),
-			"short":      point[:len(point)-1],
-		} {
-			_, err := tok.DeriveECDH(ctx(t), id, bad)
-			assert.Error(t, err, "%v %s", c.spec, name)
-		}
+			point := peer.PublicKey().Bytes()
+			for name, bad := range map[string][]byte{
+				"compressed": append([]byte{2 + point[len(point)-1]&1}, point[1:1+len(point)/2]...),
+				"off curve":  flipped(point, len(point)-1),
+				"short":      point[:len(point)-1],
+			} {
+				_, err := tok.DeriveECDH(ctx(t), id, bad)
+				assert.Error(t, err, "%v %s", c.spec, name)
+			}
+		})
 	}
 	// A key without CKA_DERIVE cannot.
 	require.NoError(t, tok.GenerateKeyPair(ctx(t), []byte("nodh"), "nodh", hsm.ECP256, hsm.UsageSign))
@@ -589,6 +609,7 @@ func TestDeriveECDHEqualsCryptoECDH(t *testing.T) {
 }
 
 func TestGenerateDataKeyPair(t *testing.T) {
+	t.Parallel()
 	tok, f, _ := withFaults(t, 2)
 	for _, spec := range []hsm.KeyPairSpec{hsm.RSA2048, hsm.RSA3072, hsm.ECP256, hsm.ECP384, hsm.ECP521, hsm.ECSecp256k1} {
 		t.Run(spec.String(), func(t *testing.T) {

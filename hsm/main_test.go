@@ -35,6 +35,7 @@ func open(t testing.TB, wrap func(hsm.PKCS11) hsm.PKCS11, pool int) (*hsm.Token,
 }
 
 func TestTokensCreatedAfterInitializeAreFound(t *testing.T) {
+	t.Parallel()
 	a, _ := open(t, nil, 2)
 	b, _ := open(t, nil, 2)
 	ia, err := a.Info()

@@ -32,6 +32,7 @@ func newKey(t *testing.T, tok *hsm.Token, label string) hsm.ObjectRef {
 }
 
 func TestModulePathMustBeAbsolute(t *testing.T) {
+	t.Parallel()
 	_, err := hsm.OpenModule("libsofthsm2.so")
 	require.ErrorIs(t, err, hsm.ErrModuleLoad)
 	_, err = hsm.OpenModule("/nonexistent/libpkcs11.so")
@@ -39,6 +40,7 @@ func TestModulePathMustBeAbsolute(t *testing.T) {
 }
 
 func TestModuleIsSharedAndReferenceCounted(t *testing.T) {
+	t.Parallel()
 	mod := hsmtest.Module(t)
 	a, err := hsm.OpenModule(mod)
 	require.NoError(t, err)
@@ -52,6 +54,7 @@ func TestModuleIsSharedAndReferenceCounted(t *testing.T) {
 }
 
 func TestFindTokenByLabelOrSerial(t *testing.T) {
+	t.Parallel()
 	tt := hsmtest.NewToken(t)
 	byLabel, err := hsm.OpenToken(hsm.TokenConfig{Module: tt.Module, Label: tt.Label})
 	require.NoError(t, err)
@@ -79,6 +82,7 @@ func TestFindTokenByLabelOrSerial(t *testing.T) {
 }
 
 func TestMechanisms(t *testing.T) {
+	t.Parallel()
 	tok, _ := open(t, nil, 1)
 	ms, err := tok.Mechanisms()
 	require.NoError(t, err)
@@ -90,11 +94,13 @@ func TestMechanisms(t *testing.T) {
 }
 
 func TestPoolSizeIsCappedAndDefaulted(t *testing.T) {
+	t.Parallel()
 	tok, _ := open(t, nil, 0)
 	assert.Equal(t, hsm.DefaultPoolSize, tok.PoolSize())
 }
 
 func TestGeneratedKeyNeverLeavesTheToken(t *testing.T) {
+	t.Parallel()
 	tok, _ := open(t, nil, 2)
 	ref := newKey(t, tok, "k")
 
@@ -118,6 +124,7 @@ func TestGeneratedKeyNeverLeavesTheToken(t *testing.T) {
 }
 
 func TestKeyUsageIsEnforcedByTheToken(t *testing.T) {
+	t.Parallel()
 	tok, _ := open(t, nil, 2)
 	ref, err := tok.GenerateAESKey(ctx(t), []byte("dec-only"), "dec-only", hsm.UsageDecrypt)
 	require.NoError(t, err)
@@ -127,6 +134,7 @@ func TestKeyUsageIsEnforcedByTheToken(t *testing.T) {
 }
 
 func TestFindObject(t *testing.T) {
+	t.Parallel()
 	tok, f, _ := withFaults(t, 2)
 	ref := newKey(t, tok, "findme")
 
@@ -167,6 +175,7 @@ func mustSerial(t *testing.T, tok *hsm.Token) string {
 }
 
 func TestHotPathUsesTheHandleCache(t *testing.T) {
+	t.Parallel()
 	tok, f, _ := withFaults(t, 2)
 	ref := newKey(t, tok, "cached")
 	before := f.Calls("C_FindObjectsInit")
@@ -184,6 +193,7 @@ func TestHotPathUsesTheHandleCache(t *testing.T) {
 }
 
 func TestDestroyObject(t *testing.T) {
+	t.Parallel()
 	tok, _ := open(t, nil, 2)
 	ref := newKey(t, tok, "doomed")
 	require.NoError(t, tok.DestroyObject(ctx(t), ref))
@@ -193,6 +203,7 @@ func TestDestroyObject(t *testing.T) {
 }
 
 func TestSessionCopies(t *testing.T) {
+	t.Parallel()
 	tok, f, _ := withFaults(t, 2)
 	ref := newKey(t, tok, "copied")
 	_, _, err := tok.EncryptGCM(ctx(t), ref, []byte("x"), nil)
@@ -222,6 +233,7 @@ func TestSessionCopies(t *testing.T) {
 }
 
 func TestGCMRoundTrip(t *testing.T) {
+	t.Parallel()
 	tok, _ := open(t, nil, 2)
 	ref := newKey(t, tok, "gcm")
 	for _, aad := range [][]byte{nil, []byte("context")} {
@@ -240,6 +252,7 @@ func TestGCMRoundTrip(t *testing.T) {
 }
 
 func TestGCMTamperingIsInvalidCiphertext(t *testing.T) {
+	t.Parallel()
 	tok, _ := open(t, nil, 2)
 	ref := newKey(t, tok, "tamper")
 	plain, aad := []byte("attack at dawn"), []byte("aad")
@@ -268,6 +281,7 @@ func TestGCMTamperingIsInvalidCiphertext(t *testing.T) {
 }
 
 func TestGCMShortIVOrTagNeverReachesTheToken(t *testing.T) {
+	t.Parallel()
 	tok, f, _ := withFaults(t, 2)
 	ref := newKey(t, tok, "short")
 	iv, sealed, err := tok.EncryptGCM(ctx(t), ref, []byte("x"), nil)
@@ -283,6 +297,7 @@ func TestGCMShortIVOrTagNeverReachesTheToken(t *testing.T) {
 }
 
 func TestPoolUnderLoad(t *testing.T) {
+	t.Parallel()
 	tok, f, _ := withFaults(t, 4)
 	ref := newKey(t, tok, "load")
 
@@ -324,6 +339,7 @@ func TestPoolUnderLoad(t *testing.T) {
 }
 
 func TestPoolWaitHonoursDeadline(t *testing.T) {
+	t.Parallel()
 	tok, _ := open(t, nil, 1)
 	ref := newKey(t, tok, "deadline")
 	c, cancel := context.WithCancel(context.Background())
@@ -390,6 +406,7 @@ func TestPanicInACallKeepsThePoolWhole(t *testing.T) {
 }
 
 func TestKilledSessionIsReplacedTransparently(t *testing.T) {
+	t.Parallel()
 	tok, f, _ := withFaults(t, 2)
 	ref := newKey(t, tok, "killed")
 	open := tok.OpenSessions()
@@ -404,6 +421,7 @@ func TestKilledSessionIsReplacedTransparently(t *testing.T) {
 }
 
 func TestLoginDroppedIsRedoneOnce(t *testing.T) {
+	t.Parallel()
 	tok, f, _ := withFaults(t, 2)
 	ref := newKey(t, tok, "relogin")
 	logins := f.Calls("C_Login")
@@ -423,6 +441,7 @@ func TestLoginDroppedIsRedoneOnce(t *testing.T) {
 }
 
 func TestSetPIN(t *testing.T) {
+	t.Parallel()
 	tok, tt := open(t, nil, 2)
 	require.NoError(t, tok.SetPIN(ctx(t), tt.UserPIN, "new-pin-1234"))
 	require.NoError(t, tok.Logout(ctx(t)))
@@ -435,6 +454,7 @@ func TestSetPIN(t *testing.T) {
 }
 
 func TestInitPINResetsTheUserPIN(t *testing.T) {
+	t.Parallel()
 	tok, tt := open(t, nil, 2)
 	// The SO cannot log in while the user is.
 	err := tok.InitPIN(ctx(t), tt.SOPIN, "reset-pin-1")
@@ -449,6 +469,7 @@ func TestInitPINResetsTheUserPIN(t *testing.T) {
 }
 
 func TestWrongPINIsNotRetried(t *testing.T) {
+	t.Parallel()
 	tok, f, _ := withFaults(t, 2)
 	require.NoError(t, tok.Logout(ctx(t)))
 	before := f.Calls("C_Login")
@@ -466,6 +487,7 @@ func TestWrongPINIsNotRetried(t *testing.T) {
 }
 
 func TestInjectedFaultsReachCallersAsTheirClass(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		call  string
 		code  uint
@@ -492,31 +514,37 @@ func TestInjectedFaultsReachCallersAsTheirClass(t *testing.T) {
 	}
 }
 
+// TestDeviceFailureMarksUnhealthyAndRecovers is not parallel: it checks
+// that a call inside the 100 ms backoff fails fast, which a test starved of
+// CPU by its neighbours could miss.
 func TestDeviceFailureMarksUnhealthyAndRecovers(t *testing.T) {
 	for _, code := range []uint{pkcs11.CKR_TOKEN_NOT_PRESENT, pkcs11.CKR_DEVICE_REMOVED, pkcs11.CKR_DEVICE_ERROR} {
-		tok, f, _ := withFaults(t, 2)
-		ref := newKey(t, tok, "dev")
-		f.Fail("C_Encrypt", code, 1)
-		_, _, err := tok.EncryptGCM(ctx(t), ref, []byte("x"), nil)
-		require.True(t, hsm.IsDeviceFailure(err), "%v", err)
-		require.Error(t, tok.Health())
-
-		// While the backoff runs, calls fail fast without touching the token.
-		calls := f.Calls("C_EncryptInit")
-		_, _, err = tok.EncryptGCM(ctx(t), ref, []byte("x"), nil)
-		require.True(t, hsm.IsDeviceFailure(err))
-		assert.Equal(t, calls, f.Calls("C_EncryptInit"))
-
-		// Once the device answers again the token is rebuilt and logged in.
-		require.Eventually(t, func() bool {
+		t.Run(strings.Fields(pkcs11.Error(code).Error())[2], func(t *testing.T) {
+			tok, f, _ := withFaults(t, 2)
+			ref := newKey(t, tok, "dev")
+			f.Fail("C_Encrypt", code, 1)
 			_, _, err := tok.EncryptGCM(ctx(t), ref, []byte("x"), nil)
-			return err == nil
-		}, 5*time.Second, 20*time.Millisecond)
-		require.NoError(t, tok.Health())
+			require.True(t, hsm.IsDeviceFailure(err), "%v", err)
+			require.Error(t, tok.Health())
+
+			// While the backoff runs, calls fail fast without touching the token.
+			calls := f.Calls("C_EncryptInit")
+			_, _, err = tok.EncryptGCM(ctx(t), ref, []byte("x"), nil)
+			require.True(t, hsm.IsDeviceFailure(err))
+			assert.Equal(t, calls, f.Calls("C_EncryptInit"))
+
+			// Once the device answers again the token is rebuilt and logged in.
+			require.Eventually(t, func() bool {
+				_, _, err := tok.EncryptGCM(ctx(t), ref, []byte("x"), nil)
+				return err == nil
+			}, 5*time.Second, 20*time.Millisecond)
+			require.NoError(t, tok.Health())
+		})
 	}
 }
 
 func TestGenerateRandom(t *testing.T) {
+	t.Parallel()
 	tok, _ := open(t, nil, 2)
 	a, err := tok.GenerateRandom(ctx(t), 32)
 	require.NoError(t, err)
@@ -527,6 +555,7 @@ func TestGenerateRandom(t *testing.T) {
 }
 
 func TestClosedTokenRefusesWork(t *testing.T) {
+	t.Parallel()
 	tok, _ := open(t, nil, 2)
 	require.NoError(t, tok.Close())
 	_, err := tok.GenerateRandom(ctx(t), 8)

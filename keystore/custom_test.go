@@ -97,6 +97,7 @@ func loginDirect(t *testing.T, tok hsmtest.Token, pin string) error {
 }
 
 func TestConnectRotatesThePassword(t *testing.T) {
+	t.Parallel()
 	tok := hsmtest.NewToken(t)
 	f := newFixture(t, tok)
 	require.Equal(t, keystore.ErrorCode(""), f.connect(t))
@@ -134,6 +135,7 @@ func TestConnectRotatesThePassword(t *testing.T) {
 }
 
 func TestWrongPasswordFailsThenRecovers(t *testing.T) {
+	t.Parallel()
 	tok := hsmtest.NewToken(t)
 	f := newFixture(t, tok)
 	f.pw.current = "not-the-password"
@@ -154,6 +156,7 @@ func TestWrongPasswordFailsThenRecovers(t *testing.T) {
 // produces INVALID_CREDENTIALS (above), USER_NOT_FOUND, USER_LOGGED_IN and
 // CLUSTER_NOT_FOUND itself; the fault wrapper produces the rest.
 func TestConnectionErrorCodes(t *testing.T) {
+	t.Parallel()
 	t.Run("USER_NOT_FOUND", func(t *testing.T) {
 		tok := hsmtest.NewTokenWithoutUser(t)
 		f := newFixture(t, tok)
@@ -174,12 +177,14 @@ func TestConnectionErrorCodes(t *testing.T) {
 			"no such module": func(c *keystore.Cluster) { c.Token.Module = "/nonexistent/libpkcs11.so" },
 			"wrong device":   func(c *keystore.Cluster) { c.Manufacturer = "Thales" },
 		} {
-			f := newFixture(t, tok)
-			mutate(&f.cluster)
-			s := keystore.NewManager(nil).AddCustom("cks-1", f.cluster)
-			_, err := s.BeginConnect()
-			require.NoError(t, err)
-			require.Equal(t, keystore.ClusterNotFound, s.Connect(context.Background(), f.pw, nil), name)
+			t.Run(name, func(t *testing.T) {
+				f := newFixture(t, tok)
+				mutate(&f.cluster)
+				s := keystore.NewManager(nil).AddCustom("cks-1", f.cluster)
+				_, err := s.BeginConnect()
+				require.NoError(t, err)
+				require.Equal(t, keystore.ClusterNotFound, s.Connect(context.Background(), f.pw, nil), name)
+			})
 		}
 	})
 	faulty := []struct {
@@ -246,6 +251,7 @@ func soSession(t *testing.T, tok hsmtest.Token) func() {
 // its steps, in process: the pending password is tried first, then the
 // current one, never more than two attempts.
 func TestInterruptedRotationIsResolved(t *testing.T) {
+	t.Parallel()
 	t.Run("cut before C_SetPIN", func(t *testing.T) {
 		tok := hsmtest.NewToken(t)
 		f := newFixture(t, tok)
@@ -270,6 +276,8 @@ func TestInterruptedRotationIsResolved(t *testing.T) {
 
 // TestKilledDuringRotation kills a real process (SIGKILL) at each step of
 // a rotation, then connects from a fresh process.
+// Not parallel: its child processes load SoftHSM2 on this process's token
+// directory, which must not change under them while they start.
 func TestKilledDuringRotation(t *testing.T) {
 	for _, step := range []string{"after-pending-recorded", "after-setpin"} {
 		t.Run(step, func(t *testing.T) {

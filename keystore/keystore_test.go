@@ -18,6 +18,7 @@ func TestMain(m *testing.M) {
 }
 
 func TestDefaultStore(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	tt := hsmtest.NewToken(t)
 	cfg := hsm.TokenConfig{Module: tt.Module, Label: tt.Label}

@@ -67,6 +67,7 @@ func denied(user kms.Principal, action, resource, why string) string {
 }
 
 func TestDefaultKeyPolicyDelegatesToIdentityPolicies(t *testing.T) {
+	t.Parallel()
 	e := newAccessEnv(t)
 	id := e.createKey(e.admin())
 	for _, p := range []kms.Principal{keyAdmin, keyUser, outsider} {
@@ -84,6 +85,7 @@ func TestDefaultKeyPolicyDelegatesToIdentityPolicies(t *testing.T) {
 }
 
 func TestSeparationOfDuties(t *testing.T) {
+	t.Parallel()
 	e := newAccessEnv(t)
 	out, err := e.admin().CreateKey(bg(), &awskms.CreateKeyInput{Policy: aws.String(separationOfDuties)})
 	require.NoError(t, err)
@@ -138,6 +140,7 @@ func TestSeparationOfDuties(t *testing.T) {
 }
 
 func TestPolicyLockoutSafetyCheck(t *testing.T) {
+	t.Parallel()
 	e := newAccessEnv(t)
 	c := e.admin()
 	usersOnly := `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"arn:aws:iam::111122223333:role/app"},"Action":"kms:*","Resource":"*"}]}`
@@ -166,6 +169,7 @@ func TestPolicyLockoutSafetyCheck(t *testing.T) {
 }
 
 func TestCrossAccountNeedsBothSides(t *testing.T) {
+	t.Parallel()
 	e := newAccessEnv(t)
 	c := e.admin()
 	id := e.createKey(c)
@@ -207,6 +211,7 @@ func TestCrossAccountNeedsBothSides(t *testing.T) {
 }
 
 func TestIdentityPolicyExplicitDeny(t *testing.T) {
+	t.Parallel()
 	deny := kms.Principal{AccessKeyID: "AKIADENIED0000000001", Secret: "denied-secret-00000000000000000000000",
 		Account: account, ARN: "arn:aws:iam::" + account + ":user/denied",
 		Policy: `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"kms:*","Resource":"*"},
@@ -217,19 +222,22 @@ func TestIdentityPolicyExplicitDeny(t *testing.T) {
 	require.NoError(t, err)
 	id := *out.KeyMetadata.KeyId
 	for _, level := range []string{"public", "secret"} {
-		ec := map[string]string{"level": level}
-		enc, err := c.Encrypt(bg(), &awskms.EncryptInput{KeyId: &id, Plaintext: []byte(level), EncryptionContext: ec})
-		require.NoError(t, err)
-		_, err = c.Decrypt(bg(), &awskms.DecryptInput{CiphertextBlob: enc.CiphertextBlob, EncryptionContext: ec})
-		if level == "secret" {
-			requireAPIError(t, err, "AccessDeniedException", denied(deny, "kms:Decrypt", arn(id), "with an explicit deny in an identity-based policy"))
-		} else {
+		t.Run(level, func(t *testing.T) {
+			ec := map[string]string{"level": level}
+			enc, err := c.Encrypt(bg(), &awskms.EncryptInput{KeyId: &id, Plaintext: []byte(level), EncryptionContext: ec})
 			require.NoError(t, err)
-		}
+			_, err = c.Decrypt(bg(), &awskms.DecryptInput{CiphertextBlob: enc.CiphertextBlob, EncryptionContext: ec})
+			if level == "secret" {
+				requireAPIError(t, err, "AccessDeniedException", denied(deny, "kms:Decrypt", arn(id), "with an explicit deny in an identity-based policy"))
+			} else {
+				require.NoError(t, err)
+			}
+		})
 	}
 }
 
 func TestReEncryptAuthorizesEachSide(t *testing.T) {
+	t.Parallel()
 	e := newAccessEnv(t)
 	c := e.admin()
 	src := e.createKey(c)
@@ -247,6 +255,7 @@ func TestReEncryptAuthorizesEachSide(t *testing.T) {
 }
 
 func TestGrantsAllowWhatPoliciesDoNot(t *testing.T) {
+	t.Parallel()
 	e := newAccessEnv(t)
 	c := e.admin()
 	id := e.createKey(c)
@@ -324,6 +333,7 @@ func TestGrantsAllowWhatPoliciesDoNot(t *testing.T) {
 // TestDryRun: every operation with DryRun in the model is authorized and
 // validated in full and then does nothing.
 func TestDryRun(t *testing.T) {
+	t.Parallel()
 	e := newAccessEnv(t)
 	c := e.admin()
 	ks := &keys{e: e, m: map[string]string{}}
@@ -428,6 +438,7 @@ func TestDryRun(t *testing.T) {
 // A grant to an account, like a key policy statement for one, passes the
 // permission to the account: its principals need their identity policy too.
 func TestGrantToAnAccountNeedsItsIdentityPolicy(t *testing.T) {
+	t.Parallel()
 	e := newAccessEnv(t)
 	c := e.admin()
 	id := e.createKey(c)

@@ -17,6 +17,7 @@ import (
 func arn(id string) string { return "arn:aws:kms:" + region + ":" + account + ":key/" + id }
 
 func TestCreateAndDescribeKey(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	c := e.admin()
 	out, err := c.CreateKey(bg(), &awskms.CreateKeyInput{
@@ -53,6 +54,7 @@ func TestCreateAndDescribeKey(t *testing.T) {
 }
 
 func TestKeyIDErrors(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	c := e.admin()
 	missing := "1234abcd-12ab-34cd-56ef-1234567890ab"
@@ -62,12 +64,15 @@ func TestKeyIDErrors(t *testing.T) {
 		{"alias/none", "NotFoundException", "Alias arn:aws:kms:" + region + ":" + account + ":alias/none is not found."},
 	}
 	for _, tc := range cases {
-		_, err := c.DescribeKey(bg(), &awskms.DescribeKeyInput{KeyId: aws.String(tc.id)})
-		requireAPIError(t, err, tc.code, tc.msg)
+		t.Run(tc.id, func(t *testing.T) {
+			_, err := c.DescribeKey(bg(), &awskms.DescribeKeyInput{KeyId: aws.String(tc.id)})
+			requireAPIError(t, err, tc.code, tc.msg)
+		})
 	}
 }
 
 func TestCreateKeyUnsupportedInputs(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	c := e.admin()
 	_, err := c.CreateKey(bg(), &awskms.CreateKeyInput{KeySpec: types.KeySpecSm2, KeyUsage: types.KeyUsageTypeSignVerify})
@@ -87,6 +92,7 @@ func TestCreateKeyUnsupportedInputs(t *testing.T) {
 }
 
 func TestEncryptDecryptRoundTrip(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	c := e.admin()
 	id := e.createKey(c)
@@ -110,9 +116,10 @@ func TestEncryptDecryptRoundTrip(t *testing.T) {
 	for name, bad := range map[string]map[string]string{
 		"missing": nil, "changed": {"purpose": "test", "tenant": "b"}, "extra": {"purpose": "test", "tenant": "a", "x": "y"},
 	} {
-		_, err = c.Decrypt(bg(), &awskms.DecryptInput{CiphertextBlob: enc.CiphertextBlob, EncryptionContext: bad})
-		requireAPIError(t, err, "InvalidCiphertextException", "")
-		_ = name
+		t.Run(name, func(t *testing.T) {
+			_, err := c.Decrypt(bg(), &awskms.DecryptInput{CiphertextBlob: enc.CiphertextBlob, EncryptionContext: bad})
+			requireAPIError(t, err, "InvalidCiphertextException", "")
+		})
 	}
 	tampered := bytes.Clone(enc.CiphertextBlob)
 	tampered[len(tampered)-20] ^= 1
@@ -130,6 +137,7 @@ func TestEncryptDecryptRoundTrip(t *testing.T) {
 }
 
 func TestReEncryptAndDataKeys(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	c := e.admin()
 	a, b := e.createKey(c), e.createKey(c)
@@ -177,6 +185,7 @@ func TestReEncryptAndDataKeys(t *testing.T) {
 }
 
 func TestGenerateRandom(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	c := e.admin()
 	out, err := c.GenerateRandom(bg(), &awskms.GenerateRandomInput{NumberOfBytes: aws.Int32(1024)})
@@ -187,6 +196,7 @@ func TestGenerateRandom(t *testing.T) {
 }
 
 func TestKeyStateRules(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	c := e.admin()
 	id := e.createKey(c)
@@ -249,6 +259,7 @@ func TestKeyStateRules(t *testing.T) {
 }
 
 func TestDeletionReaper(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	c := e.admin()
 	id := e.createKey(c)
@@ -287,6 +298,7 @@ func TestDeletionReaper(t *testing.T) {
 }
 
 func TestAliases(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	c := e.admin()
 	a, b := e.createKey(c), e.createKey(c)
@@ -341,6 +353,7 @@ func TestAliases(t *testing.T) {
 }
 
 func TestTags(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	c := e.admin()
 	id := e.createKey(c)
@@ -374,6 +387,7 @@ func TestTags(t *testing.T) {
 }
 
 func TestListKeysPaginates(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	c := e.admin()
 	want := map[string]bool{}
@@ -399,6 +413,7 @@ func TestListKeysPaginates(t *testing.T) {
 }
 
 func TestPoliciesAndRotation(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	c := e.admin()
 	id := e.createKey(c)
@@ -437,6 +452,7 @@ func TestPoliciesAndRotation(t *testing.T) {
 }
 
 func TestIsolationByAccountAndRegion(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	id := e.createKey(e.admin())
 	enc, err := e.admin().Encrypt(bg(), &awskms.EncryptInput{KeyId: &id, Plaintext: []byte("x")})
@@ -468,6 +484,7 @@ func TestIsolationByAccountAndRegion(t *testing.T) {
 }
 
 func TestRestartPersistence(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	c := e.admin()
 	id := e.createKey(c)
@@ -496,6 +513,7 @@ func TestRestartPersistence(t *testing.T) {
 // import operations with AWS's answer for a key that is not EXTERNAL
 // (hsmkms has no other), the rest saying hsmkms lacks them.
 func TestUnsupportedOperations(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	c := e.admin()
 	id := e.createKey(c)
@@ -541,6 +559,7 @@ func TestUnsupportedOperations(t *testing.T) {
 }
 
 func TestAuthFailures(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	bad := principals[0]
 	bad.Secret = "wrong"

@@ -16,6 +16,7 @@ func sampleBlob() []byte {
 }
 
 func TestBlobRoundTrip(t *testing.T) {
+	t.Parallel()
 	b, err := parseBlob(sampleBlob())
 	require.NoError(t, err)
 	assert.Equal(t, "111122223333", b.Account)
@@ -26,6 +27,7 @@ func TestBlobRoundTrip(t *testing.T) {
 }
 
 func TestBlobRejectsMalformed(t *testing.T) {
+	t.Parallel()
 	good := sampleBlob()
 	for name, b := range map[string][]byte{
 		"empty":         nil,
@@ -34,12 +36,15 @@ func TestBlobRejectsMalformed(t *testing.T) {
 		"zero account":  append([]byte{1, 0}, good[2:]...),
 		"long account":  append([]byte{1, 200}, good[2:]...),
 	} {
-		_, err := parseBlob(b)
-		assert.ErrorIs(t, err, errBadBlob, name)
+		t.Run(name, func(t *testing.T) {
+			_, err := parseBlob(b)
+			assert.ErrorIs(t, err, errBadBlob, name)
+		})
 	}
 }
 
 func TestEncryptionContextIsOrderIndependentAndUnambiguous(t *testing.T) {
+	t.Parallel()
 	h := []byte("hdr")
 	a := additionalData(h, map[string]string{"a": "1", "b": "2"})
 	b := additionalData(h, map[string]string{"b": "2", "a": "1"})

@@ -19,6 +19,7 @@ import (
 // the metadata row and finishing the key: at start-up Reconcile must remove
 // the half-made key and its token object, whichever side got written.
 func TestCrashDuringCreateKey(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	good := e.createKey(e.admin())
 	e.close()
@@ -72,6 +73,7 @@ func TestCrashDuringCreateKey(t *testing.T) {
 // TestReconcileReportsMissingMaterial: metadata whose token object vanished
 // is reported, not silently dropped.
 func TestReconcileReportsMissingMaterial(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	id := e.createKey(e.admin())
 	e.close()

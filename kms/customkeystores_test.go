@@ -67,6 +67,7 @@ func directLogin(t *testing.T, module, label, pin string) error {
 }
 
 func TestCustomKeyStoreLifecycle(t *testing.T) {
+	t.Parallel()
 	e := newEnvWithClusters(t, 1)
 	c := e.admin()
 	cluster := e.clusters[0].ID
@@ -195,6 +196,7 @@ func TestCustomKeyStoreLifecycle(t *testing.T) {
 }
 
 func TestCustomKeyStoreWrongPassword(t *testing.T) {
+	t.Parallel()
 	e := newEnvWithClusters(t, 1)
 	c := e.admin()
 	cluster := e.clusters[0].ID
@@ -217,6 +219,7 @@ func TestCustomKeyStoreWrongPassword(t *testing.T) {
 }
 
 func TestCustomKeyStoreErrors(t *testing.T) {
+	t.Parallel()
 	e := newEnvWithClusters(t, 2)
 	c := e.admin()
 	c1, c2 := e.clusters[0].ID, e.clusters[1].ID
@@ -257,6 +260,7 @@ func TestCustomKeyStoreErrors(t *testing.T) {
 
 // TestConnectionStateTable is (ConnectionState × operation) → outcome.
 func TestConnectionStateTable(t *testing.T) {
+	t.Parallel()
 	e := newEnvWithClusters(t, 3)
 	c := e.admin()
 	ids := map[types.ConnectionStateType]string{}
@@ -295,14 +299,18 @@ func TestConnectionStateTable(t *testing.T) {
 		types.ConnectionStateTypeDisconnected: {"CreateKey": invalid, "GenerateRandom": invalid, "UpdatePassword": ok},
 	}
 	for st, row := range want {
-		for op, outcome := range row {
-			err := ops[op](ids[st])
-			if outcome == ok {
-				require.NoError(t, err, "%s in %s", op, st)
-			} else {
-				requireAPIError(t, err, outcome, "")
+		t.Run(string(st), func(t *testing.T) {
+			for op, outcome := range row {
+				t.Run(op, func(t *testing.T) {
+					err := ops[op](ids[st])
+					if outcome == ok {
+						require.NoError(t, err, "%s in %s", op, st)
+					} else {
+						requireAPIError(t, err, outcome, "")
+					}
+				})
 			}
-		}
+		})
 	}
 	// Disconnect and Delete: from DISCONNECTED, Disconnect is refused and
 	// Delete allowed; from CONNECTED and FAILED the reverse.
@@ -322,6 +330,7 @@ func TestConnectionStateTable(t *testing.T) {
 // failing stays CONNECTED, its keys answer KMSInvalidStateException, and it
 // recovers by itself when the token does.
 func TestFailingClusterTokenRecovers(t *testing.T) {
+	t.Parallel()
 	var faults *hsm.Faults
 	tok := hsmtest.NewToken(t)
 	cluster := "cluster-failingtoken"
@@ -351,6 +360,7 @@ func TestFailingClusterTokenRecovers(t *testing.T) {
 // declared device, cannot back a new store; a replacement cluster must hold
 // the store's keys.
 func TestClusterChecks(t *testing.T) {
+	t.Parallel()
 	t1, t2 := hsmtest.NewToken(t), hsmtest.NewToken(t)
 	e := newEnvWith(t, func(e *env) {
 		e.addCluster("cluster-aaaaaaaaaaa", t1, nil)

@@ -35,6 +35,7 @@ func (e *env) listGrants(keyID string) []types.GrantListEntry {
 }
 
 func TestGrantLifecycle(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	c := e.admin()
 	id := e.createKey(c)
@@ -80,6 +81,7 @@ func TestGrantLifecycle(t *testing.T) {
 }
 
 func TestRetireGrant(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	c := e.admin()
 	id := e.createKey(c)
@@ -108,6 +110,7 @@ func TestRetireGrant(t *testing.T) {
 // The retiring principal may retire a grant on another account's key; a
 // stranger may not.
 func TestRetireGrantAcrossAccounts(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	c := e.admin()
 	other := e.client(principals[1], region)
@@ -138,6 +141,7 @@ func TestRetireGrantAcrossAccounts(t *testing.T) {
 }
 
 func TestCreateGrantIdempotentName(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	c := e.admin()
 	id := e.createKey(c)
@@ -161,6 +165,7 @@ func TestCreateGrantIdempotentName(t *testing.T) {
 }
 
 func TestCreateGrantValidation(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	c := e.admin()
 	id := e.createKey(c)
@@ -180,18 +185,20 @@ func TestCreateGrantValidation(t *testing.T) {
 		{"too many pairs", awskms.CreateGrantInput{Constraints: &types.GrantConstraints{EncryptionContextEquals: pairs(9)}}, "ValidationException"},
 		{"alias", awskms.CreateGrantInput{KeyId: aws.String("alias/x")}, "NotFoundException"},
 	} {
-		in := tc.in
-		if in.KeyId == nil {
-			in.KeyId = &id
-		}
-		if in.GranteePrincipal == nil {
-			in.GranteePrincipal = aws.String(appRole)
-		}
-		if in.Operations == nil {
-			in.Operations = ok
-		}
-		_, err := c.CreateGrant(bg(), &in)
-		requireAPIError(t, err, tc.code, "")
+		t.Run(tc.name, func(t *testing.T) {
+			in := tc.in
+			if in.KeyId == nil {
+				in.KeyId = &id
+			}
+			if in.GranteePrincipal == nil {
+				in.GranteePrincipal = aws.String(appRole)
+			}
+			if in.Operations == nil {
+				in.Operations = ok
+			}
+			_, err := c.CreateGrant(bg(), &in)
+			requireAPIError(t, err, tc.code, "")
+		})
 	}
 	require.Empty(t, e.listGrants(id))
 
@@ -226,6 +233,8 @@ func pairs(n int) map[string]string {
 	return m
 }
 
+// TestGrantLimit is not parallel: it lowers the package-wide quota, which
+// every other test's grants read.
 func TestGrantLimit(t *testing.T) {
 	kms.SetMaxGrantsPerKey(t, 3)
 	e := newEnv(t)
@@ -245,6 +254,7 @@ func TestGrantLimit(t *testing.T) {
 }
 
 func TestListGrantsPagingAndFilters(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	c := e.admin()
 	id := e.createKey(c)
@@ -289,6 +299,7 @@ func TestListGrantsPagingAndFilters(t *testing.T) {
 }
 
 func TestDeletingAKeyDeletesItsGrants(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	c := e.admin()
 	id := e.createKey(c)
@@ -308,6 +319,7 @@ func TestDeletingAKeyDeletesItsGrants(t *testing.T) {
 }
 
 func TestGrantAllows(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	c := e.admin()
 	id := e.createKey(c)
@@ -354,6 +366,7 @@ func TestGrantAllows(t *testing.T) {
 
 // A grantee allowed CreateGrant by a grant may only create narrower grants.
 func TestCreateGrantFromAGrant(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	c := e.admin()
 	id := e.createKey(c)
@@ -378,14 +391,16 @@ func TestCreateGrantFromAGrant(t *testing.T) {
 		{"no constraint", []string{"Decrypt"}, nil, false},
 		{"other constraint", []string{"Decrypt"}, &kms.GrantConstraints{EncryptionContextSubset: map[string]string{"tenant": "b"}}, false},
 	} {
-		_, err := e.svc.CreateGrant(bg(), call(), &kms.CreateGrantInput{KeyId: id, GranteePrincipal: opsUser, Operations: tc.ops, Constraints: tc.gc})
-		if tc.ok {
-			assert.NoError(t, err, tc.name)
-		} else {
-			var we *wire.Error
-			require.ErrorAs(t, err, &we, tc.name)
-			assert.Equal(t, wire.AccessDenied, we.Type, tc.name)
-		}
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := e.svc.CreateGrant(bg(), call(), &kms.CreateGrantInput{KeyId: id, GranteePrincipal: opsUser, Operations: tc.ops, Constraints: tc.gc})
+			if tc.ok {
+				assert.NoError(t, err, tc.name)
+			} else {
+				var we *wire.Error
+				require.ErrorAs(t, err, &we, tc.name)
+				assert.Equal(t, wire.AccessDenied, we.Type, tc.name)
+			}
+		})
 	}
 	// A parent grant that is gone allows nothing.
 	_, err := c.RevokeGrant(bg(), &awskms.RevokeGrantInput{KeyId: &id, GrantId: &parent})
@@ -398,6 +413,7 @@ func TestCreateGrantFromAGrant(t *testing.T) {
 }
 
 func TestCheckGrantTokens(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	c := e.admin()
 	id := e.createKey(c)

@@ -14,6 +14,7 @@ import (
 // TestREADMEOperationTable keeps the README's support table true: one row
 // per operation of the model, "supported" exactly for those implemented.
 func TestREADMEOperationTable(t *testing.T) {
+	t.Parallel()
 	readme, err := os.ReadFile("../README.md")
 	require.NoError(t, err)
 	rows := map[string]string{}

@@ -88,6 +88,7 @@ func (e *env) keyObjects(id string) int {
 }
 
 func TestKeyRotationStatus(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	c := e.admin()
 	id := e.createKey(c)
@@ -164,6 +165,7 @@ func TestKeyRotationStatus(t *testing.T) {
 }
 
 func TestAutomaticRotation(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	c := e.admin()
 	id := e.createKey(c)
@@ -262,6 +264,7 @@ func TestAutomaticRotation(t *testing.T) {
 }
 
 func TestRotateKeyOnDemand(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	c := e.admin()
 	id := e.createKey(c)
@@ -313,6 +316,7 @@ func TestRotateKeyOnDemand(t *testing.T) {
 }
 
 func TestListKeyRotationsPagination(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	c := e.admin()
 	id := e.createKey(c)
@@ -369,6 +373,7 @@ func TestListKeyRotationsPagination(t *testing.T) {
 // TestRotationConflict holds a rotation between making its token object and
 // recording it, through the test hook, so the overlap is certain.
 func TestRotationConflict(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	c := e.admin()
 	id := e.createKey(c)
@@ -414,6 +419,7 @@ func TestRotationConflict(t *testing.T) {
 // TestRotationWriteFailureDestroysObject: a rotation whose metadata write
 // fails leaves no token object behind and no material in the metadata.
 func TestRotationWriteFailureDestroysObject(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	c := e.admin()
 	id := e.createKey(c)
@@ -439,6 +445,7 @@ func TestRotationWriteFailureDestroysObject(t *testing.T) {
 }
 
 func TestRotationStateAndKeyTypeErrors(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	c := e.admin()
 	disabled, pending := e.createKey(c), e.createKey(c)
@@ -522,6 +529,7 @@ func TestRotationStateAndKeyTypeErrors(t *testing.T) {
 // destroys that object (no ciphertext can name it) and reports it, while a
 // stranger's object is only reported.
 func TestReconcileDestroysUnrecordedRotation(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	c := e.admin()
 	id := e.createKey(c)
@@ -568,6 +576,7 @@ func TestReconcileDestroysUnrecordedRotation(t *testing.T) {
 
 // TestDeleteRotatedKey: deleting a key destroys every version's object.
 func TestDeleteRotatedKey(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	c := e.admin()
 	id, kept := e.createKey(c), e.createKey(c)

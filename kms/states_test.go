@@ -12,6 +12,7 @@ import (
 // TestStateRules is AWS's key-state table for the rules the operation
 // table uses: every (rule, state) pair, allowed or with its exception.
 func TestStateRules(t *testing.T) {
+	t.Parallel()
 	arn := "arn:aws:kms:us-west-2:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
 	ok := ""
 	disabledErr := wire.Disabled + ": " + arn + " is disabled."

@@ -19,6 +19,7 @@ const (
 // enum, pattern) as the SDK sends them: aws-sdk-go-v2 checks only required
 // members itself, so everything else reaches the server.
 func TestValidationThroughSDK(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	c := e.admin()
 	id := e.createKey(c)
@@ -103,6 +104,7 @@ func TestValidationThroughSDK(t *testing.T) {
 
 // TestValidationRaw sends what the SDK would refuse to send.
 func TestValidationRaw(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	cases := []struct{ op, body, typ, msg string }{
 		{"Encrypt", `{"Plaintext":"aGk="}`, "ValidationException", oneError + "Value null at 'keyId' failed to satisfy constraint: Member must not be null"},

@@ -10,6 +10,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/hsmkms/hsmkms/hsm"
+	"github.com/hsmkms/hsmkms/internal/config"
 	"github.com/hsmkms/hsmkms/keystore"
 	"github.com/hsmkms/hsmkms/kms/store"
 )
@@ -17,7 +18,7 @@ import (
 // adminConfig loads the configuration an admin subcommand names, either
 // directly or as the one `serve --data-dir` wrote, and applies the
 // module environment, as serve does, before any module is loaded.
-func adminConfig(fs *flag.FlagSet, args []string) (*Config, error) {
+func adminConfig(fs *flag.FlagSet, args []string) (*config.Config, error) {
 	configPath := fs.String("config", "", "configuration file")
 	dataDir := fs.String("data-dir", "", "data directory of `serve --data-dir`")
 	if err := fs.Parse(args); err != nil {
@@ -29,7 +30,7 @@ func adminConfig(fs *flag.FlagSet, args []string) (*Config, error) {
 	case *configPath == "":
 		*configPath = filepath.Join(*dataDir, "hsmkms.yaml")
 	}
-	cfg, err := LoadConfig(*configPath)
+	cfg, err := config.LoadConfig(*configPath)
 	if err != nil {
 		return nil, err
 	}
@@ -103,11 +104,11 @@ func resetKmsuser(args []string) error {
 	if *clusterID == "" || *soPINFile == "" || *newFile == "" {
 		return errors.New("reset-kmsuser: --cluster, --so-pin-file and --new-password-file are required")
 	}
-	soPIN, err := readSecret("so_pin", *soPINFile, "")
+	soPIN, err := config.ReadSecret("so_pin", *soPINFile, "")
 	if err != nil {
 		return err
 	}
-	password, err := readSecret("new_password", *newFile, "")
+	password, err := config.ReadSecret("new_password", *newFile, "")
 	if err != nil {
 		return err
 	}
@@ -126,7 +127,7 @@ func resetKmsuser(args []string) error {
 		// SoftHSM2 rewrites token.object for the SO's login and C_InitPIN:
 		// copy it first, as serve does before its own logins.
 		if keystore.IsSoftHSM(c.Token.Module) {
-			backups, err := keystore.NewTokenBackups(tokenBackupDir(cfg.Database.Path))
+			backups, err := keystore.NewTokenBackups(cfg.Database.TokenBackupDir())
 			if err != nil {
 				return err
 			}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"github.com/hsmkms/hsmkms/internal/datadir"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -97,7 +98,7 @@ func TestCrashDuringConnect(t *testing.T) {
 		}
 		log := logs + srv.log()
 		restores += countLines(log, "restored a damaged SoftHSM2 token")
-		restoresDefault += countLines(log, "restored a damaged SoftHSM2 token from hsmkms's copy of its token.object: label="+defaultTokenLabel+" ")
+		restoresDefault += countLines(log, "restored a damaged SoftHSM2 token from hsmkms's copy of its token.object: label="+datadir.DefaultTokenLabel+" ")
 		cutShort += countLines(log, "resolving a password rotation cut short")
 		tokenHadNew += countLines(log, "rotation cut short: the token has the new password")
 		if t.Failed() {

@@ -1,6 +1,9 @@
 // Command hsmkms is the hsmkms key service and its admin tools. It only
 // wires packages together: the PKCS#11 work is in hsm/, key stores in
-// keystore/, the KMS operations and wire protocol in kms/.
+// keystore/, the KMS operations and wire protocol in kms/, the
+// configuration in internal/config and the `serve --data-dir` directory in
+// internal/datadir. The load generator is cmd/hsmkms-load, so this binary
+// carries no AWS SDK.
 package main
 
 import (
@@ -22,8 +25,6 @@ func main() {
 		err = serve(os.Args[2:])
 	case "tokens":
 		err = tokens(os.Args[2:])
-	case "bench":
-		err = bench(os.Args[2:])
 	case "clusters":
 		err = clusters(os.Args[2:])
 	case "reset-kmsuser":
@@ -51,7 +52,6 @@ commands:
   tokens         list the tokens a PKCS#11 module offers, and damaged SoftHSM2 tokens (--module PATH or --data-dir DIR)
   clusters       list the tokens declared as CloudHSM clusters and the key stores using them
   reset-kmsuser  set a new kmsuser password with the token's SO PIN (--cluster ID --so-pin-file F --new-password-file F)
-  bench          load a running server through aws-sdk-go-v2 (--op Encrypt --workers 16 --duration 10s)
   version        print the version
 `)
 }

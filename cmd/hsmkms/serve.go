@@ -10,13 +10,14 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"runtime/debug"
 	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hsmkms/hsmkms/hsm"
+	"github.com/hsmkms/hsmkms/internal/config"
+	"github.com/hsmkms/hsmkms/internal/datadir"
 	"github.com/hsmkms/hsmkms/keystore"
 	"github.com/hsmkms/hsmkms/kms"
 )
@@ -30,21 +31,21 @@ func serve(args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	var info *BootstrapInfo
+	var info *datadir.BootstrapInfo
 	switch {
 	case *configPath != "" && *dataDir != "":
 		return errors.New("serve: give --config or --data-dir, not both")
 	case *dataDir != "":
 		var err error
 		blog := hclog.New(&hclog.LoggerOptions{Name: "hsmkms", Output: os.Stderr})
-		*configPath, info, err = Bootstrap(*dataDir, *listen, blog)
+		*configPath, info, err = datadir.Bootstrap(*dataDir, *listen, blog)
 		if err != nil {
 			return err
 		}
 	case *configPath == "":
 		return errors.New("serve: --config FILE or --data-dir DIR is required")
 	}
-	cfg, err := LoadConfig(*configPath)
+	cfg, err := config.LoadConfig(*configPath)
 	if err != nil {
 		return err
 	}
@@ -130,7 +131,7 @@ func serve(args []string) error {
 	}
 	log.Info("listening", "endpoint", scheme+"://"+ln.Addr().String())
 	if info != nil {
-		fmt.Fprintf(os.Stdout, "\nhsmkms is serving at %s\n\nPaste this into your shell:\n\n%s\n", info.Endpoint, PasteBlock(info))
+		fmt.Fprintf(os.Stdout, "\nhsmkms is serving at %s\n\nPaste this into your shell:\n\n%s\n", info.Endpoint, datadir.PasteBlock(info))
 	}
 
 	errc := make(chan error, 1)
@@ -147,7 +148,7 @@ func serve(args []string) error {
 }
 
 // open brings up the service on cfg's token, database and clusters.
-func open(ctx context.Context, cfg *Config, log hclog.Logger) (*kms.Service, error) {
+func open(ctx context.Context, cfg *config.Config, log hclog.Logger) (*kms.Service, error) {
 	ks := cfg.DefaultKeyStore
 	for k, v := range ks.ModuleEnv {
 		if err := os.Setenv(k, v); err != nil {
@@ -168,20 +169,13 @@ func open(ctx context.Context, cfg *Config, log hclog.Logger) (*kms.Service, err
 		Clusters:     clusterConfigs(cfg, log),
 		Logger:       log.Named("kms"),
 		JobInterval:  time.Minute,
-		TokenBackups: tokenBackupDir(cfg.Database.Path),
+		TokenBackups: cfg.Database.TokenBackupDir(),
 	})
-}
-
-// tokenBackupDir is where hsmkms keeps its copies of SoftHSM2 token.object
-// files (see keystore.TokenBackups): beside the database, in hsmkms's own
-// directory.
-func tokenBackupDir(database string) string {
-	return filepath.Join(filepath.Dir(database), "token-backups")
 }
 
 // clusterConfigs turns the clusters section into the key store layer's
 // declarations.
-func clusterConfigs(cfg *Config, log hclog.Logger) []keystore.Cluster {
+func clusterConfigs(cfg *config.Config, log hclog.Logger) []keystore.Cluster {
 	out := make([]keystore.Cluster, len(cfg.Clusters))
 	for i, c := range cfg.Clusters {
 		out[i] = keystore.Cluster{

@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"github.com/hsmkms/hsmkms/internal/datadir"
 	"net"
 	"net/http"
 	"os"
@@ -188,7 +189,7 @@ func (s *server) client() *awskms.Client {
 		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	})
 	return awskms.New(awskms.Options{
-		Region:       defaultRegion,
+		Region:       datadir.DefaultRegion,
 		Credentials:  credentials.NewStaticCredentialsProvider(read("secrets/admin-access-key-id"), read("secrets/admin-secret"), ""),
 		BaseEndpoint: aws.String("https://" + s.listen),
 		HTTPClient:   httpClient,

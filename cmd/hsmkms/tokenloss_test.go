@@ -2,6 +2,9 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"github.com/hsmkms/hsmkms/internal/config"
+	"github.com/hsmkms/hsmkms/internal/datadir"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -49,7 +52,7 @@ func damage(t *testing.T, dataDir, tokenDir string, withCopy bool) {
 func moduleLabels(t *testing.T, dataDir string) []string {
 	t.Helper()
 	t.Setenv("SOFTHSM2_CONF", filepath.Join(dataDir, "softhsm", "softhsm2.conf"))
-	module, err := findSoftHSM()
+	module, err := datadir.FindSoftHSM()
 	require.NoError(t, err)
 	m, err := hsm.OpenModule(module)
 	require.NoError(t, err)
@@ -66,47 +69,47 @@ func moduleLabels(t *testing.T, dataDir string) []string {
 // TestBootstrapNeverReinitialises: a data directory whose token vanished
 // is never given a blank token under the same label.
 func TestBootstrapNeverReinitialises(t *testing.T) {
-	if _, err := findSoftHSM(); err != nil {
+	if _, err := datadir.FindSoftHSM(); err != nil {
 		t.Fatal(err, "(make test runs scripts/setup.sh first)")
 	}
 	fresh := func(t *testing.T) string {
 		dir := filepath.Join(t.TempDir(), "data")
-		_, _, err := Bootstrap(dir, "127.0.0.1:4599", nil)
+		_, _, err := datadir.Bootstrap(dir, "127.0.0.1:4599", nil)
 		require.NoError(t, err)
 		return dir
 	}
 	t.Run("default token damaged, no copy: refused", func(t *testing.T) {
 		dir := fresh(t)
 		before := tokenDirs(t, dir)
-		damage(t, dir, before[defaultTokenLabel], false)
-		_, _, err := Bootstrap(dir, "127.0.0.1:4599", nil)
+		damage(t, dir, before[datadir.DefaultTokenLabel], false)
+		_, _, err := datadir.Bootstrap(dir, "127.0.0.1:4599", nil)
 		var refused *keystore.TokenProblem
 		require.ErrorAs(t, err, &refused)
 		require.ErrorIs(t, err, hsm.ErrTokenNotFound)
 		require.ErrorContains(t, err, `label "hsmkms-default"`)
-		require.ErrorContains(t, err, before[defaultTokenLabel])
+		require.ErrorContains(t, err, before[datadir.DefaultTokenLabel])
 		require.ErrorContains(t, err, "token.object is empty")
 		require.ErrorContains(t, err, `"Recovering a damaged token"`)
-		require.NotContains(t, moduleLabels(t, dir), defaultTokenLabel, "no token was made in its place")
+		require.NotContains(t, moduleLabels(t, dir), datadir.DefaultTokenLabel, "no token was made in its place")
 		require.Len(t, tokenDirs(t, dir), 3, "no directory was added")
 	})
 	t.Run("default token damaged, copy kept: restored", func(t *testing.T) {
 		dir := fresh(t)
 		before := tokenDirs(t, dir)
-		damage(t, dir, before[defaultTokenLabel], true)
-		_, _, err := Bootstrap(dir, "127.0.0.1:4599", nil)
+		damage(t, dir, before[datadir.DefaultTokenLabel], true)
+		_, _, err := datadir.Bootstrap(dir, "127.0.0.1:4599", nil)
 		require.NoError(t, err)
 		require.Equal(t, before, tokenDirs(t, dir), "the same directories, the default token readable again")
-		require.Contains(t, moduleLabels(t, dir), defaultTokenLabel)
+		require.Contains(t, moduleLabels(t, dir), datadir.DefaultTokenLabel)
 	})
 	t.Run("cluster token damaged, no copy: left gone, still declared", func(t *testing.T) {
 		dir := fresh(t)
 		before := tokenDirs(t, dir)
 		damage(t, dir, before["hsmkms-cluster-1"], false)
-		path, info, err := Bootstrap(dir, "127.0.0.1:4599", nil)
+		path, info, err := datadir.Bootstrap(dir, "127.0.0.1:4599", nil)
 		require.NoError(t, err, "serve starts; a store on that cluster fails to connect")
 		require.Len(t, info.Clusters, 2)
-		cfg, err := LoadConfig(path)
+		cfg, err := config.LoadConfig(path)
 		require.NoError(t, err)
 		require.Len(t, cfg.Clusters, 2)
 		labels := moduleLabels(t, dir)
@@ -120,11 +123,11 @@ func TestBootstrapNeverReinitialises(t *testing.T) {
 		dir := filepath.Join(t.TempDir(), "data")
 		require.NoError(t, os.MkdirAll(filepath.Join(dir, "secrets"), 0o700))
 		for _, f := range []string{"so-pin", "user-pin"} {
-			require.NoError(t, os.WriteFile(filepath.Join(dir, "secrets", f), []byte(randomText(24)+"\n"), 0o600))
+			require.NoError(t, os.WriteFile(filepath.Join(dir, "secrets", f), []byte(rand.Text()+"\n"), 0o600))
 		}
-		_, _, err := Bootstrap(dir, "127.0.0.1:4599", nil)
+		_, _, err := datadir.Bootstrap(dir, "127.0.0.1:4599", nil)
 		require.NoError(t, err)
-		require.Contains(t, moduleLabels(t, dir), defaultTokenLabel)
+		require.Contains(t, moduleLabels(t, dir), datadir.DefaultTokenLabel)
 	})
 }
 
@@ -143,7 +146,7 @@ func TestServeRefusesDamagedDefaultToken(t *testing.T) {
 	enc, err := c.Encrypt(ctx, &awskms.EncryptInput{KeyId: key.KeyMetadata.KeyId, Plaintext: []byte("before the crash")})
 	require.NoError(t, err)
 	srv.stop()
-	tokDir := tokenDirs(t, dir)[defaultTokenLabel]
+	tokDir := tokenDirs(t, dir)[datadir.DefaultTokenLabel]
 	require.NotEmpty(t, tokDir)
 
 	t.Run("copy kept: restored at start", func(t *testing.T) {
@@ -167,7 +170,7 @@ func TestServeRefusesDamagedDefaultToken(t *testing.T) {
 		} {
 			require.Contains(t, log, want)
 		}
-		require.NotContains(t, moduleLabels(t, dir), defaultTokenLabel, "no token was made in its place")
+		require.NotContains(t, moduleLabels(t, dir), datadir.DefaultTokenLabel, "no token was made in its place")
 
 		out, err := exec.Command(binary(t), "tokens", "--data-dir", dir).CombinedOutput()
 		require.NoError(t, err, "%s", out)
@@ -231,7 +234,7 @@ func newStoreWithKey(t *testing.T, srv *server) storeWithKey {
 	require.NoError(t, err)
 	enc, err := c.Encrypt(ctx, &awskms.EncryptInput{KeyId: key.KeyMetadata.KeyId, Plaintext: []byte("in the store")})
 	require.NoError(t, err)
-	cfg, err := LoadConfig(filepath.Join(srv.dir, "hsmkms.yaml"))
+	cfg, err := config.LoadConfig(filepath.Join(srv.dir, "hsmkms.yaml"))
 	require.NoError(t, err)
 	label := ""
 	for _, cl := range cfg.Clusters {

@@ -3,6 +3,7 @@ package main
 import (
 	"flag"
 	"fmt"
+	"github.com/hsmkms/hsmkms/internal/config"
 	"os"
 	"path/filepath"
 	"text/tabwriter"
@@ -23,7 +24,7 @@ func tokens(args []string) error {
 		return err
 	}
 	if *dataDir != "" {
-		cfg, err := LoadConfig(filepath.Join(*dataDir, "hsmkms.yaml"))
+		cfg, err := config.LoadConfig(filepath.Join(*dataDir, "hsmkms.yaml"))
 		if err != nil {
 			return err
 		}

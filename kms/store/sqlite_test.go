@@ -50,6 +50,7 @@ func newKey(acct, region, id string) *Key {
 }
 
 func TestKeyRoundTripAndErrors(t *testing.T) {
+	t.Parallel()
 	s, path := open(t)
 	k := newKey("111122223333", "us-west-2", "k1")
 	require.NoError(t, s.CreateKey(ctx, k, []Tag{{"a", "1"}, {"b", "2"}}))
@@ -108,6 +109,7 @@ func TestKeyRoundTripAndErrors(t *testing.T) {
 }
 
 func TestPagination(t *testing.T) {
+	t.Parallel()
 	s, _ := open(t)
 	const acct, reg = "111122223333", "us-west-2"
 	for i := range 5 {
@@ -116,20 +118,22 @@ func TestPagination(t *testing.T) {
 	}
 	require.NoError(t, s.CreateKey(ctx, newKey(acct, "eu-west-1", "other"), nil))
 	for _, limit := range []int{1, 2, 5} {
-		var ids []string
-		marker := ""
-		for {
-			keys, next, err := s.ListKeys(ctx, acct, reg, marker, limit)
-			require.NoError(t, err)
-			for _, k := range keys {
-				ids = append(ids, k.ID)
+		t.Run(fmt.Sprintf("limit=%d", limit), func(t *testing.T) {
+			var ids []string
+			marker := ""
+			for {
+				keys, next, err := s.ListKeys(ctx, acct, reg, marker, limit)
+				require.NoError(t, err)
+				for _, k := range keys {
+					ids = append(ids, k.ID)
+				}
+				if next == "" {
+					break
+				}
+				marker = next
 			}
-			if next == "" {
-				break
-			}
-			marker = next
-		}
-		require.Equal(t, []string{"k0", "k1", "k2", "k3", "k4"}, ids, "limit %d", limit)
+			require.Equal(t, []string{"k0", "k1", "k2", "k3", "k4"}, ids, "limit %d", limit)
+		})
 	}
 	as, next, err := s.ListAliases(ctx, acct, reg, "k1", "", 1)
 	require.NoError(t, err)
@@ -162,6 +166,7 @@ func TestPagination(t *testing.T) {
 }
 
 func TestAliasErrors(t *testing.T) {
+	t.Parallel()
 	s, _ := open(t)
 	const acct, reg = "111122223333", "us-west-2"
 	require.NoError(t, s.CreateKey(ctx, newKey(acct, reg, "k"), nil))
@@ -185,15 +190,20 @@ func TestAliasErrors(t *testing.T) {
 }
 
 func TestConcurrentWriters(t *testing.T) {
+	t.Parallel()
 	s, _ := open(t)
 	const acct, reg = "111122223333", "us-west-2"
 	require.NoError(t, s.CreateKey(ctx, newKey(acct, reg, "k"), nil))
+	// 8 goroutines start together, so their transactions overlap from the
+	// first round; more rounds only cost time (each commit is an fsync,
+	// and SQLite under the race detector is slow).
+	const rounds = 20
 	var wg sync.WaitGroup
 	for g := range 8 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for i := range 50 {
+			for i := range rounds {
 				if err := s.TagKey(ctx, acct, reg, "k", []Tag{{fmt.Sprintf("g%d", g), fmt.Sprint(i)}}, testLimit); err != nil {
 					t.Error(err)
 					return
@@ -208,7 +218,7 @@ func TestConcurrentWriters(t *testing.T) {
 	wg.Wait()
 	k, err := s.GetKey(ctx, acct, reg, "k")
 	require.NoError(t, err)
-	require.Equal(t, 400, k.PendingWindowDays, "no lost update")
+	require.Equal(t, 8*rounds, k.PendingWindowDays, "no lost update")
 }
 
 func FuzzMarker(f *testing.F) {
@@ -248,6 +258,7 @@ func BenchmarkGetKey(b *testing.B) {
 }
 
 func TestKeyCache(t *testing.T) {
+	t.Parallel()
 	db, _ := open(t)
 	s := WithKeyCache(db)
 	const acct, reg = "111122223333", "us-west-2"
@@ -289,6 +300,7 @@ func TestKeyCache(t *testing.T) {
 }
 
 func TestKeyStores(t *testing.T) {
+	t.Parallel()
 	s, path := open(t)
 	const acct, reg = "111122223333", "us-west-2"
 	ks := &KeyStore{ID: "cks-1", Account: acct, Region: reg, Name: "one", ClusterID: "cluster-a", TrustAnchor: "pem",
@@ -398,6 +410,7 @@ func collect[T any](t *testing.T, limit int, list func(marker string, limit int)
 }
 
 func TestTimesAndMaterials(t *testing.T) {
+	t.Parallel()
 	s, path := open(t)
 	paris, err := time.LoadLocation("Europe/Paris")
 	if err != nil {
@@ -467,6 +480,7 @@ type callerError struct{ code string }
 func (e *callerError) Error() string { return e.code }
 
 func TestUpdateKeyErrors(t *testing.T) {
+	t.Parallel()
 	s, _ := open(t)
 	k := newKey("111122223333", "us-west-2", "k")
 	require.NoError(t, s.CreateKey(ctx, k, []Tag{{"t", "v"}}))
@@ -493,6 +507,7 @@ func TestUpdateKeyErrors(t *testing.T) {
 }
 
 func TestAliases(t *testing.T) {
+	t.Parallel()
 	s, _ := open(t)
 	const acct, reg = "111122223333", "us-west-2"
 	for _, id := range []string{"k1", "k2"} {
@@ -533,21 +548,23 @@ func TestAliases(t *testing.T) {
 
 	// n0,n1,n2,n4 → k1; n3 → k2.
 	for _, limit := range []int{1, 2, 10} {
-		all := collect(t, limit, func(m string, l int) ([]*Alias, string, error) { return s.ListAliases(ctx, acct, reg, "", m, l) })
-		var got []string
-		for _, a := range all {
-			require.Equal(t, acct, a.Account)
-			require.Equal(t, reg, a.Region)
-			got = append(got, a.Name)
-		}
-		require.Equal(t, names, got, "limit %d", limit)
-		k1 := collect(t, limit, func(m string, l int) ([]*Alias, string, error) { return s.ListAliases(ctx, acct, reg, "k1", m, l) })
-		got = got[:0]
-		for _, a := range k1 {
-			require.Equal(t, "k1", a.TargetKeyID)
-			got = append(got, a.Name)
-		}
-		require.Equal(t, []string{"alias/n0", "alias/n1", "alias/n2", "alias/n4"}, got, "limit %d", limit)
+		t.Run(fmt.Sprintf("limit=%d", limit), func(t *testing.T) {
+			all := collect(t, limit, func(m string, l int) ([]*Alias, string, error) { return s.ListAliases(ctx, acct, reg, "", m, l) })
+			var got []string
+			for _, a := range all {
+				require.Equal(t, acct, a.Account)
+				require.Equal(t, reg, a.Region)
+				got = append(got, a.Name)
+			}
+			require.Equal(t, names, got, "limit %d", limit)
+			k1 := collect(t, limit, func(m string, l int) ([]*Alias, string, error) { return s.ListAliases(ctx, acct, reg, "k1", m, l) })
+			got = got[:0]
+			for _, a := range k1 {
+				require.Equal(t, "k1", a.TargetKeyID)
+				got = append(got, a.Name)
+			}
+			require.Equal(t, []string{"alias/n0", "alias/n1", "alias/n2", "alias/n4"}, got, "limit %d", limit)
+		})
 	}
 	for keyID, want := range map[string]int{"": 5, "k1": 4, "k2": 1, "none": 0} {
 		n, err := countAliases(s, acct, reg, keyID)
@@ -574,6 +591,7 @@ func TestAliases(t *testing.T) {
 }
 
 func TestTags(t *testing.T) {
+	t.Parallel()
 	s, _ := open(t)
 	const acct, reg = "111122223333", "us-west-2"
 	require.NoError(t, s.CreateKey(ctx, newKey(acct, reg, "k"), []Tag{{"env", "prod"}}))
@@ -587,8 +605,10 @@ func TestTags(t *testing.T) {
 	require.NoError(t, s.TagKey(ctx, acct, reg, "k", []Tag{{"env", "dev"}}, testLimit), "upsert")
 	want = append([]Tag{{"env", "dev"}}, want...)
 	for _, limit := range []int{1, 2, 10} {
-		got := collect(t, limit, func(m string, l int) ([]Tag, string, error) { return s.ListTags(ctx, acct, reg, "k", m, l) })
-		require.Equal(t, want, got, "limit %d", limit)
+		t.Run(fmt.Sprintf("limit=%d", limit), func(t *testing.T) {
+			got := collect(t, limit, func(m string, l int) ([]Tag, string, error) { return s.ListTags(ctx, acct, reg, "k", m, l) })
+			require.Equal(t, want, got, "limit %d", limit)
+		})
 	}
 	n, err := countTags(s, acct, reg, "k")
 	require.NoError(t, err)
@@ -611,6 +631,7 @@ func TestTags(t *testing.T) {
 }
 
 func TestListKeysIsolationAndLimits(t *testing.T) {
+	t.Parallel()
 	s, _ := open(t)
 	for _, acct := range []string{"111122223333", "444455556666"} {
 		for _, reg := range []string{"us-west-2", "eu-west-1"} {
@@ -650,6 +671,7 @@ func TestListKeysIsolationAndLimits(t *testing.T) {
 }
 
 func TestForEachKeyAndDeletionSchedule(t *testing.T) {
+	t.Parallel()
 	s, _ := open(t)
 	var want []string
 	due := time.Unix(1800000000, 0).UTC()
@@ -711,6 +733,7 @@ func userVersion(t *testing.T, s *SQLite) int {
 }
 
 func TestMigrations(t *testing.T) {
+	t.Parallel()
 	s, path := open(t)
 	require.Equal(t, len(migrations), userVersion(t, s))
 	require.NoError(t, s.CreateKey(ctx, newKey("a", "r", "k"), nil))
@@ -751,6 +774,7 @@ func TestMigrations(t *testing.T) {
 }
 
 func TestConcurrentOpen(t *testing.T) {
+	t.Parallel()
 	// Two processes starting on a fresh file must not both migrate it.
 	path := filepath.Join(t.TempDir(), "hsmkms.db")
 	var wg sync.WaitGroup
@@ -771,6 +795,7 @@ func TestConcurrentOpen(t *testing.T) {
 }
 
 func TestFilesArePrivate(t *testing.T) {
+	t.Parallel()
 	s, path := open(t)
 	require.NoError(t, s.CreateKey(ctx, newKey("a", "r", "k"), nil))
 	for _, p := range []string{path, path + "-wal", path + "-shm"} {
@@ -789,6 +814,7 @@ func TestFilesArePrivate(t *testing.T) {
 }
 
 func TestOddPath(t *testing.T) {
+	t.Parallel()
 	dir := filepath.Join(t.TempDir(), "with space")
 	require.NoError(t, os.Mkdir(dir, 0o700))
 	path := filepath.Join(dir, "a?b#c%41.db")
@@ -814,6 +840,7 @@ func TestOddPath(t *testing.T) {
 }
 
 func TestConcurrentReadersAndWriters(t *testing.T) {
+	t.Parallel()
 	s, _ := open(t)
 	const acct, reg = "111122223333", "us-west-2"
 	for i := range 4 {
@@ -840,11 +867,12 @@ func TestConcurrentReadersAndWriters(t *testing.T) {
 			}
 		})
 	}
+	const rounds = 10 // as in TestConcurrentWriters: overlap from the first round
 	var writers sync.WaitGroup
 	for g := range 8 {
 		writers.Go(func() {
 			id := fmt.Sprintf("k%d", g%4)
-			for i := range 25 {
+			for i := range rounds {
 				name := fmt.Sprintf("alias/g%d-%d", g, i)
 				steps := []func() error{
 					func() error {
@@ -878,10 +906,11 @@ func TestConcurrentReadersAndWriters(t *testing.T) {
 	wg.Wait()
 	total := 0
 	require.NoError(t, s.ForEachKey(ctx, func(k *Key) error { total += len(k.Materials) - 1; return nil }))
-	require.Equal(t, 8*25, total, "no lost material")
+	require.Equal(t, 8*rounds, total, "no lost material")
 }
 
 func TestCanceledContext(t *testing.T) {
+	t.Parallel()
 	s, _ := open(t)
 	require.NoError(t, s.CreateKey(ctx, newKey("a", "r", "k"), nil))
 	cctx, cancel := context.WithCancel(ctx)
@@ -895,6 +924,7 @@ func TestCanceledContext(t *testing.T) {
 
 // The constraint check must see through the driver's error type.
 func TestIsConstraint(t *testing.T) {
+	t.Parallel()
 	s, _ := open(t)
 	require.NoError(t, s.CreateKey(ctx, newKey("a", "r", "k"), nil))
 	_, err := s.db.Exec(`INSERT INTO keys (account, region, id) VALUES ('a','r','k')`)
@@ -905,6 +935,7 @@ func TestIsConstraint(t *testing.T) {
 }
 
 func TestKeysDueForRotation(t *testing.T) {
+	t.Parallel()
 	s, _ := open(t)
 	due := time.Unix(1800000000, 0).UTC()
 	add := func(id, state string, enabled bool, next time.Time) {
@@ -951,6 +982,7 @@ func newGrant(acct, region, keyID string, n int) *Grant {
 }
 
 func TestGrants(t *testing.T) {
+	t.Parallel()
 	s, path := open(t)
 	const acct, reg = "111122223333", "us-west-2"
 	for _, id := range []string{"k1", "k2"} {
@@ -1005,6 +1037,7 @@ func TestGrants(t *testing.T) {
 }
 
 func TestGrantLimitAndLists(t *testing.T) {
+	t.Parallel()
 	s, _ := open(t)
 	const acct, reg = "111122223333", "us-west-2"
 	for _, k := range []*Key{newKey(acct, reg, "k1"), newKey(acct, reg, "k2"), newKey("444455556666", reg, "k1"), newKey(acct, "eu-west-1", "k1")} {
@@ -1073,6 +1106,7 @@ func TestGrantLimitAndLists(t *testing.T) {
 }
 
 func TestDeletingAKeyDeletesItsGrants(t *testing.T) {
+	t.Parallel()
 	s, _ := open(t)
 	const acct, reg = "111122223333", "us-west-2"
 	for _, id := range []string{"k1", "k2"} {

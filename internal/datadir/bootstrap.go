@@ -1,4 +1,4 @@
-package main
+package datadir
 
 import (
 	"context"
@@ -14,6 +14,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hsmkms/hsmkms/hsm"
+	"github.com/hsmkms/hsmkms/internal/config"
 	"github.com/hsmkms/hsmkms/keystore"
 	"github.com/hsmkms/hsmkms/kms"
 	"github.com/hsmkms/hsmkms/kms/store"
@@ -22,11 +23,13 @@ import (
 )
 
 const (
-	defaultTokenLabel = "hsmkms-default"
+	// DefaultTokenLabel is the label of the data directory's default token.
+	DefaultTokenLabel = "hsmkms-default"
 	// The first-run admin acts in AWS's documentation example account, so
 	// ARNs in examples and in the output look alike.
 	defaultAccount = "111122223333"
-	defaultRegion  = "us-east-1"
+	// DefaultRegion is the Region the data directory's clients are told to use.
+	DefaultRegion = "us-east-1"
 )
 
 // BootstrapInfo is what a user needs to point AWS clients at a
@@ -58,7 +61,9 @@ var softHSMModules = []string{
 	"/usr/local/lib/softhsm/libsofthsm2.so",
 }
 
-func findSoftHSM() (string, error) {
+// FindSoftHSM is the path of the SoftHSM2 module: HSMKMS_SOFTHSM_MODULE, or
+// the first of the usual places that exists.
+func FindSoftHSM() (string, error) {
 	if p := os.Getenv("HSMKMS_SOFTHSM_MODULE"); p != "" {
 		return p, nil
 	}
@@ -99,7 +104,7 @@ func Bootstrap(dir, listen string, log hclog.Logger) (string, *BootstrapInfo, er
 	if err != nil {
 		return "", nil, fmt.Errorf("--listen: %v", err)
 	}
-	module, err := findSoftHSM()
+	module, err := FindSoftHSM()
 	if err != nil {
 		return "", nil, err
 	}
@@ -121,7 +126,7 @@ func Bootstrap(dir, listen string, log hclog.Logger) (string, *BootstrapInfo, er
 	if err := os.Setenv("SOFTHSM2_CONF", conf); err != nil {
 		return "", nil, err
 	}
-	backups, err := keystore.NewTokenBackups(tokenBackupDir(filepath.Join(dir, "hsmkms.db")))
+	backups, err := keystore.NewTokenBackups(config.TokenBackupDir(filepath.Join(dir, "hsmkms.db")))
 	if err != nil {
 		return "", nil, err
 	}
@@ -138,11 +143,11 @@ func Bootstrap(dir, listen string, log hclog.Logger) (string, *BootstrapInfo, er
 	if err != nil {
 		return "", nil, err
 	}
-	if err := ensureToken(module, conf, defaultTokenLabel, "the default key store", secret("so-pin"), secret("user-pin"),
+	if err := ensureToken(module, conf, DefaultTokenLabel, "the default key store", secret("so-pin"), secret("user-pin"),
 		soNew || userNew, dbExisted, recorded[""], backups); err != nil {
 		return "", nil, err
 	}
-	var clusters []ClusterConfig
+	var clusters []config.ClusterConfig
 	var clusterInfo []BootstrapCluster
 	for i := 1; i <= bootstrapClusters; i++ {
 		n := fmt.Sprint(i)
@@ -158,7 +163,7 @@ func Bootstrap(dir, listen string, log hclog.Logger) (string, *BootstrapInfo, er
 			return "", nil, err
 		}
 		label := "hsmkms-cluster-" + n
-		id, err := readSecret("secret", secret("cluster-"+n+"-id"), "")
+		id, err := config.ReadSecret("secret", secret("cluster-"+n+"-id"), "")
 		if err != nil {
 			return "", nil, err
 		}
@@ -173,11 +178,11 @@ func Bootstrap(dir, listen string, log hclog.Logger) (string, *BootstrapInfo, er
 		} else if err != nil {
 			return "", nil, err
 		}
-		pw, err := readSecret("secret", secret("cluster-"+n+"-kmsuser-password"), "")
+		pw, err := config.ReadSecret("secret", secret("cluster-"+n+"-kmsuser-password"), "")
 		if err != nil {
 			return "", nil, err
 		}
-		clusters = append(clusters, ClusterConfig{ID: id, Module: module, TokenLabel: label, PoolSize: 4})
+		clusters = append(clusters, config.ClusterConfig{ID: id, Module: module, TokenLabel: label, PoolSize: 4})
 		clusterInfo = append(clusterInfo, BootstrapCluster{ID: id, PasswordFile: secret("cluster-" + n + "-kmsuser-password"), Password: pw})
 	}
 	if _, err := ensureSecret(secret("admin-access-key-id"), func() string { return "AKIA" + randomKeyID(16) }); err != nil {
@@ -186,11 +191,11 @@ func Bootstrap(dir, listen string, log hclog.Logger) (string, *BootstrapInfo, er
 	if _, err := ensureSecret(secret("admin-secret"), func() string { return randomText(30) }); err != nil {
 		return "", nil, err
 	}
-	keyID, err := readSecret("secret", secret("admin-access-key-id"), "")
+	keyID, err := config.ReadSecret("secret", secret("admin-access-key-id"), "")
 	if err != nil {
 		return "", nil, err
 	}
-	adminSecret, err := readSecret("secret", secret("admin-secret"), "")
+	adminSecret, err := config.ReadSecret("secret", secret("admin-secret"), "")
 	if err != nil {
 		return "", nil, err
 	}
@@ -202,20 +207,20 @@ func Bootstrap(dir, listen string, log hclog.Logger) (string, *BootstrapInfo, er
 		return "", nil, err
 	}
 
-	cfg := Config{
+	cfg := config.Config{
 		Version:  1,
 		Listen:   listen,
-		TLS:      TLSConfig{CertFile: "tls/server.pem", KeyFile: "tls/server-key.pem"},
+		TLS:      config.TLSConfig{CertFile: "tls/server.pem", KeyFile: "tls/server-key.pem"},
 		LogLevel: "info",
-		Database: DatabaseConfig{Path: "hsmkms.db"},
-		DefaultKeyStore: KeyStoreConfig{
+		Database: config.DatabaseConfig{Path: "hsmkms.db"},
+		DefaultKeyStore: config.KeyStoreConfig{
 			Module:     module,
 			ModuleEnv:  map[string]string{"SOFTHSM2_CONF": conf},
-			TokenLabel: defaultTokenLabel,
+			TokenLabel: DefaultTokenLabel,
 			PINFile:    "secrets/user-pin",
 			PoolSize:   8,
 		},
-		Principals: []Principal{{
+		Principals: []config.Principal{{
 			AccessKeyID: keyID, SecretFile: "secrets/admin-secret",
 			AccountID: defaultAccount, ARN: "arn:aws:iam::" + defaultAccount + ":user/hsmkms-admin",
 			Policy: kms.AdminPolicy,
@@ -238,7 +243,7 @@ func Bootstrap(dir, listen string, log hclog.Logger) (string, *BootstrapInfo, er
 		Endpoint:        "https://" + net.JoinHostPort(host, port),
 		CABundle:        filepath.Join(dir, "tls", "ca.pem"),
 		CredentialsFile: filepath.Join(dir, "credentials"),
-		Region:          defaultRegion,
+		Region:          DefaultRegion,
 		Clusters:        clusterInfo,
 	}, nil
 }
@@ -341,11 +346,11 @@ func ensureToken(module, conf, label, role, soPINFile, userPINFile string, pinsN
 			Problem: "the module offers no token with this label, and this data directory had one (" + strings.Join(existed, "; ") +
 				"); tokens are initialised only in a new data directory"}
 	}
-	so, err := readSecret("pin", soPINFile, "")
+	so, err := config.ReadSecret("pin", soPINFile, "")
 	if err != nil {
 		return err
 	}
-	user, err := readSecret("pin", userPINFile, "")
+	user, err := config.ReadSecret("pin", userPINFile, "")
 	if err != nil {
 		return err
 	}

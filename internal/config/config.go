@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"bytes"
@@ -72,10 +72,22 @@ type ClusterConfig struct {
 	PoolSize     int    `yaml:"pool_size,omitempty"`
 }
 
+// TLSConfig is the server certificate and key, PEM files.
 type TLSConfig struct {
 	CertFile string `yaml:"cert_file"`
 	KeyFile  string `yaml:"key_file"`
 }
+
+// DatabaseConfig is where the metadata database lives.
+// TokenBackupDir is where hsmkms keeps its copies of SoftHSM2 token.object
+// files for the database at path (see keystore.TokenBackups): beside the
+// database, in hsmkms's own directory.
+func TokenBackupDir(path string) string {
+	return filepath.Join(filepath.Dir(path), "token-backups")
+}
+
+// TokenBackupDir is TokenBackupDir of the configured database.
+func (d DatabaseConfig) TokenBackupDir() string { return TokenBackupDir(d.Path) }
 
 type DatabaseConfig struct {
 	Path string `yaml:"path"`
@@ -97,7 +109,7 @@ type KeyStoreConfig struct {
 
 // PIN reads the user PIN from its file or environment variable.
 func (k *KeyStoreConfig) PIN() (string, error) {
-	return readSecret("pin", k.PINFile, k.PINEnv)
+	return ReadSecret("pin", k.PINFile, k.PINEnv)
 }
 
 // Principal is an access key allowed to call the API.
@@ -116,7 +128,7 @@ type Principal struct {
 
 // Secret reads the principal's secret access key.
 func (p *Principal) Secret() (string, error) {
-	return readSecret("secret", p.SecretFile, p.SecretEnv)
+	return ReadSecret("secret", p.SecretFile, p.SecretEnv)
 }
 
 // IdentityPolicy returns the principal's identity policy document, "" if
@@ -132,7 +144,10 @@ func (p *Principal) IdentityPolicy() (string, error) {
 	return string(b), nil
 }
 
-func readSecret(what, file, env string) (string, error) {
+// ReadSecret reads a secret from the environment variable env if set, else
+// from file, which must not be readable by group or others. what names the
+// YAML key family in errors (pin, secret). Errors never contain the secret.
+func ReadSecret(what, file, env string) (string, error) {
 	if env != "" {
 		v, ok := os.LookupEnv(env)
 		if !ok || v == "" {

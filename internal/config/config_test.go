@@ -1,15 +1,12 @@
-package main
+package config
 
 import (
-	"context"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 
-	"github.com/hsmkms/hsmkms/hsm"
-	"github.com/hsmkms/hsmkms/kms"
 	"github.com/stretchr/testify/require"
 )
 
@@ -139,50 +136,6 @@ func TestREADMEConfigExample(t *testing.T) {
 	require.NoError(t, err)
 }
 
-func TestBootstrap(t *testing.T) {
-	if _, err := findSoftHSM(); err != nil {
-		t.Fatal(err, "(make test runs scripts/setup.sh first)")
-	}
-	dir := filepath.Join(t.TempDir(), "data")
-	path, info, err := Bootstrap(dir, "127.0.0.1:4599", nil)
-	require.NoError(t, err)
-	require.Equal(t, "https://127.0.0.1:4599", info.Endpoint)
-	cfg, err := LoadConfig(path)
-	require.NoError(t, err)
-	require.Equal(t, "127.0.0.1:4599", cfg.Listen)
-	require.False(t, cfg.PlainHTTP)
-
-	for _, f := range []string{"secrets/so-pin", "secrets/user-pin", "secrets/admin-secret", "credentials", "tls/ca-key.pem", "tls/server-key.pem", "hsmkms.yaml"} {
-		fi, err := os.Stat(filepath.Join(dir, f))
-		require.NoError(t, err, f)
-		require.Equal(t, os.FileMode(0o600), fi.Mode().Perm(), f)
-	}
-	// The first-run admin may do everything, through its identity policy.
-	require.Len(t, cfg.Principals, 1)
-	require.Equal(t, kms.AdminPolicy, cfg.Principals[0].Policy)
-	creds, err := os.ReadFile(info.CredentialsFile)
-	require.NoError(t, err)
-	require.Regexp(t, `(?m)^aws_access_key_id = AKIA[A-Z0-9]{16}$`, string(creds))
-	pin, err := cfg.DefaultKeyStore.PIN()
-	require.NoError(t, err)
-	require.NotContains(t, string(creds), pin)
-
-	// A second run reuses everything.
-	caBefore, _ := os.ReadFile(info.CABundle)
-	path2, _, err := Bootstrap(dir, "127.0.0.1:4599", nil)
-	require.NoError(t, err)
-	require.Equal(t, path, path2)
-	caAfter, _ := os.ReadFile(info.CABundle)
-	require.Equal(t, caBefore, caAfter)
-	creds2, _ := os.ReadFile(info.CredentialsFile)
-	require.Equal(t, creds, creds2)
-
-	block := PasteBlock(info)
-	require.Contains(t, block, "export AWS_ENDPOINT_URL_KMS=https://127.0.0.1:4599\n")
-	require.Contains(t, block, "export AWS_CA_BUNDLE="+info.CABundle+"\n")
-	require.Contains(t, block, "aws kms create-key")
-}
-
 func TestClustersConfig(t *testing.T) {
 	cluster := "\nclusters:\n  - id: cluster-234567abcdefg\n    module: /usr/lib/luna/libCryptoki2_64.so\n    token_label: partition1\n    manufacturer: Thales\n    pool_size: 4\n"
 	cfg, err := ParseConfig([]byte(validConfig+cluster), "/etc/hsmkms")
@@ -199,32 +152,4 @@ func TestClustersConfig(t *testing.T) {
 	same := strings.Replace(strings.Replace(cluster, "/usr/lib/luna/libCryptoki2_64.so", "/usr/lib/softhsm/libsofthsm2.so", 1), "partition1", "hsmkms-default", 1)
 	_, err = ParseConfig([]byte(validConfig+same), "/etc/hsmkms")
 	require.ErrorContains(t, err, "the default key store's token cannot also be a cluster")
-}
-
-// TestResetKmsuser is the documented recovery for a lost kmsuser password.
-func TestResetKmsuser(t *testing.T) {
-	dir := filepath.Join(t.TempDir(), "data")
-	_, info, err := Bootstrap(dir, "127.0.0.1:4599", nil)
-	require.NoError(t, err)
-	require.Len(t, info.Clusters, 2)
-	fi, err := os.Stat(info.Clusters[0].PasswordFile)
-	require.NoError(t, err)
-	require.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
-
-	newPW := filepath.Join(t.TempDir(), "new")
-	require.NoError(t, os.WriteFile(newPW, []byte("recovered-password\n"), 0o600))
-	require.NoError(t, resetKmsuser([]string{"--data-dir", dir, "--cluster", info.Clusters[0].ID,
-		"--so-pin-file", filepath.Join(dir, "secrets", "cluster-1-so-pin"), "--new-password-file", newPW}))
-
-	cfg, err := LoadConfig(filepath.Join(dir, "hsmkms.yaml"))
-	require.NoError(t, err)
-	tok, err := hsm.OpenToken(hsm.TokenConfig{Module: cfg.Clusters[0].Module, Label: cfg.Clusters[0].TokenLabel})
-	require.NoError(t, err)
-	defer tok.Close()
-	require.ErrorIs(t, tok.Login(context.Background(), info.Clusters[0].Password), hsm.ErrPINIncorrect)
-	require.NoError(t, tok.Login(context.Background(), "recovered-password"))
-	tok.Logout(context.Background())
-
-	require.ErrorContains(t, resetKmsuser([]string{"--data-dir", dir, "--cluster", "cluster-nosuchcluster",
-		"--so-pin-file", filepath.Join(dir, "secrets", "cluster-1-so-pin"), "--new-password-file", newPW}), "no cluster")
 }

@@ -1,0 +1,55 @@
+package datadir
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/hsmkms/hsmkms/internal/config"
+	"github.com/hsmkms/hsmkms/kms"
+	"github.com/stretchr/testify/require"
+)
+
+func TestBootstrap(t *testing.T) {
+	if _, err := FindSoftHSM(); err != nil {
+		t.Fatal(err, "(make test runs scripts/setup.sh first)")
+	}
+	dir := filepath.Join(t.TempDir(), "data")
+	path, info, err := Bootstrap(dir, "127.0.0.1:4599", nil)
+	require.NoError(t, err)
+	require.Equal(t, "https://127.0.0.1:4599", info.Endpoint)
+	cfg, err := config.LoadConfig(path)
+	require.NoError(t, err)
+	require.Equal(t, "127.0.0.1:4599", cfg.Listen)
+	require.False(t, cfg.PlainHTTP)
+
+	for _, f := range []string{"secrets/so-pin", "secrets/user-pin", "secrets/admin-secret", "credentials", "tls/ca-key.pem", "tls/server-key.pem", "hsmkms.yaml"} {
+		fi, err := os.Stat(filepath.Join(dir, f))
+		require.NoError(t, err, f)
+		require.Equal(t, os.FileMode(0o600), fi.Mode().Perm(), f)
+	}
+	// The first-run admin may do everything, through its identity policy.
+	require.Len(t, cfg.Principals, 1)
+	require.Equal(t, kms.AdminPolicy, cfg.Principals[0].Policy)
+	creds, err := os.ReadFile(info.CredentialsFile)
+	require.NoError(t, err)
+	require.Regexp(t, `(?m)^aws_access_key_id = AKIA[A-Z0-9]{16}$`, string(creds))
+	pin, err := cfg.DefaultKeyStore.PIN()
+	require.NoError(t, err)
+	require.NotContains(t, string(creds), pin)
+
+	// A second run reuses everything.
+	caBefore, _ := os.ReadFile(info.CABundle)
+	path2, _, err := Bootstrap(dir, "127.0.0.1:4599", nil)
+	require.NoError(t, err)
+	require.Equal(t, path, path2)
+	caAfter, _ := os.ReadFile(info.CABundle)
+	require.Equal(t, caBefore, caAfter)
+	creds2, _ := os.ReadFile(info.CredentialsFile)
+	require.Equal(t, creds, creds2)
+
+	block := PasteBlock(info)
+	require.Contains(t, block, "export AWS_ENDPOINT_URL_KMS=https://127.0.0.1:4599\n")
+	require.Contains(t, block, "export AWS_CA_BUNDLE="+info.CABundle+"\n")
+	require.Contains(t, block, "aws kms create-key")
+}
