@@ -109,13 +109,36 @@ const (
 // not exist.
 const KeyChannel = "hsmkms_key_changed"
 
-// announceKey queues the notification of a change to the key's row in tx.
-// Notifying transactions commit one at a time (PostgreSQL serializes them
-// on the notification queue), which bounds key changes, not reads, to
-// about one per WAL flush across the database.
-func announceKey(ctx context.Context, tx pgx.Tx, account, region, id string) error {
-	_, err := tx.Exec(ctx, `SELECT pg_notify($1, $2)`, KeyChannel, account+"/"+region+"/"+id)
-	return err
+// announceKey queues, in b, the notification of a change to the key's
+// row, so that it travels with the change in one round trip. Notifying
+// transactions commit one at a time (PostgreSQL serializes them on the
+// notification queue), which bounds key changes, not reads, to about one
+// per WAL flush across the database.
+func announceKey(b *pgx.Batch, account, region, id string) {
+	b.Queue(`SELECT pg_notify($1, $2)`, KeyChannel, account+"/"+region+"/"+id)
+}
+
+// changeKey runs query, which changes the key's row, and announces the
+// change, in one round trip; ErrNotFound if query changed no row.
+func changeKey(ctx context.Context, tx pgx.Tx, account, region, id, query string, args ...any) error {
+	b := &pgx.Batch{}
+	b.Queue(query, args...)
+	announceKey(b, account, region, id)
+	br := tx.SendBatch(ctx, b)
+	tag, err := br.Exec()
+	if err != nil {
+		br.Close()
+		return err
+	}
+	if err := br.Close(); err != nil {
+		return err
+	}
+	if tag.RowsAffected() == 0 {
+		// The notification went out for nothing; the caller's error
+		// rolls it back with the transaction.
+		return ErrNotFound
+	}
+	return nil
 }
 
 // PostgreSQL is the Store on a PostgreSQL server, for several hsmkms nodes
@@ -464,15 +487,14 @@ func (p *PostgreSQL) UpdateKey(ctx context.Context, account, region, id string, 
 		if err != nil {
 			return err
 		}
-		_, err = tx.Exec(ctx, `UPDATE keys SET description=$1, key_usage=$2, key_spec=$3, origin=$4, state=$5,
+		if err := changeKey(ctx, tx, account, region, id, `UPDATE keys SET description=$1, key_usage=$2, key_spec=$3, origin=$4, state=$5,
 			creation_date=$6, deletion_date=$7, pending_window_days=$8, policy=$9, custom_key_store_id=$10,
 			rotation_enabled=$11, rotation_period_days=$12, next_rotation_date=$13, multi_region=$14, materials=$15
-			WHERE account = $16 AND region = $17 AND id = $18`, append(vals[3:], account, region, id)...)
-		if err != nil {
+			WHERE account = $16 AND region = $17 AND id = $18`, append(vals[3:], account, region, id)...); err != nil {
 			return err
 		}
 		out = k
-		return announceKey(ctx, tx, account, region, id)
+		return nil
 	})
 	if err != nil {
 		return nil, err
@@ -495,10 +517,7 @@ func (p *PostgreSQL) DeleteKey(ctx context.Context, account, region, id string) 
 		return ErrNotFound
 	}
 	return p.tx(ctx, func(tx pgx.Tx) error {
-		if err := pgAffected(tx.Exec(ctx, `DELETE FROM keys WHERE account = $1 AND region = $2 AND id = $3`, account, region, id)); err != nil {
-			return err
-		}
-		return announceKey(ctx, tx, account, region, id)
+		return changeKey(ctx, tx, account, region, id, `DELETE FROM keys WHERE account = $1 AND region = $2 AND id = $3`, account, region, id)
 	})
 }
 
@@ -956,21 +975,23 @@ func (p *PostgreSQL) DeleteKeyOrphaning(ctx context.Context, k *Key, now time.Ti
 		return ErrNotFound
 	}
 	return p.tx(ctx, func(tx pgx.Tx) error {
-		if err := pgAffected(tx.Exec(ctx, `DELETE FROM keys WHERE account = $1 AND region = $2 AND id = $3`, k.Account, k.Region, k.ID)); err != nil {
+		if err := changeKey(ctx, tx, k.Account, k.Region, k.ID, `DELETE FROM keys WHERE account = $1 AND region = $2 AND id = $3`, k.Account, k.Region, k.ID); err != nil {
 			return err
 		}
 		arn := "arn:aws:kms:" + k.Region + ":" + k.Account + ":key/" + k.ID
+		b := &pgx.Batch{}
 		for _, m := range k.Materials {
 			tokenID := m.TokenID
 			if tokenID == nil {
 				tokenID = []byte{}
 			}
-			if _, err := tx.Exec(ctx, `INSERT INTO orphans (key_store_id, key_arn, token_id, deleted) VALUES ($1,$2,$3,$4)`,
-				k.CustomKeyStoreID, arn, tokenID, toNanos(now)); err != nil {
-				return err
-			}
+			b.Queue(`INSERT INTO orphans (key_store_id, key_arn, token_id, deleted) VALUES ($1,$2,$3,$4)`,
+				k.CustomKeyStoreID, arn, tokenID, toNanos(now))
 		}
-		return announceKey(ctx, tx, k.Account, k.Region, k.ID)
+		if b.Len() == 0 {
+			return nil
+		}
+		return tx.SendBatch(ctx, b).Close()
 	})
 }
 
