@@ -1,6 +1,7 @@
 # hsmkms: an AWS KMS-compatible key service whose keys live on PKCS#11 tokens.
 # `make run` and `make test` install what is missing (SoftHSM2, OpenSC) via
-# scripts/setup.sh; nothing else needs to be set up by hand.
+# scripts/setup.sh, and `make test` and `make bench` PostgreSQL (for the
+# store suite) via scripts/postgres.sh; nothing else needs to be set up by hand.
 
 GO          ?= go
 BIN         := bin/hsmkms
@@ -11,7 +12,7 @@ TESTFLAGS   ?=
 BENCHTIME   ?= 2s
 BENCH_DURATION ?= 10s
 
-.PHONY: all build setup test test-cli lint bench run clean
+.PHONY: all build setup setup-postgres test test-cli lint bench run clean
 
 all: build
 
@@ -21,7 +22,13 @@ build:
 setup:
 	@scripts/setup.sh
 
-test: setup
+# The store tests start their own throwaway cluster (kms/store/pgtest);
+# this only installs the distribution's packages if they are missing.
+# HSMKMS_TEST_POSTGRES=skip skips those tests, and this step, explicitly.
+setup-postgres:
+	@[ "$$HSMKMS_TEST_POSTGRES" = skip ] || [ -n "$$HSMKMS_TEST_POSTGRES_URL" ] || scripts/postgres.sh install
+
+test: setup setup-postgres
 	$(GO) test -race -count=1 -timeout 12m $(TESTFLAGS) ./...
 
 lint:
@@ -29,7 +36,7 @@ lint:
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
 
-bench: setup build
+bench: setup setup-postgres build
 	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) ./hsm/ ./kms/...
 	scripts/bench-server.sh $(BIN) $(BENCH_DURATION) 16
 
