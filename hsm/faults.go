@@ -201,6 +201,13 @@ func (f *Faults) CopyObject(sh pkcs11.SessionHandle, o pkcs11.ObjectHandle, temp
 	return f.next.CopyObject(sh, o, temp)
 }
 
+func (f *Faults) CreateObject(sh pkcs11.SessionHandle, temp []*pkcs11.Attribute) (pkcs11.ObjectHandle, error) {
+	if err := f.hit("C_CreateObject"); err != nil {
+		return 0, err
+	}
+	return f.next.CreateObject(sh, temp)
+}
+
 func (f *Faults) DestroyObject(sh pkcs11.SessionHandle, oh pkcs11.ObjectHandle) error {
 	if err := f.hit("C_DestroyObject"); err != nil {
 		return err

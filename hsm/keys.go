@@ -291,22 +291,34 @@ func (t *Token) ListObjects(ctx context.Context, class uint) ([]ObjectInfo, erro
 	return out, err
 }
 
+// describeObject reads what every storage object has (class, label), then
+// what only some classes have: asking a data object (CKO_DATA) for CKA_ID
+// fails the whole call with CKR_ATTRIBUTE_TYPE_INVALID.
 func (t *Token) describeObject(s pkcs11.SessionHandle, h pkcs11.ObjectHandle) (ObjectInfo, error) {
 	attrs, err := t.p11.GetAttributeValue(s, h, []*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_CLASS, nil),
-		pkcs11.NewAttribute(pkcs11.CKA_ID, nil),
 		pkcs11.NewAttribute(pkcs11.CKA_LABEL, nil),
 	})
 	if err != nil {
 		return ObjectInfo{}, wrap("C_GetAttributeValue", err)
 	}
-	info := ObjectInfo{Handle: h, Class: ulong(attrs[0].Value), ID: attrs[1].Value, Label: string(attrs[2].Value)}
-	if info.Class == pkcs11.CKO_SECRET_KEY || info.Class == pkcs11.CKO_PRIVATE_KEY || info.Class == pkcs11.CKO_PUBLIC_KEY {
-		kt, err := t.p11.GetAttributeValue(s, h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, nil)})
-		if err != nil {
-			return ObjectInfo{}, wrap("C_GetAttributeValue", err)
-		}
-		info.KeyType = ulong(kt[0].Value)
+	info := ObjectInfo{Handle: h, Class: ulong(attrs[0].Value), Label: string(attrs[1].Value)}
+	var more []*pkcs11.Attribute
+	switch info.Class {
+	case pkcs11.CKO_SECRET_KEY, pkcs11.CKO_PRIVATE_KEY, pkcs11.CKO_PUBLIC_KEY:
+		more = []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_ID, nil), pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, nil)}
+	case pkcs11.CKO_CERTIFICATE:
+		more = []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_ID, nil)}
+	default:
+		return info, nil
+	}
+	got, err := t.p11.GetAttributeValue(s, h, more)
+	if err != nil {
+		return ObjectInfo{}, wrap("C_GetAttributeValue", err)
+	}
+	info.ID = got[0].Value
+	if len(got) > 1 {
+		info.KeyType = ulong(got[1].Value)
 	}
 	return info, nil
 }

@@ -366,14 +366,12 @@ func (t *Token) do(ctx context.Context, o doOpts, fn func(pkcs11.SessionHandle) 
 			}
 			return err
 		}
-		err = fn(s)
+		err = st.use(s, fn)
 		code, fromToken := Code(err)
-		device := fromToken && IsDeviceFailure(err)
-		st.pool.put(s, fromToken && (isSessionError(code) || device))
 		switch {
 		case err == nil || !fromToken:
 			return err
-		case device:
+		case IsDeviceFailure(err):
 			t.markUnhealthy(err)
 			return err
 		case isSessionError(code) && o.retrySession && !retried:
@@ -388,6 +386,19 @@ func (t *Token) do(ctx context.Context, o doOpts, fn func(pkcs11.SessionHandle) 
 		}
 		return err
 	}
+}
+
+// use runs fn on s, a session borrowed from the pool, and gives it back in
+// a defer, so that not even a panic in fn can keep a pool slot. A session
+// the token called broken, or one fn panicked on (an operation may be left
+// active on it), is closed rather than reused.
+func (st *tokenState) use(s pkcs11.SessionHandle, fn func(pkcs11.SessionHandle) error) (err error) {
+	discard := true
+	defer func() { st.pool.put(s, discard) }()
+	err = fn(s)
+	code, fromToken := Code(err)
+	discard = fromToken && (isSessionError(code) || IsDeviceFailure(err))
+	return err
 }
 
 // onAnchor runs fn on the anchor session; the caller holds loginMu. A broken

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -342,6 +343,50 @@ func TestPoolWaitHonoursDeadline(t *testing.T) {
 	_, _, err = tok.EncryptGCM(c2, ref, []byte("x"), nil)
 	require.ErrorIs(t, err, context.DeadlineExceeded)
 	close(hold)
+}
+
+// TestPanicInACallKeepsThePoolWhole: a callback that panics while holding
+// a session must not cost the pool a slot. More panics than the pool has
+// slots, then every slot is borrowed at once: with a leak the last borrow
+// would wait for ever (here: until its deadline).
+func TestPanicInACallKeepsThePoolWhole(t *testing.T) {
+	const size = 2
+	tok, f, _ := withFaults(t, size)
+	for i := range 2 * size {
+		t.Run(fmt.Sprintf("panic %d", i+1), func(t *testing.T) {
+			assert.PanicsWithValue(t, "boom", func() {
+				_ = tok.HoldSessionForTest(ctx(t), func() { panic("boom") })
+			})
+		})
+	}
+	assert.Zero(t, tok.OpenSessions(), "a session a callback panicked on is closed, not reused")
+
+	c, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	held, release := make(chan struct{}, size), make(chan struct{})
+	errs := make(chan error, size)
+	for range size {
+		go func() {
+			errs <- tok.HoldSessionForTest(c, func() { held <- struct{}{}; <-release })
+		}()
+	}
+	for range size { // every slot is held at once
+		select {
+		case <-held:
+		case err := <-errs:
+			close(release)
+			t.Fatalf("a pool slot was lost: %v", err)
+		}
+	}
+	assert.Equal(t, size, tok.OpenSessions())
+	close(release)
+	for range size {
+		require.NoError(t, <-errs)
+	}
+	ref := newKey(t, tok, "after-panic")
+	_, _, err := tok.EncryptGCM(ctx(t), ref, []byte("x"), nil)
+	require.NoError(t, err)
+	assert.Equal(t, tok.OpenSessions()+1, f.Calls("C_OpenSession")-f.Calls("C_CloseSession"), "no session leaked")
 }
 
 func TestKilledSessionIsReplacedTransparently(t *testing.T) {

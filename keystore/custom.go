@@ -63,7 +63,8 @@ var ErrInvalidState = errors.New("keystore: key store is not in a state that all
 // custom is the connection side of a custom key store's Store.
 type custom struct {
 	cluster Cluster
-	mu      sync.Mutex // serialises connect and disconnect
+	guard   *Safeguards // nil: no identity check, no token.object copies
+	mu      sync.Mutex  // serialises connect and disconnect
 	state   atomic.Pointer[status]
 }
 
@@ -100,7 +101,8 @@ func Classify(err error) ErrorCode {
 	switch {
 	case err == nil:
 		return ""
-	case errors.Is(err, hsm.ErrModuleLoad), errors.Is(err, hsm.ErrTokenNotFound), errors.Is(err, errWrongDevice):
+	case errors.Is(err, hsm.ErrModuleLoad), errors.Is(err, hsm.ErrTokenNotFound), errors.Is(err, errWrongDevice),
+		errors.Is(err, ErrWrongToken):
 		return ClusterNotFound
 	case errors.Is(err, hsm.ErrTokenNotPresent):
 		return InsufficientHSMs
@@ -164,10 +166,10 @@ func Probe(c Cluster) (hsm.TokenInfo, error) {
 
 // AddCustom registers a custom key store backed by cluster, DISCONNECTED.
 func (m *Manager) AddCustom(id string, cluster Cluster) *Store {
-	s := &Store{id: id, custom: &custom{cluster: cluster}}
-	s.set(Disconnected, "")
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	s := &Store{id: id, custom: &custom{cluster: cluster, guard: m.guard}}
+	s.set(Disconnected, "")
 	next := make(map[string]*Store, len(*m.stores.Load())+1)
 	for k, v := range *m.stores.Load() {
 		next[k] = v
@@ -230,13 +232,27 @@ func (s *Store) BeginConnect() (bool, error) {
 // random one that only hsmkms knows. The store ends CONNECTED, or FAILED
 // with the ErrorCode that says why. Call after BeginConnect.
 func (s *Store) Connect(ctx context.Context, pw Passwords, log hclog.Logger) ErrorCode {
+	return s.connectLocked(ctx, pw, log, true)
+}
+
+// Reconnect is Connect without the rotation: it logs in with the recorded
+// password and leaves it as it is. It is for the stores hsmkms connects
+// again at start because they were connected when it stopped; as in AWS,
+// the password rotates only when a user connects the store. Call after
+// BeginConnect.
+func (s *Store) Reconnect(ctx context.Context, pw Passwords, log hclog.Logger) ErrorCode {
+	return s.connectLocked(ctx, pw, log, false)
+}
+
+func (s *Store) connectLocked(ctx context.Context, pw Passwords, log hclog.Logger, rotate bool) ErrorCode {
 	s.custom.mu.Lock()
 	defer s.custom.mu.Unlock()
 	if log == nil {
 		log = hclog.NewNullLogger()
 	}
-	tok, err := s.connect(ctx, pw)
+	tok, err := s.connect(ctx, pw, log, rotate)
 	if err != nil {
+		err = s.custom.guard.Explain(ctx, s.id, s.custom.cluster.Token, err)
 		code := Classify(err)
 		log.Warn("custom key store connection failed", "store", s.id, "cluster", s.custom.cluster.ID, "code", code, "error", err)
 		s.set(Failed, code)
@@ -248,7 +264,7 @@ func (s *Store) Connect(ctx context.Context, pw Passwords, log hclog.Logger) Err
 	return ""
 }
 
-func (s *Store) connect(ctx context.Context, pw Passwords) (_ *hsm.Token, err error) {
+func (s *Store) connect(ctx context.Context, pw Passwords, log hclog.Logger, rotate bool) (_ *hsm.Token, err error) {
 	c := s.custom.cluster
 	tok, err := hsm.OpenToken(c.Token)
 	if err != nil {
@@ -279,6 +295,10 @@ func (s *Store) connect(ctx context.Context, pw Passwords) (_ *hsm.Token, err er
 	if err != nil {
 		return nil, err
 	}
+	// SoftHSM2 rewrites token.object at every login, failed or not.
+	if err := s.custom.guard.BeforeRewrite(info); err != nil {
+		return nil, err
+	}
 	// A pending password means a rotation was cut short: if it logs in,
 	// the token took it; if the token says it is wrong, the old one still
 	// holds. At most two attempts are spent.
@@ -287,6 +307,7 @@ func (s *Store) connect(ctx context.Context, pw Passwords) (_ *hsm.Token, err er
 		lerr := tok.Login(ctx, pending)
 		switch {
 		case lerr == nil:
+			log.Warn("resolving a password rotation cut short: the token has the new password", "store", s.id)
 			if err := pw.CommitPending(ctx, s.id); err != nil {
 				return nil, err
 			}
@@ -299,12 +320,36 @@ func (s *Store) connect(ctx context.Context, pw Passwords) (_ *hsm.Token, err er
 		if err := tok.Login(ctx, current); err != nil {
 			return nil, err
 		}
+		if pending != "" {
+			log.Warn("resolving a password rotation cut short: the token has the previous password", "store", s.id)
+		}
+	}
+	if err := s.custom.guard.verify(ctx, tok, s.id, c.ID, log); err != nil {
+		return nil, err
+	}
+	if !rotate {
+		if pending != "" && !loggedIn {
+			// Forget the pending password the token never took, so later
+			// connects do not spend an attempt on it: recording the
+			// current one as pending and committing it leaves a password
+			// that logs in at each step.
+			if err := pw.SetPending(ctx, s.id, current); err != nil {
+				return nil, err
+			}
+			if err := pw.CommitPending(ctx, s.id); err != nil {
+				return nil, err
+			}
+		}
+		return tok, nil
 	}
 	next, err := newPassword(info)
 	if err != nil {
 		return nil, err
 	}
 	if err := pw.SetPending(ctx, s.id, next); err != nil {
+		return nil, err
+	}
+	if err := s.custom.guard.BeforeRewrite(info); err != nil {
 		return nil, err
 	}
 	if err := tok.SetPIN(ctx, current, next); err != nil {

@@ -1,16 +1,10 @@
-// Package keystore knows which PKCS#11 token backs which KMS key store and
-// whether that store is connected. The kms package asks it for the token of
-// a key's store and gets either a logged-in token or a reason it cannot
-// have one; it never opens tokens or handles PINs itself.
-//
-// The default key store (ID "") is the token named in the service
-// configuration; it is connected for as long as the service runs.
 package keystore
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/hashicorp/go-hclog"
 	"sync"
 	"sync/atomic"
 
@@ -24,8 +18,9 @@ const DefaultID = ""
 var (
 	// ErrNotFound: no key store with that ID.
 	ErrNotFound = errors.New("keystore: no such key store")
-	// ErrNotConnected: the store exists but has no usable token now.
-	ErrNotConnected = errors.New("keystore: key store not connected")
+	// ErrNotConnected: the store exists but has no token now (a custom
+	// store not connected, a closed store). It is an ErrUnavailable.
+	ErrNotConnected = fmt.Errorf("%w: not connected", ErrUnavailable)
 )
 
 // TokenConfig says which token backs a key store and how to open it; an
@@ -37,17 +32,28 @@ type Store struct {
 	id     string
 	tok    atomic.Pointer[hsm.Token] // nil while disconnected
 	custom *custom                   // nil for the default store
+	// publicKeys caches public keys as DER SPKI by Material.Ref: they are
+	// public, never change, and reading one costs a token call.
+	publicKeys sync.Map
 }
 
 // ID is the key store's ID ("" for the default store).
 func (s *Store) ID() string { return s.id }
 
-// Token returns the store's logged-in token, or ErrNotConnected.
-func (s *Store) Token() (*hsm.Token, error) {
+// token returns the store's logged-in token, or ErrNotConnected. The token
+// never leaves the package: kms works through the Store's methods.
+func (s *Store) token() (*hsm.Token, error) {
 	if t := s.tok.Load(); t != nil {
 		return t, nil
 	}
 	return nil, ErrNotConnected
+}
+
+// Available is nil while the store has a token to work with, else
+// ErrNotConnected. The token may still fail the next call.
+func (s *Store) Available() error {
+	_, err := s.token()
+	return err
 }
 
 // OpenDefault opens the default store's token and logs in with pin.
@@ -65,6 +71,16 @@ func OpenDefault(ctx context.Context, cfg hsm.TokenConfig, pin string) (*Store, 
 	return s, nil
 }
 
+// VerifyIdentity checks that the store's token, logged in, is the one
+// recorded for it (VerifyToken), recording it at first use.
+func (s *Store) VerifyIdentity(ctx context.Context, clusterID string, rec TokenRecords, log hclog.Logger) error {
+	tok, err := s.token()
+	if err != nil {
+		return err
+	}
+	return VerifyToken(ctx, tok, s.id, clusterID, rec, log)
+}
+
 // Close logs out and closes the store's token.
 func (s *Store) Close(ctx context.Context) error {
 	t := s.tok.Swap(nil)
@@ -80,6 +96,8 @@ func (s *Store) Close(ctx context.Context) error {
 type Manager struct {
 	mu     sync.Mutex // serialises writers
 	stores atomic.Pointer[map[string]*Store]
+	guard  *Safeguards // given to the custom stores it registers; guarded by mu
+	vault  vault       // the kmsuser password vault on the default store's token
 }
 
 // NewManager returns a manager holding the default store.

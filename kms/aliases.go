@@ -16,14 +16,18 @@ type AliasInput struct {
 	TargetKeyId string
 }
 
-// checkAliasName applies the rules the model's pattern does not: the
-// "alias/" prefix and the reserved "alias/aws/" namespace.
+// checkAliasName applies the rules the model's pattern does not, as AWS
+// answers them for CreateAlias, UpdateAlias and DeleteAlias alike, before
+// anything is looked up: a name without the "alias/" prefix is malformed
+// (ValidationException), and the "alias/aws/" namespace belongs to AWS
+// managed keys, which no caller may create, move or delete
+// (NotAuthorizedException, no message).
 func checkAliasName(name string) error {
 	if !strings.HasPrefix(name, "alias/") || name == "alias/" {
-		return wire.Errorf(wire.InvalidAliasName, "Alias must start with the prefix \"alias/\". Please see https://docs.aws.amazon.com/kms/latest/developerguide/kms-alias.html")
+		return wire.Errorf(wire.Validation, "Alias must start with the prefix \"alias/\". Please see https://docs.aws.amazon.com/kms/latest/developerguide/kms-alias.html")
 	}
 	if strings.HasPrefix(name, "alias/aws/") {
-		return wire.Errorf(wire.InvalidAliasName, "Cannot create alias with prefix 'alias/aws/'")
+		return &wire.Error{Type: wire.NotAuthorized}
 	}
 	return nil
 }

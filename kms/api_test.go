@@ -370,7 +370,7 @@ func TestTags(t *testing.T) {
 		many[i] = types.Tag{TagKey: aws.String(fmt.Sprintf("k%02d", i)), TagValue: aws.String("v")}
 	}
 	_, err = c.TagResource(bg(), &awskms.TagResourceInput{KeyId: &id, Tags: many})
-	requireAPIError(t, err, "LimitExceededException", "")
+	requireAPIError(t, err, "TagException", "Too many tags")
 }
 
 func TestListKeysPaginates(t *testing.T) {
@@ -492,11 +492,15 @@ func TestRestartPersistence(t *testing.T) {
 }
 
 // Operations not implemented yet are authorized on the key they name
-// like the real call, and then answer UnsupportedOperationException.
+// like the real call, and then answer UnsupportedOperationException: the
+// import operations with AWS's answer for a key that is not EXTERNAL
+// (hsmkms has no other), the rest saying hsmkms lacks them.
 func TestUnsupportedOperations(t *testing.T) {
 	e := newEnv(t)
 	c := e.admin()
 	id := e.createKey(c)
+	wrongOrigin := arn(id) + " origin is AWS_KMS which is not valid for this operation."
+	want := map[string]string{"GetParametersForImport": wrongOrigin, "ImportKeyMaterial": wrongOrigin, "DeleteImportedKeyMaterial": wrongOrigin}
 	for op, call := range map[string]func() error{
 		"GetParametersForImport": func() error {
 			_, err := c.GetParametersForImport(bg(), &awskms.GetParametersForImportInput{KeyId: &id,
@@ -525,7 +529,11 @@ func TestUnsupportedOperations(t *testing.T) {
 		},
 	} {
 		t.Run(op, func(t *testing.T) {
-			requireAPIError(t, call(), "UnsupportedOperationException", op+" is not supported by hsmkms.")
+			msg, ok := want[op]
+			if !ok {
+				msg = op + " is not supported by hsmkms."
+			}
+			requireAPIError(t, call(), "UnsupportedOperationException", msg)
 		})
 	}
 	_, err := c.ReplicateKey(bg(), &awskms.ReplicateKeyInput{KeyId: aws.String("alias/none"), ReplicaRegion: aws.String("us-east-2")})

@@ -9,6 +9,7 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -343,7 +344,7 @@ func TestRSAEncryption(t *testing.T) {
 			assert.Equal(t, []byte("from Go"), dec.Plaintext)
 
 			_, err = c.Encrypt(bg(), &awskms.EncryptInput{KeyId: &id, Plaintext: append(plain, 0), EncryptionAlgorithm: alg})
-			requireAPIError(t, err, "ValidationException", "")
+			requireAPIError(t, err, "ValidationException", fmt.Sprintf("Algorithm %s and key spec %s cannot encrypt data larger than %d bytes.", alg, spec, max))
 			bad := bytes.Clone(enc.CiphertextBlob)
 			bad[10] ^= 1
 			_, err = c.Decrypt(bg(), &awskms.DecryptInput{KeyId: &id, CiphertextBlob: bad, EncryptionAlgorithm: alg})
@@ -358,6 +359,17 @@ func TestRSAEncryption(t *testing.T) {
 		_, err = c.Encrypt(bg(), &awskms.EncryptInput{KeyId: &id, Plaintext: []byte("x"), EncryptionAlgorithm: "RSAES_OAEP_SHA_1",
 			EncryptionContext: map[string]string{"a": "b"}})
 		requireAPIError(t, err, "ValidationException", "")
+
+		// An RSA key does not rotate (UnsupportedOperationException, no
+		// message), and its state is checked first.
+		_, err = c.RotateKeyOnDemand(bg(), &awskms.RotateKeyOnDemandInput{KeyId: &id})
+		requireAPIErrorNoMessage(t, err, "UnsupportedOperationException")
+		_, err = c.DisableKey(bg(), &awskms.DisableKeyInput{KeyId: &id})
+		require.NoError(t, err)
+		_, err = c.RotateKeyOnDemand(bg(), &awskms.RotateKeyOnDemandInput{KeyId: &id})
+		requireAPIError(t, err, "DisabledException", arn(id)+" is disabled.")
+		_, err = c.EnableKey(bg(), &awskms.EnableKeyInput{KeyId: &id})
+		require.NoError(t, err)
 	}
 
 	// ReEncrypt moves between symmetric and RSA keys both ways.
@@ -450,7 +462,7 @@ func TestDeriveSharedSecret(t *testing.T) {
 
 		for _, bad := range [][]byte{{0x30, 0x00}, []byte("not a key"), pk.PublicKey[:len(pk.PublicKey)-1]} {
 			_, err = c.DeriveSharedSecret(bg(), &awskms.DeriveSharedSecretInput{KeyId: &id, KeyAgreementAlgorithm: types.KeyAgreementAlgorithmSpecEcdh, PublicKey: bad})
-			requireAPIError(t, err, "ValidationException", "")
+			requireAPIErrorNoMessage(t, err, "ValidationException")
 		}
 	}
 	// A peer on another curve is refused before the token sees it.
@@ -460,7 +472,7 @@ func TestDeriveSharedSecret(t *testing.T) {
 	otherDER, err := x509.MarshalPKIXPublicKey(other.PublicKey())
 	require.NoError(t, err)
 	_, err = c.DeriveSharedSecret(bg(), &awskms.DeriveSharedSecretInput{KeyId: &p256, KeyAgreementAlgorithm: types.KeyAgreementAlgorithmSpecEcdh, PublicKey: otherDER})
-	requireAPIError(t, err, "ValidationException", "")
+	requireAPIErrorNoMessage(t, err, "ValidationException")
 	_, err = c.DeriveSharedSecret(bg(), &awskms.DeriveSharedSecretInput{KeyId: &p256, KeyAgreementAlgorithm: types.KeyAgreementAlgorithmSpecEcdh, PublicKey: otherDER,
 		Recipient: &types.RecipientInfo{AttestationDocument: []byte("doc"), KeyEncryptionAlgorithm: types.KeyEncryptionMechanismRsaesOaepSha256}})
 	requireAPIError(t, err, "UnsupportedOperationException", "")

@@ -113,12 +113,12 @@ func (a access) actionFor(r *Request) string {
 }
 
 // key finds the key keyID names, authorizes a's action on it for r, and
-// applies the operation's key-state rule: the one way an operation on a
-// key gets its key. Keys are regional: an ARN for another Region names no
-// key this caller can see. Another account's key is found only for the
-// operations AWS allows across accounts, and then, whether it exists or
-// not, a caller its policies do not admit learns nothing but
-// AccessDeniedException.
+// applies the operation's key-state rule and then the origin it needs: the
+// one way an operation on a key gets its key. Keys are regional: an ARN
+// for another Region is refused as invalid (parseKeyID). Another account's
+// key is found only for the operations AWS allows across accounts, and
+// then, whether it exists or not, a caller its policies do not admit
+// learns nothing but AccessDeniedException.
 func (s *Service) key(ctx context.Context, r *Request, keyID string, a access) (*store.Key, error) {
 	k, alias, err := s.lookupKey(ctx, r, keyID, r.op.aliases, a)
 	if err != nil {
@@ -136,6 +136,9 @@ func (s *Service) key(ctx context.Context, r *Request, keyID string, a access) (
 	if err := s.checkState(k, r.op.states); err != nil {
 		return nil, err
 	}
+	if r.op.origin != "" && k.Origin != r.op.origin {
+		return nil, wrongOrigin(k)
+	}
 	return k, nil
 }
 
@@ -151,7 +154,7 @@ func (s *Service) lookupKey(ctx context.Context, r *Request, keyID string, allow
 	}
 	cross := ref.Account != r.Caller.Account
 	if ref.Alias != "" {
-		if ref.Region != r.Caller.Region || (cross && !r.op.crossAccount) {
+		if cross && !r.op.crossAccount {
 			return nil, "", aliasNotFound(r, ref.Alias)
 		}
 		al, err := s.store.GetAlias(ctx, ref.Account, ref.Region, ref.Alias)
@@ -166,7 +169,7 @@ func (s *Service) lookupKey(ctx context.Context, r *Request, keyID string, allow
 		}
 		ref.ID = al.TargetKeyID
 	}
-	if ref.Region != r.Caller.Region || (cross && !r.op.crossAccount) {
+	if cross && !r.op.crossAccount {
 		return nil, "", keyNotFound(ref.Region, ref.Account, ref.ID)
 	}
 	k, err := s.store.GetKey(ctx, ref.Account, ref.Region, ref.ID)

@@ -5,7 +5,7 @@ import (
 	"errors"
 	"sort"
 
-	"github.com/hsmkms/hsmkms/hsm"
+	"github.com/hsmkms/hsmkms/keystore"
 )
 
 // The ciphertext blob of a symmetric KMS key (format version 1):
@@ -27,7 +27,7 @@ import (
 const (
 	blobVersion      = 1
 	materialIDSize   = 32
-	minBlobSize      = 1 + 1 + 1 + 16 + materialIDSize + hsm.GCMIVSize + hsm.GCMTagSize
+	minBlobSize      = 1 + 1 + 1 + 16 + materialIDSize + keystore.GCMIVSize + keystore.GCMTagSize
 	maxBlobNameField = 64
 )
 
@@ -81,7 +81,7 @@ func parseBlob(b []byte) (*blob, error) {
 	}
 	account, ok1 := field()
 	region, ok2 := field()
-	if !ok1 || !ok2 || len(b)-p < 16+materialIDSize+hsm.GCMIVSize+hsm.GCMTagSize {
+	if !ok1 || !ok2 || len(b)-p < 16+materialIDSize+keystore.GCMIVSize+keystore.GCMTagSize {
 		return nil, errBadBlob
 	}
 	bl := &blob{Account: account, Region: region}
@@ -90,8 +90,8 @@ func parseBlob(b []byte) (*blob, error) {
 	bl.MaterialID = b[p : p+materialIDSize]
 	p += materialIDSize
 	bl.header = b[:p]
-	bl.IV = b[p : p+hsm.GCMIVSize]
-	bl.Sealed = b[p+hsm.GCMIVSize:]
+	bl.IV = b[p : p+keystore.GCMIVSize]
+	bl.Sealed = b[p+keystore.GCMIVSize:]
 	return bl, nil
 }
 

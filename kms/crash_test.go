@@ -10,6 +10,7 @@ import (
 	awskms "github.com/aws/aws-sdk-go-v2/service/kms"
 	"github.com/hsmkms/hsmkms/hsm"
 	"github.com/hsmkms/hsmkms/kms/store"
+	"github.com/miekg/pkcs11"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -77,7 +78,7 @@ func TestReconcileReportsMissingMaterial(t *testing.T) {
 	tok, err := hsm.OpenToken(hsm.TokenConfig{Module: e.tok.Module, Label: e.tok.Label})
 	require.NoError(t, err)
 	require.NoError(t, tok.Login(bg(), e.tok.UserPIN))
-	objs, err := tok.ListObjects(bg(), 0)
+	objs, err := tok.ListObjects(bg(), pkcs11.CKO_SECRET_KEY)
 	require.NoError(t, err)
 	require.Len(t, objs, 1)
 	require.NoError(t, tok.DestroyObject(bg(), hsm.SecretKeyByID(objs[0].ID)))

@@ -10,7 +10,6 @@ import (
 	"errors"
 	"slices"
 
-	"github.com/hsmkms/hsmkms/hsm"
 	"github.com/hsmkms/hsmkms/keystore"
 	"github.com/hsmkms/hsmkms/kms/store"
 	"github.com/hsmkms/hsmkms/kms/wire"
@@ -51,7 +50,7 @@ func (s *Service) encrypt(ctx context.Context, k *store.Key, alg string, plainte
 	}
 	h := oaepHashes[alg]
 	if max := pub.Size() - 2*h.Size() - 2; len(plaintext) > max {
-		return nil, "", wire.Errorf(wire.Validation, "Plaintext is too long: %s with %s encrypts at most %d bytes.", k.KeySpec, alg, max)
+		return nil, "", wire.Errorf(wire.Validation, "Algorithm %s and key spec %s cannot encrypt data larger than %d bytes.", alg, k.KeySpec, max)
 	}
 	// Encryption needs only the public key, which is public: Go does it,
 	// as any holder of GetPublicKey's output could.
@@ -80,9 +79,9 @@ func (s *Service) seal(ctx context.Context, k *store.Key, plaintext []byte, ec m
 		return nil, "", internalf("key %s has a malformed material id", arnOf(k))
 	}
 	header := appendBlobHeader(nil, k.Account, k.Region, uuid, matID)
-	iv, sealed, err := tok.EncryptGCM(ctx, hsm.SecretKeyByID(m.TokenID), plaintext, additionalData(header, ec))
+	iv, sealed, err := tok.EncryptGCM(ctx, material(k, m), plaintext, additionalData(header, ec))
 	if err != nil {
-		return nil, "", tokenError(k, err)
+		return nil, "", tokenError(err, tokenCall{key: k})
 	}
 	return marshalBlob(header, iv, sealed), m.ID, nil
 }
@@ -111,15 +110,21 @@ type opened struct {
 
 // ciphertextKey resolves and authorizes the key of a ciphertext, without
 // decrypting it. keyID, if given, must name the key it was made under; for
-// RSA keys it and alg are required, as AWS requires them. Every failure to
-// authenticate looks the same to the client: InvalidCiphertextException,
-// with no hint of which part was wrong.
+// RSA keys it and alg are required, as AWS requires them. A named key that
+// cannot have made the ciphertext (another key, or one whose usage is not
+// encryption) is IncorrectKeyException, as AWS answers on the decrypting
+// side, where the encrypting side says InvalidKeyUsageException. Every
+// failure to authenticate looks the same to the client:
+// InvalidCiphertextException, with no hint of which part was wrong.
 func (s *Service) ciphertextKey(ctx context.Context, r *Request, ciphertext []byte, keyID, alg string, ec map[string]string, a access) (*sealed, error) {
 	var named *store.Key
 	if keyID != "" {
-		k, err := s.usableKey(ctx, r, keyID, usageEncrypt, a)
+		k, err := s.usableKey(ctx, r, keyID, "", a)
 		if err != nil {
 			return nil, err
+		}
+		if k.KeyUsage != usageEncrypt {
+			return nil, incorrectKey()
 		}
 		if keySpecs[k.KeySpec].asymmetric() {
 			return rsaCiphertext(k, ciphertext, alg, ec)
@@ -141,7 +146,7 @@ func (s *Service) ciphertextKey(ctx context.Context, r *Request, ciphertext []by
 	k := named
 	if k != nil {
 		if k.ID != blobKey || k.Account != b.Account || k.Region != b.Region {
-			return nil, wire.Errorf(wire.IncorrectKey, "The key ID in the request does not identify a CMK that can perform this operation.")
+			return nil, incorrectKey()
 		}
 	} else {
 		if b.Region != r.Caller.Region {
@@ -149,7 +154,7 @@ func (s *Service) ciphertextKey(ctx context.Context, r *Request, ciphertext []by
 		}
 		// The blob names its key's account: another account's key is
 		// looked up (and authorized) as if named by its ARN.
-		k, err = s.usableKey(ctx, r, keyARN(b.Region, b.Account, blobKey), usageEncrypt, a)
+		k, err = s.usableKey(ctx, r, keyARN(b.Region, b.Account, blobKey), "", a)
 		if err != nil {
 			var we *wire.Error
 			if errors.As(err, &we) && we.Type == wire.NotFound {
@@ -157,8 +162,8 @@ func (s *Service) ciphertextKey(ctx context.Context, r *Request, ciphertext []by
 			}
 			return nil, err
 		}
-		if keySpecs[k.KeySpec].asymmetric() {
-			return nil, invalidCiphertext()
+		if k.KeyUsage != usageEncrypt || keySpecs[k.KeySpec].asymmetric() {
+			return nil, invalidCiphertext() // no key of hsmkms's made this blob
 		}
 	}
 	want := hexID(b.MaterialID)
@@ -194,15 +199,12 @@ func (s *Service) decrypt(ctx context.Context, in *sealed) (*opened, error) {
 	}
 	var plain []byte
 	if in.blob != nil {
-		plain, err = tok.DecryptGCM(ctx, hsm.SecretKeyByID(in.material.TokenID), in.blob.IV, in.blob.Sealed, additionalData(in.blob.header, in.ec))
+		plain, err = tok.DecryptGCM(ctx, material(k, *in.material), in.blob.IV, in.blob.Sealed, additionalData(in.blob.header, in.ec))
 	} else {
-		plain, err = tok.DecryptOAEP(ctx, currentTokenID(k), in.hash, in.ciphertext)
-	}
-	if errors.Is(err, hsm.ErrInvalidCiphertext) {
-		return nil, invalidCiphertext()
+		plain, err = tok.DecryptOAEP(ctx, currentMaterial(k), in.hash, in.ciphertext)
 	}
 	if err != nil {
-		return nil, tokenError(k, err)
+		return nil, tokenError(err, tokenCall{key: k})
 	}
 	o := &opened{key: k, plaintext: plain, alg: in.alg}
 	if in.material != nil {
@@ -210,9 +212,6 @@ func (s *Service) decrypt(ctx context.Context, in *sealed) (*opened, error) {
 	}
 	return o, nil
 }
-
-// currentTokenID is the CKA_ID of k's current material.
-func currentTokenID(k *store.Key) []byte { return k.Materials[len(k.Materials)-1].TokenID }
 
 // rsaPublicKey is k's RSA public key, read from the token once.
 func (s *Service) rsaPublicKey(ctx context.Context, k *store.Key) (*rsa.PublicKey, error) {
@@ -231,26 +230,25 @@ func (s *Service) rsaPublicKey(ctx context.Context, k *store.Key) (*rsa.PublicKe
 	return rpub, nil
 }
 
-// publicKeyDER is k's public key as DER SubjectPublicKeyInfo. Public keys
-// never change, so each is read from the token once and kept.
+// publicKeyDER is k's public key as DER SubjectPublicKeyInfo (read from the
+// token once: the key store caches public keys).
 func (s *Service) publicKeyDER(ctx context.Context, k *store.Key) ([]byte, error) {
-	id := currentTokenID(k)
-	if der, ok := s.publicKeys.Load(string(id)); ok {
-		return der.([]byte), nil
-	}
 	tok, err := s.token(k)
 	if err != nil {
 		return nil, err
 	}
-	der, err := tok.PublicKeyDER(ctx, id)
+	der, err := tok.PublicKey(ctx, currentMaterial(k))
 	if err != nil {
-		return nil, tokenError(k, err)
+		return nil, tokenError(err, tokenCall{key: k})
 	}
-	s.publicKeys.Store(string(id), der)
 	return der, nil
 }
 
 func invalidCiphertext() error { return &wire.Error{Type: wire.InvalidCiphertext, Message: ""} }
+
+func incorrectKey() error {
+	return wire.Errorf(wire.IncorrectKey, "The key ID in the request does not identify a CMK that can perform this operation.")
+}
 
 type EncryptInput struct {
 	KeyId               string
@@ -428,7 +426,7 @@ func (s *Service) generateDataKey(ctx context.Context, r *Request, in *GenerateD
 	}
 	plain, err := tok.GenerateRandom(ctx, n)
 	if err != nil {
-		return nil, tokenError(k, err)
+		return nil, tokenError(err, tokenCall{key: k})
 	}
 	blob, material, err := s.seal(ctx, k, plain, in.EncryptionContext)
 	if err != nil {
@@ -458,6 +456,12 @@ func (s *Service) GenerateRandom(ctx context.Context, r *Request, in *GenerateRa
 	if in.Recipient != nil {
 		return nil, wire.Errorf(wire.UnsupportedOperation, "Recipient (Nitro Enclaves attestation) is not supported by hsmkms.")
 	}
+	// Optional in the model, required by the operation: a fault of the
+	// request alone, refused before the key store is looked up. (0 is
+	// below the model's minimum, so wire has refused an explicit 0.)
+	if in.NumberOfBytes == 0 {
+		return nil, wire.Errorf(wire.Validation, "NumberOfBytes is required.")
+	}
 	ks := s.keystores.Default()
 	if in.CustomKeyStoreId != "" {
 		_, live, err := s.keyStore(ctx, r, in.CustomKeyStoreId)
@@ -469,21 +473,12 @@ func (s *Service) GenerateRandom(ctx context.Context, r *Request, in *GenerateRa
 		}
 		ks = live
 	}
-	if in.NumberOfBytes == 0 {
-		return nil, wire.Errorf(wire.Validation, "1 validation error detected: Value null at 'numberOfBytes' failed to satisfy constraint: Member must not be null")
-	}
 	if err := r.proceed(); err != nil {
 		return nil, err
 	}
-	tok, err := ks.Token()
-	if err != nil && in.CustomKeyStoreId != "" {
-		return nil, keyStoreInvalidState(in.CustomKeyStoreId, keystore.Disconnected, "CONNECTED")
-	} else if err != nil {
-		return nil, err
-	}
-	b, err := tok.GenerateRandom(ctx, in.NumberOfBytes)
+	b, err := ks.GenerateRandom(ctx, in.NumberOfBytes)
 	if err != nil {
-		return nil, err
+		return nil, tokenError(err, tokenCall{storeID: in.CustomKeyStoreId})
 	}
 	return &GenerateRandomOutput{Plaintext: b}, nil
 }

@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/hsmkms/hsmkms/hsm"
 	"github.com/hsmkms/hsmkms/keystore"
 	"github.com/hsmkms/hsmkms/kms/store"
 	"github.com/hsmkms/hsmkms/kms/wire"
@@ -26,10 +25,6 @@ const (
 	originCloudHSM        = "AWS_CLOUDHSM"
 	connectTimeout        = 60 * time.Second
 )
-
-// passwordKeyID names the AES key on the default token under which
-// kmsuser passwords are stored: they are never in clear at rest.
-var passwordKeyID = []byte("hsmkms:key-store-passwords")
 
 func keyStoreNotFound(id string) error {
 	return wire.Errorf(wire.CustomKeyStoreNotFound, "Custom key store '%s' does not exist.", id)
@@ -115,7 +110,7 @@ func (s *Service) CreateCustomKeyStore(ctx context.Context, r *Request, in *Crea
 	id := newKeyStoreID()
 	enc, err := s.sealPassword(ctx, id, in.KeyStorePassword)
 	if err != nil {
-		return nil, err
+		return nil, tokenError(err, tokenCall{})
 	}
 	err = s.store.CreateKeyStore(ctx, &store.KeyStore{
 		ID: id, Account: r.Caller.Account, Region: r.Caller.Region, Name: in.CustomKeyStoreName,
@@ -249,15 +244,22 @@ func (s *Service) ConnectCustomKeyStore(ctx context.Context, r *Request, in *Cus
 		live.Disconnect(ctx)
 		return nil, err
 	}
-	s.connectInBackground(live)
+	s.connectInBackground(live, true)
 	return &Empty{}, nil
 }
 
-func (s *Service) connectInBackground(live *keystore.Store) {
+// connectInBackground connects live, rotating its password if rotate (a
+// user's ConnectCustomKeyStore), else logging in with the current one (a
+// store reconnected at start).
+func (s *Service) connectInBackground(live *keystore.Store, rotate bool) {
 	s.goBackground(func() {
 		ctx, cancel := context.WithTimeout(s.life, connectTimeout)
 		defer cancel()
-		live.Connect(ctx, storePasswords{s}, s.log)
+		if rotate {
+			live.Connect(ctx, storePasswords{s}, s.log)
+		} else {
+			live.Reconnect(ctx, storePasswords{s}, s.log)
+		}
 	})
 }
 
@@ -310,7 +312,7 @@ func (s *Service) UpdateCustomKeyStore(ctx context.Context, r *Request, in *Upda
 		password := in.KeyStorePassword
 		if password == "" {
 			if password, err = s.openPassword(ctx, ks.ID, ks.Password); err != nil {
-				return nil, err
+				return nil, tokenError(err, tokenCall{})
 			}
 		}
 		if err := s.checkRelated(ctx, ks, newCluster, password); err != nil {
@@ -320,7 +322,7 @@ func (s *Service) UpdateCustomKeyStore(ctx context.Context, r *Request, in *Upda
 	var enc []byte
 	if in.KeyStorePassword != "" {
 		if enc, err = s.sealPassword(ctx, ks.ID, in.KeyStorePassword); err != nil {
-			return nil, err
+			return nil, tokenError(err, tokenCall{})
 		}
 	}
 	_, err = s.store.UpdateKeyStore(ctx, ks.ID, func(k *store.KeyStore) error {
@@ -352,35 +354,27 @@ func (s *Service) UpdateCustomKeyStore(ctx context.Context, r *Request, in *Upda
 }
 
 // checkRelated is AWS's rule that a replacement cluster must hold the same
-// key store: every token object of the store's keys must be on the new
-// token, found by CKA_ID after logging in with the store's password.
+// key store: every material version of the store's keys must be on the new
+// token, logged in with the store's password (keystore.Manager.CheckRelated).
 func (s *Service) checkRelated(ctx context.Context, ks *store.KeyStore, cl keystore.Cluster, password string) error {
-	var ids [][]byte
+	var ms []keystore.Material
 	err := s.store.ForEachKey(ctx, func(k *store.Key) error {
 		if k.CustomKeyStoreID == ks.ID {
 			for _, m := range k.Materials {
-				ids = append(ids, m.TokenID)
+				ms = append(ms, material(k, m))
 			}
 		}
 		return nil
 	})
-	if err != nil || len(ids) == 0 {
+	if err != nil {
 		return err
 	}
-	notRelated := wire.Errorf(wire.CloudHsmClusterNotRelated, "The cluster %s is not related to the cluster of custom key store %s: it does not hold the store's keys.", cl.ID, ks.ID)
-	tok, err := hsm.OpenToken(cl.Token)
+	err = s.keystores.CheckRelated(ctx, cl, password, ms)
+	if errors.Is(err, keystore.ErrNotRelated) {
+		return wire.Errorf(wire.CloudHsmClusterNotRelated, "The cluster %s is not related to the cluster of custom key store %s: it does not hold the store's keys.", cl.ID, ks.ID)
+	}
 	if err != nil {
 		return probeError(cl.ID, err)
-	}
-	defer tok.Close()
-	if err := tok.Login(ctx, password); err != nil {
-		return notRelated
-	}
-	defer tok.Logout(ctx)
-	for _, id := range ids {
-		if _, err := tok.FindObject(ctx, hsm.SecretKeyByID(id)); err != nil {
-			return notRelated
-		}
 	}
 	return nil
 }
@@ -421,7 +415,7 @@ func (s *Service) registerKeyStores(ctx context.Context) error {
 		cl, ok := s.clusters[ks.ClusterID]
 		if !ok {
 			// Connecting will report CLUSTER_NOT_FOUND.
-			cl = keystore.Cluster{ID: ks.ClusterID, Token: hsm.TokenConfig{Module: "/nonexistent-cluster/" + ks.ClusterID, Label: ks.ClusterID}}
+			cl = keystore.Cluster{ID: ks.ClusterID, Token: keystore.TokenConfig{Module: "/nonexistent-cluster/" + ks.ClusterID, Label: ks.ClusterID}}
 			s.log.Warn("custom key store's cluster is no longer declared", "store", ks.ID, "cluster", ks.ClusterID)
 		}
 		live := s.keystores.AddCustom(ks.ID, cl)
@@ -433,67 +427,33 @@ func (s *Service) registerKeyStores(ctx context.Context) error {
 }
 
 // reconnectKeyStores connects, in the background, the stores that were
-// connected when the service last stopped.
+// connected when the service last stopped. It does not rotate their
+// passwords: as in AWS, only a user's ConnectCustomKeyStore does, and each
+// rotation is a write to the token that a crash could cut short.
 func (s *Service) reconnectKeyStores() {
 	for _, live := range s.reconnect {
 		if started, _ := live.BeginConnect(); started {
-			s.connectInBackground(live)
+			s.connectInBackground(live, false)
 		}
 	}
 	s.reconnect = nil
 }
 
-// Password encryption. The kmsuser password is sealed with AES-GCM under
-// a key on the default token; the key store id is the additional data, so
-// a sealed password cannot be moved to another store.
-
-func (s *Service) passwordKey(ctx context.Context) (*hsm.Token, hsm.ObjectRef, error) {
-	tok, err := s.keystores.Default().Token()
-	if err != nil {
-		return nil, hsm.ObjectRef{}, err
-	}
-	ref := hsm.SecretKeyByID(passwordKeyID)
-	// Two first connects must not both generate the key.
-	s.passwordKeyMu.Lock()
-	defer s.passwordKeyMu.Unlock()
-	if _, err := tok.FindObject(ctx, ref); errors.Is(err, hsm.ErrObjectNotFound) {
-		if _, err := tok.GenerateAESKey(ctx, passwordKeyID, "hsmkms key store passwords", hsm.UsageEncrypt|hsm.UsageDecrypt); err != nil {
-			return nil, ref, err
-		}
-	} else if err != nil {
-		return nil, ref, err
-	}
-	return tok, ref, nil
-}
+// The kmsuser password is sealed by keystore's vault (on the default token,
+// bound to the key store id) before it reaches the metadata. Errors keep
+// the token's: on a request's path they go through tokenError, during a
+// connect keystore.Classify turns them into a ConnectionErrorCode.
 
 func (s *Service) sealPassword(ctx context.Context, storeID, password string) ([]byte, error) {
-	tok, ref, err := s.passwordKey(ctx)
-	if err != nil {
-		return nil, err
-	}
-	iv, sealed, err := tok.EncryptGCM(ctx, ref, []byte(password), []byte("kmsuser password for "+storeID))
-	if err != nil {
-		return nil, err
-	}
-	return append(iv, sealed...), nil
+	return s.keystores.SealPassword(ctx, storeID, password)
 }
 
 func (s *Service) openPassword(ctx context.Context, storeID string, enc []byte) (string, error) {
-	if len(enc) == 0 {
-		return "", nil
-	}
-	if len(enc) < hsm.GCMIVSize+hsm.GCMTagSize {
-		return "", internalf("key store %s: sealed password too short", storeID)
-	}
-	tok, ref, err := s.passwordKey(ctx)
-	if err != nil {
-		return "", err
-	}
-	plain, err := tok.DecryptGCM(ctx, ref, enc[:hsm.GCMIVSize], enc[hsm.GCMIVSize:], []byte("kmsuser password for "+storeID))
+	pw, err := s.keystores.OpenPassword(ctx, storeID, enc)
 	if err != nil {
 		return "", internalf("key store %s: opening the stored password: %w", storeID, err)
 	}
-	return string(plain), nil
+	return pw, nil
 }
 
 // storePasswords is keystore.Passwords on the metadata store.

@@ -101,7 +101,7 @@ func TestCustomKeyStoreLifecycle(t *testing.T) {
 	// The key lives on the cluster's token, labelled with its ARN.
 	h, err := hsm.OpenToken(hsm.TokenConfig{Module: tok.Module, Label: tok.Label, PoolSize: 1})
 	require.NoError(t, err)
-	objs, err := h.ListObjects(bg(), 0)
+	objs, err := h.ListObjects(bg(), pkcs11.CKO_SECRET_KEY)
 	h.Close()
 	require.NoError(t, err)
 	require.Len(t, objs, 1)

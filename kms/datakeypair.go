@@ -2,11 +2,8 @@ package kms
 
 import (
 	"context"
-	"crypto/ed25519"
-	"crypto/x509"
-	"errors"
 
-	"github.com/hsmkms/hsmkms/hsm"
+	"github.com/hsmkms/hsmkms/keystore"
 	"github.com/hsmkms/hsmkms/kms/store"
 	"github.com/hsmkms/hsmkms/kms/wire"
 )
@@ -29,15 +26,13 @@ type GenerateDataKeyPairOutput struct {
 	PublicKey                []byte
 }
 
-// dataKeyPairs maps DataKeyPairSpec to the pair the token generates.
-// Ed25519 is absent: its key is a 32-byte seed, taken from the token's RNG.
-var dataKeyPairs = map[string]hsm.KeyPairSpec{
-	"RSA_2048": hsm.RSA2048, "RSA_3072": hsm.RSA3072, "RSA_4096": hsm.RSA4096,
-	"ECC_NIST_P256": hsm.ECP256, "ECC_NIST_P384": hsm.ECP384, "ECC_NIST_P521": hsm.ECP521,
-	"ECC_SECG_P256K1": hsm.ECSecp256k1,
+// dataKeyPairs maps DataKeyPairSpec to the pair the key store makes (an
+// Ed25519 key is a 32-byte seed from the token's RNG).
+var dataKeyPairs = map[string]keystore.Spec{
+	"RSA_2048": keystore.RSA2048, "RSA_3072": keystore.RSA3072, "RSA_4096": keystore.RSA4096,
+	"ECC_NIST_P256": keystore.ECP256, "ECC_NIST_P384": keystore.ECP384, "ECC_NIST_P521": keystore.ECP521,
+	"ECC_SECG_P256K1": keystore.ECSecp256k1, "ECC_NIST_EDWARDS25519": keystore.Ed25519,
 }
-
-const specEd25519 = "ECC_NIST_EDWARDS25519"
 
 func (s *Service) GenerateDataKeyPair(ctx context.Context, r *Request, in *GenerateDataKeyPairInput) (*GenerateDataKeyPairOutput, error) {
 	if in.Recipient != nil {
@@ -55,7 +50,7 @@ func (s *Service) GenerateDataKeyPairWithoutPlaintext(ctx context.Context, r *Re
 // and in plaintext if asked.
 func (s *Service) generateDataKeyPair(ctx context.Context, r *Request, in *GenerateDataKeyPairInput, withPlaintext bool) (*GenerateDataKeyPairOutput, error) {
 	pair, ok := dataKeyPairs[in.KeyPairSpec]
-	if !ok && in.KeyPairSpec != specEd25519 {
+	if !ok {
 		return nil, wire.Errorf(wire.UnsupportedOperation, "KeyPairSpec %s is not supported by hsmkms: PKCS#11 2.40 defines no SM2 mechanism.", in.KeyPairSpec)
 	}
 	a := cryptoAccess("", in.EncryptionContext, algSymmetric)
@@ -70,12 +65,7 @@ func (s *Service) generateDataKeyPair(ctx context.Context, r *Request, in *Gener
 	if err != nil {
 		return nil, err
 	}
-	var private, public []byte
-	if ok {
-		private, public, err = tok.GenerateDataKeyPair(ctx, pair)
-	} else {
-		private, public, err = ed25519Pair(ctx, tok)
-	}
+	private, public, err := tok.GenerateDataKeyPair(ctx, pair)
 	if err != nil {
 		return nil, s.dataKeyPairError(k, in.KeyPairSpec, err)
 	}
@@ -95,26 +85,5 @@ func (s *Service) generateDataKeyPair(ctx context.Context, r *Request, in *Gener
 }
 
 func (s *Service) dataKeyPairError(k *store.Key, spec string, err error) error {
-	if errors.Is(err, hsm.ErrMechanismNotSupported) {
-		return wire.Errorf(wire.UnsupportedOperation, "KeyPairSpec %s is not supported by this key store's token.", spec)
-	}
-	return tokenError(k, err)
-}
-
-// ed25519Pair makes an Ed25519 key pair from a seed drawn from the token.
-func ed25519Pair(ctx context.Context, tok *hsm.Token) (private, public []byte, err error) {
-	seed, err := tok.GenerateRandom(ctx, ed25519.SeedSize)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer clear(seed)
-	priv := ed25519.NewKeyFromSeed(seed)
-	defer clear(priv)
-	if private, err = x509.MarshalPKCS8PrivateKey(priv); err != nil {
-		return nil, nil, err
-	}
-	if public, err = x509.MarshalPKIXPublicKey(priv.Public()); err != nil {
-		return nil, nil, err
-	}
-	return private, public, nil
+	return tokenError(err, tokenCall{key: k, what: "KeyPairSpec " + spec})
 }

@@ -7,7 +7,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/hsmkms/hsmkms/hsm"
 	"github.com/hsmkms/hsmkms/keystore"
 	"github.com/hsmkms/hsmkms/kms/store"
 	"github.com/hsmkms/hsmkms/kms/wire"
@@ -118,20 +117,15 @@ func (s *Service) destroyMaterial(ctx context.Context, k *store.Key) error {
 	if err := destroyMaterials(ctx, tok, k); err != nil {
 		return internalf("destroy material of %s: %w", arnOf(k), err)
 	}
-	for _, m := range k.Materials {
-		s.publicKeys.Delete(string(m.TokenID))
-	}
 	return nil
 }
 
-// destroyMaterials destroys every token object of every material version
-// of k; objects already gone are not an error, so it can be repeated.
-func destroyMaterials(ctx context.Context, tok *hsm.Token, k *store.Key) error {
+// destroyMaterials destroys every material version of k; versions already
+// gone are not an error, so it can be repeated.
+func destroyMaterials(ctx context.Context, tok *keystore.Store, k *store.Key) error {
 	for _, m := range k.Materials {
-		for _, ref := range materialObjects(k, m.TokenID) {
-			if err := tok.DestroyObject(ctx, ref); err != nil && !errors.Is(err, hsm.ErrObjectNotFound) {
-				return err
-			}
+		if err := tok.Destroy(ctx, material(k, m)); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -175,22 +169,18 @@ type Report struct {
 // decides about those).
 func (s *Service) Reconcile(ctx context.Context) (*Report, error) {
 	r := &Report{}
-	tok, err := s.keystores.Default().Token()
-	if err != nil {
-		return nil, err
-	}
-	objs, err := tok.ListObjects(ctx, 0)
+	tok := s.keystores.Default()
+	objs, err := tok.Inventory(ctx)
 	if err != nil {
 		return nil, err
 	}
 	onToken := map[string]bool{}
 	for _, o := range objs {
-		onToken[string(o.ID)] = true
+		onToken[string(o.Ref)] = true
 	}
 	known := map[string]bool{}
 	var creating []*store.Key
-	known[string(passwordKeyID)] = true
-	owners := map[string]*store.Key{} // key uuid (the CKA_ID prefix) → key
+	owners := map[string]*store.Key{} // key uuid (TokenObject.KeyID) → key
 	err = s.store.ForEachKey(ctx, func(k *store.Key) error {
 		if k.State == string(StateCreating) {
 			creating = append(creating, k)
@@ -233,16 +223,16 @@ func (s *Service) Reconcile(ctx context.Context) (*Report, error) {
 		r.Abandoned = append(r.Abandoned, arnOf(k))
 	}
 	for _, o := range objs {
-		if known[string(o.ID)] || !onToken[string(o.ID)] {
+		if known[string(o.Ref)] || !onToken[string(o.Ref)] {
 			continue
 		}
-		if k := owners[string(o.ID[:min(len(o.ID), 16)])]; k != nil && len(o.ID) == 16+materialIDSize {
-			destroyed, err := s.destroyUnrecordedRotation(ctx, tok, k, o.ID)
+		if k := owners[string(o.KeyID[:])]; k != nil && o.IsMaterial {
+			destroyed, err := s.destroyUnrecordedRotation(ctx, tok, k, o.Ref)
 			if err != nil {
 				return nil, err
 			}
 			if destroyed {
-				r.AbandonedRotations = append(r.AbandonedRotations, arnOf(k)+" material "+hexID(o.ID[16:]))
+				r.AbandonedRotations = append(r.AbandonedRotations, arnOf(k)+" material "+hexID(o.MaterialID))
 			}
 			continue // else a rotation running now, or recorded since the walk read k
 		}
@@ -251,22 +241,23 @@ func (s *Service) Reconcile(ctx context.Context) (*Report, error) {
 	return r, nil
 }
 
-// destroyUnrecordedRotation destroys id, an object on k's token whose
-// CKA_ID starts with k's uuid, if no material of k names it: a rotation
-// that made its object and died before recording it. That is safe because
-// nothing can have been encrypted under a material never committed. A
-// rotation of k running in this process now is left alone (it records or
-// destroys its object itself); once none runs, the key is read again so a
-// rotation that committed after the walk read k is seen.
-func (s *Service) destroyUnrecordedRotation(ctx context.Context, tok *hsm.Token, k *store.Key, id []byte) (bool, error) {
+// destroyUnrecordedRotation destroys id, a material version on k's token
+// that belongs to k (keystore.TokenObject.KeyID), if no material of k
+// names it: a rotation that made its object and died before recording it.
+// That is safe because nothing can have been encrypted under a material
+// never committed. A rotation of k running in this process now is left
+// alone (it records or destroys its object itself); once none runs, the
+// key is read again so a rotation that committed after the walk read k is
+// seen.
+func (s *Service) destroyUnrecordedRotation(ctx context.Context, tok *keystore.Store, k *store.Key, id []byte) (bool, error) {
 	if _, running := s.rotations.get(k); running || s.namesMaterial(ctx, k, id) {
 		return false, nil
 	}
-	err := tok.DestroyObject(ctx, hsm.SecretKeyByID(id))
-	if err != nil && !errors.Is(err, hsm.ErrObjectNotFound) {
+	m := material(k, store.Material{TokenID: id})
+	if err := tok.Destroy(ctx, m); err != nil {
 		return false, internalf("destroy unrecorded rotation of %s: %w", arnOf(k), err)
 	}
-	s.log.Warn("destroyed the token object of a rotation a crash left unrecorded", "key", arnOf(k), "material", hexID(id[16:]))
+	s.log.Warn("destroyed the token object of a rotation a crash left unrecorded", "key", arnOf(k), "material", hexID(m.ID()))
 	return true, nil
 }
 

@@ -78,6 +78,13 @@ type keyRef struct {
 // parseKeyID reads a KeyId parameter: key id, key ARN, alias name or alias
 // ARN. allowAlias is false for parameters AWS documents as key id or ARN
 // only (CreateAlias TargetKeyId, tagging, policies).
+//
+// What AWS refuses by form alone it refuses here, before anything is looked
+// up: an ARN of another Region ("Invalid arn <region>": keys are regional,
+// and the endpoint serves one Region), and a key id of neither AWS shape
+// ("Invalid keyId"). A well-formed id is never invalid, even one hsmkms
+// cannot make (a multi-Region "mrk-" id): it names a key that does not
+// exist.
 func parseKeyID(r *Request, s string, allowAlias bool) (keyRef, error) {
 	ref := keyRef{Account: r.Caller.Account, Region: r.Caller.Region}
 	resource := s
@@ -92,6 +99,9 @@ func parseKeyID(r *Request, s string, allowAlias bool) (keyRef, error) {
 		} else if !strings.HasPrefix(resource, "alias/") {
 			return ref, invalidKeyID(s)
 		}
+		if ref.Region != r.Caller.Region {
+			return ref, wire.Errorf(wire.NotFound, "Invalid arn %s", ref.Region)
+		}
 	}
 	if strings.HasPrefix(resource, "alias/") {
 		if !allowAlias {
@@ -100,11 +110,25 @@ func parseKeyID(r *Request, s string, allowAlias bool) (keyRef, error) {
 		ref.Alias = resource
 		return ref, nil
 	}
-	if _, ok := parseUUID(resource); !ok {
+	if !validKeyID(resource) {
 		return ref, invalidKeyID(s)
 	}
 	ref.ID = strings.ToLower(resource)
 	return ref, nil
+}
+
+// validKeyID reports whether s has the shape of an AWS key id: a UUID, or
+// a multi-Region key's "mrk-" and 32 hex digits.
+func validKeyID(s string) bool {
+	if _, ok := parseUUID(s); ok {
+		return true
+	}
+	hexPart, ok := strings.CutPrefix(strings.ToLower(s), "mrk-")
+	if !ok || len(hexPart) != 32 {
+		return false
+	}
+	_, err := hex.DecodeString(hexPart)
+	return err == nil
 }
 
 func invalidKeyID(s string) error {

@@ -43,21 +43,23 @@ func (s *Service) DeriveSharedSecret(ctx context.Context, r *Request, in *Derive
 		return nil, incompatible(in.KeyAgreementAlgorithm, k)
 	}
 	// The peer key is untrusted: x509 checks the encoding, ECDH() that the
-	// point is on the curve, before any of it reaches the token.
+	// point is on the curve, before any of it reaches the token. AWS
+	// answers a public key it cannot use with a ValidationException that
+	// has no message.
 	parsed, err := x509.ParsePKIXPublicKey(in.PublicKey)
 	pub, isEC := parsed.(*ecdsa.PublicKey)
 	if err != nil || !isEC || pub.Curve.Params().Name != curves[k.KeySpec] {
-		return nil, wire.Errorf(wire.Validation, "PublicKey must be a DER-encoded SubjectPublicKeyInfo of a %s public key.", k.KeySpec)
+		return nil, &wire.Error{Type: wire.Validation}
 	}
 	peer, err := pub.ECDH()
 	if err != nil {
-		return nil, wire.Errorf(wire.Validation, "PublicKey must be a DER-encoded SubjectPublicKeyInfo of a %s public key.", k.KeySpec)
+		return nil, &wire.Error{Type: wire.Validation}
 	}
 	tok, err := s.tokenFor(r, k)
 	if err != nil {
 		return nil, err
 	}
-	secret, err := tok.DeriveECDH(ctx, currentTokenID(k), peer.Bytes())
+	secret, err := tok.DeriveECDH(ctx, currentMaterial(k), peer.Bytes())
 	if err != nil {
 		return nil, s.signError(k, in.KeyAgreementAlgorithm, err)
 	}

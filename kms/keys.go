@@ -7,7 +7,6 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/hsmkms/hsmkms/hsm"
 	"github.com/hsmkms/hsmkms/keystore"
 	"github.com/hsmkms/hsmkms/kms/store"
 	"github.com/hsmkms/hsmkms/kms/wire"
@@ -83,6 +82,7 @@ const (
 	usageEncrypt   = "ENCRYPT_DECRYPT"
 	algSymmetric   = "SYMMETRIC_DEFAULT"
 	originAWSKMS   = "AWS_KMS"
+	originExternal = "EXTERNAL"
 	maxPolicyBytes = 32 * 1024
 )
 
@@ -128,6 +128,9 @@ func (s *Service) CreateKey(ctx context.Context, r *Request, in *CreateKeyInput)
 	}
 	usage := in.KeyUsage
 	if usage == "" {
+		if spec != specSymmetric {
+			return nil, wire.Errorf(wire.Validation, "You must specify a KeyUsage value for all KMS keys except for symmetric encryption keys.")
+		}
 		usage = usageEncrypt
 	}
 	origin := in.Origin
@@ -137,6 +140,15 @@ func (s *Service) CreateKey(ctx context.Context, r *Request, in *CreateKeyInput)
 	ksp, known := keySpecs[spec]
 	if !known {
 		return nil, wire.Errorf(wire.Validation, "KeySpec %s is not valid.", spec)
+	}
+	// What is wrong with the request alone (the spec and usage together,
+	// the tags) is refused before anything is authorized or looked up, as
+	// AWS validates a request before acting on it.
+	if !slices.Contains(ksp.usages, usage) {
+		return nil, wire.Errorf(wire.Validation, "KeyUsage %s is not compatible with KeySpec %s", usage, spec)
+	}
+	if err := checkTags(in.Tags); err != nil {
+		return nil, err
 	}
 	cond := conditions("kms:KeySpec", spec, "kms:CustomerMasterKeySpec", spec, "kms:KeyUsage", usage,
 		"kms:CustomerMasterKeyUsage", usage, "kms:KeyOrigin", origin, "kms:MultiRegion", strconv.FormatBool(in.MultiRegion),
@@ -166,15 +178,10 @@ func (s *Service) CreateKey(ctx context.Context, r *Request, in *CreateKeyInput)
 	switch {
 	case origin != originAWSKMS:
 		return nil, wire.Errorf(wire.UnsupportedOperation, "Origin %s is not supported by hsmkms: key material is always generated on the token.", origin)
-	case !slices.Contains(ksp.usages, usage):
-		return nil, wire.Errorf(wire.Validation, "KeyUsage %s is not compatible with KeySpec %s", usage, spec)
 	case ksp.unsupported != "":
 		return nil, wire.Errorf(wire.UnsupportedOperation, "%s", ksp.unsupported)
 	case in.MultiRegion:
 		return nil, wire.Errorf(wire.UnsupportedOperation, "Multi-Region keys are not supported by hsmkms.")
-	}
-	if err := checkTags(in.Tags); err != nil {
-		return nil, err
 	}
 	id, uuid := newKeyID()
 	policy := defaultPolicy(r.Caller.Account)
@@ -198,22 +205,16 @@ func (s *Service) CreateKey(ctx context.Context, r *Request, in *CreateKeyInput)
 	} else {
 		origin = originCloudHSM
 	}
-	tok, err := ks.Token()
-	if err != nil && in.CustomKeyStoreId != "" {
-		return nil, keyStoreInvalidState(in.CustomKeyStoreId, keystore.Disconnected, "CONNECTED")
-	} else if err != nil {
-		return nil, err
-	}
-	material, err := tok.GenerateRandom(ctx, materialIDSize)
+	mat, err := ks.NewMaterial(ctx, uuid, ksp.material, keyUsage(usage), keyARN(r.Caller.Region, r.Caller.Account, id))
 	if err != nil {
-		return nil, err
+		return nil, tokenError(err, tokenCall{storeID: in.CustomKeyStoreId})
 	}
 	now := s.now().UTC()
 	k := &store.Key{
 		Account: r.Caller.Account, Region: r.Caller.Region, ID: id,
 		Description: in.Description, KeyUsage: usage, KeySpec: spec, Origin: origin, CustomKeyStoreID: in.CustomKeyStoreId,
 		State: string(StateCreating), CreationDate: now, Policy: policy,
-		Materials: []store.Material{{ID: hexID(material), TokenID: tokenID(uuid, material), CreationDate: now}},
+		Materials: []store.Material{{ID: hexID(mat.ID()), TokenID: mat.Ref(), CreationDate: now}},
 	}
 	tags := make([]store.Tag, len(in.Tags))
 	for i, t := range in.Tags {
@@ -226,12 +227,9 @@ func (s *Service) CreateKey(ctx context.Context, r *Request, in *CreateKeyInput)
 		return nil, err
 	}
 	r.touched(arnOf(k))
-	if err := generateMaterial(ctx, tok, k, k.Materials[0].TokenID); err != nil {
+	if err := ks.Generate(ctx, mat); err != nil {
 		s.abandon(ctx, k, false)
-		if errors.Is(err, hsm.ErrMechanismNotSupported) {
-			return nil, wire.Errorf(wire.UnsupportedOperation, "KeySpec %s is not supported by this key store's token.", spec)
-		}
-		return nil, tokenError(k, err)
+		return nil, tokenError(err, tokenCall{key: k, what: "KeySpec " + spec})
 	}
 	k, err = s.store.UpdateKey(ctx, k.Account, k.Region, k.ID, func(k *store.Key) error {
 		k.State = string(StateEnabled)
@@ -242,20 +240,6 @@ func (s *Service) CreateKey(ctx context.Context, r *Request, in *CreateKeyInput)
 		return nil, err
 	}
 	return &CreateKeyOutput{KeyMetadata: s.metadata(k)}, nil
-}
-
-// generateMaterial makes one material version of k on tok, with CKA_ID
-// tokenID and the key's ARN as label.
-func generateMaterial(ctx context.Context, tok *hsm.Token, k *store.Key, tokenID []byte) error {
-	ksp := keySpecs[k.KeySpec]
-	switch {
-	case ksp.asymmetric():
-		return tok.GenerateKeyPair(ctx, tokenID, arnOf(k), ksp.pair, hsmUsage(k.KeyUsage))
-	case ksp.hmacBits != 0:
-		return tok.GenerateHMACKey(ctx, tokenID, arnOf(k), ksp.hmacBits)
-	}
-	_, err := tok.GenerateAESKey(ctx, tokenID, arnOf(k), hsm.UsageEncrypt|hsm.UsageDecrypt)
-	return err
 }
 
 // abandon undoes a CreateKey that failed half way. If it fails too, the row
@@ -272,13 +256,6 @@ func (s *Service) abandon(ctx context.Context, k *store.Key, destroy bool) {
 	if err := s.store.DeleteKey(ctx, k.Account, k.Region, k.ID); err != nil {
 		s.log.Error("abandoning key: delete metadata", "key", arnOf(k), "error", err)
 	}
-}
-
-// tokenID is the CKA_ID of one material version: key id and material id, so
-// every version of every key is a distinct object and its owner is visible
-// on the token.
-func tokenID(uuid [16]byte, material []byte) []byte {
-	return append(uuid[:], material...)
 }
 
 type KeyIDInput struct {

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -14,11 +15,14 @@ import (
 
 // The service lifecycle, one path for `hsmkms serve` and the tests:
 //
-//	Open   the default token (logged in), the metadata store, the start-up
-//	       check between them (Reconcile), the orphan report, and the custom
-//	       key stores registered DISCONNECTED
-//	Start  reconnects the custom key stores that were connected and starts
-//	       the deletion reaper and the key rotator
+//	Open   SoftHSM2 tokens damaged by a crash restored from hsmkms's copies
+//	       (before the module loads), the metadata store, the default token
+//	       (logged in, and refused unless it is the token the database was
+//	       made with), the start-up check between them (Reconcile), the
+//	       orphan report, and the custom key stores registered DISCONNECTED
+//	Start  reconnects the custom key stores that were connected (logging in
+//	       with the current password, without rotating it) and starts the
+//	       deletion reaper and the key rotator
 //	Close  stops the background work and waits for it, then logs out,
 //	       closes the token sessions and the store
 //
@@ -47,6 +51,10 @@ type OpenConfig struct {
 	// JobInterval is how often the deletion reaper and the key rotator run
 	// after Start; 0 runs neither (tests drive Reap and RotateDue).
 	JobInterval time.Duration
+	// TokenBackups is the directory of hsmkms's copies of SoftHSM2
+	// token.object files (see keystore.TokenBackups), kept only when a
+	// token's module is SoftHSM2 with a file store; "" keeps none.
+	TokenBackups string
 }
 
 // Open brings up the token, the metadata store and the service, checks
@@ -57,16 +65,22 @@ func Open(ctx context.Context, cfg OpenConfig) (_ *Service, err error) {
 	if log == nil {
 		log = hclog.NewNullLogger()
 	}
-	def, err := keystore.OpenDefault(ctx, cfg.DefaultToken, cfg.PIN)
-	if err != nil {
+	guard := &keystore.Safeguards{}
+	if guard.Backups, err = repairSoftHSM(cfg, log); err != nil {
 		return nil, err
 	}
-	keystores := keystore.NewManager(def)
 	db, err := openStore(ctx, cfg)
 	if err != nil {
-		keystores.Close(ctx)
 		return nil, err
 	}
+	guard.Records = tokenRecords{db}
+	def, err := keystore.OpenDefault(ctx, cfg.DefaultToken, cfg.PIN)
+	if err != nil {
+		db.Close()
+		return nil, guard.Explain(ctx, keystore.DefaultID, cfg.DefaultToken, err)
+	}
+	keystores := keystore.NewManager(def)
+	keystores.SetSafeguards(guard)
 	s := New(Config{Store: db, KeyStores: keystores, Logger: log, Now: cfg.Now, Clusters: cfg.Clusters})
 	s.jobInterval = cfg.JobInterval
 	defer func() {
@@ -74,6 +88,9 @@ func Open(ctx context.Context, cfg OpenConfig) (_ *Service, err error) {
 			s.closeResources(context.WithoutCancel(ctx))
 		}
 	}()
+	if err := def.VerifyIdentity(ctx, "", guard.Records, log); err != nil {
+		return nil, guard.Explain(ctx, keystore.DefaultID, cfg.DefaultToken, err)
+	}
 	report, err := s.Reconcile(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("kms: start-up check: %w", err)
@@ -107,6 +124,30 @@ func openStore(ctx context.Context, cfg OpenConfig) (store.Store, error) {
 	default:
 		return nil, errors.New("kms: no metadata store: set a SQLite file or a PostgreSQL URL")
 	}
+}
+
+// repairSoftHSM restores, before any module is loaded, the SoftHSM2 tokens
+// a crash damaged, and refreshes the copies of the tokens this service
+// uses; it returns the keeper of the copies (nil when no token is a
+// SoftHSM2 one in a file store).
+func repairSoftHSM(cfg OpenConfig, log hclog.Logger) (*keystore.TokenBackups, error) {
+	tokens := []keystore.TokenConfig{cfg.DefaultToken}
+	for _, c := range cfg.Clusters {
+		tokens = append(tokens, c.Token)
+	}
+	if cfg.TokenBackups == "" || !slices.ContainsFunc(tokens, func(t keystore.TokenConfig) bool { return keystore.IsSoftHSM(t.Module) }) {
+		return nil, nil
+	}
+	b, err := keystore.NewTokenBackups(cfg.TokenBackups)
+	if err != nil {
+		return nil, err
+	}
+	rep, err := b.Repair(tokens)
+	if err != nil {
+		return nil, err
+	}
+	rep.Log(log)
+	return b, nil
 }
 
 func (r *Report) log(log hclog.Logger) {

@@ -32,7 +32,7 @@ func (s *Service) GenerateMac(ctx context.Context, r *Request, in *GenerateMacIn
 	if err != nil {
 		return nil, err
 	}
-	mac, err := tok.MAC(ctx, currentTokenID(k), macHashes[in.MacAlgorithm], in.Message)
+	mac, err := tok.MAC(ctx, currentMaterial(k), macHashes[in.MacAlgorithm], in.Message)
 	if err != nil {
 		return nil, s.signError(k, in.MacAlgorithm, err)
 	}
@@ -55,7 +55,7 @@ type VerifyMacOutput struct {
 }
 
 // VerifyMac recomputes the HMAC on the token and compares in constant time
-// (inside hsm.Token.VerifyMAC).
+// (inside the key store).
 func (s *Service) VerifyMac(ctx context.Context, r *Request, in *VerifyMacInput) (*VerifyMacOutput, error) {
 	k, err := s.macKey(ctx, r, in.KeyId, in.MacAlgorithm)
 	if err != nil {
@@ -65,7 +65,7 @@ func (s *Service) VerifyMac(ctx context.Context, r *Request, in *VerifyMacInput)
 	if err != nil {
 		return nil, err
 	}
-	ok, err := tok.VerifyMAC(ctx, currentTokenID(k), macHashes[in.MacAlgorithm], in.Message, in.Mac)
+	ok, err := tok.VerifyMAC(ctx, currentMaterial(k), macHashes[in.MacAlgorithm], in.Message, in.Mac)
 	if err != nil {
 		return nil, s.signError(k, in.MacAlgorithm, err)
 	}

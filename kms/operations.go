@@ -25,6 +25,8 @@ import (
 //     names after authorization (Service.key) and again inside the write
 //     transaction (Service.update).
 //   - aliases: whether its KeyId may name an alias.
+//   - origin: the key origin the operation needs, if any; checked after
+//     the key state, as AWS checks a key's type after its state.
 //   - Operations without a handler are authorized like the real call and
 //     then answer UnsupportedOperationException.
 //
@@ -76,6 +78,7 @@ type operation struct {
 	grantable    bool
 	aliases      bool
 	states       stateRule
+	origin       string
 }
 
 // requirement is one authorization decision an operation's contract
@@ -136,6 +139,12 @@ func (s *Service) operations() []*operation {
 		op.crossAccount = true
 		return op
 	}
+	// needs sets the key origin an operation needs: rotation is for keys
+	// whose material AWS KMS made, import for EXTERNAL ones.
+	needs := func(origin string, op *operation) *operation {
+		op.origin = origin
+		return op
+	}
 	return []*operation{
 		// Keys.
 		{name: "CreateKey", handle: typed(s.CreateKey), auth: authCreateKey},
@@ -174,11 +183,11 @@ func (s *Service) operations() []*operation {
 		crypto("DeriveSharedSecret", typed(s.DeriveSharedSecret)),
 		keyless("GenerateRandom", typed(s.GenerateRandom)),
 		// Rotation.
-		onKeyOp("EnableKeyRotation", typed(s.EnableKeyRotation), rotating),
-		onKeyOp("DisableKeyRotation", typed(s.DisableKeyRotation), rotating),
-		crossRead("GetKeyRotationStatus", typed(s.GetKeyRotationStatus)),
-		onKeyOp("RotateKeyOnDemand", typed(s.RotateKeyOnDemand), rotating),
-		onKeyOp("ListKeyRotations", typed(s.ListKeyRotations), anyState),
+		needs(originAWSKMS, onKeyOp("EnableKeyRotation", typed(s.EnableKeyRotation), rotating)),
+		needs(originAWSKMS, onKeyOp("DisableKeyRotation", typed(s.DisableKeyRotation), rotating)),
+		needs(originAWSKMS, crossRead("GetKeyRotationStatus", typed(s.GetKeyRotationStatus))),
+		needs(originAWSKMS, onKeyOp("RotateKeyOnDemand", typed(s.RotateKeyOnDemand), rotating)),
+		needs(originAWSKMS, onKeyOp("ListKeyRotations", typed(s.ListKeyRotations), anyState)),
 		// Grants.
 		createGrant,
 		crossRead("ListGrants", typed(s.ListGrants)),
@@ -193,10 +202,12 @@ func (s *Service) operations() []*operation {
 		keyless("UpdateCustomKeyStore", typed(s.UpdateCustomKeyStore)),
 		keyless("DeleteCustomKeyStore", typed(s.DeleteCustomKeyStore)),
 		// Not implemented yet: authorized on the key they name, then
-		// UnsupportedOperationException.
-		onKeyOp("GetParametersForImport", nil, anyState),
-		onKeyOp("ImportKeyMaterial", nil, anyState),
-		onKeyOp("DeleteImportedKeyMaterial", nil, anyState),
+		// UnsupportedOperationException. The import operations need an
+		// EXTERNAL key, which hsmkms never has: AWS's answer for any
+		// other key is theirs for every key.
+		needs(originExternal, onKeyOp("GetParametersForImport", nil, anyState)),
+		needs(originExternal, onKeyOp("ImportKeyMaterial", nil, anyState)),
+		needs(originExternal, onKeyOp("DeleteImportedKeyMaterial", nil, anyState)),
 		onKeyOp("GetKeyLastUsage", nil, anyState),
 		onKeyOp("ReplicateKey", nil, anyState),
 		onKeyOp("UpdatePrimaryRegion", nil, anyState),

@@ -8,7 +8,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/hsmkms/hsmkms/hsm"
 	"github.com/hsmkms/hsmkms/kms/store"
 	"github.com/hsmkms/hsmkms/kms/wire"
 )
@@ -94,11 +93,17 @@ func (r *rotations) hookFn() func(string) error {
 	return r.hook
 }
 
-// rotatable refuses keys AWS does not rotate: asymmetric, HMAC, imported
-// and custom key store keys.
+// rotatable refuses keys AWS does not rotate, with AWS's answers: a key
+// of another origin (imported, custom key store) by its origin, and an
+// asymmetric or HMAC key with UnsupportedOperationException and no message.
+// The operation table already refuses other origins (after the key state)
+// for the rotation operations; the scheduler relies on this.
 func rotatable(k *store.Key) error {
-	if k.KeySpec != specSymmetric || k.Origin != originAWSKMS || k.CustomKeyStoreID != "" {
-		return wire.Errorf(wire.UnsupportedOperation, "%s key rotation is not supported for this key.", arnOf(k))
+	if k.Origin != originAWSKMS || k.CustomKeyStoreID != "" {
+		return wrongOrigin(k)
+	}
+	if k.KeySpec != specSymmetric {
+		return &wire.Error{Type: wire.UnsupportedOperation}
 	}
 	return nil
 }
@@ -325,13 +330,12 @@ func (s *Service) rotate(ctx context.Context, k *store.Key, typ string, check fu
 	if err != nil {
 		return nil, err
 	}
-	material, err := tok.GenerateRandom(ctx, materialIDSize)
+	mat, err := tok.NewMaterial(ctx, uuid, keySpecs[k.KeySpec].material, keyUsage(k.KeyUsage), arnOf(k))
 	if err != nil {
-		return nil, tokenError(k, err)
+		return nil, tokenError(err, tokenCall{key: k})
 	}
-	id := tokenID(uuid, material)
-	if _, err := tok.GenerateAESKey(ctx, id, arnOf(k), hsm.UsageEncrypt|hsm.UsageDecrypt); err != nil {
-		return nil, tokenError(k, err)
+	if err := tok.Generate(ctx, mat); err != nil {
+		return nil, tokenError(err, tokenCall{key: k})
 	}
 	if hook := s.rotations.hookFn(); hook != nil {
 		err = hook(arnOf(k))
@@ -343,7 +347,7 @@ func (s *Service) rotate(ctx context.Context, k *store.Key, typ string, check fu
 			if err := check(k); err != nil {
 				return err
 			}
-			k.Materials = append(k.Materials, store.Material{ID: hexID(material), TokenID: id, CreationDate: now, RotationType: typ})
+			k.Materials = append(k.Materials, store.Material{ID: hexID(mat.ID()), TokenID: mat.Ref(), CreationDate: now, RotationType: typ})
 			if typ == rotationAutomatic {
 				k.NextRotationDate = now.Add(days(k.RotationPeriodDays))
 			}
@@ -352,7 +356,7 @@ func (s *Service) rotate(ctx context.Context, k *store.Key, typ string, check fu
 	}
 	if err != nil {
 		// Not committed: no ciphertext can name this material.
-		if derr := tok.DestroyObject(context.WithoutCancel(ctx), hsm.SecretKeyByID(id)); derr != nil && !errors.Is(derr, hsm.ErrObjectNotFound) {
+		if derr := tok.Destroy(context.WithoutCancel(ctx), mat); derr != nil {
 			s.log.Error("rotation failed and its token object could not be destroyed; the next start removes it", "key", arnOf(k), "error", derr)
 		}
 		return nil, err

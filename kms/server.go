@@ -32,6 +32,17 @@ type HandlerConfig struct {
 	Timeout time.Duration
 	// Now is the clock for SigV4 skew checks; tests inject one.
 	Now func() time.Time
+	// MaxInFlight bounds the requests served at once, before their bodies
+	// are read; more wait up to QueueWait, then get ThrottlingException
+	// (wire.Limiter). 0 means DefaultMaxInFlight.
+	MaxInFlight int
+	// QueueWait is how long a request beyond MaxInFlight may wait for a
+	// place; 0 means DefaultQueueWait, negative means none.
+	QueueWait time.Duration
+	// Regions are the Regions served: a request signed for another is
+	// refused as AWS refuses one signed for another Region's endpoint. nil
+	// means CommercialRegions.
+	Regions []string
 }
 
 // Handler returns the service's HTTP handler: SigV4 against the configured
@@ -41,7 +52,7 @@ type HandlerConfig struct {
 // credential scope.
 func (s *Service) Handler(cfg HandlerConfig) (http.Handler, error) {
 	if cfg.MaxBody == 0 {
-		cfg.MaxBody = 1 << 20
+		cfg.MaxBody = DefaultMaxBody
 	}
 	if cfg.Timeout == 0 {
 		cfg.Timeout = 30 * time.Second
@@ -56,6 +67,10 @@ func (s *Service) Handler(cfg HandlerConfig) (http.Handler, error) {
 	if err != nil {
 		return nil, err
 	}
+	regions, err := servedRegions(cfg.Regions)
+	if err != nil {
+		return nil, err
+	}
 	s.identities.Store(&ids)
 	byKey := make(map[string]Principal, len(cfg.Principals))
 	for _, p := range cfg.Principals {
@@ -63,13 +78,14 @@ func (s *Service) Handler(cfg HandlerConfig) (http.Handler, error) {
 	}
 	v := &sigv4.Verifier{
 		Service: "kms",
+		Regions: regions,
 		Now:     cfg.Now,
 		Lookup: func(id string) (string, bool) {
 			p, ok := byKey[id]
 			return p.Secret, ok
 		},
 	}
-	return &wire.Server{
+	srv := &wire.Server{
 		Routes:  s.Routes(),
 		MaxBody: cfg.MaxBody,
 		Timeout: cfg.Timeout,
@@ -83,5 +99,6 @@ func (s *Service) Handler(cfg HandlerConfig) (http.Handler, error) {
 			p := byKey[res.AccessKeyID]
 			return Caller{AccessKeyID: p.AccessKeyID, Account: p.Account, PrincipalARN: p.ARN, Region: res.Region}, nil
 		},
-	}, nil
+	}
+	return edge(srv, cfg), nil
 }

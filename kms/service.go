@@ -2,13 +2,11 @@ package kms
 
 import (
 	"context"
-	"errors"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	"github.com/hsmkms/hsmkms/hsm"
 	"github.com/hsmkms/hsmkms/keystore"
 	"github.com/hsmkms/hsmkms/kms/store"
 	"github.com/hsmkms/hsmkms/kms/wire"
@@ -45,14 +43,8 @@ type Service struct {
 	report      *Report
 	reconnect   []*keystore.Store // connected at the last stop; Start reconnects them
 	ops         []*operation      // the operation table
-	// passwordKeyMu serialises finding or making the key that seals
-	// kmsuser passwords; connects only, never the request hot path.
-	passwordKeyMu sync.Mutex
 	// rotations marks the keys being rotated now (see rotation.go).
 	rotations rotations
-	// publicKeys caches public keys as DER SPKI by token object id: they
-	// are public and never change, and reading one costs a token call.
-	publicKeys sync.Map
 	// identities are the principals' identity policies by ARN, set by
 	// Handler; policies caches parsed key policies.
 	identities atomic.Pointer[map[string]*identity]
@@ -94,39 +86,24 @@ func (s *Service) Supported(op string) bool {
 	return o != nil && o.handle != nil
 }
 
-// token returns the logged-in token of k's key store, or the exception AWS
-// gives for a key whose store cannot be reached.
-func (s *Service) token(k *store.Key) (*hsm.Token, error) {
+// token returns the key store holding k's material, or the exception AWS
+// gives for a key whose store cannot be used now.
+func (s *Service) token(k *store.Key) (*keystore.Store, error) {
 	ks, err := s.keystores.Get(k.CustomKeyStoreID)
 	if err != nil {
 		return nil, err
 	}
-	tok, err := ks.Token()
-	if errors.Is(err, keystore.ErrNotConnected) {
-		return nil, invalidState(arnOf(k), StateUnavailable)
+	if err := ks.Available(); err != nil {
+		return nil, tokenError(err, tokenCall{key: k})
 	}
-	return tok, err
+	return ks, nil
 }
 
 // tokenFor is token for an operation that is about to use k's material:
 // the request must be allowed to proceed (and a DryRun stops here).
-func (s *Service) tokenFor(r *Request, k *store.Key) (*hsm.Token, error) {
+func (s *Service) tokenFor(r *Request, k *store.Key) (*keystore.Store, error) {
 	if err := r.proceed(); err != nil {
 		return nil, err
 	}
 	return s.token(k)
-}
-
-// tokenError turns a token failure during an operation on k into what the
-// client sees: a broken or absent device is the key being unavailable, as
-// AWS reports for a custom key store whose cluster fails; anything else is
-// internal, and logged by the caller.
-func tokenError(k *store.Key, err error) error {
-	if hsm.IsDeviceFailure(err) || errors.Is(err, hsm.ErrUserNotLoggedIn) || errors.Is(err, hsm.ErrClosed) {
-		return invalidState(arnOf(k), StateUnavailable)
-	}
-	if errors.Is(err, context.DeadlineExceeded) {
-		return wire.Errorf(wire.DependencyTimeout, "The system timed out while trying to fulfill the request. The request can be retried.")
-	}
-	return err
 }

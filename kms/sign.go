@@ -2,10 +2,8 @@ package kms
 
 import (
 	"context"
-	"errors"
 	"slices"
 
-	"github.com/hsmkms/hsmkms/hsm"
 	"github.com/hsmkms/hsmkms/kms/store"
 	"github.com/hsmkms/hsmkms/kms/wire"
 )
@@ -36,7 +34,7 @@ func (s *Service) Sign(ctx context.Context, r *Request, in *SignInput) (*SignOut
 	if err != nil {
 		return nil, err
 	}
-	sig, err := tok.Sign(ctx, currentTokenID(k), sg.alg, sg.hash, data)
+	sig, err := tok.Sign(ctx, currentMaterial(k), sg.alg, sg.hash, data)
 	if err != nil {
 		return nil, s.signError(k, in.SigningAlgorithm, err)
 	}
@@ -70,7 +68,7 @@ func (s *Service) Verify(ctx context.Context, r *Request, in *VerifyInput) (*Ver
 	if err != nil {
 		return nil, err
 	}
-	ok, err := tok.Verify(ctx, currentTokenID(k), sg.alg, sg.hash, data, in.Signature)
+	ok, err := tok.Verify(ctx, currentMaterial(k), sg.alg, sg.hash, data, in.Signature)
 	if err != nil {
 		return nil, s.signError(k, in.SigningAlgorithm, err)
 	}
@@ -120,10 +118,7 @@ func (s *Service) signingInput(ctx context.Context, r *Request, keyID, alg, msgT
 // signError says why the token could not sign or verify: an algorithm it
 // lacks is the client's unsupported request, anything else is the token's.
 func (s *Service) signError(k *store.Key, alg string, err error) error {
-	if errors.Is(err, hsm.ErrMechanismNotSupported) {
-		return wire.Errorf(wire.UnsupportedOperation, "%s is not supported by this key store's token.", alg)
-	}
-	return tokenError(k, err)
+	return tokenError(err, tokenCall{key: k, what: alg})
 }
 
 type GetPublicKeyInput struct {

@@ -11,7 +11,21 @@ import (
 
 const maxTagsPerKey = 50
 
+// checkTags applies AWS's rules for the tags of one request, in AWS's
+// order: a tag key given twice, more tags than a key may have, a key in
+// the reserved aws: namespace. Each is a TagException. (Lengths are the
+// model's, checked by wire before.)
 func checkTags(tags []Tag) error {
+	seen := make(map[string]bool, len(tags))
+	for _, t := range tags {
+		if seen[t.TagKey] {
+			return wire.Errorf(wire.TagException, "Duplicate tag keys")
+		}
+		seen[t.TagKey] = true
+	}
+	if len(tags) > maxTagsPerKey {
+		return tooManyTags()
+	}
 	for _, t := range tags {
 		if isReservedTagKey(t.TagKey) {
 			return wire.Errorf(wire.TagException, "Tags beginning with aws: are reserved")
@@ -19,6 +33,11 @@ func checkTags(tags []Tag) error {
 	}
 	return nil
 }
+
+// tooManyTags is AWS's answer to a key that would have more than
+// maxTagsPerKey tags, whether the request alone has too many or they
+// would be too many with the key's own.
+func tooManyTags() error { return wire.Errorf(wire.TagException, "Too many tags") }
 
 type TagResourceInput struct {
 	KeyId string
@@ -45,7 +64,7 @@ func (s *Service) TagResource(ctx context.Context, r *Request, in *TagResourceIn
 	err = s.store.TagKey(ctx, k.Account, k.Region, k.ID, tags, maxTagsPerKey)
 	switch {
 	case errors.Is(err, store.ErrLimitExceeded):
-		return nil, wire.Errorf(wire.LimitExceeded, "The request was rejected because a quota was exceeded. You can have at most %d tags per KMS key.", maxTagsPerKey)
+		return nil, tooManyTags()
 	case errors.Is(err, store.ErrNotFound): // the key was deleted since the lookup
 		return nil, keyNotFound(k.Region, k.Account, k.ID)
 	case err != nil:

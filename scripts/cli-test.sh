@@ -74,6 +74,60 @@ if aws kms verify --key-id "$ekey" --message "fileb://$dir/msg" --signing-algori
 fi
 grep -q KMSInvalidSignatureException "$dir/err" || fail "expected KMSInvalidSignatureException, got: $(cat "$dir/err")"
 
+# AWS's exact answers (issue 11), as the stock CLI shows them: the error
+# line must be exactly AWS's exception and message.
+answers() { # code, message, then the aws kms arguments
+  local code=$1 msg=$2 op
+  shift 2
+  op=$(printf '%s' "$1" | sed -E 's/(^|-)([a-z])/\U\2/g')
+  if aws kms "$@" 2>"$dir/err" >/dev/null; then fail "aws kms $1 succeeded"; fi
+  grep -qxF "An error occurred ($code) when calling the $op operation: $msg" "$dir/err" \
+    || fail "aws kms $1: expected ($code) '$msg', got: $(cat "$dir/err")"
+}
+step "answers: tags"
+akey=$(aws kms create-key --query KeyMetadata.KeyId --output text)
+akarn=$(aws kms describe-key --key-id "$akey" --query KeyMetadata.Arn --output text)
+answers TagException "Duplicate tag keys" tag-resource --key-id "$akey" --tags TagKey=a,TagValue=1 TagKey=a,TagValue=2
+fifty=$(for i in $(seq 0 49); do printf 'TagKey=k%02d,TagValue=v ' "$i"; done)
+# shellcheck disable=SC2086 # one argument per tag
+answers TagException "Too many tags" create-key --tags $fifty TagKey=k50,TagValue=v
+# shellcheck disable=SC2086
+aws kms tag-resource --key-id "$akey" --tags $fifty
+answers TagException "Too many tags" tag-resource --key-id "$akey" --tags TagKey=one-more,TagValue=v
+step "answers: alias names"
+answers ValidationException 'Alias must start with the prefix "alias/". Please see https://docs.aws.amazon.com/kms/latest/developerguide/kms-alias.html' \
+  create-alias --alias-name my-alias --target-key-id "$akey"
+answers NotAuthorizedException "" create-alias --alias-name alias/aws/mine --target-key-id "$akey"
+step "answers: key ids"
+other=eu-west-1; [ "$AWS_REGION" = "$other" ] && other=eu-west-2
+answers NotFoundException "Invalid arn $other" describe-key --key-id "arn:aws:kms:$other:${akarn#arn:aws:kms:*:}"
+mrk=mrk-d3b95762d3b95762d3b95762d3b95762
+answers NotFoundException "Key '${akarn%key/*}key/$mrk' does not exist" describe-key --key-id "$mrk"
+step "answers: key types, states and parameters"
+hkey=$(aws kms create-key --key-spec HMAC_256 --key-usage GENERATE_VERIFY_MAC --query KeyMetadata.KeyId --output text)
+aws kms encrypt --key-id "$akey" --plaintext "fileb://$dir/plain" --query CiphertextBlob --output text | base64 -d > "$dir/ablob"
+answers IncorrectKeyException "The key ID in the request does not identify a CMK that can perform this operation." \
+  decrypt --key-id "$hkey" --ciphertext-blob "fileb://$dir/ablob"
+rkey=$(aws kms create-key --key-spec RSA_2048 --key-usage ENCRYPT_DECRYPT --query KeyMetadata.KeyId --output text)
+rarn=$(aws kms describe-key --key-id "$rkey" --query KeyMetadata.Arn --output text)
+answers UnsupportedOperationException "" rotate-key-on-demand --key-id "$rkey"
+aws kms disable-key --key-id "$rkey"
+answers DisabledException "$rarn is disabled." rotate-key-on-demand --key-id "$rkey"
+aws kms enable-key --key-id "$rkey"
+head -c 215 /dev/zero > "$dir/215"
+answers ValidationException "Algorithm RSAES_OAEP_SHA_1 and key spec RSA_2048 cannot encrypt data larger than 214 bytes." \
+  encrypt --key-id "$rkey" --encryption-algorithm RSAES_OAEP_SHA_1 --plaintext "fileb://$dir/215"
+answers ValidationException "NumberOfBytes is required." generate-random
+answers ValidationException "You must specify a KeyUsage value for all KMS keys except for symmetric encryption keys." \
+  create-key --key-spec HMAC_256
+answers UnsupportedOperationException "$akarn origin is AWS_KMS which is not valid for this operation." \
+  get-parameters-for-import --key-id "$akey" --wrapping-algorithm RSAES_OAEP_SHA_256 --wrapping-key-spec RSA_2048
+xkey=$(aws kms create-key --key-spec ECC_NIST_P256 --key-usage KEY_AGREEMENT --query KeyMetadata.KeyId --output text)
+printf 'InvalidPublicKey' > "$dir/badpub"
+answers ValidationException "" derive-shared-secret --key-id "$xkey" --key-agreement-algorithm ECDH --public-key "fileb://$dir/badpub"
+answers ValidationException "1 validation error detected: Value 'INVALID' at 'macAlgorithm' failed to satisfy constraint: Member must satisfy enum value set: [HMAC_SHA_384, HMAC_SHA_256, HMAC_SHA_224, HMAC_SHA_512]" \
+  generate-mac --key-id "$hkey" --mac-algorithm INVALID --message "fileb://$dir/plain"
+
 step "custom key store: create on the first printed cluster"
 cluster=$(sed -n 's/^  \(cluster-[a-z2-7]*\)  initial kmsuser password: .*$/\1/p' "$dir/out" | head -1)
 password=$(sed -n 's/^  cluster-[a-z2-7]*  initial kmsuser password: \(.*\)$/\1/p' "$dir/out" | head -1)

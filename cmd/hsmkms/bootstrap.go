@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/base32"
 	"encoding/base64"
@@ -11,8 +12,11 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/hsmkms/hsmkms/hsm"
+	"github.com/hsmkms/hsmkms/keystore"
 	"github.com/hsmkms/hsmkms/kms"
+	"github.com/hsmkms/hsmkms/kms/store"
 	softhsmconfig "github.com/hsmkms/hsmkms/softhsm-config"
 	"go.yaml.in/yaml/v3"
 )
@@ -71,12 +75,25 @@ func findSoftHSM() (string, error) {
 // admin access key (files 0600), a local CA and server certificate, an AWS
 // shared-credentials file and the configuration that ties them together;
 // later runs reuse all of it. Each step checks what exists, so a run
-// interrupted half way is completed by the next. The configuration is
-// written last and returned with what the user must paste.
-func Bootstrap(dir, listen string) (string, *BootstrapInfo, error) {
+// interrupted half way is completed by the next; but a token is made only
+// if nothing says it ever existed (see ensureToken), and SoftHSM2 tokens a
+// crash damaged are restored from hsmkms's copies first. The configuration
+// is written last and returned with what the user must paste.
+func Bootstrap(dir, listen string, log hclog.Logger) (string, *BootstrapInfo, error) {
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
 	dir, err := filepath.Abs(dir)
 	if err != nil {
 		return "", nil, err
+	}
+	_, err = os.Stat(filepath.Join(dir, "hsmkms.db"))
+	dbExisted := err == nil
+	var recorded map[string]string
+	if dbExisted {
+		if recorded, err = recordedSerials(filepath.Join(dir, "hsmkms.db")); err != nil {
+			return "", nil, err
+		}
 	}
 	host, port, err := net.SplitHostPort(listen)
 	if err != nil {
@@ -99,6 +116,20 @@ func Bootstrap(dir, listen string) (string, *BootstrapInfo, error) {
 			return "", nil, err
 		}
 	}
+	// SoftHSM2 reads its configuration, and every token directory, once
+	// when the module loads: restore what a crash damaged before that.
+	if err := os.Setenv("SOFTHSM2_CONF", conf); err != nil {
+		return "", nil, err
+	}
+	backups, err := keystore.NewTokenBackups(tokenBackupDir(filepath.Join(dir, "hsmkms.db")))
+	if err != nil {
+		return "", nil, err
+	}
+	repaired, err := backups.Repair(nil)
+	if err != nil {
+		return "", nil, err
+	}
+	repaired.Log(log)
 	soNew, err := ensureSecret(secret("so-pin"), func() string { return randomText(24) })
 	if err != nil {
 		return "", nil, err
@@ -107,7 +138,8 @@ func Bootstrap(dir, listen string) (string, *BootstrapInfo, error) {
 	if err != nil {
 		return "", nil, err
 	}
-	if err := ensureToken(module, conf, defaultTokenLabel, secret("so-pin"), secret("user-pin"), soNew || userNew); err != nil {
+	if err := ensureToken(module, conf, defaultTokenLabel, "the default key store", secret("so-pin"), secret("user-pin"),
+		soNew || userNew, dbExisted, recorded[""], backups); err != nil {
 		return "", nil, err
 	}
 	var clusters []ClusterConfig
@@ -126,11 +158,19 @@ func Bootstrap(dir, listen string) (string, *BootstrapInfo, error) {
 			return "", nil, err
 		}
 		label := "hsmkms-cluster-" + n
-		if err := ensureToken(module, conf, label, secret("cluster-"+n+"-so-pin"), secret("cluster-"+n+"-kmsuser-password"), soNew || pwNew); err != nil {
-			return "", nil, err
-		}
 		id, err := readSecret("secret", secret("cluster-"+n+"-id"), "")
 		if err != nil {
+			return "", nil, err
+		}
+		err = ensureToken(module, conf, label, "cluster "+id, secret("cluster-"+n+"-so-pin"), secret("cluster-"+n+"-kmsuser-password"),
+			soNew || pwNew, dbExisted, recorded[id], backups)
+		var refused *keystore.TokenProblem
+		if errors.As(err, &refused) {
+			// Still declared: a key store on it goes FAILED with
+			// CLUSTER_NOT_FOUND when it connects, and the keys the
+			// database names on it are not silently given up.
+			log.Error("a cluster token of the data directory is gone; not making a new one", "cluster", id, "error", err)
+		} else if err != nil {
 			return "", nil, err
 		}
 		pw, err := readSecret("secret", secret("cluster-"+n+"-kmsuser-password"), "")
@@ -203,6 +243,33 @@ func Bootstrap(dir, listen string) (string, *BootstrapInfo, error) {
 	}, nil
 }
 
+// recordedSerials reads, from an existing database, the serial recorded
+// for the default key store's token (key "") and for the token of each
+// cluster a custom key store uses (key: cluster id), to name a token that
+// went missing precisely.
+func recordedSerials(dbPath string) (map[string]string, error) {
+	db, err := store.OpenSQLite(dbPath)
+	if err != nil {
+		return nil, err
+	}
+	defer db.Close()
+	ctx := context.Background()
+	out := map[string]string{}
+	if id, err := db.TokenIdentity(ctx, ""); err == nil {
+		out[""] = id.Serial
+	}
+	stores, err := db.AllKeyStores(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, ks := range stores {
+		if id, err := db.TokenIdentity(ctx, ks.ID); err == nil && id.ClusterID == ks.ClusterID {
+			out[ks.ClusterID] = id.Serial
+		}
+	}
+	return out, nil
+}
+
 // randomClusterSuffix is n characters of AWS's cluster id alphabet. It also
 // makes the initial kmsuser passwords: plain letters and digits paste safely
 // into a shell and never look like a CLI option.
@@ -215,9 +282,17 @@ func randomClusterSuffix(n int) string {
 	return string(b)
 }
 
-// ensureToken initialises the token on first run. SOFTHSM2_CONF must point
-// at the isolated store before the module is loaded; SoftHSM2 reads it once.
-func ensureToken(module, conf, label, soPINFile, userPINFile string, pinsNew bool) error {
+// ensureToken initialises the token, but only when nothing says it ever
+// existed: a token that vanished from a data directory is never silently
+// replaced by a blank one under its label (its keys would be gone, and the
+// database would go on naming them). What says it existed: the database
+// together with PIN files from an earlier run, hsmkms's copy of its
+// token.object (taken right after it was made), or token directories
+// SoftHSM2 cannot read. Then it refuses, with a *keystore.TokenProblem
+// naming the token, its directory and the recovery steps. An interrupted
+// first run (PIN files written, no token, no database) still completes.
+// SOFTHSM2_CONF must point at the store (conf) before the module loads.
+func ensureToken(module, conf, label, role, soPINFile, userPINFile string, pinsNew, dbExisted bool, recordedSerial string, backups *keystore.TokenBackups) error {
 	if err := os.Setenv("SOFTHSM2_CONF", conf); err != nil {
 		return err
 	}
@@ -238,6 +313,34 @@ func ensureToken(module, conf, label, soPINFile, userPINFile string, pinsNew boo
 			return nil
 		}
 	}
+	cfg := hsm.TokenConfig{Module: module, Label: label}
+	var existed []string
+	if recordedSerial != "" {
+		existed = append(existed, "the database recorded it")
+	}
+	if dbExisted && !pinsNew {
+		existed = append(existed, "the database and the token's PIN files are from an earlier run")
+	}
+	dir, serial := "", recordedSerial
+	if t, ok := backups.Find(cfg, recordedSerial); ok {
+		existed = append(existed, "hsmkms knows its directory")
+		dir, serial = t.Describe(), t.Serial
+	} else if backups != nil {
+		dirs, err := backups.Store().Tokens()
+		if err != nil {
+			return err
+		}
+		for _, t := range dirs {
+			if t.Damage != nil {
+				existed = append(existed, "SoftHSM2 cannot read "+t.Describe()+", which may be it")
+			}
+		}
+	}
+	if len(existed) > 0 {
+		return &keystore.TokenProblem{Store: role, Token: cfg, Serial: serial, Dir: dir, Err: hsm.ErrTokenNotFound,
+			Problem: "the module offers no token with this label, and this data directory had one (" + strings.Join(existed, "; ") +
+				"); tokens are initialised only in a new data directory"}
+	}
 	so, err := readSecret("pin", soPINFile, "")
 	if err != nil {
 		return err
@@ -246,8 +349,13 @@ func ensureToken(module, conf, label, soPINFile, userPINFile string, pinsNew boo
 	if err != nil {
 		return err
 	}
-	_, err = m.InitToken(label, so, user)
-	return err
+	info, err := m.InitToken(label, so, user)
+	if err != nil {
+		return err
+	}
+	// The first copy, from before any login, also records that the token
+	// was made.
+	return backups.Save(info)
 }
 
 // ensureSecret writes gen() to path (0600) unless the file exists, and
@@ -306,18 +414,39 @@ func randomKeyID(n int) string {
 }
 
 // PasteBlock is the shell snippet that points the AWS CLI and SDKs at a
-// --data-dir instance. AWS_REGION comes last: scripts wait for it.
+// --data-dir instance, and what the clients that read the environment
+// differently need: the AWS SDK for JavaScript v3 trusts only
+// NODE_EXTRA_CA_CERTS (it ignores AWS_CA_BUNDLE), SOPS wants a key ARN,
+// and Vault's awskms seal ignores AWS_ENDPOINT_URL_KMS. AWS_REGION comes
+// last among the exports: scripts wait for it.
 func PasteBlock(info *BootstrapInfo) string {
-	return fmt.Sprintf(`export AWS_ENDPOINT_URL_KMS=%s
-export AWS_CA_BUNDLE=%s
-export AWS_SHARED_CREDENTIALS_FILE=%s
-export AWS_DEFAULT_REGION=%s
-export AWS_REGION=%s
+	return fmt.Sprintf(`export AWS_ENDPOINT_URL_KMS=%[1]s
+export AWS_CA_BUNDLE=%[2]s
+export NODE_EXTRA_CA_CERTS=%[2]s
+export AWS_SHARED_CREDENTIALS_FILE=%[3]s
+export AWS_DEFAULT_REGION=%[4]s
+export AWS_REGION=%[4]s
 
 Then, for example:
 
   aws kms create-key --description "my first hsmkms key"
-`, info.Endpoint, info.CABundle, info.CredentialsFile, info.Region, info.Region) + clusterBlock(info)
+
+SOPS takes the key by its ARN:
+
+  sops --encrypt --kms "$(aws kms describe-key --key-id <KeyId> --query KeyMetadata.Arn --output text)" secrets.yaml
+
+Vault's awskms seal ignores AWS_ENDPOINT_URL_KMS: name the endpoint in the seal stanza,
+
+  seal "awskms" {
+    region     = "%[4]s"
+    kms_key_id = "<KeyId>"
+    endpoint   = "%[1]s"
+  }
+
+and start Vault with AWS_SHARED_CREDENTIALS_FILE=%[3]s
+and SSL_CERT_FILE=%[2]s in its environment (leave AWS_CA_BUNDLE out of it:
+Vault builds whose seal uses the AWS SDK for Go v2 refuse to start the seal with it).
+`, info.Endpoint, info.CABundle, info.CredentialsFile, info.Region) + clusterBlock(info)
 }
 
 // clusterBlock tells how to use the extra tokens as custom key stores.

@@ -123,6 +123,21 @@ func resetKmsuser(args []string) error {
 			return err
 		}
 		defer tok.Close()
+		// SoftHSM2 rewrites token.object for the SO's login and C_InitPIN:
+		// copy it first, as serve does before its own logins.
+		if keystore.IsSoftHSM(c.Token.Module) {
+			backups, err := keystore.NewTokenBackups(tokenBackupDir(cfg.Database.Path))
+			if err != nil {
+				return err
+			}
+			info, err := tok.Info()
+			if err != nil {
+				return err
+			}
+			if err := backups.Save(info); err != nil {
+				return fmt.Errorf("reset-kmsuser: %w", err)
+			}
+		}
 		if err := tok.InitPIN(context.Background(), soPIN, password); err != nil {
 			return fmt.Errorf("reset-kmsuser: %w", err)
 		}

@@ -9,7 +9,9 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"time"
 
+	"github.com/hsmkms/hsmkms/kms"
 	"github.com/hsmkms/hsmkms/kms/authz"
 	"go.yaml.in/yaml/v3"
 )
@@ -28,7 +30,32 @@ type Config struct {
 	DefaultKeyStore KeyStoreConfig  `yaml:"default_key_store"`
 	Principals      []Principal     `yaml:"principals"`
 	Clusters        []ClusterConfig `yaml:"clusters,omitempty"`
+	Limits          LimitsConfig    `yaml:"limits,omitempty"`
+	// Regions are the AWS Regions served; absent means the commercial
+	// Regions (kms.CommercialRegions).
+	Regions []string `yaml:"regions,omitempty"`
 }
+
+// LimitsConfig bounds the HTTP edge: what is served at once, and how long
+// the excess may wait before it is throttled.
+type LimitsConfig struct {
+	// MaxInFlight is how many requests are served at once; 0 means
+	// kms.DefaultMaxInFlight.
+	MaxInFlight int `yaml:"max_in_flight,omitempty"`
+	// QueueWait is a duration ("50ms"); "" means kms.DefaultQueueWait and
+	// "0s" throttles at once.
+	QueueWait string `yaml:"queue_wait,omitempty"`
+
+	queueWait time.Duration // QueueWait, resolved by validate
+}
+
+// Wait is how long a request beyond MaxInFlight may wait for a place.
+func (l *LimitsConfig) Wait() time.Duration { return l.queueWait }
+
+// maxQueueWait keeps a throttled client's answer prompt: the SDKs back
+// off and retry on ThrottlingException, which serves them better than a
+// long wait in a queue.
+const maxQueueWait = 10 * time.Second
 
 // ClusterConfig declares a token that may back a custom key store, under
 // the id AWS clients use for a CloudHSM cluster.
@@ -156,6 +183,8 @@ var schema = map[string]any{
 		"id": "!!str", "module": "!!str", "token_label": "!!str", "token_serial": "!!str",
 		"manufacturer": "!!str", "model": "!!str", "serial": "!!str", "pool_size": "!!int",
 	}},
+	"limits":  map[string]any{"max_in_flight": "!!int", "queue_wait": "duration"},
+	"regions": []any{"!!str"},
 }
 
 // LoadConfig reads and validates the configuration at path. Relative paths
@@ -233,6 +262,12 @@ func checkNode(n *yaml.Node, want any, path string) error {
 			}
 		}
 	case string:
+		if w == "duration" {
+			if n.Kind != yaml.ScalarNode || n.Tag != "!!str" {
+				return at("must be a duration such as 50ms or 0s")
+			}
+			return nil
+		}
 		if w == "map" {
 			if n.Kind != yaml.MappingNode {
 				return at("must be a mapping of names to strings")
@@ -384,6 +419,52 @@ func (c *Config) validate(baseDir string) error {
 			return fmt.Errorf("%s: the default key store's token cannot also be a cluster", at)
 		}
 		ids[cl.ID] = true
+	}
+	if err := c.Limits.validate(); err != nil {
+		return err
+	}
+	return c.validateRegions()
+}
+
+func (l *LimitsConfig) validate() error {
+	switch {
+	case l.MaxInFlight == 0:
+		l.MaxInFlight = kms.DefaultMaxInFlight
+	case l.MaxInFlight < 0 || l.MaxInFlight > 4096:
+		return fmt.Errorf("limits.max_in_flight: must be between 1 and 4096 (absent for the default, %d)", kms.DefaultMaxInFlight)
+	}
+	if l.QueueWait == "" {
+		l.queueWait = kms.DefaultQueueWait
+		return nil
+	}
+	d, err := time.ParseDuration(l.QueueWait)
+	if err != nil {
+		return fmt.Errorf("limits.queue_wait: %q is not a duration such as 50ms or 0s", l.QueueWait)
+	}
+	if d < 0 || d > maxQueueWait {
+		return fmt.Errorf("limits.queue_wait: must be between 0s and %s (got %s)", maxQueueWait, d)
+	}
+	l.queueWait = d
+	return nil
+}
+
+func (c *Config) validateRegions() error {
+	if c.Regions == nil {
+		c.Regions = kms.CommercialRegions()
+		return nil
+	}
+	if len(c.Regions) == 0 {
+		return errors.New("regions: at least one is required (leave regions out to serve the AWS commercial Regions)")
+	}
+	seen := map[string]bool{}
+	for i, r := range c.Regions {
+		switch {
+		case !kms.ValidRegion(r):
+			return fmt.Errorf("regions[%d]: %q is not a Region name such as eu-west-1", i, r)
+		case seen[r]:
+			return fmt.Errorf("regions[%d]: %s is listed twice", i, r)
+		}
+		seen[r] = true
 	}
 	return nil
 }

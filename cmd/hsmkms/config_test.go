@@ -144,7 +144,7 @@ func TestBootstrap(t *testing.T) {
 		t.Fatal(err, "(make test runs scripts/setup.sh first)")
 	}
 	dir := filepath.Join(t.TempDir(), "data")
-	path, info, err := Bootstrap(dir, "127.0.0.1:4599")
+	path, info, err := Bootstrap(dir, "127.0.0.1:4599", nil)
 	require.NoError(t, err)
 	require.Equal(t, "https://127.0.0.1:4599", info.Endpoint)
 	cfg, err := LoadConfig(path)
@@ -169,7 +169,7 @@ func TestBootstrap(t *testing.T) {
 
 	// A second run reuses everything.
 	caBefore, _ := os.ReadFile(info.CABundle)
-	path2, _, err := Bootstrap(dir, "127.0.0.1:4599")
+	path2, _, err := Bootstrap(dir, "127.0.0.1:4599", nil)
 	require.NoError(t, err)
 	require.Equal(t, path, path2)
 	caAfter, _ := os.ReadFile(info.CABundle)
@@ -204,7 +204,7 @@ func TestClustersConfig(t *testing.T) {
 // TestResetKmsuser is the documented recovery for a lost kmsuser password.
 func TestResetKmsuser(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "data")
-	_, info, err := Bootstrap(dir, "127.0.0.1:4599")
+	_, info, err := Bootstrap(dir, "127.0.0.1:4599", nil)
 	require.NoError(t, err)
 	require.Len(t, info.Clusters, 2)
 	fi, err := os.Stat(info.Clusters[0].PasswordFile)

@@ -48,7 +48,7 @@ func usage() {
 
 commands:
   serve          run the key service (--data-dir DIR --listen HOST:PORT, or --config FILE)
-  tokens         list the tokens a PKCS#11 module offers (--module PATH)
+  tokens         list the tokens a PKCS#11 module offers, and damaged SoftHSM2 tokens (--module PATH or --data-dir DIR)
   clusters       list the tokens declared as CloudHSM clusters and the key stores using them
   reset-kmsuser  set a new kmsuser password with the token's SO PIN (--cluster ID --so-pin-file F --new-password-file F)
   bench          load a running server through aws-sdk-go-v2 (--op Encrypt --workers 16 --duration 10s)

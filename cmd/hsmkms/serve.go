@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime/debug"
 	"syscall"
 	"time"
@@ -35,7 +36,8 @@ func serve(args []string) error {
 		return errors.New("serve: give --config or --data-dir, not both")
 	case *dataDir != "":
 		var err error
-		*configPath, info, err = Bootstrap(*dataDir, *listen)
+		blog := hclog.New(&hclog.LoggerOptions{Name: "hsmkms", Output: os.Stderr})
+		*configPath, info, err = Bootstrap(*dataDir, *listen, blog)
 		if err != nil {
 			return err
 		}
@@ -51,6 +53,12 @@ func serve(args []string) error {
 	// the server's CPU collecting. GOGC in the environment still wins.
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(400)
+	}
+	// With GOGC raised, a burst of large requests grew the heap to five
+	// times what was live; the soft limit keeps it near what the in-flight
+	// bound allows. GOMEMLIMIT in the environment still wins.
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(memoryLimit(cfg.Limits.MaxInFlight, kms.DefaultMaxBody))
 	}
 	log := hclog.New(&hclog.LoggerOptions{Name: "hsmkms", Level: hclog.LevelFromString(cfg.LogLevel), Output: os.Stderr})
 
@@ -81,12 +89,18 @@ func serve(args []string) error {
 		}
 		principals = append(principals, kms.Principal{AccessKeyID: p.AccessKeyID, Secret: secret, Account: p.AccountID, ARN: p.ARN, Policy: policy})
 	}
-	handler, err := svc.Handler(kms.HandlerConfig{Principals: principals, Logger: log.Named("api")})
+	queueWait := cfg.Limits.Wait()
+	if queueWait == 0 {
+		queueWait = -1 // HandlerConfig's "none"
+	}
+	handler, err := svc.Handler(kms.HandlerConfig{Principals: principals, Logger: log.Named("api"),
+		MaxInFlight: cfg.Limits.MaxInFlight, QueueWait: queueWait, Regions: cfg.Regions})
 	if err != nil {
 		return err
 	}
 	srv := &http.Server{
 		Handler:           handler,
+		MaxHeaderBytes:    maxHeaderBytes,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      60 * time.Second,
@@ -106,6 +120,9 @@ func serve(args []string) error {
 		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
 	}
 	svc.Start()
+	go releaseAfterBursts(ctx, 2*time.Second, 32<<20, debug.FreeOSMemory)
+	log.Info("limits", "max_in_flight", cfg.Limits.MaxInFlight, "queue_wait", cfg.Limits.Wait(),
+		"go_memory_limit_mib", debug.SetMemoryLimit(-1)>>20, "regions", len(cfg.Regions))
 
 	scheme := "https"
 	if cfg.PlainHTTP {
@@ -146,12 +163,20 @@ func open(ctx context.Context, cfg *Config, log hclog.Logger) (*kms.Service, err
 			Module: ks.Module, Label: ks.TokenLabel, Serial: ks.TokenSerial, PoolSize: ks.PoolSize,
 			Logger: log.Named("hsm"),
 		},
-		PIN:         pin,
-		Database:    cfg.Database.Path,
-		Clusters:    clusterConfigs(cfg, log),
-		Logger:      log.Named("kms"),
-		JobInterval: time.Minute,
+		PIN:          pin,
+		Database:     cfg.Database.Path,
+		Clusters:     clusterConfigs(cfg, log),
+		Logger:       log.Named("kms"),
+		JobInterval:  time.Minute,
+		TokenBackups: tokenBackupDir(cfg.Database.Path),
 	})
+}
+
+// tokenBackupDir is where hsmkms keeps its copies of SoftHSM2 token.object
+// files (see keystore.TokenBackups): beside the database, in hsmkms's own
+// directory.
+func tokenBackupDir(database string) string {
+	return filepath.Join(filepath.Dir(database), "token-backups")
 }
 
 // clusterConfigs turns the clusters section into the key store layer's

@@ -1,8 +1,10 @@
 // Package sigv4 verifies AWS Signature Version 4 on incoming requests, so
 // that the stock AWS SDKs and CLI authenticate to hsmkms exactly as they do
-// to AWS, with access keys the operator configures. It answers each failure
-// with the exception AWS sends for it. Secrets, derived keys and computed
-// signatures never appear in its errors.
+// to AWS, with access keys the operator configures: in the Authorization
+// header, or in the query string of a presigned URL. A credential scope
+// must name one of the Regions served. It answers each failure with the
+// exception AWS sends for it, checking in AWS's order. Secrets, derived
+// keys and computed signatures never appear in its errors.
 package sigv4
 
 import (
@@ -27,9 +29,14 @@ const (
 	amzDate    = "20060102T150405Z"
 )
 
-// Verifier checks signatures against a set of access keys.
+// Verifier checks signatures against a set of access keys, in the
+// Authorization header or in the query string (a presigned URL).
 type Verifier struct {
 	Service string // the credential scope's service must be this
+	// Regions are the Regions served: a credential scope naming any other
+	// is refused, as AWS refuses a request signed for another Region's
+	// endpoint. Empty serves none.
+	Regions map[string]bool
 	Lookup  func(accessKeyID string) (secret string, ok bool)
 	Now     func() time.Time
 	MaxSkew time.Duration // 0 means 5 minutes, as AWS
@@ -45,6 +52,8 @@ type Result struct {
 	Region      string
 	Service     string
 	Time        time.Time
+	// Presigned says the signature came in the query string.
+	Presigned bool
 }
 
 // Authorization is a parsed Authorization header.
@@ -85,12 +94,26 @@ func ParseAuthorization(h string) (*Authorization, error) {
 	if len(missing) > 0 {
 		return nil, incomplete("%s", strings.Join(missing, " "))
 	}
-	cred := strings.Split(params["Credential"], "/")
+	a, err := parseCredential(params["Credential"])
+	if err != nil {
+		return nil, err
+	}
+	a.SignedHeaders = strings.Split(params["SignedHeaders"], ";")
+	a.Signature = params["Signature"]
+	if err := a.checkSignedHeadersAndSignature("Authorization header SignedHeaders"); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// parseCredential parses a credential, KEY/YYYYMMDD/REGION/SERVICE/aws4_request,
+// in the Authorization header or X-Amz-Credential.
+func parseCredential(c string) (*Authorization, error) {
+	cred := strings.Split(c, "/")
 	if len(cred) != 5 || cred[0] == "" {
 		return nil, incomplete("Credential should be scoped to a valid region. ")
 	}
-	a := &Authorization{AccessKeyID: cred[0], Date: cred[1], Region: cred[2], Service: cred[3], Terminator: cred[4],
-		SignedHeaders: strings.Split(params["SignedHeaders"], ";"), Signature: params["Signature"]}
+	a := &Authorization{AccessKeyID: cred[0], Date: cred[1], Region: cred[2], Service: cred[3], Terminator: cred[4]}
 	switch {
 	case len(a.Date) != 8 || !digits(a.Date):
 		return nil, incomplete("Credential should be scoped to a valid date. ")
@@ -101,15 +124,25 @@ func ParseAuthorization(h string) (*Authorization, error) {
 	case a.Terminator != terminator:
 		return nil, incomplete("Credential should be scoped with a valid terminator: 'aws4_request', not '%s'. ", truncate(a.Terminator, 64))
 	}
+	return a, nil
+}
+
+// checkSignedHeadersAndSignature checks the shape of what was signed and
+// of the signature; where names the field in messages.
+func (a *Authorization) checkSignedHeadersAndSignature(where string) error {
 	for _, h := range a.SignedHeaders {
 		if h == "" || h != strings.ToLower(h) {
-			return nil, incomplete("Authorization header SignedHeaders must be lower-case header names separated by ';'.")
+			return incomplete("%s must be lower-case header names separated by ';'.", where)
 		}
 	}
 	if len(a.Signature) != 64 {
-		return nil, incomplete("Signature must be 64 hexadecimal characters.")
+		return incomplete("Signature must be 64 hexadecimal characters.")
 	}
-	return a, nil
+	return nil
+}
+
+func badDate(v string) error {
+	return incomplete("Date must be in ISO-8601 'basic format'. Got '%s'. See http://en.wikipedia.org/wiki/ISO_8601", truncate(v, 64))
 }
 
 func digits(s string) bool {
@@ -128,45 +161,25 @@ func truncate(s string, n int) string {
 	return s
 }
 
+// signed is a request's signature, from the Authorization header or the
+// query string.
+type signed struct {
+	*Authorization
+	dateValue     string        // the request time as sent
+	t             time.Time     // what it says
+	expires       time.Duration // X-Amz-Expires of a presigned URL
+	securityToken string
+	presigned     bool
+}
+
 // Verify checks r's signature over body, which the caller has read in full.
+// The checks run in the order AWS runs them, so a request with several
+// faults gets AWS's answer: how the signature was sent, its time, the
+// signed Host, the credential scope, the access key, the signature.
 func (v *Verifier) Verify(r *http.Request, body []byte) (Result, error) {
-	h := r.Header.Get("Authorization")
-	if h == "" {
-		return Result{}, wire.Errorf(wire.MissingAuthenticationToken, "Missing Authentication Token")
-	}
-	a, err := ParseAuthorization(h)
+	s, err := v.parse(r)
 	if err != nil {
 		return Result{}, err
-	}
-	dateHeader, dateValue := "x-amz-date", r.Header.Get("X-Amz-Date")
-	if dateValue == "" {
-		dateHeader, dateValue = "date", r.Header.Get("Date")
-	}
-	if dateValue == "" {
-		return Result{}, incomplete("Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header. Authorization=%s", redact(h))
-	}
-	t, err := time.Parse(amzDate, dateValue)
-	if err != nil {
-		if t, err = http.ParseTime(dateValue); err != nil {
-			return Result{}, incomplete("Date must be in ISO-8601 'basic format'. Got '%s'. See http://en.wikipedia.org/wiki/ISO_8601", truncate(dateValue, 64))
-		}
-	}
-	if reqDate := t.UTC().Format("20060102"); reqDate != a.Date {
-		return Result{}, invalid("Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP: '%s' != '%s', from '%s'.", a.Date, reqDate, dateHeader)
-	}
-	if a.Service != v.Service {
-		return Result{}, invalid("Credential should be scoped to correct service: '%s'. ", v.Service)
-	}
-	if !contains(a.SignedHeaders, "host") {
-		return Result{}, invalid("'Host' must be a 'SignedHeader' in the AWS Authorization.")
-	}
-	if r.Header.Get("X-Amz-Security-Token") != "" {
-		// hsmkms issues no temporary credentials, so no session token is ours.
-		return Result{}, wire.Errorf(wire.UnrecognizedClient, "The security token included in the request is invalid.")
-	}
-	secret, ok := v.Lookup(a.AccessKeyID)
-	if !ok {
-		return Result{}, wire.Errorf(wire.UnrecognizedClient, "The security token included in the request is invalid.")
 	}
 	now := time.Now
 	if v.Now != nil {
@@ -177,11 +190,42 @@ func (v *Verifier) Verify(r *http.Request, body []byte) (Result, error) {
 		skew = 5 * time.Minute
 	}
 	n := now().UTC()
-	if t.Before(n.Add(-skew)) {
-		return Result{}, invalid("Signature expired: %s is now earlier than %s (%s - %s.)", t.UTC().Format(amzDate), n.Add(-skew).Format(amzDate), n.Format(amzDate), skewText(skew))
+	// A presigned URL lives for the skew window, as in AWS, and never
+	// beyond its own X-Amz-Expires.
+	past := skew
+	if s.presigned && s.expires < past {
+		past = s.expires
 	}
-	if t.After(n.Add(skew)) {
-		return Result{}, invalid("Signature not yet current: %s is still later than %s (%s + %s.)", t.UTC().Format(amzDate), n.Add(skew).Format(amzDate), n.Format(amzDate), skewText(skew))
+	if s.t.Before(n.Add(-past)) {
+		return Result{}, invalid("Signature expired: %s is now earlier than %s (%s - %s.)", s.t.UTC().Format(amzDate), n.Add(-past).Format(amzDate), n.Format(amzDate), skewText(past))
+	}
+	if s.t.After(n.Add(skew)) {
+		return Result{}, invalid("Signature not yet current: %s is still later than %s (%s + %s.)", s.t.UTC().Format(amzDate), n.Add(skew).Format(amzDate), n.Format(amzDate), skewText(skew))
+	}
+	if !contains(s.SignedHeaders, "host") {
+		return Result{}, invalid("'Host' must be a 'SignedHeader' in the AWS Authorization.")
+	}
+	// AWS names every fault of the credential scope in one message.
+	var scope strings.Builder
+	if !v.Regions[s.Region] {
+		fmt.Fprintf(&scope, "Credential should be scoped to a valid region, not '%s'. ", truncate(s.Region, 64))
+	}
+	if s.Service != v.Service {
+		fmt.Fprintf(&scope, "Credential should be scoped to correct service: '%s'. ", v.Service)
+	}
+	if reqDate := s.t.UTC().Format("20060102"); reqDate != s.Date {
+		fmt.Fprintf(&scope, "Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP: '%s' != '%s', from '%s'.", s.Date, reqDate, truncate(s.dateValue, 64))
+	}
+	if scope.Len() > 0 {
+		return Result{}, invalid("%s", scope.String())
+	}
+	if s.securityToken != "" {
+		// hsmkms issues no temporary credentials, so no session token is ours.
+		return Result{}, wire.Errorf(wire.UnrecognizedClient, "The security token included in the request is invalid.")
+	}
+	secret, ok := v.Lookup(s.AccessKeyID)
+	if !ok {
+		return Result{}, wire.Errorf(wire.UnrecognizedClient, "The security token included in the request is invalid.")
 	}
 
 	payload := sha256.Sum256(body)
@@ -189,16 +233,53 @@ func (v *Verifier) Verify(r *http.Request, body []byte) (Result, error) {
 	if declared := r.Header.Get("X-Amz-Content-Sha256"); declared != "" && declared != payloadHex {
 		return Result{}, mismatch()
 	}
-	scope := a.Date + "/" + a.Region + "/" + a.Service + "/" + terminator
-	creq := canonicalRequest(r, a.SignedHeaders, payloadHex)
+	scopeText := s.Date + "/" + s.Region + "/" + s.Service + "/" + terminator
+	creq := canonicalRequest(r, s.SignedHeaders, payloadHex, s.presigned)
 	sum := sha256.Sum256([]byte(creq))
-	sts := algorithm + "\n" + dateValue + "\n" + scope + "\n" + hex.EncodeToString(sum[:])
-	want := hmacSHA256(v.signingKey(a.AccessKeyID, secret, a.Date, a.Region, a.Service), []byte(sts))
-	got, err := hex.DecodeString(a.Signature)
+	sts := algorithm + "\n" + s.dateValue + "\n" + scopeText + "\n" + hex.EncodeToString(sum[:])
+	want := hmacSHA256(v.signingKey(s.AccessKeyID, secret, s.Date, s.Region, s.Service), []byte(sts))
+	got, err := hex.DecodeString(s.Signature)
 	if err != nil || !hmac.Equal(want, got) {
 		return Result{}, mismatch()
 	}
-	return Result{AccessKeyID: a.AccessKeyID, Region: a.Region, Service: a.Service, Time: t}, nil
+	return Result{AccessKeyID: s.AccessKeyID, Region: s.Region, Service: s.Service, Time: s.t, Presigned: s.presigned}, nil
+}
+
+// parse finds the request's signature: in the Authorization header, or in
+// the query string, never both.
+func (v *Verifier) parse(r *http.Request) (*signed, error) {
+	q, err := ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		return nil, err
+	}
+	h := r.Header.Get("Authorization")
+	switch {
+	case q != nil && h != "":
+		return nil, invalid("Found both 'X-Amz-Algorithm' as a query-string param and 'Authorization' as HTTP header.")
+	case q != nil:
+		a := q.Authorization
+		return &signed{Authorization: &a, dateValue: q.AmzDate, t: q.Time, expires: q.Expires, securityToken: q.SecurityToken, presigned: true}, nil
+	case h == "":
+		return nil, wire.Errorf(wire.MissingAuthenticationToken, "Missing Authentication Token")
+	}
+	a, err := ParseAuthorization(h)
+	if err != nil {
+		return nil, err
+	}
+	dateValue := r.Header.Get("X-Amz-Date")
+	if dateValue == "" {
+		dateValue = r.Header.Get("Date")
+	}
+	if dateValue == "" {
+		return nil, incomplete("Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header. Authorization=%s", redact(h))
+	}
+	t, err := time.Parse(amzDate, dateValue)
+	if err != nil {
+		if t, err = http.ParseTime(dateValue); err != nil {
+			return nil, badDate(dateValue)
+		}
+	}
+	return &signed{Authorization: a, dateValue: dateValue, t: t, securityToken: r.Header.Get("X-Amz-Security-Token")}, nil
 }
 
 func mismatch() error {
@@ -209,7 +290,7 @@ func skewText(d time.Duration) string {
 	if d%time.Minute == 0 {
 		return strconv.Itoa(int(d/time.Minute)) + " min"
 	}
-	return d.String()
+	return strconv.Itoa(int(d/time.Second)) + " sec"
 }
 
 // redact drops the signature from an Authorization header echoed in an error.
@@ -229,13 +310,15 @@ func contains(list []string, s string) bool {
 	return false
 }
 
-func canonicalRequest(r *http.Request, signed []string, payloadHex string) string {
+// canonicalRequest is the request as the client signed it. A presigned
+// URL's signature cannot sign itself, so X-Amz-Signature is left out.
+func canonicalRequest(r *http.Request, signed []string, payloadHex string, presigned bool) string {
 	var b strings.Builder
 	b.WriteString(r.Method)
 	b.WriteByte('\n')
 	b.WriteString(canonicalURI(r.URL.EscapedPath()))
 	b.WriteByte('\n')
-	b.WriteString(canonicalQuery(r.URL.RawQuery))
+	b.WriteString(canonicalQuery(r.URL.RawQuery, presigned))
 	b.WriteByte('\n')
 	for _, h := range signed {
 		b.WriteString(h)
@@ -286,26 +369,20 @@ func canonicalURI(p string) string {
 	return strings.Join(segs, "/")
 }
 
-func canonicalQuery(raw string) string {
+// canonicalQuery is the query sorted and encoded as SigV4 signs it;
+// Verify has checked that it decodes.
+func canonicalQuery(raw string, presigned bool) string {
 	if raw == "" {
 		return ""
 	}
+	params, _ := parseQueryString(raw)
 	type kv struct{ k, v string }
 	var pairs []kv
-	for _, part := range strings.Split(raw, "&") {
-		if part == "" {
+	for _, p := range params {
+		if presigned && p.key == paramSignature {
 			continue
 		}
-		k, v, _ := strings.Cut(part, "=")
-		uk, err1 := url.QueryUnescape(k)
-		uv, err2 := url.QueryUnescape(v)
-		if err1 == nil {
-			k = uk
-		}
-		if err2 == nil {
-			v = uv
-		}
-		pairs = append(pairs, kv{escape(k), escape(v)})
+		pairs = append(pairs, kv{escape(p.key), escape(p.value)})
 	}
 	sort.Slice(pairs, func(i, j int) bool {
 		if pairs[i].k != pairs[j].k {

@@ -29,8 +29,11 @@ const (
 
 var t0 = time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)
 
+// served are the Regions the tests' verifiers serve.
+var served = map[string]bool{region: true, "eu-central-1": true}
+
 func verifier(now time.Time) *Verifier {
-	return &Verifier{Service: "kms", Now: func() time.Time { return now }, Lookup: func(id string) (string, bool) {
+	return &Verifier{Service: "kms", Regions: served, Now: func() time.Time { return now }, Lookup: func(id string) (string, bool) {
 		return secret, id == akid
 	}}
 }
@@ -99,8 +102,20 @@ func TestVerifyFailures(t *testing.T) {
 			r.Header.Set("Authorization", strings.Replace(r.Header.Get("Authorization"), "aws4_request", "aws5_request", 1))
 		}, body, t0, wire.IncompleteSignature, "Credential should be scoped with a valid terminator: 'aws4_request', not 'aws5_request'. "},
 		{"no date", func(r *http.Request) { r.Header.Del("X-Amz-Date") }, body, t0, wire.IncompleteSignature, ""},
-		{"scope date", func(r *http.Request) { r.Header.Set("X-Amz-Date", "20261125T120000Z") }, body, t0, wire.InvalidSignature,
-			"Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP: '20261124' != '20261125', from 'x-amz-date'."},
+		{"scope date", func(r *http.Request) {
+			r.Header.Set("Authorization", strings.Replace(r.Header.Get("Authorization"), "/20261124/", "/20261123/", 1))
+		}, body, t0, wire.InvalidSignature,
+			"Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP: '20261123' != '20261124', from '20261124T120000Z'."},
+		{"date a day off", func(r *http.Request) { r.Header.Set("X-Amz-Date", "20261125T120000Z") }, body, t0, wire.InvalidSignature,
+			"Signature not yet current: 20261125T120000Z is still later than 20261124T120500Z (20261124T120000Z + 5 min.)"},
+		{"region not served", func(r *http.Request) {
+			r.Header.Set("Authorization", strings.Replace(r.Header.Get("Authorization"), "/us-west-2/", "/xx-nowhere-1/", 1))
+		}, body, t0, wire.InvalidSignature, "Credential should be scoped to a valid region, not 'xx-nowhere-1'. "},
+		{"every fault of the scope at once", func(r *http.Request) {
+			r.Header.Set("Authorization", strings.Replace(r.Header.Get("Authorization"), "/20261124/us-west-2/kms/", "/20261123/xx-nowhere-1/s3/", 1))
+		}, body, t0, wire.InvalidSignature, "Credential should be scoped to a valid region, not 'xx-nowhere-1'. " +
+			"Credential should be scoped to correct service: 'kms'. " +
+			"Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP: '20261123' != '20261124', from '20261124T120000Z'."},
 		{"wrong service", func(r *http.Request) {
 			r.Header.Set("Authorization", strings.Replace(r.Header.Get("Authorization"), "/kms/", "/s3/", 1))
 		}, body, t0, wire.InvalidSignature, "Credential should be scoped to correct service: 'kms'. "},
@@ -148,7 +163,7 @@ func TestVerifyFailures(t *testing.T) {
 
 // TestSDKClient is the real path: the KMS client signs, a server verifies.
 func TestSDKClient(t *testing.T) {
-	v := &Verifier{Service: "kms", Lookup: func(id string) (string, bool) { return secret, id == akid }}
+	v := &Verifier{Service: "kms", Regions: served, Lookup: func(id string) (string, bool) { return secret, id == akid }}
 	var mu sync.Mutex
 	var results []Result
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -195,9 +210,11 @@ func FuzzParseAuthorization(f *testing.F) {
 }
 
 func FuzzVerify(f *testing.F) {
-	f.Add("AWS4-HMAC-SHA256 Credential="+akid+"/20261124/us-west-2/kms/aws4_request, SignedHeaders=host;x-amz-date, Signature="+strings.Repeat("0", 64), "20261124T120000Z", []byte("{}"))
-	f.Fuzz(func(t *testing.T, auth, date string, body []byte) {
+	f.Add("AWS4-HMAC-SHA256 Credential="+akid+"/20261124/us-west-2/kms/aws4_request, SignedHeaders=host;x-amz-date, Signature="+strings.Repeat("0", 64), "20261124T120000Z", "", []byte("{}"))
+	f.Add("", "", "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential="+akid+"%2F20261124%2Fus-west-2%2Fkms%2Faws4_request&X-Amz-Date=20261124T120000Z&X-Amz-SignedHeaders=host&X-Amz-Signature="+strings.Repeat("0", 64), []byte("{}"))
+	f.Fuzz(func(t *testing.T, auth, date, query string, body []byte) {
 		r := httptest.NewRequest(http.MethodPost, "/", nil)
+		r.URL.RawQuery = query
 		r.Header.Set("Authorization", auth)
 		r.Header.Set("X-Amz-Date", date)
 		if _, err := verifier(t0).Verify(r, body); err == nil {

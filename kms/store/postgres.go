@@ -86,6 +86,13 @@ var pgMigrations = []string{
 	CREATE INDEX grants_grantee ON grants (account, region, key_id, grantee_principal);
 	CREATE INDEX grants_name ON grants (account, region, key_id, name);
 	CREATE INDEX grants_retiring ON grants (region, retiring_principal, grant_id);`,
+	// 5: the identity of the token behind each key store ('' for the
+	// default key store). Serial and label are what the token reported:
+	// BYTEA, as a token owes us no UTF-8.
+	`CREATE TABLE token_identities (
+		key_store_id TEXT COLLATE "C" PRIMARY KEY, cluster_id TEXT COLLATE "C" NOT NULL,
+		marker BYTEA NOT NULL, serial BYTEA NOT NULL, label BYTEA NOT NULL, recorded BIGINT NOT NULL
+	);`,
 }
 
 // Advisory lock keys. pg_advisory_xact_lock(bigint) and (int, int) are
@@ -965,9 +972,43 @@ func (p *PostgreSQL) DeleteKeyStore(ctx context.Context, id string) error {
 		if n > 0 {
 			return &KeyStoreNotEmptyError{Keys: n}
 		}
-		_, err := tx.Exec(ctx, `DELETE FROM key_stores WHERE id = $1`, id)
+		if _, err := tx.Exec(ctx, `DELETE FROM key_stores WHERE id = $1`, id); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `DELETE FROM token_identities WHERE key_store_id = $1`, id)
 		return err
 	})
+}
+
+func (p *PostgreSQL) TokenIdentity(ctx context.Context, keyStoreID string) (*TokenIdentity, error) {
+	if !storable(keyStoreID) {
+		return nil, ErrNotFound
+	}
+	id := TokenIdentity{KeyStoreID: keyStoreID}
+	var serial, label []byte
+	var recorded int64
+	err := p.pool.QueryRow(ctx, `SELECT cluster_id, marker, serial, label, recorded FROM token_identities WHERE key_store_id = $1`, keyStoreID).
+		Scan(&id.ClusterID, &id.Marker, &serial, &label, &recorded)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, err
+	}
+	id.Serial, id.Label, id.Recorded = string(serial), string(label), fromNanos(recorded)
+	return &id, nil
+}
+
+func (p *PostgreSQL) PutTokenIdentity(ctx context.Context, id *TokenIdentity) error {
+	marker := id.Marker
+	if marker == nil {
+		marker = []byte{}
+	}
+	_, err := p.pool.Exec(ctx, `INSERT INTO token_identities (key_store_id, cluster_id, marker, serial, label, recorded) VALUES ($1,$2,$3,$4,$5,$6)
+		ON CONFLICT (key_store_id) DO UPDATE SET cluster_id = excluded.cluster_id, marker = excluded.marker,
+		serial = excluded.serial, label = excluded.label, recorded = excluded.recorded`,
+		id.KeyStoreID, id.ClusterID, marker, bytesOf(id.Serial), bytesOf(id.Label), toNanos(id.Recorded))
+	return err
 }
 
 func (p *PostgreSQL) DeleteKeyOrphaning(ctx context.Context, k *Key, now time.Time) error {

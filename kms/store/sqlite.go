@@ -80,6 +80,14 @@ var migrations = []string{
 	CREATE INDEX grants_grantee ON grants (account, region, key_id, grantee_principal);
 	CREATE INDEX grants_name ON grants (account, region, key_id, name);
 	CREATE INDEX grants_retiring ON grants (region, retiring_principal, grant_id);`,
+	// 5: the identity of the token behind each key store ('' for the
+	// default key store), checked at every start and connect so a blank
+	// token answering to the same label is refused. Deleting a custom key
+	// store deletes its row in the same transaction.
+	`CREATE TABLE token_identities (
+		key_store_id TEXT PRIMARY KEY, cluster_id TEXT NOT NULL,
+		marker BLOB NOT NULL, serial TEXT NOT NULL, label TEXT NOT NULL, recorded INTEGER NOT NULL
+	);`,
 }
 
 // SQLite is the embedded Store: one file, WAL journal, synchronous=FULL so
@@ -870,9 +878,35 @@ func (s *SQLite) DeleteKeyStore(ctx context.Context, id string) error {
 		if n > 0 {
 			return &KeyStoreNotEmptyError{Keys: n}
 		}
-		_, err := tx.ExecContext(ctx, `DELETE FROM key_stores WHERE id = ?`, id)
+		if _, err := tx.ExecContext(ctx, `DELETE FROM key_stores WHERE id = ?`, id); err != nil {
+			return err
+		}
+		_, err := tx.ExecContext(ctx, `DELETE FROM token_identities WHERE key_store_id = ?`, id)
 		return err
 	})
+}
+
+func (s *SQLite) TokenIdentity(ctx context.Context, keyStoreID string) (*TokenIdentity, error) {
+	id := TokenIdentity{KeyStoreID: keyStoreID}
+	var recorded int64
+	err := s.db.QueryRowContext(ctx, `SELECT cluster_id, marker, serial, label, recorded FROM token_identities WHERE key_store_id = ?`, keyStoreID).
+		Scan(&id.ClusterID, &id.Marker, &id.Serial, &id.Label, &recorded)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, err
+	}
+	id.Recorded = fromNanos(recorded)
+	return &id, nil
+}
+
+func (s *SQLite) PutTokenIdentity(ctx context.Context, id *TokenIdentity) error {
+	_, err := s.exec(ctx, `INSERT INTO token_identities (key_store_id, cluster_id, marker, serial, label, recorded) VALUES (?,?,?,?,?,?)
+		ON CONFLICT (key_store_id) DO UPDATE SET cluster_id = excluded.cluster_id, marker = excluded.marker,
+		serial = excluded.serial, label = excluded.label, recorded = excluded.recorded`,
+		id.KeyStoreID, id.ClusterID, id.Marker, id.Serial, id.Label, toNanos(id.Recorded))
+	return err
 }
 
 func (s *SQLite) DeleteKeyOrphaning(ctx context.Context, k *Key, now time.Time) error {

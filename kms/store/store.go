@@ -86,6 +86,18 @@ type KeyStore struct {
 	Password, PendingPassword []byte
 }
 
+// TokenIdentity is what is recorded of the token behind a key store, to
+// know it again: the value of the identity object hsmkms put on it, and its
+// serial and label when recorded.
+type TokenIdentity struct {
+	KeyStoreID string // "" for the default key store
+	ClusterID  string // the cluster it was recorded for ("" for the default key store)
+	Marker     []byte
+	Serial     string
+	Label      string
+	Recorded   time.Time
+}
+
 // Orphan is a token object left behind when its key was deleted while its
 // key store was disconnected.
 type Orphan struct {
@@ -227,6 +239,12 @@ type Store interface {
 	// and records its token objects as orphans, in one transaction.
 	DeleteKeyOrphaning(ctx context.Context, k *Key, now time.Time) error
 	Orphans(ctx context.Context) ([]Orphan, error)
+
+	// TokenIdentity returns what is recorded of a key store's token ("" for
+	// the default key store), or ErrNotFound.
+	TokenIdentity(ctx context.Context, keyStoreID string) (*TokenIdentity, error)
+	// PutTokenIdentity records it, replacing any earlier record.
+	PutTokenIdentity(ctx context.Context, id *TokenIdentity) error
 
 	// CreateGrant stores g unless a grant with the same non-empty Name and
 	// the same parameters (SameParameters) exists on the key, in which case

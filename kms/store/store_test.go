@@ -1199,3 +1199,46 @@ func TestOddStrings(t *testing.T) {
 		require.Equal(t, k, got, "nothing above changed the key")
 	})
 }
+
+func TestTokenIdentities(t *testing.T) {
+	each(t, func(t *testing.T, d *db) {
+		s := d.open(t)
+		_, err := s.TokenIdentity(ctx, "")
+		require.ErrorIs(t, err, ErrNotFound)
+
+		def := &TokenIdentity{Marker: []byte{1, 2}, Serial: "0123456789abcdef", Label: "hsmkms-default", Recorded: time.Unix(1700000000, 0).UTC()}
+		require.NoError(t, s.PutTokenIdentity(ctx, def))
+		got, err := s.TokenIdentity(ctx, "")
+		require.NoError(t, err)
+		require.Equal(t, def, got)
+
+		t.Run("a later record replaces the earlier", func(t *testing.T) {
+			moved := *def
+			moved.Serial = "fedcba9876543210"
+			require.NoError(t, s.PutTokenIdentity(ctx, &moved))
+			got, err := s.TokenIdentity(ctx, "")
+			require.NoError(t, err)
+			require.Equal(t, "fedcba9876543210", got.Serial)
+		})
+		t.Run("what a token reports is kept byte for byte", func(t *testing.T) {
+			odd := &TokenIdentity{KeyStoreID: "cks-odd", ClusterID: "cluster-odd", Marker: []byte{0}, Serial: "\xff\x00", Label: "l\x00\xfe   ",
+				Recorded: time.Unix(1700000000, 1).UTC()}
+			require.NoError(t, s.PutTokenIdentity(ctx, odd))
+			got, err := s.TokenIdentity(ctx, "cks-odd")
+			require.NoError(t, err)
+			require.Equal(t, odd, got)
+			_, err = s.TokenIdentity(ctx, "cks-odd\x00")
+			require.ErrorIs(t, err, ErrNotFound)
+		})
+		t.Run("deleting a key store deletes its record", func(t *testing.T) {
+			require.NoError(t, s.CreateKeyStore(ctx, &KeyStore{ID: "cks-1", Account: "a", Region: "r", Name: "n", ClusterID: "cluster-a", TrustAnchor: "pem"}, testLimit))
+			require.NoError(t, s.PutTokenIdentity(ctx, &TokenIdentity{KeyStoreID: "cks-1", ClusterID: "cluster-a", Marker: []byte{3}, Serial: "s", Label: "l"}))
+			require.NoError(t, s.DeleteKeyStore(ctx, "cks-1"))
+			_, err := s.TokenIdentity(ctx, "cks-1")
+			require.ErrorIs(t, err, ErrNotFound)
+			require.ErrorIs(t, s.DeleteKeyStore(ctx, "cks-1"), ErrNotFound)
+			_, err = s.TokenIdentity(ctx, "")
+			require.NoError(t, err, "the default key store's record stays")
+		})
+	})
+}

@@ -142,7 +142,11 @@ func TestEveryConstraint(t *testing.T) {
 					vs = append(vs, violation{v, fmt.Sprintf("%s failed to satisfy constraint: Member must have length less than or equal to %d", shown(v), *s.Max)})
 				}
 				if len(s.Enum) > 0 {
-					vs = append(vs, violation{"NOT_A_VALUE", fmt.Sprintf("%s failed to satisfy constraint: Member must satisfy enum value set: [%s]", shown("NOT_A_VALUE"), strings.Join(s.Enum, ", "))})
+					order := s.Enum // the model's, unless AWS's own order was recorded
+					if aws, ok := awsEnumOrder[mb.Shape]; ok {
+						order = aws
+					}
+					vs = append(vs, violation{"NOT_A_VALUE", fmt.Sprintf("%s failed to satisfy constraint: Member must satisfy enum value set: [%s]", shown("NOT_A_VALUE"), strings.Join(order, ", "))})
 				}
 			case "blob":
 				if s.Max != nil {

@@ -12,8 +12,9 @@ import (
 )
 
 // Validate checks a request body against op's input shape in the KMS model,
-// the way AWS does before an operation runs: malformed JSON or a value of
-// the wrong JSON type is a SerializationException; missing required
+// the way AWS does before an operation runs: malformed JSON, a value of the
+// wrong JSON type, or a null inside a list or map (the model's collections
+// are all dense) is a SerializationException; missing required
 // members and values outside their length, range, enum or pattern are one
 // ValidationException listing every violation in AWS's words. Members the
 // model does not know are ignored, as AWS ignores them. An operation not in
@@ -165,10 +166,14 @@ func (c *checker) check(s *shape, v any, path string, sensitive bool) {
 		}
 		c.length(s, int64(len(list)), "", path)
 		for i, item := range list {
+			p := fmt.Sprintf("%s.%d.member", path, i+1)
 			if item == nil {
-				continue
+				// Every list of the KMS model is dense: a null element is
+				// malformed JSON for the shape, not a missing value.
+				c.wrongType("Unexpected null at '" + p + "'.")
+				return
 			}
-			c.check(s.elem, item, fmt.Sprintf("%s.%d.member", path, i+1), sensitive)
+			c.check(s.elem, item, p, sensitive)
 		}
 	case "map":
 		obj, ok := v.(map[string]any)
@@ -180,9 +185,14 @@ func (c *checker) check(s *shape, v any, path string, sensitive bool) {
 		key, val := kmsModel.Shapes[s.Key], kmsModel.Shapes[s.Value]
 		for k, item := range obj {
 			c.check(key, k, path+".key", sensitive)
-			if item != nil {
-				c.check(val, item, path+"."+k, sensitive)
+			if item == nil {
+				// Dense, as the lists: a null value would otherwise reach
+				// the operation as "" (an encryption context that
+				// differs from the one the client meant).
+				c.wrongType("Unexpected null at '" + path + "." + k + "'.")
+				return
 			}
+			c.check(val, item, path+"."+k, sensitive)
 		}
 	}
 }
@@ -197,14 +207,37 @@ func (c *checker) length(s *shape, n int64, shown, path string) {
 }
 
 // base64Len is the decoded length of standard base64, checking it the way
-// encoding/json will decode it later.
+// encoding/json will decode it later. It decodes into a fixed buffer, a
+// block at a time, so a blob of any size costs no allocation: most blobs
+// this checks are refused for their length.
 func base64Len(s string) (int, error) {
-	if len(s) <= 8192 {
-		var buf [6144]byte
-		if base64.StdEncoding.DecodedLen(len(s)) <= len(buf) {
-			return base64.StdEncoding.Decode(buf[:], []byte(s))
+	if strings.ContainsAny(s, "\r\n") {
+		// The decoder skips line breaks, so blocks would not align on
+		// quantums; such input is rare enough to decode whole.
+		b, err := base64.StdEncoding.DecodeString(s)
+		return len(b), err
+	}
+	const block = 4096 // whole quantums: only the last may carry padding
+	var src [block]byte
+	var dst [block / 4 * 3]byte
+	total := 0
+	for off := 0; off < len(s) || off == 0; off += block {
+		end := min(off+block, len(s))
+		chunk := src[:copy(src[:], s[off:end])]
+		if end < len(s) && bytes.IndexByte(chunk, '=') >= 0 {
+			return 0, base64.CorruptInputError(off + bytes.IndexByte(chunk, '='))
+		}
+		n, err := base64.StdEncoding.Decode(dst[:], chunk)
+		if err != nil {
+			if ce, ok := err.(base64.CorruptInputError); ok {
+				return 0, base64.CorruptInputError(off + int(ce))
+			}
+			return 0, err
+		}
+		total += n
+		if end == len(s) {
+			break
 		}
 	}
-	b, err := base64.StdEncoding.DecodeString(s)
-	return len(b), err
+	return total, nil
 }

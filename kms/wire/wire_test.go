@@ -57,6 +57,17 @@ func TestValidate(t *testing.T) {
 		{"GenerateRandom", `{"NumberOfBytes":1}{}`, SerializationException, ""},
 		{"GenerateRandom", `{`, SerializationException, ""},
 		{"Encrypt", `{"KeyId":"k","Plaintext":"aGk=","Unknown":{"x":1}}`, "", ""},
+		// The model's lists and maps are dense: a null inside one is
+		// malformed for the shape (the AWS protocol tests' rule), never
+		// dropped or read as "".
+		{"CreateKey", `{"Tags":[null]}`, SerializationException, "Unexpected null at 'tags.1.member'."},
+		{"TagResource", `{"KeyId":"k","Tags":[{"TagKey":"a","TagValue":"b"},null]}`, SerializationException, "Unexpected null at 'tags.2.member'."},
+		{"Encrypt", `{"KeyId":"k","Plaintext":"aGk=","GrantTokens":[null]}`, SerializationException, ""},
+		{"Encrypt", `{"KeyId":"k","Plaintext":"aGk=","EncryptionContext":{"a":null}}`, SerializationException, "Unexpected null at 'encryptionContext.a'."},
+		{"CreateKey", `{"Tags":null}`, "", ""},
+		// AWS's recorded order of an enum's values, not the model's.
+		{"GenerateMac", `{"KeyId":"k","Message":"aGk=","MacAlgorithm":"X"}`, Validation,
+			one + "Value 'X' at 'macAlgorithm' failed to satisfy constraint: Member must satisfy enum value set: [HMAC_SHA_384, HMAC_SHA_256, HMAC_SHA_224, HMAC_SHA_512]"},
 	}
 	for _, tc := range cases {
 		err := Validate(tc.op, []byte(tc.body))
@@ -69,6 +80,17 @@ func TestValidate(t *testing.T) {
 		if tc.msg != "" {
 			require.Equal(t, tc.msg, err.Message)
 		}
+	}
+}
+
+// TestAWSEnumOrder: every recorded order is still a permutation of the
+// model's values; one that is not would silently fall back to the model's
+// order after a model update.
+func TestAWSEnumOrder(t *testing.T) {
+	for name, order := range awsEnumOrder {
+		t.Run(name, func(t *testing.T) {
+			require.ElementsMatch(t, EnumValues(name), order)
+		})
 	}
 }
 
@@ -181,6 +203,9 @@ func TestServer(t *testing.T) {
 		}
 		require.Regexp(t, `^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`, h.Get("x-amzn-RequestId"))
 	}
+	// An exception without a message has no message member, as AWS sends it.
+	_, body, _ := post(t, srv.URL, "TrentService.Nope", `{}`, true)
+	require.Equal(t, map[string]string{"__type": UnknownOperation}, body)
 	require.Contains(t, logs.String(), "token exploded", "the detail of an internal error goes to the log, not to the client")
 	require.Contains(t, logs.String(), "operation=DescribeKey")
 	require.Contains(t, logs.String(), "outcome=NotFoundException")

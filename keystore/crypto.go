@@ -1,0 +1,190 @@
+package keystore
+
+import (
+	"context"
+	"crypto"
+	"crypto/ed25519"
+	"crypto/x509"
+	"fmt"
+
+	"github.com/hsmkms/hsmkms/hsm"
+)
+
+// The AES-GCM parameters of every EncryptGCM: a fresh random 12-byte IV and
+// a 128-bit tag.
+const (
+	GCMIVSize  = hsm.GCMIVSize
+	GCMTagSize = hsm.GCMTagSize
+)
+
+// SignAlgorithm is a signature scheme of Sign and Verify.
+type SignAlgorithm = hsm.SignAlgorithm
+
+const (
+	// RSAPKCS1v15 signs a digest with RSASSA-PKCS1-v1_5.
+	RSAPKCS1v15 = hsm.RSAPKCS1v15
+	// RSAPSS signs a digest with RSASSA-PSS, MGF1 with the same hash and a
+	// salt as long as the hash.
+	RSAPSS = hsm.RSAPSS
+	// ECDSA signs a digest; signatures are ASN.1 DER SEQUENCE{r, s}.
+	ECDSA = hsm.ECDSA
+	// EdDSA signs the message itself: pure Ed25519.
+	EdDSA = hsm.EdDSA
+	// EdDSAPh signs the SHA-512 digest of the message: Ed25519ph.
+	EdDSAPh = hsm.EdDSAPh
+)
+
+// EncryptGCM encrypts plaintext with AES-256-GCM under m, authenticating
+// aad too, and returns the IV and the ciphertext with its tag.
+func (s *Store) EncryptGCM(ctx context.Context, m Material, plaintext, aad []byte) (iv, sealed []byte, err error) {
+	tok, err := s.token()
+	if err != nil {
+		return nil, nil, err
+	}
+	iv, sealed, err = tok.EncryptGCM(ctx, hsm.SecretKeyByID(m.ref), plaintext, aad)
+	return iv, sealed, classify(err)
+}
+
+// DecryptGCM reverses EncryptGCM. Whatever is wrong with iv, sealed or aad
+// is ErrInvalidCiphertext, with no hint of which.
+func (s *Store) DecryptGCM(ctx context.Context, m Material, iv, sealed, aad []byte) ([]byte, error) {
+	tok, err := s.token()
+	if err != nil {
+		return nil, err
+	}
+	plain, err := tok.DecryptGCM(ctx, hsm.SecretKeyByID(m.ref), iv, sealed, aad)
+	return plain, classify(err)
+}
+
+// DecryptOAEP decrypts an RSAES-OAEP ciphertext (hash SHA-1 or SHA-256,
+// MGF1 with the same hash, no label) with m's private key. Every
+// ciphertext that does not decrypt is exactly ErrInvalidCiphertext.
+func (s *Store) DecryptOAEP(ctx context.Context, m Material, hash crypto.Hash, ciphertext []byte) ([]byte, error) {
+	tok, err := s.token()
+	if err != nil {
+		return nil, err
+	}
+	plain, err := tok.DecryptOAEP(ctx, m.ref, hash, ciphertext)
+	return plain, classify(err)
+}
+
+// PublicKey is m's public key as DER SubjectPublicKeyInfo. A public key
+// never changes, so each is read from the token once and kept (until
+// Destroy); the hot path (RSA encryption, GetPublicKey) never asks the
+// token again.
+func (s *Store) PublicKey(ctx context.Context, m Material) ([]byte, error) {
+	if der, ok := s.publicKeys.Load(string(m.ref)); ok {
+		return der.([]byte), nil
+	}
+	tok, err := s.token()
+	if err != nil {
+		return nil, err
+	}
+	der, err := tok.PublicKeyDER(ctx, m.ref)
+	if err != nil {
+		return nil, classify(err)
+	}
+	s.publicKeys.Store(string(m.ref), der)
+	return der, nil
+}
+
+// Sign signs with m's private key. For the digest algorithms data is the
+// hash.Size()-byte digest; for EdDSA it is the message, with crypto.SHA512.
+func (s *Store) Sign(ctx context.Context, m Material, alg SignAlgorithm, hash crypto.Hash, data []byte) ([]byte, error) {
+	tok, err := s.token()
+	if err != nil {
+		return nil, err
+	}
+	sig, err := tok.Sign(ctx, m.ref, alg, hash, data)
+	return sig, classify(err)
+}
+
+// Verify checks sig over data (as for Sign) with m's public key, on the
+// token. A signature that does not verify is (false, nil).
+func (s *Store) Verify(ctx context.Context, m Material, alg SignAlgorithm, hash crypto.Hash, data, sig []byte) (bool, error) {
+	tok, err := s.token()
+	if err != nil {
+		return false, err
+	}
+	ok, err := tok.Verify(ctx, m.ref, alg, hash, data, sig)
+	return ok, classify(err)
+}
+
+// MAC is the HMAC of msg under m with hash (SHA-224, -256, -384 or -512).
+func (s *Store) MAC(ctx context.Context, m Material, hash crypto.Hash, msg []byte) ([]byte, error) {
+	tok, err := s.token()
+	if err != nil {
+		return nil, err
+	}
+	mac, err := tok.MAC(ctx, m.ref, hash, msg)
+	return mac, classify(err)
+}
+
+// VerifyMAC recomputes the HMAC of msg on the token and compares it with
+// mac in constant time.
+func (s *Store) VerifyMAC(ctx context.Context, m Material, hash crypto.Hash, msg, mac []byte) (bool, error) {
+	tok, err := s.token()
+	if err != nil {
+		return false, err
+	}
+	ok, err := tok.VerifyMAC(ctx, m.ref, hash, msg, mac)
+	return ok, classify(err)
+}
+
+// DeriveECDH is the ECDH shared secret (the X coordinate, field-size
+// bytes) of m's private key and the peer's uncompressed point.
+func (s *Store) DeriveECDH(ctx context.Context, m Material, peerPoint []byte) ([]byte, error) {
+	tok, err := s.token()
+	if err != nil {
+		return nil, err
+	}
+	secret, err := tok.DeriveECDH(ctx, m.ref, peerPoint)
+	return secret, classify(err)
+}
+
+// GenerateRandom returns n bytes from the store's token RNG.
+func (s *Store) GenerateRandom(ctx context.Context, n int) ([]byte, error) {
+	tok, err := s.token()
+	if err != nil {
+		return nil, err
+	}
+	b, err := tok.GenerateRandom(ctx, n)
+	return b, classify(err)
+}
+
+// GenerateDataKeyPair makes a key pair of spec for the caller to take away
+// (that is its point): the private key as PKCS#8 DER, the public key as DER
+// SubjectPublicKeyInfo. RSA and EC pairs are generated by the token as
+// session objects, read and destroyed; an Ed25519 key is a seed drawn from
+// the token's RNG. Symmetric and HMAC specs have no pairs.
+func (s *Store) GenerateDataKeyPair(ctx context.Context, spec Spec) (privatePKCS8, publicSPKI []byte, err error) {
+	switch {
+	case spec == Ed25519:
+		return s.ed25519Pair(ctx)
+	case !spec.Asymmetric():
+		return nil, nil, fmt.Errorf("keystore: %v is not a key pair spec", spec)
+	}
+	tok, err := s.token()
+	if err != nil {
+		return nil, nil, err
+	}
+	privatePKCS8, publicSPKI, err = tok.GenerateDataKeyPair(ctx, spec.pair())
+	return privatePKCS8, publicSPKI, classify(err)
+}
+
+func (s *Store) ed25519Pair(ctx context.Context) (private, public []byte, err error) {
+	seed, err := s.GenerateRandom(ctx, ed25519.SeedSize)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer clear(seed)
+	priv := ed25519.NewKeyFromSeed(seed)
+	defer clear(priv)
+	if private, err = x509.MarshalPKCS8PrivateKey(priv); err != nil {
+		return nil, nil, err
+	}
+	if public, err = x509.MarshalPKIXPublicKey(priv.Public()); err != nil {
+		return nil, nil, err
+	}
+	return private, public, nil
+}
