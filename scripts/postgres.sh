@@ -49,7 +49,7 @@ bindir() {
 install() {
   if bindir >/dev/null; then return 0; fi
   if ! command -v apt-get >/dev/null 2>&1; then
-    die "no PostgreSQL server found and no apt-get to install one: install PostgreSQL 12 or later (initdb, postgres) and set PG_BINDIR, or set HSMKMS_TEST_POSTGRES=skip to skip the PostgreSQL tests"
+    die "no PostgreSQL server found and no apt-get to install one: install PostgreSQL 13 or later (initdb, postgres; tested with 15) and set PG_BINDIR, or set HSMKMS_TEST_POSTGRES=skip to skip the PostgreSQL tests"
   fi
   local sudo=""
   if [ "$(id -u)" -ne 0 ]; then
