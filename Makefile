@@ -1,6 +1,7 @@
 # hsmkms: an AWS KMS-compatible key service whose keys live on PKCS#11 tokens.
 # `make run` and `make test` install what is missing (SoftHSM2, OpenSC) via
-# scripts/setup.sh; nothing else needs to be set up by hand.
+# scripts/setup.sh, and `make test` and `make bench` PostgreSQL (for the
+# store suite) via scripts/postgres.sh; nothing else needs to be set up by hand.
 
 GO          ?= go
 BIN         := bin/hsmkms
@@ -15,7 +16,7 @@ CRASH_TRIALS ?= 150
 BENCH_WORKERS  ?= 16
 BENCH_KEYS     ?= 1
 
-.PHONY: all build build-load setup test test-crash test-cli lint bench run clean
+.PHONY: all build build-load setup setup-postgres test test-crash test-cli lint bench run clean
 
 all: build
 
@@ -29,10 +30,16 @@ build-load:
 setup:
 	@scripts/setup.sh
 
+# The store tests start their own throwaway cluster (kms/store/pgtest);
+# this only installs the distribution's packages if they are missing.
+# HSMKMS_TEST_POSTGRES=skip skips those tests, and this step, explicitly.
+setup-postgres:
+	@[ "$$HSMKMS_TEST_POSTGRES" = skip ] || [ -n "$$HSMKMS_TEST_POSTGRES_URL" ] || scripts/postgres.sh install
+
 # -vet=off: go test would otherwise vet every dependency for facts (about
 # 45 s of a cold build, modernc SQLite mostly); make lint runs the full
 # go vet, test files included.
-test: setup
+test: setup setup-postgres
 	$(GO) test -race -vet=off -count=1 -timeout 12m $(TESTFLAGS) ./...
 
 # The stock aws CLI against a fresh `serve --data-dir`. Fails if the aws CLI
@@ -53,7 +60,7 @@ lint:
 	$(GO) run $(STATICCHECK) ./...
 	scripts/check-server-deps.sh
 
-bench: setup build build-load
+bench: setup setup-postgres build build-load
 	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) ./hsm/ ./kms/...
 	LOAD=$(LOAD_BIN) scripts/bench-server.sh $(BIN) $(BENCH_DURATION) $(BENCH_WORKERS) $(BENCH_KEYS)
 

@@ -36,8 +36,13 @@ type OpenConfig struct {
 	DefaultToken keystore.TokenConfig
 	PIN          string
 	// Database is the SQLite file of the metadata store, created if
-	// missing.
+	// missing: the embedded default.
 	Database string
+	// DatabaseURL, if set instead, is the PostgreSQL database of the
+	// metadata store (a postgres:// URL, which may hold a password: never
+	// logged or put in an error), for several nodes sharing their keys.
+	// Its schema is created or brought up to date on open.
+	DatabaseURL string
 	// Clusters are the tokens that may back custom key stores.
 	Clusters []keystore.Cluster
 	Logger   hclog.Logger
@@ -64,7 +69,7 @@ func Open(ctx context.Context, cfg OpenConfig) (_ *Service, err error) {
 	if guard.Backups, err = repairSoftHSM(cfg, log); err != nil {
 		return nil, err
 	}
-	db, err := store.OpenSQLite(cfg.Database)
+	db, err := openStore(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -104,6 +109,21 @@ func Open(ctx context.Context, cfg OpenConfig) (_ *Service, err error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// openStore opens the metadata store cfg names: exactly one of a SQLite
+// file and a PostgreSQL URL.
+func openStore(ctx context.Context, cfg OpenConfig) (store.Store, error) {
+	switch {
+	case cfg.Database != "" && cfg.DatabaseURL != "":
+		return nil, errors.New("kms: the metadata store is a SQLite file or a PostgreSQL database, not both")
+	case cfg.DatabaseURL != "":
+		return store.OpenPostgreSQL(ctx, cfg.DatabaseURL)
+	case cfg.Database != "":
+		return store.OpenSQLite(cfg.Database)
+	default:
+		return nil, errors.New("kms: no metadata store: set a SQLite file or a PostgreSQL URL")
+	}
 }
 
 // repairSoftHSM restores, before any module is loaded, the SoftHSM2 tokens

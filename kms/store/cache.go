@@ -12,7 +12,8 @@ import (
 // largest cost of the request after the token. Writes made through the
 // wrapper invalidate the entry after they commit. It is only correct while
 // this process is the database's only writer, which holds for the embedded
-// SQLite file; a shared server database needs invalidation across nodes.
+// SQLite file; nodes sharing a PostgreSQL database also need each other's
+// invalidations, which that store announces on KeyChannel.
 type KeyCache struct {
 	Store
 	keys sync.Map // account/region/id → *Key

@@ -11,6 +11,7 @@ import (
 	"os"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"modernc.org/sqlite"
 	sqlite3 "modernc.org/sqlite/lib"
@@ -344,7 +345,7 @@ func affected(res sql.Result, err error) error {
 }
 
 func (s *SQLite) ListKeys(ctx context.Context, account, region, marker string, limit int) ([]*Key, string, error) {
-	after, err := decodeMarker(marker)
+	after, err := decodeTextMarker(marker)
 	if err != nil {
 		return nil, "", err
 	}
@@ -534,7 +535,7 @@ func (s *SQLite) DeleteAlias(ctx context.Context, account, region, name, keyID s
 }
 
 func (s *SQLite) ListAliases(ctx context.Context, account, region, keyID, marker string, limit int) ([]*Alias, string, error) {
-	after, err := decodeMarker(marker)
+	after, err := decodeTextMarker(marker)
 	if err != nil {
 		return nil, "", err
 	}
@@ -720,6 +721,31 @@ func decodeMarker(m string) (string, error) {
 		return "", ErrInvalidMarker
 	}
 	return string(b), nil
+}
+
+// decodeTextMarker decodes a marker of a list ordered by an identifier
+// (key id, alias name, grant id): identifiers are UTF-8 without NUL, so a
+// marker that is not cannot be one the store produced. Tag keys may hold
+// any bytes and use decodeMarker.
+func decodeTextMarker(m string) (string, error) {
+	after, err := decodeMarker(m)
+	if err == nil && !storable(after) {
+		return "", ErrInvalidMarker
+	}
+	return after, err
+}
+
+// storable reports whether every s is UTF-8 without NUL: what PostgreSQL's
+// TEXT holds, and so what identifiers (ids, names, principals) are on
+// either engine. The PostgreSQL store answers a lookup by one that is not
+// as finding nothing, as SQLite does, rather than failing.
+func storable(ss ...string) bool {
+	for _, s := range ss {
+		if strings.IndexByte(s, 0) >= 0 || !utf8.ValidString(s) {
+			return false
+		}
+	}
+	return true
 }
 
 const keyStoreColumns = `id, account, region, name, cluster_id, trust_anchor, creation_date, connect, password, pending_password`
@@ -1028,7 +1054,7 @@ func (s *SQLite) GetGrantByToken(ctx context.Context, token string) (*Grant, err
 
 // listGrants pages a grant query ordered by grant id.
 func (s *SQLite) listGrants(ctx context.Context, where string, args []any, marker string, limit int) ([]*Grant, string, error) {
-	after, err := decodeMarker(marker)
+	after, err := decodeTextMarker(marker)
 	if err != nil {
 		return nil, "", err
 	}
