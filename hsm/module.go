@@ -18,6 +18,13 @@ type Module struct {
 	path string
 	ctx  *pkcs11.Ctx
 	refs int // guarded by modules.mu
+	// slots serialises the calls that read or change the module's slot
+	// list (C_GetSlotList, C_InitToken): SoftHSM2's slot manager is not
+	// safe for them concurrently (two C_GetSlotList calls racing a
+	// C_InitToken abort the process on an assertion in
+	// SlotManager::insertToken). They are rare: opening a token, rebuilding
+	// it after a device failure, provisioning.
+	slots sync.Mutex
 }
 
 var modules = struct {
@@ -81,6 +88,8 @@ func (m *Module) Close() error {
 
 // Tokens lists the initialised tokens the module can see now.
 func (m *Module) Tokens() ([]TokenInfo, error) {
+	m.slots.Lock()
+	defer m.slots.Unlock()
 	return listTokens(m.ctx)
 }
 
@@ -112,9 +121,10 @@ func (m *Module) InitToken(label, soPIN, userPIN string) (TokenInfo, error) {
 	if label == "" || len(label) > 32 {
 		return TokenInfo{}, fmt.Errorf("hsm: token label must be 1-32 bytes")
 	}
-	// Serialise provisioning so two callers never pick the same empty slot.
-	modules.mu.Lock()
-	defer modules.mu.Unlock()
+	// Serialised: two callers never pick the same empty slot, and no
+	// slot list is read while the token list changes.
+	m.slots.Lock()
+	defer m.slots.Unlock()
 	slots, err := m.ctx.GetSlotList(true)
 	if err != nil {
 		return TokenInfo{}, wrap("C_GetSlotList", err)

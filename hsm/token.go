@@ -152,6 +152,8 @@ func (t *Token) describe() string {
 
 // findSlot looks the token up afresh: slot ids are not stable.
 func (t *Token) findSlot() (uint, pkcs11.TokenInfo, error) {
+	t.mod.slots.Lock()
+	defer t.mod.slots.Unlock()
 	slots, err := t.p11.GetSlotList(true)
 	if err != nil {
 		return 0, pkcs11.TokenInfo{}, wrap("C_GetSlotList", err)

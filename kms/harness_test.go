@@ -154,7 +154,10 @@ func (e *env) start() {
 	}
 	handler, err := e.svc.Handler(kms.HandlerConfig{Principals: append(slices.Clone(principals), e.principals...),
 		Logger:  hclog.New(&hclog.LoggerOptions{Output: &e.log, JSONFormat: true}),
-		Regions: e.edge.Regions, MaxInFlight: maxInFlight, QueueWait: e.edge.QueueWait})
+		Regions: e.edge.Regions, MaxInFlight: maxInFlight, QueueWait: e.edge.QueueWait,
+		// RSA-4096 generation on SoftHSM2 under the race detector, with
+		// every test in parallel, can pass the 30 s production deadline.
+		Timeout: 2 * time.Minute})
 	require.NoError(t, err)
 	e.srv = httptest.NewServer(handler)
 	closed := false
