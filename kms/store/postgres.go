@@ -93,6 +93,23 @@ var pgMigrations = []string{
 		key_store_id TEXT COLLATE "C" PRIMARY KEY, cluster_id TEXT COLLATE "C" NOT NULL,
 		marker BYTEA NOT NULL, serial BYTEA NOT NULL, label BYTEA NOT NULL, recorded BIGINT NOT NULL
 	);`,
+	// 6: what several nodes sharing the database coordinate through (see
+	// coordination.go): marks, node heartbeats, each node's login to each
+	// custom key store, and the connection state every node reports.
+	`ALTER TABLE key_stores ADD COLUMN connection_state TEXT COLLATE "C" NOT NULL DEFAULT '';
+	ALTER TABLE key_stores ADD COLUMN connection_error TEXT COLLATE "C" NOT NULL DEFAULT '';
+	UPDATE key_stores SET connection_state = 'CONNECTED' WHERE connect;
+	CREATE TABLE marks (
+		name TEXT COLLATE "C" PRIMARY KEY, node TEXT COLLATE "C" NOT NULL, detail TEXT COLLATE "C" NOT NULL,
+		started BIGINT NOT NULL, expires BIGINT NOT NULL
+	);
+	CREATE INDEX marks_node ON marks (node);
+	CREATE TABLE nodes (id TEXT COLLATE "C" PRIMARY KEY, started BIGINT NOT NULL, heartbeat BIGINT NOT NULL);
+	CREATE TABLE key_store_logins (
+		key_store_id TEXT COLLATE "C" NOT NULL, node TEXT COLLATE "C" NOT NULL, state TEXT COLLATE "C" NOT NULL,
+		error_code TEXT COLLATE "C" NOT NULL, updated BIGINT NOT NULL,
+		PRIMARY KEY (key_store_id, node)
+	);`,
 }
 
 // Advisory lock keys. pg_advisory_xact_lock(bigint) and (int, int) are
@@ -115,6 +132,20 @@ const (
 // CreateKey announces nothing: no node can hold a copy of a key that did
 // not exist.
 const KeyChannel = "hsmkms_key_changed"
+
+// KeyStoreChannel is the channel on which the store announces every
+// committed change to a custom key store (created, updated, deleted), from
+// inside the changing transaction; the payload is the store's id. Nodes
+// listen to it to follow each other's connects and disconnects at once
+// rather than at their next poll.
+const KeyStoreChannel = "hsmkms_key_store_changed"
+
+// announceKeyStore notifies KeyStoreChannel of a change to key store id,
+// inside tx.
+func announceKeyStore(ctx context.Context, tx pgx.Tx, id string) error {
+	_, err := tx.Exec(ctx, `SELECT pg_notify($1, $2)`, KeyStoreChannel, id)
+	return err
+}
 
 // announceKey queues, in b, the notification of a change to the key's
 // row, so that it travels with the change in one round trip. Notifying
@@ -806,13 +837,15 @@ func (p *PostgreSQL) ListTags(ctx context.Context, account, region, keyID, marke
 	return out, next, nil
 }
 
-const pgKeyStoreColumns = `id, account, region, name, cluster_id, trust_anchor, creation_date, connect, password, pending_password`
+const pgKeyStoreColumns = `id, account, region, name, cluster_id, trust_anchor, creation_date, connect, password, pending_password,
+	connection_state, connection_error`
 
 func pgScanKeyStore(row pgx.Row) (*KeyStore, error) {
 	var ks KeyStore
 	var name, anchor []byte
 	var created int64
-	err := row.Scan(&ks.ID, &ks.Account, &ks.Region, &name, &ks.ClusterID, &anchor, &created, &ks.Connect, &ks.Password, &ks.PendingPassword)
+	err := row.Scan(&ks.ID, &ks.Account, &ks.Region, &name, &ks.ClusterID, &anchor, &created, &ks.Connect, &ks.Password, &ks.PendingPassword,
+		&ks.ConnectionState, &ks.ConnectionError)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, ErrNotFound
 	}
@@ -854,9 +887,13 @@ func (p *PostgreSQL) CreateKeyStore(ctx context.Context, ks *KeyStore, limit int
 		if n >= limit {
 			return ErrLimitExceeded
 		}
-		_, err := tx.Exec(ctx, `INSERT INTO key_stores (`+pgKeyStoreColumns+`) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)`,
-			ks.ID, ks.Account, ks.Region, bytesOf(ks.Name), ks.ClusterID, bytesOf(ks.TrustAnchor), toNanos(ks.CreationDate), ks.Connect, ks.Password, ks.PendingPassword)
-		return keyStoreViolation(err)
+		_, err := tx.Exec(ctx, `INSERT INTO key_stores (`+pgKeyStoreColumns+`) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12)`,
+			ks.ID, ks.Account, ks.Region, bytesOf(ks.Name), ks.ClusterID, bytesOf(ks.TrustAnchor), toNanos(ks.CreationDate), ks.Connect, ks.Password, ks.PendingPassword,
+			ks.ConnectionState, ks.ConnectionError)
+		if err != nil {
+			return keyStoreViolation(err)
+		}
+		return announceKeyStore(ctx, tx, ks.ID)
 	})
 }
 
@@ -941,10 +978,14 @@ func (p *PostgreSQL) UpdateKeyStore(ctx context.Context, id string, fn func(*Key
 		if err := pgKeyStoreConflict(ctx, tx, ks, id); err != nil {
 			return err
 		}
-		_, err = tx.Exec(ctx, `UPDATE key_stores SET name = $1, cluster_id = $2, trust_anchor = $3, connect = $4, password = $5, pending_password = $6 WHERE id = $7`,
-			bytesOf(ks.Name), ks.ClusterID, bytesOf(ks.TrustAnchor), ks.Connect, ks.Password, ks.PendingPassword, id)
+		_, err = tx.Exec(ctx, `UPDATE key_stores SET name = $1, cluster_id = $2, trust_anchor = $3, connect = $4, password = $5, pending_password = $6,
+			connection_state = $7, connection_error = $8 WHERE id = $9`,
+			bytesOf(ks.Name), ks.ClusterID, bytesOf(ks.TrustAnchor), ks.Connect, ks.Password, ks.PendingPassword, ks.ConnectionState, ks.ConnectionError, id)
+		if err != nil {
+			return keyStoreViolation(err)
+		}
 		out = ks
-		return keyStoreViolation(err)
+		return announceKeyStore(ctx, tx, id)
 	})
 	if err != nil {
 		return nil, err
@@ -975,8 +1016,13 @@ func (p *PostgreSQL) DeleteKeyStore(ctx context.Context, id string) error {
 		if _, err := tx.Exec(ctx, `DELETE FROM key_stores WHERE id = $1`, id); err != nil {
 			return err
 		}
-		_, err := tx.Exec(ctx, `DELETE FROM token_identities WHERE key_store_id = $1`, id)
-		return err
+		if _, err := tx.Exec(ctx, `DELETE FROM key_store_logins WHERE key_store_id = $1`, id); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM token_identities WHERE key_store_id = $1`, id); err != nil {
+			return err
+		}
+		return announceKeyStore(ctx, tx, id)
 	})
 }
 

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -88,6 +89,24 @@ var migrations = []string{
 		key_store_id TEXT PRIMARY KEY, cluster_id TEXT NOT NULL,
 		marker BLOB NOT NULL, serial TEXT NOT NULL, label TEXT NOT NULL, recorded INTEGER NOT NULL
 	);`,
+	// 6: what several nodes sharing the database coordinate through (see
+	// coordination.go), kept on SQLite too so that one schema version is
+	// one schema: marks (claims on work, with an expiry), node heartbeats,
+	// each node's login to each custom key store, and the connection state
+	// every node reports for a store. A store that was to be connected is
+	// CONNECTED, so the next start logs in to it, as before.
+	`ALTER TABLE key_stores ADD COLUMN connection_state TEXT NOT NULL DEFAULT '';
+	ALTER TABLE key_stores ADD COLUMN connection_error TEXT NOT NULL DEFAULT '';
+	UPDATE key_stores SET connection_state = 'CONNECTED' WHERE connect;
+	CREATE TABLE marks (
+		name TEXT PRIMARY KEY, node TEXT NOT NULL, detail TEXT NOT NULL, started INTEGER NOT NULL, expires INTEGER NOT NULL
+	);
+	CREATE INDEX marks_node ON marks (node);
+	CREATE TABLE nodes (id TEXT PRIMARY KEY, started INTEGER NOT NULL, heartbeat INTEGER NOT NULL);
+	CREATE TABLE key_store_logins (
+		key_store_id TEXT NOT NULL, node TEXT NOT NULL, state TEXT NOT NULL, error_code TEXT NOT NULL, updated INTEGER NOT NULL,
+		PRIMARY KEY (key_store_id, node)
+	);`,
 }
 
 // SQLite is the embedded Store: one file, WAL journal, synchronous=FULL so
@@ -97,6 +116,7 @@ type SQLite struct {
 	getKey *sql.Stmt
 	// writer admits one of this process's writes at a time; see lockWrites.
 	writer chan struct{}
+	path   string   // absolute: the key of its Locks
 }
 
 var _ Store = (*SQLite)(nil)
@@ -122,7 +142,12 @@ func OpenSQLite(path string) (*SQLite, error) {
 	}
 	db.SetMaxOpenConns(16)
 	db.SetMaxIdleConns(16)
-	s := &SQLite{db: db, writer: make(chan struct{}, 1)}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	s := &SQLite{db: db, writer: make(chan struct{}, 1), path: abs}
 	if err := s.migrate(); err != nil {
 		db.Close()
 		return nil, err
@@ -748,12 +773,14 @@ func storable(ss ...string) bool {
 	return true
 }
 
-const keyStoreColumns = `id, account, region, name, cluster_id, trust_anchor, creation_date, connect, password, pending_password`
+const keyStoreColumns = `id, account, region, name, cluster_id, trust_anchor, creation_date, connect, password, pending_password,
+	connection_state, connection_error`
 
 func scanKeyStore(row scanner) (*KeyStore, error) {
 	var ks KeyStore
 	var created int64
-	err := row.Scan(&ks.ID, &ks.Account, &ks.Region, &ks.Name, &ks.ClusterID, &ks.TrustAnchor, &created, &ks.Connect, &ks.Password, &ks.PendingPassword)
+	err := row.Scan(&ks.ID, &ks.Account, &ks.Region, &ks.Name, &ks.ClusterID, &ks.TrustAnchor, &created, &ks.Connect, &ks.Password, &ks.PendingPassword,
+		&ks.ConnectionState, &ks.ConnectionError)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, ErrNotFound
 	}
@@ -776,8 +803,9 @@ func (s *SQLite) CreateKeyStore(ctx context.Context, ks *KeyStore, limit int) er
 		if n >= limit {
 			return ErrLimitExceeded
 		}
-		_, err := tx.ExecContext(ctx, `INSERT INTO key_stores (`+keyStoreColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?)`,
-			ks.ID, ks.Account, ks.Region, ks.Name, ks.ClusterID, ks.TrustAnchor, toNanos(ks.CreationDate), ks.Connect, ks.Password, ks.PendingPassword)
+		_, err := tx.ExecContext(ctx, `INSERT INTO key_stores (`+keyStoreColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)`,
+			ks.ID, ks.Account, ks.Region, ks.Name, ks.ClusterID, ks.TrustAnchor, toNanos(ks.CreationDate), ks.Connect, ks.Password, ks.PendingPassword,
+			ks.ConnectionState, ks.ConnectionError)
 		if isConstraint(err) {
 			return ErrAlreadyExists // the id: random, so a bug
 		}
@@ -850,8 +878,9 @@ func (s *SQLite) UpdateKeyStore(ctx context.Context, id string, fn func(*KeyStor
 		if err := keyStoreConflict(ctx, tx, ks, id); err != nil {
 			return err
 		}
-		_, err = tx.ExecContext(ctx, `UPDATE key_stores SET name = ?, cluster_id = ?, trust_anchor = ?, connect = ?, password = ?, pending_password = ? WHERE id = ?`,
-			ks.Name, ks.ClusterID, ks.TrustAnchor, ks.Connect, ks.Password, ks.PendingPassword, id)
+		_, err = tx.ExecContext(ctx, `UPDATE key_stores SET name = ?, cluster_id = ?, trust_anchor = ?, connect = ?, password = ?, pending_password = ?,
+			connection_state = ?, connection_error = ? WHERE id = ?`,
+			ks.Name, ks.ClusterID, ks.TrustAnchor, ks.Connect, ks.Password, ks.PendingPassword, ks.ConnectionState, ks.ConnectionError, id)
 		if isConstraint(err) {
 			return ErrAlreadyExists // keyStoreConflict looked first: a bug
 		}
@@ -879,6 +908,9 @@ func (s *SQLite) DeleteKeyStore(ctx context.Context, id string) error {
 			return &KeyStoreNotEmptyError{Keys: n}
 		}
 		if _, err := tx.ExecContext(ctx, `DELETE FROM key_stores WHERE id = ?`, id); err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM key_store_logins WHERE key_store_id = ?`, id); err != nil {
 			return err
 		}
 		_, err := tx.ExecContext(ctx, `DELETE FROM token_identities WHERE key_store_id = ?`, id)

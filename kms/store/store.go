@@ -84,6 +84,11 @@ type KeyStore struct {
 	// the caller; the store never sees them in clear. PendingPassword is
 	// set while a rotation is in flight.
 	Password, PendingPassword []byte
+	// ConnectionState is the store's state as every node reports it
+	// (DISCONNECTED, CONNECTING, CONNECTED or FAILED; "" reads as
+	// DISCONNECTED), and ConnectionError the ConnectionErrorCode when
+	// FAILED. The node that connects the store sets them; see kms.
+	ConnectionState, ConnectionError string
 }
 
 // TokenIdentity is what is recorded of the token behind a key store, to
@@ -176,6 +181,8 @@ func sameSet(a, b []string) bool {
 //	CreateKey                 a key's custom key store exists: ErrNotFound
 //	UpdateKey                 whatever fn checks (on-demand rotations per key, key states)
 type Store interface {
+	Coordination
+
 	// CreateKey stores k with its tags atomically, or ErrNotFound if k
 	// names a custom key store that does not exist. It enforces no tag limit.
 	CreateKey(ctx context.Context, k *Key, tags []Tag) error
