@@ -116,7 +116,7 @@ type SQLite struct {
 	getKey *sql.Stmt
 	// writer admits one of this process's writes at a time; see lockWrites.
 	writer chan struct{}
-	path   string   // absolute: the key of its Locks
+	path   string // absolute: the key of its Locks
 }
 
 var _ Store = (*SQLite)(nil)
