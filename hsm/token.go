@@ -468,6 +468,18 @@ func (t *Token) relogin(epoch uint64) error {
 	return t.loginLocked(t.pin)
 }
 
+// RememberPIN replaces the PIN a logged-in token logs in with again after
+// the token drops the login: the PIN changed, elsewhere (another process
+// changed it with C_SetPIN), while this process stayed logged in. A token
+// not logged in is left alone.
+func (t *Token) RememberPIN(pin string) {
+	t.loginMu.Lock()
+	defer t.loginMu.Unlock()
+	if t.pin != "" {
+		t.pin = pin
+	}
+}
+
 // Logout logs the user out of the token (every session of this process) and
 // forgets the PIN.
 func (t *Token) Logout(ctx context.Context) error {

@@ -179,6 +179,17 @@ func (m *Manager) AddCustom(id string, cluster Cluster) *Store {
 	return s
 }
 
+// CustomIDs lists the ids of the custom key stores registered.
+func (m *Manager) CustomIDs() []string {
+	var out []string
+	for id, s := range *m.stores.Load() {
+		if s.custom != nil {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
 // Remove forgets a DISCONNECTED custom key store.
 func (m *Manager) Remove(id string) error {
 	m.mu.Lock()
@@ -230,9 +241,13 @@ func (s *Store) BeginConnect() (bool, error) {
 // Connect logs in to the store's token as the user with the stored
 // password and immediately rotates the password (C_SetPIN) to a fresh
 // random one that only hsmkms knows. The store ends CONNECTED, or FAILED
-// with the ErrorCode that says why. Call after BeginConnect.
+// with the ErrorCode that says why. Call after BeginConnect. It is Login
+// (resolving a rotation cut short) followed by RotatePassword.
 func (s *Store) Connect(ctx context.Context, pw Passwords, log hclog.Logger) ErrorCode {
-	return s.connectLocked(ctx, pw, log, true)
+	if code := s.Login(ctx, pw, log, true); code != "" {
+		return code
+	}
+	return s.RotatePassword(ctx, pw, log)
 }
 
 // Reconnect is Connect without the rotation: it logs in with the recorded
@@ -241,22 +256,29 @@ func (s *Store) Connect(ctx context.Context, pw Passwords, log hclog.Logger) Err
 // the password rotates only when a user connects the store. Call after
 // BeginConnect.
 func (s *Store) Reconnect(ctx context.Context, pw Passwords, log hclog.Logger) ErrorCode {
-	return s.connectLocked(ctx, pw, log, false)
+	return s.Login(ctx, pw, log, true)
 }
 
-func (s *Store) connectLocked(ctx context.Context, pw Passwords, log hclog.Logger, rotate bool) ErrorCode {
+// Login logs in to the store's token with the recorded password; the
+// store ends CONNECTED, or FAILED with the ErrorCode that says why. Call
+// after BeginConnect.
+//
+// With resolve, a pending password (a rotation cut short) is resolved:
+// tried first, and whichever of the two logs in is recorded as the
+// password. That writes the recorded passwords, so only the node that
+// owns the store's connection may do it (see kms), and only with a view
+// of the token taken after the rotation was cut short. Without resolve,
+// only the current password is tried and nothing recorded changes: what
+// every other node does to join a store another node connected.
+func (s *Store) Login(ctx context.Context, pw Passwords, log hclog.Logger, resolve bool) ErrorCode {
 	s.custom.mu.Lock()
 	defer s.custom.mu.Unlock()
 	if log == nil {
 		log = hclog.NewNullLogger()
 	}
-	tok, err := s.connect(ctx, pw, log, rotate)
+	tok, err := s.login(ctx, pw, log, resolve)
 	if err != nil {
-		err = s.custom.guard.Explain(ctx, s.id, s.custom.cluster.Token, err)
-		code := Classify(err)
-		log.Warn("custom key store connection failed", "store", s.id, "cluster", s.custom.cluster.ID, "code", code, "error", err)
-		s.set(Failed, code)
-		return code
+		return s.failLocked(ctx, log, err)
 	}
 	s.tok.Store(tok)
 	s.set(Connected, "")
@@ -264,7 +286,17 @@ func (s *Store) connectLocked(ctx context.Context, pw Passwords, log hclog.Logge
 	return ""
 }
 
-func (s *Store) connect(ctx context.Context, pw Passwords, log hclog.Logger, rotate bool) (_ *hsm.Token, err error) {
+// failLocked records a failed connection: FAILED, with the code err maps
+// to. The caller holds custom.mu.
+func (s *Store) failLocked(ctx context.Context, log hclog.Logger, err error) ErrorCode {
+	err = s.custom.guard.Explain(ctx, s.id, s.custom.cluster.Token, err)
+	code := Classify(err)
+	log.Warn("custom key store connection failed", "store", s.id, "cluster", s.custom.cluster.ID, "code", code, "error", err)
+	s.set(Failed, code)
+	return code
+}
+
+func (s *Store) login(ctx context.Context, pw Passwords, log hclog.Logger, resolve bool) (_ *hsm.Token, err error) {
 	c := s.custom.cluster
 	tok, err := hsm.OpenToken(c.Token)
 	if err != nil {
@@ -294,6 +326,9 @@ func (s *Store) connect(ctx context.Context, pw Passwords, log hclog.Logger, rot
 	current, pending, err := pw.Password(ctx, s.id)
 	if err != nil {
 		return nil, err
+	}
+	if !resolve {
+		pending = ""
 	}
 	// SoftHSM2 rewrites token.object at every login, failed or not.
 	if err := s.custom.guard.BeforeRewrite(info); err != nil {
@@ -327,38 +362,83 @@ func (s *Store) connect(ctx context.Context, pw Passwords, log hclog.Logger, rot
 	if err := s.custom.guard.verify(ctx, tok, s.id, c.ID, log); err != nil {
 		return nil, err
 	}
-	if !rotate {
-		if pending != "" && !loggedIn {
-			// Forget the pending password the token never took, so later
-			// connects do not spend an attempt on it: recording the
-			// current one as pending and committing it leaves a password
-			// that logs in at each step.
-			if err := pw.SetPending(ctx, s.id, current); err != nil {
-				return nil, err
-			}
-			if err := pw.CommitPending(ctx, s.id); err != nil {
-				return nil, err
-			}
+	if pending != "" && !loggedIn {
+		// Forget the pending password the token never took, so later
+		// connects do not spend an attempt on it: recording the current
+		// one as pending and committing it leaves a password that logs
+		// in at each step.
+		if err := pw.SetPending(ctx, s.id, current); err != nil {
+			return nil, err
 		}
-		return tok, nil
+		if err := pw.CommitPending(ctx, s.id); err != nil {
+			return nil, err
+		}
+	}
+	return tok, nil
+}
+
+// RotatePassword changes the kmsuser password of a CONNECTED store to a
+// fresh random one (C_SetPIN): recorded as pending first, then changed on
+// the token, then committed, so a crash at any point leaves a password
+// that logs in among the two recorded. On failure the store ends FAILED
+// and logged out.
+func (s *Store) RotatePassword(ctx context.Context, pw Passwords, log hclog.Logger) ErrorCode {
+	s.custom.mu.Lock()
+	defer s.custom.mu.Unlock()
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
+	err := s.rotate(ctx, pw)
+	if err == nil {
+		return ""
+	}
+	if t := s.tok.Swap(nil); t != nil {
+		t.Logout(ctx)
+		t.Close()
+	}
+	return s.failLocked(ctx, log, err)
+}
+
+func (s *Store) rotate(ctx context.Context, pw Passwords) error {
+	if st, _ := s.State(); st != Connected {
+		return ErrInvalidState
+	}
+	tok, err := s.token()
+	if err != nil {
+		return err
+	}
+	info, err := tok.Info()
+	if err != nil {
+		return err
+	}
+	current, _, err := pw.Password(ctx, s.id)
+	if err != nil {
+		return err
 	}
 	next, err := newPassword(info)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if err := pw.SetPending(ctx, s.id, next); err != nil {
-		return nil, err
+		return err
 	}
 	if err := s.custom.guard.BeforeRewrite(info); err != nil {
-		return nil, err
+		return err
 	}
 	if err := tok.SetPIN(ctx, current, next); err != nil {
-		return nil, err
+		return err
 	}
-	if err := pw.CommitPending(ctx, s.id); err != nil {
-		return nil, err
+	return pw.CommitPending(ctx, s.id)
+}
+
+// UsePassword tells a CONNECTED store that its kmsuser password is now
+// password, changed by another node: the token stays logged in (a PIN
+// change does not log other sessions out), and logs in with password if
+// it must log in again (after the device dropped the login).
+func (s *Store) UsePassword(password string) {
+	if t := s.tok.Load(); t != nil {
+		t.RememberPIN(password)
 	}
-	return tok, nil
 }
 
 // newPassword is a random password within the token's PIN length limits,

@@ -72,13 +72,17 @@ func OpenDefault(ctx context.Context, cfg hsm.TokenConfig, pin string) (*Store, 
 }
 
 // VerifyIdentity checks that the store's token, logged in, is the one
-// recorded for it (VerifyToken), recording it at first use.
-func (s *Store) VerifyIdentity(ctx context.Context, clusterID string, rec TokenRecords, log hclog.Logger) error {
+// recorded for it (VerifyToken), recording it at first use, under g's
+// lock.
+func (s *Store) VerifyIdentity(ctx context.Context, clusterID string, g *Safeguards, log hclog.Logger) error {
 	tok, err := s.token()
 	if err != nil {
 		return err
 	}
-	return VerifyToken(ctx, tok, s.id, clusterID, rec, log)
+	if g == nil || g.Records == nil {
+		return errors.New("keystore: no token records to verify against")
+	}
+	return g.verify(ctx, tok, s.id, clusterID, log)
 }
 
 // Close logs out and closes the store's token.
@@ -98,6 +102,23 @@ type Manager struct {
 	stores atomic.Pointer[map[string]*Store]
 	guard  *Safeguards // given to the custom stores it registers; guarded by mu
 	vault  vault       // the kmsuser password vault on the default store's token
+	locker Locker      // set before use; nil: this process is alone
+}
+
+// Locker serialises, between every process sharing the metadata database,
+// what must happen once although any of them may try it at the same
+// moment: making the password vault's key, recording a token's identity.
+// The metadata store provides it (its Lock).
+type Locker interface {
+	Lock(ctx context.Context, name string) (unlock func(), err error)
+}
+
+// SetLocker makes m take l's locks around what must happen once across
+// processes. Call it before the manager is used.
+func (m *Manager) SetLocker(l Locker) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.locker = l
 }
 
 // NewManager returns a manager holding the default store.

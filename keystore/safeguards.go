@@ -18,6 +18,10 @@ import (
 type Safeguards struct {
 	Records TokenRecords  // nil: identities are not checked
 	Backups *TokenBackups // nil: no SoftHSM2 file store to protect
+	// Locker, if set, serialises identity checks of one store across the
+	// processes sharing Records, so that two nodes checking a token at
+	// once cannot each put an identity object on it (see VerifyLocked).
+	Locker Locker
 }
 
 // SetSafeguards makes every custom key store m registers from now on check
@@ -52,7 +56,21 @@ func (g *Safeguards) verify(ctx context.Context, tok *hsm.Token, storeID, cluste
 	if g == nil || g.Records == nil {
 		return nil
 	}
+	unlock, err := g.lockIdentity(ctx, storeID)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	return VerifyToken(ctx, tok, storeID, clusterID, g.Records, log)
+}
+
+// lockIdentity takes the lock under which a store's token identity is
+// read, made and recorded.
+func (g *Safeguards) lockIdentity(ctx context.Context, storeID string) (func(), error) {
+	if g == nil || g.Locker == nil {
+		return func() {}, nil
+	}
+	return g.Locker.Lock(ctx, "token-identity/"+storeID)
 }
 
 // Explain turns a failure to find or accept a store's token

@@ -51,7 +51,7 @@ func (m *Manager) vaultKey(ctx context.Context, create bool) (*hsm.Token, hsm.Ob
 	}
 	_, err = tok.FindObject(ctx, ref)
 	if errors.Is(err, hsm.ErrObjectNotFound) && create {
-		_, err = tok.GenerateAESKey(ctx, vaultKeyID, vaultKeyLabel, hsm.UsageEncrypt|hsm.UsageDecrypt)
+		err = m.makeVaultKey(ctx, tok)
 	}
 	if err != nil {
 		return nil, ref, classify(err)
@@ -94,4 +94,25 @@ func (m *Manager) OpenPassword(ctx context.Context, storeID string, sealed []byt
 		return "", classify(err)
 	}
 	return string(plain), nil
+}
+
+// makeVaultKey makes the vault key under the Locker's "vault" lock, after
+// looking once more: another node sharing the token and the database may
+// have made it since this one looked (a token shows every process the
+// objects another made, SoftHSM2 included). Without the lock two nodes
+// sealing their first password at once would each make a key, and every
+// later lookup would find two.
+func (m *Manager) makeVaultKey(ctx context.Context, tok *hsm.Token) error {
+	if m.locker != nil {
+		unlock, err := m.locker.Lock(ctx, "vault")
+		if err != nil {
+			return err
+		}
+		defer unlock()
+	}
+	_, err := tok.FindObject(ctx, hsm.SecretKeyByID(vaultKeyID))
+	if errors.Is(err, hsm.ErrObjectNotFound) {
+		_, err = tok.GenerateAESKey(ctx, vaultKeyID, vaultKeyLabel, hsm.UsageEncrypt|hsm.UsageDecrypt)
+	}
+	return err
 }

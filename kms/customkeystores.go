@@ -43,11 +43,7 @@ func (s *Service) keyStore(ctx context.Context, r *Request, id string) (*store.K
 	if err != nil {
 		return nil, nil, err
 	}
-	live, err := s.keystores.Get(id)
-	if err != nil {
-		return nil, nil, err
-	}
-	return ks, live, nil
+	return ks, s.registered(ks), nil
 }
 
 func (s *Service) cluster(id string) (keystore.Cluster, error) {
@@ -115,6 +111,7 @@ func (s *Service) CreateCustomKeyStore(ctx context.Context, r *Request, in *Crea
 	err = s.store.CreateKeyStore(ctx, &store.KeyStore{
 		ID: id, Account: r.Caller.Account, Region: r.Caller.Region, Name: in.CustomKeyStoreName,
 		ClusterID: cl.ID, TrustAnchor: in.TrustAnchorCertificate, CreationDate: s.now().UTC(), Password: enc,
+		ConnectionState: string(keystore.Disconnected),
 	}, maxKeyStoresPerRegion)
 	switch {
 	case errors.Is(err, store.ErrClusterInUse):
@@ -202,14 +199,14 @@ func (s *Service) DescribeCustomKeyStores(ctx context.Context, r *Request, in *D
 		e := CustomKeyStoreEntry{
 			CustomKeyStoreId: ks.ID, CustomKeyStoreName: ks.Name, CloudHsmClusterId: ks.ClusterID,
 			TrustAnchorCertificate: ks.TrustAnchor, CreationDate: wire.Time(ks.CreationDate), CustomKeyStoreType: storeTypeCloudHSM,
-			ConnectionState: string(keystore.Disconnected),
 		}
-		if live, err := s.keystores.Get(ks.ID); err == nil {
-			st, code := live.State()
-			e.ConnectionState = string(st)
-			if st == keystore.Failed {
-				e.ConnectionErrorCode = string(code)
-			}
+		st, code, err := s.reportedState(ctx, ks, s.registered(ks))
+		if err != nil {
+			return nil, err
+		}
+		e.ConnectionState = string(st)
+		if st == keystore.Failed {
+			e.ConnectionErrorCode = string(code)
 		}
 		out.CustomKeyStores = append(out.CustomKeyStores, e)
 	}
@@ -224,7 +221,10 @@ type CustomKeyStoreIDInput struct {
 }
 
 // ConnectCustomKeyStore answers at once and connects in the background:
-// DISCONNECTED → CONNECTING → CONNECTED or FAILED.
+// DISCONNECTED → CONNECTING → CONNECTED or FAILED, for every node (see
+// keystoresync.go). This node owns the connection: it claims the store's
+// connect mark before anything changes, so that no other node takes the
+// work over while it does it, and rotates the kmsuser password once.
 func (s *Service) ConnectCustomKeyStore(ctx context.Context, r *Request, in *CustomKeyStoreIDInput) (*Empty, error) {
 	ks, live, err := s.keyStore(ctx, r, in.CustomKeyStoreId)
 	if err != nil {
@@ -232,52 +232,73 @@ func (s *Service) ConnectCustomKeyStore(ctx context.Context, r *Request, in *Cus
 	}
 	// The token is not probed here: whatever stops the connection is
 	// reported as the store's ConnectionErrorCode, as AWS does.
-	st, _ := live.State()
-	started, err := live.BeginConnect()
-	if errors.Is(err, keystore.ErrInvalidState) {
-		return nil, keyStoreInvalidState(ks.ID, st, "DISCONNECTED")
-	}
-	if err != nil || !started {
-		return &Empty{}, err
-	}
-	if _, err := s.store.UpdateKeyStore(ctx, ks.ID, func(k *store.KeyStore) error { k.Connect = true; return nil }); err != nil {
-		live.Disconnect(ctx)
+	st, _, err := s.reportedState(ctx, ks, live)
+	if err != nil {
 		return nil, err
 	}
-	s.connectInBackground(live, true)
+	switch st {
+	case keystore.Connected, keystore.Connecting:
+		return &Empty{}, nil // as AWS: connecting a connected store succeeds
+	case keystore.Failed, keystore.Disconnecting:
+		return nil, keyStoreInvalidState(ks.ID, st, "DISCONNECTED")
+	}
+	release, err := s.claim(ctx, connectMark(ks.ID), "")
+	if errors.Is(err, store.ErrMarkHeld) {
+		return &Empty{}, nil // another node is connecting it this moment
+	}
+	if err != nil {
+		return nil, err
+	}
+	_, err = s.store.UpdateKeyStore(ctx, ks.ID, func(k *store.KeyStore) error {
+		switch keystore.ConnectionState(k.ConnectionState) {
+		case "", keystore.Disconnected:
+		case keystore.Failed:
+			return keyStoreInvalidState(ks.ID, keystore.Failed, "DISCONNECTED")
+		default:
+			return errAlreadyConnecting
+		}
+		k.Connect, k.ConnectionState, k.ConnectionError = true, string(keystore.Connecting), ""
+		return nil
+	})
+	if err != nil {
+		release()
+		if errors.Is(err, errAlreadyConnecting) {
+			return &Empty{}, nil
+		}
+		return nil, err
+	}
+	s.goBackground(func() {
+		defer release()
+		s.connectStore(ks.ID, live, true)
+	})
 	return &Empty{}, nil
 }
 
-// connectInBackground connects live, rotating its password if rotate (a
-// user's ConnectCustomKeyStore), else logging in with the current one (a
-// store reconnected at start).
-func (s *Service) connectInBackground(live *keystore.Store, rotate bool) {
-	s.goBackground(func() {
-		ctx, cancel := context.WithTimeout(s.life, connectTimeout)
-		defer cancel()
-		if rotate {
-			live.Connect(ctx, storePasswords{s}, s.log)
-		} else {
-			live.Reconnect(ctx, storePasswords{s}, s.log)
-		}
-	})
-}
+var errAlreadyConnecting = errors.New("kms: the key store was connected meanwhile")
 
 func (s *Service) DisconnectCustomKeyStore(ctx context.Context, r *Request, in *CustomKeyStoreIDInput) (*Empty, error) {
 	ks, live, err := s.keyStore(ctx, r, in.CustomKeyStoreId)
 	if err != nil {
 		return nil, err
 	}
-	st, _ := live.State()
+	st, _, err := s.reportedState(ctx, ks, live)
+	if err != nil {
+		return nil, err
+	}
 	if st == keystore.Disconnected || st == keystore.Disconnecting {
 		return nil, keyStoreInvalidState(ks.ID, st, "CONNECTED, CONNECTING or FAILED")
 	}
-	if _, err := s.store.UpdateKeyStore(ctx, ks.ID, func(k *store.KeyStore) error { k.Connect = false; return nil }); err != nil {
+	if _, err := s.store.UpdateKeyStore(ctx, ks.ID, func(k *store.KeyStore) error {
+		k.Connect, k.ConnectionState, k.ConnectionError = false, string(keystore.Disconnected), ""
+		return nil
+	}); err != nil {
 		return nil, err
 	}
+	// This node logs out now; the others when they hear of it.
 	if err := live.Disconnect(ctx); err != nil && !errors.Is(err, keystore.ErrInvalidState) {
 		s.log.Warn("disconnecting custom key store", "store", ks.ID, "error", err)
 	}
+	s.recordLogin(ctx, ks.ID, live)
 	return &Empty{}, nil
 }
 
@@ -297,8 +318,12 @@ func (s *Service) UpdateCustomKeyStore(ctx context.Context, r *Request, in *Upda
 	if in.XksProxyUriEndpoint != "" {
 		return nil, wire.Errorf(wire.UnsupportedOperation, "External key stores are not supported by hsmkms.")
 	}
-	st, _ := live.State()
-	if (in.KeyStorePassword != "" || in.CloudHsmClusterId != "") && st != keystore.Disconnected {
+	st, _, err := s.reportedState(ctx, ks, live)
+	if err != nil {
+		return nil, err
+	}
+	changesConnection := in.KeyStorePassword != "" || in.CloudHsmClusterId != ""
+	if changesConnection && st != keystore.Disconnected {
 		return nil, keyStoreInvalidState(ks.ID, st, "DISCONNECTED to change its password or cluster")
 	}
 	var newCluster keystore.Cluster
@@ -326,6 +351,9 @@ func (s *Service) UpdateCustomKeyStore(ctx context.Context, r *Request, in *Upda
 		}
 	}
 	_, err = s.store.UpdateKeyStore(ctx, ks.ID, func(k *store.KeyStore) error {
+		if cur := keystore.ConnectionState(k.ConnectionState); changesConnection && cur != "" && cur != keystore.Disconnected {
+			return keyStoreInvalidState(ks.ID, cur, "DISCONNECTED to change its password or cluster")
+		}
 		if in.NewCustomKeyStoreName != "" {
 			k.Name = in.NewCustomKeyStoreName
 		}
@@ -384,7 +412,11 @@ func (s *Service) DeleteCustomKeyStore(ctx context.Context, r *Request, in *Cust
 	if err != nil {
 		return nil, err
 	}
-	if st, _ := live.State(); st != keystore.Disconnected {
+	st, _, err := s.reportedState(ctx, ks, live)
+	if err != nil {
+		return nil, err
+	}
+	if st != keystore.Disconnected {
 		return nil, keyStoreInvalidState(ks.ID, st, "DISCONNECTED")
 	}
 	// The store counts the keys in the transaction that deletes it, and
@@ -398,45 +430,21 @@ func (s *Service) DeleteCustomKeyStore(ctx context.Context, r *Request, in *Cust
 	case err != nil:
 		return nil, err
 	}
-	if err := s.keystores.Remove(ks.ID); err != nil {
-		s.log.Warn("forgetting deleted key store", "store", ks.ID, "error", err)
-	}
+	s.forget(ctx, ks.ID)
 	return &Empty{}, nil
 }
 
-// registerKeyStores registers every custom key store, DISCONNECTED, and
-// remembers those that were connected when the service last stopped.
+// registerKeyStores registers every custom key store, DISCONNECTED here:
+// the key store sync (Start) logs in to those that are connected.
 func (s *Service) registerKeyStores(ctx context.Context) error {
 	all, err := s.store.AllKeyStores(ctx)
 	if err != nil {
 		return err
 	}
 	for _, ks := range all {
-		cl, ok := s.clusters[ks.ClusterID]
-		if !ok {
-			// Connecting will report CLUSTER_NOT_FOUND.
-			cl = keystore.Cluster{ID: ks.ClusterID, Token: keystore.TokenConfig{Module: "/nonexistent-cluster/" + ks.ClusterID, Label: ks.ClusterID}}
-			s.log.Warn("custom key store's cluster is no longer declared", "store", ks.ID, "cluster", ks.ClusterID)
-		}
-		live := s.keystores.AddCustom(ks.ID, cl)
-		if ks.Connect {
-			s.reconnect = append(s.reconnect, live)
-		}
+		s.registered(ks)
 	}
 	return nil
-}
-
-// reconnectKeyStores connects, in the background, the stores that were
-// connected when the service last stopped. It does not rotate their
-// passwords: as in AWS, only a user's ConnectCustomKeyStore does, and each
-// rotation is a write to the token that a crash could cut short.
-func (s *Service) reconnectKeyStores() {
-	for _, live := range s.reconnect {
-		if started, _ := live.BeginConnect(); started {
-			s.connectInBackground(live, false)
-		}
-	}
-	s.reconnect = nil
 }
 
 // The kmsuser password is sealed by keystore's vault (on the default token,

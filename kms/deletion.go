@@ -66,38 +66,96 @@ func (s *Service) CancelKeyDeletion(ctx context.Context, r *Request, in *KeyIDIn
 // objects, then its metadata (with its aliases and tags). The order makes a
 // crash harmless: a key whose objects are gone but whose row remains is
 // simply reaped again. A key whose token cannot be reached stays scheduled
-// and is retried on the next pass. It returns how many keys were deleted.
+// and is retried on the next pass. Every node reaps: each key is claimed
+// (a mark) and read again before anything is done to it, so each is
+// deleted once, by one node, and a node that dies mid-way leaves it to
+// the next. It returns how many keys this node deleted.
 func (s *Service) Reap(ctx context.Context) (int, error) {
-	due, err := s.store.KeysDueForDeletion(ctx, s.now())
+	now := s.now()
+	due, err := s.store.KeysDueForDeletion(ctx, now)
 	if err != nil {
 		return 0, err
 	}
 	n := 0
 	var errs []error
 	for _, k := range due {
-		if k.CustomKeyStoreID != "" && !s.storeConnected(k.CustomKeyStoreID) {
+		done, err := s.reapOne(ctx, k, now)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		if done {
+			n++
+		}
+	}
+	return n, errors.Join(errs...)
+}
+
+func reapMark(k *store.Key) string { return "reap/" + k.Account + "/" + k.Region + "/" + k.ID }
+
+// reapOne deletes k if it is still due once claimed.
+func (s *Service) reapOne(ctx context.Context, k *store.Key, now time.Time) (bool, error) {
+	release, err := s.claim(ctx, reapMark(k), "")
+	if errors.Is(err, store.ErrMarkHeld) {
+		return false, nil // another node is on it
+	}
+	if err != nil {
+		return false, err
+	}
+	defer release()
+	k, err = s.cache.Store.GetKey(ctx, k.Account, k.Region, k.ID)
+	if errors.Is(err, store.ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	if k.State != string(StatePendingDeletion) || k.DeletionDate.After(now) {
+		return false, nil // cancelled, or reaped, since the list was read
+	}
+	if k.CustomKeyStoreID != "" {
+		connected, usable, err := s.customStoreFor(ctx, k.CustomKeyStoreID)
+		if err != nil {
+			return false, err
+		}
+		if !connected {
 			// AWS deletes the key anyway and leaves the key material in
 			// the cluster; hsmkms records it as an orphan to report.
 			if err := s.store.DeleteKeyOrphaning(ctx, k, s.now()); err != nil && !errors.Is(err, store.ErrNotFound) {
-				errs = append(errs, err)
-				continue
+				return false, err
 			}
 			s.log.Warn("key deleted while its custom key store is disconnected; its token object is orphaned", "key", arnOf(k), "store", k.CustomKeyStoreID)
-			n++
-			continue
+			return true, nil
 		}
-		if err := s.destroyMaterial(ctx, k); err != nil {
-			errs = append(errs, err)
-			continue
+		if !usable {
+			return false, nil // connected, but not from this node now: a node that is logged in reaps it
 		}
-		if err := s.store.DeleteKey(ctx, k.Account, k.Region, k.ID); err != nil && !errors.Is(err, store.ErrNotFound) {
-			errs = append(errs, err)
-			continue
-		}
-		s.log.Info("key deleted", "key", arnOf(k))
-		n++
 	}
-	return n, errors.Join(errs...)
+	if err := s.destroyMaterial(ctx, k); err != nil {
+		return false, err
+	}
+	if err := s.store.DeleteKey(ctx, k.Account, k.Region, k.ID); err != nil && !errors.Is(err, store.ErrNotFound) {
+		return false, err
+	}
+	s.log.Info("key deleted", "key", arnOf(k))
+	return true, nil
+}
+
+// customStoreFor says whether the custom key store id is connected (its
+// shared state; a store that is gone is not), and whether this node can
+// use its token now.
+func (s *Service) customStoreFor(ctx context.Context, id string) (connected, usable bool, err error) {
+	ks, err := s.store.GetKeyStore(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return false, false, nil
+	}
+	if err != nil {
+		return false, false, err
+	}
+	if keystore.ConnectionState(ks.ConnectionState) != keystore.Connected {
+		return false, false, nil
+	}
+	st, _ := s.registered(ks).State()
+	return true, st == keystore.Connected, nil
 }
 
 func (s *Service) storeConnected(id string) bool {
@@ -160,7 +218,16 @@ type Report struct {
 	// rotation's object and recording it, now destroyed (key ARN and the
 	// material id the object would have had).
 	AbandonedRotations []string
+	// Creating: keys in Creating left alone because, on a database other
+	// nodes share, they may be being created now (younger than
+	// creatingGrace); a later start removes them if they stay so.
+	Creating []string
 }
+
+// creatingGrace is how long a key may stay in Creating on a shared
+// database before a starting node takes it for abandoned: far longer than
+// any CreateKey takes (RSA-4096 on a slow HSM included).
+const creatingGrace = 10 * time.Minute
 
 // Reconcile is the startup check between metadata and tokens. It removes
 // keys a crash left half-created and rotation objects a crash left
@@ -204,6 +271,12 @@ func (s *Service) Reconcile(ctx context.Context) (*Report, error) {
 		return nil, err
 	}
 	for _, k := range creating {
+		if s.shared && s.now().Sub(k.CreationDate) < creatingGrace {
+			// Perhaps being created on another node now: left for a
+			// later start to remove if it stays half-made.
+			r.Creating = append(r.Creating, arnOf(k))
+			continue
+		}
 		if k.CustomKeyStoreID != "" && !s.storeConnected(k.CustomKeyStoreID) {
 			if err := s.store.DeleteKeyOrphaning(ctx, k, s.now()); err != nil {
 				return nil, err
@@ -245,13 +318,13 @@ func (s *Service) Reconcile(ctx context.Context) (*Report, error) {
 // that belongs to k (keystore.TokenObject.KeyID), if no material of k
 // names it: a rotation that made its object and died before recording it.
 // That is safe because nothing can have been encrypted under a material
-// never committed. A rotation of k running in this process now is left
+// never committed. A rotation of k running now, on any node, is left
 // alone (it records or destroys its object itself); once none runs, the
 // key is read again so a rotation that committed after the walk read k is
 // seen.
 func (s *Service) destroyUnrecordedRotation(ctx context.Context, tok *keystore.Store, k *store.Key, id []byte) (bool, error) {
-	if _, running := s.rotations.get(k); running || s.namesMaterial(ctx, k, id) {
-		return false, nil
+	if _, running, err := s.rotating(ctx, k); err != nil || running || s.namesMaterial(ctx, k, id) {
+		return false, err
 	}
 	m := material(k, store.Material{TokenID: id})
 	if err := tok.Destroy(ctx, m); err != nil {

@@ -30,12 +30,14 @@ import (
 	"github.com/hsmkms/hsmkms/hsm/hsmtest"
 	"github.com/hsmkms/hsmkms/keystore"
 	"github.com/hsmkms/hsmkms/kms"
+	"github.com/hsmkms/hsmkms/kms/store/pgtest"
 	"github.com/stretchr/testify/require"
 )
 
 func TestMain(m *testing.M) {
 	code := m.Run()
 	hsmtest.Cleanup()
+	pgtest.Cleanup()
 	os.Exit(code)
 }
 
@@ -94,6 +96,13 @@ type env struct {
 	// edge, if set by a setup hook, sizes the HTTP edge: Regions,
 	// MaxInFlight and QueueWait are taken from it.
 	edge kms.HandlerConfig
+	// dbURL, if set, is the PostgreSQL database the node uses instead of
+	// dbPath; node, sync and jobs are its NodeID, SyncInterval and
+	// JobInterval (see newNodes).
+	dbURL       string
+	node        string
+	sync, jobs  time.Duration
+	tokenBackup string
 }
 
 // syncBuffer is a bytes.Buffer safe for the server's concurrent writes.
@@ -135,13 +144,20 @@ func (e *env) start() {
 	t := e.t
 	ctx := context.Background()
 	var err error
-	e.svc, err = kms.Open(ctx, kms.OpenConfig{
+	cfg := kms.OpenConfig{
 		DefaultToken: keystore.TokenConfig{Module: e.tok.Module, Label: e.tok.Label, PoolSize: 4, Wrap: e.wrapDefault},
 		PIN:          e.tok.UserPIN,
 		Database:     e.dbPath,
 		Clusters:     e.clusters,
 		Now:          e.clock.Now,
-	})
+		NodeID:       e.node,
+		SyncInterval: e.sync,
+		JobInterval:  e.jobs,
+	}
+	if e.dbURL != "" {
+		cfg.Database, cfg.DatabaseURL = "", e.dbURL
+	}
+	e.svc, err = kms.Open(ctx, cfg)
 	require.NoError(t, err)
 	e.report = e.svc.StartupReport()
 	e.svc.Start()

@@ -20,9 +20,10 @@ import (
 //	       (logged in, and refused unless it is the token the database was
 //	       made with), the start-up check between them (Reconcile), the
 //	       orphan report, and the custom key stores registered DISCONNECTED
-//	Start  reconnects the custom key stores that were connected (logging in
-//	       with the current password, without rotating it) and starts the
-//	       deletion reaper and the key rotator
+//	Start  starts the change feed (shared store), the heartbeat and custom
+//	       key store sync (which logs in to the stores that are connected,
+//	       with the current password, without rotating it), the deletion
+//	       reaper and the key rotator
 //	Close  stops the background work and waits for it, then logs out,
 //	       closes the token sessions and the store
 //
@@ -53,8 +54,15 @@ type OpenConfig struct {
 	JobInterval time.Duration
 	// TokenBackups is the directory of hsmkms's copies of SoftHSM2
 	// token.object files (see keystore.TokenBackups), kept only when a
-	// token's module is SoftHSM2 with a file store; "" keeps none.
+	// token's module is SoftHSM2 with a file store; "" keeps none. Nodes
+	// sharing a SoftHSM2 token store should share it too.
 	TokenBackups string
+	// NodeID names this node among those sharing the database; "" is
+	// DefaultNodeID(). Each node needs its own.
+	NodeID string
+	// SyncInterval is how often the node records its heartbeat and looks
+	// at the custom key stores; 0 is 2 s (tests shorten it).
+	SyncInterval time.Duration
 }
 
 // Open brings up the token, the metadata store and the service, checks
@@ -74,21 +82,27 @@ func Open(ctx context.Context, cfg OpenConfig) (_ *Service, err error) {
 		return nil, err
 	}
 	guard.Records = tokenRecords{db}
-	def, err := keystore.OpenDefault(ctx, cfg.DefaultToken, cfg.PIN)
+	guard.Locker = db
+	def, err := openDefault(ctx, db, cfg)
 	if err != nil {
 		db.Close()
 		return nil, guard.Explain(ctx, keystore.DefaultID, cfg.DefaultToken, err)
 	}
 	keystores := keystore.NewManager(def)
 	keystores.SetSafeguards(guard)
-	s := New(Config{Store: db, KeyStores: keystores, Logger: log, Now: cfg.Now, Clusters: cfg.Clusters})
+	keystores.SetLocker(db)
+	s := New(Config{Store: db, KeyStores: keystores, Logger: log, Now: cfg.Now, Clusters: cfg.Clusters,
+		NodeID: cfg.NodeID, SyncInterval: cfg.SyncInterval})
 	s.jobInterval = cfg.JobInterval
 	defer func() {
 		if err != nil {
 			s.closeResources(context.WithoutCancel(ctx))
 		}
 	}()
-	if err := def.VerifyIdentity(ctx, "", guard.Records, log); err != nil {
+	if err := s.joinCluster(ctx); err != nil {
+		return nil, err
+	}
+	if err := def.VerifyIdentity(ctx, "", guard, log); err != nil {
 		return nil, guard.Explain(ctx, keystore.DefaultID, cfg.DefaultToken, err)
 	}
 	report, err := s.Reconcile(ctx)
@@ -109,6 +123,21 @@ func Open(ctx context.Context, cfg OpenConfig) (_ *Service, err error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// openDefault opens the default key store's token and logs in, under the
+// database's lock for it: SoftHSM2 rewrites a token's token.object at
+// every login, reading it first, and two processes doing so at once can
+// each write over the other's change (see the README, "Running several
+// nodes"); a network HSM does not care, and the lock costs a start-up
+// nothing.
+func openDefault(ctx context.Context, db store.Store, cfg OpenConfig) (*keystore.Store, error) {
+	unlock, err := db.Lock(ctx, "token-login/default")
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	return keystore.OpenDefault(ctx, cfg.DefaultToken, cfg.PIN)
 }
 
 // openStore opens the metadata store cfg names: exactly one of a SQLite
@@ -163,16 +192,38 @@ func (r *Report) log(log hclog.Logger) {
 	for _, o := range r.OrphanObjects {
 		log.Warn("token object with no key metadata", "label", o)
 	}
+	for _, k := range r.Creating {
+		log.Info("key still being created, perhaps by another node: left alone", "key", k)
+	}
 }
 
 // StartupReport is what Open's start-up check found.
 func (s *Service) StartupReport() *Report { return s.report }
 
-// Start reconnects the custom key stores that were connected when the
-// service last stopped and starts the background jobs. Call it once,
-// after Open; Close stops what it started.
+// Start starts what runs in the background: on a shared store the change
+// feed that keeps the key cache right, the heartbeat and the custom key
+// store sync (which logs in to the stores that are connected, the
+// reconnection after a restart included), and the deletion reaper and
+// the key rotator. Call it once, after Open; Close stops what it started.
 func (s *Service) Start() {
-	s.reconnectKeyStores()
+	if w, ok := s.cache.Store.(store.Watcher); ok {
+		s.goBackground(func() {
+			w.Watch(s.life, store.Changes{
+				Key:      s.cache.Invalidate,
+				KeyStore: func(string) { s.kickSync() },
+				Live: func(live bool) {
+					s.cache.SetLive(live)
+					if live {
+						s.log.Info("listening to the other nodes' changes: serving keys from the cache")
+						s.kickSync()
+					} else if s.life.Err() == nil {
+						s.log.Warn("lost the change feed of the metadata database: reading every key from the database until it is back")
+					}
+				},
+			})
+		})
+	}
+	s.goBackground(func() { s.runCluster(s.life) })
 	if s.jobInterval > 0 {
 		s.goBackground(func() { s.RunReaper(s.life, s.jobInterval) })
 		s.goBackground(func() { s.RunRotator(s.life, s.jobInterval) })
@@ -194,6 +245,7 @@ func (s *Service) goBackground(fn func()) {
 func (s *Service) Close(ctx context.Context) error {
 	s.stop()
 	s.bg.Wait()
+	s.leaveCluster(ctx)
 	return s.closeResources(ctx)
 }
 

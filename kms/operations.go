@@ -3,6 +3,7 @@ package kms
 import (
 	"context"
 	"errors"
+	"net"
 	"strings"
 
 	"github.com/hsmkms/hsmkms/kms/wire"
@@ -245,6 +246,10 @@ func (s *Service) route(op *operation) wire.Route {
 			}
 		}
 		out, err := run(ctx, r, body)
+		if mapped := dependencyError(err); mapped != err {
+			s.log.Warn("request timed out waiting for a dependency", "operation", op.name, "request_id", r.ID, "error", err)
+			err = mapped
+		}
 		if errors.Is(err, errUnauthorized) || (err == nil && !r.authorized()) {
 			s.log.Error("server bug: operation returned without the authorization its contract requires",
 				"operation", op.name, "request_id", r.ID, "authz", r.logDecisions())
@@ -252,6 +257,24 @@ func (s *Service) route(op *operation) wire.Route {
 		}
 		return out, err
 	}}
+}
+
+// dependencyError answers a request that timed out waiting for what the
+// service depends on (the metadata database, mostly: the token's timeouts
+// are tokenError's) as AWS does, with DependencyTimeoutException (503,
+// retried by the SDKs). Other failures of the database stay errors the
+// wire layer answers with KMSInternalException (500), as AWS answers an
+// internal failure; an AWS exception passes unchanged.
+func dependencyError(err error) error {
+	var we *wire.Error
+	if err == nil || errors.As(err, &we) {
+		return err
+	}
+	var ne net.Error
+	if errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()) {
+		return wire.Errorf(wire.DependencyTimeout, "The system timed out while trying to fulfill the request. The request can be retried.")
+	}
+	return err
 }
 
 // accessDenied is the answer to a request that fails closed.

@@ -39,52 +39,69 @@ const (
 	materialNonCurrent = "NON_CURRENT"
 )
 
-// rotations records the keys this process is rotating, so that a second
-// rotation of the same key is refused (ConflictException) rather than
-// queued, and GetKeyRotationStatus can show OnDemandRotationStartDate. It
-// is in-process only, which holds because the Service is its store's only
-// writer (see store.KeyCache); two rotations that raced anyway would still
-// both be recorded, since each appends inside one store transaction. Safe
-// for concurrent use; the zero value is ready.
+// A rotation in progress is marked in the database (a store.Mark named
+// after the key), so that every node refuses a second rotation of the same
+// key (ConflictException) rather than queueing it, shows
+// OnDemandRotationStartDate in GetKeyRotationStatus, and leaves the token
+// object of a rotation running on another node alone at start-up
+// (Reconcile). Two rotations that raced anyway would still both be
+// recorded, since each appends inside one store transaction; the
+// scheduler's check inside that transaction makes an automatic rotation
+// happen once. A node that dies mid-rotation leaves its mark to be taken
+// over as soon as its heartbeat stops.
+
+// rotations holds the test hook; the marks themselves are in the store.
 type rotations struct {
-	mu      sync.Mutex
-	running map[string]rotation // account/region/id
+	mu sync.Mutex
 	// hook, if set, runs between making the token object and writing the
 	// metadata; an error is treated as a failed write. Tests only.
 	hook func(keyARN string) error
 }
 
+// rotation is what a rotation mark says.
 type rotation struct {
 	start    time.Time
 	onDemand bool
 }
 
-func rotationKey(k *store.Key) string { return k.Account + "/" + k.Region + "/" + k.ID }
+func rotationMark(k *store.Key) string { return "rotate/" + k.Account + "/" + k.Region + "/" + k.ID }
 
-// begin marks k as rotating, or reports false if it already is.
-func (r *rotations) begin(k *store.Key, rot rotation) (end func(), ok bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	key := rotationKey(k)
-	if _, busy := r.running[key]; busy {
-		return nil, false
+// detail is the mark's Detail: the type, and the start date clients see.
+func (r rotation) detail() string {
+	typ := rotationAutomatic
+	if r.onDemand {
+		typ = rotationOnDemand
 	}
-	if r.running == nil {
-		r.running = map[string]rotation{}
-	}
-	r.running[key] = rot
-	return func() {
-		r.mu.Lock()
-		defer r.mu.Unlock()
-		delete(r.running, key)
-	}, true
+	return typ + "@" + r.start.UTC().Format(time.RFC3339Nano)
 }
 
-func (r *rotations) get(k *store.Key) (rotation, bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	rot, ok := r.running[rotationKey(k)]
-	return rot, ok
+func parseRotation(detail string) (rotation, bool) {
+	typ, date, ok := strings.Cut(detail, "@")
+	start, err := time.Parse(time.RFC3339Nano, date)
+	if !ok || err != nil {
+		return rotation{}, false
+	}
+	return rotation{start: start, onDemand: typ == rotationOnDemand}, true
+}
+
+// beginRotation marks k as rotating, or reports false if a live node
+// (this one included) is rotating it.
+func (s *Service) beginRotation(ctx context.Context, k *store.Key, rot rotation) (end func(), ok bool, err error) {
+	end, err = s.claim(ctx, rotationMark(k), rot.detail())
+	if errors.Is(err, store.ErrMarkHeld) {
+		return nil, false, nil
+	}
+	return end, err == nil, err
+}
+
+// rotating returns the rotation of k a live node is running, if any.
+func (s *Service) rotating(ctx context.Context, k *store.Key) (rotation, bool, error) {
+	m, err := s.liveMark(ctx, rotationMark(k))
+	if err != nil || m == nil {
+		return rotation{}, false, err
+	}
+	rot, ok := parseRotation(m.Detail)
+	return rot, ok, nil
 }
 
 func (r *rotations) hookFn() func(string) error {
@@ -188,7 +205,11 @@ func (s *Service) GetKeyRotationStatus(ctx context.Context, r *Request, in *KeyI
 		out.NextRotationDate = &d
 		out.RotationPeriodInDays = k.RotationPeriodDays
 	}
-	if rot, ok := s.rotations.get(k); ok && rot.onDemand {
+	rot, ok, err := s.rotating(ctx, k)
+	if err != nil {
+		return nil, err
+	}
+	if ok && rot.onDemand {
 		d := wire.Time(rot.start)
 		out.OnDemandRotationStartDate = &d
 	}
@@ -230,7 +251,10 @@ func (s *Service) RotateKeyOnDemand(ctx context.Context, r *Request, in *KeyIDIn
 	if err := r.proceed(); err != nil {
 		return nil, err
 	}
-	end, ok := s.rotations.begin(k, rotation{start: now, onDemand: true})
+	end, ok, err := s.beginRotation(ctx, k, rotation{start: now, onDemand: true})
+	if err != nil {
+		return nil, err
+	}
 	if !ok {
 		return nil, conflict()
 	}
@@ -275,20 +299,32 @@ func (s *Service) RotateDue(ctx context.Context) (int, error) {
 	}
 	n := 0
 	var errs []error
+	stillDue := func(k *store.Key) error {
+		if !k.RotationEnabled || k.State != string(StateEnabled) || k.NextRotationDate.After(now) {
+			return errNotDue
+		}
+		return nil
+	}
 	for _, k := range due {
 		if rotatable(k) != nil {
 			continue
 		}
-		end, ok := s.rotations.begin(k, rotation{start: now})
-		if !ok {
+		end, ok, err := s.beginRotation(ctx, k, rotation{start: now})
+		if err != nil {
+			errs = append(errs, err)
 			continue
 		}
-		_, err := s.rotate(ctx, k, rotationAutomatic, func(k *store.Key) error {
-			if !k.RotationEnabled || k.State != string(StateEnabled) || k.NextRotationDate.After(now) {
-				return errNotDue
+		if !ok {
+			continue // another node is rotating it
+		}
+		// Claimed: look again, from the database, so that a key another
+		// node rotated since the list was read costs no token object.
+		cur, err := s.cache.Store.GetKey(ctx, k.Account, k.Region, k.ID)
+		if err == nil {
+			if err = stillDue(cur); err == nil {
+				_, err = s.rotate(ctx, cur, rotationAutomatic, stillDue)
 			}
-			return nil
-		})
+		}
 		end()
 		switch {
 		case err == nil:

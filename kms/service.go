@@ -14,8 +14,9 @@ import (
 
 // Config is what a Service needs.
 type Config struct {
-	// Store is wrapped in a store.KeyCache: the Service must be the only
-	// writer of the keys in it.
+	// Store is wrapped in a store.KeyCache. A store other processes write
+	// too must be a store.Watcher (PostgreSQL), whose change feed keeps the
+	// cache right once Start runs it.
 	Store     store.Store
 	KeyStores *keystore.Manager
 	Logger    hclog.Logger
@@ -23,6 +24,12 @@ type Config struct {
 	Now func() time.Time
 	// Clusters are the tokens that may back custom key stores.
 	Clusters []keystore.Cluster
+	// NodeID names this node among those sharing the store (logs, marks,
+	// logins); "" is DefaultNodeID().
+	NodeID string
+	// SyncInterval is how often the node records its heartbeat and looks
+	// at the custom key stores; 0 is defaultSyncInterval.
+	SyncInterval time.Duration
 }
 
 // Service implements the KMS operations. Safe for concurrent use; it holds
@@ -30,6 +37,7 @@ type Config struct {
 // concurrency on the token.
 type Service struct {
 	store     store.Store
+	cache     *store.KeyCache // store, as a KeyCache
 	keystores *keystore.Manager
 	log       hclog.Logger
 	now       func() time.Time
@@ -41,8 +49,16 @@ type Service struct {
 	bg          sync.WaitGroup
 	jobInterval time.Duration
 	report      *Report
-	reconnect   []*keystore.Store // connected at the last stop; Start reconnects them
-	ops         []*operation      // the operation table
+	ops         []*operation // the operation table
+	// node is this node's id and started when this run of it began;
+	// shared says other nodes write the store too (it is a Watcher).
+	node         string
+	started      time.Time
+	shared       bool
+	syncInterval time.Duration
+	kick         chan struct{} // a key store changed: look now
+	// ks is what the key store sync knows, per store (customkeystores.go).
+	ks keyStoreSync
 	// rotations marks the keys being rotated now (see rotation.go).
 	rotations rotations
 	// identities are the principals' identity policies by ARN, set by
@@ -63,7 +79,19 @@ func New(cfg Config) *Service {
 	for _, c := range cfg.Clusters {
 		clusters[c.ID] = c
 	}
-	s := &Service{store: store.WithKeyCache(cfg.Store), keystores: cfg.KeyStores, log: cfg.Logger, now: cfg.Now, clusters: clusters}
+	if cfg.NodeID == "" {
+		cfg.NodeID = DefaultNodeID()
+	}
+	if cfg.SyncInterval <= 0 {
+		cfg.SyncInterval = defaultSyncInterval
+	}
+	cache := store.WithKeyCache(cfg.Store)
+	_, shared := cfg.Store.(store.Watcher)
+	if shared {
+		cache.SetLive(false) // until Start's watcher listens
+	}
+	s := &Service{store: cache, cache: cache, keystores: cfg.KeyStores, log: cfg.Logger, now: cfg.Now, clusters: clusters,
+		node: cfg.NodeID, started: time.Now(), shared: shared, syncInterval: cfg.SyncInterval, kick: make(chan struct{}, 1)}
 	s.life, s.stop = context.WithCancel(context.Background())
 	s.ops = s.operations()
 	return s

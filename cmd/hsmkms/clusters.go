@@ -40,6 +40,19 @@ func adminConfig(fs *flag.FlagSet, args []string) (*config.Config, error) {
 	return cfg, nil
 }
 
+// openMetadata opens the metadata store the configuration names: the
+// SQLite file or the PostgreSQL database.
+func openMetadata(ctx context.Context, cfg *config.Config) (store.Store, error) {
+	url, err := cfg.Database.URL()
+	if err != nil {
+		return nil, err
+	}
+	if url != "" {
+		return store.OpenPostgreSQL(ctx, url)
+	}
+	return store.OpenSQLite(cfg.Database.Path)
+}
+
 // clusters lists the declared clusters: whether their token is present,
 // its serial, and the custom key store using each.
 func clusters(args []string) error {
@@ -49,7 +62,7 @@ func clusters(args []string) error {
 		return err
 	}
 	usedBy := map[string]string{}
-	if db, err := store.OpenSQLite(cfg.Database.Path); err == nil {
+	if db, err := openMetadata(context.Background(), cfg); err == nil {
 		stores, err := db.AllKeyStores(context.Background())
 		db.Close()
 		if err != nil {

@@ -48,7 +48,7 @@ func usage() {
 	fmt.Fprint(os.Stderr, `usage: hsmkms <command> [flags]
 
 commands:
-  serve          run the key service (--data-dir DIR --listen HOST:PORT, or --config FILE)
+  serve          run the key service (--data-dir DIR --listen HOST:PORT [--database-url-file F --node-id ID], or --config FILE)
   tokens         list the tokens a PKCS#11 module offers, and damaged SoftHSM2 tokens (--module PATH or --data-dir DIR)
   clusters       list the tokens declared as CloudHSM clusters and the key stores using them
   reset-kmsuser  set a new kmsuser password with the token's SO PIN (--cluster ID --so-pin-file F --new-password-file F)

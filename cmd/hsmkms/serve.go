@@ -28,8 +28,13 @@ func serve(args []string) error {
 	dataDir := fs.String("data-dir", "", "run on embedded defaults, keeping everything under this directory (created on first run)")
 	listen := fs.String("listen", "127.0.0.1:4599", "HOST:PORT to listen on (with --data-dir)")
 	configPath := fs.String("config", "", "configuration file (for real deployments)")
+	dbURLFile := fs.String("database-url-file", "", "with --data-dir: keep the metadata in the PostgreSQL database whose URL this file (0600) holds, shared with other nodes")
+	nodeID := fs.String("node-id", "", "with --data-dir: this node's id among the nodes sharing the database (default: the host name)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if (*dbURLFile != "" || *nodeID != "") && *dataDir == "" {
+		return errors.New("serve: --database-url-file and --node-id go with --data-dir (a --config file says the same in database.postgres and node_id)")
 	}
 	var info *datadir.BootstrapInfo
 	switch {
@@ -38,7 +43,7 @@ func serve(args []string) error {
 	case *dataDir != "":
 		var err error
 		blog := hclog.New(&hclog.LoggerOptions{Name: "hsmkms", Output: os.Stderr})
-		*configPath, info, err = datadir.Bootstrap(*dataDir, *listen, blog)
+		*configPath, info, err = datadir.BootstrapWith(*dataDir, datadir.Options{Listen: *listen, DatabaseURLFile: *dbURLFile, NodeID: *nodeID}, blog)
 		if err != nil {
 			return err
 		}
@@ -61,12 +66,17 @@ func serve(args []string) error {
 	if os.Getenv("GOMEMLIMIT") == "" {
 		debug.SetMemoryLimit(memoryLimit(cfg.Limits.MaxInFlight, kms.DefaultMaxBody))
 	}
-	log := hclog.New(&hclog.LoggerOptions{Name: "hsmkms", Level: hclog.LevelFromString(cfg.LogLevel), Output: os.Stderr})
+	node := cfg.NodeID
+	if node == "" {
+		node = kms.DefaultNodeID()
+	}
+	// Every line names the node: several nodes' logs end up side by side.
+	log := hclog.New(&hclog.LoggerOptions{Name: "hsmkms", Level: hclog.LevelFromString(cfg.LogLevel), Output: os.Stderr}).With("node", node)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	svc, err := open(ctx, cfg, log)
+	svc, err := open(ctx, cfg, node, log)
 	if err != nil {
 		return err
 	}
@@ -148,7 +158,7 @@ func serve(args []string) error {
 }
 
 // open brings up the service on cfg's token, database and clusters.
-func open(ctx context.Context, cfg *config.Config, log hclog.Logger) (*kms.Service, error) {
+func open(ctx context.Context, cfg *config.Config, node string, log hclog.Logger) (*kms.Service, error) {
 	ks := cfg.DefaultKeyStore
 	for k, v := range ks.ModuleEnv {
 		if err := os.Setenv(k, v); err != nil {
@@ -159,6 +169,10 @@ func open(ctx context.Context, cfg *config.Config, log hclog.Logger) (*kms.Servi
 	if err != nil {
 		return nil, fmt.Errorf("default_key_store: %w", err)
 	}
+	dbURL, err := cfg.Database.URL()
+	if err != nil {
+		return nil, err
+	}
 	return kms.Open(ctx, kms.OpenConfig{
 		DefaultToken: keystore.TokenConfig{
 			Module: ks.Module, Label: ks.TokenLabel, Serial: ks.TokenSerial, PoolSize: ks.PoolSize,
@@ -166,10 +180,12 @@ func open(ctx context.Context, cfg *config.Config, log hclog.Logger) (*kms.Servi
 		},
 		PIN:          pin,
 		Database:     cfg.Database.Path,
+		DatabaseURL:  dbURL,
 		Clusters:     clusterConfigs(cfg, log),
 		Logger:       log.Named("kms"),
 		JobInterval:  time.Minute,
 		TokenBackups: cfg.Database.TokenBackupDir(),
+		NodeID:       node,
 	})
 }
 

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hsmkms/hsmkms/keystore"
 	"github.com/hsmkms/hsmkms/kms"
 	"github.com/hsmkms/hsmkms/kms/authz"
 	"go.yaml.in/yaml/v3"
@@ -34,6 +35,10 @@ type Config struct {
 	// Regions are the AWS Regions served; absent means the commercial
 	// Regions (kms.CommercialRegions).
 	Regions []string `yaml:"regions,omitempty"`
+	// NodeID names this node among the nodes sharing a database, in logs,
+	// metrics and audit records; absent means the host name
+	// (kms.DefaultNodeID). Each node needs its own.
+	NodeID string `yaml:"node_id,omitempty"`
 }
 
 // LimitsConfig bounds the HTTP edge: what is served at once, and how long
@@ -78,19 +83,56 @@ type TLSConfig struct {
 	KeyFile  string `yaml:"key_file"`
 }
 
-// DatabaseConfig is where the metadata database lives.
 // TokenBackupDir is where hsmkms keeps its copies of SoftHSM2 token.object
-// files for the database at path (see keystore.TokenBackups): beside the
-// database, in hsmkms's own directory.
+// files for the SQLite database at path (see keystore.TokenBackups): beside
+// the database, in hsmkms's own directory.
 func TokenBackupDir(path string) string {
 	return filepath.Join(filepath.Dir(path), "token-backups")
 }
 
-// TokenBackupDir is TokenBackupDir of the configured database.
-func (d DatabaseConfig) TokenBackupDir() string { return TokenBackupDir(d.Path) }
-
+// DatabaseConfig is where the metadata database lives: exactly one of a
+// SQLite file (Path, the embedded default) and a PostgreSQL database
+// (Postgres), which several nodes may share.
 type DatabaseConfig struct {
-	Path string `yaml:"path"`
+	Path     string          `yaml:"path,omitempty"`
+	Postgres *PostgresConfig `yaml:"postgres,omitempty"`
+	// TokenBackups is the directory of hsmkms's copies of SoftHSM2
+	// token.object files; absent means beside Path. Nodes sharing one
+	// SoftHSM2 token store should share it.
+	TokenBackups string `yaml:"token_backups,omitempty"`
+}
+
+// PostgresConfig names the PostgreSQL database. Its URL holds the
+// password, so it comes from a file (0600) or an environment variable,
+// never the configuration itself.
+type PostgresConfig struct {
+	URLFile string `yaml:"url_file,omitempty"`
+	URLEnv  string `yaml:"url_env,omitempty"`
+}
+
+// URL reads the PostgreSQL URL; "" when the database is SQLite. Errors
+// never contain it.
+func (d DatabaseConfig) URL() (string, error) {
+	if d.Postgres == nil {
+		return "", nil
+	}
+	u, err := ReadSecret("url", d.Postgres.URLFile, d.Postgres.URLEnv)
+	if err != nil {
+		return "", fmt.Errorf("database.postgres.%w", err)
+	}
+	return u, nil
+}
+
+// TokenBackupDir is where the copies of SoftHSM2 token.object files are
+// kept: token_backups, else beside the SQLite file; "" for none.
+func (d DatabaseConfig) TokenBackupDir() string {
+	switch {
+	case d.TokenBackups != "":
+		return d.TokenBackups
+	case d.Path != "":
+		return TokenBackupDir(d.Path)
+	}
+	return ""
 }
 
 // KeyStoreConfig names a token through its PKCS#11 module.
@@ -185,7 +227,10 @@ var schema = map[string]any{
 	"plain_http": "!!bool",
 	"tls":        map[string]any{"cert_file": "!!str", "key_file": "!!str"},
 	"log_level":  "!!str",
-	"database":   map[string]any{"path": "!!str"},
+	"database": map[string]any{
+		"path": "!!str", "postgres": map[string]any{"url_file": "!!str", "url_env": "!!str"}, "token_backups": "!!str",
+	},
+	"node_id": "!!str",
 	"default_key_store": map[string]any{
 		"module": "!!str", "module_env": "map", "token_label": "!!str", "token_serial": "!!str",
 		"pin_file": "!!str", "pin_env": "!!str", "pool_size": "!!int",
@@ -343,10 +388,12 @@ func (c *Config) validate(baseDir string) error {
 	default:
 		return fmt.Errorf("log_level: must be one of trace, debug, info, warn, error (got %q)", c.LogLevel)
 	}
-	if c.Database.Path == "" {
-		return errors.New("database.path: required")
+	if err := c.Database.validate(abs); err != nil {
+		return err
 	}
-	c.Database.Path = abs(c.Database.Path)
+	if c.NodeID != "" && !kms.ValidNodeID(c.NodeID) {
+		return fmt.Errorf("node_id: %q must be 1-64 letters, digits, '.', '_', ':' or '-', starting with a letter or digit", c.NodeID)
+	}
 
 	ks := &c.DefaultKeyStore
 	switch {
@@ -438,7 +485,37 @@ func (c *Config) validate(baseDir string) error {
 	if err := c.Limits.validate(); err != nil {
 		return err
 	}
+	if c.Database.Postgres != nil && c.Database.TokenBackups == "" {
+		modules := []string{ks.Module}
+		for _, cl := range c.Clusters {
+			modules = append(modules, cl.Module)
+		}
+		for _, m := range modules {
+			if keystore.IsSoftHSM(m) {
+				return errors.New("database.token_backups: required with database.postgres when a token is SoftHSM2's: " +
+					"the directory of the copies of its token.object that undo a crash (shared by the nodes sharing the token store)")
+			}
+		}
+	}
 	return c.validateRegions()
+}
+
+func (d *DatabaseConfig) validate(abs func(string) string) error {
+	switch {
+	case d.Path == "" && d.Postgres == nil:
+		return errors.New("database: path (a SQLite file) or postgres is required")
+	case d.Path != "" && d.Postgres != nil:
+		return errors.New("database: path and postgres are exclusive: the metadata is in a SQLite file or a PostgreSQL database")
+	case d.Postgres != nil && (d.Postgres.URLFile == "") == (d.Postgres.URLEnv == ""):
+		return errors.New("database.postgres: exactly one of url_file and url_env is required")
+	case d.Postgres != nil && d.Postgres.URLEnv != "" && !envNameRe.MatchString(d.Postgres.URLEnv):
+		return fmt.Errorf("database.postgres.url_env: %q is not an environment variable name", d.Postgres.URLEnv)
+	}
+	d.Path, d.TokenBackups = abs(d.Path), abs(d.TokenBackups)
+	if d.Postgres != nil {
+		d.Postgres.URLFile = abs(d.Postgres.URLFile)
+	}
+	return nil
 }
 
 func (l *LimitsConfig) validate() error {

@@ -85,19 +85,57 @@ func FindSoftHSM() (string, error) {
 // crash damaged are restored from hsmkms's copies first. The configuration
 // is written last and returned with what the user must paste.
 func Bootstrap(dir, listen string, log hclog.Logger) (string, *BootstrapInfo, error) {
+	return BootstrapWith(dir, Options{Listen: listen}, log)
+}
+
+// Options are what `serve --data-dir` may change in the directory's
+// configuration.
+type Options struct {
+	// Listen is HOST:PORT.
+	Listen string
+	// DatabaseURLFile, if set, names a file (0600) holding the URL of a
+	// PostgreSQL database: the metadata is kept there instead of
+	// DIR/hsmkms.db, so that several nodes can share the directory's
+	// tokens and the database (scripts/run-ha.sh).
+	DatabaseURLFile string
+	// NodeID, if set, is the node's id; its configuration is then
+	// DIR/hsmkms-<NodeID>.yaml, so that nodes sharing DIR each keep
+	// their own.
+	NodeID string
+}
+
+// BootstrapWith is Bootstrap with Options. Nodes sharing one directory
+// must not bootstrap it at the same moment the first time: start one,
+// then the others.
+func BootstrapWith(dir string, o Options, log hclog.Logger) (string, *BootstrapInfo, error) {
 	if log == nil {
 		log = hclog.NewNullLogger()
 	}
+	listen := o.Listen
 	dir, err := filepath.Abs(dir)
 	if err != nil {
 		return "", nil, err
 	}
-	_, err = os.Stat(filepath.Join(dir, "hsmkms.db"))
-	dbExisted := err == nil
-	var recorded map[string]string
-	if dbExisted {
-		if recorded, err = recordedSerials(filepath.Join(dir, "hsmkms.db")); err != nil {
+	if o.NodeID != "" && !kms.ValidNodeID(o.NodeID) {
+		return "", nil, fmt.Errorf("--node-id: %q must be 1-64 letters, digits, '.', '_', ':' or '-'", o.NodeID)
+	}
+	if o.DatabaseURLFile != "" {
+		if o.DatabaseURLFile, err = filepath.Abs(o.DatabaseURLFile); err != nil {
 			return "", nil, err
+		}
+		if _, err := config.ReadSecret("url", o.DatabaseURLFile, ""); err != nil {
+			return "", nil, fmt.Errorf("--database-url-file: %w", err)
+		}
+	}
+	dbExisted := false
+	var recorded map[string]string
+	if o.DatabaseURLFile == "" {
+		_, err = os.Stat(filepath.Join(dir, "hsmkms.db"))
+		dbExisted = err == nil
+		if dbExisted {
+			if recorded, err = recordedSerials(filepath.Join(dir, "hsmkms.db")); err != nil {
+				return "", nil, err
+			}
 		}
 	}
 	host, port, err := net.SplitHostPort(listen)
@@ -213,6 +251,7 @@ func Bootstrap(dir, listen string, log hclog.Logger) (string, *BootstrapInfo, er
 		TLS:      config.TLSConfig{CertFile: "tls/server.pem", KeyFile: "tls/server-key.pem"},
 		LogLevel: "info",
 		Database: config.DatabaseConfig{Path: "hsmkms.db"},
+		NodeID:   o.NodeID,
 		DefaultKeyStore: config.KeyStoreConfig{
 			Module:     module,
 			ModuleEnv:  map[string]string{"SOFTHSM2_CONF": conf},
@@ -227,12 +266,20 @@ func Bootstrap(dir, listen string, log hclog.Logger) (string, *BootstrapInfo, er
 		}},
 		Clusters: clusters,
 	}
+	if o.DatabaseURLFile != "" {
+		// The copies of token.object files stay where SQLite's would be:
+		// every node sharing the directory uses the same copies.
+		cfg.Database = config.DatabaseConfig{Postgres: &config.PostgresConfig{URLFile: o.DatabaseURLFile}, TokenBackups: "token-backups"}
+	}
 	out, err := yaml.Marshal(&cfg)
 	if err != nil {
 		return "", nil, err
 	}
 	header := "# Written by `hsmkms serve --data-dir` on every start; edit a copy and run it with --config.\n"
 	path := filepath.Join(dir, "hsmkms.yaml")
+	if o.NodeID != "" {
+		path = filepath.Join(dir, "hsmkms-"+o.NodeID+".yaml")
+	}
 	if err := writeFileAtomic(path, append([]byte(header), out...), 0o600); err != nil {
 		return "", nil, err
 	}

@@ -63,9 +63,9 @@ type Coordination interface {
 	// Ping checks that the database answers.
 	Ping(ctx context.Context) error
 
-	// TakeMark records m unless another node holds an unexpired mark of
-	// the same name (ErrMarkHeld). A mark that has expired, or that m.Node
-	// itself holds, is replaced. Expiry is judged at m.Started.
+	// TakeMark records m unless an unexpired mark of the same name is
+	// held, by any node, m.Node included (ErrMarkHeld): one claim, one
+	// holder. An expired mark is replaced; expiry is judged at m.Started.
 	TakeMark(ctx context.Context, m Mark) error
 	// GetMark returns the mark of that name, expired or not, or ErrNotFound.
 	GetMark(ctx context.Context, name string) (*Mark, error)
@@ -87,6 +87,8 @@ type Coordination interface {
 	Heartbeat(ctx context.Context, node string, started, now time.Time) error
 	// GetNode returns what is recorded of node, or ErrNotFound.
 	GetNode(ctx context.Context, node string) (*Node, error)
+	// Nodes lists every node recorded, live or not, by id.
+	Nodes(ctx context.Context) ([]Node, error)
 
 	// PutKeyStoreLogin records one node's state for one key store.
 	PutKeyStoreLogin(ctx context.Context, l KeyStoreLogin) error

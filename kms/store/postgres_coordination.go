@@ -17,8 +17,8 @@ const pgNamedLockClass int32 = 0x6c6b // "lk"
 func (p *PostgreSQL) Ping(ctx context.Context) error { return p.pool.Ping(ctx) }
 
 // TakeMark is one statement: the insert, or the replacement of a mark that
-// m.Node holds or that has expired, under the row's lock; a mark held by
-// another node leaves the statement without a row.
+// has expired, under the row's lock; a mark still held leaves the
+// statement without a row.
 func (p *PostgreSQL) TakeMark(ctx context.Context, m Mark) error {
 	if !storable(m.Name, m.Node, m.Detail) {
 		return errors.New("store: a mark's name, node and detail are UTF-8 without NUL")
@@ -26,7 +26,7 @@ func (p *PostgreSQL) TakeMark(ctx context.Context, m Mark) error {
 	var one int
 	err := p.pool.QueryRow(ctx, `INSERT INTO marks (name, node, detail, started, expires) VALUES ($1,$2,$3,$4,$5)
 		ON CONFLICT (name) DO UPDATE SET node = excluded.node, detail = excluded.detail, started = excluded.started, expires = excluded.expires
-		WHERE marks.node = excluded.node OR marks.expires <= excluded.started
+		WHERE marks.expires <= excluded.started
 		RETURNING 1`, m.Name, m.Node, m.Detail, toNanos(m.Started), toNanos(m.Expires)).Scan(&one)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return ErrMarkHeld
@@ -121,6 +121,25 @@ func (p *PostgreSQL) GetNode(ctx context.Context, node string) (*Node, error) {
 	}
 	n.Started, n.Heartbeat = fromNanos(started), fromNanos(hb)
 	return &n, nil
+}
+
+func (p *PostgreSQL) Nodes(ctx context.Context) ([]Node, error) {
+	rows, err := p.pool.Query(ctx, `SELECT id, started, heartbeat FROM nodes ORDER BY id`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Node
+	for rows.Next() {
+		var n Node
+		var started, hb int64
+		if err := rows.Scan(&n.ID, &started, &hb); err != nil {
+			return nil, err
+		}
+		n.Started, n.Heartbeat = fromNanos(started), fromNanos(hb)
+		out = append(out, n)
+	}
+	return out, rows.Err()
 }
 
 func (p *PostgreSQL) PutKeyStoreLogin(ctx context.Context, l KeyStoreLogin) error {

@@ -36,7 +36,7 @@ func (s *SQLite) TakeMark(ctx context.Context, m Mark) error {
 		case errors.Is(err, ErrNotFound):
 		case err != nil:
 			return err
-		case cur.Node != m.Node && cur.Expires.After(m.Started):
+		case cur.Expires.After(m.Started):
 			return ErrMarkHeld
 		}
 		_, err = tx.ExecContext(ctx, `INSERT INTO marks (name, node, detail, started, expires) VALUES (?,?,?,?,?)
@@ -97,6 +97,25 @@ func (s *SQLite) GetNode(ctx context.Context, node string) (*Node, error) {
 	}
 	n.Started, n.Heartbeat = fromNanos(started), fromNanos(hb)
 	return &n, nil
+}
+
+func (s *SQLite) Nodes(ctx context.Context) ([]Node, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT id, started, heartbeat FROM nodes ORDER BY id`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Node
+	for rows.Next() {
+		var n Node
+		var started, hb int64
+		if err := rows.Scan(&n.ID, &started, &hb); err != nil {
+			return nil, err
+		}
+		n.Started, n.Heartbeat = fromNanos(started), fromNanos(hb)
+		out = append(out, n)
+	}
+	return out, rows.Err()
 }
 
 func (s *SQLite) PutKeyStoreLogin(ctx context.Context, l KeyStoreLogin) error {

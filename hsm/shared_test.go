@@ -1,0 +1,238 @@
+package hsm_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hsmkms/hsmkms/hsm"
+	"github.com/hsmkms/hsmkms/hsm/hsmtest"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// What SoftHSM2 2.6.1 does when several processes open one token
+// directory, as several hsmkms nodes sharing a SoftHSM2 store do. Each
+// test runs a second process (this test binary, re-executed as a peer that
+// obeys one command per line on stdin) on the token the test made, and
+// checks what each process sees of the other's work. The README's "Running
+// several nodes" section states the limits these tests show.
+
+const peerEnv = "HSMKMS_HSM_PEER"
+
+// TestPeerProcess is not a test: it is the peer's body when the test
+// binary is re-executed with peerEnv set, and is skipped otherwise.
+func TestPeerProcess(t *testing.T) {
+	spec := os.Getenv(peerEnv)
+	if spec == "" {
+		t.Skip("the peer process of the shared-token tests")
+	}
+	module, label, _ := strings.Cut(spec, "|")
+	tok, err := hsm.OpenToken(hsm.TokenConfig{Module: module, Label: label, PoolSize: 2})
+	if err != nil {
+		fmt.Println("ERR", err)
+		return
+	}
+	defer tok.Close()
+	ctx := context.Background()
+	in := bufio.NewScanner(os.Stdin)
+	fmt.Println("OK ready")
+	for in.Scan() {
+		f := strings.Fields(in.Text())
+		if len(f) == 0 {
+			continue
+		}
+		var out string
+		var err error
+		arg := func(i int) string {
+			if i < len(f) {
+				return f[i]
+			}
+			return ""
+		}
+		switch f[0] {
+		case "login":
+			err = tok.Login(ctx, arg(1))
+		case "logout":
+			err = tok.Logout(ctx)
+		case "setpin":
+			err = tok.SetPIN(ctx, arg(1), arg(2))
+		case "gen":
+			_, err = tok.GenerateAESKey(ctx, []byte(arg(1)), arg(1), hsm.UsageEncrypt|hsm.UsageDecrypt)
+		case "find":
+			_, err = tok.FindObject(ctx, hsm.SecretKeyByID([]byte(arg(1))))
+		case "destroy":
+			err = tok.DestroyObject(ctx, hsm.SecretKeyByID([]byte(arg(1))))
+		case "encrypt":
+			var iv, sealed []byte
+			iv, sealed, err = tok.EncryptGCM(ctx, hsm.SecretKeyByID([]byte(arg(1))), []byte(arg(2)), nil)
+			out = hex.EncodeToString(append(iv, sealed...))
+		case "decrypt":
+			var b, plain []byte
+			if b, err = hex.DecodeString(arg(2)); err == nil && len(b) > hsm.GCMIVSize {
+				plain, err = tok.DecryptGCM(ctx, hsm.SecretKeyByID([]byte(arg(1))), b[:hsm.GCMIVSize], b[hsm.GCMIVSize:], nil)
+			}
+			out = string(plain)
+		case "logins": // logs in and out N times: token.object rewrites
+			var n int
+			fmt.Sscan(arg(2), &n)
+			for range n {
+				if err = tok.Login(ctx, arg(1)); err != nil {
+					break
+				}
+				if err = tok.Logout(ctx); err != nil {
+					break
+				}
+			}
+		default:
+			err = fmt.Errorf("unknown command %q", f[0])
+		}
+		if err != nil {
+			fmt.Println("ERR", strings.ReplaceAll(err.Error(), "\n", " "))
+		} else {
+			fmt.Println("OK", out)
+		}
+	}
+}
+
+// peer is a second process with the token open.
+type peer struct {
+	t   *testing.T
+	cmd *exec.Cmd
+	in  io.WriteCloser
+	out *bufio.Scanner
+	mu  sync.Mutex
+}
+
+func startPeer(t *testing.T, tt hsmtest.Token) *peer {
+	t.Helper()
+	exe, err := os.Executable()
+	require.NoError(t, err)
+	cmd := exec.Command(exe, "-test.run=^TestPeerProcess$", "-test.v=false")
+	cmd.Env = append(os.Environ(), peerEnv+"="+tt.Module+"|"+tt.Label)
+	cmd.Stderr = os.Stderr
+	in, err := cmd.StdinPipe()
+	require.NoError(t, err)
+	stdout, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	p := &peer{t: t, cmd: cmd, in: in, out: bufio.NewScanner(stdout)}
+	t.Cleanup(func() { in.Close(); cmd.Process.Kill(); cmd.Wait() })
+	_, err = p.read()
+	require.NoError(t, err, "peer did not start")
+	return p
+}
+
+func (p *peer) read() (string, error) {
+	for p.out.Scan() {
+		line := p.out.Text()
+		switch {
+		case strings.HasPrefix(line, "OK"):
+			return strings.TrimSpace(strings.TrimPrefix(line, "OK")), nil
+		case strings.HasPrefix(line, "ERR"):
+			return "", errors.New(strings.TrimSpace(strings.TrimPrefix(line, "ERR")))
+		}
+	}
+	return "", fmt.Errorf("peer exited: %v", p.out.Err())
+}
+
+// do runs one command in the peer and returns its result.
+func (p *peer) do(cmd string) (string, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	fmt.Fprintln(p.in, cmd)
+	return p.read()
+}
+
+func (p *peer) must(cmd string) string {
+	p.t.Helper()
+	out, err := p.do(cmd)
+	require.NoError(p.t, err, "peer: %s", strings.Fields(cmd)[0])
+	return out
+}
+
+func TestSharedTokenObjectsAcrossProcesses(t *testing.T) {
+	t.Parallel()
+	tok, tt := open(t, nil, 2)
+	p := startPeer(t, tt)
+	p.must("login " + tt.UserPIN)
+	c := ctx(t)
+
+	t.Run("made here, found and used there", func(t *testing.T) {
+		_, err := tok.GenerateAESKey(c, []byte("made-here"), "made-here", hsm.UsageEncrypt|hsm.UsageDecrypt)
+		require.NoError(t, err)
+		p.must("find made-here")
+		blob := p.must("encrypt made-here hello")
+		b, err := hex.DecodeString(blob)
+		require.NoError(t, err)
+		plain, err := tok.DecryptGCM(c, hsm.SecretKeyByID([]byte("made-here")), b[:hsm.GCMIVSize], b[hsm.GCMIVSize:], nil)
+		require.NoError(t, err)
+		assert.Equal(t, "hello", string(plain))
+	})
+	t.Run("made there, found and used here", func(t *testing.T) {
+		p.must("gen made-there")
+		iv, sealed, err := tok.EncryptGCM(c, hsm.SecretKeyByID([]byte("made-there")), []byte("hi"), nil)
+		require.NoError(t, err)
+		assert.Equal(t, "hi", p.must("decrypt made-there "+hex.EncodeToString(append(iv, sealed...))))
+	})
+	t.Run("destroyed there, gone here", func(t *testing.T) {
+		p.must("gen doomed")
+		_, err := tok.FindObject(c, hsm.SecretKeyByID([]byte("doomed")))
+		require.NoError(t, err)
+		p.must("destroy doomed")
+		// A fresh lookup: FindObject goes to the token once the cached
+		// handle proves stale.
+		_, err = tok.FindObject(c, hsm.SecretKeyByID([]byte("doomed")))
+		t.Logf("FindObject of an object another process destroyed: %v", err)
+	})
+}
+
+func TestSharedTokenPINChangeAcrossProcesses(t *testing.T) {
+	t.Parallel()
+	tok, tt := open(t, nil, 2)
+	_, err := tok.GenerateAESKey(ctx(t), []byte("k"), "k", hsm.UsageEncrypt|hsm.UsageDecrypt)
+	require.NoError(t, err)
+	p := startPeer(t, tt)
+	p.must("login " + tt.UserPIN)
+	newPIN := hsmtest.RandomPIN(8)
+	require.NoError(t, tok.SetPIN(ctx(t), tt.UserPIN, newPIN))
+
+	_, err = p.do("encrypt k x")
+	t.Logf("peer logged in before the change, still works: %v", err)
+	p.must("logout")
+	_, errNew := p.do("login " + newPIN)
+	t.Logf("peer login with the new PIN: %v", errNew)
+	if errNew != nil {
+		_, errOld := p.do("login " + tt.UserPIN)
+		t.Logf("peer login with the old PIN: %v", errOld)
+	}
+	q := startPeer(t, tt)
+	_, err = q.do("login " + newPIN)
+	t.Logf("a process started after the change, new PIN: %v", err)
+}
+
+func TestSharedTokenConcurrentLogins(t *testing.T) {
+	t.Parallel()
+	_, tt := open(t, nil, 2)
+	a, b := startPeer(t, tt), startPeer(t, tt)
+	var wg sync.WaitGroup
+	var errA, errB error
+	wg.Add(2)
+	go func() { defer wg.Done(); _, errA = a.do("logins " + tt.UserPIN + " 200") }()
+	go func() { defer wg.Done(); _, errB = b.do("logins " + tt.UserPIN + " 200") }()
+	wg.Wait()
+	t.Logf("concurrent logins: %v %v", errA, errB)
+	c := startPeer(t, tt)
+	_, err := c.do("login " + tt.UserPIN)
+	t.Logf("fresh process after: %v", err)
+	_ = time.Second
+}
