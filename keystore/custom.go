@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -66,6 +67,24 @@ type custom struct {
 	guard   *Safeguards // nil: no identity check, no token.object copies
 	mu      sync.Mutex  // serialises connect and disconnect
 	state   atomic.Pointer[status]
+	// seen is, for a SoftHSM2 token, the user PIN this process last
+	// logged in with or set (in memory only; guarded by mu): see
+	// softHSMView.
+	seen string
+}
+
+// A SoftHSM2 process reads a token's PIN blobs when the module loads, and
+// afterwards sees only the PIN changes it makes itself: after another
+// process changes the kmsuser password, this one refuses the new password
+// and still takes the one it knew, until it restarts (hsm's shared-token
+// tests show it). Several nodes sharing a SoftHSM2 token store are
+// several such processes. So, for SoftHSM2 tokens only (which never lock
+// a user out), a node whose login or PIN change with the recorded
+// password is refused tries once more with the password it last used
+// itself: the same token key, wrapped under the PIN this process still
+// holds. An HSM proper sees every change and never gets the second try.
+func softHSMView(info hsm.TokenInfo, seen, tried string) (string, bool) {
+	return seen, strings.TrimSpace(info.Manufacturer) == SoftHSMManufacturer && seen != "" && seen != tried
 }
 
 type status struct {
@@ -261,7 +280,10 @@ func (s *Store) Reconnect(ctx context.Context, pw Passwords, log hclog.Logger) E
 
 // Login logs in to the store's token with the recorded password; the
 // store ends CONNECTED, or FAILED with the ErrorCode that says why. Call
-// after BeginConnect.
+// after BeginConnect. Processes sharing the token and the database must
+// not log in at the same moment (the caller holds a lock: see kms): a
+// login checks, and at first records, the token's identity, and SoftHSM2
+// rewrites token.object.
 //
 // With resolve, a pending password (a rotation cut short) is resolved:
 // tried first, and whichever of the two logs in is recorded as the
@@ -351,18 +373,27 @@ func (s *Store) login(ctx context.Context, pw Passwords, log hclog.Logger, resol
 			return nil, lerr
 		}
 	}
+	stale := false
 	if !loggedIn {
-		if err := tok.Login(ctx, current); err != nil {
+		err := tok.Login(ctx, current)
+		if view, ok := softHSMView(info, s.custom.seen, current); ok && errors.Is(err, hsm.ErrPINIncorrect) {
+			if tok.Login(ctx, view) == nil {
+				log.Info("SoftHSM2 in this process still holds the PIN it knew before another process changed it: logged in with that one (restart to see the change)", "store", s.id)
+				err, current, stale = nil, view, true
+			}
+		}
+		if err != nil {
 			return nil, err
 		}
-		if pending != "" {
+		if pending != "" && !stale {
 			log.Warn("resolving a password rotation cut short: the token has the previous password", "store", s.id)
 		}
 	}
+	s.custom.seen = current
 	if err := s.custom.guard.verify(ctx, tok, s.id, c.ID, log); err != nil {
 		return nil, err
 	}
-	if pending != "" && !loggedIn {
+	if pending != "" && !loggedIn && !stale {
 		// Forget the pending password the token never took, so later
 		// connects do not spend an attempt on it: recording the current
 		// one as pending and committing it leaves a password that logs
@@ -390,6 +421,7 @@ func (s *Store) RotatePassword(ctx context.Context, pw Passwords, log hclog.Logg
 	}
 	err := s.rotate(ctx, pw)
 	if err == nil {
+		log.Info("rotated the kmsuser password", "store", s.id)
 		return ""
 	}
 	if t := s.tok.Swap(nil); t != nil {
@@ -425,9 +457,14 @@ func (s *Store) rotate(ctx context.Context, pw Passwords) error {
 	if err := s.custom.guard.BeforeRewrite(info); err != nil {
 		return err
 	}
-	if err := tok.SetPIN(ctx, current, next); err != nil {
+	err = tok.SetPIN(ctx, current, next)
+	if view, ok := softHSMView(info, s.custom.seen, current); ok && errors.Is(err, hsm.ErrPINIncorrect) {
+		err = tok.SetPIN(ctx, view, next) // see softHSMView
+	}
+	if err != nil {
 		return err
 	}
+	s.custom.seen = next
 	return pw.CommitPending(ctx, s.id)
 }
 

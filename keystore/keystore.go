@@ -82,6 +82,11 @@ func (s *Store) VerifyIdentity(ctx context.Context, clusterID string, g *Safegua
 	if g == nil || g.Records == nil {
 		return errors.New("keystore: no token records to verify against")
 	}
+	unlock, err := g.lockIdentity(ctx, s.id)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	return g.verify(ctx, tok, s.id, clusterID, log)
 }
 

@@ -18,9 +18,10 @@ import (
 type Safeguards struct {
 	Records TokenRecords  // nil: identities are not checked
 	Backups *TokenBackups // nil: no SoftHSM2 file store to protect
-	// Locker, if set, serialises identity checks of one store across the
-	// processes sharing Records, so that two nodes checking a token at
-	// once cannot each put an identity object on it (see VerifyLocked).
+	// Locker, if set, serialises VerifyIdentity across the processes
+	// sharing Records, so that two nodes checking a token at once cannot
+	// each put an identity object on it. (A custom store's login checks
+	// its token too: its caller serialises logins.)
 	Locker Locker
 }
 
@@ -56,11 +57,6 @@ func (g *Safeguards) verify(ctx context.Context, tok *hsm.Token, storeID, cluste
 	if g == nil || g.Records == nil {
 		return nil
 	}
-	unlock, err := g.lockIdentity(ctx, storeID)
-	if err != nil {
-		return err
-	}
-	defer unlock()
 	return VerifyToken(ctx, tok, storeID, clusterID, g.Records, log)
 }
 

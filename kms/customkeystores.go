@@ -54,6 +54,20 @@ func (s *Service) cluster(id string) (keystore.Cluster, error) {
 	return cl, nil
 }
 
+// probe checks a cluster's token (keystore.Probe) under tokensLock: it
+// reads every token's state, which another node's login may be rewriting.
+func (s *Service) probe(ctx context.Context, cl keystore.Cluster) error {
+	unlock, err := s.store.Lock(ctx, tokensLock)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if _, err := keystore.Probe(cl); err != nil {
+		return probeError(cl.ID, err)
+	}
+	return nil
+}
+
 func probeError(clusterID string, err error) error {
 	var pe *keystore.ProbeError
 	if errors.As(err, &pe) && pe.WrongDevice {
@@ -100,8 +114,8 @@ func (s *Service) CreateCustomKeyStore(ctx context.Context, r *Request, in *Crea
 	//
 	// The password is not tried here, as in AWS: a wrong one shows up at
 	// connect as INVALID_CREDENTIALS.
-	if _, err := keystore.Probe(cl); err != nil {
-		return nil, probeError(cl.ID, err)
+	if err := s.probe(ctx, cl); err != nil {
+		return nil, err
 	}
 	id := newKeyStoreID()
 	enc, err := s.sealPassword(ctx, id, in.KeyStorePassword)
@@ -331,8 +345,8 @@ func (s *Service) UpdateCustomKeyStore(ctx context.Context, r *Request, in *Upda
 		if newCluster, err = s.cluster(in.CloudHsmClusterId); err != nil {
 			return nil, err
 		}
-		if _, err := keystore.Probe(newCluster); err != nil {
-			return nil, probeError(newCluster.ID, err)
+		if err := s.probe(ctx, newCluster); err != nil {
+			return nil, err
 		}
 		password := in.KeyStorePassword
 		if password == "" {
@@ -397,7 +411,12 @@ func (s *Service) checkRelated(ctx context.Context, ks *store.KeyStore, cl keyst
 	if err != nil {
 		return err
 	}
+	unlock, err := s.store.Lock(ctx, tokensLock) // it logs in to the token
+	if err != nil {
+		return err
+	}
 	err = s.keystores.CheckRelated(ctx, cl, password, ms)
+	unlock()
 	if errors.Is(err, keystore.ErrNotRelated) {
 		return wire.Errorf(wire.CloudHsmClusterNotRelated, "The cluster %s is not related to the cluster of custom key store %s: it does not hold the store's keys.", cl.ID, ks.ID)
 	}

@@ -32,8 +32,9 @@ import (
 // a password rotation a crash cut short), waits a little for the other
 // live nodes to log in too, rotates the kmsuser password once, and sets
 // CONNECTED, or FAILED with the code. Every login and the rotation hold
-// the store's database lock, so no two nodes write the token's PIN state
-// at once (SoftHSM2 rewrites its token.object at every login).
+// the database's tokens lock (tokensLock, lifecycle.go), so no two nodes
+// touch a token's PIN state at once (SoftHSM2 rewrites its token.object at
+// every login).
 //
 // Every node's sync (runCluster: every syncInterval, and at once when the
 // change feed tells of a key store change) brings the node in line: it
@@ -98,7 +99,6 @@ func (k *keyStoreSync) setFailure(id string, code keystore.ErrorCode) {
 }
 
 func connectMark(id string) string { return "connect/" + id }
-func storeLock(id string) string   { return "key-store/" + id }
 
 // registered returns this node's Store for ks, registering it (with its
 // cluster) if this node did not know it yet, and following a cluster
@@ -226,7 +226,7 @@ func (s *Service) connectStore(id string, live *keystore.Store, rotate bool) {
 	code := s.loginAsOwner(ctx, id, live)
 	if code == "" && rotate {
 		s.waitForLogins(ctx, id)
-		unlock, err := s.store.Lock(ctx, storeLock(id))
+		unlock, err := s.store.Lock(ctx, tokensLock)
 		if err != nil {
 			s.log.Error("custom key store: cannot take its lock to rotate the kmsuser password", "store", id, "error", err)
 			code = keystore.InternalError
@@ -281,7 +281,7 @@ func (s *Service) loginAsOwner(ctx context.Context, id string, live *keystore.St
 			break
 		}
 	}
-	unlock, err := s.store.Lock(ctx, storeLock(id))
+	unlock, err := s.store.Lock(ctx, tokensLock)
 	if err != nil {
 		s.log.Error("custom key store: cannot take its lock to log in", "store", id, "error", err)
 		live.Disconnect(ctx)
@@ -417,7 +417,7 @@ func (s *Service) join(ctx context.Context, ks *store.KeyStore, live *keystore.S
 		ctx, cancel := context.WithTimeout(s.life, connectTimeout)
 		defer cancel()
 		code := keystore.InternalError
-		if unlock, err := s.store.Lock(ctx, storeLock(ks.ID)); err != nil {
+		if unlock, err := s.store.Lock(ctx, tokensLock); err != nil {
 			s.log.Warn("custom key store: cannot take its lock to log in; retrying", "store", ks.ID, "error", err)
 			live.Disconnect(ctx)
 		} else {

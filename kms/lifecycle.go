@@ -73,17 +73,12 @@ func Open(ctx context.Context, cfg OpenConfig) (_ *Service, err error) {
 	if log == nil {
 		log = hclog.NewNullLogger()
 	}
-	guard := &keystore.Safeguards{}
-	if guard.Backups, err = repairSoftHSM(cfg, log); err != nil {
-		return nil, err
-	}
 	db, err := openStore(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
-	guard.Records = tokenRecords{db}
-	guard.Locker = db
-	def, err := openDefault(ctx, db, cfg)
+	guard := &keystore.Safeguards{Records: tokenRecords{db}, Locker: tokensLocker{db}}
+	def, err := openDefault(ctx, db, cfg, guard, log)
 	if err != nil {
 		db.Close()
 		return nil, guard.Explain(ctx, keystore.DefaultID, cfg.DefaultToken, err)
@@ -125,18 +120,36 @@ func Open(ctx context.Context, cfg OpenConfig) (_ *Service, err error) {
 	return s, nil
 }
 
-// openDefault opens the default key store's token and logs in, under the
-// database's lock for it: SoftHSM2 rewrites a token's token.object at
-// every login, reading it first, and two processes doing so at once can
-// each write over the other's change (see the README, "Running several
-// nodes"); a network HSM does not care, and the lock costs a start-up
-// nothing.
-func openDefault(ctx context.Context, db store.Store, cfg OpenConfig) (*keystore.Store, error) {
-	unlock, err := db.Lock(ctx, "token-login/default")
+// tokensLock is the database lock under which every node does what reads
+// or writes a SoftHSM2 token's token.object: restoring damaged tokens,
+// loading the module, logging in (the default token, custom key stores),
+// changing a PIN, probing a cluster. SoftHSM2 rewrites the file in place at
+// every login and PIN change, and a process reading it half-written at
+// the same moment fails, or loses the token until it restarts, or writes
+// an older PIN back over the change (see the README, "Running several
+// nodes", for what hsm's tests show). A network HSM needs none of it; the
+// lock costs what it guards (start-ups, connects) a little waiting.
+const tokensLock = "tokens"
+
+// tokensLocker is the store's Lock with every name mapped to tokensLock:
+// what the key stores lock (token identities, the vault, logins) all
+// touch token.object.
+type tokensLocker struct{ db store.Store }
+
+func (l tokensLocker) Lock(ctx context.Context, _ string) (func(), error) { return l.db.Lock(ctx, tokensLock) }
+
+// openDefault restores the SoftHSM2 tokens a crash damaged (before the
+// module loads) and opens and logs in to the default key store's token,
+// under tokensLock.
+func openDefault(ctx context.Context, db store.Store, cfg OpenConfig, guard *keystore.Safeguards, log hclog.Logger) (*keystore.Store, error) {
+	unlock, err := db.Lock(ctx, tokensLock)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
+	if guard.Backups, err = repairSoftHSM(cfg, log); err != nil {
+		return nil, err
+	}
 	return keystore.OpenDefault(ctx, cfg.DefaultToken, cfg.PIN)
 }
 

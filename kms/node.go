@@ -24,7 +24,7 @@ import (
 //     work on it, and looked at again once claimed; the on-demand rotation
 //     mark is the same kind of mark, visible to every node.
 //   - Custom key stores: one node connects a store (and rotates its
-//     kmsuser password, once, under the store's lock); every node logs in
+//     kmsuser password, once, under a database lock); every node logs in
 //     to its token; each node records its login, and every node reports
 //     the same state from the records (customkeystores.go).
 //   - Liveness: each node records a heartbeat every syncInterval. A mark

@@ -25,6 +25,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	awskms "github.com/aws/aws-sdk-go-v2/service/kms"
 	"github.com/aws/aws-sdk-go-v2/service/kms/types"
+	"github.com/hsmkms/hsmkms/kms/store/pgtest"
 	"github.com/stretchr/testify/require"
 )
 
@@ -44,6 +45,7 @@ func TestMain(m *testing.M) {
 	if built.dir != "" {
 		os.RemoveAll(built.dir)
 	}
+	pgtest.Cleanup()
 	os.Exit(code)
 }
 
@@ -86,7 +88,7 @@ func freePort(t *testing.T) string {
 
 // startServer runs serve on dir and waits until it prints the paste block,
 // or exits. n numbers the run, to keep each run's output apart.
-func startServer(t *testing.T, dir, listen string, n int) *server {
+func startServer(t *testing.T, dir, listen string, n int, args ...string) *server {
 	t.Helper()
 	s := &server{t: t, dir: dir, listen: listen, exited: make(chan struct{}),
 		stdout: filepath.Join(filepath.Dir(dir), fmt.Sprintf("stdout-%d", n)),
@@ -95,7 +97,7 @@ func startServer(t *testing.T, dir, listen string, n int) *server {
 	require.NoError(t, err)
 	errf, err := os.Create(s.stderr)
 	require.NoError(t, err)
-	s.cmd = exec.Command(binary(t), "serve", "--data-dir", dir, "--listen", listen)
+	s.cmd = exec.Command(binary(t), append([]string{"serve", "--data-dir", dir, "--listen", listen}, args...)...)
 	s.cmd.Stdout, s.cmd.Stderr = out, errf
 	require.NoError(t, s.cmd.Start())
 	go func() {
