@@ -136,7 +136,9 @@ const tokensLock = "tokens"
 // touch token.object.
 type tokensLocker struct{ db store.Store }
 
-func (l tokensLocker) Lock(ctx context.Context, _ string) (func(), error) { return l.db.Lock(ctx, tokensLock) }
+func (l tokensLocker) Lock(ctx context.Context, _ string) (func(), error) {
+	return l.db.Lock(ctx, tokensLock)
+}
 
 // openDefault restores the SoftHSM2 tokens a crash damaged (before the
 // module loads) and opens and logs in to the default key store's token,
