@@ -7,6 +7,7 @@ GO          ?= go
 BIN         := bin/hsmkms
 LOAD_BIN    := bin/hsmkms-load
 DATA        ?= ./data
+HA_DIR      ?= ./ha
 LISTEN      ?= 127.0.0.1:4599
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 TESTFLAGS   ?=
@@ -16,7 +17,7 @@ CRASH_TRIALS ?= 150
 BENCH_WORKERS  ?= 16
 BENCH_KEYS     ?= 1
 
-.PHONY: all build build-load setup setup-postgres test test-crash test-cli lint bench run clean
+.PHONY: all build build-load setup setup-postgres test test-crash test-cli lint bench run run-ha clean
 
 all: build
 
@@ -66,6 +67,12 @@ bench: setup setup-postgres build build-load
 
 run: setup build
 	$(BIN) serve --data-dir $(DATA) --listen $(LISTEN)
+
+# Two nodes on one SoftHSM2 token store and a PostgreSQL cluster under
+# HA_DIR (installed from the distribution's packages if missing); see
+# scripts/run-ha.sh. HA_PORTS="p1 p2" changes the ports (4599 4600).
+run-ha: setup build
+	HSMKMS=$(BIN) scripts/run-ha.sh $(HA_DIR)
 
 clean:
 	rm -rf bin
