@@ -17,7 +17,7 @@ CRASH_TRIALS ?= 150
 BENCH_WORKERS  ?= 16
 BENCH_KEYS     ?= 1
 
-.PHONY: all build build-load setup setup-postgres test test-crash test-cli lint bench run run-ha clean
+.PHONY: all build build-load setup setup-postgres test test-crash test-cli lint bench bench-ha run run-ha clean
 
 all: build
 
@@ -64,6 +64,11 @@ lint:
 bench: setup setup-postgres build build-load
 	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) ./hsm/ ./kms/...
 	LOAD=$(LOAD_BIN) scripts/bench-server.sh $(BIN) $(BENCH_DURATION) $(BENCH_WORKERS) $(BENCH_KEYS)
+
+# One node on SQLite, one on PostgreSQL, two on PostgreSQL, back to back
+# (scripts/bench-ha.sh): the README's "Running several nodes" figures.
+bench-ha: setup setup-postgres build build-load
+	scripts/bench-ha.sh $(BENCH_DURATION) $(BENCH_WORKERS)
 
 run: setup build
 	$(BIN) serve --data-dir $(DATA) --listen $(LISTEN)
