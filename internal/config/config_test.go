@@ -153,3 +153,56 @@ func TestClustersConfig(t *testing.T) {
 	_, err = ParseConfig([]byte(validConfig+same), "/etc/hsmkms")
 	require.ErrorContains(t, err, "the default key store's token cannot also be a cluster")
 }
+
+func TestDatabaseConfig(t *testing.T) {
+	pg := strings.Replace(validConfig, "database:\n  path: /var/lib/hsmkms/hsmkms.db",
+		"node_id: kms-a\ndatabase:\n  postgres:\n    url_file: secrets/db-url\n  token_backups: backups", 1)
+	cfg, err := ParseConfig([]byte(pg), "/etc/hsmkms")
+	require.NoError(t, err)
+	require.Equal(t, "kms-a", cfg.NodeID)
+	require.Equal(t, "/etc/hsmkms/secrets/db-url", cfg.Database.Postgres.URLFile)
+	require.Equal(t, "/etc/hsmkms/backups", cfg.Database.TokenBackupDir())
+	cfg, err = ParseConfig([]byte(validConfig), "/etc/hsmkms")
+	require.NoError(t, err)
+	require.Equal(t, "/var/lib/hsmkms/token-backups", cfg.Database.TokenBackupDir(), "beside the SQLite file by default")
+	u, err := cfg.Database.URL()
+	require.NoError(t, err)
+	require.Empty(t, u, "SQLite: no URL")
+
+	for name, c := range map[string]struct{ from, to, want string }{
+		"neither": {"database:\n  path: /var/lib/hsmkms/hsmkms.db", "database:\n  token_backups: /x", "database: path (a SQLite file) or postgres is required"},
+		"both": {"  path: /var/lib/hsmkms/hsmkms.db", "  path: /var/lib/hsmkms/hsmkms.db\n  postgres:\n    url_env: DB",
+			"database: path and postgres are exclusive"},
+		"no url":     {"  path: /var/lib/hsmkms/hsmkms.db", "  postgres: {}\n  token_backups: /x", "database.postgres: exactly one of url_file and url_env"},
+		"two urls":   {"  path: /var/lib/hsmkms/hsmkms.db", "  postgres: {url_file: /f, url_env: DB}\n  token_backups: /x", "database.postgres: exactly one of url_file and url_env"},
+		"inline url": {"  path: /var/lib/hsmkms/hsmkms.db", "  postgres:\n    url: postgres://u:p@h/db", "database.postgres.url (line 10): unknown key"},
+		"no copies of SoftHSM2 tokens": {"  path: /var/lib/hsmkms/hsmkms.db", "  postgres:\n    url_env: DB",
+			"database.token_backups: required with database.postgres when a token is SoftHSM2's"},
+		"bad node id": {"log_level: warn", "log_level: warn\nnode_id: 'a b'", `node_id: "a b" must be`},
+	} {
+		t.Run(name, func(t *testing.T) {
+			require.Contains(t, validConfig, c.from)
+			_, err := ParseConfig([]byte(strings.Replace(validConfig, c.from, c.to, 1)), "/etc/hsmkms")
+			require.ErrorContains(t, err, c.want)
+			require.NotContains(t, err.Error(), "postgres://u:p")
+		})
+	}
+
+	// The URL is a secret: from a private file or the environment, never
+	// in an error.
+	dir := t.TempDir()
+	d := DatabaseConfig{Postgres: &PostgresConfig{URLFile: filepath.Join(dir, "url")}}
+	require.NoError(t, os.WriteFile(d.Postgres.URLFile, []byte("postgres://hsmkms:s3cret@db/hsmkms\n"), 0o644))
+	_, err = d.URL()
+	require.ErrorContains(t, err, "database.postgres.url_file: ")
+	require.ErrorContains(t, err, "must not be readable by group or others")
+	require.NotContains(t, err.Error(), "s3cret")
+	require.NoError(t, os.Chmod(d.Postgres.URLFile, 0o600))
+	u, err = d.URL()
+	require.NoError(t, err)
+	require.Equal(t, "postgres://hsmkms:s3cret@db/hsmkms", u)
+	t.Setenv("HSMKMS_TEST_DB_URL", "postgres://from-env")
+	u, err = DatabaseConfig{Postgres: &PostgresConfig{URLEnv: "HSMKMS_TEST_DB_URL"}}.URL()
+	require.NoError(t, err)
+	require.Equal(t, "postgres://from-env", u)
+}

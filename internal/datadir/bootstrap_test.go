@@ -53,3 +53,37 @@ func TestBootstrap(t *testing.T) {
 	require.Contains(t, block, "export AWS_CA_BUNDLE="+info.CABundle+"\n")
 	require.Contains(t, block, "aws kms create-key")
 }
+
+// TestBootstrapNodes: nodes sharing a data directory and a PostgreSQL
+// database (scripts/run-ha.sh) each get a configuration of their own,
+// naming the database by its URL file and sharing the token copies.
+func TestBootstrapNodes(t *testing.T) {
+	if _, err := FindSoftHSM(); err != nil {
+		t.Fatal(err, "(make test runs scripts/setup.sh first)")
+	}
+	base := t.TempDir()
+	dir := filepath.Join(base, "data")
+	urlFile := filepath.Join(base, "url")
+	require.NoError(t, os.WriteFile(urlFile, []byte("postgres://hsmkms:pw@127.0.0.1:5432/hsmkms\n"), 0o644))
+	_, _, err := BootstrapWith(dir, Options{Listen: "127.0.0.1:4599", DatabaseURLFile: urlFile, NodeID: "node-1"}, nil)
+	require.ErrorContains(t, err, "--database-url-file: url_file: ", "the URL file must be private")
+	require.NoError(t, os.Chmod(urlFile, 0o600))
+	var paths []string
+	for i, listen := range []string{"127.0.0.1:4599", "127.0.0.1:4600"} {
+		path, info, err := BootstrapWith(dir, Options{Listen: listen, DatabaseURLFile: urlFile, NodeID: []string{"node-1", "node-2"}[i]}, nil)
+		require.NoError(t, err)
+		require.Equal(t, "https://"+listen, info.Endpoint)
+		cfg, err := config.LoadConfig(path)
+		require.NoError(t, err)
+		require.Equal(t, []string{"node-1", "node-2"}[i], cfg.NodeID)
+		require.Empty(t, cfg.Database.Path)
+		require.Equal(t, urlFile, cfg.Database.Postgres.URLFile)
+		require.Equal(t, filepath.Join(dir, "token-backups"), cfg.Database.TokenBackupDir())
+		paths = append(paths, path)
+	}
+	require.Equal(t, []string{filepath.Join(dir, "hsmkms-node-1.yaml"), filepath.Join(dir, "hsmkms-node-2.yaml")}, paths)
+	_, err = os.Stat(filepath.Join(dir, "hsmkms.db"))
+	require.ErrorIs(t, err, os.ErrNotExist, "no SQLite file")
+	_, _, err = BootstrapWith(dir, Options{Listen: "127.0.0.1:4599", NodeID: "a b"}, nil)
+	require.ErrorContains(t, err, "--node-id")
+}

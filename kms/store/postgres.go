@@ -222,6 +222,10 @@ var _ Store = (*PostgreSQL)(nil)
 // as many concurrent transactions as the SQLite store allows connections.
 const defaultPoolSize = 16
 
+// defaultConnectTimeout bounds a connection attempt unless the URL sets
+// connect_timeout.
+const defaultConnectTimeout = 5 * time.Second
+
 // OpenPostgreSQL connects to the database at url (a postgres:// URL or
 // keyword/value string, as libpq reads them, plus pgx's pool_* settings)
 // and brings its schema up to date. Tables are created in the first schema
@@ -241,6 +245,11 @@ func OpenPostgreSQL(ctx context.Context, url string) (*PostgreSQL, error) {
 	}
 	if _, set := cfg.ConnConfig.RuntimeParams["application_name"]; !set {
 		cfg.ConnConfig.RuntimeParams["application_name"] = "hsmkms"
+	}
+	if cfg.ConnConfig.ConnectTimeout == 0 {
+		// A server that does not answer (a host down, a partition) fails
+		// a request in seconds, not at the request's own deadline.
+		cfg.ConnConfig.ConnectTimeout = defaultConnectTimeout
 	}
 	cfg.AfterConnect = durableCommits
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
