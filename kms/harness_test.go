@@ -99,10 +99,9 @@ type env struct {
 	// dbURL, if set, is the PostgreSQL database the node uses instead of
 	// dbPath; node, sync and jobs are its NodeID, SyncInterval and
 	// JobInterval (see newNodes).
-	dbURL       string
-	node        string
-	sync, jobs  time.Duration
-	tokenBackup string
+	dbURL      string
+	node       string
+	sync, jobs time.Duration
 }
 
 // syncBuffer is a bytes.Buffer safe for the server's concurrent writes.

@@ -114,7 +114,7 @@ func (s *Service) runCluster(ctx context.Context) {
 	defer t.Stop()
 	failing := false
 	for {
-		hctx, cancel := context.WithTimeout(ctx, s.syncInterval)
+		hctx, cancel := context.WithTimeout(ctx, max(s.syncInterval, 5*time.Second))
 		err := s.store.Heartbeat(hctx, s.node, s.started, time.Now())
 		if err == nil {
 			s.syncKeyStores(hctx)
