@@ -9,12 +9,14 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 
 	"github.com/hsmkms/hsmkms/hsm"
 	"github.com/hsmkms/hsmkms/hsm/hsmtest"
+	"github.com/miekg/pkcs11"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -96,6 +98,32 @@ func TestPeerProcess(t *testing.T) {
 			if last != nil {
 				out += fmt.Sprintf(" (the last with %v)", last)
 			}
+		case "churn": // makes and destroys N objects
+			var n int
+			fmt.Sscan(arg(1), &n)
+			for i := range n {
+				id := []byte(fmt.Sprintf("churn-%d-%d", os.Getpid(), i))
+				if _, err = tok.GenerateAESKey(ctx, id, "churn", hsm.UsageEncrypt); err != nil {
+					break
+				}
+				if err = tok.DestroyObject(ctx, hsm.SecretKeyByID(id)); err != nil {
+					break
+				}
+			}
+		case "missing": // lists the secret keys N times: "M F" lists without ID, lists that failed
+			var n, missing, failed int
+			fmt.Sscan(arg(2), &n)
+			for range n {
+				objs, lerr := tok.ListObjects(ctx, pkcs11.CKO_SECRET_KEY)
+				if lerr != nil {
+					failed++
+					continue
+				}
+				if !slices.ContainsFunc(objs, func(o hsm.ObjectInfo) bool { return string(o.ID) == arg(1) }) {
+					missing++
+				}
+			}
+			out = fmt.Sprint(missing, " ", failed)
 		case "flip": // changes the PIN from A to B and back, N times
 			var n int
 			fmt.Sscan(arg(3), &n)
@@ -285,4 +313,34 @@ func TestSharedTokenConcurrentWrites(t *testing.T) {
 		_, err = fresh.do("login " + other)
 		require.NoError(t, err, "the token still has one of the two PINs")
 	}
+}
+
+// TestSharedTokenObjectsWhileAnotherProcessMakesSome: a process lists a
+// token's objects while another makes and destroys objects on it. What
+// SoftHSM2 does (a limit the README states): an object that stays is in
+// every list that succeeds, but a list can fail with
+// CKR_OBJECT_HANDLE_INVALID when an object it found is destroyed before its
+// attributes are read. hsmkms lists a token's objects only at start
+// (Inventory) and in admin commands, never while serving.
+func TestSharedTokenObjectsWhileAnotherProcessMakesSome(t *testing.T) {
+	t.Parallel()
+	tok, tt := open(t, nil, 2)
+	_, err := tok.GenerateAESKey(ctx(t), []byte("steady"), "steady", hsm.UsageEncrypt|hsm.UsageDecrypt)
+	require.NoError(t, err)
+	a, b := startPeer(t, tt), startPeer(t, tt)
+	a.must("login " + tt.UserPIN)
+	b.must("login " + tt.UserPIN)
+	var wg sync.WaitGroup
+	var churnErr error
+	wg.Add(1)
+	go func() { defer wg.Done(); _, churnErr = a.do("churn 60") }()
+	got, err := b.do("missing steady 200")
+	wg.Wait()
+	require.NoError(t, churnErr)
+	require.NoError(t, err)
+	var missing, failed int
+	_, err = fmt.Sscan(got, &missing, &failed)
+	require.NoError(t, err)
+	assert.Zero(t, missing, "an object that stays is in every list that succeeds")
+	t.Logf("200 lists while another process made and destroyed 60 objects: %d failed (an object gone between find and read)", failed)
 }
