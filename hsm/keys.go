@@ -106,12 +106,21 @@ func secretTemplate(id []byte, label string) []*pkcs11.Attribute {
 // CKA_LABEL label, usable only for usage. The caller keeps ids unique: a
 // later lookup that finds two objects fails with ErrObjectAmbiguous.
 func (t *Token) GenerateAESKey(ctx context.Context, id []byte, label string, usage Usage) (ObjectRef, error) {
+	return t.GenerateAESKeyOfSize(ctx, id, label, 32, usage)
+}
+
+// GenerateAESKeyOfSize is GenerateAESKey for a key of size bytes (16, 24
+// or 32).
+func (t *Token) GenerateAESKeyOfSize(ctx context.Context, id []byte, label string, size int, usage Usage) (ObjectRef, error) {
 	if len(id) == 0 {
 		return ObjectRef{}, fmt.Errorf("hsm: a key needs a CKA_ID")
 	}
+	if size != 16 && size != 24 && size != 32 {
+		return ObjectRef{}, fmt.Errorf("hsm: AES keys are 16, 24 or 32 bytes, not %d", size)
+	}
 	tmpl := append(secretTemplate(id, label),
 		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
-		pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, 32),
+		pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, size),
 	)
 	tmpl = append(tmpl, usage.attributes()...)
 	mech := []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}
@@ -337,6 +346,23 @@ func (t *Token) Attributes(ctx context.Context, ref ObjectRef, types ...uint) ([
 		return wrap("C_GetAttributeValue", err)
 	})
 	return out, err
+}
+
+// SetAttributes changes attributes of the token object ref names (those
+// the token lets be modified after creation, such as CKA_END_DATE). The
+// object's session copy, if one was made, is dropped: the next use copies
+// the changed object.
+func (t *Token) SetAttributes(ctx context.Context, ref ObjectRef, attrs ...*pkcs11.Attribute) error {
+	err := t.withObject(ctx, ref, func(s pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
+		if err := t.p11.SetAttributeValue(s, h, attrs); err != nil {
+			return wrap("C_SetAttributeValue", err)
+		}
+		if c, ok := t.copies.LoadAndDelete(ref.cacheKey()); ok && c.(pkcs11.ObjectHandle) != h {
+			t.p11.DestroyObject(s, c.(pkcs11.ObjectHandle))
+		}
+		return nil
+	})
+	return err
 }
 
 // DestroyObject destroys the single object ref names, and first its
