@@ -203,8 +203,14 @@ func TestParseRequests(t *testing.T) {
 		{"encrypt aad too large", enc(`,"plaintext":"","encryptionAlgorithm":"AES_GCM","additionalAuthenticatedData":"` + b(8193) + `"`), UnsupportedOperationException},
 		{"encrypt aad at the limit", enc(`,"plaintext":"","encryptionAlgorithm":"AES_GCM","additionalAuthenticatedData":"` + b(8192) + `"`), ""},
 		{"encrypt wrong type", enc(`,"plaintext":5,"encryptionAlgorithm":"AES_GCM"`), ValidationException},
-		{"trailing data", func() error { _, err := ParseEncryptRequest([]byte(`{` + md + `,"plaintext":"","encryptionAlgorithm":"AES_GCM"} {}`)); return err }(), ValidationException},
-		{"no metadata", func() error { _, err := ParseEncryptRequest([]byte(`{"plaintext":"","encryptionAlgorithm":"AES_GCM"}`)); return err }(), ValidationException},
+		{"trailing data", func() error {
+			_, err := ParseEncryptRequest([]byte(`{` + md + `,"plaintext":"","encryptionAlgorithm":"AES_GCM"} {}`))
+			return err
+		}(), ValidationException},
+		{"no metadata", func() error {
+			_, err := ParseEncryptRequest([]byte(`{"plaintext":"","encryptionAlgorithm":"AES_GCM"}`))
+			return err
+		}(), ValidationException},
 		{"no request id", func() error {
 			_, err := ParseMetadataRequest([]byte(`{"requestMetadata":{"awsPrincipalArn":"a","kmsOperation":"CreateKey"}}`))
 			return err

@@ -6,13 +6,13 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/x509/pkix"
-	"math/big"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"io"
+	"math/big"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -350,13 +350,22 @@ func TestProxyErrors(t *testing.T) {
 		bad.Secret = strings.Repeat("x", 43)
 		unknown := proxy.Credential{AccessKeyID: "AKIAUNKNOWNUNKNOWN2345", Secret: credA.Secret}
 		cases := map[string]func() (int, xks.Error){
-			"wrong secret": func() (int, xks.Error) { s, x, _ := e.raw("POST", keyPath("foo", "encrypt"), encBody, &bad, now, nil); return s, x },
-			"unknown key":  func() (int, xks.Error) { s, x, _ := e.raw("POST", keyPath("foo", "encrypt"), encBody, &unknown, now, nil); return s, x },
+			"wrong secret": func() (int, xks.Error) {
+				s, x, _ := e.raw("POST", keyPath("foo", "encrypt"), encBody, &bad, now, nil)
+				return s, x
+			},
+			"unknown key": func() (int, xks.Error) {
+				s, x, _ := e.raw("POST", keyPath("foo", "encrypt"), encBody, &unknown, now, nil)
+				return s, x
+			},
 			"another prefix's credential": func() (int, xks.Error) {
 				s, x, _ := e.raw("POST", keyPath("foo", "encrypt"), encBody, &credOther, now, nil)
 				return s, x
 			},
-			"unsigned": func() (int, xks.Error) { s, x, _ := e.raw("POST", keyPath("foo", "encrypt"), encBody, nil, now, nil); return s, x },
+			"unsigned": func() (int, xks.Error) {
+				s, x, _ := e.raw("POST", keyPath("foo", "encrypt"), encBody, nil, now, nil)
+				return s, x
+			},
 			"six minutes old": func() (int, xks.Error) {
 				s, x, _ := e.raw("POST", keyPath("foo", "encrypt"), encBody, &credA, now.Add(-6*time.Minute), nil)
 				return s, x
@@ -566,7 +575,11 @@ func TestProxySecondaryAuthorization(t *testing.T) {
 	require.NoError(t, err)
 
 	for name, m := range map[string]xks.RequestMetadata{
-		"another principal": func() xks.RequestMetadata { m := alice("Encrypt"); m.AwsPrincipalArn = "arn:aws:iam::111122223333:user/Bob"; return m }(),
+		"another principal": func() xks.RequestMetadata {
+			m := alice("Encrypt")
+			m.AwsPrincipalArn = "arn:aws:iam::111122223333:user/Bob"
+			return m
+		}(),
 		"an operation not listed": alice("ReEncrypt"),
 		"via EBS (explicit deny)": md("Encrypt"),
 	} {
