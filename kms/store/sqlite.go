@@ -88,6 +88,29 @@ var migrations = []string{
 		key_store_id TEXT PRIMARY KEY, cluster_id TEXT NOT NULL,
 		marker BLOB NOT NULL, serial TEXT NOT NULL, label TEXT NOT NULL, recorded INTEGER NOT NULL
 	);`,
+	// 6: external key stores. A store has a type; an external one has no
+	// cluster (NULL: the column stays unique among CloudHSM stores, which
+	// SQLite can only make nullable by rebuilding the table) and a proxy
+	// whose URI is unique in its account and region; a key of it names
+	// its external key, unique within the store.
+	`CREATE TABLE key_stores_v6 (
+		id TEXT PRIMARY KEY, account TEXT NOT NULL, region TEXT NOT NULL,
+		name TEXT NOT NULL, cluster_id TEXT UNIQUE, trust_anchor TEXT NOT NULL,
+		creation_date INTEGER NOT NULL, connect INTEGER NOT NULL,
+		password BLOB, pending_password BLOB,
+		store_type TEXT NOT NULL DEFAULT 'AWS_CLOUDHSM',
+		xks_connectivity TEXT NOT NULL DEFAULT '', xks_uri_endpoint TEXT NOT NULL DEFAULT '',
+		xks_uri_path TEXT NOT NULL DEFAULT '', xks_access_key_id TEXT NOT NULL DEFAULT '',
+		xks_vpc_service_name TEXT NOT NULL DEFAULT '', xks_vpc_service_owner TEXT NOT NULL DEFAULT ''
+	);
+	INSERT INTO key_stores_v6 (id, account, region, name, cluster_id, trust_anchor, creation_date, connect, password, pending_password)
+		SELECT id, account, region, name, cluster_id, trust_anchor, creation_date, connect, password, pending_password FROM key_stores;
+	DROP TABLE key_stores;
+	ALTER TABLE key_stores_v6 RENAME TO key_stores;
+	CREATE UNIQUE INDEX key_stores_name ON key_stores (account, region, name);
+	CREATE INDEX key_stores_xks_uri ON key_stores (account, region, xks_uri_endpoint, xks_uri_path);
+	ALTER TABLE keys ADD COLUMN xks_key_id TEXT NOT NULL DEFAULT '';
+	CREATE UNIQUE INDEX keys_xks_key ON keys (custom_key_store_id, xks_key_id) WHERE xks_key_id != '';`,
 }
 
 // SQLite is the embedded Store: one file, WAL journal, synchronous=FULL so
@@ -187,7 +210,7 @@ func (s *SQLite) Close() error {
 
 const keyColumns = `account, region, id, description, key_usage, key_spec, origin, state,
 	creation_date, deletion_date, pending_window_days, policy, custom_key_store_id,
-	rotation_enabled, rotation_period_days, next_rotation_date, multi_region, materials`
+	rotation_enabled, rotation_period_days, next_rotation_date, multi_region, materials, xks_key_id`
 
 type scanner interface{ Scan(...any) error }
 
@@ -208,7 +231,7 @@ func scanKey(row scanner) (*Key, error) {
 	)
 	err := row.Scan(&k.Account, &k.Region, &k.ID, &k.Description, &k.KeyUsage, &k.KeySpec, &k.Origin, &k.State,
 		&created, &deletion, &k.PendingWindowDays, &k.Policy, &k.CustomKeyStoreID,
-		&rotationEnabled, &k.RotationPeriodDays, &nextRot, &multiRegion, &materialsJSON)
+		&rotationEnabled, &k.RotationPeriodDays, &nextRot, &multiRegion, &materialsJSON, &k.XksKeyID)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, ErrNotFound
 	}
@@ -241,7 +264,7 @@ func keyValues(k *Key) ([]any, error) {
 	}
 	return []any{k.Account, k.Region, k.ID, k.Description, k.KeyUsage, k.KeySpec, k.Origin, k.State,
 		toNanos(k.CreationDate), toNanos(k.DeletionDate), k.PendingWindowDays, k.Policy, k.CustomKeyStoreID,
-		k.RotationEnabled, k.RotationPeriodDays, toNanos(k.NextRotationDate), k.MultiRegion, string(mj)}, nil
+		k.RotationEnabled, k.RotationPeriodDays, toNanos(k.NextRotationDate), k.MultiRegion, string(mj), k.XksKeyID}, nil
 }
 
 // Times are Unix nanoseconds; 0 is the zero time.
@@ -278,8 +301,15 @@ func (s *SQLite) CreateKey(ctx context.Context, k *Key, tags []Tag) error {
 			} else if !ok {
 				return ErrNotFound
 			}
+			if k.XksKeyID != "" {
+				if taken, err := exists(ctx, tx, `SELECT 1 FROM keys WHERE custom_key_store_id = ? AND xks_key_id = ?`, k.CustomKeyStoreID, k.XksKeyID); err != nil {
+					return err
+				} else if taken {
+					return ErrXksKeyInUse
+				}
+			}
 		}
-		_, err := tx.ExecContext(ctx, `INSERT INTO keys (`+keyColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`, vals...)
+		_, err := tx.ExecContext(ctx, `INSERT INTO keys (`+keyColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`, vals...)
 		if isConstraint(err) {
 			return ErrAlreadyExists
 		}
@@ -314,7 +344,7 @@ func (s *SQLite) UpdateKey(ctx context.Context, account, region, id string, fn f
 		}
 		_, err = tx.ExecContext(ctx, `UPDATE keys SET description=?, key_usage=?, key_spec=?, origin=?, state=?,
 			creation_date=?, deletion_date=?, pending_window_days=?, policy=?, custom_key_store_id=?,
-			rotation_enabled=?, rotation_period_days=?, next_rotation_date=?, multi_region=?, materials=?
+			rotation_enabled=?, rotation_period_days=?, next_rotation_date=?, multi_region=?, materials=?, xks_key_id=?
 			WHERE account = ? AND region = ? AND id = ?`, append(vals[3:], account, region, id)...)
 		out = k
 		return err
@@ -748,23 +778,58 @@ func storable(ss ...string) bool {
 	return true
 }
 
-const keyStoreColumns = `id, account, region, name, cluster_id, trust_anchor, creation_date, connect, password, pending_password`
+const keyStoreColumns = `id, account, region, name, cluster_id, trust_anchor, creation_date, connect, password, pending_password,
+	store_type, xks_connectivity, xks_uri_endpoint, xks_uri_path, xks_access_key_id, xks_vpc_service_name, xks_vpc_service_owner`
 
 func scanKeyStore(row scanner) (*KeyStore, error) {
 	var ks KeyStore
 	var created int64
-	err := row.Scan(&ks.ID, &ks.Account, &ks.Region, &ks.Name, &ks.ClusterID, &ks.TrustAnchor, &created, &ks.Connect, &ks.Password, &ks.PendingPassword)
+	var cluster sql.NullString
+	x := &ks.XKS
+	err := row.Scan(&ks.ID, &ks.Account, &ks.Region, &ks.Name, &cluster, &ks.TrustAnchor, &created, &ks.Connect, &ks.Password, &ks.PendingPassword,
+		&ks.Type, &x.Connectivity, &x.URIEndpoint, &x.URIPath, &x.AccessKeyID, &x.VpcEndpointServiceName, &x.VpcEndpointServiceOwner)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, ErrNotFound
 	}
 	if err != nil {
 		return nil, err
 	}
+	ks.ClusterID = cluster.String
 	ks.CreationDate = fromNanos(created)
 	return &ks, nil
 }
 
+// keyStoreUpdateValues picks, from keyStoreValues, what UpdateKeyStore
+// sets: every column but the id, account, region, creation date and type,
+// then the id.
+func keyStoreUpdateValues(v []any, id string) []any {
+	out := make([]any, 0, 13)
+	out = append(out, v[3], v[4], v[5], v[7], v[8], v[9])
+	out = append(out, v[11:17]...)
+	return append(out, id)
+}
+
+// keyStoreValues are ks's columns in keyStoreColumns' order. A store
+// without a cluster (an external key store) stores NULL, so that the
+// unique cluster column only compares clusters.
+func keyStoreValues(ks *KeyStore) []any {
+	var cluster any
+	if ks.ClusterID != "" {
+		cluster = ks.ClusterID
+	}
+	typ := ks.Type
+	if typ == "" {
+		typ = StoreTypeCloudHSM
+	}
+	x := ks.XKS
+	return []any{ks.ID, ks.Account, ks.Region, ks.Name, cluster, ks.TrustAnchor, toNanos(ks.CreationDate), ks.Connect, ks.Password, ks.PendingPassword,
+		typ, x.Connectivity, x.URIEndpoint, x.URIPath, x.AccessKeyID, x.VpcEndpointServiceName, x.VpcEndpointServiceOwner}
+}
+
 func (s *SQLite) CreateKeyStore(ctx context.Context, ks *KeyStore, limit int) error {
+	if ks.Type == "" {
+		ks.Type = StoreTypeCloudHSM // the type AWS gives a store created without one
+	}
 	return s.tx(ctx, func(tx *sql.Tx) error {
 		if err := keyStoreConflict(ctx, tx, ks, ""); err != nil {
 			return err
@@ -776,8 +841,8 @@ func (s *SQLite) CreateKeyStore(ctx context.Context, ks *KeyStore, limit int) er
 		if n >= limit {
 			return ErrLimitExceeded
 		}
-		_, err := tx.ExecContext(ctx, `INSERT INTO key_stores (`+keyStoreColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?)`,
-			ks.ID, ks.Account, ks.Region, ks.Name, ks.ClusterID, ks.TrustAnchor, toNanos(ks.CreationDate), ks.Connect, ks.Password, ks.PendingPassword)
+		_, err := tx.ExecContext(ctx, `INSERT INTO key_stores (`+keyStoreColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+			keyStoreValues(ks)...)
 		if isConstraint(err) {
 			return ErrAlreadyExists // the id: random, so a bug
 		}
@@ -787,13 +852,16 @@ func (s *SQLite) CreateKeyStore(ctx context.Context, ks *KeyStore, limit int) er
 
 // keyStoreConflict names which of ks's unique columns another store (not
 // self) already has: the cluster first, then the name in its account and
-// region. The unique indexes would refuse either, but not say which.
+// region, then an external key store's proxy URI there. The unique
+// indexes would refuse the first two, but not say which.
 func keyStoreConflict(ctx context.Context, tx *sql.Tx, ks *KeyStore, self string) error {
-	if taken, err := exists(ctx, tx, `SELECT 1 FROM key_stores WHERE cluster_id = ? AND id != ?`, ks.ClusterID, self); err != nil || taken {
-		if taken {
-			return ErrClusterInUse
+	if ks.ClusterID != "" {
+		if taken, err := exists(ctx, tx, `SELECT 1 FROM key_stores WHERE cluster_id = ? AND id != ?`, ks.ClusterID, self); err != nil || taken {
+			if taken {
+				return ErrClusterInUse
+			}
+			return err
 		}
-		return err
 	}
 	if taken, err := exists(ctx, tx, `SELECT 1 FROM key_stores WHERE account = ? AND region = ? AND name = ? AND id != ?`,
 		ks.Account, ks.Region, ks.Name, self); err != nil || taken {
@@ -801,6 +869,15 @@ func keyStoreConflict(ctx context.Context, tx *sql.Tx, ks *KeyStore, self string
 			return ErrKeyStoreNameInUse
 		}
 		return err
+	}
+	if ks.Type == StoreTypeExternal {
+		if taken, err := exists(ctx, tx, `SELECT 1 FROM key_stores WHERE account = ? AND region = ? AND store_type = ? AND xks_uri_endpoint = ? AND xks_uri_path = ? AND id != ?`,
+			ks.Account, ks.Region, StoreTypeExternal, ks.XKS.URIEndpoint, ks.XKS.URIPath, self); err != nil || taken {
+			if taken {
+				return ErrXksProxyURIInUse
+			}
+			return err
+		}
 	}
 	return nil
 }
@@ -841,17 +918,19 @@ func (s *SQLite) UpdateKeyStore(ctx context.Context, id string, fn func(*KeyStor
 		if err != nil {
 			return err
 		}
-		account, region := ks.Account, ks.Region
+		account, region, typ := ks.Account, ks.Region, ks.Type
 		if err := fn(ks); err != nil {
 			return err
 		}
-		// The identity is the row's; fn may not move the store.
-		ks.ID, ks.Account, ks.Region = id, account, region
+		// The identity and type are the row's; fn may not change them.
+		ks.ID, ks.Account, ks.Region, ks.Type = id, account, region, typ
 		if err := keyStoreConflict(ctx, tx, ks, id); err != nil {
 			return err
 		}
-		_, err = tx.ExecContext(ctx, `UPDATE key_stores SET name = ?, cluster_id = ?, trust_anchor = ?, connect = ?, password = ?, pending_password = ? WHERE id = ?`,
-			ks.Name, ks.ClusterID, ks.TrustAnchor, ks.Connect, ks.Password, ks.PendingPassword, id)
+		v := keyStoreValues(ks)
+		_, err = tx.ExecContext(ctx, `UPDATE key_stores SET name = ?, cluster_id = ?, trust_anchor = ?, connect = ?, password = ?, pending_password = ?,
+			xks_connectivity = ?, xks_uri_endpoint = ?, xks_uri_path = ?, xks_access_key_id = ?, xks_vpc_service_name = ?, xks_vpc_service_owner = ?
+			WHERE id = ?`, keyStoreUpdateValues(v, id)...)
 		if isConstraint(err) {
 			return ErrAlreadyExists // keyStoreConflict looked first: a bug
 		}

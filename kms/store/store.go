@@ -19,6 +19,12 @@ var (
 	// of key stores a write broke; both are ErrAlreadyExists.
 	ErrClusterInUse      = fmt.Errorf("%w: the cluster backs another key store", ErrAlreadyExists)
 	ErrKeyStoreNameInUse = fmt.Errorf("%w: the key store name is taken in its account and region", ErrAlreadyExists)
+	// ErrXksProxyURIInUse: another external key store of the account and
+	// region has the same proxy endpoint and path.
+	ErrXksProxyURIInUse = fmt.Errorf("%w: the external key store proxy URI is taken in its account and region", ErrAlreadyExists)
+	// ErrXksKeyInUse: another key of the external key store has the same
+	// external key.
+	ErrXksKeyInUse = fmt.Errorf("%w: the external key backs another key of the key store", ErrAlreadyExists)
 )
 
 // KeyStoreNotEmptyError is DeleteKeyStore's refusal: Keys keys, in any
@@ -55,6 +61,9 @@ type Key struct {
 	NextRotationDate    time.Time
 	MultiRegion         bool
 	Materials           []Material // oldest first; the last is current
+	// XksKeyID is, for a key of an external key store, the id of its
+	// external key (unique within the store); "" for every other key.
+	XksKeyID string
 }
 
 // Alias names a key within one account and region.
@@ -68,22 +77,49 @@ type Alias struct {
 
 type Tag struct{ Key, Value string }
 
+// The types of custom key store.
+const (
+	StoreTypeCloudHSM = "AWS_CLOUDHSM"
+	StoreTypeExternal = "EXTERNAL_KEY_STORE"
+)
+
 // KeyStore is a custom key store. Its ID is unique across accounts (keys
-// refer to it by ID alone), and a cluster backs at most one store.
+// refer to it by ID alone), a cluster backs at most one store, and an
+// external key store's proxy URI (endpoint and path) is unique in its
+// account and region.
 type KeyStore struct {
 	ID, Account, Region string
 	Name                string
-	ClusterID           string
-	TrustAnchor         string
-	CreationDate        time.Time
+	// Type is StoreTypeCloudHSM or StoreTypeExternal; it never changes.
+	Type string
+	// ClusterID and TrustAnchor are an AWS_CLOUDHSM store's; "" for an
+	// external key store.
+	ClusterID    string
+	TrustAnchor  string
+	CreationDate time.Time
+	// XKS is an external key store's proxy; zero for a CloudHSM store.
+	XKS XKSProxy
 	// Connect records that the store should be connected: set by
 	// ConnectCustomKeyStore, cleared by DisconnectCustomKeyStore, so a
 	// restart reconnects what was connected.
 	Connect bool
 	// Password and PendingPassword are the kmsuser password, encrypted by
 	// the caller; the store never sees them in clear. PendingPassword is
-	// set while a rotation is in flight.
+	// set while a rotation is in flight. For an external key store,
+	// Password is its proxy credential's secret access key, encrypted
+	// alike, and PendingPassword is unused.
 	Password, PendingPassword []byte
+}
+
+// XKSProxy is how an external key store reaches its proxy (AWS's
+// XksProxyConfiguration, less the secret, which is the store's Password).
+type XKSProxy struct {
+	Connectivity            string // PUBLIC_ENDPOINT or VPC_ENDPOINT_SERVICE
+	URIEndpoint             string // https://host
+	URIPath                 string // [/prefix]/kms/xks/v1
+	AccessKeyID             string
+	VpcEndpointServiceName  string
+	VpcEndpointServiceOwner string
 }
 
 // TokenIdentity is what is recorded of the token behind a key store, to
@@ -173,11 +209,14 @@ func sameSet(a, b []string) bool {
 //	                          one store per cluster: ErrClusterInUse; names: ErrKeyStoreNameInUse
 //	UpdateKeyStore            ErrClusterInUse, ErrKeyStoreNameInUse
 //	DeleteKeyStore            only an empty store: *KeyStoreNotEmptyError
-//	CreateKey                 a key's custom key store exists: ErrNotFound
+//	                          external key stores' proxy URIs: ErrXksProxyURIInUse
+//	CreateKey                 a key's custom key store exists: ErrNotFound; its external key
+//	                          backs no other key of the store: ErrXksKeyInUse
 //	UpdateKey                 whatever fn checks (on-demand rotations per key, key states)
 type Store interface {
 	// CreateKey stores k with its tags atomically, or ErrNotFound if k
-	// names a custom key store that does not exist. It enforces no tag limit.
+	// names a custom key store that does not exist, or ErrXksKeyInUse if
+	// another key of that store has k's XksKeyID. It enforces no tag limit.
 	CreateKey(ctx context.Context, k *Key, tags []Tag) error
 	GetKey(ctx context.Context, account, region, id string) (*Key, error)
 	// UpdateKey applies fn to the key inside a write transaction and
@@ -221,16 +260,18 @@ type Store interface {
 
 	// CreateKeyStore stores ks. Checked in its transaction, in this order:
 	// its cluster backs no store (ErrClusterInUse), its name is free in its
-	// account and region (ErrKeyStoreNameInUse), and they have fewer than
-	// limit stores (ErrLimitExceeded).
+	// account and region (ErrKeyStoreNameInUse), an external key store's
+	// proxy URI is free there (ErrXksProxyURIInUse), and they have fewer
+	// than limit stores (ErrLimitExceeded).
 	CreateKeyStore(ctx context.Context, ks *KeyStore, limit int) error
 	GetKeyStore(ctx context.Context, id string) (*KeyStore, error)
 	// ListKeyStores lists one account and region's stores by creation.
 	ListKeyStores(ctx context.Context, account, region string) ([]*KeyStore, error)
 	AllKeyStores(ctx context.Context) ([]*KeyStore, error)
 	// UpdateKeyStore applies fn to the store inside a write transaction, as
-	// UpdateKey does; ErrClusterInUse or ErrKeyStoreNameInUse if fn gave it
-	// another store's cluster or name. fn cannot change ID, Account, Region.
+	// UpdateKey does; ErrClusterInUse, ErrKeyStoreNameInUse or
+	// ErrXksProxyURIInUse if fn gave it another store's cluster, name or
+	// proxy URI. fn cannot change ID, Account, Region, Type.
 	UpdateKeyStore(ctx context.Context, id string, fn func(*KeyStore) error) (*KeyStore, error)
 	// DeleteKeyStore deletes an empty store: *KeyStoreNotEmptyError if
 	// keys, in any state, are in it.

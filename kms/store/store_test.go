@@ -316,7 +316,7 @@ func TestKeyStores(t *testing.T) {
 	each(t, func(t *testing.T, d *db) {
 		s := d.open(t)
 		const acct, reg = "111122223333", "us-west-2"
-		ks := &KeyStore{ID: "cks-1", Account: acct, Region: reg, Name: "one", ClusterID: "cluster-a", TrustAnchor: "pem",
+		ks := &KeyStore{ID: "cks-1", Account: acct, Region: reg, Name: "one", Type: StoreTypeCloudHSM, ClusterID: "cluster-a", TrustAnchor: "pem",
 			CreationDate: time.Unix(1700000000, 0).UTC(), Password: []byte{1, 2}}
 		require.NoError(t, s.CreateKeyStore(ctx, ks, testLimit))
 		dupName := *ks
