@@ -75,7 +75,7 @@ func (s *Service) Reap(ctx context.Context) (int, error) {
 	n := 0
 	var errs []error
 	for _, k := range due {
-		if k.CustomKeyStoreID != "" && !s.storeConnected(k.CustomKeyStoreID) {
+		if materialStoreID(k) != "" && !s.storeConnected(k.CustomKeyStoreID) {
 			// AWS deletes the key anyway and leaves the key material in
 			// the cluster; hsmkms records it as an orphan to report.
 			if err := s.store.DeleteKeyOrphaning(ctx, k, s.now()); err != nil && !errors.Is(err, store.ErrNotFound) {
@@ -186,7 +186,7 @@ func (s *Service) Reconcile(ctx context.Context) (*Report, error) {
 			creating = append(creating, k)
 			return nil
 		}
-		if k.CustomKeyStoreID != "" {
+		if materialStoreID(k) != "" {
 			return nil // its token is checked when its store connects, not here
 		}
 		if uuid, ok := parseUUID(k.ID); ok {
@@ -204,7 +204,7 @@ func (s *Service) Reconcile(ctx context.Context) (*Report, error) {
 		return nil, err
 	}
 	for _, k := range creating {
-		if k.CustomKeyStoreID != "" && !s.storeConnected(k.CustomKeyStoreID) {
+		if materialStoreID(k) != "" && !s.storeConnected(k.CustomKeyStoreID) {
 			if err := s.store.DeleteKeyOrphaning(ctx, k, s.now()); err != nil {
 				return nil, err
 			}

@@ -94,6 +94,9 @@ type env struct {
 	// edge, if set by a setup hook, sizes the HTTP edge: Regions,
 	// MaxInFlight and QueueWait are taken from it.
 	edge kms.HandlerConfig
+	// xks, if set by a setup hook, is how external key stores reach
+	// their proxies.
+	xks kms.XKSConfig
 }
 
 // syncBuffer is a bytes.Buffer safe for the server's concurrent writes.
@@ -141,6 +144,7 @@ func (e *env) start() {
 		Database:     e.dbPath,
 		Clusters:     e.clusters,
 		Now:          e.clock.Now,
+		XKS:          e.xks,
 	})
 	require.NoError(t, err)
 	e.report = e.svc.StartupReport()

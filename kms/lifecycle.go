@@ -45,7 +45,9 @@ type OpenConfig struct {
 	DatabaseURL string
 	// Clusters are the tokens that may back custom key stores.
 	Clusters []keystore.Cluster
-	Logger   hclog.Logger
+	// XKS is how external key stores reach their proxies.
+	XKS    XKSConfig
+	Logger hclog.Logger
 	// Now is the clock; tests inject one. Nil means time.Now.
 	Now func() time.Time
 	// JobInterval is how often the deletion reaper and the key rotator run
@@ -81,7 +83,7 @@ func Open(ctx context.Context, cfg OpenConfig) (_ *Service, err error) {
 	}
 	keystores := keystore.NewManager(def)
 	keystores.SetSafeguards(guard)
-	s := New(Config{Store: db, KeyStores: keystores, Logger: log, Now: cfg.Now, Clusters: cfg.Clusters})
+	s := New(Config{Store: db, KeyStores: keystores, Logger: log, Now: cfg.Now, Clusters: cfg.Clusters, XKS: cfg.XKS})
 	s.jobInterval = cfg.JobInterval
 	defer func() {
 		if err != nil {
@@ -194,6 +196,7 @@ func (s *Service) goBackground(fn func()) {
 func (s *Service) Close(ctx context.Context) error {
 	s.stop()
 	s.bg.Wait()
+	s.closeXKS()
 	return s.closeResources(ctx)
 }
 

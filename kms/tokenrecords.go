@@ -35,7 +35,7 @@ func (r tokenRecords) RecordTokenIdentity(ctx context.Context, storeID string, i
 func (r tokenRecords) KeyMaterial(ctx context.Context, storeID string) ([][]byte, error) {
 	var ids [][]byte
 	err := r.db.ForEachKey(ctx, func(k *store.Key) error {
-		if k.CustomKeyStoreID == storeID && k.State != string(StateCreating) {
+		if materialStoreID(k) == storeID && k.State != string(StateCreating) {
 			for _, m := range k.Materials {
 				ids = append(ids, m.TokenID)
 			}
