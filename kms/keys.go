@@ -14,28 +14,28 @@ import (
 
 // KeyMetadata is AWS's KeyMetadata structure.
 type KeyMetadata struct {
-	AWSAccountId                string     `json:"AWSAccountId"`
-	Arn                         string     `json:"Arn"`
-	CreationDate                wire.Time  `json:"CreationDate"`
-	CurrentKeyMaterialId        string     `json:"CurrentKeyMaterialId,omitempty"`
-	CustomKeyStoreId            string     `json:"CustomKeyStoreId,omitempty"`
-	CloudHsmClusterId           string     `json:"CloudHsmClusterId,omitempty"`
-	CustomerMasterKeySpec       string     `json:"CustomerMasterKeySpec"`
-	DeletionDate                *wire.Time `json:"DeletionDate,omitempty"`
-	Description                 string     `json:"Description"`
-	Enabled                     bool       `json:"Enabled"`
-	EncryptionAlgorithms        []string   `json:"EncryptionAlgorithms,omitempty"`
-	KeyId                       string     `json:"KeyId"`
-	KeyManager                  string     `json:"KeyManager"`
-	KeySpec                     string     `json:"KeySpec"`
-	KeyState                    string     `json:"KeyState"`
-	KeyAgreementAlgorithms      []string   `json:"KeyAgreementAlgorithms,omitempty"`
-	KeyUsage                    string     `json:"KeyUsage"`
-	MacAlgorithms               []string   `json:"MacAlgorithms,omitempty"`
-	MultiRegion                 bool       `json:"MultiRegion"`
-	Origin                      string     `json:"Origin"`
-	PendingDeletionWindowInDays int        `json:"PendingDeletionWindowInDays,omitempty"`
-	SigningAlgorithms           []string   `json:"SigningAlgorithms,omitempty"`
+	AWSAccountId                string               `json:"AWSAccountId"`
+	Arn                         string               `json:"Arn"`
+	CreationDate                wire.Time            `json:"CreationDate"`
+	CurrentKeyMaterialId        string               `json:"CurrentKeyMaterialId,omitempty"`
+	CustomKeyStoreId            string               `json:"CustomKeyStoreId,omitempty"`
+	CloudHsmClusterId           string               `json:"CloudHsmClusterId,omitempty"`
+	CustomerMasterKeySpec       string               `json:"CustomerMasterKeySpec"`
+	DeletionDate                *wire.Time           `json:"DeletionDate,omitempty"`
+	Description                 string               `json:"Description"`
+	Enabled                     bool                 `json:"Enabled"`
+	EncryptionAlgorithms        []string             `json:"EncryptionAlgorithms,omitempty"`
+	KeyId                       string               `json:"KeyId"`
+	KeyManager                  string               `json:"KeyManager"`
+	KeySpec                     string               `json:"KeySpec"`
+	KeyState                    string               `json:"KeyState"`
+	KeyAgreementAlgorithms      []string             `json:"KeyAgreementAlgorithms,omitempty"`
+	KeyUsage                    string               `json:"KeyUsage"`
+	MacAlgorithms               []string             `json:"MacAlgorithms,omitempty"`
+	MultiRegion                 bool                 `json:"MultiRegion"`
+	Origin                      string               `json:"Origin"`
+	PendingDeletionWindowInDays int                  `json:"PendingDeletionWindowInDays,omitempty"`
+	SigningAlgorithms           []string             `json:"SigningAlgorithms,omitempty"`
 	XksKeyConfiguration         *XksKeyConfiguration `json:"XksKeyConfiguration,omitempty"`
 }
 

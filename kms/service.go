@@ -50,7 +50,7 @@ type Service struct {
 	xksCfg             XKSConfig
 	xksStores          sync.Map
 	reconnectXKSStores []string
-	ops         []*operation      // the operation table
+	ops                []*operation // the operation table
 	// rotations marks the keys being rotated now (see rotation.go).
 	rotations rotations
 	// identities are the principals' identity policies by ARN, set by

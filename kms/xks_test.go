@@ -468,7 +468,7 @@ func TestXKSCreateErrors(t *testing.T) {
 func TestXKSConnectionErrorCodes(t *testing.T) {
 	t.Parallel()
 	cases := []struct {
-		code  types.ConnectionErrorCodeType
+		code   types.ConnectionErrorCodeType
 		break_ func(t *testing.T, f *xksFixture)
 		// timeout is the client's, where the case needs a short one.
 		timeout time.Duration
@@ -495,7 +495,10 @@ func TestXKSConnectionErrorCodes(t *testing.T) {
 			f.setOverride(func(w http.ResponseWriter, r *http.Request) bool { time.Sleep(3 * time.Second); return false })
 		}, time.Second},
 		{types.ConnectionErrorCodeTypeXksProxyInvalidResponse, func(t *testing.T, f *xksFixture) {
-			f.setOverride(func(w http.ResponseWriter, r *http.Request) bool { w.Write([]byte("<html>not json</html>")); return true })
+			f.setOverride(func(w http.ResponseWriter, r *http.Request) bool {
+				w.Write([]byte("<html>not json</html>"))
+				return true
+			})
 		}, 0},
 		{types.ConnectionErrorCodeTypeXksProxyAccessDenied, func(t *testing.T, f *xksFixture) {
 			// A proxy that applies authorization to GetHealthStatus (the
