@@ -32,8 +32,15 @@ type Config struct {
 	Clusters        []ClusterConfig `yaml:"clusters,omitempty"`
 	Limits          LimitsConfig    `yaml:"limits,omitempty"`
 	// Regions are the AWS Regions served; absent means the commercial
-	// Regions (kms.CommercialRegions).
+	// Regions (kms.CommercialRegions). The XKS proxy accepts signatures
+	// scoped to them too.
 	Regions []string `yaml:"regions,omitempty"`
+	// XKSProxy, if present, serves hsmkms as an AWS KMS external key
+	// store proxy (xks.go).
+	XKSProxy *XKSProxyConfig `yaml:"xks_proxy,omitempty"`
+	// ExternalKeyStores is how EXTERNAL_KEY_STORE custom key stores reach
+	// their proxies.
+	ExternalKeyStores *ExternalKeyStoresConfig `yaml:"external_key_stores,omitempty"`
 }
 
 // LimitsConfig bounds the HTTP edge: what is served at once, and how long
@@ -198,8 +205,10 @@ var schema = map[string]any{
 		"id": "!!str", "module": "!!str", "token_label": "!!str", "token_serial": "!!str",
 		"manufacturer": "!!str", "model": "!!str", "serial": "!!str", "pool_size": "!!int",
 	}},
-	"limits":  map[string]any{"max_in_flight": "!!int", "queue_wait": "duration"},
-	"regions": []any{"!!str"},
+	"limits":              map[string]any{"max_in_flight": "!!int", "queue_wait": "duration"},
+	"regions":             []any{"!!str"},
+	"xks_proxy":           xksProxySchema,
+	"external_key_stores": externalKeyStoresSchema,
 }
 
 // LoadConfig reads and validates the configuration at path. Relative paths
@@ -437,6 +446,16 @@ func (c *Config) validate(baseDir string) error {
 	}
 	if err := c.Limits.validate(); err != nil {
 		return err
+	}
+	if c.XKSProxy != nil {
+		if err := c.XKSProxy.validate(c, abs); err != nil {
+			return err
+		}
+	}
+	if c.ExternalKeyStores != nil {
+		if err := c.ExternalKeyStores.validate(abs); err != nil {
+			return err
+		}
 	}
 	return c.validateRegions()
 }
