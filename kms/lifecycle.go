@@ -57,6 +57,9 @@ type OpenConfig struct {
 	// token.object files (see keystore.TokenBackups), kept only when a
 	// token's module is SoftHSM2 with a file store; "" keeps none.
 	TokenBackups string
+	// OtherTokens are tokens the process logs in to besides the key
+	// stores' (the XKS proxy's): restored and copied like them.
+	OtherTokens []keystore.TokenConfig
 }
 
 // Open brings up the token, the metadata store and the service, checks
@@ -137,6 +140,7 @@ func repairSoftHSM(cfg OpenConfig, log hclog.Logger) (*keystore.TokenBackups, er
 	for _, c := range cfg.Clusters {
 		tokens = append(tokens, c.Token)
 	}
+	tokens = append(tokens, cfg.OtherTokens...)
 	if cfg.TokenBackups == "" || !slices.ContainsFunc(tokens, func(t keystore.TokenConfig) bool { return keystore.IsSoftHSM(t.Module) }) {
 		return nil, nil
 	}
@@ -166,6 +170,11 @@ func (r *Report) log(log hclog.Logger) {
 		log.Warn("token object with no key metadata", "label", o)
 	}
 }
+
+// Safeguards are what protects the tokens this service uses (copies of
+// SoftHSM2 token.object files, token identity records), for the other
+// tokens of the process to log in under the same protection.
+func (s *Service) Safeguards() *keystore.Safeguards { return s.keystores.Safeguards() }
 
 // StartupReport is what Open's start-up check found.
 func (s *Service) StartupReport() *Report { return s.report }

@@ -27,6 +27,7 @@ func serve(args []string) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	dataDir := fs.String("data-dir", "", "run on embedded defaults, keeping everything under this directory (created on first run)")
 	listen := fs.String("listen", "127.0.0.1:4599", "HOST:PORT to listen on (with --data-dir)")
+	xksListen := fs.String("xks-listen", "", "HOST:PORT of the XKS proxy (with --data-dir; default: --listen's port + 1)")
 	configPath := fs.String("config", "", "configuration file (for real deployments)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -38,7 +39,7 @@ func serve(args []string) error {
 	case *dataDir != "":
 		var err error
 		blog := hclog.New(&hclog.LoggerOptions{Name: "hsmkms", Output: os.Stderr})
-		*configPath, info, err = datadir.Bootstrap(*dataDir, *listen, blog)
+		*configPath, info, err = datadir.BootstrapWithProxy(*dataDir, *listen, *xksListen, blog)
 		if err != nil {
 			return err
 		}
@@ -77,6 +78,20 @@ func serve(args []string) error {
 			log.Error("closing", "error", err)
 		}
 	}()
+
+	var xksSrv *xksServer
+	if cfg.XKSProxy != nil {
+		if xksSrv, err = startXKS(ctx, cfg, svc, log); err != nil {
+			return err
+		}
+		defer func() {
+			c, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if err := xksSrv.shutdown(c); err != nil {
+				log.Error("stopping the XKS proxy", "error", err)
+			}
+		}()
+	}
 
 	principals := make([]kms.Principal, 0, len(cfg.Principals))
 	for i, p := range cfg.Principals {
@@ -130,11 +145,30 @@ func serve(args []string) error {
 		scheme = "http"
 	}
 	log.Info("listening", "endpoint", scheme+"://"+ln.Addr().String())
+	errc := make(chan error, 2)
+	if xksSrv != nil {
+		log.Info("XKS proxy listening", "endpoint", "https://"+xksSrv.ln.Addr().String(), "prefixes", len(cfg.XKSProxy.Prefixes))
+		xksSrv.serve(errc)
+		// SIGHUP re-reads the configuration's xks_proxy credentials and
+		// policies: how the proxy's credentials rotate without a restart.
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+		go func() {
+			for {
+				select {
+				case <-hup:
+					xksSrv.reload(*configPath)
+				case <-ctx.Done():
+					return
+				}
+			}
+		}()
+	}
 	if info != nil {
 		fmt.Fprintf(os.Stdout, "\nhsmkms is serving at %s\n\nPaste this into your shell:\n\n%s\n", info.Endpoint, datadir.PasteBlock(info))
 	}
 
-	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {
 	case err := <-errc:
@@ -159,6 +193,10 @@ func open(ctx context.Context, cfg *config.Config, log hclog.Logger) (*kms.Servi
 	if err != nil {
 		return nil, fmt.Errorf("default_key_store: %w", err)
 	}
+	xksCfg, err := xksClientConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
 	return kms.Open(ctx, kms.OpenConfig{
 		DefaultToken: keystore.TokenConfig{
 			Module: ks.Module, Label: ks.TokenLabel, Serial: ks.TokenSerial, PoolSize: ks.PoolSize,
@@ -170,6 +208,8 @@ func open(ctx context.Context, cfg *config.Config, log hclog.Logger) (*kms.Servi
 		Logger:       log.Named("kms"),
 		JobInterval:  time.Minute,
 		TokenBackups: cfg.Database.TokenBackupDir(),
+		XKS:          xksCfg,
+		OtherTokens:  xksTokenConfigs(cfg, log),
 	})
 }
 
