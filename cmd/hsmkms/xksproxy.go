@@ -210,4 +210,3 @@ func (s *xksServer) shutdown(ctx context.Context) error {
 	s.closeTokens()
 	return err
 }
-
