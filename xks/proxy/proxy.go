@@ -84,6 +84,9 @@ type Config struct {
 	FleetSize int
 	// Version goes into xksProxyModel.
 	Version string
+	// HealthTTL is how long a deep health check's result answers
+	// GetHealthStatus; 0 is DefaultHealthTTL, negative checks every time.
+	HealthTTL time.Duration
 }
 
 const (
@@ -91,11 +94,12 @@ const (
 	DefaultTimeout = 200 * time.Millisecond
 	// DefaultMaxInFlight is hsmkms's KMS default: twice the default pool.
 	DefaultMaxInFlight = 16
-	// healthTTL is how long a deep health check's result is reused: the
-	// specification allows a cached result up to a minute old; a second
-	// keeps AWS KMS's periodic checks and a burst of connects from each
-	// touching every token, and a failure visible at once.
-	healthTTL = time.Second
+	// DefaultHealthTTL is how long a deep health check's result is
+	// reused: the specification allows a cached result up to a minute
+	// old; a second keeps AWS KMS's periodic checks and a burst of
+	// connects from each touching every token, and a failure visible at
+	// once.
+	DefaultHealthTTL = time.Second
 )
 
 // Proxy serves the XKS proxy API. Build it with New.
@@ -105,6 +109,7 @@ type Proxy struct {
 	timeout   time.Duration
 	fleetSize int
 	version   string
+	healthTTL time.Duration
 	regions   map[string]bool
 	slots     chan struct{}
 	wait      time.Duration
@@ -136,10 +141,13 @@ func New(cfg Config) (*Proxy, error) {
 	if cfg.FleetSize <= 0 {
 		cfg.FleetSize = 1
 	}
+	if cfg.HealthTTL == 0 {
+		cfg.HealthTTL = DefaultHealthTTL
+	}
 	if len(cfg.Regions) == 0 {
 		return nil, errors.New("proxy: no Regions to accept signatures for")
 	}
-	p := &Proxy{log: cfg.Logger, now: cfg.Now, timeout: cfg.Timeout, fleetSize: cfg.FleetSize, version: cfg.Version,
+	p := &Proxy{log: cfg.Logger, now: cfg.Now, timeout: cfg.Timeout, fleetSize: cfg.FleetSize, version: cfg.Version, healthTTL: cfg.HealthTTL,
 		regions: map[string]bool{}, slots: make(chan struct{}, cfg.MaxInFlight), wait: cfg.QueueWait}
 	for _, r := range cfg.Regions {
 		p.regions[r] = true
@@ -601,7 +609,7 @@ func (p *Proxy) decrypt(ctx context.Context, c *call) (any, error) {
 	return &xks.DecryptResponse{Plaintext: plain}, nil
 }
 
-// healthCache shares one deep check among the requests of healthTTL.
+// healthCache shares one deep check among the requests of a HealthTTL.
 type healthCache struct {
 	mu      sync.Mutex
 	at      time.Time
@@ -611,7 +619,7 @@ type healthCache struct {
 
 // health answers GetHealthStatus: each of the prefix's tokens, checked
 // deep (keystore.ExternalKeys.Check: a test key encrypts and decrypts on
-// it) at most once a second. A token whose check fails is UNAVAILABLE; one
+// it) at most once per HealthTTL. A token whose check fails is UNAVAILABLE; one
 // whose check passes but took more than half the request timeout is
 // DEGRADED (it serves, slowly). The answer is 200 whatever the tokens say:
 // AWS KMS reads an all-UNAVAILABLE fleet as a proxy it cannot use.
@@ -620,7 +628,7 @@ func (p *Proxy) health(ctx context.Context, rt *route) *xks.HealthResponse {
 		man, model, _, _ := t.Keys.TokenInfo()
 		return xks.EkmFleetDetail{ID: t.ID, Model: strings.TrimSpace(man + " " + model), HealthStatus: status}
 	}
-	details := rt.health.get(ctx, func() []xks.EkmFleetDetail {
+	details := rt.health.get(ctx, p.healthTTL, func() []xks.EkmFleetDetail {
 		// The check is shared, so no one request's end cuts it short.
 		ctx, cancel := context.WithTimeout(context.Background(), p.timeout)
 		defer cancel()
@@ -659,10 +667,10 @@ func (p *Proxy) health(ctx context.Context, rt *route) *xks.HealthResponse {
 		XksProxyModel: "hsmkms XKS proxy " + p.version, EkmVendor: vendor, EkmFleetDetails: details}
 }
 
-func (h *healthCache) get(ctx context.Context, check func() []xks.EkmFleetDetail) []xks.EkmFleetDetail {
+func (h *healthCache) get(ctx context.Context, ttl time.Duration, check func() []xks.EkmFleetDetail) []xks.EkmFleetDetail {
 	for {
 		h.mu.Lock()
-		if h.details != nil && time.Since(h.at) < healthTTL {
+		if h.details != nil && time.Since(h.at) < ttl {
 			d := h.details
 			h.mu.Unlock()
 			return d
