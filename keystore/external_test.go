@@ -88,9 +88,25 @@ func TestExternalKeys(t *testing.T) {
 		require.ErrorIs(t, err, keystore.ErrExternalKeyUsage, "only AES-256 keys serve AWS KMS")
 	})
 
+	t.Run("disabled here, refused at once", func(t *testing.T) {
+		// The status read is kept for a second, but a change made
+		// through this ExternalKeys replaces it at once.
+		_, _, _, err := x.ExternalEncrypt(ctx, "both", []byte("x"), nil)
+		require.NoError(t, err)
+		require.NoError(t, x.SetExternalKeyEnabled(ctx, "both", false))
+		_, _, _, err = x.ExternalEncrypt(ctx, "both", []byte("x"), nil)
+		require.ErrorIs(t, err, keystore.ErrExternalKeyDisabled)
+		require.NoError(t, x.SetExternalKeyEnabled(ctx, "both", true))
+		_, _, _, err = x.ExternalEncrypt(ctx, "both", []byte("x"), nil)
+		require.NoError(t, err)
+	})
+
 	t.Run("disable from another session of the token", func(t *testing.T) {
 		// A second ExternalKeys on the same token stands for the admin
-		// command: what it changes, the first sees at its next use.
+		// command: what it changes, the first sees at its next read of
+		// the token (every use, with a StatusTTL of 0).
+		x.SetStatusTTL(0)
+		defer x.SetStatusTTL(keystore.DefaultStatusTTL)
 		// (Not closed: a logout is per process and would log x out too.)
 		other, err := keystore.OpenExternalKeys(ctx, keystore.TokenConfig{Module: tok.Module, Label: tok.Label, PoolSize: 1}, tok.UserPIN, nil)
 		require.NoError(t, err)

@@ -235,9 +235,18 @@ cmp -s "$dir/plain" "$dir/xback" || fail "decrypt through the external key store
 
 step "external key store: the external key disabled by the admin command, then enabled"
 "$bin" xks-keys disable --data-dir "$dir/data" --id "$(xks_var KEY_ID)" >/dev/null
+# The running proxy reads another process's change within a second.
+for _ in $(seq 1 50); do
+  aws kms decrypt --ciphertext-blob "fileb://$dir/xblob" --encryption-context purpose=xks >/dev/null 2>&1 || break
+  sleep 0.1
+done
 answers KMSInvalidStateException "The external key associated with this KMS key in an external key store is not enabled in the external key manager. Enable the external key in the external key manager and retry the request." \
   decrypt --ciphertext-blob "fileb://$dir/xblob" --encryption-context purpose=xks
 "$bin" xks-keys enable --data-dir "$dir/data" --id "$(xks_var KEY_ID)" >/dev/null
+for _ in $(seq 1 50); do
+  aws kms decrypt --ciphertext-blob "fileb://$dir/xblob" --encryption-context purpose=xks >/dev/null 2>&1 && break
+  sleep 0.1
+done
 aws kms decrypt --ciphertext-blob "fileb://$dir/xblob" --encryption-context purpose=xks --query Plaintext --output text | base64 -d > "$dir/xback"
 cmp -s "$dir/plain" "$dir/xback" || fail "decrypt after enabling the external key returned different plaintext"
 

@@ -23,11 +23,16 @@ type options struct {
 	keys     int
 	keyID    string
 	pid      int
+	// xksEnv is the xks.env of an XKS proxy, for the Xks operations.
+	xksEnv string
 }
 
 func (o options) check() error {
-	if _, ok := operations[o.op]; !ok {
-		return fmt.Errorf("--op: unknown operation %q (one of %s)", o.op, opNames())
+	if _, ok := operations[o.op]; !ok && xksOperations[o.op] == nil {
+		return fmt.Errorf("--op: unknown operation %q (one of %s; with --xks-env, %s)", o.op, opNames(), xksOpNames())
+	}
+	if (xksOperations[o.op] != nil) != (o.xksEnv != "") {
+		return errors.New("--xks-env goes with the XKS proxy's operations (XksEncrypt, XksDecrypt, XksGetHealthStatus), and they need it")
 	}
 	switch {
 	case o.workers < 1:
@@ -125,6 +130,12 @@ func load(ctx context.Context, c *awskms.Client, o options, retries *atomic.Int6
 		calls[i] = call
 	}
 
+	return measure(ctx, o, calls, keys, retries)
+}
+
+// measure runs o.workers callers of calls, each picking one at random for
+// every request, for o.duration.
+func measure(ctx context.Context, o options, calls []func(context.Context) error, keys int, retries *atomic.Int64) (*result, error) {
 	var (
 		wg       sync.WaitGroup
 		failures atomic.Int64

@@ -143,13 +143,17 @@ func TestXKSThroughServeDataDir(t *testing.T) {
 	t.Run("the admin command disables the external key", func(t *testing.T) {
 		assert.Contains(t, admin("list"), env["KEY_ID"])
 		admin("disable", "--id", env["KEY_ID"])
-		msg := requireAPIErr(t, decrypt(), "KMSInvalidStateException")
+		// Another process's change reaches the proxy within its
+		// StatusTTL (a second).
+		var err error
+		require.Eventually(t, func() bool { err = decrypt(); return err != nil }, 30*time.Second, 20*time.Millisecond)
+		msg := requireAPIErr(t, err, "KMSInvalidStateException")
 		assert.Contains(t, msg, "is not enabled in the external key manager")
 		assert.Regexp(t, env["KEY_ID"]+`\s+AES_256\s+ENCRYPT,DECRYPT\s+DISABLED`, admin("list"))
 		admin("enable", "--id", env["KEY_ID"])
-		require.NoError(t, decrypt())
+		require.Eventually(t, func() bool { return decrypt() == nil }, 30*time.Second, 20*time.Millisecond)
 		admin("create", "--id", "made-by-admin", "--usage", "ENCRYPT,DECRYPT")
-		_, err := c.CreateKey(ctx, &awskms.CreateKeyInput{CustomKeyStoreId: &id, Origin: types.OriginTypeExternalKeyStore, XksKeyId: aws.String("made-by-admin")})
+		_, err = c.CreateKey(ctx, &awskms.CreateKeyInput{CustomKeyStoreId: &id, Origin: types.OriginTypeExternalKeyStore, XksKeyId: aws.String("made-by-admin")})
 		require.NoError(t, err, "a key made by the admin command is usable at once")
 	})
 
