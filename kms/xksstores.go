@@ -581,7 +581,9 @@ func (s *Service) updateXKS(ctx context.Context, r *Request, ks *store.KeyStore,
 	if secret != "" {
 		var err error
 		if sealed, err = s.sealPassword(ctx, ks.ID, secret); err != nil {
-			client.Close()
+			if client != nil {
+				client.Close()
+			}
 			return nil, tokenError(err, tokenCall{})
 		}
 	}
