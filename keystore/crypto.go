@@ -64,7 +64,7 @@ func (s *Store) DecryptOAEP(ctx context.Context, m Material, hash crypto.Hash, c
 	if err != nil {
 		return nil, err
 	}
-	plain, err := tok.DecryptOAEP(ctx, m.ref, hash, ciphertext)
+	plain, err := tok.DecryptOAEP(ctx, hsm.PrivateKeyByID(m.ref), hash, ciphertext)
 	return plain, classify(err)
 }
 
@@ -80,7 +80,7 @@ func (s *Store) PublicKey(ctx context.Context, m Material) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	der, err := tok.PublicKeyDER(ctx, m.ref)
+	der, err := tok.PublicKeyDER(ctx, hsm.PublicKeyByID(m.ref))
 	if err != nil {
 		return nil, classify(err)
 	}
@@ -95,7 +95,7 @@ func (s *Store) Sign(ctx context.Context, m Material, alg SignAlgorithm, hash cr
 	if err != nil {
 		return nil, err
 	}
-	sig, err := tok.Sign(ctx, m.ref, alg, hash, data)
+	sig, err := tok.Sign(ctx, hsm.PrivateKeyByID(m.ref), alg, hash, data)
 	return sig, classify(err)
 }
 
@@ -106,7 +106,7 @@ func (s *Store) Verify(ctx context.Context, m Material, alg SignAlgorithm, hash 
 	if err != nil {
 		return false, err
 	}
-	ok, err := tok.Verify(ctx, m.ref, alg, hash, data, sig)
+	ok, err := tok.Verify(ctx, hsm.PublicKeyByID(m.ref), alg, hash, data, sig)
 	return ok, classify(err)
 }
 
@@ -116,7 +116,7 @@ func (s *Store) MAC(ctx context.Context, m Material, hash crypto.Hash, msg []byt
 	if err != nil {
 		return nil, err
 	}
-	mac, err := tok.MAC(ctx, m.ref, hash, msg)
+	mac, err := tok.MAC(ctx, hsm.SecretKeyByID(m.ref), hash, msg)
 	return mac, classify(err)
 }
 
@@ -127,7 +127,7 @@ func (s *Store) VerifyMAC(ctx context.Context, m Material, hash crypto.Hash, msg
 	if err != nil {
 		return false, err
 	}
-	ok, err := tok.VerifyMAC(ctx, m.ref, hash, msg, mac)
+	ok, err := tok.VerifyMAC(ctx, hsm.SecretKeyByID(m.ref), hash, msg, mac)
 	return ok, classify(err)
 }
 
@@ -138,7 +138,7 @@ func (s *Store) DeriveECDH(ctx context.Context, m Material, peerPoint []byte) ([
 	if err != nil {
 		return nil, err
 	}
-	secret, err := tok.DeriveECDH(ctx, m.ref, peerPoint)
+	secret, err := tok.DeriveECDH(ctx, hsm.PrivateKeyByID(m.ref), peerPoint)
 	return secret, classify(err)
 }
 
