@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -87,6 +88,14 @@ var migrations = []string{
 	`CREATE TABLE token_identities (
 		key_store_id TEXT PRIMARY KEY, cluster_id TEXT NOT NULL,
 		marker BLOB NOT NULL, serial TEXT NOT NULL, label TEXT NOT NULL, recorded INTEGER NOT NULL
+	);`,
+	// 6: the domain keys of each key store ('' for the default key store)
+	// that wrap the material of keys held wrapped. Which domain key wraps
+	// a material is in the material's JSON (domain_key), beside the
+	// wrapped bytes (wrapped); those need no column.
+	`CREATE TABLE domain_keys (
+		key_store_id TEXT NOT NULL, id TEXT NOT NULL, state TEXT NOT NULL, created INTEGER NOT NULL,
+		PRIMARY KEY (key_store_id, id)
 	);`,
 }
 
@@ -197,6 +206,55 @@ type material struct {
 	TokenID      []byte `json:"token_id"`
 	CreationDate int64  `json:"created"`
 	RotationType string `json:"rotation_type,omitempty"`
+	Wrapped      []byte `json:"wrapped,omitempty"`
+	DomainKey    string `json:"domain_key,omitempty"`
+}
+
+func (m material) Material() Material {
+	return Material{ID: m.ID, TokenID: m.TokenID, CreationDate: fromNanos(m.CreationDate), RotationType: m.RotationType,
+		Wrapped: m.Wrapped, DomainKey: m.DomainKey}
+}
+
+func materialOf(m Material) material {
+	return material{ID: m.ID, TokenID: m.TokenID, CreationDate: toNanos(m.CreationDate), RotationType: m.RotationType,
+		Wrapped: m.Wrapped, DomainKey: m.DomainKey}
+}
+
+// decodeMaterials reads the JSON column.
+func decodeMaterials(id, js string) ([]Material, error) {
+	var ms []material
+	if err := json.Unmarshal([]byte(js), &ms); err != nil {
+		return nil, fmt.Errorf("store: key %s: materials: %w", id, err)
+	}
+	if len(ms) == 0 {
+		return nil, nil
+	}
+	out := make([]Material, len(ms))
+	for i, m := range ms {
+		out[i] = m.Material()
+	}
+	return out, nil
+}
+
+// newDomainKeys lists the domain keys that after's materials name and
+// before's (nil for a new key) do not: what a write must check.
+func newDomainKeys(before, after *Key) []string {
+	var out []string
+	for _, m := range after.Materials {
+		if m.DomainKey == "" || slices.Contains(out, m.DomainKey) {
+			continue
+		}
+		named := false
+		if before != nil {
+			for _, b := range before.Materials {
+				named = named || b.DomainKey == m.DomainKey
+			}
+		}
+		if !named {
+			out = append(out, m.DomainKey)
+		}
+	}
+	return out
 }
 
 func scanKey(row scanner) (*Key, error) {
@@ -217,15 +275,8 @@ func scanKey(row scanner) (*Key, error) {
 	}
 	k.CreationDate, k.DeletionDate, k.NextRotationDate = fromNanos(created), fromNanos(deletion), fromNanos(nextRot)
 	k.RotationEnabled, k.MultiRegion = rotationEnabled, multiRegion
-	var ms []material
-	if err := json.Unmarshal([]byte(materialsJSON), &ms); err != nil {
-		return nil, fmt.Errorf("store: key %s: materials: %w", k.ID, err)
-	}
-	if len(ms) > 0 {
-		k.Materials = make([]Material, len(ms))
-	}
-	for i, m := range ms {
-		k.Materials[i] = Material{ID: m.ID, TokenID: m.TokenID, CreationDate: fromNanos(m.CreationDate), RotationType: m.RotationType}
+	if k.Materials, err = decodeMaterials(k.ID, materialsJSON); err != nil {
+		return nil, err
 	}
 	return &k, nil
 }
@@ -233,7 +284,7 @@ func scanKey(row scanner) (*Key, error) {
 func keyValues(k *Key) ([]any, error) {
 	ms := make([]material, len(k.Materials))
 	for i, m := range k.Materials {
-		ms[i] = material{ID: m.ID, TokenID: m.TokenID, CreationDate: toNanos(m.CreationDate), RotationType: m.RotationType}
+		ms[i] = materialOf(m)
 	}
 	mj, err := json.Marshal(ms)
 	if err != nil {
@@ -279,6 +330,9 @@ func (s *SQLite) CreateKey(ctx context.Context, k *Key, tags []Tag) error {
 				return ErrNotFound
 			}
 		}
+		if err := usableDomainKeys(ctx, tx, k.CustomKeyStoreID, newDomainKeys(nil, k)); err != nil {
+			return err
+		}
 		_, err := tx.ExecContext(ctx, `INSERT INTO keys (`+keyColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`, vals...)
 		if isConstraint(err) {
 			return ErrAlreadyExists
@@ -303,11 +357,16 @@ func (s *SQLite) UpdateKey(ctx context.Context, account, region, id string, fn f
 		if err != nil {
 			return err
 		}
+		before := *k
+		before.Materials = slices.Clone(k.Materials)
 		if err := fn(k); err != nil {
 			return err
 		}
 		// The identity is the row's; fn may not move the key.
 		k.Account, k.Region, k.ID = account, region, id
+		if err := usableDomainKeys(ctx, tx, k.CustomKeyStoreID, newDomainKeys(&before, k)); err != nil {
+			return err
+		}
 		vals, err := keyValues(k)
 		if err != nil {
 			return err
@@ -881,6 +940,9 @@ func (s *SQLite) DeleteKeyStore(ctx context.Context, id string) error {
 		if _, err := tx.ExecContext(ctx, `DELETE FROM key_stores WHERE id = ?`, id); err != nil {
 			return err
 		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM domain_keys WHERE key_store_id = ?`, id); err != nil {
+			return err
+		}
 		_, err := tx.ExecContext(ctx, `DELETE FROM token_identities WHERE key_store_id = ?`, id)
 		return err
 	})
@@ -917,6 +979,9 @@ func (s *SQLite) DeleteKeyOrphaning(ctx context.Context, k *Key, now time.Time) 
 		}
 		arn := "arn:aws:kms:" + k.Region + ":" + k.Account + ":key/" + k.ID
 		for _, m := range k.Materials {
+			if len(m.Wrapped) > 0 {
+				continue // nothing of it is on the token
+			}
 			if _, err := tx.ExecContext(ctx, `INSERT INTO orphans (key_store_id, key_arn, token_id, deleted) VALUES (?,?,?,?)`,
 				k.CustomKeyStoreID, arn, m.TokenID, toNanos(now)); err != nil {
 				return err
