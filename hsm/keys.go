@@ -32,6 +32,9 @@ type ObjectRef struct {
 // made (Unwrap, CreatePublicKey) rather than a token object.
 func (r ObjectRef) IsSessionObject() bool { return r.handle != 0 }
 
+// Same reports whether r and o name the same object.
+func (r ObjectRef) Same(o ObjectRef) bool { return r.cacheKey() == o.cacheKey() && r.Class == o.Class }
+
 // SecretKeyByID refers to the secret key with CKA_ID id.
 func SecretKeyByID(id []byte) ObjectRef { return ObjectRef{Class: pkcs11.CKO_SECRET_KEY, ID: id} }
 

@@ -553,3 +553,35 @@ func (t *Token) destroySessionObject(ctx context.Context, ref ObjectRef) error {
 	}
 	return err
 }
+
+// WrapExisting wraps the token object key (a secret key, or a pair's
+// private key, whose public key is public) under wrapping, for moving
+// material made as token objects into the hierarchy. Only an extractable
+// object can be wrapped: the token refuses any other (ErrNotWrappable,
+// CKR_KEY_UNEXTRACTABLE), and CKA_EXTRACTABLE can never be set true again
+// once false.
+func (t *Token) WrapExisting(ctx context.Context, wrapping, key, public ObjectRef) (Wrapped, error) {
+	wmech := []*pkcs11.Mechanism{pkcs11.NewMechanism(ckmAESKeyWrapPad, nil)}
+	var out Wrapped
+	err := t.withObject(ctx, wrapping, func(s pkcs11.SessionHandle, hw pkcs11.ObjectHandle) error {
+		hk, err := t.handle(s, key)
+		if err != nil {
+			return err
+		}
+		w, err := t.p11.WrapKey(s, wmech, hw, hk)
+		if err != nil {
+			return wrapError("C_WrapKey", err)
+		}
+		out.Key = w
+		if public.Class != 0 {
+			hp, err := t.handle(s, public)
+			if err != nil {
+				return err
+			}
+			out.PublicKey, err = t.publicKeyDER(s, hp)
+			return err
+		}
+		return nil
+	})
+	return out, err
+}
