@@ -160,13 +160,18 @@ type Report struct {
 	// rotation's object and recording it, now destroyed (key ARN and the
 	// material id the object would have had).
 	AbandonedRotations []string
+	// FinishedMigrations: token objects of material recorded wrapped by a
+	// migration (MigrateToWrapped) that a crash cut short before it
+	// destroyed them, now destroyed.
+	FinishedMigrations []string
 }
 
 // Reconcile is the startup check between metadata and tokens. It removes
-// keys a crash left half-created and rotation objects a crash left
-// unrecorded, and reports, without changing anything, metadata whose token
-// object is missing and other token objects no metadata names (an operator
-// decides about those).
+// keys a crash left half-created, rotation objects a crash left
+// unrecorded and the token objects of material a migration recorded
+// wrapped, and reports, without changing anything, material whose token
+// object (or, wrapped, whose domain key) is missing and other token
+// objects no metadata names (an operator decides about those).
 func (s *Service) Reconcile(ctx context.Context) (*Report, error) {
 	r := &Report{}
 	tok := s.keystores.Default()
@@ -180,6 +185,7 @@ func (s *Service) Reconcile(ctx context.Context) (*Report, error) {
 	}
 	known := map[string]bool{}
 	var creating []*store.Key
+	var migrated []keystore.Material
 	owners := map[string]*store.Key{} // key uuid (TokenObject.KeyID) → key
 	err = s.store.ForEachKey(ctx, func(k *store.Key) error {
 		if k.State == string(StateCreating) {
@@ -193,6 +199,17 @@ func (s *Service) Reconcile(ctx context.Context) (*Report, error) {
 			owners[string(uuid[:])] = k
 		}
 		for _, m := range k.Materials {
+			if len(m.Wrapped) > 0 {
+				if err := tok.Find(ctx, material(k, m)); err != nil {
+					r.MissingMaterial = append(r.MissingMaterial, arnOf(k)+" material "+m.ID+" (wrapped under domain key "+m.DomainKey+", not on the token)")
+				}
+				if onToken[string(m.TokenID)] {
+					migrated = append(migrated, material(k, store.Material{TokenID: m.TokenID}))
+					r.FinishedMigrations = append(r.FinishedMigrations, arnOf(k)+" material "+m.ID)
+				}
+				known[string(m.TokenID)] = true
+				continue
+			}
 			known[string(m.TokenID)] = true
 			if !onToken[string(m.TokenID)] {
 				r.MissingMaterial = append(r.MissingMaterial, arnOf(k)+" material "+m.ID)
@@ -202,6 +219,11 @@ func (s *Service) Reconcile(ctx context.Context) (*Report, error) {
 	})
 	if err != nil {
 		return nil, err
+	}
+	for _, m := range migrated {
+		if err := tok.Destroy(ctx, m); err != nil {
+			return nil, internalf("destroying the token objects of migrated material: %w", err)
+		}
 	}
 	for _, k := range creating {
 		if k.CustomKeyStoreID != "" && !s.storeConnected(k.CustomKeyStoreID) {

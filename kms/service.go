@@ -40,9 +40,12 @@ type Service struct {
 	stop        context.CancelFunc
 	bg          sync.WaitGroup
 	jobInterval time.Duration
-	report      *Report
-	reconnect   []*keystore.Store // connected at the last stop; Start reconnects them
-	ops         []*operation      // the operation table
+	// domainKeyRotation is how old an active domain key may grow before
+	// the domain key job replaces it; 0: never.
+	domainKeyRotation time.Duration
+	report            *Report
+	reconnect         []*keystore.Store // connected at the last stop; Start reconnects them
+	ops               []*operation      // the operation table
 	// rotations marks the keys being rotated now (see rotation.go).
 	rotations rotations
 	// identities are the principals' identity policies by ARN, set by
