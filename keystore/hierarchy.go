@@ -252,6 +252,9 @@ func (h *hierarchy) forget(ctx context.Context, r DomainKeyRecord) error {
 	if err := h.tok.DestroyObject(ctx, domainKeyRef(r.ID)); err != nil && !errors.Is(err, hsm.ErrObjectNotFound) {
 		return fmt.Errorf("keystore: destroying domain key %s of %s: %w", r.ID, StoreDescription(h.storeID), classify(err))
 	}
+	if r.State == domainKeyDestroying {
+		Step(StepDomainKeyDestroyed)
+	}
 	if err := h.rec.DeleteDomainKey(ctx, h.storeID, r.ID); err != nil {
 		return err
 	}
@@ -282,9 +285,11 @@ func (h *hierarchy) rotate(ctx context.Context) (string, error) {
 	if err := h.rec.AddDomainKey(ctx, h.storeID, id, now); err != nil {
 		return "", err
 	}
+	Step(StepDomainKeyRecorded)
 	if err := h.tok.GenerateWrappingKey(ctx, domainKeyRef(id).ID, "hsmkms domain key "+id); err != nil {
 		return "", fmt.Errorf("keystore: making a domain key for %s: %w", StoreDescription(h.storeID), classify(err))
 	}
+	Step(StepDomainKeyMade)
 	info, err := h.tok.CheckWrappingKey(ctx, domainKeyRef(id))
 	if err != nil {
 		return "", classify(err)
@@ -292,6 +297,7 @@ func (h *hierarchy) rotate(ctx context.Context) (string, error) {
 	if err := h.rec.ActivateDomainKey(ctx, h.storeID, id); err != nil {
 		return "", err
 	}
+	Step(StepDomainKeyActive)
 	dk := &domainKey{id: id, state: domainKeyActive, created: now, trusted: info.Trusted}
 	h.mu.Lock()
 	if h.active != nil {
@@ -317,6 +323,7 @@ func (h *hierarchy) destroy(ctx context.Context, id string) error {
 	if err := h.rec.RetireDomainKey(ctx, h.storeID, id); err != nil {
 		return err
 	}
+	Step(StepDomainKeyDestroying)
 	h.mu.Lock()
 	delete(h.keys, id)
 	h.mu.Unlock()

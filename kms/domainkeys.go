@@ -175,6 +175,7 @@ func (s *Service) rewrapUnder(ctx context.Context, ks *keystore.Store, retired [
 			}
 			if done {
 				n++
+				keystore.Step(keystore.StepMaterialRewrapped)
 			}
 		}
 		return nil
