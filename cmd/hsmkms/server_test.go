@@ -88,6 +88,13 @@ func freePort(t *testing.T) string {
 // or exits. n numbers the run, to keep each run's output apart.
 func startServer(t *testing.T, dir, listen string, n int) *server {
 	t.Helper()
+	return startServerEnv(t, dir, listen, n, nil)
+}
+
+// startServerEnv is startServer with env added to the process's
+// environment.
+func startServerEnv(t *testing.T, dir, listen string, n int, env []string) *server {
+	t.Helper()
 	s := &server{t: t, dir: dir, listen: listen, exited: make(chan struct{}),
 		stdout: filepath.Join(filepath.Dir(dir), fmt.Sprintf("stdout-%d", n)),
 		stderr: filepath.Join(filepath.Dir(dir), fmt.Sprintf("stderr-%d", n))}
@@ -96,6 +103,9 @@ func startServer(t *testing.T, dir, listen string, n int) *server {
 	errf, err := os.Create(s.stderr)
 	require.NoError(t, err)
 	s.cmd = exec.Command(binary(t), "serve", "--data-dir", dir, "--listen", listen)
+	if env != nil {
+		s.cmd.Env = append(os.Environ(), env...)
+	}
 	s.cmd.Stdout, s.cmd.Stderr = out, errf
 	require.NoError(t, s.cmd.Start())
 	go func() {
