@@ -11,6 +11,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -104,8 +105,12 @@ var migrations = []string{
 type SQLite struct {
 	db     *sql.DB
 	getKey *sql.Stmt
-	// writer admits one of this process's writes at a time; see lockWrites.
-	writer chan struct{}
+	// writes go to the committer (sqlite_commit.go), which runs them
+	// together, a transaction and a commit for all that are waiting.
+	writes chan *write
+	stop   chan struct{}
+	done   chan struct{}
+	closer sync.Once
 }
 
 var _ Store = (*SQLite)(nil)
@@ -131,7 +136,7 @@ func OpenSQLite(path string) (*SQLite, error) {
 	}
 	db.SetMaxOpenConns(16)
 	db.SetMaxIdleConns(16)
-	s := &SQLite{db: db, writer: make(chan struct{}, 1)}
+	s := &SQLite{db: db, writes: make(chan *write), stop: make(chan struct{}), done: make(chan struct{})}
 	if err := s.migrate(); err != nil {
 		db.Close()
 		return nil, err
@@ -140,6 +145,7 @@ func OpenSQLite(path string) (*SQLite, error) {
 		db.Close()
 		return nil, fmt.Errorf("store: %w", err)
 	}
+	go s.committer()
 	return s, nil
 }
 
@@ -190,6 +196,8 @@ func (s *SQLite) migrateOne() (done bool, err error) {
 }
 
 func (s *SQLite) Close() error {
+	s.closer.Do(func() { close(s.stop) })
+	<-s.done
 	s.getKey.Close()
 	return s.db.Close()
 }
@@ -715,48 +723,15 @@ func (s *SQLite) ListTags(ctx context.Context, account, region, keyID, marker st
 	return out, next, nil
 }
 
-// lockWrites queues this process's writers in Go. SQLite admits one writer
-// at a time regardless, but its busy handler polls with sleeps of up to
-// 100ms, which is unfair: under contention an unlucky writer can sleep past
-// busy_timeout and fail with SQLITE_BUSY, and the others wait longer than
-// they need (BenchmarkUpdateKey was 5-35% slower without this, depending on
-// fsync latency). Readers never take it, and another process on the same
-// file still meets the busy handler. A channel rather than a mutex so that
-// a waiter honours its context.
-func (s *SQLite) lockWrites(ctx context.Context) (unlock func(), err error) {
-	select {
-	case s.writer <- struct{}{}:
-		return func() { <-s.writer }, nil
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-}
-
-// exec runs a single-statement write; SQLite commits it on its own.
+// exec runs a single-statement write, as a write of its own.
 func (s *SQLite) exec(ctx context.Context, query string, args ...any) (sql.Result, error) {
-	unlock, err := s.lockWrites(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer unlock()
-	return s.db.ExecContext(ctx, query, args...)
-}
-
-func (s *SQLite) tx(ctx context.Context, fn func(*sql.Tx) error) error {
-	unlock, err := s.lockWrites(ctx)
-	if err != nil {
+	var res sql.Result
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		var err error
+		res, err = tx.ExecContext(ctx, query, args...)
 		return err
-	}
-	defer unlock()
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return err
-	}
-	if err := fn(tx); err != nil {
-		tx.Rollback()
-		return err
-	}
-	return tx.Commit()
+	})
+	return res, err
 }
 
 // Markers are the last sort key returned, so a page is stable under
