@@ -179,14 +179,22 @@ func (s *Service) Reconcile(ctx context.Context) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
+	// What the walk keeps is bounded by the objects on the token, never
+	// by the number of keys: a store holding 100,000 keys wrapped has a
+	// handful of objects, and keeping every key the walk reads made the
+	// garbage collector the start's main cost.
 	onToken := map[string]bool{}
+	keyIDs := map[string]bool{} // TokenObject.KeyID of the material-like objects
 	for _, o := range objs {
 		onToken[string(o.Ref)] = true
+		if o.IsMaterial {
+			keyIDs[string(o.KeyID[:])] = true
+		}
 	}
 	known := map[string]bool{}
 	var creating []*store.Key
 	var migrated []keystore.Material
-	owners := map[string]*store.Key{} // key uuid (TokenObject.KeyID) → key
+	owners := map[string]*store.Key{} // key uuid (TokenObject.KeyID) → key, for those on the token
 	err = s.store.ForEachKey(ctx, func(k *store.Key) error {
 		if k.State == string(StateCreating) {
 			creating = append(creating, k)
@@ -195,7 +203,7 @@ func (s *Service) Reconcile(ctx context.Context) (*Report, error) {
 		if k.CustomKeyStoreID != "" {
 			return nil // its token is checked when its store connects, not here
 		}
-		if uuid, ok := parseUUID(k.ID); ok {
+		if uuid, ok := parseUUID(k.ID); ok && keyIDs[string(uuid[:])] {
 			owners[string(uuid[:])] = k
 		}
 		for _, m := range k.Materials {
@@ -206,12 +214,13 @@ func (s *Service) Reconcile(ctx context.Context) (*Report, error) {
 				if onToken[string(m.TokenID)] {
 					migrated = append(migrated, material(k, store.Material{TokenID: m.TokenID}))
 					r.FinishedMigrations = append(r.FinishedMigrations, arnOf(k)+" material "+m.ID)
+					known[string(m.TokenID)] = true
 				}
-				known[string(m.TokenID)] = true
 				continue
 			}
-			known[string(m.TokenID)] = true
-			if !onToken[string(m.TokenID)] {
+			if onToken[string(m.TokenID)] {
+				known[string(m.TokenID)] = true
+			} else {
 				r.MissingMaterial = append(r.MissingMaterial, arnOf(k)+" material "+m.ID)
 			}
 		}

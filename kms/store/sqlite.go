@@ -230,9 +230,11 @@ func materialOf(m Material) material {
 
 // decodeMaterials reads the JSON column.
 func decodeMaterials(id, js string) ([]Material, error) {
-	var ms []material
-	if err := json.Unmarshal([]byte(js), &ms); err != nil {
-		return nil, fmt.Errorf("store: key %s: materials: %w", id, err)
+	ms, ok := decodeMaterialsFast(js)
+	if !ok {
+		if err := json.Unmarshal([]byte(js), &ms); err != nil {
+			return nil, fmt.Errorf("store: key %s: materials: %w", id, err)
+		}
 	}
 	if len(ms) == 0 {
 		return nil, nil
