@@ -102,7 +102,6 @@ func (p *matParser) int64Field() (int64, bool) {
 	return n, true
 }
 
-
 // object reads one material; the fields must come in encoding/json's order.
 func (p *matParser) object() (m material, ok bool) {
 	if !p.lit(`{"id":`) {
