@@ -8,19 +8,22 @@
 #
 #   scripts/bench-keys.sh [path/to/hsmkms] [keys] [duration] [workers] [rounds]
 #
-# hsmkms-load is taken from beside hsmkms unless LOAD names it.
+# hsmkms-load is taken from beside hsmkms unless LOAD names it. KEEP=DIR
+# keeps the data directory and the key ids in DIR (made if missing) and
+# reuses them the next time, so that a run over many keys creates them once.
 set -euo pipefail
 
 bin=${1:-bin/hsmkms} keys=${2:-100000} duration=${3:-10s} workers=${4:-16} rounds=${5:-3}
 load=${LOAD:-$(dirname "$bin")/hsmkms-load}
 [ -x "$load" ] || { echo "bench-keys: $load not found (make build-load builds it)" >&2; exit 1; }
 
-dir=$(mktemp -d)
+dir=${KEEP:-$(mktemp -d)}
+mkdir -p "$dir"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 pid=
 cleanup() {
   [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
-  rm -rf "$dir"
+  [ -n "${KEEP:-}" ] || rm -rf "$dir"
 }
 trap cleanup EXIT
 
