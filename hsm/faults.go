@@ -246,6 +246,20 @@ func (f *Faults) DestroyObject(sh pkcs11.SessionHandle, oh pkcs11.ObjectHandle) 
 	return f.next.DestroyObject(sh, oh)
 }
 
+func (f *Faults) WrapKey(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, wrappingkey, key pkcs11.ObjectHandle) ([]byte, error) {
+	if err := f.hit("C_WrapKey"); err != nil {
+		return nil, err
+	}
+	return f.next.WrapKey(sh, m, wrappingkey, key)
+}
+
+func (f *Faults) UnwrapKey(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, unwrappingkey pkcs11.ObjectHandle, wrappedkey []byte, a []*pkcs11.Attribute) (pkcs11.ObjectHandle, error) {
+	if err := f.hit("C_UnwrapKey"); err != nil {
+		return 0, err
+	}
+	return f.next.UnwrapKey(sh, m, unwrappingkey, wrappedkey, a)
+}
+
 func (f *Faults) FindObjectsInit(sh pkcs11.SessionHandle, temp []*pkcs11.Attribute) error {
 	if err := f.hit("C_FindObjectsInit"); err != nil {
 		return err

@@ -12,11 +12,28 @@ import (
 // ObjectRef names a token object by CKA_ID or, if ID is empty, CKA_LABEL,
 // within an object class. It is how callers refer to keys: handles are the
 // token's business and are cached here.
+//
+// An ObjectRef from Unwrap or CreatePublicKey names a session object
+// instead, by its handle and the generation of the keeper sessions that
+// hold it (see keeperSet). It is valid until DestroyObject, or until the
+// token loses its session objects (a device failure, a new login, a
+// broken keeper session), after which every use fails with
+// ErrSessionObjectLost and nothing is ever done with the stale handle.
 type ObjectRef struct {
 	Class uint // CKO_SECRET_KEY, CKO_PRIVATE_KEY, …
 	ID    []byte
 	Label string
+
+	handle pkcs11.ObjectHandle // a session object's; 0 for a token object
+	gen    uint64
 }
+
+// IsSessionObject reports whether r names a session object this Token
+// made (Unwrap, CreatePublicKey) rather than a token object.
+func (r ObjectRef) IsSessionObject() bool { return r.handle != 0 }
+
+// Same reports whether r and o name the same object.
+func (r ObjectRef) Same(o ObjectRef) bool { return r.cacheKey() == o.cacheKey() && r.Class == o.Class }
 
 // SecretKeyByID refers to the secret key with CKA_ID id.
 func SecretKeyByID(id []byte) ObjectRef { return ObjectRef{Class: pkcs11.CKO_SECRET_KEY, ID: id} }
@@ -33,6 +50,9 @@ func SecretKeyByLabel(label string) ObjectRef {
 }
 
 func (r ObjectRef) cacheKey() string {
+	if r.handle != 0 {
+		return "s/" + strconv.FormatUint(r.gen, 16) + "/" + strconv.FormatUint(uint64(r.handle), 16)
+	}
 	if len(r.ID) > 0 {
 		return strconv.FormatUint(uint64(r.Class), 16) + "/i/" + string(r.ID)
 	}
@@ -40,6 +60,9 @@ func (r ObjectRef) cacheKey() string {
 }
 
 func (r ObjectRef) String() string {
+	if r.handle != 0 {
+		return fmt.Sprintf("session object %d", r.handle)
+	}
 	if len(r.ID) > 0 {
 		return "id " + hex.EncodeToString(r.ID)
 	}
@@ -140,6 +163,9 @@ func (t *Token) GenerateAESKeyOfSize(ctx context.Context, id []byte, label strin
 
 // handle resolves ref on session s, from the cache when possible.
 func (t *Token) handle(s pkcs11.SessionHandle, ref ObjectRef) (pkcs11.ObjectHandle, error) {
+	if ref.handle != 0 {
+		return t.sessionHandle(ref)
+	}
 	key := ref.cacheKey()
 	if h, ok := t.handles.Load(key); ok {
 		return h.(pkcs11.ObjectHandle), nil
@@ -209,6 +235,11 @@ func (t *Token) withHandle(ctx context.Context, ref ObjectRef, lookup func(pkcs1
 			}
 			return fn(s, h)
 		})
+		if code, ok := Code(err); ok && isHandleError(code) && ref.handle != 0 {
+			// A session object the token no longer has: never look
+			// anything up in its place.
+			return fmt.Errorf("%w: %s: %w", ErrSessionObjectLost, ref, err)
+		}
 		if code, ok := Code(err); ok && isHandleError(code) && attempt == 0 {
 			t.handles.Delete(ref.cacheKey())
 			t.copies.Delete(ref.cacheKey())
@@ -228,6 +259,9 @@ func (t *Token) withHandle(ctx context.Context, ref ObjectRef, lookup func(pkcs1
 // copy fail with CKR_OBJECT_HANDLE_INVALID and withKey makes a new one. A
 // token that refuses the copy is used directly.
 func (t *Token) workingHandle(s pkcs11.SessionHandle, ref ObjectRef) (pkcs11.ObjectHandle, error) {
+	if ref.handle != 0 {
+		return t.sessionHandle(ref) // a session object already
+	}
 	key := ref.cacheKey()
 	if h, ok := t.copies.Load(key); ok {
 		return h.(pkcs11.ObjectHandle), nil
@@ -366,8 +400,12 @@ func (t *Token) SetAttributes(ctx context.Context, ref ObjectRef, attrs ...*pkcs
 }
 
 // DestroyObject destroys the single object ref names, and first its
-// session copy, so a destroyed key cannot go on working from the copy.
+// session copy, so a destroyed key cannot go on working from the copy. A
+// session object the token has already lost is not an error.
 func (t *Token) DestroyObject(ctx context.Context, ref ObjectRef) error {
+	if ref.handle != 0 {
+		return t.destroySessionObject(ctx, ref)
+	}
 	err := t.withObject(ctx, ref, func(s pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
 		if c, ok := t.copies.LoadAndDelete(ref.cacheKey()); ok && c.(pkcs11.ObjectHandle) != h {
 			if err := t.p11.DestroyObject(s, c.(pkcs11.ObjectHandle)); err != nil {

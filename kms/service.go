@@ -42,8 +42,11 @@ type Service struct {
 	stop        context.CancelFunc
 	bg          sync.WaitGroup
 	jobInterval time.Duration
-	report      *Report
-	reconnect   []*keystore.Store // connected at the last stop; Start reconnects them
+	// domainKeyRotation is how old an active domain key may grow before
+	// the domain key job replaces it; 0: never.
+	domainKeyRotation time.Duration
+	report            *Report
+	reconnect         []*keystore.Store // connected at the last stop; Start reconnects them
 	// xksCfg is how external key stores reach their proxies; xksStores
 	// holds each one's connection (*xksLive by store id), and
 	// reconnectXKSStores those connected at the last stop.
@@ -110,10 +113,7 @@ func (s *Service) token(k *store.Key) (*keystore.Store, error) {
 
 // materialStoreID is the key store whose token holds k's material.
 func materialStoreID(k *store.Key) string {
-	if k.Origin == originXKS {
-		return keystore.DefaultID
-	}
-	return k.CustomKeyStoreID
+	return k.MaterialStoreID()
 }
 
 // tokenFor is token for an operation that is about to use k's material:

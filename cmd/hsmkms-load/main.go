@@ -54,6 +54,7 @@ flags:
 	fs.IntVar(&o.size, "size", 1024, "plaintext or message bytes (Encrypt, Decrypt, Sign, Verify, GenerateMac, VerifyMac), random bytes (GenerateRandom)")
 	fs.IntVar(&o.keys, "keys", 1, "create this many keys and spread requests over them at random")
 	fs.StringVar(&o.keyID, "key-id", "", "use this existing key instead of creating one (needs --keys 1)")
+	fs.StringVar(&o.keysFile, "keys-file", "", "reuse the key ids in this file (one a line) and add the keys created to it, so that runs over many keys create them once")
 	fs.IntVar(&o.pid, "pid", 0, "the server's process id: report its CPU time per request (same machine only)")
 	fs.StringVar(&o.xksEnv, "xks-env", "", "an XKS proxy's xks.env (as `serve --data-dir` writes it): load the proxy itself with XksEncrypt, XksDecrypt or XksGetHealthStatus; AWS_CA_BUNDLE names the CA")
 	if err := fs.Parse(args); err != nil {

@@ -193,24 +193,43 @@ func open(ctx context.Context, cfg *config.Config, log hclog.Logger) (*kms.Servi
 	if err != nil {
 		return nil, fmt.Errorf("default_key_store: %w", err)
 	}
-	xksCfg, err := xksClientConfig(cfg)
+	oc, err := openConfig(cfg, pin, log)
 	if err != nil {
 		return nil, err
 	}
-	return kms.Open(ctx, kms.OpenConfig{
+	return kms.Open(ctx, oc)
+}
+
+// openConfig is what kms.Open needs from cfg, as serve and the admin
+// commands that open the service use it.
+func openConfig(cfg *config.Config, pin string, log hclog.Logger) (kms.OpenConfig, error) {
+	ks := cfg.DefaultKeyStore
+	xksCfg, err := xksClientConfig(cfg)
+	if err != nil {
+		return kms.OpenConfig{}, err
+	}
+	return kms.OpenConfig{
 		DefaultToken: keystore.TokenConfig{
 			Module: ks.Module, Label: ks.TokenLabel, Serial: ks.TokenSerial, PoolSize: ks.PoolSize,
 			Logger: log.Named("hsm"),
 		},
-		PIN:          pin,
-		Database:     cfg.Database.Path,
-		Clusters:     clusterConfigs(cfg, log),
-		Logger:       log.Named("kms"),
-		JobInterval:  time.Minute,
-		TokenBackups: cfg.Database.TokenBackupDir(),
-		XKS:          xksCfg,
-		OtherTokens:  xksTokenConfigs(cfg, log),
-	})
+		PIN:               pin,
+		Database:          cfg.Database.Path,
+		Clusters:          clusterConfigs(cfg, log),
+		Logger:            log.Named("kms"),
+		JobInterval:       time.Minute,
+		TokenBackups:      cfg.Database.TokenBackupDir(),
+		XKS:               xksCfg,
+		OtherTokens:       xksTokenConfigs(cfg, log),
+		KeyMaterial:       materialConfig(ks.KeyMaterial, ks.UnwrappedKeys),
+		DomainKeyRotation: time.Duration(cfg.DomainKeyRotationDays) * 24 * time.Hour,
+	}, nil
+}
+
+// materialConfig is the key store layer's form of a key_material and an
+// unwrapped_keys setting.
+func materialConfig(mode string, cache config.UnwrappedKeysConfig) keystore.MaterialConfig {
+	return keystore.MaterialConfig{Mode: keystore.KeyMaterial(mode), CacheKeys: cache.MaxKeys, CacheBytes: int64(cache.MaxMemoryMiB) << 20}
 }
 
 // clusterConfigs turns the clusters section into the key store layer's
@@ -218,9 +237,14 @@ func open(ctx context.Context, cfg *config.Config, log hclog.Logger) (*kms.Servi
 func clusterConfigs(cfg *config.Config, log hclog.Logger) []keystore.Cluster {
 	out := make([]keystore.Cluster, len(cfg.Clusters))
 	for i, c := range cfg.Clusters {
+		mode := c.KeyMaterial
+		if mode == "" {
+			mode = config.KeyMaterialTokenObjects
+		}
 		out[i] = keystore.Cluster{
 			ID: c.ID, Manufacturer: c.Manufacturer, Model: c.Model, Serial: c.Serial,
-			Token: hsm.TokenConfig{Module: c.Module, Label: c.TokenLabel, Serial: c.TokenSerial, PoolSize: c.PoolSize},
+			Token:    hsm.TokenConfig{Module: c.Module, Label: c.TokenLabel, Serial: c.TokenSerial, PoolSize: c.PoolSize},
+			Material: materialConfig(mode, c.UnwrappedKeys),
 		}
 		if log != nil {
 			out[i].Token.Logger = log.Named("hsm").With("cluster", c.ID)

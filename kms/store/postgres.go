@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -106,6 +107,12 @@ var pgMigrations = []string{
 	CREATE INDEX key_stores_xks_uri ON key_stores (account, region, xks_uri_endpoint, xks_uri_path);
 	ALTER TABLE keys ADD COLUMN xks_key_id TEXT COLLATE "C" NOT NULL DEFAULT '';
 	CREATE UNIQUE INDEX keys_xks_key ON keys (custom_key_store_id, xks_key_id) WHERE xks_key_id <> '';`,
+	// 7: the domain keys of each key store ('' for the default key store).
+	`CREATE TABLE domain_keys (
+		key_store_id TEXT COLLATE "C" NOT NULL, id TEXT COLLATE "C" NOT NULL, state TEXT COLLATE "C" NOT NULL,
+		created BIGINT NOT NULL,
+		PRIMARY KEY (key_store_id, id)
+	);`,
 }
 
 // Advisory lock keys. pg_advisory_xact_lock(bigint) and (int, int) are
@@ -386,15 +393,8 @@ func pgScanKey(row pgx.Row) (*Key, error) {
 	}
 	k.Description, k.Policy = string(description), string(policy)
 	k.CreationDate, k.DeletionDate, k.NextRotationDate = fromNanos(created), fromNanos(deletion), fromNanos(nextRot)
-	var ms []material
-	if err := json.Unmarshal([]byte(materialsJSON), &ms); err != nil {
-		return nil, fmt.Errorf("store: key %s: materials: %w", k.ID, err)
-	}
-	if len(ms) > 0 {
-		k.Materials = make([]Material, len(ms))
-	}
-	for i, m := range ms {
-		k.Materials[i] = Material{ID: m.ID, TokenID: m.TokenID, CreationDate: fromNanos(m.CreationDate), RotationType: m.RotationType}
+	if k.Materials, err = decodeMaterials(k.ID, materialsJSON); err != nil {
+		return nil, err
 	}
 	return &k, nil
 }
@@ -477,6 +477,9 @@ func (p *PostgreSQL) CreateKey(ctx context.Context, k *Key, tags []Tag) error {
 				}
 			}
 		}
+		if err := pgUsableDomainKeys(ctx, tx, k.MaterialStoreID(), newDomainKeys(nil, k)); err != nil {
+			return err
+		}
 		_, err := tx.Exec(ctx, `INSERT INTO keys (`+pgKeyColumns+`) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19)`, vals...)
 		switch uniqueViolation(err) {
 		case "":
@@ -511,11 +514,16 @@ func (p *PostgreSQL) UpdateKey(ctx context.Context, account, region, id string, 
 		if err != nil {
 			return err
 		}
+		before := *k
+		before.Materials = slices.Clone(k.Materials)
 		if err := fn(k); err != nil {
 			return err
 		}
 		// The identity is the row's; fn may not move the key.
 		k.Account, k.Region, k.ID = account, region, id
+		if err := pgUsableDomainKeys(ctx, tx, k.MaterialStoreID(), newDomainKeys(&before, k)); err != nil {
+			return err
+		}
 		vals, err := pgKeyValues(k)
 		if err != nil {
 			return err
@@ -1041,6 +1049,9 @@ func (p *PostgreSQL) DeleteKeyStore(ctx context.Context, id string) error {
 		if _, err := tx.Exec(ctx, `DELETE FROM key_stores WHERE id = $1`, id); err != nil {
 			return err
 		}
+		if _, err := tx.Exec(ctx, `DELETE FROM domain_keys WHERE key_store_id = $1`, id); err != nil {
+			return err
+		}
 		_, err := tx.Exec(ctx, `DELETE FROM token_identities WHERE key_store_id = $1`, id)
 		return err
 	})
@@ -1088,6 +1099,9 @@ func (p *PostgreSQL) DeleteKeyOrphaning(ctx context.Context, k *Key, now time.Ti
 		arn := "arn:aws:kms:" + k.Region + ":" + k.Account + ":key/" + k.ID
 		b := &pgx.Batch{}
 		for _, m := range k.Materials {
+			if len(m.Wrapped) > 0 {
+				continue // nothing of it is on the token
+			}
 			tokenID := m.TokenID
 			if tokenID == nil {
 				tokenID = []byte{}

@@ -9,7 +9,9 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -111,6 +113,14 @@ var migrations = []string{
 	CREATE INDEX key_stores_xks_uri ON key_stores (account, region, xks_uri_endpoint, xks_uri_path);
 	ALTER TABLE keys ADD COLUMN xks_key_id TEXT NOT NULL DEFAULT '';
 	CREATE UNIQUE INDEX keys_xks_key ON keys (custom_key_store_id, xks_key_id) WHERE xks_key_id != '';`,
+	// 7: the domain keys of each key store ('' for the default key store)
+	// that wrap the material of keys held wrapped. Which domain key wraps
+	// a material is in the material's JSON (domain_key), beside the
+	// wrapped bytes (wrapped); those need no column.
+	`CREATE TABLE domain_keys (
+		key_store_id TEXT NOT NULL, id TEXT NOT NULL, state TEXT NOT NULL, created INTEGER NOT NULL,
+		PRIMARY KEY (key_store_id, id)
+	);`,
 }
 
 // SQLite is the embedded Store: one file, WAL journal, synchronous=FULL so
@@ -118,8 +128,12 @@ var migrations = []string{
 type SQLite struct {
 	db     *sql.DB
 	getKey *sql.Stmt
-	// writer admits one of this process's writes at a time; see lockWrites.
-	writer chan struct{}
+	// writes go to the committer (sqlite_commit.go), which runs them
+	// together, a transaction and a commit for all that are waiting.
+	writes chan *write
+	stop   chan struct{}
+	done   chan struct{}
+	closer sync.Once
 }
 
 var _ Store = (*SQLite)(nil)
@@ -145,7 +159,7 @@ func OpenSQLite(path string) (*SQLite, error) {
 	}
 	db.SetMaxOpenConns(16)
 	db.SetMaxIdleConns(16)
-	s := &SQLite{db: db, writer: make(chan struct{}, 1)}
+	s := &SQLite{db: db, writes: make(chan *write), stop: make(chan struct{}), done: make(chan struct{})}
 	if err := s.migrate(); err != nil {
 		db.Close()
 		return nil, err
@@ -154,6 +168,7 @@ func OpenSQLite(path string) (*SQLite, error) {
 		db.Close()
 		return nil, fmt.Errorf("store: %w", err)
 	}
+	go s.committer()
 	return s, nil
 }
 
@@ -204,6 +219,8 @@ func (s *SQLite) migrateOne() (done bool, err error) {
 }
 
 func (s *SQLite) Close() error {
+	s.closer.Do(func() { close(s.stop) })
+	<-s.done
 	s.getKey.Close()
 	return s.db.Close()
 }
@@ -220,6 +237,57 @@ type material struct {
 	TokenID      []byte `json:"token_id"`
 	CreationDate int64  `json:"created"`
 	RotationType string `json:"rotation_type,omitempty"`
+	Wrapped      []byte `json:"wrapped,omitempty"`
+	DomainKey    string `json:"domain_key,omitempty"`
+}
+
+func (m material) Material() Material {
+	return Material{ID: m.ID, TokenID: m.TokenID, CreationDate: fromNanos(m.CreationDate), RotationType: m.RotationType,
+		Wrapped: m.Wrapped, DomainKey: m.DomainKey}
+}
+
+func materialOf(m Material) material {
+	return material{ID: m.ID, TokenID: m.TokenID, CreationDate: toNanos(m.CreationDate), RotationType: m.RotationType,
+		Wrapped: m.Wrapped, DomainKey: m.DomainKey}
+}
+
+// decodeMaterials reads the JSON column.
+func decodeMaterials(id, js string) ([]Material, error) {
+	ms, ok := decodeMaterialsFast(js)
+	if !ok {
+		if err := json.Unmarshal([]byte(js), &ms); err != nil {
+			return nil, fmt.Errorf("store: key %s: materials: %w", id, err)
+		}
+	}
+	if len(ms) == 0 {
+		return nil, nil
+	}
+	out := make([]Material, len(ms))
+	for i, m := range ms {
+		out[i] = m.Material()
+	}
+	return out, nil
+}
+
+// newDomainKeys lists the domain keys that after's materials name and
+// before's (nil for a new key) do not: what a write must check.
+func newDomainKeys(before, after *Key) []string {
+	var out []string
+	for _, m := range after.Materials {
+		if m.DomainKey == "" || slices.Contains(out, m.DomainKey) {
+			continue
+		}
+		named := false
+		if before != nil {
+			for _, b := range before.Materials {
+				named = named || b.DomainKey == m.DomainKey
+			}
+		}
+		if !named {
+			out = append(out, m.DomainKey)
+		}
+	}
+	return out
 }
 
 func scanKey(row scanner) (*Key, error) {
@@ -240,15 +308,8 @@ func scanKey(row scanner) (*Key, error) {
 	}
 	k.CreationDate, k.DeletionDate, k.NextRotationDate = fromNanos(created), fromNanos(deletion), fromNanos(nextRot)
 	k.RotationEnabled, k.MultiRegion = rotationEnabled, multiRegion
-	var ms []material
-	if err := json.Unmarshal([]byte(materialsJSON), &ms); err != nil {
-		return nil, fmt.Errorf("store: key %s: materials: %w", k.ID, err)
-	}
-	if len(ms) > 0 {
-		k.Materials = make([]Material, len(ms))
-	}
-	for i, m := range ms {
-		k.Materials[i] = Material{ID: m.ID, TokenID: m.TokenID, CreationDate: fromNanos(m.CreationDate), RotationType: m.RotationType}
+	if k.Materials, err = decodeMaterials(k.ID, materialsJSON); err != nil {
+		return nil, err
 	}
 	return &k, nil
 }
@@ -256,7 +317,7 @@ func scanKey(row scanner) (*Key, error) {
 func keyValues(k *Key) ([]any, error) {
 	ms := make([]material, len(k.Materials))
 	for i, m := range k.Materials {
-		ms[i] = material{ID: m.ID, TokenID: m.TokenID, CreationDate: toNanos(m.CreationDate), RotationType: m.RotationType}
+		ms[i] = materialOf(m)
 	}
 	mj, err := json.Marshal(ms)
 	if err != nil {
@@ -309,6 +370,9 @@ func (s *SQLite) CreateKey(ctx context.Context, k *Key, tags []Tag) error {
 				}
 			}
 		}
+		if err := usableDomainKeys(ctx, tx, k.MaterialStoreID(), newDomainKeys(nil, k)); err != nil {
+			return err
+		}
 		_, err := tx.ExecContext(ctx, `INSERT INTO keys (`+keyColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`, vals...)
 		if isConstraint(err) {
 			return ErrAlreadyExists
@@ -333,11 +397,16 @@ func (s *SQLite) UpdateKey(ctx context.Context, account, region, id string, fn f
 		if err != nil {
 			return err
 		}
+		before := *k
+		before.Materials = slices.Clone(k.Materials)
 		if err := fn(k); err != nil {
 			return err
 		}
 		// The identity is the row's; fn may not move the key.
 		k.Account, k.Region, k.ID = account, region, id
+		if err := usableDomainKeys(ctx, tx, k.MaterialStoreID(), newDomainKeys(&before, k)); err != nil {
+			return err
+		}
 		vals, err := keyValues(k)
 		if err != nil {
 			return err
@@ -686,48 +755,15 @@ func (s *SQLite) ListTags(ctx context.Context, account, region, keyID, marker st
 	return out, next, nil
 }
 
-// lockWrites queues this process's writers in Go. SQLite admits one writer
-// at a time regardless, but its busy handler polls with sleeps of up to
-// 100ms, which is unfair: under contention an unlucky writer can sleep past
-// busy_timeout and fail with SQLITE_BUSY, and the others wait longer than
-// they need (BenchmarkUpdateKey was 5-35% slower without this, depending on
-// fsync latency). Readers never take it, and another process on the same
-// file still meets the busy handler. A channel rather than a mutex so that
-// a waiter honours its context.
-func (s *SQLite) lockWrites(ctx context.Context) (unlock func(), err error) {
-	select {
-	case s.writer <- struct{}{}:
-		return func() { <-s.writer }, nil
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-}
-
-// exec runs a single-statement write; SQLite commits it on its own.
+// exec runs a single-statement write, as a write of its own.
 func (s *SQLite) exec(ctx context.Context, query string, args ...any) (sql.Result, error) {
-	unlock, err := s.lockWrites(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer unlock()
-	return s.db.ExecContext(ctx, query, args...)
-}
-
-func (s *SQLite) tx(ctx context.Context, fn func(*sql.Tx) error) error {
-	unlock, err := s.lockWrites(ctx)
-	if err != nil {
+	var res sql.Result
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		var err error
+		res, err = tx.ExecContext(ctx, query, args...)
 		return err
-	}
-	defer unlock()
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return err
-	}
-	if err := fn(tx); err != nil {
-		tx.Rollback()
-		return err
-	}
-	return tx.Commit()
+	})
+	return res, err
 }
 
 // Markers are the last sort key returned, so a page is stable under
@@ -960,6 +996,9 @@ func (s *SQLite) DeleteKeyStore(ctx context.Context, id string) error {
 		if _, err := tx.ExecContext(ctx, `DELETE FROM key_stores WHERE id = ?`, id); err != nil {
 			return err
 		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM domain_keys WHERE key_store_id = ?`, id); err != nil {
+			return err
+		}
 		_, err := tx.ExecContext(ctx, `DELETE FROM token_identities WHERE key_store_id = ?`, id)
 		return err
 	})
@@ -996,6 +1035,9 @@ func (s *SQLite) DeleteKeyOrphaning(ctx context.Context, k *Key, now time.Time) 
 		}
 		arn := "arn:aws:kms:" + k.Region + ":" + k.Account + ":key/" + k.ID
 		for _, m := range k.Materials {
+			if len(m.Wrapped) > 0 {
+				continue // nothing of it is on the token
+			}
 			if _, err := tx.ExecContext(ctx, `INSERT INTO orphans (key_store_id, key_arn, token_id, deleted) VALUES (?,?,?,?)`,
 				k.CustomKeyStoreID, arn, m.TokenID, toNanos(now)); err != nil {
 				return err
