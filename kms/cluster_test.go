@@ -366,10 +366,10 @@ func TestOnDemandRotationMarkAcrossNodes(t *testing.T) {
 	require.Len(t, nodes[1].rotations(b, id, false), 1)
 }
 
-// proxy forwards TCP connections to a server until cut, which closes
+// tcpProxy forwards TCP connections to a server until cut, which closes
 // every connection and refuses new ones, as a network partition would
 // (with resets rather than silence, which the watcher's probe covers).
-type proxy struct {
+type tcpProxy struct {
 	t      *testing.T
 	target string
 	mu     sync.Mutex
@@ -378,14 +378,14 @@ type proxy struct {
 	conns  []net.Conn
 }
 
-func newProxy(t *testing.T, target string) *proxy {
-	p := &proxy{t: t, target: target}
+func newProxy(t *testing.T, target string) *tcpProxy {
+	p := &tcpProxy{t: t, target: target}
 	p.listen("127.0.0.1:0")
 	t.Cleanup(p.cut)
 	return p
 }
 
-func (p *proxy) listen(addr string) {
+func (p *tcpProxy) listen(addr string) {
 	ln, err := net.Listen("tcp", addr)
 	require.NoError(p.t, err)
 	p.mu.Lock()
@@ -411,7 +411,7 @@ func (p *proxy) listen(addr string) {
 	}()
 }
 
-func (p *proxy) cut() {
+func (p *tcpProxy) cut() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.ln != nil {
@@ -424,7 +424,7 @@ func (p *proxy) cut() {
 	p.conns = nil
 }
 
-func (p *proxy) restore() { p.listen(p.addr) }
+func (p *tcpProxy) restore() { p.listen(p.addr) }
 
 // TestNodeLosesDatabase: a node cut off from PostgreSQL answers with
 // AWS's exceptions for a dependency it cannot reach, cached keys included
@@ -432,7 +432,7 @@ func (p *proxy) restore() { p.listen(p.addr) }
 // the other node serves on; reconnected, it recovers by itself.
 func TestNodeLosesDatabase(t *testing.T) {
 	t.Parallel()
-	var px *proxy
+	var px *tcpProxy
 	nodes := newNodes(t, 2, func(i int, e *env) {
 		if i == 1 {
 			u, err := url.Parse(e.dbURL)

@@ -102,6 +102,23 @@ type env struct {
 	dbURL      string
 	node       string
 	sync, jobs time.Duration
+	// xks, if set by a setup hook, is how external key stores reach
+	// their proxies.
+	xks kms.XKSConfig
+	// material is how the default key store holds key material:
+	// testKeyMaterial unless a setup hook pins it.
+	material keystore.MaterialConfig
+}
+
+// testKeyMaterial is how the suite's default key stores hold material:
+// wrapped (the default for new deployments) unless
+// HSMKMS_TEST_KEY_MATERIAL says token_objects; `make test` runs the suite
+// both ways.
+func testKeyMaterial() keystore.KeyMaterial {
+	if v := os.Getenv("HSMKMS_TEST_KEY_MATERIAL"); v != "" {
+		return keystore.KeyMaterial(v)
+	}
+	return keystore.Wrapped
 }
 
 // syncBuffer is a bytes.Buffer safe for the server's concurrent writes.
@@ -128,7 +145,7 @@ func newEnv(t *testing.T) *env { return newEnvWith(t, nil) }
 // clusters, say).
 func newEnvWith(t *testing.T, setup func(e *env)) *env {
 	e := &env{t: t, tok: hsmtest.NewToken(t), dbPath: filepath.Join(t.TempDir(), "hsmkms.db"), clock: &clock{now: time.Now()},
-		clusterToken: map[string]hsmtest.Token{}}
+		clusterToken: map[string]hsmtest.Token{}, material: keystore.MaterialConfig{Mode: testKeyMaterial()}}
 	if setup != nil {
 		setup(e)
 	}
@@ -152,6 +169,8 @@ func (e *env) start() {
 		NodeID:       e.node,
 		SyncInterval: e.sync,
 		JobInterval:  e.jobs,
+		XKS:          e.xks,
+		KeyMaterial:  e.material,
 	}
 	if e.dbURL != "" {
 		cfg.Database, cfg.DatabaseURL = "", e.dbURL

@@ -351,6 +351,9 @@ func (s *Service) syncKeyStores(ctx context.Context) {
 	}
 	known := map[string]bool{}
 	for _, ks := range all {
+		if ks.Type == storeTypeExternal {
+			continue
+		}
 		known[ks.ID] = true
 		s.syncKeyStore(ctx, ks, s.registered(ks))
 	}
@@ -462,7 +465,7 @@ func (s *Service) CustomKeyStoresReady(ctx context.Context) error {
 	}
 	var out []string
 	for _, ks := range all {
-		if keystore.ConnectionState(ks.ConnectionState) != keystore.Connected {
+		if ks.Type == storeTypeExternal || keystore.ConnectionState(ks.ConnectionState) != keystore.Connected {
 			continue
 		}
 		if st, code := s.registered(ks).State(); st != keystore.Connected {

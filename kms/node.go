@@ -118,6 +118,8 @@ func (s *Service) runCluster(ctx context.Context) {
 		err := s.store.Heartbeat(hctx, s.node, s.started, time.Now())
 		if err == nil {
 			s.syncKeyStores(hctx)
+			s.syncXKSStores(hctx)
+			s.refreshDomainKeys(hctx)
 		}
 		cancel()
 		switch {
@@ -133,6 +135,23 @@ func (s *Service) runCluster(ctx context.Context) {
 			return
 		case <-t.C:
 		case <-s.kick:
+		}
+	}
+}
+
+// refreshDomainKeys follows, on a shared database, the domain keys another
+// node rotated or destroyed: a node makes new material under the ACTIVE
+// one the database names, not one another node retired (material under a
+// retired key would only wait for the next rewrap; under a destroyed one
+// the store refuses it). Told at once through the change feed, and every
+// syncInterval anyway; one read per store when nothing changed.
+func (s *Service) refreshDomainKeys(ctx context.Context) {
+	if !s.shared {
+		return
+	}
+	for _, ks := range s.hierarchyStores() {
+		if err := ks.RefreshDomainKeys(ctx); err != nil && ctx.Err() == nil {
+			s.log.Warn("reading the domain keys another node changed", "store", ks.ID(), "error", err)
 		}
 	}
 }

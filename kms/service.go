@@ -30,6 +30,8 @@ type Config struct {
 	// SyncInterval is how often the node records its heartbeat and looks
 	// at the custom key stores; 0 is defaultSyncInterval.
 	SyncInterval time.Duration
+	// XKS is how external key stores reach their proxies.
+	XKS XKSConfig
 }
 
 // Service implements the KMS operations. Safe for concurrent use; it holds
@@ -48,8 +50,16 @@ type Service struct {
 	stop        context.CancelFunc
 	bg          sync.WaitGroup
 	jobInterval time.Duration
-	report      *Report
-	ops         []*operation // the operation table
+	// domainKeyRotation is how old an active domain key may grow before
+	// the domain key job replaces it; 0: never.
+	domainKeyRotation time.Duration
+	report            *Report
+	// xksCfg is how external key stores reach their proxies; xksStores
+	// holds this node's side of each one's connection (*xksLive by store
+	// id; xksstores.go).
+	xksCfg    XKSConfig
+	xksStores sync.Map
+	ops       []*operation // the operation table
 	// node is this node's id and started when this run of it began;
 	// shared says other nodes write the store too (it is a Watcher).
 	node         string
@@ -91,7 +101,7 @@ func New(cfg Config) *Service {
 		cache.SetLive(false) // until Start's watcher listens
 	}
 	s := &Service{store: cache, cache: cache, keystores: cfg.KeyStores, log: cfg.Logger, now: cfg.Now, clusters: clusters,
-		node: cfg.NodeID, started: time.Now(), shared: shared, syncInterval: cfg.SyncInterval, kick: make(chan struct{}, 1)}
+		node: cfg.NodeID, started: time.Now(), shared: shared, syncInterval: cfg.SyncInterval, kick: make(chan struct{}, 1), xksCfg: cfg.XKS}
 	s.life, s.stop = context.WithCancel(context.Background())
 	s.ops = s.operations()
 	return s
@@ -115,9 +125,10 @@ func (s *Service) Supported(op string) bool {
 }
 
 // token returns the key store holding k's material, or the exception AWS
-// gives for a key whose store cannot be used now.
+// gives for a key whose store cannot be used now. A key of an external key
+// store has its material of hsmkms's own on the default key store.
 func (s *Service) token(k *store.Key) (*keystore.Store, error) {
-	ks, err := s.keystores.Get(k.CustomKeyStoreID)
+	ks, err := s.keystores.Get(materialStoreID(k))
 	if err != nil {
 		return nil, err
 	}
@@ -125,6 +136,11 @@ func (s *Service) token(k *store.Key) (*keystore.Store, error) {
 		return nil, tokenError(err, tokenCall{key: k})
 	}
 	return ks, nil
+}
+
+// materialStoreID is the key store whose token holds k's material.
+func materialStoreID(k *store.Key) string {
+	return k.MaterialStoreID()
 }
 
 // tokenFor is token for an operation that is about to use k's material:

@@ -45,7 +45,7 @@ node() {
   local name=$1 data=$2; shift 2
   local p out="$tmp/$name.out"
   p=$(port)
-  "$bin" serve --data-dir "$data" --listen "127.0.0.1:$p" "$@" >"$out" 2>"$tmp/$name.log" &
+  "$bin" serve --data-dir "$data" --listen "127.0.0.1:$p" --xks-listen "127.0.0.1:$(port)" "$@" >"$out" 2>"$tmp/$name.log" &
   pid=$!
   pids+=("$pid")
   for _ in $(seq 1 300); do

@@ -63,7 +63,9 @@ url_file="$dir/postgres/url"
 start() {
   local n=$1 port=$2 out="$dir/node-$1.out" log="$dir/node-$1.log"
   : >"$out"
-  "$bin" serve --data-dir "$dir/data" --listen "127.0.0.1:$port" \
+  # Each node's XKS proxy listens 100 above its port (the default, one
+  # above, is the other node's).
+  "$bin" serve --data-dir "$dir/data" --listen "127.0.0.1:$port" --xks-listen "127.0.0.1:$((port + 100))" \
     --database-url-file "$url_file" --node-id "node-$n" >"$out" 2>>"$log" &
   local pid=$!
   pids+=("$pid")
