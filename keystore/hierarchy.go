@@ -317,8 +317,24 @@ func (h *hierarchy) load(ctx context.Context) error {
 		}
 	}
 	h.mu.Lock()
+	old := h.keys
 	h.keys, h.active = keys, active
 	h.mu.Unlock()
+	// A domain key another process destroyed: nothing unwrapped from it,
+	// nor its session copy, stays here.
+	for id, dk := range old {
+		if keys[id] != nil {
+			continue
+		}
+		h.cache.dropWhere(func(key string) bool { return strings.HasSuffix(key, "/"+id) })
+		dk.mu.Lock()
+		use := dk.use
+		dk.use = hsm.ObjectRef{}
+		dk.mu.Unlock()
+		if use.IsSessionObject() {
+			_ = h.tok.DestroyObject(ctx, use)
+		}
+	}
 	return nil
 }
 

@@ -1,6 +1,7 @@
 package keystore
 
 import (
+	"strings"
 	"context"
 	"fmt"
 
@@ -99,6 +100,18 @@ func (s *Store) RefreshDomainKeys(ctx context.Context) error {
 		return nil
 	}
 	return h.refresh(ctx)
+}
+
+// ForgetKey drops from the store's cache the unwrapped material of every
+// version of the key keyID: for a key another process deleted, so that
+// no copy of its material outlives it here. A scan of the cache.
+func (s *Store) ForgetKey(keyID [KeyIDSize]byte) {
+	h := s.hier.Load()
+	if h == nil {
+		return
+	}
+	prefix := string(keyID[:])
+	h.cache.dropWhere(func(key string) bool { return strings.HasPrefix(key, prefix) })
 }
 
 // Rewrap returns m, wrapped material, wrapped under the store's ACTIVE

@@ -209,3 +209,40 @@ func TestExternalKeyStoreOnTwoNodes(t *testing.T) {
 		return err
 	})
 }
+
+// TestUnwrappedMaterialFollowsOtherNodes: a node drops the material it
+// unwrapped for a key (and its cached metadata) as soon as another node
+// changes the key, so that a key deleted there leaves no copy of its
+// material here; a key still in use is unwrapped again at its next use.
+func TestUnwrappedMaterialFollowsOtherNodes(t *testing.T) {
+	t.Parallel()
+	nodes := newNodes(t, 2, func(_ int, e *env) { e.material = keystore.MaterialConfig{Mode: keystore.Wrapped} })
+	c1, c2 := nodes[0].admin(), nodes[1].admin()
+	id := nodes[0].createKey(c1)
+	out, err := c2.Encrypt(bg(), &awskms.EncryptInput{KeyId: &id, Plaintext: []byte("x")})
+	require.NoError(t, err)
+	objects := func() int {
+		st, err := nodes[1].svc.MaterialCache(keystore.DefaultID)
+		require.NoError(t, err)
+		return st.Objects
+	}
+	require.Equal(t, 1, objects(), "node 2 unwrapped the key's material")
+	_, err = c1.ScheduleKeyDeletion(bg(), &awskms.ScheduleKeyDeletionInput{KeyId: &id, PendingWindowInDays: int32Ptr(7)})
+	require.NoError(t, err)
+	within(t, time.Second, "node 2 drops what it unwrapped", func() error {
+		if n := objects(); n != 0 {
+			return fmt.Errorf("%d objects", n)
+		}
+		return nil
+	})
+	_, err = c2.Decrypt(bg(), &awskms.DecryptInput{CiphertextBlob: out.CiphertextBlob})
+	require.Equal(t, "KMSInvalidStateException", apiCode(err), "and its cached metadata")
+	_, err = c1.CancelKeyDeletion(bg(), &awskms.CancelKeyDeletionInput{KeyId: &id})
+	require.NoError(t, err)
+	_, err = c1.EnableKey(bg(), &awskms.EnableKeyInput{KeyId: &id})
+	require.NoError(t, err)
+	within(t, time.Second, "node 2 uses the key again", func() error {
+		_, err := c2.Decrypt(bg(), &awskms.DecryptInput{CiphertextBlob: out.CiphertextBlob})
+		return err
+	})
+}

@@ -289,7 +289,7 @@ func (s *Service) Start() {
 	if w, ok := s.cache.Store.(store.Watcher); ok {
 		s.goBackground(func() {
 			w.Watch(s.life, store.Changes{
-				Key:      s.cache.Invalidate,
+				Key:      s.keyChanged,
 				KeyStore: func(string) { s.kickSync() },
 				Live: func(live bool) {
 					s.cache.SetLive(live)
@@ -308,6 +308,23 @@ func (s *Service) Start() {
 		s.goBackground(func() { s.RunReaper(s.life, s.jobInterval) })
 		s.goBackground(func() { s.RunRotator(s.life, s.jobInterval) })
 		s.goBackground(func() { s.RunDomainKeys(s.life, s.jobInterval) })
+	}
+}
+
+// keyChanged is what a node does when the change feed says another node
+// changed a key: its cached metadata is dropped, and so is its material
+// unwrapped here (a key deleted there leaves no copy of its material on
+// this node's token; one still in use is unwrapped again at its next use).
+func (s *Service) keyChanged(account, region, id string) {
+	s.cache.Invalidate(account, region, id)
+	uuid, ok := parseUUID(id)
+	if !ok {
+		return
+	}
+	for _, storeID := range append([]string{keystore.DefaultID}, s.keystores.CustomIDs()...) {
+		if ks, err := s.keystores.Get(storeID); err == nil {
+			ks.ForgetKey(uuid)
+		}
 	}
 }
 
