@@ -1,9 +1,9 @@
 package keystore
 
 import (
-	"strings"
 	"context"
 	"fmt"
+	"strings"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hsmkms/hsmkms/hsm"
