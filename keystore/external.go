@@ -129,10 +129,19 @@ func OpenExternalKeys(ctx context.Context, cfg TokenConfig, pin string, guard *S
 	if err != nil {
 		return nil, fmt.Errorf("keystore: external keys: %w", err)
 	}
-	if err := guard.BeforeRewrite(info); err != nil {
+	// SoftHSM2 rewrites token.object at every login: one process sharing
+	// the token store at a time (the lock of the processes sharing the
+	// metadata database, as for every other login).
+	unlock, err := guard.lockIdentity(ctx, "xks-proxy")
+	if err != nil {
 		return nil, err
 	}
-	if err := tok.Login(ctx, pin); err != nil {
+	err = guard.BeforeRewrite(info)
+	if err == nil {
+		err = tok.Login(ctx, pin)
+	}
+	unlock()
+	if err != nil {
 		return nil, fmt.Errorf("keystore: external keys: %w", err)
 	}
 	x := &ExternalKeys{tok: tok, info: info}
