@@ -283,6 +283,7 @@ func (h *hierarchy) load(ctx context.Context) error {
 		return err
 	}
 	keys := map[string]*domainKey{}
+	states := map[string]string{}
 	var active *domainKey
 	for _, r := range recs {
 		switch r.State {
@@ -310,13 +311,17 @@ func (h *hierarchy) load(ctx context.Context) error {
 			}
 			dk = &domainKey{id: r.ID, created: r.Created, trusted: info.Trusted}
 		}
-		dk.state = r.State
 		keys[r.ID] = dk
+		states[r.ID] = r.State
 		if r.State == domainKeyActive {
 			active = dk
 		}
 	}
+	// A domain key's state is read under mu: set it there.
 	h.mu.Lock()
+	for id, st := range states {
+		keys[id].state = st
+	}
 	old := h.keys
 	h.keys, h.active = keys, active
 	h.mu.Unlock()
@@ -421,8 +426,9 @@ func (h *hierarchy) destroy(ctx context.Context, id string) error {
 	}
 	h.mu.RLock()
 	dk := h.keys[id]
+	retired := dk != nil && dk.state == domainKeyRetired
 	h.mu.RUnlock()
-	if dk == nil || dk.state != domainKeyRetired {
+	if !retired {
 		return fmt.Errorf("keystore: domain key %s of %s is not retired", id, StoreDescription(h.storeID))
 	}
 	if err := h.rec.RetireDomainKey(ctx, h.storeID, id); err != nil {
