@@ -254,6 +254,8 @@ type xksLive struct {
 	// made is what client was made from (proxy settings and sealed
 	// secret; guarded by mu), to see a change another node recorded.
 	made string
+	// checked is when a request last read the record (xksRecheck).
+	checked atomic.Int64
 }
 
 // xksMadeFrom is what a proxy client of ks depends on.
@@ -753,13 +755,43 @@ func (s *Service) syncXKSStore(ctx context.Context, ks *store.KeyStore) {
 }
 
 // xksConnected returns the client of the external key store id, or nil
-// when the store is not CONNECTED.
+// when the store is not CONNECTED. A store this node does not hold as
+// CONNECTED is looked up in the database first (at most every
+// xksRecheck): another node may have connected it a moment ago, before
+// the change feed told this one.
 func (s *Service) xksConnected(id string) *xks.Client {
 	live := s.xksStore(id)
 	if st, _ := live.state(); st != keystore.Connected {
-		return nil
+		if !s.xksRecheck(id, live) {
+			return nil
+		}
+		if st, _ := live.state(); st != keystore.Connected {
+			return nil
+		}
 	}
 	return live.client.Load()
+}
+
+// xksRecheckEvery bounds how often a node reads the record of an external
+// key store it does not hold as CONNECTED on the request path.
+const xksRecheckEvery = 50 * time.Millisecond
+
+// xksRecheck brings live in line with the store's record, unless it did
+// less than xksRecheckEvery ago; it reports whether it looked.
+func (s *Service) xksRecheck(id string, live *xksLive) bool {
+	now := time.Now().UnixNano()
+	last := live.checked.Load()
+	if now-last < int64(xksRecheckEvery) || !live.checked.CompareAndSwap(last, now) {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(s.life, 5*time.Second)
+	defer cancel()
+	ks, err := s.store.GetKeyStore(ctx, id)
+	if err != nil || ks.Type != storeTypeExternal {
+		return false
+	}
+	s.syncXKSStore(ctx, ks)
+	return true
 }
 
 // closeXKS drops every proxy client's connections.
