@@ -3,6 +3,7 @@ package hsm
 import (
 	"context"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"strconv"
 
@@ -324,6 +325,12 @@ func (t *Token) ListObjects(ctx context.Context, class uint) ([]ObjectInfo, erro
 		}
 		for _, h := range hs {
 			info, err := t.describeObject(s, h)
+			var code pkcs11.Error
+			if errors.As(err, &code) && uint(code) == pkcs11.CKR_OBJECT_HANDLE_INVALID {
+				// Destroyed, by another process sharing the token, between
+				// the search and this read: gone, so not listed.
+				continue
+			}
 			if err != nil {
 				return err
 			}

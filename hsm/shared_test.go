@@ -316,12 +316,11 @@ func TestSharedTokenConcurrentWrites(t *testing.T) {
 }
 
 // TestSharedTokenObjectsWhileAnotherProcessMakesSome: a process lists a
-// token's objects while another makes and destroys objects on it. What
-// SoftHSM2 does (a limit the README states): an object that stays is in
-// every list that succeeds, but a list can fail with
-// CKR_OBJECT_HANDLE_INVALID when an object it found is destroyed before its
-// attributes are read. hsmkms lists a token's objects only at start
-// (Inventory) and in admin commands, never while serving.
+// token's objects while another makes and destroys objects on it: an
+// object that stays is in every list, and no list fails. (SoftHSM2 answers
+// CKR_OBJECT_HANDLE_INVALID for an object found and destroyed before its
+// attributes are read, which would fail a node's start-up check while
+// another node deletes keys: ListObjects leaves such an object out.)
 func TestSharedTokenObjectsWhileAnotherProcessMakesSome(t *testing.T) {
 	t.Parallel()
 	tok, tt := open(t, nil, 2)
@@ -341,6 +340,6 @@ func TestSharedTokenObjectsWhileAnotherProcessMakesSome(t *testing.T) {
 	var missing, failed int
 	_, err = fmt.Sscan(got, &missing, &failed)
 	require.NoError(t, err)
-	assert.Zero(t, missing, "an object that stays is in every list that succeeds")
-	t.Logf("200 lists while another process made and destroyed 60 objects: %d failed (an object gone between find and read)", failed)
+	assert.Zero(t, missing, "an object that stays is in every list")
+	assert.Zero(t, failed, "no list fails")
 }
