@@ -79,6 +79,28 @@ type operation struct {
 	aliases      bool
 	states       stateRule
 	origin       string
+
+	// action and requires are "kms:"+name and required(), computed once
+	// when the table is built (every request reads them); iamAction and
+	// requirements fall back to computing them for a row built elsewhere.
+	action   string
+	requires []requirement
+}
+
+// iamAction is the operation's own IAM action, "kms:"+name.
+func (op *operation) iamAction() string {
+	if op.action == "" {
+		return "kms:" + op.name
+	}
+	return op.action
+}
+
+// requirements is required(), computed once.
+func (op *operation) requirements() []requirement {
+	if op.requires == nil {
+		return op.required()
+	}
+	return op.requires
 }
 
 // requirement is one authorization decision an operation's contract
@@ -145,7 +167,7 @@ func (s *Service) operations() []*operation {
 		op.origin = origin
 		return op
 	}
-	return []*operation{
+	ops := []*operation{
 		// Keys.
 		{name: "CreateKey", handle: typed(s.CreateKey), auth: authCreateKey},
 		describe,
@@ -212,6 +234,11 @@ func (s *Service) operations() []*operation {
 		onKeyOp("ReplicateKey", nil, anyState),
 		onKeyOp("UpdatePrimaryRegion", nil, anyState),
 	}
+	for _, op := range ops {
+		op.action = "kms:" + op.name
+		op.requires = op.required()
+	}
+	return ops
 }
 
 // errUnauthorized is what proceed and the runner return for a request

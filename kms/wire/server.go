@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -113,6 +114,23 @@ type Server struct {
 
 const contentType = "application/x-amz-json-1.1"
 
+// Every response's headers, by their canonical names (net/http sends
+// x-amzn-RequestId as X-Amzn-Requestid, as it always has): set directly,
+// Header.Set would canonicalize the name again on every request.
+const (
+	requestIDHeader   = "X-Amzn-Requestid"
+	contentTypeHeader = "Content-Type"
+)
+
+// contentTypeValue is shared by every response: net/http copies a
+// handler's headers before it writes them and never changes a value.
+var contentTypeValue = []string{contentType}
+
+func setHeaders(h http.Header, requestID string) {
+	h[requestIDHeader] = []string{requestID}
+	h[contentTypeHeader] = contentTypeValue
+}
+
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	now := time.Now
 	if s.Now != nil {
@@ -123,8 +141,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
 		c.SourceIP = host
 	}
-	w.Header().Set("x-amzn-RequestId", c.RequestID)
-	w.Header().Set("Content-Type", contentType)
+	setHeaders(w.Header(), c.RequestID)
 
 	status, outcome := s.serve(w, r, c)
 	if s.Logger != nil {
@@ -243,5 +260,15 @@ func newRequestID() string {
 	rand.Read(b[:])
 	b[6] = b[6]&0x0f | 0x40
 	b[8] = b[8]&0x3f | 0x80
-	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+	var s [36]byte
+	hex.Encode(s[0:8], b[0:4])
+	s[8] = '-'
+	hex.Encode(s[9:13], b[4:6])
+	s[13] = '-'
+	hex.Encode(s[14:18], b[6:8])
+	s[18] = '-'
+	hex.Encode(s[19:23], b[8:10])
+	s[23] = '-'
+	hex.Encode(s[24:36], b[10:16])
+	return string(s[:])
 }
