@@ -18,6 +18,7 @@ import (
 	"strings"
 	"time"
 
+	jsonv2 "github.com/go-json-experiment/json"
 	jsonv1 "github.com/go-json-experiment/json/v1"
 	"github.com/hashicorp/go-hclog"
 )
@@ -64,6 +65,12 @@ type Route struct {
 	Handle func(ctx context.Context, c *Call, body []byte) (any, error)
 }
 
+// decodeOptions are encoding/json's semantics, less its habit of scanning
+// the whole body for syntax before decoding it: Validate has read the
+// body already, and a body refused for any reason is decoded again by
+// encoding/json itself.
+var decodeOptions = jsonv2.JoinOptions(jsonv1.DefaultOptionsV1(), jsonv1.ReportErrorsWithLegacySemantics(false))
+
 // Decode unmarshals a request body into v (a pointer to a struct),
 // answering malformed JSON with AWS's SerializationException. An empty
 // body leaves v as it is.
@@ -79,7 +86,7 @@ func Decode(body []byte, v any) error {
 	if len(bytes.TrimSpace(body)) == 0 {
 		return nil
 	}
-	if err := jsonv1.Unmarshal(body, v); err != nil {
+	if err := jsonv2.Unmarshal(body, v, decodeOptions); err != nil {
 		reflect.ValueOf(v).Elem().SetZero()
 		if err := json.Unmarshal(body, v); err != nil {
 			return serialization("Malformed request body: " + describeJSONError(err))
