@@ -152,9 +152,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	status, outcome := s.serve(w, r, c)
 	if s.Logger != nil {
-		attrs := append([]any{"request_id", c.RequestID, "operation", c.Op, "outcome", outcome, "status", status,
-			"latency", time.Since(start), "source_ip", c.SourceIP}, c.logAttrs...)
-		s.Logger.Info("request", attrs...)
+		attrs := make([]any, 0, 12+len(c.logAttrs))
+		attrs = append(attrs, "request_id", c.RequestID, "operation", c.Op, "outcome", outcome, "status", status,
+			"latency", time.Since(start), "source_ip", c.SourceIP)
+		s.Logger.Info("request", append(attrs, c.logAttrs...)...)
 	}
 }
 
