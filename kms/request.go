@@ -87,7 +87,7 @@ func (r *Request) action() string { return r.op.iamAction() }
 // the runner's fail-closed check, also made at proceed.
 func (r *Request) authorized() bool {
 	var few [8]bool
-	used := few[:0]
+	var used []bool
 	if len(r.decisions) > len(few) {
 		used = make([]bool, len(r.decisions))
 	} else {
