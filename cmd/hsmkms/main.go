@@ -19,6 +19,7 @@ func main() {
 		usage()
 		os.Exit(2)
 	}
+	killAt()
 	var err error
 	switch os.Args[1] {
 	case "serve":
@@ -29,6 +30,12 @@ func main() {
 		err = clusters(os.Args[2:])
 	case "reset-kmsuser":
 		err = resetKmsuser(os.Args[2:])
+	case "xks-keys":
+		err = xksKeys(os.Args[2:])
+	case "domain-keys":
+		err = domainKeys(os.Args[2:])
+	case "migrate-keys":
+		err = migrateKeys(os.Args[2:])
 	case "version", "--version", "-v":
 		fmt.Println("hsmkms", version)
 	case "help", "-h", "--help":
@@ -52,6 +59,9 @@ commands:
   tokens         list the tokens a PKCS#11 module offers, and damaged SoftHSM2 tokens (--module PATH or --data-dir DIR)
   clusters       list the tokens declared as CloudHSM clusters and the key stores using them
   reset-kmsuser  set a new kmsuser password with the token's SO PIN (--cluster ID --so-pin-file F --new-password-file F)
+  xks-keys       list, create, enable or disable the XKS proxy's external keys (list|create|enable|disable --id KEY [--usage ENCRYPT,DECRYPT])
+  domain-keys    list the key stores' domain keys; --rotate makes a new active one (serve stopped)
+  migrate-keys   move the default key store's token-object keys to wrapped, where the token allows (serve stopped)
   version        print the version
 `)
 }
