@@ -16,6 +16,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	jsonv2 "github.com/go-json-experiment/json"
@@ -199,14 +200,48 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, c *Call) (int, st
 	if err != nil {
 		return s.writeErr(w, c, err)
 	}
-	resp, err := json.Marshal(out)
+	resp, err := encodeResponse(out)
 	if err != nil {
 		return s.writeErr(w, c, fmt.Errorf("wire: encoding %s response: %w", c.Op, err))
 	}
-	w.Header().Set("Content-Length", strconv.Itoa(len(resp)))
+	defer resp.release()
+	w.Header().Set("Content-Length", strconv.Itoa(len(resp.body)))
 	w.WriteHeader(http.StatusOK)
-	w.Write(resp)
+	w.Write(resp.body)
 	return http.StatusOK, "ok"
+}
+
+// response is a response body encoded into a pooled buffer: net/http
+// copies what a handler writes, so the buffer serves the next response,
+// and a response costs no allocation of its size and no copy of it.
+type response struct {
+	buf  *bytes.Buffer
+	body []byte
+}
+
+var responseBuffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// maxPooledResponse keeps a rare large response (a long ListKeys page)
+// from pinning its buffer in the pool.
+const maxPooledResponse = 64 << 10
+
+// encodeResponse is json.Marshal(out), byte for byte: json.Encoder
+// encodes as Marshal does (HTML-safe escaping included) and ends with a
+// newline, which is left out.
+func encodeResponse(out any) (response, error) {
+	buf := responseBuffers.Get().(*bytes.Buffer)
+	buf.Reset()
+	if err := json.NewEncoder(buf).Encode(out); err != nil {
+		responseBuffers.Put(buf)
+		return response{}, err
+	}
+	return response{buf: buf, body: bytes.TrimSuffix(buf.Bytes(), []byte{'\n'})}, nil
+}
+
+func (r response) release() {
+	if r.buf.Cap() <= maxPooledResponse {
+		responseBuffers.Put(r.buf)
+	}
 }
 
 func (s *Server) call(ctx context.Context, route Route, c *Call, body []byte) (out any, err error) {
