@@ -359,17 +359,17 @@ type transitions struct {
 	mu      sync.Mutex
 	pending map[[2]string]bool // account, id
 	nudge   chan struct{}
-	// hold, if set, runs before a transition is finished; tests use it to
-	// watch the transient states.
-	hold func()
+	// paused holds the finishing back; tests use it to watch the
+	// transient states and to stop the process in the middle.
+	paused bool
 }
 
 func (t *transitions) init() { t.nudge = make(chan struct{}, 1) }
 
-func (t *transitions) holdFn() func() {
+func (t *transitions) isPaused() bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return t.hold
+	return t.paused
 }
 
 func (t *transitions) add(account, id string) {
@@ -408,8 +408,8 @@ func (s *Service) runTransitions(ctx context.Context) {
 		case <-s.transitions.nudge:
 		case <-retry.C:
 		}
-		if hold := s.transitions.holdFn(); hold != nil {
-			hold()
+		if s.transitions.isPaused() {
+			continue
 		}
 		for _, k := range s.transitions.take() {
 			if err := s.finishTransitions(ctx, k[0], k[1]); err != nil && !isNotFound(err) && ctx.Err() == nil {
