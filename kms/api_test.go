@@ -537,14 +537,6 @@ func TestUnsupportedOperations(t *testing.T) {
 			_, err := c.GetKeyLastUsage(bg(), &awskms.GetKeyLastUsageInput{KeyId: &id})
 			return err
 		},
-		"ReplicateKey": func() error {
-			_, err := c.ReplicateKey(bg(), &awskms.ReplicateKeyInput{KeyId: &id, ReplicaRegion: aws.String("us-east-2")})
-			return err
-		},
-		"UpdatePrimaryRegion": func() error {
-			_, err := c.UpdatePrimaryRegion(bg(), &awskms.UpdatePrimaryRegionInput{KeyId: &id, PrimaryRegion: aws.String("us-east-2")})
-			return err
-		},
 	} {
 		t.Run(op, func(t *testing.T) {
 			msg, ok := want[op]

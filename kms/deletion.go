@@ -287,7 +287,7 @@ func (s *Service) Reconcile(ctx context.Context) (*Report, error) {
 	var creating []*store.Key
 	var migrated []keystore.Material
 	owners := map[string]*store.Key{} // key uuid (TokenObject.KeyID) → key, for those on the token
-	inFlight := map[[2]string]bool{} // multi-Region keys with a transition to finish
+	inFlight := map[[2]string]bool{}  // multi-Region keys with a transition to finish
 	err = s.store.ForEachKey(ctx, func(k *store.Key) error {
 		if (k.State == string(StateCreating) && k.IsReplica()) || k.NewPrimaryRegion != "" {
 			inFlight[[2]string{k.Account, k.ID}] = true
