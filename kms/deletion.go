@@ -102,6 +102,9 @@ func (s *Service) Reap(ctx context.Context) (int, error) {
 	for _, k := range due {
 		if k.MultiRegion {
 			deleted, err := s.reapFromSet(ctx, k)
+			if errors.Is(err, errNotDueNow) {
+				continue
+			}
 			if err != nil {
 				errs = append(errs, err)
 				continue
@@ -141,6 +144,10 @@ func (s *Service) Reap(ctx context.Context) (int, error) {
 // errLastOfSet: the key is the only one of its set left, so its material
 // goes with it.
 var errLastOfSet = errors.New("kms: the last key of its multi-Region key")
+
+// errNotDueNow: the key changed between the reaper's read and its write
+// (cancelled, or already deleted); nothing to do.
+var errNotDueNow = errors.New("kms: key no longer due for deletion")
 
 // reapFromSet deletes k, a multi-Region key due for deletion, if other keys
 // of its set remain: they name its material, so only its row goes, in the
@@ -184,7 +191,9 @@ func (s *Service) reapFromSet(ctx context.Context, k *store.Key) (bool, error) {
 	case errors.Is(err, errLastOfSet):
 		return false, nil
 	case isNotFound(err):
-		return true, nil
+		return false, errNotDueNow
+	case err == nil:
+		keystore.Step(keystore.StepReplicaDeleted)
 	}
 	return err == nil, err
 }

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hsmkms/hsmkms/keystore"
 	"github.com/hsmkms/hsmkms/kms/store"
 	"github.com/hsmkms/hsmkms/kms/wire"
 )
@@ -262,6 +263,7 @@ func (s *Service) ReplicateKey(ctx context.Context, r *Request, in *ReplicateKey
 		return nil, err
 	}
 	r.touched(arnOf(replica))
+	keystore.Step(keystore.StepReplicaRecorded)
 	s.transitions.add(replica.Account, replica.ID)
 	m := s.metadata(replica)
 	m.MultiRegionConfiguration = multiRegionConfiguration(replica, set)
@@ -349,6 +351,7 @@ func (s *Service) UpdatePrimaryRegion(ctx context.Context, r *Request, in *Updat
 	if err != nil {
 		return nil, err
 	}
+	keystore.Step(keystore.StepPrimaryMoveRecorded)
 	s.transitions.add(k.Account, k.ID)
 	return &Empty{}, nil
 }
