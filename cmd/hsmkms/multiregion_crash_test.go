@@ -54,7 +54,9 @@ func TestCrashDuringMultiRegion(t *testing.T) {
 		run++
 		armed := startServerEnv(t, dir, listen, run, []string{"HSMKMS_KILL_AT=" + step})
 		if call != nil {
-			armed.mustStart()
+			// Not mustStart: it reads the exit status the process's
+			// goroutine writes when the kill comes.
+			require.True(t, armed.ready(), "serve exited before the call")
 			require.Error(t, call(armed.client()), "the server was to die during the call")
 		}
 		requireKilled(t, armed.wait(), armed.log())
