@@ -495,7 +495,7 @@ func TestMultiRegionAuthorization(t *testing.T) {
 	_, err = e.client(mover, region).UpdatePrimaryRegion(bg(), &awskms.UpdatePrimaryRegionInput{KeyId: &id, PrimaryRegion: aws.String(region2)})
 	require.NoError(t, err)
 	e.waitKeyState(a, id, types.KeyStateEnabled)
-	_ = arn
+	assert.Equal(t, types.MultiRegionKeyTypeReplica, describe(t, a, id).MultiRegionConfiguration.MultiRegionKeyType, arn)
 }
 
 // mrkObjects counts the token objects of the multi-Region key id.
@@ -646,4 +646,41 @@ func TestMultiRegionRestartInTheMiddle(t *testing.T) {
 		_, err := cl.Decrypt(bg(), &awskms.DecryptInput{CiphertextBlob: enc.CiphertextBlob})
 		require.NoError(t, err)
 	}
+}
+
+// TestMultiRegionDomainKeyRotation: material held wrapped is the set's:
+// rewrapping it under a new domain key rewraps it for every key of the
+// set at once, after which the old domain key is destroyed and both
+// Regions still decrypt.
+func TestMultiRegionDomainKeyRotation(t *testing.T) {
+	t.Parallel()
+	e := wrappedEnv(t, nil)
+	a, b := e.admin(), e.client(principals[0], region2)
+	id := e.createMRK(a, "", "")
+	e.replicate(a, id, region2)
+	e.waitKeyState(b, id, types.KeyStateEnabled)
+	enc, err := a.Encrypt(bg(), &awskms.EncryptInput{KeyId: &id, Plaintext: []byte("x")})
+	require.NoError(t, err)
+	before, err := e.svc.DomainKeys(bg())
+	require.NoError(t, err)
+	require.Len(t, before, 1)
+	next, err := e.svc.RotateDomainKey(bg(), "")
+	require.NoError(t, err)
+	pass, err := e.svc.RewrapDomainKeys(bg())
+	require.NoError(t, err)
+	assert.Equal(t, 1, pass.Rewrapped, "one material version, rewrapped once for the set")
+	assert.Equal(t, []string{before[0].ID}, pass.Destroyed)
+	for _, c := range []*awskms.Client{a, b} {
+		_, err := c.Decrypt(bg(), &awskms.DecryptInput{CiphertextBlob: enc.CiphertextBlob})
+		require.NoError(t, err)
+	}
+	e.restart()
+	for _, c := range []*awskms.Client{e.admin(), e.client(principals[0], region2)} {
+		_, err := c.Decrypt(bg(), &awskms.DecryptInput{CiphertextBlob: enc.CiphertextBlob})
+		require.NoError(t, err)
+	}
+	after, err := e.svc.DomainKeys(bg())
+	require.NoError(t, err)
+	require.Len(t, after, 1)
+	assert.Equal(t, next, after[0].ID)
 }
