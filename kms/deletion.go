@@ -308,7 +308,9 @@ func (s *Service) Reconcile(ctx context.Context) (*Report, error) {
 		if materialStoreID(k) != "" {
 			return nil // its token is checked when its store connects, not here
 		}
-		if uuid, _, ok := keyIDBytes(k.ID); ok && keyIDs[string(uuid[:])] {
+		if uuid, _, ok := keyIDBytes(k.ID); ok && keyIDs[string(uuid[:])] && (owners[string(uuid[:])] == nil || !k.IsReplica()) {
+			// A multi-Region key's objects are its set's; its primary,
+			// the key that rotates, stands for it.
 			owners[string(uuid[:])] = k
 		}
 		for _, m := range k.Materials {
