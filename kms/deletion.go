@@ -87,18 +87,23 @@ func (s *Service) CancelKeyDeletion(ctx context.Context, r *Request, in *KeyIDIn
 	return &CancelKeyDeletionOutput{KeyId: arnOf(k)}, nil
 }
 
-// Reap deletes every key whose deletion date has passed: first its token
+// Reap finishes multi-Region transitions left by another node
+// (finishStrayTransitions), then deletes every key whose deletion date has
+// passed: first its token
 // objects, then its metadata (with its aliases and tags). The order makes a
 // crash harmless: a key whose objects are gone but whose row remains is
 // simply reaped again. A key whose token cannot be reached stays scheduled
 // and is retried on the next pass. It returns how many keys were deleted.
 func (s *Service) Reap(ctx context.Context) (int, error) {
+	var errs []error
+	if err := s.finishStrayTransitions(ctx); err != nil {
+		errs = append(errs, err)
+	}
 	due, err := s.store.KeysDueForDeletion(ctx, s.now())
 	if err != nil {
-		return 0, err
+		return 0, errors.Join(append(errs, err)...)
 	}
 	n := 0
-	var errs []error
 	for _, k := range due {
 		if k.MultiRegion {
 			deleted, err := s.reapFromSet(ctx, k)

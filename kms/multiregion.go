@@ -441,6 +441,32 @@ func (s *Service) finishTransitions(ctx context.Context, account, id string) err
 	return err
 }
 
+// finishStrayTransitions finishes the transitions recorded in the store
+// that no goroutine of this process is finishing: those of a node (sharing
+// PostgreSQL) that died after recording them. The deletion job runs it on
+// every node; finishing a transition twice changes nothing.
+func (s *Service) finishStrayTransitions(ctx context.Context) error {
+	if s.transitions.isPaused() {
+		return nil
+	}
+	keys, err := s.store.KeysInTransition(ctx)
+	if err != nil {
+		return err
+	}
+	done := map[[2]string]bool{}
+	var errs []error
+	for _, k := range keys {
+		if done[[2]string{k.Account, k.ID}] {
+			continue
+		}
+		done[[2]string{k.Account, k.ID}] = true
+		if err := s.finishTransitions(ctx, k.Account, k.ID); err != nil && !isNotFound(err) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // serves reports whether region is one the service's handler serves.
 func (s *Service) serves(region string) bool {
 	set := s.regions.Load()

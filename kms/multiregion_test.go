@@ -14,6 +14,7 @@ import (
 	"github.com/hsmkms/hsmkms/hsm"
 	"github.com/hsmkms/hsmkms/keystore"
 	"github.com/hsmkms/hsmkms/kms"
+	"github.com/hsmkms/hsmkms/kms/store"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -683,4 +684,31 @@ func TestMultiRegionDomainKeyRotation(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, after, 1)
 	assert.Equal(t, next, after[0].ID)
+}
+
+// TestMultiRegionStrayTransitionFinishedByReap: a move recorded by another
+// node that died (written here straight to the database) is finished by
+// the next pass of the deletion job.
+func TestMultiRegionStrayTransitionFinishedByReap(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	a, b := e.admin(), e.client(principals[0], region2)
+	id := e.createMRK(a, "", "")
+	e.replicate(a, id, region2)
+	e.waitKeyState(b, id, types.KeyStateEnabled)
+	db, err := store.OpenSQLite(e.dbPath)
+	require.NoError(t, err)
+	_, err = db.UpdateKeySet(bg(), account, id, func(keys []*store.Key) (store.SetChange, error) {
+		for _, k := range keys {
+			k.NewPrimaryRegion = region2
+		}
+		return store.SetChange{}, nil
+	})
+	require.NoError(t, err)
+	require.NoError(t, db.Close())
+	_, err = e.svc.Reap(bg())
+	require.NoError(t, err)
+	m := describe(t, b, id)
+	assert.Equal(t, types.KeyStateEnabled, m.KeyState)
+	assert.Equal(t, types.MultiRegionKeyTypePrimary, m.MultiRegionConfiguration.MultiRegionKeyType)
 }

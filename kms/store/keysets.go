@@ -41,6 +41,29 @@ type keySetStore interface {
 	// KeySet returns the multi-Region keys of account with id, by Region;
 	// ErrNotFound if there are none.
 	KeySet(ctx context.Context, account, id string) ([]*Key, error)
+	// KeysInTransition returns the multi-Region keys with a transition to
+	// finish: a replica Creating, or a primary Region being moved.
+	KeysInTransition(ctx context.Context) ([]*Key, error)
+}
+
+// inTransition is KeysInTransition's condition: the same expression as its
+// partial index's (migration 11, written out there so that the migration
+// never changes), which the planner uses only for that expression.
+const (
+	inTransition   = `multi_region = 1 AND (new_primary_region != '' OR (state = 'Creating' AND region != primary_region))`
+	pgInTransition = `multi_region AND (new_primary_region <> '' OR (state = 'Creating' AND region <> primary_region))`
+)
+
+func (s *SQLite) KeysInTransition(ctx context.Context) ([]*Key, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+keyColumns+` FROM keys WHERE `+inTransition)
+	if err != nil {
+		return nil, err
+	}
+	return collectKeys(rows)
+}
+
+func (p *PostgreSQL) KeysInTransition(ctx context.Context) ([]*Key, error) {
+	return pgCollectKeys(p.pool.Query(ctx, `SELECT `+pgKeyColumns+` FROM keys WHERE `+pgInTransition))
 }
 
 // applySet is the engine-independent part of UpdateKeySet: it runs fn on

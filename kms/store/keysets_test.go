@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"testing"
 
@@ -79,6 +80,12 @@ func TestKeySets(t *testing.T) {
 			assert.Len(t, set, 2)
 			assert.Equal(t, "d", set[0].Description)
 		})
+		t.Run("keys in transition", func(t *testing.T) {
+			// The move recorded above is one, on both keys.
+			keys, err := s.KeysInTransition(ctx)
+			require.NoError(t, err)
+			assert.Len(t, keys, 2)
+		})
 		t.Run("delete one key", func(t *testing.T) {
 			set, err := s.UpdateKeySet(ctx, p.Account, p.ID, func(keys []*Key) (SetChange, error) {
 				keys[1].State = "PendingDeletion"
@@ -91,6 +98,19 @@ func TestKeySets(t *testing.T) {
 			k, err := s.GetKey(ctx, p.Account, "us-east-1", p.ID)
 			require.NoError(t, err)
 			assert.Equal(t, "PendingDeletion", k.State)
+			creating := mrkKey("ap-south-1", "us-east-1")
+			creating.State = "Creating"
+			_, err = s.UpdateKeySet(ctx, p.Account, p.ID, func(keys []*Key) (SetChange, error) {
+				for _, k := range keys {
+					k.NewPrimaryRegion = ""
+				}
+				return SetChange{Add: creating}, nil
+			})
+			require.NoError(t, err)
+			keys, err := s.KeysInTransition(ctx)
+			require.NoError(t, err)
+			require.Len(t, keys, 1, "a replica Creating; a primary Creating is not one")
+			assert.Equal(t, "ap-south-1", keys[0].Region)
 		})
 		t.Run("unknown", func(t *testing.T) {
 			_, err := s.KeySet(ctx, p.Account, "mrk-ffffffffffffffffffffffffffffffff")
@@ -122,6 +142,21 @@ func TestKeySets(t *testing.T) {
 			assert.Equal(t, 1, ok)
 		})
 	})
+}
+
+// The partial index's condition is KeysInTransition's, word for word.
+func TestKeysInTransitionIndex(t *testing.T) {
+	t.Parallel()
+	has := func(ms []string, cond string) bool {
+		for _, m := range ms {
+			if strings.Contains(m, "keys_in_transition") && strings.Contains(m, "WHERE "+cond+";") {
+				return true
+			}
+		}
+		return false
+	}
+	assert.True(t, has(migrations, inTransition))
+	assert.True(t, has(pgMigrations, pgInTransition))
 }
 
 func TestKeyCacheDropsTheWholeSet(t *testing.T) {

@@ -116,7 +116,9 @@ var pgMigrations = []string{
 	// 11 (the next on this branch; the merge renumbers): multi-Region keys.
 	`ALTER TABLE keys ADD COLUMN primary_region TEXT COLLATE "C" NOT NULL DEFAULT '',
 		ADD COLUMN new_primary_region TEXT COLLATE "C" NOT NULL DEFAULT '';
-	CREATE INDEX keys_set ON keys (account, id) WHERE multi_region;`,
+	CREATE INDEX keys_set ON keys (account, id) WHERE multi_region;
+	CREATE INDEX keys_in_transition ON keys (account, id)
+		WHERE multi_region AND (new_primary_region <> '' OR (state = 'Creating' AND region <> primary_region));`,
 }
 
 // Advisory lock keys. pg_advisory_xact_lock(bigint) and (int, int) are

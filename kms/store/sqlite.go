@@ -128,7 +128,9 @@ var migrations = []string{
 	// moving it, the Region it moves to. keys_set finds a key's Regions.
 	`ALTER TABLE keys ADD COLUMN primary_region TEXT NOT NULL DEFAULT '';
 	ALTER TABLE keys ADD COLUMN new_primary_region TEXT NOT NULL DEFAULT '';
-	CREATE INDEX keys_set ON keys (account, id) WHERE multi_region = 1;`,
+	CREATE INDEX keys_set ON keys (account, id) WHERE multi_region = 1;
+	CREATE INDEX keys_in_transition ON keys (account, id)
+		WHERE multi_region = 1 AND (new_primary_region != '' OR (state = 'Creating' AND region != primary_region));`,
 }
 
 // SQLite is the embedded Store: one file, WAL journal, synchronous=FULL so
