@@ -193,7 +193,7 @@ func (s *Service) lookupKey(ctx context.Context, r *Request, keyID string, allow
 		return nil, "", keyNotFound(ref.Region, ref.Account, ref.ID)
 	}
 	k, err := s.store.GetKey(ctx, ref.Account, ref.Region, ref.ID)
-	if isNotFound(err) || (err == nil && k.State == string(StateCreating)) {
+	if isNotFound(err) || (err == nil && k.State == string(StateCreating) && !k.IsReplica()) {
 		if cross {
 			return nil, "", s.deniedUnseen(r, a, keyARN(ref.Region, ref.Account, ref.ID))
 		}

@@ -236,6 +236,7 @@ func (s *Service) StartupReport() *Report { return s.report }
 // after Open; Close stops what it started.
 func (s *Service) Start() {
 	s.reconnectKeyStores()
+	s.goBackground(func() { s.runTransitions(s.life) })
 	if s.jobInterval > 0 {
 		s.goBackground(func() { s.RunReaper(s.life, s.jobInterval) })
 		s.goBackground(func() { s.RunRotator(s.life, s.jobInterval) })

@@ -73,7 +73,10 @@ type operation struct {
 	// aliasKeys is how many key decisions an alias operation needs: the
 	// new target (CreateAlias), the old and the new (UpdateAlias), or the
 	// current one (DeleteAlias).
-	aliasKeys    int
+	aliasKeys int
+	// also are decisions required besides those on keys (ReplicateKey's
+	// kms:CreateKey in the replica Region).
+	also         []requirement
 	crossAccount bool
 	grantable    bool
 	aliases      bool
@@ -126,7 +129,7 @@ func (op *operation) required() []requirement {
 	for _, a := range op.keyActions() {
 		out = append(out, requirement{a, onKey})
 	}
-	return out
+	return append(out, op.also...)
 }
 
 // keyActions are the IAM actions authorized on keys.
@@ -161,6 +164,14 @@ func (s *Service) operations() []*operation {
 		op.crossAccount = true
 		return op
 	}
+	// ReplicateKey: kms:ReplicateKey on the primary (key policy) and
+	// kms:CreateKey in the replica Region (identity policy).
+	// UpdatePrimaryRegion: kms:UpdatePrimaryRegion on the primary and on
+	// the replica that becomes primary, as AWS documents them.
+	replicate := onKeyOp("ReplicateKey", typed(s.ReplicateKey), enableDisable)
+	replicate.also = []requirement{{"kms:CreateKey", onNothing}}
+	updatePrimary := onKeyOp("UpdatePrimaryRegion", typed(s.UpdatePrimaryRegion), enableDisable)
+	updatePrimary.actions = []string{"kms:UpdatePrimaryRegion", "kms:UpdatePrimaryRegion"}
 	// needs sets the key origin an operation needs: rotation is for keys
 	// whose material AWS KMS made, import for EXTERNAL ones.
 	needs := func(origin string, op *operation) *operation {
@@ -231,8 +242,9 @@ func (s *Service) operations() []*operation {
 		needs(originExternal, onKeyOp("ImportKeyMaterial", nil, anyState)),
 		needs(originExternal, onKeyOp("DeleteImportedKeyMaterial", nil, anyState)),
 		onKeyOp("GetKeyLastUsage", nil, anyState),
-		onKeyOp("ReplicateKey", nil, anyState),
-		onKeyOp("UpdatePrimaryRegion", nil, anyState),
+		// Multi-Region keys.
+		replicate,
+		updatePrimary,
 	}
 	for _, op := range ops {
 		op.action = "kms:" + op.name

@@ -137,6 +137,9 @@ func (s *Service) EnableKeyRotation(ctx context.Context, r *Request, in *EnableK
 		if err := rotatable(k); err != nil {
 			return err
 		}
+		if err := primaryOnly(k); err != nil {
+			return err
+		}
 		if k.RotationEnabled && !k.NextRotationDate.IsZero() {
 			k.NextRotationDate = k.NextRotationDate.Add(-days(k.RotationPeriodDays)).Add(days(n))
 		} else {
@@ -152,6 +155,9 @@ func (s *Service) EnableKeyRotation(ctx context.Context, r *Request, in *EnableK
 func (s *Service) DisableKeyRotation(ctx context.Context, r *Request, in *KeyIDInput) (*Empty, error) {
 	_, err := s.update(ctx, r, in.KeyId, access{}, func(k *store.Key) error {
 		if err := rotatable(k); err != nil {
+			return err
+		}
+		if err := primaryOnly(k); err != nil {
 			return err
 		}
 		k.RotationEnabled = false
@@ -216,6 +222,9 @@ func (s *Service) RotateKeyOnDemand(ctx context.Context, r *Request, in *KeyIDIn
 		if err := rotatable(k); err != nil {
 			return err
 		}
+		if err := primaryOnly(k); err != nil {
+			return err
+		}
 		if onDemandCount(k) >= maxOnDemandRotations {
 			return wire.Errorf(wire.LimitExceeded, "The on-demand rotations limit has been reached for the given keyId. No more on-demand rotations can be performed for this key: %s", arnOf(k))
 		}
@@ -276,7 +285,8 @@ func (s *Service) RotateDue(ctx context.Context) (int, error) {
 	n := 0
 	var errs []error
 	for _, k := range due {
-		if rotatable(k) != nil {
+		// A replica shares its primary's schedule and is rotated with it.
+		if rotatable(k) != nil || k.IsReplica() {
 			continue
 		}
 		end, ok := s.rotations.begin(k, rotation{start: now})
@@ -323,7 +333,7 @@ func (s *Service) RunRotator(ctx context.Context, interval time.Duration) {
 // metadata naming it, where check re-reads the key's rules against the
 // stored row. The caller holds k's rotation mark.
 func (s *Service) rotate(ctx context.Context, k *store.Key, typ string, check func(*store.Key) error) (*store.Key, error) {
-	uuid, ok := parseUUID(k.ID)
+	uuid, _, ok := keyIDBytes(k.ID)
 	if !ok {
 		return nil, internalf("key %s has a malformed id", arnOf(k))
 	}
@@ -344,7 +354,9 @@ func (s *Service) rotate(ctx context.Context, k *store.Key, typ string, check fu
 	var out *store.Key
 	if err == nil {
 		now := s.now().UTC()
-		out, err = s.store.UpdateKey(ctx, k.Account, k.Region, k.ID, func(k *store.Key) error {
+		// A multi-Region key's rotation is its whole set's: every key
+		// of it gets the version in this one write.
+		out, err = s.writeKey(ctx, k, func(k *store.Key, _ []*store.Key) error {
 			if err := check(k); err != nil {
 				return err
 			}

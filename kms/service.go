@@ -56,6 +56,11 @@ type Service struct {
 	ops                []*operation // the operation table
 	// rotations marks the keys being rotated now (see rotation.go).
 	rotations rotations
+	// transitions are the multi-Region keys with a replica Creating or a
+	// primary moving, for the background job to finish (multiregion.go);
+	// regions are the Regions the handler serves, set by Handler.
+	transitions transitions
+	regions     atomic.Pointer[map[string]bool]
 	// identities are the principals' identity policies by ARN, set by
 	// Handler; policies caches parsed key policies.
 	identities atomic.Pointer[map[string]*identity]
@@ -77,6 +82,7 @@ func New(cfg Config) *Service {
 	s := &Service{store: store.WithKeyCache(cfg.Store), keystores: cfg.KeyStores, log: cfg.Logger, now: cfg.Now, clusters: clusters, xksCfg: cfg.XKS}
 	s.life, s.stop = context.WithCancel(context.Background())
 	s.ops = s.operations()
+	s.transitions.init()
 	return s
 }
 
