@@ -113,7 +113,7 @@ var pgMigrations = []string{
 		created BIGINT NOT NULL,
 		PRIMARY KEY (key_store_id, id)
 	);`,
-	// 11 (the next on this branch; the merge renumbers): multi-Region keys.
+	// 8: multi-Region keys.
 	`ALTER TABLE keys ADD COLUMN primary_region TEXT COLLATE "C" NOT NULL DEFAULT '',
 		ADD COLUMN new_primary_region TEXT COLLATE "C" NOT NULL DEFAULT '';
 	CREATE INDEX keys_set ON keys (account, id) WHERE multi_region;

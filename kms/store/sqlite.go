@@ -121,8 +121,7 @@ var migrations = []string{
 		key_store_id TEXT NOT NULL, id TEXT NOT NULL, state TEXT NOT NULL, created INTEGER NOT NULL,
 		PRIMARY KEY (key_store_id, id)
 	);`,
-	// 11 (appended here as the next on this branch; 8 to 10 are other
-	// branches', and the merge renumbers): multi-Region keys. The keys of
+	// 8: multi-Region keys. The keys of
 	// one multi-Region key share account and id across Regions; each row
 	// names the Region of the primary, and, while UpdatePrimaryRegion is
 	// moving it, the Region it moves to. keys_set finds a key's Regions.
