@@ -16,6 +16,7 @@ BENCH_DURATION ?= 10s
 CRASH_TRIALS ?= 150
 BENCH_WORKERS  ?= 16
 BENCH_KEYS     ?= 1
+PROFILE        ?=
 
 .PHONY: all build build-load setup setup-postgres test test-crash test-cli lint bench bench-ha run run-ha clean
 
@@ -64,9 +65,16 @@ lint:
 	$(GO) run $(STATICCHECK) ./...
 	scripts/check-server-deps.sh
 
+# PROFILE=DIR also saves the server's CPU profile of each operation's run
+# there (a server built with -tags pprof, bin/hsmkms-pprof).
 bench: setup setup-postgres build build-load
 	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) ./hsm/ ./kms/...
+ifeq ($(PROFILE),)
 	LOAD=$(LOAD_BIN) scripts/bench-server.sh $(BIN) $(BENCH_DURATION) $(BENCH_WORKERS) $(BENCH_KEYS)
+else
+	$(GO) build -trimpath -tags pprof -o bin/hsmkms-pprof ./cmd/hsmkms
+	LOAD=$(LOAD_BIN) PROFILE=$(PROFILE) scripts/bench-server.sh bin/hsmkms-pprof $(BENCH_DURATION) $(BENCH_WORKERS) $(BENCH_KEYS)
+endif
 
 # One node on SQLite, one on PostgreSQL, two on PostgreSQL, back to back
 # (scripts/bench-ha.sh): the README's "Running several nodes" figures.

@@ -107,6 +107,9 @@ func classOf(rv uint) error {
 
 // Code returns the CKR_* value carried by err, if any.
 func Code(err error) (uint, bool) {
+	if err == nil {
+		return 0, false // the common case, without errors.As's allocation
+	}
 	var code pkcs11.Error
 	if errors.As(err, &code) {
 		return uint(code), true

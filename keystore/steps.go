@@ -3,6 +3,7 @@ package keystore
 import "sync/atomic"
 
 // Crash tests kill the real server at each step of a domain key rotation
+// and of multi-Region keys' transitions
 // (cmd/hsmkms, HSMKMS_KILL_AT): the steps are named here, and a hook set
 // with SetStepHook hears each one as it completes. Without a hook a step
 // costs one atomic load.
@@ -13,6 +14,11 @@ const (
 	StepMaterialRewrapped   = "domain-key:rewrapped"  // one material version recorded rewrapped (kms)
 	StepDomainKeyDestroying = "domain-key:destroying" // a RETIRED key recorded DESTROYING
 	StepDomainKeyDestroyed  = "domain-key:destroyed"  // and its token object destroyed
+
+	// Multi-Region keys (kms).
+	StepReplicaRecorded     = "multi-region:replica-recorded" // a replica recorded Creating, before ReplicateKey answers
+	StepPrimaryMoveRecorded = "multi-region:move-recorded"    // UpdatePrimaryRegion's move recorded, before it answers
+	StepReplicaDeleted      = "multi-region:replica-deleted"  // a key deleted from its set, the material kept
 )
 
 var stepHook atomic.Pointer[func(string)]

@@ -79,8 +79,8 @@ func TestCreateKeyUnsupportedInputs(t *testing.T) {
 	requireAPIError(t, err, "UnsupportedOperationException", "SM2 keys are not supported by hsmkms: PKCS#11 2.40 defines no SM2 mechanism.")
 	_, err = c.CreateKey(bg(), &awskms.CreateKeyInput{KeySpec: types.KeySpecMlDsa65, KeyUsage: types.KeyUsageTypeSignVerify})
 	requireAPIError(t, err, "UnsupportedOperationException", "ML-DSA keys are not supported by hsmkms: PKCS#11 2.40 defines no ML-DSA mechanism.")
-	_, err = c.CreateKey(bg(), &awskms.CreateKeyInput{MultiRegion: aws.Bool(true)})
-	requireAPIError(t, err, "UnsupportedOperationException", "")
+	_, err = c.CreateKey(bg(), &awskms.CreateKeyInput{MultiRegion: aws.Bool(true), CustomKeyStoreId: aws.String("cks-1234567890abcdef0"), Origin: types.OriginTypeAwsCloudhsm})
+	requireAPIError(t, err, "UnsupportedOperationException", "You cannot create a multi-Region key in a custom key store.")
 	_, err = c.CreateKey(bg(), &awskms.CreateKeyInput{Origin: types.OriginTypeExternal})
 	requireAPIError(t, err, "UnsupportedOperationException", "")
 	_, err = c.CreateKey(bg(), &awskms.CreateKeyInput{CustomKeyStoreId: aws.String("cks-1234567890abcdef0"), Origin: types.OriginTypeAwsCloudhsm})
@@ -535,14 +535,6 @@ func TestUnsupportedOperations(t *testing.T) {
 		},
 		"GetKeyLastUsage": func() error {
 			_, err := c.GetKeyLastUsage(bg(), &awskms.GetKeyLastUsageInput{KeyId: &id})
-			return err
-		},
-		"ReplicateKey": func() error {
-			_, err := c.ReplicateKey(bg(), &awskms.ReplicateKeyInput{KeyId: &id, ReplicaRegion: aws.String("us-east-2")})
-			return err
-		},
-		"UpdatePrimaryRegion": func() error {
-			_, err := c.UpdatePrimaryRegion(bg(), &awskms.UpdatePrimaryRegionInput{KeyId: &id, PrimaryRegion: aws.String("us-east-2")})
 			return err
 		},
 	} {

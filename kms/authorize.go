@@ -103,6 +103,26 @@ type access struct {
 	// ec is the request's encryption context, which grant constraints
 	// are matched against.
 	ec map[string]string
+	// crypto says ec and alg are condition keys too
+	// (kms:EncryptionContext:…, kms:EncryptionContextKeys,
+	// kms:EncryptionAlgorithm), set by cryptoAccess. They are put in a
+	// context only when a policy tests conditions: most test none.
+	crypto bool
+	alg    string
+}
+
+// conditions is the request's condition keys for the action.
+func (a access) conditions() authz.Context {
+	if !a.crypto {
+		return a.cond
+	}
+	cond := authz.Context{}
+	cond.SetEncryptionContext(a.ec)
+	cond.Set("kms:EncryptionAlgorithm", a.alg)
+	for k, v := range a.cond {
+		cond[k] = v // already normalized by a.cond's Set
+	}
+	return cond
 }
 
 func (a access) actionFor(r *Request) string {
@@ -173,7 +193,7 @@ func (s *Service) lookupKey(ctx context.Context, r *Request, keyID string, allow
 		return nil, "", keyNotFound(ref.Region, ref.Account, ref.ID)
 	}
 	k, err := s.store.GetKey(ctx, ref.Account, ref.Region, ref.ID)
-	if isNotFound(err) || (err == nil && k.State == string(StateCreating)) {
+	if isNotFound(err) || (err == nil && k.State == string(StateCreating) && !k.IsReplica()) {
 		if cross {
 			return nil, "", s.deniedUnseen(r, a, keyARN(ref.Region, ref.Account, ref.ID))
 		}
@@ -210,7 +230,7 @@ func (s *Service) authorizeKey(ctx context.Context, r *Request, k *store.Key, a 
 	if err != nil {
 		return internalf("key policy of %s: %w", resource, err)
 	}
-	in := s.decisionInput(ctx, r, k, action, resource, a.cond, kp)
+	in := s.decisionInput(ctx, r, k, action, resource, a.conditions, kp)
 	d := authz.Decide(in)
 	if !d.Allowed && !d.ExplicitDeny && r.op.grantable {
 		// Grants are read only when the policies say no: the common
@@ -234,7 +254,7 @@ func (s *Service) authorizeKey(ctx context.Context, r *Request, k *store.Key, a 
 // authorizeIdentity decides r's caller's action on resource by its
 // identity policies alone: operations without a key, and aliases.
 func (s *Service) authorizeIdentity(ctx context.Context, r *Request, cond authz.Context, action, resource string, kind resourceKind) error {
-	d := authz.Decide(s.decisionInput(ctx, r, nil, action, resource, cond, nil))
+	d := authz.Decide(s.decisionInput(ctx, r, nil, action, resource, func() authz.Context { return cond }, nil))
 	return s.decided(r, d, action, resource, kind)
 }
 
@@ -248,8 +268,9 @@ func (s *Service) decided(r *Request, d authz.Decision, action, resource string,
 }
 
 // decisionInput gathers the policies for a decision and, only when they
-// test conditions, the request's condition context.
-func (s *Service) decisionInput(ctx context.Context, r *Request, k *store.Key, action, resource string, cond authz.Context, kp *keyPolicy) authz.Input {
+// test conditions, the request's condition context, with the request's
+// own condition keys from cond.
+func (s *Service) decisionInput(ctx context.Context, r *Request, k *store.Key, action, resource string, cond func() authz.Context, kp *keyPolicy) authz.Input {
 	principal := authz.Principal{ARN: r.Caller.PrincipalARN, Account: r.Caller.Account}
 	in := authz.Input{Request: &authz.Request{Action: action, Resource: resource, Principal: principal}}
 	var keys []string // the condition keys the policies test
@@ -264,7 +285,7 @@ func (s *Service) decisionInput(ctx context.Context, r *Request, k *store.Key, a
 	// request's context is built only for those that do.
 	if len(keys) > 0 {
 		in.Request = authz.NewRequest(action, resource, principal)
-		s.requestContext(ctx, r, k, keys, cond, in.Request.Context)
+		s.requestContext(ctx, r, k, keys, cond(), in.Request.Context)
 	}
 	return in
 }
@@ -333,10 +354,7 @@ func cryptoAccess(action string, ec map[string]string, alg string) access {
 	if alg == "" {
 		alg = algSymmetric
 	}
-	cond := authz.Context{}
-	cond.SetEncryptionContext(ec)
-	cond.Set("kms:EncryptionAlgorithm", alg)
-	return access{action: action, cond: cond, ec: ec}
+	return access{action: action, ec: ec, crypto: true, alg: alg}
 }
 
 // requestTags are the condition keys of a request that adds tags.

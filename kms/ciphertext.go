@@ -24,8 +24,18 @@ import (
 // Everything before the IV (the header) names the key and material version,
 // so Decrypt needs no KeyId. The header and the canonical encryption context
 // are the GCM additional data: changing either breaks the tag.
+//
+// Format version 3 is the same layout for a multi-Region key: the key id
+// field holds the 16 bytes of its "mrk-" id, and the Region is where the
+// ciphertext was made (bound by the tag, like every header byte) but does
+// not choose the key: any key of the set decrypts it in its own Region,
+// since they all hold the same material. Version 1 blobs (every key made
+// before multi-Region keys, and every single-Region key) are unchanged and
+// decrypt only in their Region, as before. Version 2 is an external key
+// store's (xkscrypto.go).
 const (
 	blobVersion      = 1
+	mrkBlobVersion   = 3
 	materialIDSize   = 32
 	minBlobSize      = 1 + 1 + 1 + 16 + materialIDSize + keystore.GCMIVSize + keystore.GCMTagSize
 	maxBlobNameField = 64
@@ -41,6 +51,8 @@ type blob struct {
 	IV              []byte
 	Sealed          []byte
 	header          []byte
+	// multiRegion: format 3, the key id is a multi-Region key's.
+	multiRegion bool
 	// xks is, for a ciphertext of a key in an external key store (format
 	// 2), what the proxy made; IV and Sealed are then inside it.
 	xks *xksSealed
@@ -53,8 +65,12 @@ func marshalBlob(header, iv, sealed []byte) []byte {
 	return append(append(append(out, header...), iv...), sealed...)
 }
 
-func appendBlobHeader(dst []byte, account, region string, keyID [16]byte, materialID []byte) []byte {
-	return appendHeader(dst, blobVersion, account, region, keyID, materialID)
+func appendBlobHeader(dst []byte, account, region string, keyID [16]byte, multiRegion bool, materialID []byte) []byte {
+	version := byte(blobVersion)
+	if multiRegion {
+		version = mrkBlobVersion
+	}
+	return appendHeader(dst, version, account, region, keyID, materialID)
 }
 
 func appendHeader(dst []byte, version byte, account, region string, keyID [16]byte, materialID []byte) []byte {
@@ -69,13 +85,14 @@ func appendHeader(dst []byte, version byte, account, region string, keyID [16]by
 // parseBlob splits b without copying. It checks structure only; the tag
 // check on the token decides whether the blob is genuine.
 func parseBlob(b []byte) (*blob, error) {
-	if len(b) < minBlobSize || b[0] != blobVersion {
+	if len(b) < minBlobSize || (b[0] != blobVersion && b[0] != mrkBlobVersion) {
 		return nil, errBadBlob
 	}
 	bl, p, err := parseHeader(b, keystore.GCMIVSize+keystore.GCMTagSize)
 	if err != nil {
 		return nil, err
 	}
+	bl.multiRegion = b[0] == mrkBlobVersion
 	bl.IV = b[p : p+keystore.GCMIVSize]
 	bl.Sealed = b[p+keystore.GCMIVSize:]
 	return bl, nil

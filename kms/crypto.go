@@ -77,12 +77,12 @@ func (s *Service) seal(ctx context.Context, r *Request, k *store.Key, plaintext 
 		return nil, "", err
 	}
 	m := k.Materials[len(k.Materials)-1]
-	uuid, _ := parseUUID(k.ID)
+	idBytes, mrk, ok := keyIDBytes(k.ID)
 	matID, err := hex.DecodeString(m.ID)
-	if err != nil || len(matID) != materialIDSize {
-		return nil, "", internalf("key %s has a malformed material id", arnOf(k))
+	if !ok || err != nil || len(matID) != materialIDSize {
+		return nil, "", internalf("key %s has a malformed id or material id", arnOf(k))
 	}
-	header := appendBlobHeader(nil, k.Account, k.Region, uuid, matID)
+	header := appendBlobHeader(nil, k.Account, k.Region, idBytes, mrk, matID)
 	iv, sealed, err := tok.EncryptGCM(ctx, material(k, m), plaintext, additionalData(header, ec))
 	if err != nil {
 		return nil, "", tokenError(err, tokenCall{key: k})
@@ -152,19 +152,25 @@ func (s *Service) ciphertextKey(ctx context.Context, r *Request, ciphertext []by
 	if err != nil {
 		return nil, invalidCiphertext()
 	}
-	blobKey := formatUUID(b.KeyID)
+	blobKey := formatKeyID(b.KeyID, b.multiRegion)
+	// A multi-Region key's ciphertext is decrypted by the key of its set
+	// in the caller's Region; any other names its key's Region.
+	keyRegion := b.Region
+	if b.multiRegion {
+		keyRegion = r.Caller.Region
+	}
 	k := named
 	if k != nil {
-		if k.ID != blobKey || k.Account != b.Account || k.Region != b.Region {
+		if k.ID != blobKey || k.Account != b.Account || k.Region != keyRegion {
 			return nil, incorrectKey()
 		}
 	} else {
-		if b.Region != r.Caller.Region {
+		if keyRegion != r.Caller.Region {
 			return nil, invalidCiphertext()
 		}
 		// The blob names its key's account: another account's key is
 		// looked up (and authorized) as if named by its ARN.
-		k, err = s.usableKey(ctx, r, keyARN(b.Region, b.Account, blobKey), "", a)
+		k, err = s.usableKey(ctx, r, keyARN(keyRegion, b.Account, blobKey), "", a)
 		if err != nil {
 			var we *wire.Error
 			if errors.As(err, &we) && we.Type == wire.NotFound {

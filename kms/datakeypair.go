@@ -54,7 +54,7 @@ func (s *Service) generateDataKeyPair(ctx context.Context, r *Request, in *Gener
 		return nil, wire.Errorf(wire.UnsupportedOperation, "KeyPairSpec %s is not supported by hsmkms: PKCS#11 2.40 defines no SM2 mechanism.", in.KeyPairSpec)
 	}
 	a := cryptoAccess("", in.EncryptionContext, algSymmetric)
-	a.cond.Set("kms:DataKeyPairSpec", in.KeyPairSpec)
+	a.cond = conditions("kms:DataKeyPairSpec", in.KeyPairSpec)
 	k, _, err := s.encryptionKey(ctx, r, in.KeyId, algSymmetric, a)
 	if err != nil {
 		return nil, err

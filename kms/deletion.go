@@ -18,7 +18,7 @@ type ScheduleKeyDeletionInput struct {
 }
 
 type ScheduleKeyDeletionOutput struct {
-	DeletionDate        wire.Time
+	DeletionDate        *wire.Time `json:"DeletionDate,omitempty"`
 	KeyId               string
 	KeyState            string
 	PendingWindowInDays int
@@ -34,15 +34,40 @@ func (s *Service) ScheduleKeyDeletion(ctx context.Context, r *Request, in *Sched
 	}
 	a := access{cond: conditions("kms:ScheduleKeyDeletionPendingWindowInDays", strconv.Itoa(days))}
 	var out *ScheduleKeyDeletionOutput
-	_, err := s.update(ctx, r, in.KeyId, a, func(k *store.Key) error {
+	k, err := s.key(ctx, r, in.KeyId, a)
+	if err != nil {
+		return nil, err
+	}
+	if err := r.proceed(); err != nil {
+		return nil, err
+	}
+	_, err = s.writeKey(ctx, k, func(k *store.Key, set []*store.Key) error {
+		if err := s.checkState(k, r.op.states); err != nil {
+			return err
+		}
+		k.PendingWindowDays = days
+		out = &ScheduleKeyDeletionOutput{KeyId: arnOf(k), PendingWindowInDays: days}
+		if k.MultiRegion && !k.IsReplica() && len(set) > 1 {
+			// A primary outlives its replicas: its waiting period
+			// begins when the last of them is deleted (Reap).
+			k.State = string(StatePendingReplicaDeletion)
+			out.KeyState = k.State
+			return nil
+		}
 		when := s.now().UTC().Add(time.Duration(days) * 24 * time.Hour)
 		k.State = string(StatePendingDeletion)
 		k.DeletionDate = when
-		k.PendingWindowDays = days
-		out = &ScheduleKeyDeletionOutput{DeletionDate: wire.Time(when), KeyId: arnOf(k), KeyState: k.State, PendingWindowInDays: days}
+		d := wire.Time(when)
+		out.DeletionDate, out.KeyState = &d, k.State
 		return nil
 	})
-	return out, err
+	if isNotFound(err) {
+		return nil, keyNotFound(k.Region, k.Account, k.ID)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 type CancelKeyDeletionOutput struct {
@@ -62,7 +87,9 @@ func (s *Service) CancelKeyDeletion(ctx context.Context, r *Request, in *KeyIDIn
 	return &CancelKeyDeletionOutput{KeyId: arnOf(k)}, nil
 }
 
-// Reap deletes every key whose deletion date has passed: first its token
+// Reap finishes multi-Region transitions left by another node
+// (finishStrayTransitions), then deletes every key whose deletion date has
+// passed: first its token
 // objects, then its metadata (with its aliases and tags). The order makes a
 // crash harmless: a key whose objects are gone but whose row remains is
 // simply reaped again. A key whose token cannot be reached stays scheduled
@@ -71,13 +98,16 @@ func (s *Service) CancelKeyDeletion(ctx context.Context, r *Request, in *KeyIDIn
 // deleted once, by one node, and a node that dies mid-way leaves it to
 // the next. It returns how many keys this node deleted.
 func (s *Service) Reap(ctx context.Context) (int, error) {
+	var errs []error
+	if err := s.finishStrayTransitions(ctx); err != nil {
+		errs = append(errs, err)
+	}
 	now := s.now()
 	due, err := s.store.KeysDueForDeletion(ctx, now)
 	if err != nil {
-		return 0, err
+		return 0, errors.Join(append(errs, err)...)
 	}
 	n := 0
-	var errs []error
 	for _, k := range due {
 		done, err := s.reapOne(ctx, k, now)
 		if err != nil {
@@ -111,6 +141,20 @@ func (s *Service) reapOne(ctx context.Context, k *store.Key, now time.Time) (boo
 	}
 	if k.State != string(StatePendingDeletion) || k.DeletionDate.After(now) {
 		return false, nil // cancelled, or reaped, since the list was read
+	}
+	if k.MultiRegion {
+		deleted, err := s.reapFromSet(ctx, k)
+		if errors.Is(err, errNotDueNow) {
+			return false, nil
+		}
+		if err != nil {
+			return false, err
+		}
+		if deleted {
+			s.log.Info("key deleted; its material stays, used by the other keys of its multi-Region key", "key", arnOf(k))
+			return true, nil
+		}
+		// The last key of its set: deleted as any key, material first.
 	}
 	if materialStoreID(k) != "" {
 		connected, usable, err := s.customStoreFor(ctx, k.CustomKeyStoreID)
@@ -156,6 +200,63 @@ func (s *Service) customStoreFor(ctx context.Context, id string) (connected, usa
 	}
 	st, _ := s.registered(ks).State()
 	return true, st == keystore.Connected, nil
+}
+
+// errLastOfSet: the key is the only one of its set left, so its material
+// goes with it.
+var errLastOfSet = errors.New("kms: the last key of its multi-Region key")
+
+// errNotDueNow: the key changed between the reaper's read and its write
+// (cancelled, or already deleted); nothing to do.
+var errNotDueNow = errors.New("kms: key no longer due for deletion")
+
+// reapFromSet deletes k, a multi-Region key due for deletion, if other keys
+// of its set remain: they name its material, so only its row goes, in the
+// transaction that sees them. If that leaves a primary waiting for its
+// replicas (PendingReplicaDeletion) alone, its waiting period begins. It
+// reports false, deleting nothing, when k is the last key of its set. A
+// key can join a set only through a primary that is Enabled or Disabled,
+// so a set whose only key is due for deletion stays so while its material
+// is destroyed.
+func (s *Service) reapFromSet(ctx context.Context, k *store.Key) (bool, error) {
+	now := s.now().UTC()
+	_, err := s.store.UpdateKeySet(ctx, k.Account, k.ID, func(set []*store.Key) (store.SetChange, error) {
+		var self *store.Key
+		for _, o := range set {
+			if o.Region == k.Region {
+				self = o
+			}
+		}
+		if self == nil || self.State != string(StatePendingDeletion) || self.DeletionDate.After(now) {
+			return store.SetChange{}, store.ErrNotFound // changed since read: not due now
+		}
+		if len(set) == 1 {
+			return store.SetChange{}, errLastOfSet
+		}
+		if !self.IsReplica() {
+			// A primary with replicas is PendingReplicaDeletion, never
+			// due; refuse rather than leave replicas without a primary.
+			return store.SetChange{}, internalf("primary key %s is due for deletion while it has replicas", arnOf(self))
+		}
+		if len(set) == 2 {
+			for _, o := range set {
+				if o != self && o.State == string(StatePendingReplicaDeletion) {
+					o.State = string(StatePendingDeletion)
+					o.DeletionDate = now.Add(days(o.PendingWindowDays))
+				}
+			}
+		}
+		return store.SetChange{Delete: self.Region}, nil
+	})
+	switch {
+	case errors.Is(err, errLastOfSet):
+		return false, nil
+	case isNotFound(err):
+		return false, errNotDueNow
+	case err == nil:
+		keystore.Step(keystore.StepReplicaDeleted)
+	}
+	return err == nil, err
 }
 
 func (s *Service) storeConnected(id string) bool {
@@ -226,6 +327,9 @@ type Report struct {
 	// migration (MigrateToWrapped) that a crash cut short before it
 	// destroyed them, now destroyed.
 	FinishedMigrations []string
+	// FinishedTransitions: multi-Region keys (account and id) with a
+	// replica left Creating or a primary Region left moving, now finished.
+	FinishedTransitions []string
 }
 
 // creatingGrace is how long a key may stay in Creating on a shared
@@ -262,15 +366,21 @@ func (s *Service) Reconcile(ctx context.Context) (*Report, error) {
 	var creating []*store.Key
 	var migrated []keystore.Material
 	owners := map[string]*store.Key{} // key uuid (TokenObject.KeyID) → key, for those on the token
+	inFlight := map[[2]string]bool{}  // multi-Region keys with a transition to finish
 	err = s.store.ForEachKey(ctx, func(k *store.Key) error {
-		if k.State == string(StateCreating) {
+		if (k.State == string(StateCreating) && k.IsReplica()) || k.NewPrimaryRegion != "" {
+			inFlight[[2]string{k.Account, k.ID}] = true
+		}
+		if k.State == string(StateCreating) && !k.IsReplica() {
 			creating = append(creating, k)
 			return nil
 		}
 		if materialStoreID(k) != "" {
 			return nil // its token is checked when its store connects, not here
 		}
-		if uuid, ok := parseUUID(k.ID); ok && keyIDs[string(uuid[:])] {
+		if uuid, _, ok := keyIDBytes(k.ID); ok && keyIDs[string(uuid[:])] && (owners[string(uuid[:])] == nil || !k.IsReplica()) {
+			// A multi-Region key's objects are its set's; its primary,
+			// the key that rotates, stands for it.
 			owners[string(uuid[:])] = k
 		}
 		for _, m := range k.Materials {
@@ -295,6 +405,15 @@ func (s *Service) Reconcile(ctx context.Context) (*Report, error) {
 	})
 	if err != nil {
 		return nil, err
+	}
+	for k := range inFlight {
+		// A replica written Creating, or a primary Region recorded as
+		// moving, when the process stopped: finished now, as it would
+		// have been.
+		if err := s.finishTransitions(ctx, k[0], k[1]); err != nil && !isNotFound(err) {
+			return nil, err
+		}
+		r.FinishedTransitions = append(r.FinishedTransitions, k[0]+" "+k[1])
 	}
 	for _, m := range migrated {
 		if err := tok.Destroy(ctx, m); err != nil {

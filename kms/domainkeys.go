@@ -211,21 +211,39 @@ func (s *Service) rewrapUnder(ctx context.Context, ks *keystore.Store, retired [
 // reports whether it did. A key gone meanwhile is not an error.
 func (s *Service) replaceMaterial(ctx context.Context, k *store.Key, was store.Material, now keystore.Material) (bool, error) {
 	done := false
-	_, err := s.store.UpdateKey(ctx, k.Account, k.Region, k.ID, func(cur *store.Key) error {
-		for i, m := range cur.Materials {
-			if m.ID == was.ID && m.DomainKey == was.DomainKey && bytes.Equal(m.Wrapped, was.Wrapped) && bytes.Equal(m.TokenID, was.TokenID) {
-				cur.Materials = slices.Clone(cur.Materials)
-				cur.Materials[i].Wrapped, cur.Materials[i].DomainKey = now.Wrapped(), now.DomainKey()
-				done = true
+	// A multi-Region key's material is every key of its set's: it is
+	// replaced in all of them in one write, or, if one of them still
+	// names was's token objects otherwise, in none (the caller destroys
+	// those objects when done).
+	_, err := s.writeKey(ctx, k, func(self *store.Key, set []*store.Key) error {
+		done = false
+		replaced := false
+		for _, cur := range set {
+			for i, m := range cur.Materials {
+				if m.ID != was.ID {
+					continue
+				}
+				if m.DomainKey == was.DomainKey && bytes.Equal(m.Wrapped, was.Wrapped) && bytes.Equal(m.TokenID, was.TokenID) {
+					cur.Materials = slices.Clone(cur.Materials)
+					cur.Materials[i].Wrapped, cur.Materials[i].DomainKey = now.Wrapped(), now.DomainKey()
+					replaced = replaced || cur == self
+				} else if len(was.Wrapped) == 0 && len(m.Wrapped) == 0 && bytes.Equal(m.TokenID, was.TokenID) {
+					return errMaterialDiverged
+				}
 			}
 		}
+		done = replaced
 		return nil
 	})
-	if errors.Is(err, store.ErrNotFound) {
+	if errors.Is(err, store.ErrNotFound) || errors.Is(err, errMaterialDiverged) {
 		return false, nil
 	}
 	return done, err
 }
+
+// errMaterialDiverged: keys of one multi-Region key record one material
+// version differently; the replacement is left for another run.
+var errMaterialDiverged = errors.New("kms: the keys of a multi-Region key record a material version differently")
 
 // RunDomainKeys runs RewrapDomainKeys every interval until ctx ends.
 func (s *Service) RunDomainKeys(ctx context.Context, interval time.Duration) {

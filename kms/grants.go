@@ -577,7 +577,7 @@ func (s *Service) authorizeRetire(ctx context.Context, r *Request, g *store.Gran
 	keyARN := keyARN(g.Region, g.Account, g.KeyID)
 	r.touched(keyARN)
 	caller := r.Caller.PrincipalARN
-	in := s.decisionInput(ctx, r, nil, r.action(), keyARN, nil, nil)
+	in := s.decisionInput(ctx, r, nil, r.action(), keyARN, func() authz.Context { return nil }, nil)
 	ident := authz.Decide(in)
 	by := ""
 	if !ident.ExplicitDeny {

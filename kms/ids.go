@@ -20,6 +20,39 @@ func newKeyID() (string, [16]byte) {
 	return formatUUID(b), b
 }
 
+// newMultiRegionKeyID returns a multi-Region key's id: "mrk-" and 32
+// random hex digits, the form AWS gives them; the bytes are what the
+// ciphertext format and the token object's id carry.
+func newMultiRegionKeyID() (string, [16]byte) {
+	var b [16]byte
+	rand.Read(b[:])
+	return mrkPrefix + hex.EncodeToString(b[:]), b
+}
+
+const mrkPrefix = "mrk-"
+
+// keyIDBytes is the 16 bytes a key id stands for: a UUID's, or a
+// multi-Region id's 32 hex digits; multiRegion says which.
+func keyIDBytes(id string) (b [16]byte, multiRegion, ok bool) {
+	if h, is := strings.CutPrefix(id, mrkPrefix); is {
+		if len(h) != 32 {
+			return b, true, false
+		}
+		_, err := hex.Decode(b[:], []byte(h))
+		return b, true, err == nil
+	}
+	b, ok = parseUUID(id)
+	return b, false, ok
+}
+
+// formatKeyID is keyIDBytes's inverse.
+func formatKeyID(b [16]byte, multiRegion bool) string {
+	if multiRegion {
+		return mrkPrefix + hex.EncodeToString(b[:])
+	}
+	return formatUUID(b)
+}
+
 func formatUUID(b [16]byte) string {
 	var s [36]byte
 	hex.Encode(s[0:8], b[0:4])
@@ -82,9 +115,8 @@ type keyRef struct {
 // What AWS refuses by form alone it refuses here, before anything is looked
 // up: an ARN of another Region ("Invalid arn <region>": keys are regional,
 // and the endpoint serves one Region), and a key id of neither AWS shape
-// ("Invalid keyId"). A well-formed id is never invalid, even one hsmkms
-// cannot make (a multi-Region "mrk-" id): it names a key that does not
-// exist.
+// ("Invalid keyId"). A well-formed id is never invalid: a UUID or a
+// multi-Region key's "mrk-" id, in any case, names a key or none.
 func parseKeyID(r *Request, s string, allowAlias bool) (keyRef, error) {
 	ref := keyRef{Account: r.Caller.Account, Region: r.Caller.Region}
 	resource := s

@@ -14,29 +14,30 @@ import (
 
 // KeyMetadata is AWS's KeyMetadata structure.
 type KeyMetadata struct {
-	AWSAccountId                string               `json:"AWSAccountId"`
-	Arn                         string               `json:"Arn"`
-	CreationDate                wire.Time            `json:"CreationDate"`
-	CurrentKeyMaterialId        string               `json:"CurrentKeyMaterialId,omitempty"`
-	CustomKeyStoreId            string               `json:"CustomKeyStoreId,omitempty"`
-	CloudHsmClusterId           string               `json:"CloudHsmClusterId,omitempty"`
-	CustomerMasterKeySpec       string               `json:"CustomerMasterKeySpec"`
-	DeletionDate                *wire.Time           `json:"DeletionDate,omitempty"`
-	Description                 string               `json:"Description"`
-	Enabled                     bool                 `json:"Enabled"`
-	EncryptionAlgorithms        []string             `json:"EncryptionAlgorithms,omitempty"`
-	KeyId                       string               `json:"KeyId"`
-	KeyManager                  string               `json:"KeyManager"`
-	KeySpec                     string               `json:"KeySpec"`
-	KeyState                    string               `json:"KeyState"`
-	KeyAgreementAlgorithms      []string             `json:"KeyAgreementAlgorithms,omitempty"`
-	KeyUsage                    string               `json:"KeyUsage"`
-	MacAlgorithms               []string             `json:"MacAlgorithms,omitempty"`
-	MultiRegion                 bool                 `json:"MultiRegion"`
-	Origin                      string               `json:"Origin"`
-	PendingDeletionWindowInDays int                  `json:"PendingDeletionWindowInDays,omitempty"`
-	SigningAlgorithms           []string             `json:"SigningAlgorithms,omitempty"`
-	XksKeyConfiguration         *XksKeyConfiguration `json:"XksKeyConfiguration,omitempty"`
+	AWSAccountId                string                    `json:"AWSAccountId"`
+	Arn                         string                    `json:"Arn"`
+	CreationDate                wire.Time                 `json:"CreationDate"`
+	CurrentKeyMaterialId        string                    `json:"CurrentKeyMaterialId,omitempty"`
+	CustomKeyStoreId            string                    `json:"CustomKeyStoreId,omitempty"`
+	CloudHsmClusterId           string                    `json:"CloudHsmClusterId,omitempty"`
+	CustomerMasterKeySpec       string                    `json:"CustomerMasterKeySpec"`
+	DeletionDate                *wire.Time                `json:"DeletionDate,omitempty"`
+	Description                 string                    `json:"Description"`
+	Enabled                     bool                      `json:"Enabled"`
+	EncryptionAlgorithms        []string                  `json:"EncryptionAlgorithms,omitempty"`
+	KeyId                       string                    `json:"KeyId"`
+	KeyManager                  string                    `json:"KeyManager"`
+	KeySpec                     string                    `json:"KeySpec"`
+	KeyState                    string                    `json:"KeyState"`
+	KeyAgreementAlgorithms      []string                  `json:"KeyAgreementAlgorithms,omitempty"`
+	KeyUsage                    string                    `json:"KeyUsage"`
+	MacAlgorithms               []string                  `json:"MacAlgorithms,omitempty"`
+	MultiRegion                 bool                      `json:"MultiRegion"`
+	MultiRegionConfiguration    *MultiRegionConfiguration `json:"MultiRegionConfiguration,omitempty"`
+	Origin                      string                    `json:"Origin"`
+	PendingDeletionWindowInDays int                       `json:"PendingDeletionWindowInDays,omitempty"`
+	SigningAlgorithms           []string                  `json:"SigningAlgorithms,omitempty"`
+	XksKeyConfiguration         *XksKeyConfiguration      `json:"XksKeyConfiguration,omitempty"`
 }
 
 // XksKeyConfiguration names the external key of a key in an external key
@@ -57,7 +58,7 @@ func (s *Service) metadata(k *store.Key) *KeyMetadata {
 		KeyId:                 k.ID,
 		KeyManager:            "CUSTOMER",
 		KeySpec:               k.KeySpec,
-		KeyState:              k.State,
+		KeyState:              string(s.effectiveState(k)),
 		KeyUsage:              k.KeyUsage,
 		MultiRegion:           k.MultiRegion,
 		Origin:                k.Origin,
@@ -82,6 +83,10 @@ func (s *Service) metadata(k *store.Key) *KeyMetadata {
 	if k.State == string(StatePendingDeletion) {
 		d := wire.Time(k.DeletionDate)
 		m.DeletionDate = &d
+		m.PendingDeletionWindowInDays = k.PendingWindowDays
+	}
+	if k.State == string(StatePendingReplicaDeletion) {
+		// No date until the last replica is deleted, as AWS shows it.
 		m.PendingDeletionWindowInDays = k.PendingWindowDays
 	}
 	return m
@@ -173,6 +178,9 @@ func (s *Service) CreateKey(ctx context.Context, r *Request, in *CreateKeyInput)
 	if in.XksKeyId != "" && in.Origin != originXKS {
 		return nil, wire.Errorf(wire.Validation, "XksKeyId is valid only for a KMS key with Origin EXTERNAL_KEY_STORE.")
 	}
+	if in.MultiRegion && in.CustomKeyStoreId != "" {
+		return nil, wire.Errorf(wire.UnsupportedOperation, "You cannot create a multi-Region key in a custom key store.")
+	}
 	var ks *keystore.Store
 	xksKey := ""
 	if in.CustomKeyStoreId != "" {
@@ -214,10 +222,13 @@ func (s *Service) CreateKey(ctx context.Context, r *Request, in *CreateKeyInput)
 		return nil, wire.Errorf(wire.UnsupportedOperation, "Origin %s is not supported by hsmkms: key material is always generated on the token.", origin)
 	case ksp.unsupported != "":
 		return nil, wire.Errorf(wire.UnsupportedOperation, "%s", ksp.unsupported)
-	case in.MultiRegion:
-		return nil, wire.Errorf(wire.UnsupportedOperation, "Multi-Region keys are not supported by hsmkms.")
 	}
 	id, uuid := newKeyID()
+	primaryRegion := ""
+	if in.MultiRegion {
+		id, uuid = newMultiRegionKeyID()
+		primaryRegion = r.Caller.Region
+	}
 	policy := defaultPolicy(r.Caller.Account)
 	if in.Policy != nil {
 		pol, err := checkPolicy(*in.Policy)
@@ -259,7 +270,8 @@ func (s *Service) CreateKey(ctx context.Context, r *Request, in *CreateKeyInput)
 		State: string(state), CreationDate: now, Policy: policy,
 		Materials: []store.Material{{ID: hexID(mat.ID()), TokenID: mat.Ref(), CreationDate: now,
 			Wrapped: mat.Wrapped(), DomainKey: mat.DomainKey()}},
-		XksKeyID: xksKey,
+		XksKeyID:    xksKey,
+		MultiRegion: in.MultiRegion, PrimaryRegion: primaryRegion,
 	}
 	tags := make([]store.Tag, len(in.Tags))
 	for i, t := range in.Tags {
@@ -275,7 +287,7 @@ func (s *Service) CreateKey(ctx context.Context, r *Request, in *CreateKeyInput)
 	}
 	r.touched(arnOf(k))
 	if !mat.OnToken() {
-		return &CreateKeyOutput{KeyMetadata: s.metadata(k)}, nil
+		return &CreateKeyOutput{KeyMetadata: createdMetadata(s, k)}, nil
 	}
 	if err := ks.Generate(ctx, mat); err != nil {
 		s.abandon(ctx, k, false)
@@ -289,7 +301,17 @@ func (s *Service) CreateKey(ctx context.Context, r *Request, in *CreateKeyInput)
 		s.abandon(ctx, k, true)
 		return nil, err
 	}
-	return &CreateKeyOutput{KeyMetadata: s.metadata(k)}, nil
+	return &CreateKeyOutput{KeyMetadata: createdMetadata(s, k)}, nil
+}
+
+// createdMetadata is a new key's metadata; a new multi-Region key is a
+// primary without replicas.
+func createdMetadata(s *Service, k *store.Key) *KeyMetadata {
+	m := s.metadata(k)
+	if k.MultiRegion {
+		m.MultiRegionConfiguration = multiRegionConfiguration(k, []*store.Key{k})
+	}
+	return m
 }
 
 // abandon undoes a CreateKey that failed half way. If it fails too, the row
@@ -326,7 +348,11 @@ func (s *Service) DescribeKey(ctx context.Context, r *Request, in *DescribeKeyIn
 	if err != nil {
 		return nil, err
 	}
-	return &DescribeKeyOutput{KeyMetadata: s.metadata(k)}, nil
+	m, err := s.describe(ctx, k)
+	if err != nil {
+		return nil, err
+	}
+	return &DescribeKeyOutput{KeyMetadata: m}, nil
 }
 
 type ListInput struct {
@@ -352,7 +378,7 @@ func (s *Service) ListKeys(ctx context.Context, r *Request, in *ListInput) (*Lis
 	}
 	out := &ListKeysOutput{Keys: []KeyListEntry{}, NextMarker: next, Truncated: next != ""}
 	for _, k := range keys {
-		if k.State != string(StateCreating) {
+		if k.State != string(StateCreating) || k.IsReplica() {
 			out.Keys = append(out.Keys, KeyListEntry{KeyArn: arnOf(k), KeyId: k.ID})
 		}
 	}
@@ -403,7 +429,7 @@ func (s *Service) update(ctx context.Context, r *Request, keyID string, a access
 	if err := r.proceed(); err != nil {
 		return nil, err
 	}
-	out, err := s.store.UpdateKey(ctx, k.Account, k.Region, k.ID, func(k *store.Key) error {
+	out, err := s.writeKey(ctx, k, func(k *store.Key, _ []*store.Key) error {
 		if err := s.checkState(k, r.op.states); err != nil {
 			return err
 		}

@@ -304,6 +304,7 @@ func (s *Service) Start() {
 		})
 	}
 	s.goBackground(func() { s.runCluster(s.life) })
+	s.goBackground(func() { s.runTransitions(s.life) })
 	if s.jobInterval > 0 {
 		s.goBackground(func() { s.RunReaper(s.life, s.jobInterval) })
 		s.goBackground(func() { s.RunRotator(s.life, s.jobInterval) })

@@ -74,12 +74,37 @@ type operation struct {
 	// aliasKeys is how many key decisions an alias operation needs: the
 	// new target (CreateAlias), the old and the new (UpdateAlias), or the
 	// current one (DeleteAlias).
-	aliasKeys    int
+	aliasKeys int
+	// also are decisions required besides those on keys (ReplicateKey's
+	// kms:CreateKey in the replica Region).
+	also         []requirement
 	crossAccount bool
 	grantable    bool
 	aliases      bool
 	states       stateRule
 	origin       string
+
+	// action and requires are "kms:"+name and required(), computed once
+	// when the table is built (every request reads them); iamAction and
+	// requirements fall back to computing them for a row built elsewhere.
+	action   string
+	requires []requirement
+}
+
+// iamAction is the operation's own IAM action, "kms:"+name.
+func (op *operation) iamAction() string {
+	if op.action == "" {
+		return "kms:" + op.name
+	}
+	return op.action
+}
+
+// requirements is required(), computed once.
+func (op *operation) requirements() []requirement {
+	if op.requires == nil {
+		return op.required()
+	}
+	return op.requires
 }
 
 // requirement is one authorization decision an operation's contract
@@ -105,7 +130,7 @@ func (op *operation) required() []requirement {
 	for _, a := range op.keyActions() {
 		out = append(out, requirement{a, onKey})
 	}
-	return out
+	return append(out, op.also...)
 }
 
 // keyActions are the IAM actions authorized on keys.
@@ -140,13 +165,21 @@ func (s *Service) operations() []*operation {
 		op.crossAccount = true
 		return op
 	}
+	// ReplicateKey: kms:ReplicateKey on the primary (key policy) and
+	// kms:CreateKey in the replica Region (identity policy).
+	// UpdatePrimaryRegion: kms:UpdatePrimaryRegion on the primary and on
+	// the replica that becomes primary, as AWS documents them.
+	replicate := onKeyOp("ReplicateKey", typed(s.ReplicateKey), enableDisable)
+	replicate.also = []requirement{{"kms:CreateKey", onNothing}}
+	updatePrimary := onKeyOp("UpdatePrimaryRegion", typed(s.UpdatePrimaryRegion), enableDisable)
+	updatePrimary.actions = []string{"kms:UpdatePrimaryRegion", "kms:UpdatePrimaryRegion"}
 	// needs sets the key origin an operation needs: rotation is for keys
 	// whose material AWS KMS made, import for EXTERNAL ones.
 	needs := func(origin string, op *operation) *operation {
 		op.origin = origin
 		return op
 	}
-	return []*operation{
+	ops := []*operation{
 		// Keys.
 		{name: "CreateKey", handle: typed(s.CreateKey), auth: authCreateKey},
 		describe,
@@ -210,9 +243,15 @@ func (s *Service) operations() []*operation {
 		needs(originExternal, onKeyOp("ImportKeyMaterial", nil, anyState)),
 		needs(originExternal, onKeyOp("DeleteImportedKeyMaterial", nil, anyState)),
 		onKeyOp("GetKeyLastUsage", nil, anyState),
-		onKeyOp("ReplicateKey", nil, anyState),
-		onKeyOp("UpdatePrimaryRegion", nil, anyState),
+		// Multi-Region keys.
+		replicate,
+		updatePrimary,
 	}
+	for _, op := range ops {
+		op.action = "kms:" + op.name
+		op.requires = op.required()
+	}
+	return ops
 }
 
 // errUnauthorized is what proceed and the runner return for a request

@@ -154,3 +154,14 @@ func TestRunnerLogsAServerBug(t *testing.T) {
 }
 
 func keyOf(spec, usage string) *store.Key { return &store.Key{KeySpec: spec, KeyUsage: usage} }
+
+// The table's rows carry their action and requirements computed once;
+// they must be what the contract says.
+func TestOperationRowsPrecomputed(t *testing.T) {
+	s := New(Config{})
+	for _, op := range s.ops {
+		assert.Equal(t, "kms:"+op.name, op.action, op.name)
+		assert.Equal(t, op.required(), op.requires, op.name)
+		assert.NotEmpty(t, op.requires, "%s: a contract without a decision would fail open", op.name)
+	}
+}

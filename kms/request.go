@@ -79,15 +79,21 @@ func (r *Request) touched(arn string) {
 }
 
 // action is the IAM action of the request's operation.
-func (r *Request) action() string { return "kms:" + r.op.name }
+func (r *Request) action() string { return r.op.iamAction() }
 
 // authorized reports whether the decisions recorded so far satisfy the
 // operation's declared authorization: every required (action, resource
 // kind) pair has its own allow decision and nothing was denied. It is
 // the runner's fail-closed check, also made at proceed.
 func (r *Request) authorized() bool {
-	used := make([]bool, len(r.decisions))
-	for _, need := range r.op.required() {
+	var few [8]bool
+	var used []bool
+	if len(r.decisions) > len(few) {
+		used = make([]bool, len(r.decisions))
+	} else {
+		used = few[:len(r.decisions)]
+	}
+	for _, need := range r.op.requirements() {
 		found := false
 		for i, d := range r.decisions {
 			if !used[i] && d.allowed && d.action == need.action && d.kind == need.kind {

@@ -154,6 +154,9 @@ func (s *Service) EnableKeyRotation(ctx context.Context, r *Request, in *EnableK
 		if err := rotatable(k); err != nil {
 			return err
 		}
+		if err := primaryOnly(k); err != nil {
+			return err
+		}
 		if k.RotationEnabled && !k.NextRotationDate.IsZero() {
 			k.NextRotationDate = k.NextRotationDate.Add(-days(k.RotationPeriodDays)).Add(days(n))
 		} else {
@@ -169,6 +172,9 @@ func (s *Service) EnableKeyRotation(ctx context.Context, r *Request, in *EnableK
 func (s *Service) DisableKeyRotation(ctx context.Context, r *Request, in *KeyIDInput) (*Empty, error) {
 	_, err := s.update(ctx, r, in.KeyId, access{}, func(k *store.Key) error {
 		if err := rotatable(k); err != nil {
+			return err
+		}
+		if err := primaryOnly(k); err != nil {
 			return err
 		}
 		k.RotationEnabled = false
@@ -235,6 +241,9 @@ func (s *Service) RotateKeyOnDemand(ctx context.Context, r *Request, in *KeyIDIn
 			return err
 		}
 		if err := rotatable(k); err != nil {
+			return err
+		}
+		if err := primaryOnly(k); err != nil {
 			return err
 		}
 		if onDemandCount(k) >= maxOnDemandRotations {
@@ -306,7 +315,8 @@ func (s *Service) RotateDue(ctx context.Context) (int, error) {
 		return nil
 	}
 	for _, k := range due {
-		if rotatable(k) != nil {
+		// A replica shares its primary's schedule and is rotated with it.
+		if rotatable(k) != nil || k.IsReplica() {
 			continue
 		}
 		end, ok, err := s.beginRotation(ctx, k, rotation{start: now})
@@ -359,7 +369,7 @@ func (s *Service) RunRotator(ctx context.Context, interval time.Duration) {
 // metadata naming it, where check re-reads the key's rules against the
 // stored row. The caller holds k's rotation mark.
 func (s *Service) rotate(ctx context.Context, k *store.Key, typ string, check func(*store.Key) error) (*store.Key, error) {
-	uuid, ok := parseUUID(k.ID)
+	uuid, _, ok := keyIDBytes(k.ID)
 	if !ok {
 		return nil, internalf("key %s has a malformed id", arnOf(k))
 	}
@@ -380,7 +390,9 @@ func (s *Service) rotate(ctx context.Context, k *store.Key, typ string, check fu
 	var out *store.Key
 	if err == nil {
 		now := s.now().UTC()
-		out, err = s.store.UpdateKey(ctx, k.Account, k.Region, k.ID, func(k *store.Key) error {
+		// A multi-Region key's rotation is its whole set's: every key
+		// of it gets the version in this one write.
+		out, err = s.writeKey(ctx, k, func(k *store.Key, _ []*store.Key) error {
 			if err := check(k); err != nil {
 				return err
 			}

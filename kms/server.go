@@ -72,6 +72,7 @@ func (s *Service) Handler(cfg HandlerConfig) (http.Handler, error) {
 		return nil, err
 	}
 	s.identities.Store(&ids)
+	s.regions.Store(&regions)
 	byKey := make(map[string]Principal, len(cfg.Principals))
 	for _, p := range cfg.Principals {
 		byKey[p.AccessKeyID] = p

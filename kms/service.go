@@ -71,6 +71,11 @@ type Service struct {
 	ks keyStoreSync
 	// rotations marks the keys being rotated now (see rotation.go).
 	rotations rotations
+	// transitions are the multi-Region keys with a replica Creating or a
+	// primary moving, for the background job to finish (multiregion.go);
+	// regions are the Regions the handler serves, set by Handler.
+	transitions transitions
+	regions     atomic.Pointer[map[string]bool]
 	// identities are the principals' identity policies by ARN, set by
 	// Handler; policies caches parsed key policies.
 	identities atomic.Pointer[map[string]*identity]
@@ -104,6 +109,7 @@ func New(cfg Config) *Service {
 		node: cfg.NodeID, started: time.Now(), shared: shared, syncInterval: cfg.SyncInterval, kick: make(chan struct{}, 1), xksCfg: cfg.XKS}
 	s.life, s.stop = context.WithCancel(context.Background())
 	s.ops = s.operations()
+	s.transitions.init()
 	return s
 }
 

@@ -15,6 +15,18 @@ import (
 //	Unavailable: reported, never stored, for keys of a custom key store that
 //	is not connected; the stored state returns when the store reconnects.
 //	A key pending deletion stays PendingDeletion, so it can be cancelled.
+//
+// Multi-Region keys (multiregion.go) add:
+//
+//	Creating → Enabled       a replica (ReplicateKey): visible and manageable,
+//	                         not usable, until the Service finishes it
+//	Enabled/Disabled → PendingReplicaDeletion (ScheduleKeyDeletion of a
+//	                         primary with replicas) → PendingDeletion when
+//	                         the last replica is deleted; CancelKeyDeletion
+//	                         → Disabled
+//	Updating: reported, never stored, for the old and new primary while
+//	UpdatePrimaryRegion moves the primary (Key.NewPrimaryRegion set); the
+//	stored state still rules cryptographic use.
 type KeyState string
 
 const (
@@ -24,6 +36,9 @@ const (
 	StatePendingDeletion KeyState = "PendingDeletion"
 	StatePendingImport   KeyState = "PendingImport"
 	StateUnavailable     KeyState = "Unavailable"
+	// Multi-Region keys.
+	StatePendingReplicaDeletion KeyState = "PendingReplicaDeletion"
+	StateUpdating               KeyState = "Updating"
 )
 
 // stateRule is which key states allow an operation; the operation table
@@ -57,6 +72,9 @@ const (
 // key pending deletion stays PendingDeletion).
 func (s *Service) effectiveState(k *store.Key) KeyState {
 	state := KeyState(k.State)
+	if updating(k) {
+		return StateUpdating
+	}
 	if k.CustomKeyStoreID == "" || state == StatePendingDeletion {
 		return state
 	}
@@ -78,6 +96,9 @@ func (s *Service) effectiveState(k *store.Key) KeyState {
 // not, with which exception.
 func (s *Service) checkState(k *store.Key, rule stateRule) error {
 	stored := KeyState(k.State)
+	if updating(k) && rule != anyState && rule != usable {
+		return invalidState(arnOf(k), StateUpdating)
+	}
 	unavailable := rule == usable && s.effectiveState(k) == StateUnavailable
 	if unavailable && k.Origin == originXKS {
 		// The specification's message for a key whose external key
@@ -103,7 +124,9 @@ func stateError(rule stateRule, stored KeyState, unavailable bool, arn string) e
 			return disabled(arn)
 		}
 	case manageable:
-		if stored == StateEnabled || stored == StateDisabled || stored == StatePendingImport {
+		// A replica is manageable while Creating (other keys in Creating
+		// are never found).
+		if stored == StateEnabled || stored == StateDisabled || stored == StatePendingImport || stored == StateCreating {
 			return nil
 		}
 	case enableDisable:
@@ -111,7 +134,7 @@ func stateError(rule stateRule, stored KeyState, unavailable bool, arn string) e
 			return nil
 		}
 	case pendingDeletion:
-		if stored == StatePendingDeletion {
+		if stored == StatePendingDeletion || stored == StatePendingReplicaDeletion {
 			return nil
 		}
 		return wire.Errorf(wire.KMSInvalidState, "%s is not pending deletion.", arn)
@@ -136,6 +159,12 @@ func invalidState(arn string, state KeyState) error {
 		return wire.Errorf(wire.KMSInvalidState, "%s is pending import.", arn)
 	case StateUnavailable:
 		return wire.Errorf(wire.KMSInvalidState, "%s is unavailable.", arn)
+	case StateCreating:
+		return wire.Errorf(wire.KMSInvalidState, "%s is creating.", arn)
+	case StatePendingReplicaDeletion:
+		return wire.Errorf(wire.KMSInvalidState, "%s is pending replica deletion.", arn)
+	case StateUpdating:
+		return wire.Errorf(wire.KMSInvalidState, "%s is updating.", arn)
 	}
 	return wire.Errorf(wire.KMSInvalidState, "%s is %s.", arn, state)
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"testing"
 
+	"github.com/hsmkms/hsmkms/kms/store"
 	"github.com/hsmkms/hsmkms/kms/wire"
 	"github.com/stretchr/testify/require"
 )
@@ -20,18 +21,20 @@ func TestStateRules(t *testing.T) {
 	pendingImport := wire.KMSInvalidState + ": " + arn + " is pending import."
 	unavailable := wire.KMSInvalidState + ": " + arn + " is unavailable."
 	notPending := wire.KMSInvalidState + ": " + arn + " is not pending deletion."
-	creating := wire.KMSInvalidState + ": " + arn + " is Creating."
-	states := []KeyState{StateEnabled, StateDisabled, StatePendingDeletion, StatePendingImport, StateCreating}
+	creating := wire.KMSInvalidState + ": " + arn + " is creating."
+	pendingReplica := wire.KMSInvalidState + ": " + arn + " is pending replica deletion."
+	// Only a replica is ever found Creating: it can be managed, not used.
+	states := []KeyState{StateEnabled, StateDisabled, StatePendingDeletion, StatePendingImport, StateCreating, StatePendingReplicaDeletion}
 	rules := map[string]struct {
 		rule stateRule
 		want []string // by states
 	}{
-		"anyState":        {anyState, []string{ok, ok, ok, ok, ok}},
-		"usable":          {usable, []string{ok, disabledErr, pending, pendingImport, creating}},
-		"manageable":      {manageable, []string{ok, ok, pending, ok, creating}},
-		"enableDisable":   {enableDisable, []string{ok, ok, pending, pendingImport, creating}},
-		"pendingDeletion": {pendingDeletion, []string{notPending, notPending, ok, notPending, notPending}},
-		"rotating":        {rotating, []string{ok, disabledErr, pending, pendingImport, creating}},
+		"anyState":        {anyState, []string{ok, ok, ok, ok, ok, ok}},
+		"usable":          {usable, []string{ok, disabledErr, pending, pendingImport, creating, pendingReplica}},
+		"manageable":      {manageable, []string{ok, ok, pending, ok, ok, pendingReplica}},
+		"enableDisable":   {enableDisable, []string{ok, ok, pending, pendingImport, creating, pendingReplica}},
+		"pendingDeletion": {pendingDeletion, []string{notPending, notPending, ok, notPending, notPending, ok}},
+		"rotating":        {rotating, []string{ok, disabledErr, pending, pendingImport, creating, pendingReplica}},
 	}
 	for name, rc := range rules {
 		for i, st := range states {
@@ -50,6 +53,32 @@ func TestStateRules(t *testing.T) {
 			requireStateErr(t, ok, stateError(manageable, st, true, arn))
 		})
 	}
+}
+
+// TestUpdatingState: while UpdatePrimaryRegion moves the primary, the old
+// and the new primary are Updating: usable and describable as their
+// stored state allows, and nothing else; other keys of the set are not.
+func TestUpdatingState(t *testing.T) {
+	t.Parallel()
+	s := &Service{}
+	key := func(region, state string) *store.Key {
+		return &store.Key{Account: "111122223333", Region: region, ID: "mrk-0123456789abcdef0123456789abcdef", State: state,
+			MultiRegion: true, PrimaryRegion: "us-east-1", NewPrimaryRegion: "eu-west-1"}
+	}
+	for _, region := range []string{"us-east-1", "eu-west-1"} {
+		k := key(region, string(StateEnabled))
+		arn := arnOf(k)
+		require.Equal(t, StateUpdating, s.effectiveState(k))
+		requireStateErr(t, "", s.checkState(k, usable))
+		requireStateErr(t, "", s.checkState(k, anyState))
+		for _, rule := range []stateRule{manageable, enableDisable, rotating} {
+			requireStateErr(t, wire.KMSInvalidState+": "+arn+" is updating.", s.checkState(k, rule))
+		}
+		requireStateErr(t, wire.Disabled+": "+arn+" is disabled.", s.checkState(key(region, string(StateDisabled)), usable))
+	}
+	other := key("ap-south-1", string(StateEnabled))
+	require.Equal(t, StateEnabled, s.effectiveState(other))
+	requireStateErr(t, "", s.checkState(other, enableDisable))
 }
 
 func requireStateErr(t *testing.T, want string, err error) {

@@ -144,6 +144,48 @@ answers ValidationException "" derive-shared-secret --key-id "$xkey" --key-agree
 answers ValidationException "1 validation error detected: Value 'INVALID' at 'macAlgorithm' failed to satisfy constraint: Member must satisfy enum value set: [HMAC_SHA_384, HMAC_SHA_256, HMAC_SHA_224, HMAC_SHA_512]" \
   generate-mac --key-id "$hkey" --mac-algorithm INVALID --message "fileb://$dir/plain"
 
+step "multi-Region keys: create, replicate, encrypt in one Region and decrypt in the other"
+mother=eu-west-1; [ "$AWS_REGION" = "$mother" ] && mother=eu-west-2
+mkey=$(aws kms create-key --multi-region --query KeyMetadata.KeyId --output text)
+[[ $mkey =~ ^mrk-[0-9a-f]{32}$ ]] || fail "create-key --multi-region returned '$mkey'"
+state=$(aws kms replicate-key --key-id "$mkey" --replica-region "$mother" --query ReplicaKeyMetadata.KeyState --output text)
+[ "$state" = Creating ] || fail "replicate-key state '$state'"
+wait_mrk() { # region, query, value: poll describe-key until the query gives value
+  local got
+  for _ in $(seq 100); do
+    got=$(aws kms describe-key --region "$1" --key-id "$mkey" --query "KeyMetadata.$2" --output text)
+    [ "$got" = "$3" ] && return 0
+    sleep 0.1
+  done
+  fail "describe-key in $1: $2 is '$got', not '$3'"
+}
+wait_mrk "$mother" KeyState Enabled
+wait_mrk "$mother" MultiRegionConfiguration.MultiRegionKeyType REPLICA
+aws kms encrypt --key-id "$mkey" --plaintext "fileb://$dir/plain" --query CiphertextBlob --output text | base64 -d > "$dir/mblob"
+aws kms decrypt --region "$mother" --ciphertext-blob "fileb://$dir/mblob" --query Plaintext --output text | base64 -d > "$dir/mback"
+cmp -s "$dir/plain" "$dir/mback" || fail "the replica decrypted different plaintext"
+aws kms encrypt --region "$mother" --key-id "$mkey" --plaintext "fileb://$dir/plain" --query CiphertextBlob --output text | base64 -d > "$dir/mblob2"
+aws kms decrypt --ciphertext-blob "fileb://$dir/mblob2" --query Plaintext --output text | base64 -d > "$dir/mback"
+cmp -s "$dir/plain" "$dir/mback" || fail "the primary decrypted different plaintext"
+marn=$(aws kms describe-key --region "$mother" --key-id "$mkey" --query KeyMetadata.Arn --output text)
+answers UnsupportedOperationException "$marn is not a multi-Region primary key." \
+  replicate-key --region "$mother" --key-id "$mkey" --replica-region ap-south-1
+answers AlreadyExistsException "Multi-Region key ${marn/$mother/$AWS_REGION} already has a key in Region $mother: $marn." \
+  replicate-key --key-id "$mkey" --replica-region "$mother"
+step "multi-Region keys: rotation of the primary is the replica's"
+aws kms rotate-key-on-demand --key-id "$mkey" >/dev/null
+[ "$(aws kms list-key-rotations --region "$mother" --key-id "$mkey" --query 'length(Rotations)' --output text)" = 1 ] \
+  || fail "the replica does not list the primary's rotation"
+step "multi-Region keys: update-primary-region, then the primary waits for its replica"
+aws kms update-primary-region --key-id "$mkey" --primary-region "$mother"
+wait_mrk "$mother" MultiRegionConfiguration.MultiRegionKeyType PRIMARY
+wait_mrk "$mother" KeyState Enabled
+wait_mrk "$AWS_REGION" KeyState Enabled
+state=$(aws kms schedule-key-deletion --region "$mother" --key-id "$mkey" --pending-window-in-days 7 --query KeyState --output text)
+[ "$state" = PendingReplicaDeletion ] || fail "schedule-key-deletion of a primary with a replica: state '$state'"
+state=$(aws kms schedule-key-deletion --key-id "$mkey" --pending-window-in-days 7 --query KeyState --output text)
+[ "$state" = PendingDeletion ] || fail "schedule-key-deletion of the replica: state '$state'"
+
 step "custom key store: create on the first printed cluster"
 cluster=$(sed -n 's/^  \(cluster-[a-z2-7]*\)  initial kmsuser password: .*$/\1/p' "$dir/out" | head -1)
 password=$(sed -n 's/^  cluster-[a-z2-7]*  initial kmsuser password: \(.*\)$/\1/p' "$dir/out" | head -1)

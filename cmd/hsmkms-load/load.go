@@ -66,6 +66,10 @@ type result struct {
 	// serverCPU is the server's user+system time over the run; valid
 	// only when o.pid is set.
 	serverCPU time.Duration
+	// clientCPU is this process's user+system time over the run, and
+	// machineCPU the busy time of all the machine's CPUs: what else ran
+	// is machineCPU less the server's and the client's.
+	clientCPU, machineCPU time.Duration
 }
 
 func (r *result) requests() int64 { return int64(len(r.latencies)) + r.errors }
@@ -86,12 +90,21 @@ func (r *result) String() string {
 	fmt.Fprintf(&b, "%-19s workers=%-3d size=%-5d keys=%-5d requests=%-7d errors=%-4d retries=%-4d %8.0f req/s  p50=%-8s p99=%-8s",
 		r.o.op, r.o.workers, r.o.size, r.keys, r.requests(), r.errors, r.retries, float64(len(r.latencies))/r.elapsed.Seconds(),
 		r.percentile(0.50).Round(10*time.Microsecond), r.percentile(0.99).Round(10*time.Microsecond))
-	if r.o.pid != 0 {
-		perReq := time.Duration(0)
+	perReq := func(d time.Duration) time.Duration {
 		if n := r.requests(); n > 0 {
-			perReq = r.serverCPU / time.Duration(n)
+			return (d / time.Duration(n)).Round(time.Microsecond)
 		}
-		fmt.Fprintf(&b, " server-cpu/req=%s", perReq.Round(time.Microsecond))
+		return 0
+	}
+	if r.o.pid != 0 {
+		fmt.Fprintf(&b, " server-cpu/req=%s", perReq(r.serverCPU))
+	}
+	fmt.Fprintf(&b, " client-cpu/req=%s", perReq(r.clientCPU))
+	if r.o.pid != 0 && r.machineCPU > 0 {
+		// CPUs' worth of work by anything but this server and client: on
+		// a shared machine, how far to trust the run.
+		others := max(0, r.machineCPU-r.serverCPU-r.clientCPU)
+		fmt.Fprintf(&b, " other-cpus=%.2f", others.Seconds()/r.elapsed.Seconds())
 	}
 	return strings.TrimRight(b.String(), " ")
 }
@@ -149,6 +162,8 @@ func measure(ctx context.Context, o options, calls []func(context.Context) error
 			return nil, err
 		}
 	}
+	machine0, _ := machineCPU() // 0 where there is no /proc/stat: no figure
+	client0 := selfCPU()
 	retried0 := retries.Load()
 	start := time.Now()
 	deadline := start.Add(o.duration)
@@ -168,7 +183,10 @@ func measure(ctx context.Context, o options, calls []func(context.Context) error
 	}
 	wg.Wait()
 	r := &result{o: o, keys: keys, elapsed: time.Since(start), errors: failures.Load(), retries: retries.Load() - retried0,
-		latencies: slices.Concat(lat...)}
+		latencies: slices.Concat(lat...), clientCPU: selfCPU() - client0}
+	if machine1, err := machineCPU(); err == nil && machine0 > 0 {
+		r.machineCPU = machine1 - machine0
+	}
 	if o.pid != 0 {
 		cpu1, err := processCPU(o.pid)
 		if err != nil {

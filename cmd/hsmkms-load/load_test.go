@@ -48,6 +48,20 @@ func TestParseStatCPU(t *testing.T) {
 	}
 }
 
+func TestParseMachineCPU(t *testing.T) {
+	t.Parallel()
+	// user 100, nice 2, system 30, idle 900, iowait 5, irq 1, softirq 7:
+	// busy is 140 ticks.
+	got, err := parseMachineCPU("cpu  100 2 30 900 5 1 7 0 0 0\ncpu0 50 1 15 450 2 0 3 0 0 0\n")
+	require.NoError(t, err)
+	assert.Equal(t, 1400*time.Millisecond, got)
+	_, err = parseMachineCPU("intr 1 2 3\n")
+	assert.Error(t, err)
+	if _, err := machineCPU(); err != nil {
+		t.Skipf("no /proc/stat here: %v", err)
+	}
+}
+
 func TestProcessCPUOfThisProcess(t *testing.T) {
 	t.Parallel()
 	a, err := processCPU(os.Getpid())
@@ -111,7 +125,7 @@ func TestLoadEveryOperation(t *testing.T) {
 		Retryer:      closedConnRetryer(&retries),
 	})
 
-	line := regexp.MustCompile(`^\S+ +workers=2 +size=64 +keys=[03] +requests=\d+ +errors=0 +retries=\d+ +\d+ req/s +p50=\S+ +p99=\S+ +server-cpu/req=\S+$`)
+	line := regexp.MustCompile(`^\S+ +workers=2 +size=64 +keys=[03] +requests=\d+ +errors=0 +retries=\d+ +\d+ req/s +p50=\S+ +p99=\S+ +server-cpu/req=\S+ client-cpu/req=\S+ other-cpus=[0-9.]+$`)
 	keysBefore := 0
 	for _, name := range strings.Split(opNames(), ", ") {
 		t.Run(name, func(t *testing.T) {
@@ -161,7 +175,8 @@ func TestLoadEveryOperation(t *testing.T) {
 	r, err := load(ctx, client, options{op: "Encrypt", workers: 1, duration: 10 * time.Millisecond, size: 16, keys: 1, keyID: *created.KeyMetadata.KeyId}, &retries)
 	require.NoError(t, err)
 	assert.Positive(t, r.requests())
-	assert.NotContains(t, r.String(), "server-cpu", "no --pid, no CPU figure")
+	assert.NotContains(t, r.String(), "server-cpu", "no --pid, no server CPU figure")
+	assert.Contains(t, r.String(), "client-cpu/req=", "the client's own CPU, always")
 	_, err = load(ctx, client, options{op: "Sign", workers: 1, duration: 10 * time.Millisecond, size: 16, keys: 1, keyID: *created.KeyMetadata.KeyId}, &retries)
 	require.ErrorContains(t, err, "InvalidKeyUsageException")
 }

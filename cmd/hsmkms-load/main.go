@@ -37,8 +37,13 @@ func run(ctx context.Context, args []string) error {
 
 Loads the KMS endpoint named by the AWS_* environment (AWS_ENDPOINT_URL_KMS,
 AWS_CA_BUNDLE, AWS_SHARED_CREDENTIALS_FILE, AWS_REGION) with one operation
-and prints one line: requests, errors, req/s, p50, p99 and, with --pid, the
-server's CPU time (user+system, from /proc/PID/stat) per request.
+and prints one line: requests, errors, req/s, p50, p99, with --pid the
+server's CPU time (user+system, from /proc/PID/stat) per request, the
+client's own CPU time per request (client and server share the machine's
+CPUs, so the client's cost bounds req/s too), and with --pid the CPUs'
+worth of work everything else on the machine did meanwhile (other-cpus,
+from /proc/stat): a run with other-cpus well above 0 was not measured on
+a quiet machine.
 
 operations: %s
 with --xks-env (an XKS proxy, signed with SigV4 as AWS KMS signs): %s

@@ -5,6 +5,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -47,4 +48,45 @@ func parseStatCPU(stat string) (time.Duration, error) {
 		return 0, fmt.Errorf("/proc stat: stime: %w", err)
 	}
 	return time.Duration(utime+stime) * clockTick, nil
+}
+
+// selfCPU is the user plus system CPU time this process has used so far:
+// the client's side of the load, which shares the machine with a server
+// on the same host.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// machineCPU is the CPU time every CPU of the machine has spent busy so
+// far (user, nice, system, irq and softirq), from /proc/stat: with the
+// server's and the client's own, it tells how much else ran during a
+// measurement.
+func machineCPU() (time.Duration, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, err
+	}
+	return parseMachineCPU(string(b))
+}
+
+// parseMachineCPU reads the aggregate "cpu" line of /proc/stat.
+func parseMachineCPU(stat string) (time.Duration, error) {
+	line, _, _ := strings.Cut(stat, "\n")
+	f := strings.Fields(line)
+	if len(f) < 8 || f[0] != "cpu" {
+		return 0, fmt.Errorf("/proc/stat: no aggregate cpu line in %q", line)
+	}
+	var busy uint64
+	for _, i := range []int{1, 2, 3, 6, 7} { // user nice system irq softirq
+		n, err := strconv.ParseUint(f[i], 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("/proc/stat: %w", err)
+		}
+		busy += n
+	}
+	return time.Duration(busy) * clockTick, nil
 }

@@ -119,7 +119,12 @@ func serve(args []string) error {
 	if queueWait == 0 {
 		queueWait = -1 // HandlerConfig's "none"
 	}
-	handler, err := svc.Handler(kms.HandlerConfig{Principals: principals, Logger: log.Named("api"),
+	// The request log, a line per request, is written in batches (see
+	// lineBuffer); every other line goes out at once.
+	requestLog := newLineBuffer(os.Stderr, 64<<10, 100*time.Millisecond)
+	defer requestLog.Close()
+	apiLog := hclog.New(&hclog.LoggerOptions{Name: "hsmkms", Level: hclog.LevelFromString(cfg.LogLevel), Output: requestLog}).Named("api")
+	handler, err := svc.Handler(kms.HandlerConfig{Principals: principals, Logger: apiLog,
 		MaxInFlight: cfg.Limits.MaxInFlight, QueueWait: queueWait, Regions: cfg.Regions})
 	if err != nil {
 		return err

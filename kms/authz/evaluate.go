@@ -15,7 +15,7 @@ type Result struct {
 // Evaluate applies the policy to req. A matching Deny wins over every
 // Allow; among Allows a direct principal match wins over an account match.
 func (p *Policy) Evaluate(req *Request) Result {
-	var allow *Result
+	allow := Result{Effect: NoMatch}
 	for i := range p.Statements {
 		st := &p.Statements[i]
 		m := st.applies(p.Kind, req)
@@ -25,14 +25,11 @@ func (p *Policy) Evaluate(req *Request) Result {
 		if st.Effect == Deny {
 			return Result{Effect: Deny, Statement: st.Sid}
 		}
-		if allow == nil || (allow.ViaAccount && m == matchDirect) {
-			allow = &Result{Effect: Allow, Statement: st.Sid, ViaAccount: m == matchAccount}
+		if allow.Effect != Allow || (allow.ViaAccount && m == matchDirect) {
+			allow = Result{Effect: Allow, Statement: st.Sid, ViaAccount: m == matchAccount}
 		}
 	}
-	if allow == nil {
-		return Result{Effect: NoMatch}
-	}
-	return *allow
+	return allow
 }
 
 // applies reports whether the statement covers req and how the principal

@@ -43,6 +43,9 @@ type Query struct {
 // signature. A parameter given twice counts with its first value, as in
 // AWS.
 func ParseQuery(raw string) (*Query, error) {
+	if raw == "" {
+		return nil, nil // the SDKs' requests: no query at all
+	}
 	params, err := parseQueryString(raw)
 	if err != nil {
 		return nil, err

@@ -23,8 +23,13 @@ func Sign(r *http.Request, body []byte, accessKeyID, secret, region, service str
 	}
 	signed := []string{"host", "x-amz-date"}
 	payload := sha256.Sum256(body)
-	creq := canonicalRequest(r, signed, hex.EncodeToString(payload[:]), false)
-	sum := sha256.Sum256([]byte(creq))
+	var payloadHex [sha256.Size * 2]byte
+	hex.Encode(payloadHex[:], payload[:])
+	buf := buffers.Get().(*[]byte)
+	creq := appendCanonicalRequest((*buf)[:0], r, signed, payloadHex[:], false)
+	sum := sha256.Sum256(creq)
+	*buf = creq[:0]
+	buffers.Put(buf)
 	day := date[:8]
 	scope := day + "/" + region + "/" + service + "/" + terminator
 	sts := algorithm + "\n" + date + "\n" + scope + "\n" + hex.EncodeToString(sum[:])

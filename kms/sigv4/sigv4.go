@@ -12,6 +12,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"hash"
 	"net/http"
 	"net/url"
 	"sort"
@@ -41,9 +42,8 @@ type Verifier struct {
 	Now     func() time.Time
 	MaxSkew time.Duration // 0 means 5 minutes, as AWS
 
-	keys sync.Map // scope string → signing key; bounded by keyCount
-	n    int64
-	mu   sync.Mutex
+	mu   sync.RWMutex
+	keys map[scope]*signer // bounded by keyCount
 }
 
 // Result is what a valid signature establishes.
@@ -77,29 +77,37 @@ func ParseAuthorization(h string) (*Authorization, error) {
 	if alg != algorithm {
 		return nil, incomplete("Unsupported AWS 'algorithm': '%s'", truncate(alg, 64))
 	}
-	params := map[string]string{}
-	for _, part := range strings.Split(rest, ",") {
+	// A parameter given twice counts with its last value.
+	var credential, signature, signedHeaders string
+	for part := range strings.SplitSeq(rest, ",") {
 		k, v, ok := strings.Cut(strings.TrimSpace(part), "=")
 		if !ok {
 			continue
 		}
-		params[k] = v
-	}
-	var missing []string
-	for _, p := range []string{"Credential", "Signature", "SignedHeaders"} {
-		if params[p] == "" {
-			missing = append(missing, fmt.Sprintf("Authorization header requires '%s' parameter.", p))
+		switch k {
+		case "Credential":
+			credential = v
+		case "Signature":
+			signature = v
+		case "SignedHeaders":
+			signedHeaders = v
 		}
 	}
-	if len(missing) > 0 {
+	if credential == "" || signature == "" || signedHeaders == "" {
+		var missing []string
+		for _, p := range [...]struct{ name, value string }{{"Credential", credential}, {"Signature", signature}, {"SignedHeaders", signedHeaders}} {
+			if p.value == "" {
+				missing = append(missing, fmt.Sprintf("Authorization header requires '%s' parameter.", p.name))
+			}
+		}
 		return nil, incomplete("%s", strings.Join(missing, " "))
 	}
-	a, err := parseCredential(params["Credential"])
+	a, err := parseCredential(credential)
 	if err != nil {
 		return nil, err
 	}
-	a.SignedHeaders = strings.Split(params["SignedHeaders"], ";")
-	a.Signature = params["Signature"]
+	a.SignedHeaders = strings.Split(signedHeaders, ";")
+	a.Signature = signature
 	if err := a.checkSignedHeadersAndSignature("Authorization header SignedHeaders"); err != nil {
 		return nil, err
 	}
@@ -213,7 +221,8 @@ func (v *Verifier) Verify(r *http.Request, body []byte) (Result, error) {
 	if s.Service != v.Service {
 		fmt.Fprintf(&scope, "Credential should be scoped to correct service: '%s'. ", v.Service)
 	}
-	if reqDate := s.t.UTC().Format("20060102"); reqDate != s.Date {
+	var day [8]byte
+	if reqDate := s.t.UTC().AppendFormat(day[:0], "20060102"); string(reqDate) != s.Date {
 		fmt.Fprintf(&scope, "Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP: '%s' != '%s', from '%s'.", s.Date, reqDate, truncate(s.dateValue, 64))
 	}
 	if scope.Len() > 0 {
@@ -228,22 +237,38 @@ func (v *Verifier) Verify(r *http.Request, body []byte) (Result, error) {
 		return Result{}, wire.Errorf(wire.UnrecognizedClient, "The security token included in the request is invalid.")
 	}
 
+	var payloadHex [sha256.Size * 2]byte
 	payload := sha256.Sum256(body)
-	payloadHex := hex.EncodeToString(payload[:])
-	if declared := r.Header.Get("X-Amz-Content-Sha256"); declared != "" && declared != payloadHex {
+	hex.Encode(payloadHex[:], payload[:])
+	if declared := r.Header.Get("X-Amz-Content-Sha256"); declared != "" && declared != string(payloadHex[:]) {
 		return Result{}, mismatch()
 	}
-	scopeText := s.Date + "/" + s.Region + "/" + s.Service + "/" + terminator
-	creq := canonicalRequest(r, s.SignedHeaders, payloadHex, s.presigned)
-	sum := sha256.Sum256([]byte(creq))
-	sts := algorithm + "\n" + s.dateValue + "\n" + scopeText + "\n" + hex.EncodeToString(sum[:])
-	want := hmacSHA256(v.signingKey(s.AccessKeyID, secret, s.Date, s.Region, s.Service), []byte(sts))
-	got, err := hex.DecodeString(s.Signature)
-	if err != nil || !hmac.Equal(want, got) {
+	buf := buffers.Get().(*[]byte)
+	defer buffers.Put(buf)
+	creq := appendCanonicalRequest((*buf)[:0], r, s.SignedHeaders, payloadHex[:], s.presigned)
+	sum := sha256.Sum256(creq)
+	sts := append(creq[:0], algorithm+"\n"...)
+	sts = append(sts, s.dateValue...)
+	sts = append(sts, '\n')
+	sts = append(sts, s.Date...)
+	sts = append(sts, '/')
+	sts = append(sts, s.Region...)
+	sts = append(sts, '/')
+	sts = append(sts, s.Service...)
+	sts = append(sts, "/"+terminator+"\n"...)
+	sts = hex.AppendEncode(sts, sum[:])
+	var want, got [sha256.Size]byte
+	v.signer(s.AccessKeyID, secret, s.Date, s.Region, s.Service).sign(want[:0], sts)
+	*buf = sts[:0]
+	if _, err := hex.Decode(got[:], []byte(s.Signature)); err != nil || !hmac.Equal(want[:], got[:]) {
 		return Result{}, mismatch()
 	}
 	return Result{AccessKeyID: s.AccessKeyID, Region: s.Region, Service: s.Service, Time: s.t, Presigned: s.presigned}, nil
 }
+
+// buffers hold a canonical request and then the string to sign, so
+// verifying allocates neither.
+var buffers = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
 
 // parse finds the request's signature: in the Authorization header, or in
 // the query string, never both.
@@ -310,53 +335,102 @@ func contains(list []string, s string) bool {
 	return false
 }
 
-// canonicalRequest is the request as the client signed it. A presigned
-// URL's signature cannot sign itself, so X-Amz-Signature is left out.
-func canonicalRequest(r *http.Request, signed []string, payloadHex string, presigned bool) string {
-	var b strings.Builder
-	b.WriteString(r.Method)
-	b.WriteByte('\n')
-	b.WriteString(canonicalURI(r.URL.EscapedPath()))
-	b.WriteByte('\n')
-	b.WriteString(canonicalQuery(r.URL.RawQuery, presigned))
-	b.WriteByte('\n')
+// appendCanonicalRequest appends the request as the client signed it to
+// dst. A presigned URL's signature cannot sign itself, so X-Amz-Signature
+// is left out.
+func appendCanonicalRequest(dst []byte, r *http.Request, signed []string, payloadHex []byte, presigned bool) []byte {
+	dst = append(dst, r.Method...)
+	dst = append(dst, '\n')
+	dst = append(dst, canonicalURI(r.URL.EscapedPath())...)
+	dst = append(dst, '\n')
+	dst = append(dst, canonicalQuery(r.URL.RawQuery, presigned)...)
+	dst = append(dst, '\n')
 	for _, h := range signed {
-		b.WriteString(h)
-		b.WriteByte(':')
-		b.WriteString(headerValue(r, h))
-		b.WriteByte('\n')
+		dst = append(dst, h...)
+		dst = append(dst, ':')
+		dst = appendHeaderValue(dst, r, h)
+		dst = append(dst, '\n')
 	}
-	b.WriteByte('\n')
-	b.WriteString(strings.Join(signed, ";"))
-	b.WriteByte('\n')
-	b.WriteString(payloadHex)
-	return b.String()
+	dst = append(dst, '\n')
+	for i, h := range signed {
+		if i > 0 {
+			dst = append(dst, ';')
+		}
+		dst = append(dst, h...)
+	}
+	dst = append(dst, '\n')
+	return append(dst, payloadHex...)
 }
 
-// headerValue is a header as the client signed it. net/http moves Host,
-// Content-Length and Transfer-Encoding out of r.Header; put them back.
-func headerValue(r *http.Request, name string) string {
+// appendHeaderValue appends a header as the client signed it: its values
+// joined by commas, each with its runs of space made one. net/http moves
+// Host, Content-Length and Transfer-Encoding out of r.Header; put them
+// back.
+func appendHeaderValue(dst []byte, r *http.Request, name string) []byte {
 	switch name {
 	case "host":
-		return r.Host
+		return append(dst, r.Host...)
 	case "content-length":
 		if r.ContentLength >= 0 {
-			return strconv.FormatInt(r.ContentLength, 10)
+			return strconv.AppendInt(dst, r.ContentLength, 10)
 		}
 	case "transfer-encoding":
-		return strings.Join(r.TransferEncoding, ",")
+		for i, v := range r.TransferEncoding {
+			if i > 0 {
+				dst = append(dst, ',')
+			}
+			dst = append(dst, v...)
+		}
+		return dst
 	}
-	vals := r.Header.Values(name)
-	out := make([]string, len(vals))
-	for i, v := range vals {
-		out[i] = strings.Join(strings.Fields(v), " ")
+	for i, v := range headerValues(r.Header, name) {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		first := true
+		for f := range strings.FieldsSeq(v) {
+			if !first {
+				dst = append(dst, ' ')
+			}
+			dst = append(dst, f...)
+			first = false
+		}
 	}
-	return strings.Join(out, ",")
+	return dst
+}
+
+// headerValues is h.Values(name) for a lower-case name, without the
+// allocation of canonicalizing it: the canonical key is built on the
+// stack when name is of the characters SDKs use in header names.
+func headerValues(h http.Header, name string) []string {
+	var key [64]byte
+	if len(name) > len(key) {
+		return h.Values(name)
+	}
+	upper := true
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		switch {
+		case 'a' <= c && c <= 'z':
+			if upper {
+				c -= 'a' - 'A'
+			}
+		case '0' <= c && c <= '9' || c == '-':
+		default:
+			return h.Values(name)
+		}
+		key[i] = c
+		upper = c == '-'
+	}
+	return h[string(key[:len(name)])]
 }
 
 func canonicalURI(p string) string {
 	if p == "" {
 		return "/"
+	}
+	if unreservedPath(p) {
+		return p // each segment escapes to itself
 	}
 	segs := strings.Split(p, "/")
 	for i, s := range segs {
@@ -397,13 +471,28 @@ func canonicalQuery(raw string, presigned bool) string {
 	return strings.Join(parts, "&")
 }
 
+// unreservedPath reports whether p is only AWS's unreserved characters
+// and slashes.
+func unreservedPath(p string) bool {
+	for i := 0; i < len(p); i++ {
+		if c := p[i]; !unreserved(c) && c != '/' {
+			return false
+		}
+	}
+	return true
+}
+
+func unreserved(c byte) bool {
+	return 'A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c == '.' || c == '~'
+}
+
 // escape is RFC 3986 percent-encoding with AWS's unreserved set.
 func escape(s string) string {
 	const hexDigits = "0123456789ABCDEF"
 	var b strings.Builder
 	for i := 0; i < len(s); i++ {
 		c := s[i]
-		if 'A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c == '.' || c == '~' {
+		if unreserved(c) {
 			b.WriteByte(c)
 			continue
 		}
@@ -425,25 +514,47 @@ func hmacSHA256(key, data []byte) []byte {
 // regions; then it is simply dropped and rebuilt.
 const keyCount = 1024
 
-func (v *Verifier) signingKey(id, secret, date, region, service string) []byte {
-	// The secret is part of the cache key so a rotated secret never
-	// verifies against a stale derived key.
-	secretSum := sha256.Sum256([]byte(secret))
-	ck := id + "/" + hex.EncodeToString(secretSum[:8]) + "/" + date + "/" + region + "/" + service
-	if k, ok := v.keys.Load(ck); ok {
-		return k.([]byte)
+// scope names a signing key: it is derived from the secret for one day,
+// Region and service.
+type scope struct{ id, date, region, service string }
+
+// signer signs with one derived key. Its HMACs are pooled: each keeps the
+// key's padded blocks hashed, so a signature costs no key setup.
+type signer struct {
+	secret string // the secret the key was derived from
+	hmacs  sync.Pool
+}
+
+func (g *signer) sign(dst, data []byte) []byte {
+	m := g.hmacs.Get().(hash.Hash)
+	m.Reset()
+	m.Write(data)
+	dst = m.Sum(dst)
+	g.hmacs.Put(m)
+	return dst
+}
+
+// signer returns the signer for a scope, deriving its key once per
+// secret: a rotated secret never verifies against a stale derived key.
+func (v *Verifier) signer(id, secret, date, region, service string) *signer {
+	k := scope{id, date, region, service}
+	v.mu.RLock()
+	g := v.keys[k]
+	v.mu.RUnlock()
+	if g != nil && g.secret == secret {
+		return g
 	}
-	k := hmacSHA256([]byte("AWS4"+secret), []byte(date))
-	k = hmacSHA256(k, []byte(region))
-	k = hmacSHA256(k, []byte(service))
-	k = hmacSHA256(k, []byte(terminator))
+	key := hmacSHA256([]byte("AWS4"+secret), []byte(date))
+	key = hmacSHA256(key, []byte(region))
+	key = hmacSHA256(key, []byte(service))
+	key = hmacSHA256(key, []byte(terminator))
+	g = &signer{secret: secret}
+	g.hmacs.New = func() any { return hmac.New(sha256.New, key) }
 	v.mu.Lock()
-	if v.n >= keyCount {
-		v.keys.Clear()
-		v.n = 0
+	if v.keys == nil || len(v.keys) >= keyCount {
+		v.keys = make(map[scope]*signer)
 	}
-	v.n++
+	v.keys[k] = g
 	v.mu.Unlock()
-	v.keys.Store(ck, k)
-	return k
+	return g
 }

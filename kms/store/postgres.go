@@ -113,9 +113,12 @@ var pgMigrations = []string{
 		created BIGINT NOT NULL,
 		PRIMARY KEY (key_store_id, id)
 	);`,
-	// 8: reserved for the audit trail's migration (another branch), so
-	// that every migration keeps its number in both engines.
-	`SELECT 1;`,
+	// 8: multi-Region keys.
+	`ALTER TABLE keys ADD COLUMN primary_region TEXT COLLATE "C" NOT NULL DEFAULT '',
+		ADD COLUMN new_primary_region TEXT COLLATE "C" NOT NULL DEFAULT '';
+	CREATE INDEX keys_set ON keys (account, id) WHERE multi_region;
+	CREATE INDEX keys_in_transition ON keys (account, id)
+		WHERE multi_region AND (new_primary_region <> '' OR (state = 'Creating' AND region <> primary_region));`,
 	// 9: what several nodes sharing the database coordinate through (see
 	// coordination.go): marks, node heartbeats, each node's login to each
 	// custom key store, and the connection state every node reports.
@@ -416,7 +419,8 @@ func uniqueViolation(err error) string {
 
 const pgKeyColumns = `account, region, id, description, key_usage, key_spec, origin, state,
 	creation_date, deletion_date, pending_window_days, policy, custom_key_store_id,
-	rotation_enabled, rotation_period_days, next_rotation_date, multi_region, materials, xks_key_id`
+	rotation_enabled, rotation_period_days, next_rotation_date, multi_region, materials, xks_key_id,
+	primary_region, new_primary_region`
 
 func pgScanKey(row pgx.Row) (*Key, error) {
 	var (
@@ -427,7 +431,8 @@ func pgScanKey(row pgx.Row) (*Key, error) {
 	)
 	err := row.Scan(&k.Account, &k.Region, &k.ID, &description, &k.KeyUsage, &k.KeySpec, &k.Origin, &k.State,
 		&created, &deletion, &k.PendingWindowDays, &policy, &k.CustomKeyStoreID,
-		&k.RotationEnabled, &k.RotationPeriodDays, &nextRot, &k.MultiRegion, &materialsJSON, &k.XksKeyID)
+		&k.RotationEnabled, &k.RotationPeriodDays, &nextRot, &k.MultiRegion, &materialsJSON, &k.XksKeyID,
+		&k.PrimaryRegion, &k.NewPrimaryRegion)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, ErrNotFound
 	}
@@ -523,7 +528,7 @@ func (p *PostgreSQL) CreateKey(ctx context.Context, k *Key, tags []Tag) error {
 		if err := pgUsableDomainKeys(ctx, tx, k.MaterialStoreID(), newDomainKeys(nil, k)); err != nil {
 			return err
 		}
-		_, err := tx.Exec(ctx, `INSERT INTO keys (`+pgKeyColumns+`) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19)`, vals...)
+		_, err := tx.Exec(ctx, `INSERT INTO keys (`+pgKeyColumns+`) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21)`, vals...)
 		switch uniqueViolation(err) {
 		case "":
 		case "keys_xks_key":
@@ -571,10 +576,7 @@ func (p *PostgreSQL) UpdateKey(ctx context.Context, account, region, id string, 
 		if err != nil {
 			return err
 		}
-		if err := changeKey(ctx, tx, account, region, id, `UPDATE keys SET description=$1, key_usage=$2, key_spec=$3, origin=$4, state=$5,
-			creation_date=$6, deletion_date=$7, pending_window_days=$8, policy=$9, custom_key_store_id=$10,
-			rotation_enabled=$11, rotation_period_days=$12, next_rotation_date=$13, multi_region=$14, materials=$15, xks_key_id=$16
-			WHERE account = $17 AND region = $18 AND id = $19`, append(vals[3:], account, region, id)...); err != nil {
+		if err := changeKey(ctx, tx, account, region, id, pgUpdateKeySQL, append(vals[3:], account, region, id)...); err != nil {
 			return err
 		}
 		out = k
@@ -585,6 +587,12 @@ func (p *PostgreSQL) UpdateKey(ctx context.Context, account, region, id string, 
 	}
 	return out, nil
 }
+
+const pgUpdateKeySQL = `UPDATE keys SET description=$1, key_usage=$2, key_spec=$3, origin=$4, state=$5,
+	creation_date=$6, deletion_date=$7, pending_window_days=$8, policy=$9, custom_key_store_id=$10,
+	rotation_enabled=$11, rotation_period_days=$12, next_rotation_date=$13, multi_region=$14, materials=$15, xks_key_id=$16,
+	primary_region=$17, new_primary_region=$18
+	WHERE account = $19 AND region = $20 AND id = $21`
 
 func pgAffected(tag pgconn.CommandTag, err error) error {
 	if err != nil {

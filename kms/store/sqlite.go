@@ -122,9 +122,15 @@ var migrations = []string{
 		key_store_id TEXT NOT NULL, id TEXT NOT NULL, state TEXT NOT NULL, created INTEGER NOT NULL,
 		PRIMARY KEY (key_store_id, id)
 	);`,
-	// 8: reserved for the audit trail's migration (another branch), so
-	// that every migration keeps its number in both engines.
-	`SELECT 1;`,
+	// 8: multi-Region keys. The keys of
+	// one multi-Region key share account and id across Regions; each row
+	// names the Region of the primary, and, while UpdatePrimaryRegion is
+	// moving it, the Region it moves to. keys_set finds a key's Regions.
+	`ALTER TABLE keys ADD COLUMN primary_region TEXT NOT NULL DEFAULT '';
+	ALTER TABLE keys ADD COLUMN new_primary_region TEXT NOT NULL DEFAULT '';
+	CREATE INDEX keys_set ON keys (account, id) WHERE multi_region = 1;
+	CREATE INDEX keys_in_transition ON keys (account, id)
+		WHERE multi_region = 1 AND (new_primary_region != '' OR (state = 'Creating' AND region != primary_region));`,
 	// 9: what several nodes sharing the database coordinate through (see
 	// coordination.go), kept on SQLite too so that one schema version is
 	// one schema: marks (claims on work, with an expiry), node heartbeats,
@@ -255,7 +261,8 @@ func (s *SQLite) Close() error {
 
 const keyColumns = `account, region, id, description, key_usage, key_spec, origin, state,
 	creation_date, deletion_date, pending_window_days, policy, custom_key_store_id,
-	rotation_enabled, rotation_period_days, next_rotation_date, multi_region, materials, xks_key_id`
+	rotation_enabled, rotation_period_days, next_rotation_date, multi_region, materials, xks_key_id,
+	primary_region, new_primary_region`
 
 type scanner interface{ Scan(...any) error }
 
@@ -327,7 +334,8 @@ func scanKey(row scanner) (*Key, error) {
 	)
 	err := row.Scan(&k.Account, &k.Region, &k.ID, &k.Description, &k.KeyUsage, &k.KeySpec, &k.Origin, &k.State,
 		&created, &deletion, &k.PendingWindowDays, &k.Policy, &k.CustomKeyStoreID,
-		&rotationEnabled, &k.RotationPeriodDays, &nextRot, &multiRegion, &materialsJSON, &k.XksKeyID)
+		&rotationEnabled, &k.RotationPeriodDays, &nextRot, &multiRegion, &materialsJSON, &k.XksKeyID,
+		&k.PrimaryRegion, &k.NewPrimaryRegion)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, ErrNotFound
 	}
@@ -353,7 +361,8 @@ func keyValues(k *Key) ([]any, error) {
 	}
 	return []any{k.Account, k.Region, k.ID, k.Description, k.KeyUsage, k.KeySpec, k.Origin, k.State,
 		toNanos(k.CreationDate), toNanos(k.DeletionDate), k.PendingWindowDays, k.Policy, k.CustomKeyStoreID,
-		k.RotationEnabled, k.RotationPeriodDays, toNanos(k.NextRotationDate), k.MultiRegion, string(mj), k.XksKeyID}, nil
+		k.RotationEnabled, k.RotationPeriodDays, toNanos(k.NextRotationDate), k.MultiRegion, string(mj), k.XksKeyID,
+		k.PrimaryRegion, k.NewPrimaryRegion}, nil
 }
 
 // Times are Unix nanoseconds; 0 is the zero time.
@@ -401,7 +410,7 @@ func (s *SQLite) CreateKey(ctx context.Context, k *Key, tags []Tag) error {
 		if err := usableDomainKeys(ctx, tx, k.MaterialStoreID(), newDomainKeys(nil, k)); err != nil {
 			return err
 		}
-		_, err := tx.ExecContext(ctx, `INSERT INTO keys (`+keyColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`, vals...)
+		_, err := tx.ExecContext(ctx, `INSERT INTO keys (`+keyColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`, vals...)
 		if isConstraint(err) {
 			return ErrAlreadyExists
 		}
@@ -439,10 +448,7 @@ func (s *SQLite) UpdateKey(ctx context.Context, account, region, id string, fn f
 		if err != nil {
 			return err
 		}
-		_, err = tx.ExecContext(ctx, `UPDATE keys SET description=?, key_usage=?, key_spec=?, origin=?, state=?,
-			creation_date=?, deletion_date=?, pending_window_days=?, policy=?, custom_key_store_id=?,
-			rotation_enabled=?, rotation_period_days=?, next_rotation_date=?, multi_region=?, materials=?, xks_key_id=?
-			WHERE account = ? AND region = ? AND id = ?`, append(vals[3:], account, region, id)...)
+		_, err = tx.ExecContext(ctx, updateKeySQL, append(vals[3:], account, region, id)...)
 		out = k
 		return err
 	})
@@ -451,6 +457,12 @@ func (s *SQLite) UpdateKey(ctx context.Context, account, region, id string, fn f
 	}
 	return out, nil
 }
+
+const updateKeySQL = `UPDATE keys SET description=?, key_usage=?, key_spec=?, origin=?, state=?,
+	creation_date=?, deletion_date=?, pending_window_days=?, policy=?, custom_key_store_id=?,
+	rotation_enabled=?, rotation_period_days=?, next_rotation_date=?, multi_region=?, materials=?, xks_key_id=?,
+	primary_region=?, new_primary_region=?
+	WHERE account = ? AND region = ? AND id = ?`
 
 func (s *SQLite) DeleteKey(ctx context.Context, account, region, id string) error {
 	res, err := s.exec(ctx, `DELETE FROM keys WHERE account = ? AND region = ? AND id = ?`, account, region, id)

@@ -83,7 +83,16 @@ type Key struct {
 	// XksKeyID is, for a key of an external key store, the id of its
 	// external key (unique within the store); "" for every other key.
 	XksKeyID string
+	// PrimaryRegion is, for a multi-Region key, the Region of the set's
+	// primary key (every key of the set names the same); "" for a
+	// single-Region key. NewPrimaryRegion is set, on every key of the set,
+	// while UpdatePrimaryRegion moves the primary there.
+	PrimaryRegion    string
+	NewPrimaryRegion string
 }
+
+// IsReplica reports whether k is a multi-Region replica key.
+func (k *Key) IsReplica() bool { return k.MultiRegion && k.Region != k.PrimaryRegion }
 
 // MaterialStoreID is the key store whose token holds k's material: its
 // own, except for a key of an external key store, whose material (the
@@ -274,9 +283,11 @@ func sameSet(a, b []string) bool {
 //	UpdateKey                 whatever fn checks (on-demand rotations per key, key states); the
 //	                          domain keys materials newly name, as CreateKey
 //	RetireDomainKey           no material of the store names the key: ErrDomainKeyInUse
+//	UpdateKeySet              whatever fn checks; one key of the set per Region: ErrAlreadyExists
 type Store interface {
 	Coordination
 
+	keySetStore
 	// CreateKey stores k with its tags atomically, or ErrNotFound if k
 	// names a custom key store that does not exist, or ErrXksKeyInUse if
 	// another key of that store has k's XksKeyID. It enforces no tag limit.

@@ -95,7 +95,7 @@ func TestBase64Len(t *testing.T) {
 func requireSameAsDecoder(t *testing.T, s string) {
 	t.Helper()
 	want, wantErr := base64.StdEncoding.DecodeString(s)
-	n, err := base64Len(s)
+	n, err := base64Len([]byte(s))
 	if wantErr != nil {
 		require.Error(t, err, "%q decodes with encoding/base64's error %v", s, wantErr)
 		return

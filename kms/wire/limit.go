@@ -139,8 +139,7 @@ func (l *Limiter) acquire(r *http.Request) bool {
 func (l *Limiter) throttle(w http.ResponseWriter, r *http.Request, start time.Time) {
 	l.throttled.Add(1)
 	id := newRequestID()
-	w.Header().Set("x-amzn-RequestId", id)
-	w.Header().Set("Content-Type", contentType)
+	setHeaders(w.Header(), id)
 	status, outcome := writeError(w, Throttled())
 	if l.logger == nil {
 		return

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,11 +12,15 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"reflect"
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
+	jsonv2 "github.com/go-json-experiment/json"
+	jsonv1 "github.com/go-json-experiment/json/v1"
 	"github.com/hashicorp/go-hclog"
 )
 
@@ -61,14 +66,32 @@ type Route struct {
 	Handle func(ctx context.Context, c *Call, body []byte) (any, error)
 }
 
-// Decode unmarshals a request body into v, answering malformed JSON with
-// AWS's SerializationException. An empty body leaves v as it is.
+// decodeOptions are encoding/json's semantics, less its habit of scanning
+// the whole body for syntax before decoding it: Validate has read the
+// body already, and a body refused for any reason is decoded again by
+// encoding/json itself.
+var decodeOptions = jsonv2.JoinOptions(jsonv1.DefaultOptionsV1(), jsonv1.ReportErrorsWithLegacySemantics(false))
+
+// Decode unmarshals a request body into v (a pointer to a struct),
+// answering malformed JSON with AWS's SerializationException. An empty
+// body leaves v as it is.
+//
+// It decodes with encoding/json's semantics (case-insensitive names,
+// duplicate names, invalid UTF-8 and all) on the v2 engine of
+// go-json-experiment/json, which takes a third of encoding/json's time
+// and allocations. A body it refuses is read again by encoding/json, so
+// that the exception's words are encoding/json's, as they always were: a
+// body that passed Validate is refused only for a number that is not an
+// integer's (1e3 for an int), which no SDK sends.
 func Decode(body []byte, v any) error {
 	if len(bytes.TrimSpace(body)) == 0 {
 		return nil
 	}
-	if err := json.Unmarshal(body, v); err != nil {
-		return serialization("Malformed request body: " + describeJSONError(err))
+	if err := jsonv2.Unmarshal(body, v, decodeOptions); err != nil {
+		reflect.ValueOf(v).Elem().SetZero()
+		if err := json.Unmarshal(body, v); err != nil {
+			return serialization("Malformed request body: " + describeJSONError(err))
+		}
 	}
 	return nil
 }
@@ -99,6 +122,23 @@ type Server struct {
 
 const contentType = "application/x-amz-json-1.1"
 
+// Every response's headers, by their canonical names (net/http sends
+// x-amzn-RequestId as X-Amzn-Requestid, as it always has): set directly,
+// Header.Set would canonicalize the name again on every request.
+const (
+	requestIDHeader   = "X-Amzn-Requestid"
+	contentTypeHeader = "Content-Type"
+)
+
+// contentTypeValue is shared by every response: net/http copies a
+// handler's headers before it writes them and never changes a value.
+var contentTypeValue = []string{contentType}
+
+func setHeaders(h http.Header, requestID string) {
+	h[requestIDHeader] = []string{requestID}
+	h[contentTypeHeader] = contentTypeValue
+}
+
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	now := time.Now
 	if s.Now != nil {
@@ -109,14 +149,14 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
 		c.SourceIP = host
 	}
-	w.Header().Set("x-amzn-RequestId", c.RequestID)
-	w.Header().Set("Content-Type", contentType)
+	setHeaders(w.Header(), c.RequestID)
 
 	status, outcome := s.serve(w, r, c)
 	if s.Logger != nil {
-		attrs := append([]any{"request_id", c.RequestID, "operation", c.Op, "outcome", outcome, "status", status,
-			"latency", time.Since(start), "source_ip", c.SourceIP}, c.logAttrs...)
-		s.Logger.Info("request", attrs...)
+		attrs := make([]any, 0, 12+len(c.logAttrs))
+		attrs = append(attrs, "request_id", c.RequestID, "operation", c.Op, "outcome", outcome, "status", status,
+			"latency", time.Since(start), "source_ip", c.SourceIP)
+		s.Logger.Info("request", append(attrs, c.logAttrs...)...)
 	}
 }
 
@@ -160,14 +200,48 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, c *Call) (int, st
 	if err != nil {
 		return s.writeErr(w, c, err)
 	}
-	resp, err := json.Marshal(out)
+	resp, err := encodeResponse(out)
 	if err != nil {
 		return s.writeErr(w, c, fmt.Errorf("wire: encoding %s response: %w", c.Op, err))
 	}
-	w.Header().Set("Content-Length", strconv.Itoa(len(resp)))
+	defer resp.release()
+	w.Header().Set("Content-Length", strconv.Itoa(len(resp.body)))
 	w.WriteHeader(http.StatusOK)
-	w.Write(resp)
+	w.Write(resp.body)
 	return http.StatusOK, "ok"
+}
+
+// response is a response body encoded into a pooled buffer: net/http
+// copies what a handler writes, so the buffer serves the next response,
+// and a response costs no allocation of its size and no copy of it.
+type response struct {
+	buf  *bytes.Buffer
+	body []byte
+}
+
+var responseBuffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// maxPooledResponse keeps a rare large response (a long ListKeys page)
+// from pinning its buffer in the pool.
+const maxPooledResponse = 64 << 10
+
+// encodeResponse is json.Marshal(out), byte for byte: json.Encoder
+// encodes as Marshal does (HTML-safe escaping included) and ends with a
+// newline, which is left out.
+func encodeResponse(out any) (response, error) {
+	buf := responseBuffers.Get().(*bytes.Buffer)
+	buf.Reset()
+	if err := json.NewEncoder(buf).Encode(out); err != nil {
+		responseBuffers.Put(buf)
+		return response{}, err
+	}
+	return response{buf: buf, body: bytes.TrimSuffix(buf.Bytes(), []byte{'\n'})}, nil
+}
+
+func (r response) release() {
+	if r.buf.Cap() <= maxPooledResponse {
+		responseBuffers.Put(r.buf)
+	}
 }
 
 func (s *Server) call(ctx context.Context, route Route, c *Call, body []byte) (out any, err error) {
@@ -229,5 +303,15 @@ func newRequestID() string {
 	rand.Read(b[:])
 	b[6] = b[6]&0x0f | 0x40
 	b[8] = b[8]&0x3f | 0x80
-	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+	var s [36]byte
+	hex.Encode(s[0:8], b[0:4])
+	s[8] = '-'
+	hex.Encode(s[9:13], b[4:6])
+	s[13] = '-'
+	hex.Encode(s[14:18], b[6:8])
+	s[18] = '-'
+	hex.Encode(s[19:23], b[8:10])
+	s[23] = '-'
+	hex.Encode(s[24:36], b[10:16])
+	return string(s[:])
 }

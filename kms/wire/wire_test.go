@@ -277,3 +277,14 @@ func BenchmarkValidateEncrypt(b *testing.B) {
 		}
 	}
 }
+
+// TestHeaderNames: the response headers are set by the names net/http
+// would canonicalize them to, so the bytes on the wire are unchanged.
+func TestHeaderNames(t *testing.T) {
+	require.Equal(t, http.CanonicalHeaderKey("x-amzn-RequestId"), requestIDHeader)
+	require.Equal(t, http.CanonicalHeaderKey("Content-Type"), contentTypeHeader)
+	h := http.Header{}
+	setHeaders(h, "id")
+	require.Equal(t, "id", h.Get("x-amzn-RequestId"))
+	require.Equal(t, contentType, h.Get("Content-Type"))
+}

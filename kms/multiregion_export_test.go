@@ -1,0 +1,17 @@
+package kms
+
+// PauseTransitions holds back (true) or lets go (false) the finishing of
+// multi-Region transitions (a replica Creating, a primary moving), so tests
+// can watch the transient states and stop the service in the middle. For
+// tests in package kms_test only.
+func (s *Service) PauseTransitions(paused bool) {
+	s.transitions.mu.Lock()
+	s.transitions.paused = paused
+	s.transitions.mu.Unlock()
+	if !paused {
+		select {
+		case s.transitions.nudge <- struct{}{}:
+		default:
+		}
+	}
+}
