@@ -260,7 +260,8 @@ type TokenObject struct {
 }
 
 // Inventory lists the objects on the store's token, one entry per object,
-// leaving out keystore's own (the password vault's key), so that kms can
+// leaving out keystore's own (the password vault's key, the audit signing
+// key), so that kms can
 // compare them with its metadata at start-up. It walks the whole token:
 // never call it on a request's path.
 func (s *Store) Inventory(ctx context.Context) ([]TokenObject, error) {
@@ -274,7 +275,7 @@ func (s *Store) Inventory(ctx context.Context) ([]TokenObject, error) {
 	}
 	out := make([]TokenObject, 0, len(objs))
 	for _, o := range objs {
-		if string(o.ID) == string(vaultKeyID) || IsIdentityObject(o) {
+		if string(o.ID) == string(vaultKeyID) || isAuditKey(o.ID) || IsIdentityObject(o) {
 			continue
 		}
 		to := TokenObject{Ref: o.ID, Label: o.Label}
