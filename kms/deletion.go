@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/hsmkms/hsmkms/keystore"
+	"github.com/hsmkms/hsmkms/kms/audit"
 	"github.com/hsmkms/hsmkms/kms/store"
 	"github.com/hsmkms/hsmkms/kms/wire"
 )
@@ -75,29 +76,40 @@ func (s *Service) Reap(ctx context.Context) (int, error) {
 	n := 0
 	var errs []error
 	for _, k := range due {
-		if k.CustomKeyStoreID != "" && !s.storeConnected(k.CustomKeyStoreID) {
-			// AWS deletes the key anyway and leaves the key material in
-			// the cluster; hsmkms records it as an orphan to report.
-			if err := s.store.DeleteKeyOrphaning(ctx, k, s.now()); err != nil && !errors.Is(err, store.ErrNotFound) {
+		if err := s.reapKey(ctx, k); err != nil {
+			if !errors.Is(err, store.ErrNotFound) {
 				errs = append(errs, err)
-				continue
 			}
-			s.log.Warn("key deleted while its custom key store is disconnected; its token object is orphaned", "key", arnOf(k), "store", k.CustomKeyStoreID)
-			n++
 			continue
 		}
-		if err := s.destroyMaterial(ctx, k); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		if err := s.store.DeleteKey(ctx, k.Account, k.Region, k.ID); err != nil && !errors.Is(err, store.ErrNotFound) {
-			errs = append(errs, err)
-			continue
-		}
-		s.log.Info("key deleted", "key", arnOf(k))
 		n++
 	}
 	return n, errors.Join(errs...)
+}
+
+// reapKey deletes one key that is due: AWS's DeleteKey service event.
+func (s *Service) reapKey(ctx context.Context, k *store.Key) error {
+	return s.serviceAction(ctx, "DeleteKey", k.Account, k.Region, keyResource(arnOf(k), k.Account),
+		func() (audit.Fields, audit.Fields, error) {
+			response := audit.Fields{{Name: "keyId", Value: arnOf(k)}}
+			if k.CustomKeyStoreID != "" && !s.storeConnected(k.CustomKeyStoreID) {
+				// AWS deletes the key anyway and leaves the key material in
+				// the cluster; hsmkms records it as an orphan to report.
+				if err := s.store.DeleteKeyOrphaning(ctx, k, s.now()); err != nil {
+					return nil, nil, err
+				}
+				s.log.Warn("key deleted while its custom key store is disconnected; its token object is orphaned", "key", arnOf(k), "store", k.CustomKeyStoreID)
+				return audit.Fields{{Name: "customKeyStoreId", Value: k.CustomKeyStoreID}, {Name: "keyMaterialOrphaned", Value: true}}, response, nil
+			}
+			if err := s.destroyMaterial(ctx, k); err != nil {
+				return nil, nil, err
+			}
+			if err := s.store.DeleteKey(ctx, k.Account, k.Region, k.ID); err != nil {
+				return nil, nil, err
+			}
+			s.log.Info("key deleted", "key", arnOf(k))
+			return nil, response, nil
+		})
 }
 
 func (s *Service) storeConnected(id string) bool {

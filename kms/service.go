@@ -8,6 +8,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hsmkms/hsmkms/keystore"
+	"github.com/hsmkms/hsmkms/kms/audit"
 	"github.com/hsmkms/hsmkms/kms/store"
 	"github.com/hsmkms/hsmkms/kms/wire"
 )
@@ -23,6 +24,8 @@ type Config struct {
 	Now func() time.Time
 	// Clusters are the tokens that may back custom key stores.
 	Clusters []keystore.Cluster
+	// Metrics, if set, count what the service does (see NewMetrics).
+	Metrics *Metrics
 }
 
 // Service implements the KMS operations. Safe for concurrent use; it holds
@@ -43,12 +46,22 @@ type Service struct {
 	report      *Report
 	reconnect   []*keystore.Store // connected at the last stop; Start reconnects them
 	ops         []*operation      // the operation table
+	opsByName   map[string]*operation
 	// rotations marks the keys being rotated now (see rotation.go).
 	rotations rotations
 	// identities are the principals' identity policies by ARN, set by
 	// Handler; policies caches parsed key policies.
 	identities atomic.Pointer[map[string]*identity]
 	policies   keyPolicies
+
+	// trail is the audit trail (nil: none); omitEC leaves encryption
+	// contexts out of its records. usage keeps keys' last use; metrics
+	// are what /metrics shows (nil: none).
+	trail         *audit.Trail
+	omitEC        bool
+	usage         *usageTracker
+	usageInterval time.Duration
+	metrics       *Metrics
 }
 
 // New returns a Service.
@@ -63,9 +76,15 @@ func New(cfg Config) *Service {
 	for _, c := range cfg.Clusters {
 		clusters[c.ID] = c
 	}
-	s := &Service{store: store.WithKeyCache(cfg.Store), keystores: cfg.KeyStores, log: cfg.Logger, now: cfg.Now, clusters: clusters}
+	s := &Service{store: store.WithKeyCache(cfg.Store), keystores: cfg.KeyStores, log: cfg.Logger, now: cfg.Now, clusters: clusters,
+		metrics: cfg.Metrics, usageInterval: DefaultUsageFlushInterval}
 	s.life, s.stop = context.WithCancel(context.Background())
 	s.ops = s.operations()
+	s.opsByName = make(map[string]*operation, len(s.ops))
+	for _, op := range s.ops {
+		s.opsByName[op.name] = op
+	}
+	s.usage = newUsageTracker(s.store, s.log.Named("usage"), s.ops)
 	return s
 }
 
