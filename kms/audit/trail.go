@@ -389,6 +389,11 @@ func (l *LogFile) noteTime(s string) {
 	}
 }
 
+// Fail makes the trail fail as a failed write does: every Append after it
+// fails, until a new Trail is opened on the directory. An operator's way to
+// stop every call, and tests' way to see what callers then do.
+func (t *Trail) Fail(err error) { t.fail(err) }
+
 // fail makes the trail fail for good: after a failed write or fsync the
 // file's state is unknown, so nothing more is written to it, and nothing
 // more is done unaudited.
