@@ -29,6 +29,8 @@ func main() {
 		err = clusters(os.Args[2:])
 	case "reset-kmsuser":
 		err = resetKmsuser(os.Args[2:])
+	case "audit":
+		err = auditCmd(os.Args[2:], os.Stdout)
 	case "version", "--version", "-v":
 		fmt.Println("hsmkms", version)
 	case "help", "-h", "--help":
@@ -52,6 +54,8 @@ commands:
   tokens         list the tokens a PKCS#11 module offers, and damaged SoftHSM2 tokens (--module PATH or --data-dir DIR)
   clusters       list the tokens declared as CloudHSM clusters and the key stores using them
   reset-kmsuser  set a new kmsuser password with the token's SO PIN (--cluster ID --so-pin-file F --new-password-file F)
+  audit verify   check the audit trail: digest signatures, file hashes, the record chain (--data-dir DIR, --config FILE or
+                 --dir AUDIT_DIR; --public-key PEM to pin the signing key; --from/--to RFC 3339 times)
   version        print the version
 `)
 }

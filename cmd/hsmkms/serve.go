@@ -66,7 +66,11 @@ func serve(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	svc, err := open(ctx, cfg, log)
+	var metrics *kms.Metrics
+	if cfg.Endpoints.Endpoints().Metrics {
+		metrics = kms.NewMetrics()
+	}
+	svc, err := open(ctx, cfg, log, metrics)
 	if err != nil {
 		return err
 	}
@@ -95,7 +99,7 @@ func serve(args []string) error {
 		queueWait = -1 // HandlerConfig's "none"
 	}
 	handler, err := svc.Handler(kms.HandlerConfig{Principals: principals, Logger: log.Named("api"),
-		MaxInFlight: cfg.Limits.MaxInFlight, QueueWait: queueWait, Regions: cfg.Regions})
+		MaxInFlight: cfg.Limits.MaxInFlight, QueueWait: queueWait, Regions: cfg.Regions, Endpoints: cfg.Endpoints.Endpoints()})
 	if err != nil {
 		return err
 	}
@@ -147,8 +151,9 @@ func serve(args []string) error {
 	return srv.Shutdown(shutdownCtx)
 }
 
-// open brings up the service on cfg's token, database and clusters.
-func open(ctx context.Context, cfg *config.Config, log hclog.Logger) (*kms.Service, error) {
+// open brings up the service on cfg's token, database, clusters and audit
+// trail.
+func open(ctx context.Context, cfg *config.Config, log hclog.Logger, metrics *kms.Metrics) (*kms.Service, error) {
 	ks := cfg.DefaultKeyStore
 	for k, v := range ks.ModuleEnv {
 		if err := os.Setenv(k, v); err != nil {
@@ -170,6 +175,8 @@ func open(ctx context.Context, cfg *config.Config, log hclog.Logger) (*kms.Servi
 		Logger:       log.Named("kms"),
 		JobInterval:  time.Minute,
 		TokenBackups: cfg.Database.TokenBackupDir(),
+		Audit:        cfg.Audit.Trail(),
+		Metrics:      metrics,
 	})
 }
 

@@ -226,6 +226,7 @@ func Bootstrap(dir, listen string, log hclog.Logger) (string, *BootstrapInfo, er
 			Policy: kms.AdminPolicy,
 		}},
 		Clusters: clusters,
+		Audit:    config.AuditConfig{Directory: "audit"},
 	}
 	out, err := yaml.Marshal(&cfg)
 	if err != nil {
