@@ -270,6 +270,8 @@ func (s *Service) route(op *operation) wire.Route {
 		defer func() {
 			c.Log("principal", caller.PrincipalARN, "key", strings.Join(r.keys, ","), "authz", r.logDecisions())
 		}()
+		s.calls.Add(1)
+		defer s.calls.Add(-1)
 		out, err := s.run(ctx, r, body)
 		return s.audited(ctx, r, out, err)
 	}}

@@ -62,6 +62,9 @@ type Service struct {
 	usage         *usageTracker
 	usageInterval time.Duration
 	metrics       *Metrics
+	// calls counts the calls in the runner: those that will write an
+	// audit record (the trail's group commit waits for them).
+	calls atomic.Int64
 }
 
 // New returns a Service.

@@ -100,27 +100,7 @@ func (f Fields) Get(name string) (any, bool) {
 	return nil, false
 }
 
-func (f Fields) MarshalJSON() ([]byte, error) {
-	if f == nil {
-		return []byte("null"), nil
-	}
-	var b bytes.Buffer
-	b.WriteByte('{')
-	for i, x := range f {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		if err := encode(&b, x.Name); err != nil {
-			return nil, err
-		}
-		b.WriteByte(':')
-		if err := encode(&b, x.Value); err != nil {
-			return nil, err
-		}
-	}
-	b.WriteByte('}')
-	return b.Bytes(), nil
-}
+func (f Fields) MarshalJSON() ([]byte, error) { return appendFields(nil, f) }
 
 // UnmarshalJSON reads an object (in its order) or null; nested values are
 // what encoding/json makes of them.
@@ -154,24 +134,6 @@ func (f *Fields) UnmarshalJSON(data []byte) error {
 	return nil
 }
 
-// encode writes v as JSON without escaping <, > and &: a record keeps a
-// policy document as the caller sent it.
-func encode(b *bytes.Buffer, v any) error {
-	enc := json.NewEncoder(b)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(v); err != nil {
-		return err
-	}
-	b.Truncate(b.Len() - 1) // Encode's newline
-	return nil
-}
-
 // Marshal encodes ev as one line of JSON, without the chain members the
 // trail adds and without a newline.
-func Marshal(ev *Event) ([]byte, error) {
-	var b bytes.Buffer
-	if err := encode(&b, ev); err != nil {
-		return nil, err
-	}
-	return b.Bytes(), nil
-}
+func Marshal(ev *Event) ([]byte, error) { return appendEvent(make([]byte, 0, 1024), ev) }

@@ -133,6 +133,13 @@ func (t *Trail) recover() (*Event, error) {
 			if err != nil {
 				return nil, fmt.Errorf("audit: reading %s: %w", name, err)
 			}
+			if s.padding > 0 {
+				// The zeros written ahead of the records were never
+				// records: cut them, as closing the file would have.
+				if err := truncateSync(filepath.Join(dir, name), s.entry.Size); err != nil {
+					return nil, fmt.Errorf("audit: sealing %s: %w", name, err)
+				}
+			}
 			if s.entry.Records > 0 && t.id == "" {
 				if t.id, err = trailIDOf(dir, name); err != nil {
 					return nil, err
@@ -201,4 +208,16 @@ func (t *Trail) sign(data []byte) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	return t.cfg.Signer.Sign(ctx, sum[:])
+}
+
+func truncateSync(path string, size int64) error {
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := f.Truncate(size); err != nil {
+		return err
+	}
+	return f.Sync()
 }

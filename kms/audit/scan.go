@@ -2,6 +2,7 @@ package audit
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -43,13 +44,19 @@ type scanned struct {
 	// problem is the first inconsistency inside the file, nil if none:
 	// a line that is not a record, a sequence gap, a broken link.
 	problem *Problem
+	// padding counts the zero bytes after the records: space written
+	// ahead of them, in a file still open or left open by a crash. end is
+	// where the records (and any torn bytes) end.
+	padding int64
 }
 
 // scanFile reads a trail file: every complete line must be a record,
-// numbered one after the other and each linked to the one before it.
-// Bytes after the last newline are TornBytes. visit, if set, is called
-// with every record's line (without its newline) in order; an error from
-// it stops the scan and is returned.
+// numbered one after the other and each linked to the one before it. A
+// NUL byte (never in a record) ends the file's data: bytes from the last
+// newline to it are TornBytes, and every byte after it must be zero
+// (padding). entry.Size and entry.HashValue cover the data only. visit,
+// if set, is called with every record's line (without its newline) in
+// order; an error from it stops the scan and is returned.
 func scanFile(dir, name string, visit func(line []byte, r record) error) (*scanned, error) {
 	f, err := os.Open(filepath.Join(dir, name))
 	if err != nil {
@@ -57,47 +64,66 @@ func scanFile(dir, name string, visit func(line []byte, r record) error) (*scann
 	}
 	defer f.Close()
 	h := sha256.New()
-	var size counter
-	br := bufio.NewReaderSize(io.TeeReader(f, io.MultiWriter(h, &size)), 64<<10)
+	br := bufio.NewReaderSize(f, 64<<10)
 	s := &scanned{entry: LogFile{File: name, HashAlgorithm: hashAlgorithm}}
 	var prev [32]byte
 	lineNo := 0
 	var buf []byte
+	lineLen := 0 // of the line being read, which buf holds unless it is too long
+	consume := func(b []byte) {
+		h.Write(b)
+		s.entry.Size += int64(len(b))
+	}
 	for {
 		chunk, err := br.ReadSlice('\n')
-		buf = append(buf, chunk...)
-		if errors.Is(err, bufio.ErrBufferFull) {
-			if len(buf) > maxLine {
-				if s.problem == nil {
-					s.problem = &Problem{File: name, Line: lineNo + 1, Reason: "line longer than any record"}
-				}
-				// Skip the rest of the line.
-				buf = buf[:0]
-				for errors.Is(err, bufio.ErrBufferFull) {
-					_, err = br.ReadSlice('\n')
-				}
-				if err == nil {
-					lineNo++
-				}
-				continue
+		if z := bytes.IndexByte(chunk, 0); z >= 0 {
+			// The data ends here; the rest must be zeros.
+			consume(chunk[:z])
+			s.entry.TornBytes = int64(lineLen + z)
+			s.padding = int64(len(chunk) - z)
+			n, perr := zeros(br)
+			if perr != nil {
+				return nil, perr
 			}
+			if n < 0 || bytes.ContainsFunc(chunk[z:], func(r rune) bool { return r != 0 }) {
+				if s.problem == nil {
+					s.problem = &Problem{File: name, Line: lineNo + 1, Reason: "bytes after the end of the records"}
+				}
+				n = 0
+			}
+			s.padding += n
+			break
+		}
+		consume(chunk)
+		lineLen += len(chunk)
+		if lineLen <= maxLine+1 {
+			buf = append(buf, chunk...)
+		}
+		if errors.Is(err, bufio.ErrBufferFull) {
 			continue
 		}
 		if err != nil && !errors.Is(err, io.EOF) {
 			return nil, err
 		}
 		if errors.Is(err, io.EOF) {
-			s.entry.TornBytes = int64(len(buf))
+			s.entry.TornBytes = int64(lineLen)
 			break
 		}
 		lineNo++
+		if lineLen > maxLine+1 {
+			if s.problem == nil {
+				s.problem = &Problem{File: name, Line: lineNo, Reason: "line longer than any record"}
+			}
+			buf, lineLen = buf[:0], 0
+			continue
+		}
 		line := buf[:len(buf)-1]
 		r, perr := parseRecord(line)
 		if perr != nil {
 			if s.problem == nil {
 				s.problem = &Problem{File: name, Line: lineNo, Reason: perr.Error()}
 			}
-			buf = buf[:0]
+			buf, lineLen = buf[:0], 0
 			continue
 		}
 		if s.entry.Records == 0 {
@@ -128,18 +154,36 @@ func scanFile(dir, name string, visit func(line []byte, r record) error) (*scann
 				return nil, err
 			}
 		}
-		buf = buf[:0]
+		buf, lineLen = buf[:0], 0
 	}
-	s.entry.Size = int64(size)
 	s.last = prev
 	s.entry.LastRecordHash = hex.EncodeToString(prev[:])
 	s.entry.HashValue = hex.EncodeToString(h.Sum(nil))
 	return s, nil
 }
 
-type counter int64
-
-func (c *counter) Write(p []byte) (int, error) {
-	*c += counter(len(p))
-	return len(p), nil
+// zeros reads r to its end and counts its bytes: negative if any is not
+// zero.
+func zeros(r io.Reader) (int64, error) {
+	var n int64
+	bad := false
+	buf := make([]byte, 64<<10)
+	for {
+		k, err := r.Read(buf)
+		for _, c := range buf[:k] {
+			if c != 0 {
+				bad = true
+			}
+		}
+		n += int64(k)
+		if errors.Is(err, io.EOF) {
+			if bad {
+				return -1, nil
+			}
+			return n, nil
+		}
+		if err != nil {
+			return n, err
+		}
+	}
 }

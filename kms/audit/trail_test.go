@@ -1,6 +1,7 @@
 package audit
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -266,9 +267,15 @@ func TestTheStartAfterACrashSealsWhatTheLastRunLeft(t *testing.T) {
 			require.NoError(t, err)
 			last := filepath.Join(crashed, l.trails[len(l.trails)-1])
 			if torn {
-				f, err := os.OpenFile(last, os.O_WRONLY|os.O_APPEND, 0)
+				// A write the crash cut short lands where the records end,
+				// over the zeros written ahead of them.
+				b, err := os.ReadFile(last)
 				require.NoError(t, err)
-				_, err = f.WriteString(tornLine)
+				end := bytes.IndexByte(b, 0)
+				require.Positive(t, end, "the open file has space written ahead")
+				f, err := os.OpenFile(last, os.O_WRONLY, 0)
+				require.NoError(t, err)
+				_, err = f.WriteAt([]byte(tornLine), int64(end))
 				require.NoError(t, err)
 				require.NoError(t, f.Close())
 			}

@@ -170,6 +170,9 @@ func (v *verifier) run() error {
 		if err != nil {
 			return err
 		}
+		if s.padding > 0 && n != v.l.trails[len(v.l.trails)-1] {
+			return &Problem{File: n, Reason: "has space written ahead of its records, yet a later file exists: it was not closed"}
+		}
 		if err := v.records(n, s); err != nil {
 			return err
 		}
@@ -231,6 +234,9 @@ func (v *verifier) sealedFile(digest string, f LogFile) error {
 	}
 	if f.TornBytes != s.entry.TornBytes {
 		return &Problem{File: f.File, Reason: "its torn tail does not match its digest"}
+	}
+	if s.padding > 0 {
+		return &Problem{File: f.File, Reason: fmt.Sprintf("%d bytes follow what %s sealed", s.padding, digest)}
 	}
 	if err := v.records(f.File, s); err != nil {
 		return err

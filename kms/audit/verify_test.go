@@ -96,6 +96,19 @@ func TestVerifyNamesEachKindOfTampering(t *testing.T) {
 		assert.Equal(t, name, p.File)
 		assert.Contains(t, p.Reason, "truncated")
 	})
+	t.Run("zeros appended to a sealed file", func(t *testing.T) {
+		t.Parallel()
+		dir, l := sealedTrail(t)
+		name := l.trails[1]
+		f, err := os.OpenFile(filepath.Join(dir, name), os.O_WRONLY|os.O_APPEND, 0)
+		require.NoError(t, err)
+		_, err = f.Write(make([]byte, 100))
+		require.NoError(t, err)
+		require.NoError(t, f.Close())
+		p := problem(t, func() error { _, err := Verify(dir, VerifyOptions{}); return err }())
+		assert.Equal(t, name, p.File)
+		assert.Contains(t, p.Reason, "100 bytes follow what")
+	})
 	t.Run("a digest removed", func(t *testing.T) {
 		t.Parallel()
 		dir, l := sealedTrail(t)
