@@ -87,7 +87,7 @@ func (s *Service) openTrail(ctx context.Context, cfg *AuditConfig) error {
 		delay = DefaultCommitDelay
 	}
 	t, err := audit.Open(audit.Config{
-		Pending: func() int { return int(s.calls.Load()) }, CommitDelay: delay,
+		Pending: s.underWay, CommitDelay: delay,
 		Dir: cfg.Dir, MaxFileSize: cfg.MaxFileSize, RotationInterval: cfg.RotationInterval, Retention: cfg.Retention,
 		Signer: signer, Logger: s.log.Named("audit"), Now: s.now,
 		OnDurable: s.usage.durable,
@@ -135,7 +135,8 @@ func (s *Service) apiEvent(r *Request, out any, err error) *audit.Event {
 	ev := &audit.Event{
 		EventVersion:       audit.EventVersion,
 		UserIdentity:       identityOf(r.Caller),
-		EventTime:          r.start.UTC().Format(audit.TimeLayout),
+		EventTime:          audit.FormatTime(r.start),
+		Time:               r.start,
 		EventSource:        audit.KMSSource,
 		EventName:          r.op.name,
 		AWSRegion:          r.Caller.Region,
@@ -227,7 +228,20 @@ func tlsDetails(cs *tls.ConnectionState, host string) *audit.TLSDetails {
 	if v == "" {
 		v = tls.VersionName(cs.Version)
 	}
-	return &audit.TLSDetails{TLSVersion: v, CipherSuite: tls.CipherSuiteName(cs.CipherSuite), ClientProvidedHostHeader: host}
+	return &audit.TLSDetails{TLSVersion: v, CipherSuite: suiteName(cs.CipherSuite), ClientProvidedHostHeader: host}
+}
+
+// suiteNames caches tls.CipherSuiteName, which builds the list of every
+// suite on each call.
+var suiteNames sync.Map // uint16 → string
+
+func suiteName(id uint16) string {
+	if n, ok := suiteNames.Load(id); ok {
+		return n.(string)
+	}
+	n := tls.CipherSuiteName(id)
+	suiteNames.Store(id, n)
+	return n
 }
 
 // requestParameters are the call's parameters as CloudTrail logs KMS's:
@@ -443,7 +457,7 @@ func (s *Service) rejected(byKey map[string]Principal) func(ctx context.Context,
 			name = sanitizeName(name)
 		}
 		ev := &audit.Event{
-			EventVersion: audit.EventVersion, EventTime: s.now().UTC().Format(audit.TimeLayout),
+			EventVersion: audit.EventVersion, EventTime: audit.FormatTime(s.now()),
 			EventSource: audit.KMSSource, EventName: name, SourceIPAddress: c.SourceIP, UserAgent: c.UserAgent,
 			RequestID: c.RequestID, EventID: audit.NewID(), ReadOnly: op != nil && op.readOnly,
 			EventType: audit.APICall, ManagementEvent: true, EventCategory: "Management", TLSDetails: tlsDetails(c.TLS, c.Host),
@@ -517,7 +531,7 @@ func (s *Service) serviceAction(ctx context.Context, name, account, region strin
 	ev := func() *audit.Event {
 		return &audit.Event{
 			EventVersion: audit.EventVersion, UserIdentity: audit.UserIdentity{AccountID: account, InvokedBy: audit.Internal},
-			EventTime: s.now().UTC().Format(audit.TimeLayout), EventSource: audit.KMSSource, EventName: name, AWSRegion: region,
+			EventTime: audit.FormatTime(s.now()), EventSource: audit.KMSSource, EventName: name, AWSRegion: region,
 			SourceIPAddress: audit.Internal, UserAgent: audit.Internal, EventID: audit.NewID(), Resources: res,
 			EventType: audit.ServiceEvent, ManagementEvent: true, RecipientAccountID: account, EventCategory: "Management",
 		}

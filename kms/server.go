@@ -124,6 +124,7 @@ func (s *Service) Handler(cfg HandlerConfig) (http.Handler, error) {
 		},
 	}
 	lim := edge(srv, cfg)
+	s.edge.Store(lim)
 	s.metrics.attach(s, lim)
 	return s.endpoints(lim, cfg.Endpoints), nil
 }

@@ -62,9 +62,21 @@ type Service struct {
 	usage         *usageTracker
 	usageInterval time.Duration
 	metrics       *Metrics
-	// calls counts the calls in the runner: those that will write an
-	// audit record (the trail's group commit waits for them).
+	// calls counts the calls in the runner, and edge is the HTTP edge's
+	// in-flight limit (set by Handler): the requests that will write an
+	// audit record soon, which the trail's group commit waits for.
 	calls atomic.Int64
+	edge  atomic.Pointer[wire.Limiter]
+}
+
+// underWay is how many calls will write an audit record soon: every
+// request the HTTP edge is serving, or, before Handler, those in the
+// runner.
+func (s *Service) underWay() int {
+	if l := s.edge.Load(); l != nil {
+		return l.InFlight()
+	}
+	return int(s.calls.Load())
 }
 
 // New returns a Service.

@@ -93,9 +93,12 @@ func (u *usageTracker) noteEvent(ev *audit.Event) {
 	if ev.EventType != audit.APICall || ev.EventSource != audit.KMSSource || ev.ErrorCode != "" || !u.tracked[ev.EventName] {
 		return
 	}
-	when, err := time.Parse(audit.TimeLayout, ev.EventTime)
-	if err != nil {
-		return
+	when := ev.Time
+	if when.IsZero() {
+		var err error
+		if when, err = time.Parse(audit.TimeLayout, ev.EventTime); err != nil {
+			return
+		}
 	}
 	var arns []string
 	for _, res := range ev.Resources {

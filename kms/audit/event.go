@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"time"
 )
 
 // EventVersion is the CloudTrail record format version hsmkms writes.
@@ -38,6 +39,10 @@ type Event struct {
 	ServiceEventDetails Fields       `json:"serviceEventDetails,omitempty"`
 	EventCategory       string       `json:"eventCategory"`
 	TLSDetails          *TLSDetails  `json:"tlsDetails,omitempty"`
+
+	// Time is EventTime as a time, for the trail's OnDurable readers; not
+	// written.
+	Time time.Time `json:"-"`
 }
 
 // UserIdentity is who made the call (or, for AwsServiceEvent records, the

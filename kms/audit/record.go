@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync/atomic"
 	"time"
 )
 
@@ -24,6 +25,25 @@ import (
 // TimeLayout is the layout of eventTime and of every time in a digest:
 // CloudTrail's.
 const TimeLayout = "2006-01-02T15:04:05Z"
+
+// FormatTime writes t as eventTime: CloudTrail's layout, UTC, seconds.
+// Every record has one; the string of the current second is kept.
+func FormatTime(t time.Time) string {
+	sec := t.Unix()
+	if c := lastTime.Load(); c != nil && c.sec == sec {
+		return c.s
+	}
+	s := t.UTC().Format(TimeLayout)
+	lastTime.Store(&formatted{sec, s})
+	return s
+}
+
+type formatted struct {
+	sec int64
+	s   string
+}
+
+var lastTime atomic.Pointer[formatted]
 
 // genesis is the previousHash of a trail's first record.
 var genesis [32]byte

@@ -40,7 +40,8 @@ type Config struct {
 	Now    func() time.Time
 	// OnDurable, if set, is called by the writer with every batch once it
 	// is on disk, before its callers are released: in sequence order, each
-	// record once. It must be quick and must not call the Trail.
+	// record once. It must be quick, must not call the Trail, and must not
+	// keep the slice.
 	OnDurable func(records []Durable)
 	// Observe, if set, is told of every batch written: its records, how
 	// long the write and fsync took, and whether it failed.
@@ -104,6 +105,7 @@ type Trail struct {
 	last    lastDigest
 	signErr error // the last signing failure, retried at the next seal
 	buf     []byte
+	durable []Durable // OnDurable's argument, reused
 }
 
 // lastDigest is what the next digest links to.
@@ -411,11 +413,11 @@ func (t *Trail) write(b *batch) {
 		err = t.fail(fmt.Errorf("audit: writing %s: %w", t.open.File, err))
 		b.err = err
 	} else if t.cfg.OnDurable != nil {
-		recs := make([]Durable, n)
+		t.durable = t.durable[:0]
 		for i, ev := range b.events {
-			recs[i] = Durable{Sequence: b.first + uint64(i), Event: ev}
+			t.durable = append(t.durable, Durable{Sequence: b.first + uint64(i), Event: ev})
 		}
-		t.cfg.OnDurable(recs)
+		t.cfg.OnDurable(t.durable)
 	}
 	if t.cfg.Observe != nil {
 		t.cfg.Observe(n, time.Since(start), err)
@@ -491,12 +493,17 @@ func (t *Trail) preallocate(n int64) error {
 	}
 	chunk := min(int64(preallocChunk), max(t.cfg.MaxFileSize, n))
 	target := (end + chunk - 1) / chunk * chunk
-	if _, err := t.file.WriteAt(make([]byte, target-t.alloc), t.alloc); err != nil {
-		return err
+	for t.alloc < target {
+		z := zeroBlock[:min(int64(len(zeroBlock)), target-t.alloc)]
+		if _, err := t.file.WriteAt(z, t.alloc); err != nil {
+			return err
+		}
+		t.alloc += int64(len(z))
 	}
-	t.alloc = target
 	return nil
 }
+
+var zeroBlock = make([]byte, 256<<10)
 
 // closeFile closes the open file, cut to its records; it waits in
 // pending for its digest.
