@@ -135,7 +135,7 @@ func TestGenerateKeyPairEverySpec(t *testing.T) {
 				assert.Equal(t, "label-"+c.spec.String(), info.Label)
 			}
 
-			der, err := tok.PublicKeyDER(ctx(t), id)
+			der, err := tok.PublicKeyDER(ctx(t), hsm.PublicKeyByID(id))
 			require.NoError(t, err)
 			if c.spec == hsm.ECSecp256k1 {
 				out, err := openssl(t, "pkey", "-pubin", "-inform", "DER", "-in", writeTemp(t, "k1.der", der), "-text", "-noout")
@@ -179,7 +179,7 @@ func checkSignatures(t *testing.T, tok *hsm.Token, id []byte, spec hsm.KeyPairSp
 		if c.alg != hsm.EdDSA {
 			data = digest(c.hash, msg)
 		}
-		sig, err := tok.Sign(ctx(t), id, c.alg, c.hash, data)
+		sig, err := tok.Sign(ctx(t), hsm.PrivateKeyByID(id), c.alg, c.hash, data)
 		require.NoError(t, err, "%v %v", c.alg, c.hash)
 
 		var goOK bool
@@ -202,16 +202,16 @@ func checkSignatures(t *testing.T, tok *hsm.Token, id []byte, spec hsm.KeyPairSp
 		}
 		assert.True(t, goOK, "%v %v signature verifies outside the token", c.alg, c.hash)
 
-		ok, err := tok.Verify(ctx(t), id, c.alg, c.hash, data, sig)
+		ok, err := tok.Verify(ctx(t), hsm.PublicKeyByID(id), c.alg, c.hash, data, sig)
 		require.NoError(t, err)
 		assert.True(t, ok, "%v %v: Verify", c.alg, c.hash)
-		ok, err = tok.Verify(ctx(t), id, c.alg, c.hash, flipped(data, 0), sig)
+		ok, err = tok.Verify(ctx(t), hsm.PublicKeyByID(id), c.alg, c.hash, flipped(data, 0), sig)
 		require.NoError(t, err)
 		assert.False(t, ok, "%v %v: other data", c.alg, c.hash)
-		ok, err = tok.Verify(ctx(t), id, c.alg, c.hash, data, flipped(sig, len(sig)-1))
+		ok, err = tok.Verify(ctx(t), hsm.PublicKeyByID(id), c.alg, c.hash, data, flipped(sig, len(sig)-1))
 		require.NoError(t, err)
 		assert.False(t, ok, "%v %v: altered signature", c.alg, c.hash)
-		ok, err = tok.Verify(ctx(t), id, c.alg, c.hash, data, sig[:len(sig)-1])
+		ok, err = tok.Verify(ctx(t), hsm.PublicKeyByID(id), c.alg, c.hash, data, sig[:len(sig)-1])
 		require.NoError(t, err)
 		assert.False(t, ok, "%v %v: truncated signature", c.alg, c.hash)
 	}
@@ -230,7 +230,7 @@ func TestECDSAVerifyMalformedSignatures(t *testing.T) {
 	id := []byte("ec")
 	require.NoError(t, tok.GenerateKeyPair(ctx(t), id, "ec", hsm.ECP256, hsm.UsageSign|hsm.UsageVerify))
 	d := digest(crypto.SHA256, []byte("m"))
-	sig, err := tok.Sign(ctx(t), id, hsm.ECDSA, crypto.SHA256, d)
+	sig, err := tok.Sign(ctx(t), hsm.PrivateKeyByID(id), hsm.ECDSA, crypto.SHA256, d)
 	require.NoError(t, err)
 	var rs struct{ R, S *big.Int }
 	_, err = asn1.Unmarshal(sig, &rs)
@@ -249,12 +249,12 @@ func TestECDSAVerifyMalformedSignatures(t *testing.T) {
 	}
 	for name, bad := range cases {
 		t.Run(name, func(t *testing.T) {
-			ok, err := tok.Verify(ctx(t), id, hsm.ECDSA, crypto.SHA256, d, bad)
+			ok, err := tok.Verify(ctx(t), hsm.PublicKeyByID(id), hsm.ECDSA, crypto.SHA256, d, bad)
 			require.NoError(t, err, name)
 			assert.False(t, ok, name)
 		})
 	}
-	ok, err := tok.Verify(ctx(t), id, hsm.ECDSA, crypto.SHA256, d, sig)
+	ok, err := tok.Verify(ctx(t), hsm.PublicKeyByID(id), hsm.ECDSA, crypto.SHA256, d, sig)
 	require.NoError(t, err)
 	assert.True(t, ok)
 }
@@ -280,21 +280,21 @@ func TestSignChecksInputBeforeTheToken(t *testing.T) {
 		{"r", hsm.SignAlgorithm(99), crypto.SHA256, make([]byte, 32)},
 	}
 	for _, c := range cases {
-		_, err := tok.Sign(ctx(t), []byte(c.id), c.alg, c.hash, c.data)
+		_, err := tok.Sign(ctx(t), hsm.PrivateKeyByID([]byte(c.id)), c.alg, c.hash, c.data)
 		assert.Error(t, err, "%v %v %d", c.alg, c.hash, len(c.data))
-		_, err = tok.Verify(ctx(t), []byte(c.id), c.alg, c.hash, c.data, []byte("sig"))
+		_, err = tok.Verify(ctx(t), hsm.PublicKeyByID([]byte(c.id)), c.alg, c.hash, c.data, []byte("sig"))
 		assert.Error(t, err, "%v %v %d", c.alg, c.hash, len(c.data))
 	}
 	assert.Equal(t, before, f.Calls("C_SignInit")+f.Calls("C_VerifyInit"))
 
-	_, err := tok.Sign(ctx(t), []byte("nope"), hsm.ECDSA, crypto.SHA256, make([]byte, 32))
+	_, err := tok.Sign(ctx(t), hsm.PrivateKeyByID([]byte("nope")), hsm.ECDSA, crypto.SHA256, make([]byte, 32))
 	require.ErrorIs(t, err, hsm.ErrObjectNotFound)
 	// A key used for the wrong algorithm is an error, not a signature that
 	// does not verify.
-	_, err = tok.Sign(ctx(t), []byte("r"), hsm.ECDSA, crypto.SHA256, make([]byte, 32))
+	_, err = tok.Sign(ctx(t), hsm.PrivateKeyByID([]byte("r")), hsm.ECDSA, crypto.SHA256, make([]byte, 32))
 	_, fromToken := hsm.Code(err)
 	assert.True(t, fromToken, "the token refuses (SoftHSM2: CKR_GENERAL_ERROR): %v", err)
-	ok, err := tok.Verify(ctx(t), []byte("r"), hsm.ECDSA, crypto.SHA256, make([]byte, 32), []byte{0x30, 0})
+	ok, err := tok.Verify(ctx(t), hsm.PublicKeyByID([]byte("r")), hsm.ECDSA, crypto.SHA256, make([]byte, 32), []byte{0x30, 0})
 	require.ErrorContains(t, err, "not an EC key")
 	assert.False(t, ok)
 }
@@ -307,9 +307,9 @@ func TestEd25519phIsRefusedWhenTheTokenIgnoresPhFlag(t *testing.T) {
 	id := []byte("ed")
 	require.NoError(t, tok.GenerateKeyPair(ctx(t), id, "ed", hsm.Ed25519, hsm.UsageSign|hsm.UsageVerify))
 	d := sha512.Sum512([]byte("m"))
-	_, err := tok.Sign(ctx(t), id, hsm.EdDSAPh, crypto.SHA512, d[:])
+	_, err := tok.Sign(ctx(t), hsm.PrivateKeyByID(id), hsm.EdDSAPh, crypto.SHA512, d[:])
 	require.ErrorIs(t, err, hsm.ErrMechanismNotSupported)
-	_, err = tok.Verify(ctx(t), id, hsm.EdDSAPh, crypto.SHA512, d[:], make([]byte, 64))
+	_, err = tok.Verify(ctx(t), hsm.PublicKeyByID(id), hsm.EdDSAPh, crypto.SHA512, d[:], make([]byte, 64))
 	require.ErrorIs(t, err, hsm.ErrMechanismNotSupported)
 	assert.Equal(t, 1, f.Calls("C_GenerateKeyPair")-1, "one probe per token, then the verdict is remembered")
 	objs, err := tok.ListObjects(ctx(t), 0)
@@ -374,17 +374,17 @@ func TestDestroyKeyPair(t *testing.T) {
 	id := []byte("doomed-pair")
 	require.NoError(t, tok.GenerateKeyPair(ctx(t), id, "d", hsm.ECP256, hsm.UsageSign|hsm.UsageVerify))
 	d := digest(crypto.SHA256, []byte("m"))
-	sig, err := tok.Sign(ctx(t), id, hsm.ECDSA, crypto.SHA256, d)
+	sig, err := tok.Sign(ctx(t), hsm.PrivateKeyByID(id), hsm.ECDSA, crypto.SHA256, d)
 	require.NoError(t, err)
-	_, err = tok.Verify(ctx(t), id, hsm.ECDSA, crypto.SHA256, d, sig)
+	_, err = tok.Verify(ctx(t), hsm.PublicKeyByID(id), hsm.ECDSA, crypto.SHA256, d, sig)
 	require.NoError(t, err)
 	require.NoError(t, tok.DestroyObject(ctx(t), hsm.PrivateKeyByID(id)))
 	require.NoError(t, tok.DestroyObject(ctx(t), hsm.PublicKeyByID(id)))
-	_, err = tok.Sign(ctx(t), id, hsm.ECDSA, crypto.SHA256, d)
+	_, err = tok.Sign(ctx(t), hsm.PrivateKeyByID(id), hsm.ECDSA, crypto.SHA256, d)
 	require.ErrorIs(t, err, hsm.ErrObjectNotFound)
-	_, err = tok.Verify(ctx(t), id, hsm.ECDSA, crypto.SHA256, d, sig)
+	_, err = tok.Verify(ctx(t), hsm.PublicKeyByID(id), hsm.ECDSA, crypto.SHA256, d, sig)
 	require.ErrorIs(t, err, hsm.ErrObjectNotFound)
-	_, err = tok.PublicKeyDER(ctx(t), id)
+	_, err = tok.PublicKeyDER(ctx(t), hsm.PublicKeyByID(id))
 	require.ErrorIs(t, err, hsm.ErrObjectNotFound)
 }
 
@@ -433,14 +433,14 @@ func TestMACEqualsCryptoHMAC(t *testing.T) {
 	msg := []byte("message to authenticate")
 	for _, h := range []crypto.Hash{crypto.SHA224, crypto.SHA256, crypto.SHA384, crypto.SHA512} {
 		t.Run(h.String(), func(t *testing.T) {
-			mac, err := tok.MAC(ctx(t), []byte("known"), h, msg)
+			mac, err := tok.MAC(ctx(t), hsm.SecretKeyByID([]byte("known")), h, msg)
 			require.NoError(t, err)
 			want := hmac.New(h.New, key)
 			want.Write(msg)
 			assert.Equal(t, want.Sum(nil), mac, "%v", h)
 		})
 	}
-	_, err := tok.MAC(ctx(t), []byte("known"), crypto.SHA1, msg)
+	_, err := tok.MAC(ctx(t), hsm.SecretKeyByID([]byte("known")), crypto.SHA1, msg)
 	require.Error(t, err)
 }
 
@@ -467,21 +467,21 @@ func TestGenerateHMACKey(t *testing.T) {
 			assert.Equal(t, byte(c.bits/8), attrs[0].Value[0])
 			assert.Equal(t, byte(pkcs11.CKK_GENERIC_SECRET), attrs[1].Value[0])
 
-			mac, err := tok.MAC(ctx(t), id, c.hash, msg)
+			mac, err := tok.MAC(ctx(t), hsm.SecretKeyByID(id), c.hash, msg)
 			require.NoError(t, err)
 			require.Len(t, mac, c.hash.Size())
-			again, err := tok.MAC(ctx(t), id, c.hash, msg)
+			again, err := tok.MAC(ctx(t), hsm.SecretKeyByID(id), c.hash, msg)
 			require.NoError(t, err)
 			assert.Equal(t, mac, again)
-			ok, err := tok.VerifyMAC(ctx(t), id, c.hash, msg, mac)
+			ok, err := tok.VerifyMAC(ctx(t), hsm.SecretKeyByID(id), c.hash, msg, mac)
 			require.NoError(t, err)
 			assert.True(t, ok)
 			for _, bad := range [][]byte{flipped(mac, len(mac)-1), mac[:len(mac)-1], nil} {
-				ok, err = tok.VerifyMAC(ctx(t), id, c.hash, msg, bad)
+				ok, err = tok.VerifyMAC(ctx(t), hsm.SecretKeyByID(id), c.hash, msg, bad)
 				require.NoError(t, err)
 				assert.False(t, ok)
 			}
-			ok, err = tok.VerifyMAC(ctx(t), id, c.hash, flipped(msg, 0), mac)
+			ok, err = tok.VerifyMAC(ctx(t), hsm.SecretKeyByID(id), c.hash, flipped(msg, 0), mac)
 			require.NoError(t, err)
 			assert.False(t, ok)
 		})
@@ -495,7 +495,7 @@ func TestDecryptOAEP(t *testing.T) {
 	tok, f, _ := withFaults(t, 2)
 	id := []byte("oaep")
 	require.NoError(t, tok.GenerateKeyPair(ctx(t), id, "oaep", hsm.RSA2048, hsm.UsageEncrypt|hsm.UsageDecrypt))
-	der, err := tok.PublicKeyDER(ctx(t), id)
+	der, err := tok.PublicKeyDER(ctx(t), hsm.PublicKeyByID(id))
 	require.NoError(t, err)
 	pub := mustParse(t, der).(*rsa.PublicKey)
 
@@ -504,7 +504,7 @@ func TestDecryptOAEP(t *testing.T) {
 		for _, msg := range [][]byte{{}, []byte("a data key"), bytes.Repeat([]byte{0}, maxLen), bytes.Repeat([]byte{0xff}, maxLen)} {
 			ct, err := rsa.EncryptOAEP(h.New(), rand.Reader, pub, msg, nil)
 			require.NoError(t, err)
-			got, err := tok.DecryptOAEP(ctx(t), id, h, ct)
+			got, err := tok.DecryptOAEP(ctx(t), hsm.PrivateKeyByID(id), h, ct)
 			require.NoError(t, err, "%v %d bytes", h, len(msg))
 			assert.Equal(t, msg, append([]byte{}, got...), "%v", h)
 		}
@@ -525,7 +525,7 @@ func TestDecryptOAEP(t *testing.T) {
 			"short": ct[1:], "long": append(bytes.Clone(ct), 0), "not below n": tooBig, "empty": nil,
 		} {
 			t.Run(h.String()+"/"+name, func(t *testing.T) {
-				got, err := tok.DecryptOAEP(ctx(t), id, h, bad)
+				got, err := tok.DecryptOAEP(ctx(t), hsm.PrivateKeyByID(id), h, bad)
 				assert.Same(t, hsm.ErrInvalidCiphertext, err, "%v %s: %v", h, name, err)
 				assert.Nil(t, got)
 			})
@@ -537,13 +537,13 @@ func TestDecryptOAEP(t *testing.T) {
 	ct256, _ := rsa.EncryptOAEP(sha256.New(), rand.Reader, pub, []byte("x"), nil)
 	ct1, _ := rsa.EncryptOAEP(sha1.New(), rand.Reader, pub, []byte("x"), nil)
 	before := f.Calls("C_DecryptInit")
-	_, err = tok.DecryptOAEP(ctx(t), id, crypto.SHA256, ct256)
+	_, err = tok.DecryptOAEP(ctx(t), hsm.PrivateKeyByID(id), crypto.SHA256, ct256)
 	require.NoError(t, err)
-	_, err = tok.DecryptOAEP(ctx(t), id, crypto.SHA1, ct1)
+	_, err = tok.DecryptOAEP(ctx(t), hsm.PrivateKeyByID(id), crypto.SHA1, ct1)
 	require.NoError(t, err)
 	assert.Equal(t, before+2, f.Calls("C_DecryptInit"), "no second try of refused parameters")
 
-	_, err = tok.DecryptOAEP(ctx(t), id, crypto.SHA512, ct256)
+	_, err = tok.DecryptOAEP(ctx(t), hsm.PrivateKeyByID(id), crypto.SHA512, ct256)
 	require.Error(t, err)
 	assert.NotErrorIs(t, err, hsm.ErrInvalidCiphertext)
 }
@@ -576,14 +576,14 @@ func TestDeriveECDHEqualsCryptoECDH(t *testing.T) {
 		t.Run(c.spec.String(), func(t *testing.T) {
 			id := []byte("dh-" + c.spec.String())
 			require.NoError(t, tok.GenerateKeyPair(ctx(t), id, "dh", c.spec, hsm.UsageDerive))
-			der, err := tok.PublicKeyDER(ctx(t), id)
+			der, err := tok.PublicKeyDER(ctx(t), hsm.PublicKeyByID(id))
 			require.NoError(t, err)
 			tokPub, err := mustParse(t, der).(*ecdsa.PublicKey).ECDH()
 			require.NoError(t, err)
 			peer, err := c.curve.GenerateKey(rand.Reader)
 			require.NoError(t, err)
 
-			got, err := tok.DeriveECDH(ctx(t), id, peer.PublicKey().Bytes())
+			got, err := tok.DeriveECDH(ctx(t), hsm.PrivateKeyByID(id), peer.PublicKey().Bytes())
 			require.NoError(t, err)
 			want, err := peer.ECDH(tokPub)
 			require.NoError(t, err)
@@ -595,7 +595,7 @@ func TestDeriveECDHEqualsCryptoECDH(t *testing.T) {
 				"off curve":  flipped(point, len(point)-1),
 				"short":      point[:len(point)-1],
 			} {
-				_, err := tok.DeriveECDH(ctx(t), id, bad)
+				_, err := tok.DeriveECDH(ctx(t), hsm.PrivateKeyByID(id), bad)
 				assert.Error(t, err, "%v %s", c.spec, name)
 			}
 		})
@@ -603,7 +603,7 @@ func TestDeriveECDHEqualsCryptoECDH(t *testing.T) {
 	// A key without CKA_DERIVE cannot.
 	require.NoError(t, tok.GenerateKeyPair(ctx(t), []byte("nodh"), "nodh", hsm.ECP256, hsm.UsageSign))
 	peer, _ := ecdh.P256().GenerateKey(rand.Reader)
-	_, err := tok.DeriveECDH(ctx(t), []byte("nodh"), peer.PublicKey().Bytes())
+	_, err := tok.DeriveECDH(ctx(t), hsm.PrivateKeyByID([]byte("nodh")), peer.PublicKey().Bytes())
 	code, _ := hsm.Code(err)
 	assert.Equal(t, uint(pkcs11.CKR_KEY_FUNCTION_NOT_PERMITTED), code)
 }

@@ -150,7 +150,7 @@ func BenchmarkSignECDSAP256(b *testing.B) {
 	d := sha256.Sum256([]byte("message"))
 	b.ResetTimer()
 	for range b.N {
-		if _, err := tok.Sign(context.Background(), id, hsm.ECDSA, crypto.SHA256, d[:]); err != nil {
+		if _, err := tok.Sign(context.Background(), hsm.PrivateKeyByID(id), hsm.ECDSA, crypto.SHA256, d[:]); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -159,13 +159,13 @@ func BenchmarkSignECDSAP256(b *testing.B) {
 func BenchmarkVerifyECDSAP256(b *testing.B) {
 	tok, id := benchPair(b, hsm.ECP256, hsm.UsageSign|hsm.UsageVerify)
 	d := sha256.Sum256([]byte("message"))
-	sig, err := tok.Sign(context.Background(), id, hsm.ECDSA, crypto.SHA256, d[:])
+	sig, err := tok.Sign(context.Background(), hsm.PrivateKeyByID(id), hsm.ECDSA, crypto.SHA256, d[:])
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.ResetTimer()
 	for range b.N {
-		if ok, err := tok.Verify(context.Background(), id, hsm.ECDSA, crypto.SHA256, d[:], sig); !ok || err != nil {
+		if ok, err := tok.Verify(context.Background(), hsm.PublicKeyByID(id), hsm.ECDSA, crypto.SHA256, d[:], sig); !ok || err != nil {
 			b.Fatal(ok, err)
 		}
 	}
@@ -181,7 +181,7 @@ func BenchmarkMACSHA256(b *testing.B) {
 	b.SetBytes(int64(len(msg)))
 	b.ResetTimer()
 	for range b.N {
-		if _, err := tok.MAC(context.Background(), id, crypto.SHA256, msg); err != nil {
+		if _, err := tok.MAC(context.Background(), hsm.SecretKeyByID(id), crypto.SHA256, msg); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -199,7 +199,7 @@ func BenchmarkGenerateDataKeyPairECP256(b *testing.B) {
 
 func BenchmarkDecryptOAEPSHA256RSA2048(b *testing.B) {
 	tok, id := benchPair(b, hsm.RSA2048, hsm.UsageEncrypt|hsm.UsageDecrypt)
-	der, err := tok.PublicKeyDER(context.Background(), id)
+	der, err := tok.PublicKeyDER(context.Background(), hsm.PublicKeyByID(id))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -213,7 +213,7 @@ func BenchmarkDecryptOAEPSHA256RSA2048(b *testing.B) {
 	}
 	b.ResetTimer()
 	for range b.N {
-		if _, err := tok.DecryptOAEP(context.Background(), id, crypto.SHA256, ct); err != nil {
+		if _, err := tok.DecryptOAEP(context.Background(), hsm.PrivateKeyByID(id), crypto.SHA256, ct); err != nil {
 			b.Fatal(err)
 		}
 	}

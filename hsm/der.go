@@ -84,12 +84,12 @@ func rsaSPKI(modulus, exponent []byte) ([]byte, error) {
 	return x509.MarshalPKIXPublicKey(&rsa.PublicKey{N: new(big.Int).SetBytes(modulus), E: int(e.Int64())})
 }
 
-// PublicKeyDER returns the DER SubjectPublicKeyInfo of the public key with
-// CKA_ID id: RSA, EC on P-256, P-384, P-521 or secp256k1 (namedCurve,
+// PublicKeyDER returns the DER SubjectPublicKeyInfo of the public key key:
+// RSA, EC on P-256, P-384, P-521 or secp256k1 (namedCurve,
 // uncompressed point), or Ed25519.
-func (t *Token) PublicKeyDER(ctx context.Context, id []byte) ([]byte, error) {
+func (t *Token) PublicKeyDER(ctx context.Context, key ObjectRef) ([]byte, error) {
 	var out []byte
-	err := t.withObject(ctx, PublicKeyByID(id), func(s pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
+	err := t.withObject(ctx, key, func(s pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
 		var err error
 		out, err = t.publicKeyDER(s, h)
 		return err
@@ -173,3 +173,65 @@ func (t *Token) ecCurve(s pkcs11.SessionHandle, h pkcs11.ObjectHandle) (*curve, 
 	}
 	return curveByParams(a[0].Value)
 }
+
+// publicKeyTemplate is the attributes of a public key object holding spki
+// (DER SubjectPublicKeyInfo), the reverse of publicKeyDER: CKA_CLASS,
+// CKA_KEY_TYPE and the key's values. It takes RSA keys, EC keys on the
+// curves hsm knows (named, uncompressed point on the curve) and Ed25519
+// keys, and refuses anything else, trailing bytes included.
+func publicKeyTemplate(spki []byte) ([]*pkcs11.Attribute, error) {
+	var info subjectPublicKeyInfo
+	rest, err := asn1.Unmarshal(spki, &info)
+	if err != nil || len(rest) != 0 || info.PublicKey.BitLength%8 != 0 {
+		return nil, fmt.Errorf("hsm: malformed public key")
+	}
+	attrs := []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PUBLIC_KEY)}
+	point := info.PublicKey.Bytes
+	switch alg := info.Algorithm.Algorithm; {
+	case alg.Equal(oidRSAEncryption):
+		pub, err := x509.ParsePKIXPublicKey(spki)
+		if err != nil {
+			return nil, fmt.Errorf("hsm: malformed RSA public key")
+		}
+		rsaPub, ok := pub.(*rsa.PublicKey)
+		if !ok {
+			return nil, fmt.Errorf("hsm: malformed RSA public key")
+		}
+		return append(attrs,
+			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_RSA),
+			pkcs11.NewAttribute(pkcs11.CKA_MODULUS, rsaPub.N.Bytes()),
+			pkcs11.NewAttribute(pkcs11.CKA_PUBLIC_EXPONENT, big.NewInt(int64(rsaPub.E)).Bytes())), nil
+	case alg.Equal(oidECPublicKey):
+		c, err := curveByParams(info.Algorithm.Parameters.FullBytes)
+		if err != nil {
+			return nil, err
+		}
+		if point, err = c.ecPoint(point); err != nil {
+			return nil, err
+		}
+		wrapped, err := asn1.Marshal(point)
+		if err != nil {
+			return nil, err
+		}
+		return append(attrs,
+			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_EC),
+			pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, c.params()),
+			pkcs11.NewAttribute(pkcs11.CKA_EC_POINT, wrapped)), nil
+	case alg.Equal(oidEd25519):
+		if len(info.Algorithm.Parameters.FullBytes) != 0 || len(point) != 32 {
+			return nil, fmt.Errorf("hsm: malformed Ed25519 public key")
+		}
+		params, _ := asn1.Marshal(oidEd25519)
+		wrapped, err := asn1.Marshal(point)
+		if err != nil {
+			return nil, err
+		}
+		return append(attrs,
+			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, ckkECEdwards),
+			pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, params),
+			pkcs11.NewAttribute(pkcs11.CKA_EC_POINT, wrapped)), nil
+	}
+	return nil, fmt.Errorf("%w: public key algorithm %v", ErrMechanismNotSupported, info.Algorithm.Algorithm)
+}
+
+var oidRSAEncryption = asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 1, 1}

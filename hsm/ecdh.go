@@ -7,16 +7,16 @@ import (
 	"github.com/miekg/pkcs11"
 )
 
-// DeriveECDH computes the ECDH shared secret of the private key CKA_ID id
-// (which needs UsageDerive) and the peer's uncompressed point 0x04||X||Y on
+// DeriveECDH computes the ECDH shared secret of the private key key (which
+// needs UsageDerive) and the peer's uncompressed point 0x04||X||Y on
 // the same curve: CKM_ECDH1_DERIVE with CKD_NULL and no shared data. It
 // returns the X coordinate of the shared point, field-size bytes, as
 // crypto/ecdh does. The secret is derived into a short-lived extractable
 // session object, read once and destroyed; the private key stays where it
 // is.
-func (t *Token) DeriveECDH(ctx context.Context, id []byte, peerPoint []byte) ([]byte, error) {
+func (t *Token) DeriveECDH(ctx context.Context, key ObjectRef, peerPoint []byte) ([]byte, error) {
 	var secret []byte
-	err := t.withKey(ctx, PrivateKeyByID(id), func(s pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
+	err := t.withKey(ctx, key, func(s pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
 		c, err := t.ecCurve(s, h)
 		if err != nil {
 			return err

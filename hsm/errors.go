@@ -28,6 +28,13 @@ var (
 	ErrInvalidCiphertext     = errors.New("hsm: invalid ciphertext")
 	ErrModuleLoad            = errors.New("hsm: cannot load PKCS#11 module")
 	ErrClosed                = errors.New("hsm: token closed")
+	// ErrSessionObjectLost: a session object from Unwrap or
+	// CreatePublicKey is gone with the session that held it (a device
+	// failure, a new login, a broken keeper session); make it again.
+	ErrSessionObjectLost = errors.New("hsm: session object lost")
+	// ErrNotWrappable: the token will not wrap this kind of key
+	// (CKR_KEY_NOT_WRAPPABLE), e.g. SoftHSM2 2.6.1 an Ed25519 private key.
+	ErrNotWrappable = errors.New("hsm: the token cannot wrap this kind of key")
 )
 
 // Error is a failed PKCS#11 call. It names the call and unwraps both to its
@@ -125,7 +132,12 @@ func isSessionError(rv uint) bool {
 }
 
 func isHandleError(rv uint) bool {
-	return rv == pkcs11.CKR_OBJECT_HANDLE_INVALID || rv == pkcs11.CKR_KEY_HANDLE_INVALID
+	switch rv {
+	case pkcs11.CKR_OBJECT_HANDLE_INVALID, pkcs11.CKR_KEY_HANDLE_INVALID,
+		pkcs11.CKR_WRAPPING_KEY_HANDLE_INVALID, pkcs11.CKR_UNWRAPPING_KEY_HANDLE_INVALID:
+		return true
+	}
+	return false
 }
 
 // ckrName gives the CKR_ constant name for a return value, from the table

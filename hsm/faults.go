@@ -15,9 +15,10 @@ type Faults struct {
 	flags  uint          // ORed into every C_GetTokenInfo answer
 	hidden map[uint]bool // mechanisms the token is made to lack
 
-	mu    sync.Mutex
-	rules map[string]*faultRule
-	calls map[string]int
+	mu     sync.Mutex
+	rules  map[string]*faultRule
+	calls  map[string]int
+	stalls map[string]chan struct{} // calls held until their channel closes
 }
 
 type faultRule struct {
@@ -82,8 +83,38 @@ func (f *Faults) Calls(call string) int {
 	return f.calls[call]
 }
 
+// Stall holds every call of the Cryptoki function call (e.g. "C_Encrypt")
+// before it reaches the token, until release is called: a device that
+// stops answering, which a real token cannot be made to be on demand.
+// Calls already held go on to the token when released.
+func (f *Faults) Stall(call string) (release func()) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.stalls == nil {
+		f.stalls = map[string]chan struct{}{}
+	}
+	ch := make(chan struct{})
+	f.stalls[call] = ch
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			f.mu.Lock()
+			if f.stalls[call] == ch {
+				delete(f.stalls, call)
+			}
+			f.mu.Unlock()
+			close(ch)
+		})
+	}
+}
+
 func (f *Faults) hit(call string) error {
 	f.mu.Lock()
+	if ch := f.stalls[call]; ch != nil {
+		f.mu.Unlock()
+		<-ch
+		f.mu.Lock()
+	}
 	defer f.mu.Unlock()
 	f.calls[call]++
 	r := f.rules[call]
@@ -215,6 +246,20 @@ func (f *Faults) DestroyObject(sh pkcs11.SessionHandle, oh pkcs11.ObjectHandle) 
 	return f.next.DestroyObject(sh, oh)
 }
 
+func (f *Faults) WrapKey(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, wrappingkey, key pkcs11.ObjectHandle) ([]byte, error) {
+	if err := f.hit("C_WrapKey"); err != nil {
+		return nil, err
+	}
+	return f.next.WrapKey(sh, m, wrappingkey, key)
+}
+
+func (f *Faults) UnwrapKey(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, unwrappingkey pkcs11.ObjectHandle, wrappedkey []byte, a []*pkcs11.Attribute) (pkcs11.ObjectHandle, error) {
+	if err := f.hit("C_UnwrapKey"); err != nil {
+		return 0, err
+	}
+	return f.next.UnwrapKey(sh, m, unwrappingkey, wrappedkey, a)
+}
+
 func (f *Faults) FindObjectsInit(sh pkcs11.SessionHandle, temp []*pkcs11.Attribute) error {
 	if err := f.hit("C_FindObjectsInit"); err != nil {
 		return err
@@ -241,6 +286,13 @@ func (f *Faults) GetAttributeValue(sh pkcs11.SessionHandle, o pkcs11.ObjectHandl
 		return nil, err
 	}
 	return f.next.GetAttributeValue(sh, o, a)
+}
+
+func (f *Faults) SetAttributeValue(sh pkcs11.SessionHandle, o pkcs11.ObjectHandle, a []*pkcs11.Attribute) error {
+	if err := f.hit("C_SetAttributeValue"); err != nil {
+		return err
+	}
+	return f.next.SetAttributeValue(sh, o, a)
 }
 
 func (f *Faults) EncryptInit(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, o pkcs11.ObjectHandle) error {

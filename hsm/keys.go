@@ -12,11 +12,28 @@ import (
 // ObjectRef names a token object by CKA_ID or, if ID is empty, CKA_LABEL,
 // within an object class. It is how callers refer to keys: handles are the
 // token's business and are cached here.
+//
+// An ObjectRef from Unwrap or CreatePublicKey names a session object
+// instead, by its handle and the generation of the keeper sessions that
+// hold it (see keeperSet). It is valid until DestroyObject, or until the
+// token loses its session objects (a device failure, a new login, a
+// broken keeper session), after which every use fails with
+// ErrSessionObjectLost and nothing is ever done with the stale handle.
 type ObjectRef struct {
 	Class uint // CKO_SECRET_KEY, CKO_PRIVATE_KEY, …
 	ID    []byte
 	Label string
+
+	handle pkcs11.ObjectHandle // a session object's; 0 for a token object
+	gen    uint64
 }
+
+// IsSessionObject reports whether r names a session object this Token
+// made (Unwrap, CreatePublicKey) rather than a token object.
+func (r ObjectRef) IsSessionObject() bool { return r.handle != 0 }
+
+// Same reports whether r and o name the same object.
+func (r ObjectRef) Same(o ObjectRef) bool { return r.cacheKey() == o.cacheKey() && r.Class == o.Class }
 
 // SecretKeyByID refers to the secret key with CKA_ID id.
 func SecretKeyByID(id []byte) ObjectRef { return ObjectRef{Class: pkcs11.CKO_SECRET_KEY, ID: id} }
@@ -33,6 +50,9 @@ func SecretKeyByLabel(label string) ObjectRef {
 }
 
 func (r ObjectRef) cacheKey() string {
+	if r.handle != 0 {
+		return "s/" + strconv.FormatUint(r.gen, 16) + "/" + strconv.FormatUint(uint64(r.handle), 16)
+	}
 	if len(r.ID) > 0 {
 		return strconv.FormatUint(uint64(r.Class), 16) + "/i/" + string(r.ID)
 	}
@@ -40,6 +60,9 @@ func (r ObjectRef) cacheKey() string {
 }
 
 func (r ObjectRef) String() string {
+	if r.handle != 0 {
+		return fmt.Sprintf("session object %d", r.handle)
+	}
 	if len(r.ID) > 0 {
 		return "id " + hex.EncodeToString(r.ID)
 	}
@@ -106,12 +129,21 @@ func secretTemplate(id []byte, label string) []*pkcs11.Attribute {
 // CKA_LABEL label, usable only for usage. The caller keeps ids unique: a
 // later lookup that finds two objects fails with ErrObjectAmbiguous.
 func (t *Token) GenerateAESKey(ctx context.Context, id []byte, label string, usage Usage) (ObjectRef, error) {
+	return t.GenerateAESKeyOfSize(ctx, id, label, 32, usage)
+}
+
+// GenerateAESKeyOfSize is GenerateAESKey for a key of size bytes (16, 24
+// or 32).
+func (t *Token) GenerateAESKeyOfSize(ctx context.Context, id []byte, label string, size int, usage Usage) (ObjectRef, error) {
 	if len(id) == 0 {
 		return ObjectRef{}, fmt.Errorf("hsm: a key needs a CKA_ID")
 	}
+	if size != 16 && size != 24 && size != 32 {
+		return ObjectRef{}, fmt.Errorf("hsm: AES keys are 16, 24 or 32 bytes, not %d", size)
+	}
 	tmpl := append(secretTemplate(id, label),
 		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
-		pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, 32),
+		pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, size),
 	)
 	tmpl = append(tmpl, usage.attributes()...)
 	mech := []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}
@@ -131,6 +163,9 @@ func (t *Token) GenerateAESKey(ctx context.Context, id []byte, label string, usa
 
 // handle resolves ref on session s, from the cache when possible.
 func (t *Token) handle(s pkcs11.SessionHandle, ref ObjectRef) (pkcs11.ObjectHandle, error) {
+	if ref.handle != 0 {
+		return t.sessionHandle(ref)
+	}
 	key := ref.cacheKey()
 	if h, ok := t.handles.Load(key); ok {
 		return h.(pkcs11.ObjectHandle), nil
@@ -200,6 +235,11 @@ func (t *Token) withHandle(ctx context.Context, ref ObjectRef, lookup func(pkcs1
 			}
 			return fn(s, h)
 		})
+		if code, ok := Code(err); ok && isHandleError(code) && ref.handle != 0 {
+			// A session object the token no longer has: never look
+			// anything up in its place.
+			return fmt.Errorf("%w: %s: %w", ErrSessionObjectLost, ref, err)
+		}
 		if code, ok := Code(err); ok && isHandleError(code) && attempt == 0 {
 			t.handles.Delete(ref.cacheKey())
 			t.copies.Delete(ref.cacheKey())
@@ -219,6 +259,9 @@ func (t *Token) withHandle(ctx context.Context, ref ObjectRef, lookup func(pkcs1
 // copy fail with CKR_OBJECT_HANDLE_INVALID and withKey makes a new one. A
 // token that refuses the copy is used directly.
 func (t *Token) workingHandle(s pkcs11.SessionHandle, ref ObjectRef) (pkcs11.ObjectHandle, error) {
+	if ref.handle != 0 {
+		return t.sessionHandle(ref) // a session object already
+	}
 	key := ref.cacheKey()
 	if h, ok := t.copies.Load(key); ok {
 		return h.(pkcs11.ObjectHandle), nil
@@ -339,9 +382,30 @@ func (t *Token) Attributes(ctx context.Context, ref ObjectRef, types ...uint) ([
 	return out, err
 }
 
+// SetAttributes changes attributes of the token object ref names (those
+// the token lets be modified after creation, such as CKA_END_DATE). The
+// object's session copy, if one was made, is dropped: the next use copies
+// the changed object.
+func (t *Token) SetAttributes(ctx context.Context, ref ObjectRef, attrs ...*pkcs11.Attribute) error {
+	err := t.withObject(ctx, ref, func(s pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
+		if err := t.p11.SetAttributeValue(s, h, attrs); err != nil {
+			return wrap("C_SetAttributeValue", err)
+		}
+		if c, ok := t.copies.LoadAndDelete(ref.cacheKey()); ok && c.(pkcs11.ObjectHandle) != h {
+			t.p11.DestroyObject(s, c.(pkcs11.ObjectHandle))
+		}
+		return nil
+	})
+	return err
+}
+
 // DestroyObject destroys the single object ref names, and first its
-// session copy, so a destroyed key cannot go on working from the copy.
+// session copy, so a destroyed key cannot go on working from the copy. A
+// session object the token has already lost is not an error.
 func (t *Token) DestroyObject(ctx context.Context, ref ObjectRef) error {
+	if ref.handle != 0 {
+		return t.destroySessionObject(ctx, ref)
+	}
 	err := t.withObject(ctx, ref, func(s pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
 		if c, ok := t.copies.LoadAndDelete(ref.cacheKey()); ok && c.(pkcs11.ObjectHandle) != h {
 			if err := t.p11.DestroyObject(s, c.(pkcs11.ObjectHandle)); err != nil {

@@ -12,7 +12,7 @@ import (
 )
 
 // DecryptOAEP decrypts an RSAES-OAEP ciphertext (hash SHA-1 or SHA-256, MGF1
-// with the same hash, empty label) with the private key CKA_ID id.
+// with the same hash, empty label) with the private key key.
 //
 // The token does the whole job with CKM_RSA_PKCS_OAEP when it accepts the
 // parameters. SoftHSM2 2.6.1 accepts only SHA-1, so when C_DecryptInit
@@ -26,12 +26,12 @@ import (
 // Every ciphertext that does not decrypt, for whatever reason the token or
 // the decoding found, is exactly ErrInvalidCiphertext: a caller that could
 // tell the causes apart would have a padding oracle.
-func (t *Token) DecryptOAEP(ctx context.Context, id []byte, hash crypto.Hash, ciphertext []byte) ([]byte, error) {
+func (t *Token) DecryptOAEP(ctx context.Context, key ObjectRef, hash crypto.Hash, ciphertext []byte) ([]byte, error) {
 	m, ok := hashMechs[hash]
 	if !ok || (hash != crypto.SHA1 && hash != crypto.SHA256) {
 		return nil, fmt.Errorf("hsm: RSAES-OAEP with SHA-1 or SHA-256 only, not %v", hash)
 	}
-	ref := PrivateKeyByID(id)
+	ref := key
 	if !t.oaepRefused(hash) {
 		var plain []byte
 		refused := false

@@ -195,3 +195,18 @@ func (w *observed) FindObjects(sh pkcs11.SessionHandle, max int) (_ []pkcs11.Obj
 	defer w.report("C_FindObjects", time.Now(), &err)
 	return w.next.FindObjects(sh, max)
 }
+
+func (w *observed) SetAttributeValue(sh pkcs11.SessionHandle, o pkcs11.ObjectHandle, a []*pkcs11.Attribute) (err error) {
+	defer w.report("C_SetAttributeValue", time.Now(), &err)
+	return w.next.SetAttributeValue(sh, o, a)
+}
+
+func (w *observed) WrapKey(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, wrappingkey, key pkcs11.ObjectHandle) (_ []byte, err error) {
+	defer w.report("C_WrapKey", time.Now(), &err)
+	return w.next.WrapKey(sh, m, wrappingkey, key)
+}
+
+func (w *observed) UnwrapKey(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, unwrappingkey pkcs11.ObjectHandle, wrappedkey []byte, a []*pkcs11.Attribute) (_ pkcs11.ObjectHandle, err error) {
+	defer w.report("C_UnwrapKey", time.Now(), &err)
+	return w.next.UnwrapKey(sh, m, unwrappingkey, wrappedkey, a)
+}

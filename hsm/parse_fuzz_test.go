@@ -6,6 +6,8 @@ import (
 	"encoding/asn1"
 	"math/big"
 	"testing"
+
+	"github.com/miekg/pkcs11"
 )
 
 // FuzzECDSARaw: a caller's DER signature is accepted only as the canonical
@@ -74,6 +76,38 @@ func FuzzDecodeOAEP(f *testing.F) {
 		got, err := decodeOAEP(h.New(), oaepEncode(h, k, msg, seed))
 		if err != nil || !bytes.Equal(got, msg) {
 			t.Fatalf("round trip: %x, %v; want %x", got, err, msg)
+		}
+	})
+}
+
+// FuzzPublicKeyTemplate: a public key read back from the metadata store is
+// untrusted bytes. It becomes a template only when it is exactly one
+// SubjectPublicKeyInfo of a kind hsm knows, and then always one that
+// describes the same key again (publicKeyDER's encoding of it is the input,
+// for the keys hsm makes).
+func FuzzPublicKeyTemplate(f *testing.F) {
+	p256Point := append([]byte{4}, bytes.Repeat([]byte{0}, 64)...)
+	if spki, err := p256.spki(p256Point); err == nil {
+		f.Add(spki)
+	}
+	if spki, err := ed25519SPKI(make([]byte, 32)); err == nil {
+		f.Add(spki)
+		f.Add(append(spki, 0))
+	}
+	if spki, err := rsaSPKI(bytes.Repeat([]byte{0xC3}, 256), []byte{1, 0, 1}); err == nil {
+		f.Add(spki)
+	}
+	if spki, err := secp256k1.spki(p256Point); err == nil {
+		f.Add(spki)
+	}
+	f.Add([]byte{0x30, 0x00})
+	f.Fuzz(func(t *testing.T, spki []byte) {
+		tmpl, err := publicKeyTemplate(spki)
+		if err != nil {
+			return
+		}
+		if len(tmpl) < 3 || ulong(tmpl[0].Value) != pkcs11.CKO_PUBLIC_KEY {
+			t.Fatalf("template without class and key type: %v", tmpl)
 		}
 	})
 }

@@ -118,10 +118,10 @@ func signInput(alg SignAlgorithm, hash crypto.Hash, data []byte) (*pkcs11.Mechan
 	}
 }
 
-// Sign signs data on the token with the private key CKA_ID id. For the
+// Sign signs data on the token with the private key key. For the
 // digest algorithms data is the hash.Size()-byte digest; for EdDSA it is
 // the message and hash must be crypto.SHA512.
-func (t *Token) Sign(ctx context.Context, id []byte, alg SignAlgorithm, hash crypto.Hash, data []byte) ([]byte, error) {
+func (t *Token) Sign(ctx context.Context, key ObjectRef, alg SignAlgorithm, hash crypto.Hash, data []byte) ([]byte, error) {
 	mech, in, err := signInput(alg, hash, data)
 	if err != nil {
 		return nil, err
@@ -132,7 +132,7 @@ func (t *Token) Sign(ctx context.Context, id []byte, alg SignAlgorithm, hash cry
 		}
 	}
 	var sig []byte
-	err = t.withKey(ctx, PrivateKeyByID(id), func(s pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
+	err = t.withKey(ctx, key, func(s pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
 		if err := t.p11.SignInit(s, []*pkcs11.Mechanism{mech}, h); err != nil {
 			return wrap("C_SignInit", err)
 		}
@@ -185,12 +185,12 @@ func ecdsaRaw(der []byte, size int) (raw []byte, ok bool) {
 // errBadSignature ends a Verify that the token need not see.
 var errBadSignature = errors.New("hsm: signature does not verify")
 
-// Verify checks sig over data with the public key CKA_ID id, on the token.
+// Verify checks sig over data with the public key key, on the token.
 // data is as for Sign. A signature that does not verify, whatever the
 // reason (the token's CKR_SIGNATURE_INVALID or CKR_SIGNATURE_LEN_RANGE,
 // malformed DER, r or s out of range), is (false, nil); errors are for
 // requests that could not be checked.
-func (t *Token) Verify(ctx context.Context, id []byte, alg SignAlgorithm, hash crypto.Hash, data, sig []byte) (bool, error) {
+func (t *Token) Verify(ctx context.Context, key ObjectRef, alg SignAlgorithm, hash crypto.Hash, data, sig []byte) (bool, error) {
 	mech, in, err := signInput(alg, hash, data)
 	if err != nil {
 		return false, err
@@ -200,7 +200,7 @@ func (t *Token) Verify(ctx context.Context, id []byte, alg SignAlgorithm, hash c
 			return false, err
 		}
 	}
-	ref := PublicKeyByID(id)
+	ref := key
 	err = t.withKey(ctx, ref, func(s pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
 		tokenSig := sig
 		if alg == ECDSA {
@@ -227,15 +227,15 @@ func (t *Token) Verify(ctx context.Context, id []byte, alg SignAlgorithm, hash c
 	return err == nil, err
 }
 
-// MAC computes the HMAC of msg on the token with the secret key CKA_ID id
-// and hash SHA-224, SHA-256, SHA-384 or SHA-512.
-func (t *Token) MAC(ctx context.Context, id []byte, hash crypto.Hash, msg []byte) ([]byte, error) {
+// MAC computes the HMAC of msg on the token with the secret key key and
+// hash SHA-224, SHA-256, SHA-384 or SHA-512.
+func (t *Token) MAC(ctx context.Context, key ObjectRef, hash crypto.Hash, msg []byte) ([]byte, error) {
 	m, ok := hashMechs[hash]
 	if !ok || hash == crypto.SHA1 {
 		return nil, fmt.Errorf("hsm: HMAC with SHA-224, SHA-256, SHA-384 or SHA-512, not %v", hash)
 	}
 	var mac []byte
-	err := t.withKey(ctx, SecretKeyByID(id), func(s pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
+	err := t.withKey(ctx, key, func(s pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
 		if err := t.p11.SignInit(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(m.hmac, nil)}, h); err != nil {
 			return wrap("C_SignInit", err)
 		}
@@ -248,8 +248,8 @@ func (t *Token) MAC(ctx context.Context, id []byte, hash crypto.Hash, msg []byte
 
 // VerifyMAC recomputes the HMAC of msg on the token and compares it with
 // mac in constant time.
-func (t *Token) VerifyMAC(ctx context.Context, id []byte, hash crypto.Hash, msg, mac []byte) (bool, error) {
-	want, err := t.MAC(ctx, id, hash, msg)
+func (t *Token) VerifyMAC(ctx context.Context, key ObjectRef, hash crypto.Hash, msg, mac []byte) (bool, error) {
+	want, err := t.MAC(ctx, key, hash, msg)
 	if err != nil {
 		return false, err
 	}

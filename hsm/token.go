@@ -87,6 +87,9 @@ type Token struct {
 	pin        string // guarded by loginMu; "" when we hold no login
 	loginEpoch atomic.Uint64
 
+	// lastGen numbers the keeper sets (see keeperSet); it only grows.
+	lastGen atomic.Uint64
+
 	unhealthy atomic.Bool
 	healthMu  sync.Mutex // guards the fields below and rebuilds
 	lastErr   error
@@ -99,17 +102,38 @@ type Token struct {
 // session on a token closes, so without it replacing a broken pooled session
 // could silently log us out (and private keys would just look absent).
 type tokenState struct {
-	slot   uint
-	pool   *pool
-	size   int
-	anchor pkcs11.SessionHandle // guarded by Token.loginMu
-	mechs  *mechCache
+	slot    uint
+	pool    *pool
+	size    int
+	anchor  pkcs11.SessionHandle // guarded by Token.loginMu
+	mechs   *mechCache
+	keepers atomic.Pointer[keeperSet]
+}
+
+// keeperSet is the sessions that hold the session objects made for
+// callers (Unwrap, CreatePublicKey), and the generation that the
+// references to those objects carry. A session object lives as long as
+// the session that made it, so keepers are never closed one by one: the
+// whole set is replaced by one with a new generation, then closed
+// (Token.dropSessionObjectsLocked), and a reference is valid only while its
+// generation is the current set's. The generation is also moved on when
+// the login changes: C_Logout destroys an application's private session
+// objects, and the token may then give their handle numbers to others.
+type keeperSet struct {
+	pool *pool
+	gen  uint64
 }
 
 func (st *tokenState) close(p PKCS11) {
 	st.pool.close()
+	st.keepers.Load().pool.close()
 	_ = p.CloseSession(st.anchor)
 }
+
+// keeperCount is how many keeper sessions a token state opens at most:
+// enough for unwraps not to queue behind one another on a slow device, few
+// enough to leave the pool its sessions.
+func keeperCount(poolSize int) int { return max(1, poolSize/4) }
 
 const (
 	minBackoff = 100 * time.Millisecond
@@ -201,7 +225,23 @@ func (t *Token) newState() (*tokenState, error) {
 	}
 	pl := newPool(t.p11, slot, size)
 	pl.obs = t.cfg.Observer
-	return &tokenState{slot: slot, pool: pl, size: size, anchor: anchor, mechs: newMechCache()}, nil
+	st := &tokenState{slot: slot, pool: pl, size: size, anchor: anchor, mechs: newMechCache()}
+	st.keepers.Store(t.newKeeperSet(slot, size))
+	return st, nil
+}
+
+func (t *Token) newKeeperSet(slot uint, size int) *keeperSet {
+	return &keeperSet{pool: newPool(t.p11, slot, keeperCount(size)), gen: t.lastGen.Add(1)}
+}
+
+// dropSessionObjectsLocked replaces the keeper sessions, closing the old
+// ones (which destroys every session object made for callers) after the
+// new generation is in place, so that no reference to them stays valid.
+// The caller holds loginMu.
+func (t *Token) dropSessionObjectsLocked() {
+	st := t.st.Load()
+	old := st.keepers.Swap(t.newKeeperSet(st.slot, st.size))
+	old.pool.close()
 }
 
 // PoolSize is the number of sessions the token may hold open at once.
@@ -343,8 +383,8 @@ func (t *Token) rebuild() (st *tokenState, rebuilt bool, err error) {
 		t.nextTry = time.Now().Add(t.backoff)
 		return nil, false, err
 	}
-	t.loginMu.Lock() // the old anchor is guarded by loginMu
-	old := t.st.Swap(st)
+	t.loginMu.Lock()     // the old anchor is guarded by loginMu
+	old := t.st.Swap(st) // the old keepers, and every object on them, go with old
 	t.loginMu.Unlock()
 	old.close(t.p11)
 	t.handles.Clear()
@@ -409,10 +449,31 @@ func (st *tokenState) use(s pkcs11.SessionHandle, fn func(pkcs11.SessionHandle) 
 	discard := true
 	defer func() { st.pool.put(s, discard) }()
 	err = fn(s)
+	var tainted *taintedSession
+	if errors.As(err, &tainted) {
+		// fn left an object on s it could not destroy (an extractable
+		// key it made for wrapping): closing s destroys it.
+		return tainted.err
+	}
 	code, fromToken := Code(err)
 	discard = fromToken && (isSessionError(code) || IsDeviceFailure(err))
 	return err
 }
+
+// taintedSession is what a function run on a pooled session returns when
+// it leaves an object on the session that must not outlive the call: use
+// closes the session instead of pooling it, and returns err (which may be
+// nil: the call itself succeeded).
+type taintedSession struct{ err error }
+
+func (e *taintedSession) Error() string {
+	if e.err == nil {
+		return "hsm: session must be closed"
+	}
+	return e.err.Error()
+}
+
+func (e *taintedSession) Unwrap() error { return e.err }
 
 // onAnchor runs fn on the anchor session; the caller holds loginMu. A broken
 // anchor is replaced (the call is not retried: it may have been a login).
@@ -451,6 +512,7 @@ func (t *Token) Login(ctx context.Context, pin string) error {
 
 func (t *Token) loginLocked(pin string) error {
 	t.loginEpoch.Add(1)
+	t.dropSessionObjectsLocked()
 	err := t.onAnchor(func(s pkcs11.SessionHandle) error {
 		err := t.p11.Login(s, pkcs11.CKU_USER, pin)
 		if code, _ := Code(err); code == pkcs11.CKR_USER_ALREADY_LOGGED_IN {
@@ -489,6 +551,7 @@ func (t *Token) Logout(ctx context.Context) error {
 	defer t.loginMu.Unlock()
 	t.pin = ""
 	t.loginEpoch.Add(1)
+	t.dropSessionObjectsLocked()
 	return t.onAnchor(func(s pkcs11.SessionHandle) error {
 		err := t.p11.Logout(s)
 		if code, _ := Code(err); code == pkcs11.CKR_USER_NOT_LOGGED_IN {

@@ -53,7 +53,7 @@ func (m *Manager) AuditSigner(ctx context.Context) (*AuditSigner, error) {
 	if err != nil {
 		return nil, fmt.Errorf("keystore: audit signing key: %w", classify(err))
 	}
-	der, err := tok.PublicKeyDER(ctx, auditKeyID)
+	der, err := tok.PublicKeyDER(ctx, hsm.PublicKeyByID(auditKeyID))
 	if err != nil {
 		return nil, fmt.Errorf("keystore: audit signing key: %w", classify(err))
 	}
@@ -71,7 +71,7 @@ func (a *AuditSigner) Sign(ctx context.Context, sha256Digest []byte) ([]byte, er
 	if err != nil {
 		return nil, err
 	}
-	sig, err := tok.Sign(ctx, auditKeyID, hsm.ECDSA, crypto.SHA256, sha256Digest)
+	sig, err := tok.Sign(ctx, hsm.PrivateKeyByID(auditKeyID), hsm.ECDSA, crypto.SHA256, sha256Digest)
 	return sig, classify(err)
 }
 

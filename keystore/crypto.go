@@ -5,6 +5,7 @@ import (
 	"crypto"
 	"crypto/ed25519"
 	"crypto/x509"
+	"errors"
 	"fmt"
 
 	"github.com/hsmkms/hsmkms/hsm"
@@ -34,45 +35,105 @@ const (
 	EdDSAPh = hsm.EdDSAPh
 )
 
+// part is which object of a material version an operation uses.
+type part int
+
+const (
+	secretPart part = iota
+	privatePart
+	publicPart
+)
+
+func (p part) tokenRef(ref []byte) hsm.ObjectRef {
+	switch p {
+	case privatePart:
+		return hsm.PrivateKeyByID(ref)
+	case publicPart:
+		return hsm.PublicKeyByID(ref)
+	}
+	return hsm.SecretKeyByID(ref)
+}
+
+// withMaterial runs fn with the token and the object to use for part p of
+// m: its token object, or, for wrapped material, its unwrapped copy from
+// the store's cache, held (never destroyed) until fn returns. A copy the
+// token lost meanwhile is unwrapped again, once.
+func (s *Store) withMaterial(ctx context.Context, m Material, p part, fn func(tok *hsm.Token, key hsm.ObjectRef) error) error {
+	tok, err := s.token()
+	if err != nil {
+		return err
+	}
+	if m.OnToken() {
+		return classify(fn(tok, p.tokenRef(m.ref)))
+	}
+	h := s.hier.Load()
+	if h == nil {
+		return fmt.Errorf("%w: %s holds no wrapped material", ErrMaterialNotFound, StoreDescription(s.id))
+	}
+	for attempt := 0; ; attempt++ {
+		obj, release, err := h.object(ctx, m, p == publicPart)
+		if err != nil {
+			return classify(err)
+		}
+		err = fn(h.tok, obj)
+		release()
+		if errors.Is(err, hsm.ErrSessionObjectLost) && attempt == 0 {
+			h.cache.drop(cacheKey(m, p == publicPart), obj)
+			continue
+		}
+		return classify(err)
+	}
+}
+
 // EncryptGCM encrypts plaintext with AES-256-GCM under m, authenticating
 // aad too, and returns the IV and the ciphertext with its tag.
 func (s *Store) EncryptGCM(ctx context.Context, m Material, plaintext, aad []byte) (iv, sealed []byte, err error) {
-	tok, err := s.token()
-	if err != nil {
-		return nil, nil, err
-	}
-	iv, sealed, err = tok.EncryptGCM(ctx, hsm.SecretKeyByID(m.ref), plaintext, aad)
-	return iv, sealed, classify(err)
+	err = s.withMaterial(ctx, m, secretPart, func(tok *hsm.Token, key hsm.ObjectRef) error {
+		var err error
+		iv, sealed, err = tok.EncryptGCM(ctx, key, plaintext, aad)
+		return err
+	})
+	return iv, sealed, err
 }
 
 // DecryptGCM reverses EncryptGCM. Whatever is wrong with iv, sealed or aad
 // is ErrInvalidCiphertext, with no hint of which.
-func (s *Store) DecryptGCM(ctx context.Context, m Material, iv, sealed, aad []byte) ([]byte, error) {
-	tok, err := s.token()
-	if err != nil {
-		return nil, err
-	}
-	plain, err := tok.DecryptGCM(ctx, hsm.SecretKeyByID(m.ref), iv, sealed, aad)
-	return plain, classify(err)
+func (s *Store) DecryptGCM(ctx context.Context, m Material, iv, sealed, aad []byte) (plain []byte, err error) {
+	err = s.withMaterial(ctx, m, secretPart, func(tok *hsm.Token, key hsm.ObjectRef) error {
+		var err error
+		plain, err = tok.DecryptGCM(ctx, key, iv, sealed, aad)
+		return err
+	})
+	return plain, err
 }
 
 // DecryptOAEP decrypts an RSAES-OAEP ciphertext (hash SHA-1 or SHA-256,
 // MGF1 with the same hash, no label) with m's private key. Every
 // ciphertext that does not decrypt is exactly ErrInvalidCiphertext.
-func (s *Store) DecryptOAEP(ctx context.Context, m Material, hash crypto.Hash, ciphertext []byte) ([]byte, error) {
-	tok, err := s.token()
-	if err != nil {
-		return nil, err
-	}
-	plain, err := tok.DecryptOAEP(ctx, m.ref, hash, ciphertext)
-	return plain, classify(err)
+func (s *Store) DecryptOAEP(ctx context.Context, m Material, hash crypto.Hash, ciphertext []byte) (plain []byte, err error) {
+	err = s.withMaterial(ctx, m, privatePart, func(tok *hsm.Token, key hsm.ObjectRef) error {
+		var err error
+		plain, err = tok.DecryptOAEP(ctx, key, hash, ciphertext)
+		return err
+	})
+	return plain, err
 }
 
 // PublicKey is m's public key as DER SubjectPublicKeyInfo. A public key
 // never changes, so each is read from the token once and kept (until
 // Destroy); the hot path (RSA encryption, GetPublicKey) never asks the
-// token again.
+// token again. Wrapped material carries its public key in clear.
 func (s *Store) PublicKey(ctx context.Context, m Material) ([]byte, error) {
+	if !m.OnToken() {
+		env, err := parseEnvelope(m.wrapped, m.spec)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrMaterialNotFound, err)
+		}
+		if len(env.publicKey) == 0 {
+			return nil, fmt.Errorf("keystore: %v material has no public key", m.spec)
+		}
+		return env.publicKey, nil
+	}
 	if der, ok := s.publicKeys.Load(string(m.ref)); ok {
 		return der.([]byte), nil
 	}
@@ -80,7 +141,7 @@ func (s *Store) PublicKey(ctx context.Context, m Material) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	der, err := tok.PublicKeyDER(ctx, m.ref)
+	der, err := tok.PublicKeyDER(ctx, hsm.PublicKeyByID(m.ref))
 	if err != nil {
 		return nil, classify(err)
 	}
@@ -90,56 +151,56 @@ func (s *Store) PublicKey(ctx context.Context, m Material) ([]byte, error) {
 
 // Sign signs with m's private key. For the digest algorithms data is the
 // hash.Size()-byte digest; for EdDSA it is the message, with crypto.SHA512.
-func (s *Store) Sign(ctx context.Context, m Material, alg SignAlgorithm, hash crypto.Hash, data []byte) ([]byte, error) {
-	tok, err := s.token()
-	if err != nil {
-		return nil, err
-	}
-	sig, err := tok.Sign(ctx, m.ref, alg, hash, data)
-	return sig, classify(err)
+func (s *Store) Sign(ctx context.Context, m Material, alg SignAlgorithm, hash crypto.Hash, data []byte) (sig []byte, err error) {
+	err = s.withMaterial(ctx, m, privatePart, func(tok *hsm.Token, key hsm.ObjectRef) error {
+		var err error
+		sig, err = tok.Sign(ctx, key, alg, hash, data)
+		return err
+	})
+	return sig, err
 }
 
 // Verify checks sig over data (as for Sign) with m's public key, on the
 // token. A signature that does not verify is (false, nil).
-func (s *Store) Verify(ctx context.Context, m Material, alg SignAlgorithm, hash crypto.Hash, data, sig []byte) (bool, error) {
-	tok, err := s.token()
-	if err != nil {
-		return false, err
-	}
-	ok, err := tok.Verify(ctx, m.ref, alg, hash, data, sig)
-	return ok, classify(err)
+func (s *Store) Verify(ctx context.Context, m Material, alg SignAlgorithm, hash crypto.Hash, data, sig []byte) (ok bool, err error) {
+	err = s.withMaterial(ctx, m, publicPart, func(tok *hsm.Token, key hsm.ObjectRef) error {
+		var err error
+		ok, err = tok.Verify(ctx, key, alg, hash, data, sig)
+		return err
+	})
+	return ok, err
 }
 
 // MAC is the HMAC of msg under m with hash (SHA-224, -256, -384 or -512).
-func (s *Store) MAC(ctx context.Context, m Material, hash crypto.Hash, msg []byte) ([]byte, error) {
-	tok, err := s.token()
-	if err != nil {
-		return nil, err
-	}
-	mac, err := tok.MAC(ctx, m.ref, hash, msg)
-	return mac, classify(err)
+func (s *Store) MAC(ctx context.Context, m Material, hash crypto.Hash, msg []byte) (mac []byte, err error) {
+	err = s.withMaterial(ctx, m, secretPart, func(tok *hsm.Token, key hsm.ObjectRef) error {
+		var err error
+		mac, err = tok.MAC(ctx, key, hash, msg)
+		return err
+	})
+	return mac, err
 }
 
 // VerifyMAC recomputes the HMAC of msg on the token and compares it with
 // mac in constant time.
-func (s *Store) VerifyMAC(ctx context.Context, m Material, hash crypto.Hash, msg, mac []byte) (bool, error) {
-	tok, err := s.token()
-	if err != nil {
-		return false, err
-	}
-	ok, err := tok.VerifyMAC(ctx, m.ref, hash, msg, mac)
-	return ok, classify(err)
+func (s *Store) VerifyMAC(ctx context.Context, m Material, hash crypto.Hash, msg, mac []byte) (ok bool, err error) {
+	err = s.withMaterial(ctx, m, secretPart, func(tok *hsm.Token, key hsm.ObjectRef) error {
+		var err error
+		ok, err = tok.VerifyMAC(ctx, key, hash, msg, mac)
+		return err
+	})
+	return ok, err
 }
 
 // DeriveECDH is the ECDH shared secret (the X coordinate, field-size
 // bytes) of m's private key and the peer's uncompressed point.
-func (s *Store) DeriveECDH(ctx context.Context, m Material, peerPoint []byte) ([]byte, error) {
-	tok, err := s.token()
-	if err != nil {
-		return nil, err
-	}
-	secret, err := tok.DeriveECDH(ctx, m.ref, peerPoint)
-	return secret, classify(err)
+func (s *Store) DeriveECDH(ctx context.Context, m Material, peerPoint []byte) (secret []byte, err error) {
+	err = s.withMaterial(ctx, m, privatePart, func(tok *hsm.Token, key hsm.ObjectRef) error {
+		var err error
+		secret, err = tok.DeriveECDH(ctx, key, peerPoint)
+		return err
+	})
+	return secret, err
 }
 
 // GenerateRandom returns n bytes from the store's token RNG.

@@ -32,7 +32,7 @@ func TestCryptoRoundTrips(t *testing.T) {
 		require.NoError(t, err)
 		require.Len(t, iv, keystore.GCMIVSize)
 		require.Len(t, sealed, len("plaintext")+keystore.GCMTagSize)
-		plain, err := e.store.DecryptGCM(ctx, keystore.MaterialOf(keystore.AES256, m.Ref()), iv, sealed, aad)
+		plain, err := e.store.DecryptGCM(ctx, keystore.MaterialOf(keystore.AES256, keystore.UsageEncrypt, m.Ref(), m.Wrapped(), m.DomainKey()), iv, sealed, aad)
 		require.NoError(t, err)
 		assert.Equal(t, "plaintext", string(plain))
 
@@ -166,7 +166,7 @@ func TestPublicKeysAreCached(t *testing.T) {
 	require.NoError(t, err)
 	reads := e.faults.Calls("C_GetAttributeValue")
 	for range 3 {
-		again, err := e.store.PublicKey(bg(t), keystore.MaterialOf(keystore.ECP256, m.Ref()))
+		again, err := e.store.PublicKey(bg(t), keystore.MaterialOf(keystore.ECP256, keystore.UsageSign, m.Ref(), m.Wrapped(), m.DomainKey()))
 		require.NoError(t, err)
 		assert.Equal(t, first, again)
 	}

@@ -45,6 +45,10 @@ type Cluster struct {
 	ID                          string
 	Token                       hsm.TokenConfig
 	Manufacturer, Model, Serial string
+	// Material is how a key store on the cluster holds the material of
+	// its keys; the zero value is token objects, as AWS keeps a CloudHSM
+	// key store's keys in the cluster.
+	Material MaterialConfig
 }
 
 // Passwords keeps each custom key store's kmsuser password (the token's
@@ -63,8 +67,9 @@ var ErrInvalidState = errors.New("keystore: key store is not in a state that all
 // custom is the connection side of a custom key store's Store.
 type custom struct {
 	cluster Cluster
-	guard   *Safeguards // nil: no identity check, no token.object copies
-	mu      sync.Mutex  // serialises connect and disconnect
+	guard   *Safeguards      // nil: no identity check, no token.object copies
+	domain  DomainKeyRecords // nil: no key hierarchy
+	mu      sync.Mutex       // serialises connect and disconnect
 	state   atomic.Pointer[status]
 }
 
@@ -102,7 +107,7 @@ func Classify(err error) ErrorCode {
 	case err == nil:
 		return ""
 	case errors.Is(err, hsm.ErrModuleLoad), errors.Is(err, hsm.ErrTokenNotFound), errors.Is(err, errWrongDevice),
-		errors.Is(err, ErrWrongToken):
+		errors.Is(err, ErrWrongToken), errors.Is(err, ErrDomainKeyMissing):
 		return ClusterNotFound
 	case errors.Is(err, hsm.ErrTokenNotPresent):
 		return InsufficientHSMs
@@ -168,7 +173,7 @@ func Probe(c Cluster) (hsm.TokenInfo, error) {
 func (m *Manager) AddCustom(id string, cluster Cluster) *Store {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	s := &Store{id: id, custom: &custom{cluster: cluster, guard: m.guard}}
+	s := &Store{id: id, custom: &custom{cluster: cluster, guard: m.guard, domain: m.domain}}
 	s.set(Disconnected, "")
 	next := make(map[string]*Store, len(*m.stores.Load())+1)
 	for k, v := range *m.stores.Load() {
@@ -251,6 +256,14 @@ func (s *Store) connectLocked(ctx context.Context, pw Passwords, log hclog.Logge
 		log = hclog.NewNullLogger()
 	}
 	tok, err := s.connect(ctx, pw, log, rotate)
+	if err == nil {
+		s.tok.Store(tok)
+		if err = s.attachCustomHierarchy(ctx, log); err != nil {
+			s.tok.Store(nil)
+			tok.Logout(ctx)
+			tok.Close()
+		}
+	}
 	if err != nil {
 		err = s.custom.guard.Explain(ctx, s.id, s.custom.cluster.Token, err)
 		code := Classify(err)
@@ -258,10 +271,22 @@ func (s *Store) connectLocked(ctx context.Context, pw Passwords, log hclog.Logge
 		s.set(Failed, code)
 		return code
 	}
-	s.tok.Store(tok)
 	s.set(Connected, "")
 	log.Info("custom key store connected", "store", s.id, "cluster", s.custom.cluster.ID)
 	return ""
+}
+
+// attachCustomHierarchy brings up the key hierarchy of a connected custom
+// store, as its cluster declares (a store whose cluster holds material as
+// token objects and has no domain key gets none).
+func (s *Store) attachCustomHierarchy(ctx context.Context, log hclog.Logger) error {
+	if s.custom.domain == nil {
+		if s.custom.cluster.Material.Mode == Wrapped {
+			return fmt.Errorf("keystore: custom key store %s: no records for domain keys", s.id)
+		}
+		return nil
+	}
+	return s.AttachHierarchy(ctx, s.custom.cluster.Material, s.custom.domain, log)
 }
 
 func (s *Store) connect(ctx context.Context, pw Passwords, log hclog.Logger, rotate bool) (_ *hsm.Token, err error) {
@@ -393,6 +418,9 @@ func (s *Store) Disconnect(ctx context.Context) error {
 		return ErrInvalidState
 	}
 	s.set(Disconnecting, "")
+	if h := s.hier.Swap(nil); h != nil {
+		h.close()
+	}
 	var err error
 	if t := s.tok.Swap(nil); t != nil {
 		err = errors.Join(t.Logout(ctx), t.Close())

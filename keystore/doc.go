@@ -18,18 +18,18 @@
 //
 // # Material is addressed, not located
 //
-// kms names a material version only through a Material: a Spec and an
-// opaque reference (Material.Ref) that kms records in its metadata and
-// turns back into a Material with MaterialOf. Today the reference is the
-// CKA_ID of the version's token objects (the layout is defined and
-// documented in material.go, and nowhere else). The API is shaped so that
-// the planned key hierarchy, where material is held as blobs wrapped under
-// a token key and stored in the database rather than as token objects, can
-// replace what a reference means without kms changing: NewMaterial fixes
-// the reference before anything exists (a wrapped blob would be made
-// there), Generate makes whatever must exist outside the metadata, every
-// operation takes a Material rather than a token handle, and Inventory,
-// Find and Destroy speak of versions, not objects.
+// kms names a material version only through a Material: a Spec, a Usage
+// and what kms recorded for it (Ref, and for wrapped material Wrapped and
+// DomainKey), turned back into a Material with MaterialOf. Ref is the key
+// id and material id (material.go); for material held as token objects it
+// is also their CKA_ID. A key store holds new material either as token
+// objects or wrapped under its domain keys (hierarchy.go): NewMaterial
+// fixes the reference, and for a wrapped store makes the material there,
+// generated and wrapped on the token with nothing left on it; Generate
+// makes what must exist outside the metadata (token objects, or nothing);
+// every operation takes a Material, and uses its token objects or its
+// unwrapped copy from the store's bounded cache (objectcache.go);
+// Inventory, Find and Destroy speak of versions, not objects.
 //
 // # Errors
 //
@@ -49,5 +49,8 @@
 // hsm/hsmtest). scripts/check-imports.sh enforces this in `make lint`.
 //
 // Store and Manager are safe for concurrent use; Material, Spec and Usage
-// are values.
+// are values. Imported material and multi-Region replicas are meant to
+// enter the same hierarchy: a way to unwrap material brought in wrapped
+// into the envelope's form is the natural addition (hsm.Token.Unwrap and
+// WrapExisting hold the token side of it).
 package keystore

@@ -55,8 +55,10 @@ func classify(err error) error {
 		return fmt.Errorf("%w: %w", ErrUnavailable, err)
 	case errors.Is(err, hsm.ErrInvalidCiphertext):
 		return fmt.Errorf("%w: %w", ErrInvalidCiphertext, err)
-	case errors.Is(err, hsm.ErrMechanismNotSupported):
+	case errors.Is(err, hsm.ErrMechanismNotSupported), errors.Is(err, hsm.ErrNotWrappable):
 		return fmt.Errorf("%w: %w", ErrUnsupported, err)
+	case errors.Is(err, errEnvelope):
+		return fmt.Errorf("%w: %w", ErrMaterialNotFound, err)
 	case errors.Is(err, hsm.ErrObjectNotFound):
 		return fmt.Errorf("%w: %w", ErrMaterialNotFound, err)
 	}

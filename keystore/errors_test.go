@@ -88,7 +88,7 @@ var tokenOps = []tokenOp{
 	}},
 	{"Find", "C_FindObjectsInit", func(ctx context.Context, e *storeEnv, _ *opMaterials) error {
 		id := newKeyID()
-		return e.store.Find(ctx, keystore.MaterialOf(keystore.AES256, append(id[:], make([]byte, 32)...)))
+		return e.store.Find(ctx, keystore.MaterialOf(keystore.AES256, keystore.UsageEncrypt, append(id[:], make([]byte, 32)...), nil, ""))
 	}},
 	{"Destroy", "C_DestroyObject", func(ctx context.Context, e *storeEnv, m *opMaterials) error {
 		return e.store.Destroy(ctx, m.aes)

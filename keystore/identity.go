@@ -66,6 +66,9 @@ type TokenRecords interface {
 	// SealsPasswords reports whether the database holds kmsuser passwords
 	// sealed by the vault, whose key is then on the default token.
 	SealsPasswords(ctx context.Context) (bool, error)
+	// DomainKeys lists the store's domain keys, whose token objects the
+	// token holds too (see DomainKeyRecords).
+	DomainKeys(ctx context.Context, storeID string) ([]DomainKeyRecord, error)
 }
 
 // ErrWrongToken: the token that answers to a key store's label or serial is
@@ -160,6 +163,15 @@ func VerifyToken(ctx context.Context, tok *hsm.Token, storeID, clusterID string,
 	ids, err := rec.KeyMaterial(ctx, storeID)
 	if err != nil {
 		return err
+	}
+	dks, err := rec.DomainKeys(ctx, storeID)
+	if err != nil {
+		return err
+	}
+	for _, dk := range dks {
+		if dk.State == domainKeyActive || dk.State == domainKeyRetired {
+			ids = append(ids, domainKeyRef(dk.ID).ID)
+		}
 	}
 	if storeID == DefaultID {
 		sealed, err := rec.SealsPasswords(ctx)

@@ -17,10 +17,12 @@ type memRecords struct {
 	mu       sync.Mutex
 	ids      map[string]keystore.TokenIdentity
 	material map[string][][]byte
+	domain   []*domainRecord // domainrecords_test.go
+	named    map[string]bool // domain keys some material names
 }
 
 func newRecords() *memRecords {
-	return &memRecords{ids: map[string]keystore.TokenIdentity{}, material: map[string][][]byte{}}
+	return &memRecords{ids: map[string]keystore.TokenIdentity{}, material: map[string][][]byte{}, named: map[string]bool{}}
 }
 
 func (r *memRecords) TokenIdentity(_ context.Context, id string) (keystore.TokenIdentity, bool, error) {

@@ -35,6 +35,9 @@ type Store struct {
 	// publicKeys caches public keys as DER SPKI by Material.Ref: they are
 	// public, never change, and reading one costs a token call.
 	publicKeys sync.Map
+	// hier is the key hierarchy of a store whose token has domain keys
+	// (see hierarchy.go); nil for one that holds only token objects.
+	hier atomic.Pointer[hierarchy]
 }
 
 // ID is the key store's ID ("" for the default store).
@@ -110,6 +113,9 @@ func (s *Store) Pool() (PoolStats, bool) {
 
 // Close logs out and closes the store's token.
 func (s *Store) Close(ctx context.Context) error {
+	if h := s.hier.Swap(nil); h != nil {
+		h.close()
+	}
 	t := s.tok.Swap(nil)
 	if t == nil {
 		return nil
@@ -123,8 +129,18 @@ func (s *Store) Close(ctx context.Context) error {
 type Manager struct {
 	mu     sync.Mutex // serialises writers
 	stores atomic.Pointer[map[string]*Store]
-	guard  *Safeguards // given to the custom stores it registers; guarded by mu
-	vault  vault       // the kmsuser password vault on the default store's token
+	guard  *Safeguards      // given to the custom stores it registers; guarded by mu
+	domain DomainKeyRecords // likewise
+	vault  vault            // the kmsuser password vault on the default store's token
+}
+
+// SetDomainKeyRecords gives the custom key stores m registers from now on
+// the records of their domain keys, without which none can hold material
+// wrapped. Call it before AddCustom.
+func (m *Manager) SetDomainKeyRecords(rec DomainKeyRecords) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.domain = rec
 }
 
 // NewManager returns a manager holding the default store.

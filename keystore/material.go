@@ -129,28 +129,51 @@ func (u Usage) hsm() hsm.Usage {
 
 // Material addresses one material version of a KMS key in a key store. It
 // is how kms names key material to a Store, and all it needs to know of
-// it: kms records Ref in its metadata and rebuilds the Material with
-// MaterialOf. A Material is a value, safe to copy and share.
+// it: kms records Ref (and, for wrapped material, Wrapped and DomainKey) in
+// its metadata and rebuilds the Material with MaterialOf. A Material is a
+// value, safe to copy and share.
 type Material struct {
-	spec Spec
-	ref  []byte
-	// usage and label are what Generate gives the version; only a
-	// Material from NewMaterial has them.
+	spec  Spec
 	usage Usage
+	ref   []byte
+	// wrapped and domainKey are set for material held wrapped (see
+	// hierarchy.go): the envelope and the domain key it is wrapped under.
+	wrapped   []byte
+	domainKey string
+	// label is what Generate gives the version's token objects; only a
+	// Material from NewMaterial has it.
 	label string
 }
 
-// MaterialOf is the material version of a key of spec that kms recorded
-// as ref (an earlier Material's Ref). It does not touch the token.
-func MaterialOf(spec Spec, ref []byte) Material { return Material{spec: spec, ref: ref} }
+// MaterialOf is the material version of a key of spec and usage that kms
+// recorded as ref, wrapped and domainKey (an earlier Material's Ref,
+// Wrapped and DomainKey; the last two empty for token objects). It does
+// not touch the token.
+func MaterialOf(spec Spec, usage Usage, ref, wrapped []byte, domainKey string) Material {
+	return Material{spec: spec, usage: usage, ref: ref, wrapped: wrapped, domainKey: domainKey}
+}
 
 // Spec is the kind of key the version is.
 func (m Material) Spec() Spec { return m.spec }
 
-// Ref is what kms records to address this version later (MaterialOf).
-// Today it is the CKA_ID of the version's token objects (see the layout
-// above). kms treats it as opaque bytes.
+// Ref is what kms records to address this version later (MaterialOf): the
+// key id and material id (the layout above), which for token objects is
+// also their CKA_ID. kms treats it as opaque bytes.
 func (m Material) Ref() []byte { return m.ref }
+
+// Wrapped is the version's material wrapped under a domain key of its
+// store, for kms to record (opaque to it); nil for token objects.
+func (m Material) Wrapped() []byte { return m.wrapped }
+
+// DomainKey names the domain key Wrapped is wrapped under, for kms to
+// record; "" for token objects.
+func (m Material) DomainKey() string { return m.domainKey }
+
+// OnToken reports whether the version is (or, from NewMaterial, is to be)
+// token objects. Such a version must be recorded before Generate makes it,
+// so that a crash cannot leave objects nothing names; a wrapped version
+// exists nowhere but in its record, and needs no Generate.
+func (m Material) OnToken() bool { return m.wrapped == nil }
 
 // ID is the version's material id, which ciphertexts name; nil when Ref
 // does not have the layout of a material version.
@@ -169,13 +192,34 @@ func (m Material) objects() []hsm.ObjectRef {
 	return []hsm.ObjectRef{hsm.SecretKeyByID(m.ref)}
 }
 
-// NewMaterial names a new material version of the key keyID: a fresh
-// material id drawn from the store's token RNG. Nothing is made yet, so
-// that kms can record the version (Ref) before anything exists to be lost
-// by a crash; Generate then makes it, with usage and label (the key's ARN).
+// checkUsage refuses a usage material of spec cannot have.
+func checkUsage(spec Spec, usage Usage) error {
+	switch {
+	case spec == AES256 && usage != UsageEncrypt,
+		spec.hmacBits() != 0 && usage != UsageMAC,
+		spec.Asymmetric() && (usage == UsageMAC || usage.hsm() == 0):
+		return fmt.Errorf("keystore: %v material cannot have usage %d", spec, usage)
+	}
+	return nil
+}
+
+// NewMaterial makes a new material version of the key keyID, with a fresh
+// material id drawn from the store's token RNG.
+//
+// In a store that holds material wrapped, the material is generated on the
+// token and wrapped under the store's active domain key right away:
+// nothing of it is left on the token, so nothing is lost if the caller
+// never records it. Otherwise (a token_objects store, or a spec the token
+// cannot wrap: Ed25519 on SoftHSM2 2.6.1) nothing is made yet, so that kms
+// can record the version (Ref) before anything exists to be lost by a
+// crash; Generate then makes it, with usage and label (the key's ARN). A
+// token that lacks the spec's mechanisms fails with ErrUnsupported.
 func (s *Store) NewMaterial(ctx context.Context, keyID [KeyIDSize]byte, spec Spec, usage Usage, label string) (Material, error) {
 	if _, ok := specNames[spec]; !ok {
 		return Material{}, fmt.Errorf("keystore: unknown key spec %v", spec)
+	}
+	if err := checkUsage(spec, usage); err != nil {
+		return Material{}, err
 	}
 	id, err := s.GenerateRandom(ctx, MaterialIDSize)
 	if err != nil {
@@ -183,21 +227,42 @@ func (s *Store) NewMaterial(ctx context.Context, keyID [KeyIDSize]byte, spec Spe
 	}
 	ref := make([]byte, 0, KeyIDSize+MaterialIDSize)
 	ref = append(append(ref, keyID[:]...), id...)
-	return Material{spec: spec, ref: ref, usage: usage, label: label}, nil
+	m := Material{spec: spec, usage: usage, ref: ref, label: label}
+	h := s.hier.Load()
+	if h == nil || !h.wrapNew {
+		return m, nil
+	}
+	if _, refused := h.notWrappable.Load(spec); refused {
+		return m, nil
+	}
+	m.wrapped, m.domainKey, err = h.wrapNewMaterial(ctx, spec, usage)
+	if errors.Is(err, hsm.ErrNotWrappable) {
+		h.notWrappable.Store(spec, struct{}{})
+		h.log.Warn("the token cannot wrap this kind of key; its keys are made as token objects", "store", storeName(s.id), "spec", spec.String())
+		m.wrapped, m.domainKey = nil, ""
+		return m, nil
+	}
+	if err != nil {
+		return Material{}, classify(err)
+	}
+	return m, nil
 }
 
 // Generate makes the material version m (from NewMaterial) on the store's
-// token: never extractable, sensitive, with only the usages m's Usage
-// needs. A token that lacks the spec's mechanisms fails with
-// ErrUnsupported before anything is made.
+// token, if it is made as token objects: never extractable, sensitive,
+// with only the usages m's Usage needs. Wrapped material exists already,
+// and Generate does nothing. A token that lacks the spec's mechanisms
+// fails with ErrUnsupported before anything is made.
 func (s *Store) Generate(ctx context.Context, m Material) error {
+	if !m.OnToken() {
+		return nil
+	}
 	switch {
 	case m.label == "" || m.ID() == nil:
 		return errors.New("keystore: Generate needs a Material from NewMaterial")
-	case m.spec == AES256 && m.usage != UsageEncrypt,
-		m.spec.hmacBits() != 0 && m.usage != UsageMAC,
-		m.spec.Asymmetric() && (m.usage == UsageMAC || m.usage.hsm() == 0):
-		return fmt.Errorf("keystore: %v material cannot have usage %d", m.spec, m.usage)
+	}
+	if err := checkUsage(m.spec, m.usage); err != nil {
+		return err
 	}
 	tok, err := s.token()
 	if err != nil {
@@ -214,11 +279,19 @@ func (s *Store) Generate(ctx context.Context, m Material) error {
 	return classify(err)
 }
 
-// Find checks that every object of m is in the store: nil, or
-// ErrMaterialNotFound when any is missing.
+// Find checks that m can be used: every token object of m is in the
+// store, or m's domain key is. nil, or ErrMaterialNotFound.
 func (s *Store) Find(ctx context.Context, m Material) error {
 	tok, err := s.token()
 	if err != nil {
+		return err
+	}
+	if !m.OnToken() {
+		h := s.hier.Load()
+		if h == nil {
+			return fmt.Errorf("%w: %s holds no wrapped material", ErrMaterialNotFound, StoreDescription(s.id))
+		}
+		_, err := h.key(m.domainKey)
 		return err
 	}
 	for _, ref := range m.objects() {
@@ -229,14 +302,22 @@ func (s *Store) Find(ctx context.Context, m Material) error {
 	return nil
 }
 
-// Destroy destroys every object of m. Objects already gone are not an
-// error, so a Destroy cut short can simply be repeated.
+// Destroy destroys every object of m: its token objects, or the unwrapped
+// copies of wrapped material (which has nothing else on the token: it is
+// gone once its record is). Objects already gone are not an error, so a
+// Destroy cut short can simply be repeated.
 func (s *Store) Destroy(ctx context.Context, m Material) error {
 	tok, err := s.token()
 	if err != nil {
 		return err
 	}
 	s.publicKeys.Delete(string(m.ref))
+	if h := s.hier.Load(); h != nil {
+		h.forgetMaterial(m)
+	}
+	if !m.OnToken() {
+		return nil
+	}
 	for _, ref := range m.objects() {
 		if err := tok.DestroyObject(ctx, ref); err != nil && !errors.Is(err, hsm.ErrObjectNotFound) {
 			return classify(err)
@@ -260,8 +341,8 @@ type TokenObject struct {
 }
 
 // Inventory lists the objects on the store's token, one entry per object,
-// leaving out keystore's own (the password vault's key, the audit signing
-// key), so that kms can
+// leaving out keystore's own (the password vault's key, the identity
+// object, the domain keys, the audit signing key), so that kms can
 // compare them with its metadata at start-up. It walks the whole token:
 // never call it on a request's path.
 func (s *Store) Inventory(ctx context.Context) ([]TokenObject, error) {
@@ -275,7 +356,7 @@ func (s *Store) Inventory(ctx context.Context) ([]TokenObject, error) {
 	}
 	out := make([]TokenObject, 0, len(objs))
 	for _, o := range objs {
-		if string(o.ID) == string(vaultKeyID) || isAuditKey(o.ID) || IsIdentityObject(o) {
+		if string(o.ID) == string(vaultKeyID) || isAuditKey(o.ID) || IsIdentityObject(o) || isDomainKey(o) {
 			continue
 		}
 		to := TokenObject{Ref: o.ID, Label: o.Label}
@@ -291,7 +372,9 @@ func (s *Store) Inventory(ctx context.Context) ([]TokenObject, error) {
 
 // CheckRelated is AWS's test that a replacement cluster holds the same key
 // store: it opens the cluster's token afresh, logs in as the user with
-// password, checks that every one of ms is there, logs out and closes it.
+// password, checks that every one of ms is there (the token objects of
+// ms, or the domain keys wrapped material is under), logs out and closes
+// it.
 // ErrNotRelated when the token refuses the password or lacks any of ms; a
 // *ProbeError when the token cannot be opened. With no material there is
 // nothing to check, and the token is not opened. The login is guarded as
@@ -315,7 +398,12 @@ func (m *Manager) CheckRelated(ctx context.Context, c Cluster, password string, 
 	}
 	defer tok.Logout(ctx)
 	for _, m := range ms {
-		for _, ref := range m.objects() {
+		refs := m.objects()
+		if !m.OnToken() {
+			// Wrapped material is on the cluster if its domain key is.
+			refs = []hsm.ObjectRef{domainKeyRef(m.domainKey)}
+		}
+		for _, ref := range refs {
 			if _, err := tok.FindObject(ctx, ref); err != nil {
 				return fmt.Errorf("%w: cluster %s: %w", ErrNotRelated, c.ID, err)
 			}

@@ -41,6 +41,9 @@ type blob struct {
 	IV              []byte
 	Sealed          []byte
 	header          []byte
+	// xks is, for a ciphertext of a key in an external key store (format
+	// 2), what the proxy made; IV and Sealed are then inside it.
+	xks *xksSealed
 }
 
 // marshalBlob assembles a blob from its header (appendBlobHeader), the IV
@@ -51,7 +54,11 @@ func marshalBlob(header, iv, sealed []byte) []byte {
 }
 
 func appendBlobHeader(dst []byte, account, region string, keyID [16]byte, materialID []byte) []byte {
-	dst = append(dst, blobVersion, byte(len(account)))
+	return appendHeader(dst, blobVersion, account, region, keyID, materialID)
+}
+
+func appendHeader(dst []byte, version byte, account, region string, keyID [16]byte, materialID []byte) []byte {
+	dst = append(dst, version, byte(len(account)))
 	dst = append(dst, account...)
 	dst = append(dst, byte(len(region)))
 	dst = append(dst, region...)
@@ -65,6 +72,19 @@ func parseBlob(b []byte) (*blob, error) {
 	if len(b) < minBlobSize || b[0] != blobVersion {
 		return nil, errBadBlob
 	}
+	bl, p, err := parseHeader(b, keystore.GCMIVSize+keystore.GCMTagSize)
+	if err != nil {
+		return nil, err
+	}
+	bl.IV = b[p : p+keystore.GCMIVSize]
+	bl.Sealed = b[p+keystore.GCMIVSize:]
+	return bl, nil
+}
+
+// parseHeader parses the header every format shares (after its version
+// byte: account, region, key id, material id) and returns where the rest
+// begins; the rest must be at least minRest bytes.
+func parseHeader(b []byte, minRest int) (*blob, int, error) {
 	p := 1
 	field := func() (string, bool) {
 		if p >= len(b) {
@@ -81,8 +101,8 @@ func parseBlob(b []byte) (*blob, error) {
 	}
 	account, ok1 := field()
 	region, ok2 := field()
-	if !ok1 || !ok2 || len(b)-p < 16+materialIDSize+keystore.GCMIVSize+keystore.GCMTagSize {
-		return nil, errBadBlob
+	if !ok1 || !ok2 || len(b)-p < 16+materialIDSize+minRest {
+		return nil, 0, errBadBlob
 	}
 	bl := &blob{Account: account, Region: region}
 	copy(bl.KeyID[:], b[p:p+16])
@@ -90,9 +110,7 @@ func parseBlob(b []byte) (*blob, error) {
 	bl.MaterialID = b[p : p+materialIDSize]
 	p += materialIDSize
 	bl.header = b[:p]
-	bl.IV = b[p : p+keystore.GCMIVSize]
-	bl.Sealed = b[p+keystore.GCMIVSize:]
-	return bl, nil
+	return bl, p, nil
 }
 
 // additionalData binds the blob header and the encryption context. The

@@ -9,6 +9,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awskms "github.com/aws/aws-sdk-go-v2/service/kms"
 	"github.com/hsmkms/hsmkms/hsm"
+	"github.com/hsmkms/hsmkms/keystore"
 	"github.com/hsmkms/hsmkms/kms/store"
 	"github.com/miekg/pkcs11"
 	"github.com/stretchr/testify/assert"
@@ -71,10 +72,12 @@ func TestCrashDuringCreateKey(t *testing.T) {
 }
 
 // TestReconcileReportsMissingMaterial: metadata whose token object vanished
-// is reported, not silently dropped.
+// is reported, not silently dropped. (Material held wrapped has no token
+// object of its own: a missing domain key refuses the start instead, see
+// TestMissingDomainKeyRefusesStart.)
 func TestReconcileReportsMissingMaterial(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
+	e := newEnvWith(t, func(e *env) { e.material.Mode = keystore.TokenObjects })
 	id := e.createKey(e.admin())
 	e.close()
 	tok, err := hsm.OpenToken(hsm.TokenConfig{Module: e.tok.Module, Label: e.tok.Label})

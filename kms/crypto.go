@@ -37,9 +37,9 @@ func (s *Service) encryptionKey(ctx context.Context, r *Request, keyID, alg stri
 // encrypt encrypts plaintext under k with alg (already checked against the
 // key's spec) and returns the ciphertext and, for symmetric keys, the
 // material version used.
-func (s *Service) encrypt(ctx context.Context, k *store.Key, alg string, plaintext []byte, ec map[string]string) ([]byte, string, error) {
+func (s *Service) encrypt(ctx context.Context, r *Request, k *store.Key, alg string, plaintext []byte, ec map[string]string) ([]byte, string, error) {
 	if alg == algSymmetric {
-		return s.seal(ctx, k, plaintext, ec)
+		return s.seal(ctx, r, k, plaintext, ec)
 	}
 	if len(ec) > 0 {
 		return nil, "", asymmetricContext()
@@ -66,8 +66,12 @@ func asymmetricContext() error {
 }
 
 // seal encrypts plaintext under k's current material and returns the
-// blob and the material's id.
-func (s *Service) seal(ctx context.Context, k *store.Key, plaintext []byte, ec map[string]string) ([]byte, string, error) {
+// blob and the material's id. A key of an external key store encrypts
+// twice (sealXKS).
+func (s *Service) seal(ctx context.Context, r *Request, k *store.Key, plaintext []byte, ec map[string]string) ([]byte, string, error) {
+	if k.Origin == originXKS {
+		return s.sealXKS(ctx, r, k, plaintext, ec)
+	}
 	tok, err := s.token(k)
 	if err != nil {
 		return nil, "", err
@@ -138,7 +142,13 @@ func (s *Service) ciphertextKey(ctx context.Context, r *Request, ciphertext []by
 		// No key named: an RSA ciphertext carries no key id to find it by.
 		return nil, invalidCiphertext()
 	}
-	b, err := parseBlob(ciphertext)
+	var b *blob
+	var err error
+	if len(ciphertext) > 0 && ciphertext[0] == xksBlobVersion {
+		b, err = parseXKSBlob(ciphertext)
+	} else {
+		b, err = parseBlob(ciphertext)
+	}
 	if err != nil {
 		return nil, invalidCiphertext()
 	}
@@ -166,6 +176,11 @@ func (s *Service) ciphertextKey(ctx context.Context, r *Request, ciphertext []by
 			return nil, invalidCiphertext() // no key of hsmkms's made this blob
 		}
 	}
+	if (b.xks != nil) != (k.Origin == originXKS) {
+		// A key of an external key store makes only double-encrypted
+		// blobs, and no other key makes one.
+		return nil, invalidCiphertext()
+	}
 	want := hexID(b.MaterialID)
 	for i := range k.Materials {
 		if k.Materials[i].ID == want {
@@ -191,14 +206,19 @@ func rsaCiphertext(k *store.Key, ciphertext []byte, alg string, ec map[string]st
 }
 
 // decrypt decrypts on the token what ciphertextKey resolved.
-func (s *Service) decrypt(ctx context.Context, in *sealed) (*opened, error) {
+func (s *Service) decrypt(ctx context.Context, r *Request, in *sealed) (*opened, error) {
 	k := in.key
 	tok, err := s.token(k)
 	if err != nil {
 		return nil, err
 	}
 	var plain []byte
-	if in.blob != nil {
+	if in.blob != nil && in.blob.xks != nil {
+		plain, err = s.openXKS(ctx, r, tok, k, *in.material, in.blob, in.ec)
+		if err != nil {
+			return nil, err
+		}
+	} else if in.blob != nil {
 		plain, err = tok.DecryptGCM(ctx, material(k, *in.material), in.blob.IV, in.blob.Sealed, additionalData(in.blob.header, in.ec))
 	} else {
 		plain, err = tok.DecryptOAEP(ctx, currentMaterial(k), in.hash, in.ciphertext)
@@ -274,7 +294,7 @@ func (s *Service) Encrypt(ctx context.Context, r *Request, in *EncryptInput) (*E
 	if err := r.proceed(); err != nil {
 		return nil, err
 	}
-	blob, material, err := s.encrypt(ctx, k, alg, in.Plaintext, in.EncryptionContext)
+	blob, material, err := s.encrypt(ctx, r, k, alg, in.Plaintext, in.EncryptionContext)
 	if err != nil {
 		return nil, err
 	}
@@ -311,7 +331,7 @@ func (s *Service) Decrypt(ctx context.Context, r *Request, in *DecryptInput) (*D
 	if err := r.proceed(); err != nil {
 		return nil, err
 	}
-	o, err := s.decrypt(ctx, sl)
+	o, err := s.decrypt(ctx, r, sl)
 	if err != nil {
 		return nil, err
 	}
@@ -357,12 +377,12 @@ func (s *Service) ReEncrypt(ctx context.Context, r *Request, in *ReEncryptInput)
 	if err := r.proceed(); err != nil {
 		return nil, err
 	}
-	src, err := s.decrypt(ctx, sl)
+	src, err := s.decrypt(ctx, r, sl)
 	if err != nil {
 		return nil, err
 	}
 	defer clear(src.plaintext)
-	blob, material, err := s.encrypt(ctx, dst, alg, src.plaintext, in.DestinationEncryptionContext)
+	blob, material, err := s.encrypt(ctx, r, dst, alg, src.plaintext, in.DestinationEncryptionContext)
 	if err != nil {
 		return nil, err
 	}
@@ -430,7 +450,7 @@ func (s *Service) generateDataKey(ctx context.Context, r *Request, in *GenerateD
 	if err != nil {
 		return nil, tokenError(err, tokenCall{key: k})
 	}
-	blob, material, err := s.seal(ctx, k, plain, in.EncryptionContext)
+	blob, material, err := s.seal(ctx, r, k, plain, in.EncryptionContext)
 	if err != nil {
 		clear(plain)
 		return nil, err
@@ -470,6 +490,11 @@ func (s *Service) GenerateRandom(ctx context.Context, r *Request, in *GenerateRa
 		_, live, err := s.keyStore(ctx, r, in.CustomKeyStoreId)
 		if err != nil {
 			return nil, err
+		}
+		if live == nil {
+			// AWS: "External key store IDs are not valid for this
+			// parameter" (GenerateRandom, CustomKeyStoreId).
+			return nil, wire.Errorf(wire.UnsupportedOperation, "GenerateRandom does not take the ID of an external key store: %s.", in.CustomKeyStoreId)
 		}
 		if st, _ := live.State(); st != keystore.Connected {
 			return nil, keyStoreInvalidState(in.CustomKeyStoreId, st, "CONNECTED")

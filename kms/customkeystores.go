@@ -35,7 +35,9 @@ func keyStoreInvalidState(id string, st keystore.ConnectionState, want string) e
 	return wire.Errorf(wire.CustomKeyStoreInvalidState, "Custom key store %s is %s; the operation requires it to be %s.", id, st, want)
 }
 
-// keyStore returns a store of the caller's account and region.
+// keyStore returns a store of the caller's account and region, and for a
+// CloudHSM key store its token's connection (nil for an external key
+// store, whose connection is in xksStores).
 func (s *Service) keyStore(ctx context.Context, r *Request, id string) (*store.KeyStore, *keystore.Store, error) {
 	ks, err := s.store.GetKeyStore(ctx, id)
 	if errors.Is(err, store.ErrNotFound) || (err == nil && (ks.Account != r.Caller.Account || ks.Region != r.Caller.Region)) {
@@ -43,6 +45,9 @@ func (s *Service) keyStore(ctx context.Context, r *Request, id string) (*store.K
 	}
 	if err != nil {
 		return nil, nil, err
+	}
+	if ks.Type == storeTypeExternal {
+		return ks, nil, nil
 	}
 	live, err := s.keystores.Get(id)
 	if err != nil {
@@ -68,12 +73,17 @@ func probeError(clusterID string, err error) error {
 }
 
 type CreateCustomKeyStoreInput struct {
-	CustomKeyStoreName     string
-	CloudHsmClusterId      string
-	TrustAnchorCertificate string
-	KeyStorePassword       string
-	CustomKeyStoreType     string
-	XksProxyUriEndpoint    string
+	CustomKeyStoreName               string
+	CloudHsmClusterId                string
+	TrustAnchorCertificate           string
+	KeyStorePassword                 string
+	CustomKeyStoreType               string
+	XksProxyUriEndpoint              string
+	XksProxyUriPath                  string
+	XksProxyVpcEndpointServiceName   string
+	XksProxyVpcEndpointServiceOwner  string
+	XksProxyAuthenticationCredential *XksProxyAuthenticationCredential
+	XksProxyConnectivity             string
 }
 
 type CreateCustomKeyStoreOutput struct {
@@ -81,8 +91,18 @@ type CreateCustomKeyStoreOutput struct {
 }
 
 func (s *Service) CreateCustomKeyStore(ctx context.Context, r *Request, in *CreateCustomKeyStoreInput) (*CreateCustomKeyStoreOutput, error) {
-	if in.CustomKeyStoreType != "" && in.CustomKeyStoreType != storeTypeCloudHSM {
-		return nil, wire.Errorf(wire.UnsupportedOperation, "Custom key stores of type %s are not supported by hsmkms.", in.CustomKeyStoreType)
+	if in.CustomKeyStoreType == storeTypeExternal {
+		return s.createXKS(ctx, r, in)
+	}
+	for _, p := range []struct {
+		name string
+		set  bool
+	}{{"XksProxyUriEndpoint", in.XksProxyUriEndpoint != ""}, {"XksProxyUriPath", in.XksProxyUriPath != ""},
+		{"XksProxyVpcEndpointServiceName", in.XksProxyVpcEndpointServiceName != ""}, {"XksProxyVpcEndpointServiceOwner", in.XksProxyVpcEndpointServiceOwner != ""},
+		{"XksProxyAuthenticationCredential", in.XksProxyAuthenticationCredential != nil}, {"XksProxyConnectivity", in.XksProxyConnectivity != ""}} {
+		if p.set {
+			return nil, wire.Errorf(wire.Validation, "%s is valid only for an EXTERNAL_KEY_STORE custom key store.", p.name)
+		}
 	}
 	for _, p := range []struct{ name, v string }{
 		{"CloudHsmClusterId", in.CloudHsmClusterId}, {"TrustAnchorCertificate", in.TrustAnchorCertificate}, {"KeyStorePassword", in.KeyStorePassword},
@@ -114,7 +134,7 @@ func (s *Service) CreateCustomKeyStore(ctx context.Context, r *Request, in *Crea
 		return nil, tokenError(err, tokenCall{})
 	}
 	err = s.store.CreateKeyStore(ctx, &store.KeyStore{
-		ID: id, Account: r.Caller.Account, Region: r.Caller.Region, Name: in.CustomKeyStoreName,
+		ID: id, Account: r.Caller.Account, Region: r.Caller.Region, Name: in.CustomKeyStoreName, Type: storeTypeCloudHSM,
 		ClusterID: cl.ID, TrustAnchor: in.TrustAnchorCertificate, CreationDate: s.now().UTC(), Password: enc,
 	}, maxKeyStoresPerRegion)
 	switch {
@@ -148,12 +168,13 @@ func newKeyStoreID() string {
 type CustomKeyStoreEntry struct {
 	CustomKeyStoreId       string
 	CustomKeyStoreName     string
-	CloudHsmClusterId      string
-	TrustAnchorCertificate string
+	CloudHsmClusterId      string `json:",omitempty"`
+	TrustAnchorCertificate string `json:",omitempty"`
 	ConnectionState        string
 	ConnectionErrorCode    string `json:",omitempty"`
 	CreationDate           wire.Time
 	CustomKeyStoreType     string
+	XksProxyConfiguration  *XksProxyConfiguration `json:",omitempty"`
 }
 
 type DescribeCustomKeyStoresInput struct {
@@ -200,6 +221,10 @@ func (s *Service) DescribeCustomKeyStores(ctx context.Context, r *Request, in *D
 	end := min(len(list), start+limit(in.Limit, 1000))
 	out := &DescribeCustomKeyStoresOutput{CustomKeyStores: []CustomKeyStoreEntry{}}
 	for _, ks := range list[start:end] {
+		if ks.Type == storeTypeExternal {
+			out.CustomKeyStores = append(out.CustomKeyStores, s.xksEntry(ks))
+			continue
+		}
 		e := CustomKeyStoreEntry{
 			CustomKeyStoreId: ks.ID, CustomKeyStoreName: ks.Name, CloudHsmClusterId: ks.ClusterID,
 			TrustAnchorCertificate: ks.TrustAnchor, CreationDate: wire.Time(ks.CreationDate), CustomKeyStoreType: storeTypeCloudHSM,
@@ -230,6 +255,9 @@ func (s *Service) ConnectCustomKeyStore(ctx context.Context, r *Request, in *Cus
 	ks, live, err := s.keyStore(ctx, r, in.CustomKeyStoreId)
 	if err != nil {
 		return nil, err
+	}
+	if live == nil {
+		return s.connectXKS(ctx, r, ks)
 	}
 	// The token is not probed here: whatever stops the connection is
 	// reported as the store's ConnectionErrorCode, as AWS does.
@@ -289,6 +317,9 @@ func (s *Service) DisconnectCustomKeyStore(ctx context.Context, r *Request, in *
 	if err != nil {
 		return nil, err
 	}
+	if live == nil {
+		return s.disconnectXKS(ctx, r, ks)
+	}
 	st, _ := live.State()
 	if st == keystore.Disconnected || st == keystore.Disconnecting {
 		return nil, keyStoreInvalidState(ks.ID, st, "CONNECTED, CONNECTING or FAILED")
@@ -303,11 +334,16 @@ func (s *Service) DisconnectCustomKeyStore(ctx context.Context, r *Request, in *
 }
 
 type UpdateCustomKeyStoreInput struct {
-	CustomKeyStoreId      string
-	NewCustomKeyStoreName string
-	KeyStorePassword      string
-	CloudHsmClusterId     string
-	XksProxyUriEndpoint   string
+	CustomKeyStoreId                 string
+	NewCustomKeyStoreName            string
+	KeyStorePassword                 string
+	CloudHsmClusterId                string
+	XksProxyUriEndpoint              string
+	XksProxyUriPath                  string
+	XksProxyVpcEndpointServiceName   string
+	XksProxyVpcEndpointServiceOwner  string
+	XksProxyAuthenticationCredential *XksProxyAuthenticationCredential
+	XksProxyConnectivity             string
 }
 
 func (s *Service) UpdateCustomKeyStore(ctx context.Context, r *Request, in *UpdateCustomKeyStoreInput) (*Empty, error) {
@@ -315,8 +351,18 @@ func (s *Service) UpdateCustomKeyStore(ctx context.Context, r *Request, in *Upda
 	if err != nil {
 		return nil, err
 	}
-	if in.XksProxyUriEndpoint != "" {
-		return nil, wire.Errorf(wire.UnsupportedOperation, "External key stores are not supported by hsmkms.")
+	if live == nil {
+		return s.updateXKS(ctx, r, ks, in)
+	}
+	for _, p := range []struct {
+		name string
+		set  bool
+	}{{"XksProxyUriEndpoint", in.XksProxyUriEndpoint != ""}, {"XksProxyUriPath", in.XksProxyUriPath != ""},
+		{"XksProxyVpcEndpointServiceName", in.XksProxyVpcEndpointServiceName != ""}, {"XksProxyVpcEndpointServiceOwner", in.XksProxyVpcEndpointServiceOwner != ""},
+		{"XksProxyAuthenticationCredential", in.XksProxyAuthenticationCredential != nil}, {"XksProxyConnectivity", in.XksProxyConnectivity != ""}} {
+		if p.set {
+			return nil, wire.Errorf(wire.Validation, "%s is valid only for an EXTERNAL_KEY_STORE custom key store.", p.name)
+		}
 	}
 	st, _ := live.State()
 	if (in.KeyStorePassword != "" || in.CloudHsmClusterId != "") && st != keystore.Disconnected {
@@ -405,7 +451,13 @@ func (s *Service) DeleteCustomKeyStore(ctx context.Context, r *Request, in *Cust
 	if err != nil {
 		return nil, err
 	}
-	if st, _ := live.State(); st != keystore.Disconnected {
+	var st keystore.ConnectionState
+	if live != nil {
+		st, _ = live.State()
+	} else {
+		st, _ = s.xksStore(ks.ID).state()
+	}
+	if st != keystore.Disconnected {
 		return nil, keyStoreInvalidState(ks.ID, st, "DISCONNECTED")
 	}
 	// The store counts the keys in the transaction that deletes it, and
@@ -418,6 +470,10 @@ func (s *Service) DeleteCustomKeyStore(ctx context.Context, r *Request, in *Cust
 		return nil, keyStoreNotFound(ks.ID)
 	case err != nil:
 		return nil, err
+	}
+	if live == nil {
+		s.xksStores.Delete(ks.ID)
+		return &Empty{}, nil
 	}
 	if err := s.keystores.Remove(ks.ID); err != nil {
 		s.log.Warn("forgetting deleted key store", "store", ks.ID, "error", err)
@@ -433,6 +489,13 @@ func (s *Service) registerKeyStores(ctx context.Context) error {
 		return err
 	}
 	for _, ks := range all {
+		if ks.Type == storeTypeExternal {
+			s.xksStore(ks.ID)
+			if ks.Connect {
+				s.reconnectXKSStores = append(s.reconnectXKSStores, ks.ID)
+			}
+			continue
+		}
 		cl, ok := s.clusters[ks.ClusterID]
 		if !ok {
 			// Connecting will report CLUSTER_NOT_FOUND.
@@ -458,6 +521,10 @@ func (s *Service) reconnectKeyStores() {
 		}
 	}
 	s.reconnect = nil
+	for _, id := range s.reconnectXKSStores {
+		s.reconnectXKS(id)
+	}
+	s.reconnectXKSStores = nil
 }
 
 // The kmsuser password is sealed by keystore's vault (on the default token,

@@ -234,8 +234,10 @@ func TestCustomKeyStoreErrors(t *testing.T) {
 	requireAPIError(t, create("x", c1, anchor), "CloudHsmClusterInUseException", "")
 	requireAPIError(t, create("taken", c2, anchor), "CustomKeyStoreNameInUseException", "")
 	requireAPIError(t, create("x", c2, "not a certificate"), "IncorrectTrustAnchorException", "")
+	// An external key store without its proxy's settings (xks_test.go
+	// has the rest).
 	_, err := c.CreateCustomKeyStore(bg(), &awskms.CreateCustomKeyStoreInput{CustomKeyStoreName: aws.String("x"), CustomKeyStoreType: types.CustomKeyStoreTypeExternalKeyStore})
-	requireAPIError(t, err, "UnsupportedOperationException", "")
+	requireAPIError(t, err, "ValidationException", "XksProxyConnectivity is required for an EXTERNAL_KEY_STORE custom key store.")
 
 	_, err = c.DescribeCustomKeyStores(bg(), &awskms.DescribeCustomKeyStoresInput{CustomKeyStoreId: &id, CustomKeyStoreName: aws.String("taken")})
 	requireAPIError(t, err, "ValidationException", "")

@@ -59,6 +59,12 @@ func (s *Service) generateDataKeyPair(ctx context.Context, r *Request, in *Gener
 	if err != nil {
 		return nil, err
 	}
+	if k.Origin == originXKS {
+		// AWS: "The operations that generate asymmetric data key pairs
+		// ... are not supported in custom key stores" (its own CloudHSM
+		// key stores aside, hsmkms follows it for external key stores).
+		return nil, wire.Errorf(wire.UnsupportedOperation, "%s is in an external key store, where %s is not supported.", arnOf(k), r.op.name)
+	}
 	// The pair is made on the token of the key that encrypts it (a
 	// custom key store's, for its keys).
 	tok, err := s.tokenFor(r, k)
@@ -69,7 +75,7 @@ func (s *Service) generateDataKeyPair(ctx context.Context, r *Request, in *Gener
 	if err != nil {
 		return nil, s.dataKeyPairError(k, in.KeyPairSpec, err)
 	}
-	blob, material, err := s.seal(ctx, k, private, in.EncryptionContext)
+	blob, material, err := s.seal(ctx, r, k, private, in.EncryptionContext)
 	if err != nil {
 		clear(private)
 		return nil, err

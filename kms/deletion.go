@@ -92,7 +92,7 @@ func (s *Service) reapKey(ctx context.Context, k *store.Key) error {
 	return s.serviceAction(ctx, "DeleteKey", k.Account, k.Region, keyResource(arnOf(k), k.Account),
 		func() (audit.Fields, audit.Fields, error) {
 			response := audit.Fields{{Name: "keyId", Value: arnOf(k)}}
-			if k.CustomKeyStoreID != "" && !s.storeConnected(k.CustomKeyStoreID) {
+			if materialStoreID(k) != "" && !s.storeConnected(k.CustomKeyStoreID) {
 				// AWS deletes the key anyway and leaves the key material in
 				// the cluster; hsmkms records it as an orphan to report.
 				if err := s.store.DeleteKeyOrphaning(ctx, k, s.now()); err != nil {
@@ -172,13 +172,18 @@ type Report struct {
 	// rotation's object and recording it, now destroyed (key ARN and the
 	// material id the object would have had).
 	AbandonedRotations []string
+	// FinishedMigrations: token objects of material recorded wrapped by a
+	// migration (MigrateToWrapped) that a crash cut short before it
+	// destroyed them, now destroyed.
+	FinishedMigrations []string
 }
 
 // Reconcile is the startup check between metadata and tokens. It removes
-// keys a crash left half-created and rotation objects a crash left
-// unrecorded, and reports, without changing anything, metadata whose token
-// object is missing and other token objects no metadata names (an operator
-// decides about those).
+// keys a crash left half-created, rotation objects a crash left
+// unrecorded and the token objects of material a migration recorded
+// wrapped, and reports, without changing anything, material whose token
+// object (or, wrapped, whose domain key) is missing and other token
+// objects no metadata names (an operator decides about those).
 func (s *Service) Reconcile(ctx context.Context) (*Report, error) {
 	r := &Report{}
 	tok := s.keystores.Default()
@@ -186,27 +191,48 @@ func (s *Service) Reconcile(ctx context.Context) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
+	// What the walk keeps is bounded by the objects on the token, never
+	// by the number of keys: a store holding 100,000 keys wrapped has a
+	// handful of objects, and keeping every key the walk reads made the
+	// garbage collector the start's main cost.
 	onToken := map[string]bool{}
+	keyIDs := map[string]bool{} // TokenObject.KeyID of the material-like objects
 	for _, o := range objs {
 		onToken[string(o.Ref)] = true
+		if o.IsMaterial {
+			keyIDs[string(o.KeyID[:])] = true
+		}
 	}
 	known := map[string]bool{}
 	var creating []*store.Key
-	owners := map[string]*store.Key{} // key uuid (TokenObject.KeyID) → key
+	var migrated []keystore.Material
+	owners := map[string]*store.Key{} // key uuid (TokenObject.KeyID) → key, for those on the token
 	err = s.store.ForEachKey(ctx, func(k *store.Key) error {
 		if k.State == string(StateCreating) {
 			creating = append(creating, k)
 			return nil
 		}
-		if k.CustomKeyStoreID != "" {
+		if materialStoreID(k) != "" {
 			return nil // its token is checked when its store connects, not here
 		}
-		if uuid, ok := parseUUID(k.ID); ok {
+		if uuid, ok := parseUUID(k.ID); ok && keyIDs[string(uuid[:])] {
 			owners[string(uuid[:])] = k
 		}
 		for _, m := range k.Materials {
-			known[string(m.TokenID)] = true
-			if !onToken[string(m.TokenID)] {
+			if len(m.Wrapped) > 0 {
+				if err := tok.Find(ctx, material(k, m)); err != nil {
+					r.MissingMaterial = append(r.MissingMaterial, arnOf(k)+" material "+m.ID+" (wrapped under domain key "+m.DomainKey+", not on the token)")
+				}
+				if onToken[string(m.TokenID)] {
+					migrated = append(migrated, material(k, store.Material{TokenID: m.TokenID}))
+					r.FinishedMigrations = append(r.FinishedMigrations, arnOf(k)+" material "+m.ID)
+					known[string(m.TokenID)] = true
+				}
+				continue
+			}
+			if onToken[string(m.TokenID)] {
+				known[string(m.TokenID)] = true
+			} else {
 				r.MissingMaterial = append(r.MissingMaterial, arnOf(k)+" material "+m.ID)
 			}
 		}
@@ -215,8 +241,13 @@ func (s *Service) Reconcile(ctx context.Context) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
+	for _, m := range migrated {
+		if err := tok.Destroy(ctx, m); err != nil {
+			return nil, internalf("destroying the token objects of migrated material: %w", err)
+		}
+	}
 	for _, k := range creating {
-		if k.CustomKeyStoreID != "" && !s.storeConnected(k.CustomKeyStoreID) {
+		if materialStoreID(k) != "" && !s.storeConnected(k.CustomKeyStoreID) {
 			if err := s.store.DeleteKeyOrphaning(ctx, k, s.now()); err != nil {
 				return nil, err
 			}

@@ -103,6 +103,23 @@ type env struct {
 	// closeMayFail lets the next close report an error (a failed audit
 	// trail) without failing the test.
 	closeMayFail bool
+	// xks, if set by a setup hook, is how external key stores reach
+	// their proxies.
+	xks kms.XKSConfig
+	// material is how the default key store holds key material:
+	// testKeyMaterial unless a setup hook pins it.
+	material keystore.MaterialConfig
+}
+
+// testKeyMaterial is how the suite's default key stores hold material:
+// wrapped (the default for new deployments) unless
+// HSMKMS_TEST_KEY_MATERIAL says token_objects; `make test` runs the suite
+// both ways.
+func testKeyMaterial() keystore.KeyMaterial {
+	if v := os.Getenv("HSMKMS_TEST_KEY_MATERIAL"); v != "" {
+		return keystore.KeyMaterial(v)
+	}
+	return keystore.Wrapped
 }
 
 // syncBuffer is a bytes.Buffer safe for the server's concurrent writes.
@@ -129,7 +146,7 @@ func newEnv(t *testing.T) *env { return newEnvWith(t, nil) }
 // clusters, say).
 func newEnvWith(t *testing.T, setup func(e *env)) *env {
 	e := &env{t: t, tok: hsmtest.NewToken(t), dbPath: filepath.Join(t.TempDir(), "hsmkms.db"), clock: &clock{now: time.Now()},
-		clusterToken: map[string]hsmtest.Token{}}
+		clusterToken: map[string]hsmtest.Token{}, material: keystore.MaterialConfig{Mode: testKeyMaterial()}}
 	if setup != nil {
 		setup(e)
 	}
@@ -150,6 +167,8 @@ func (e *env) start() {
 		Database:     e.dbPath,
 		Clusters:     e.clusters,
 		Now:          e.clock.Now,
+		XKS:          e.xks,
+		KeyMaterial:  e.material,
 		Audit:        e.audit,
 		Metrics:      e.metrics,
 

@@ -14,28 +14,35 @@ import (
 
 // KeyMetadata is AWS's KeyMetadata structure.
 type KeyMetadata struct {
-	AWSAccountId                string     `json:"AWSAccountId"`
-	Arn                         string     `json:"Arn"`
-	CreationDate                wire.Time  `json:"CreationDate"`
-	CurrentKeyMaterialId        string     `json:"CurrentKeyMaterialId,omitempty"`
-	CustomKeyStoreId            string     `json:"CustomKeyStoreId,omitempty"`
-	CloudHsmClusterId           string     `json:"CloudHsmClusterId,omitempty"`
-	CustomerMasterKeySpec       string     `json:"CustomerMasterKeySpec"`
-	DeletionDate                *wire.Time `json:"DeletionDate,omitempty"`
-	Description                 string     `json:"Description"`
-	Enabled                     bool       `json:"Enabled"`
-	EncryptionAlgorithms        []string   `json:"EncryptionAlgorithms,omitempty"`
-	KeyId                       string     `json:"KeyId"`
-	KeyManager                  string     `json:"KeyManager"`
-	KeySpec                     string     `json:"KeySpec"`
-	KeyState                    string     `json:"KeyState"`
-	KeyAgreementAlgorithms      []string   `json:"KeyAgreementAlgorithms,omitempty"`
-	KeyUsage                    string     `json:"KeyUsage"`
-	MacAlgorithms               []string   `json:"MacAlgorithms,omitempty"`
-	MultiRegion                 bool       `json:"MultiRegion"`
-	Origin                      string     `json:"Origin"`
-	PendingDeletionWindowInDays int        `json:"PendingDeletionWindowInDays,omitempty"`
-	SigningAlgorithms           []string   `json:"SigningAlgorithms,omitempty"`
+	AWSAccountId                string               `json:"AWSAccountId"`
+	Arn                         string               `json:"Arn"`
+	CreationDate                wire.Time            `json:"CreationDate"`
+	CurrentKeyMaterialId        string               `json:"CurrentKeyMaterialId,omitempty"`
+	CustomKeyStoreId            string               `json:"CustomKeyStoreId,omitempty"`
+	CloudHsmClusterId           string               `json:"CloudHsmClusterId,omitempty"`
+	CustomerMasterKeySpec       string               `json:"CustomerMasterKeySpec"`
+	DeletionDate                *wire.Time           `json:"DeletionDate,omitempty"`
+	Description                 string               `json:"Description"`
+	Enabled                     bool                 `json:"Enabled"`
+	EncryptionAlgorithms        []string             `json:"EncryptionAlgorithms,omitempty"`
+	KeyId                       string               `json:"KeyId"`
+	KeyManager                  string               `json:"KeyManager"`
+	KeySpec                     string               `json:"KeySpec"`
+	KeyState                    string               `json:"KeyState"`
+	KeyAgreementAlgorithms      []string             `json:"KeyAgreementAlgorithms,omitempty"`
+	KeyUsage                    string               `json:"KeyUsage"`
+	MacAlgorithms               []string             `json:"MacAlgorithms,omitempty"`
+	MultiRegion                 bool                 `json:"MultiRegion"`
+	Origin                      string               `json:"Origin"`
+	PendingDeletionWindowInDays int                  `json:"PendingDeletionWindowInDays,omitempty"`
+	SigningAlgorithms           []string             `json:"SigningAlgorithms,omitempty"`
+	XksKeyConfiguration         *XksKeyConfiguration `json:"XksKeyConfiguration,omitempty"`
+}
+
+// XksKeyConfiguration names the external key of a key in an external key
+// store.
+type XksKeyConfiguration struct {
+	Id string `json:"Id"`
 }
 
 func (s *Service) metadata(k *store.Key) *KeyMetadata {
@@ -55,8 +62,11 @@ func (s *Service) metadata(k *store.Key) *KeyMetadata {
 		MultiRegion:           k.MultiRegion,
 		Origin:                k.Origin,
 	}
+	if k.Origin == originXKS {
+		m.XksKeyConfiguration = &XksKeyConfiguration{Id: k.XksKeyID}
+	}
 	if k.CustomKeyStoreID != "" {
-		if live, err := s.keystores.Get(k.CustomKeyStoreID); err == nil {
+		if live, err := s.keystores.Get(k.CustomKeyStoreID); err == nil && k.Origin != originXKS {
 			m.CloudHsmClusterId = live.ClusterID()
 		}
 		if st := s.effectiveState(k); st == StateUnavailable {
@@ -109,13 +119,17 @@ type CreateKeyOutput struct {
 	KeyMetadata *KeyMetadata
 }
 
-// CreateKey makes a symmetric key on the default key store's token.
+// CreateKey makes a key in the default key store or a custom one.
 //
-// Crash safety: the metadata row is written first in state Creating (never
-// visible to clients), then the token object is generated, then the row
-// becomes Enabled. A crash at any point leaves either nothing or a Creating
-// row, which Reconcile removes together with any token object it names, so
-// no half-made key is ever usable.
+// Crash safety. Material held wrapped (keystore.Material.OnToken false) is
+// generated and wrapped on the token before anything is written, and
+// nothing of it stays there: the key is written once, Enabled, with its
+// wrapped material, and a crash before that commit leaves nothing at all.
+// Material held as token objects needs its record first: the metadata row
+// is written in state Creating (never visible to clients), then the token
+// object is generated, then the row becomes Enabled. A crash at any point
+// leaves either nothing or a Creating row, which Reconcile removes together
+// with any token object it names, so no half-made key is ever usable.
 func (s *Service) CreateKey(ctx context.Context, r *Request, in *CreateKeyInput) (*CreateKeyOutput, error) {
 	spec := in.KeySpec
 	if spec == "" {
@@ -156,24 +170,44 @@ func (s *Service) CreateKey(ctx context.Context, r *Request, in *CreateKeyInput)
 	if err := s.authorizeIdentity(ctx, r, requestTags(cond, in.Tags), r.action(), "*", onNothing); err != nil {
 		return nil, err
 	}
+	if in.XksKeyId != "" && in.Origin != originXKS {
+		return nil, wire.Errorf(wire.Validation, "XksKeyId is valid only for a KMS key with Origin EXTERNAL_KEY_STORE.")
+	}
 	var ks *keystore.Store
+	xksKey := ""
 	if in.CustomKeyStoreId != "" {
-		if in.Origin != originCloudHSM {
-			return nil, wire.Errorf(wire.UnsupportedOperation, "A key in custom key store %s must have Origin AWS_CLOUDHSM.", in.CustomKeyStoreId)
+		if in.Origin != originCloudHSM && in.Origin != originXKS {
+			return nil, wire.Errorf(wire.UnsupportedOperation, "A key in custom key store %s must have Origin AWS_CLOUDHSM or EXTERNAL_KEY_STORE.", in.CustomKeyStoreId)
 		}
 		if spec != specSymmetric || usage != usageEncrypt {
 			return nil, wire.Errorf(wire.UnsupportedOperation, "Keys in a custom key store are SYMMETRIC_DEFAULT ENCRYPT_DECRYPT keys only.")
 		}
-		_, live, err := s.keyStore(ctx, r, in.CustomKeyStoreId)
+		if in.Origin == originXKS && in.XksKeyId == "" {
+			return nil, wire.Errorf(wire.Validation, "XksKeyId is required for a KMS key with Origin EXTERNAL_KEY_STORE.")
+		}
+		kst, live, err := s.keyStore(ctx, r, in.CustomKeyStoreId)
 		if err != nil {
 			return nil, err
 		}
-		if st, _ := live.State(); st != keystore.Connected {
-			return nil, keyStoreInvalidState(in.CustomKeyStoreId, st, "CONNECTED")
+		if (kst.Type == storeTypeExternal) != (in.Origin == originXKS) {
+			return nil, wire.Errorf(wire.UnsupportedOperation, "A key in custom key store %s must have Origin %s.", in.CustomKeyStoreId, kst.Type)
 		}
-		ks, origin = live, originAWSKMS // checked below as the default origin
-	} else if in.Origin == originCloudHSM {
-		return nil, wire.Errorf(wire.Validation, "Origin AWS_CLOUDHSM requires a CustomKeyStoreId.")
+		if live == nil {
+			// The external key must be there, AES-256, ENCRYPT and
+			// DECRYPT, and ENABLED: the proxy says so, for this key.
+			if err := s.checkExternalKey(ctx, r, kst, in.XksKeyId); err != nil {
+				return nil, err
+			}
+			ks, xksKey = s.keystores.Default(), in.XksKeyId
+		} else {
+			if st, _ := live.State(); st != keystore.Connected {
+				return nil, keyStoreInvalidState(in.CustomKeyStoreId, st, "CONNECTED")
+			}
+			ks = live
+		}
+		origin = originAWSKMS // checked below as the default origin
+	} else if in.Origin == originCloudHSM || in.Origin == originXKS {
+		return nil, wire.Errorf(wire.Validation, "Origin %s requires a CustomKeyStoreId.", in.Origin)
 	}
 	switch {
 	case origin != originAWSKMS:
@@ -200,21 +234,32 @@ func (s *Service) CreateKey(ctx context.Context, r *Request, in *CreateKeyInput)
 	if err := r.proceed(); err != nil {
 		return nil, err
 	}
-	if ks == nil {
+	switch {
+	case xksKey != "":
+		origin = originXKS
+	case ks == nil:
 		ks = s.keystores.Default()
-	} else {
+	default:
 		origin = originCloudHSM
 	}
 	mat, err := ks.NewMaterial(ctx, uuid, ksp.material, keyUsage(usage), keyARN(r.Caller.Region, r.Caller.Account, id))
 	if err != nil {
-		return nil, tokenError(err, tokenCall{storeID: in.CustomKeyStoreId})
+		// Wrapped material is generated here: a missing mechanism is the
+		// spec's, as from Generate.
+		return nil, tokenError(err, tokenCall{storeID: ks.ID(), what: "KeySpec " + spec})
 	}
 	now := s.now().UTC()
+	state := StateCreating
+	if !mat.OnToken() {
+		state = StateEnabled
+	}
 	k := &store.Key{
 		Account: r.Caller.Account, Region: r.Caller.Region, ID: id,
 		Description: in.Description, KeyUsage: usage, KeySpec: spec, Origin: origin, CustomKeyStoreID: in.CustomKeyStoreId,
-		State: string(StateCreating), CreationDate: now, Policy: policy,
-		Materials: []store.Material{{ID: hexID(mat.ID()), TokenID: mat.Ref(), CreationDate: now}},
+		State: string(state), CreationDate: now, Policy: policy,
+		Materials: []store.Material{{ID: hexID(mat.ID()), TokenID: mat.Ref(), CreationDate: now,
+			Wrapped: mat.Wrapped(), DomainKey: mat.DomainKey()}},
+		XksKeyID: xksKey,
 	}
 	tags := make([]store.Tag, len(in.Tags))
 	for i, t := range in.Tags {
@@ -223,10 +268,15 @@ func (s *Service) CreateKey(ctx context.Context, r *Request, in *CreateKeyInput)
 	if err := s.store.CreateKey(ctx, k, tags); errors.Is(err, store.ErrNotFound) {
 		// The custom key store was deleted since it was looked up.
 		return nil, keyStoreNotFound(in.CustomKeyStoreId)
+	} else if errors.Is(err, store.ErrXksKeyInUse) {
+		return nil, wire.Errorf(wire.XksKeyAlreadyInUse, "The external key %s is already associated with another KMS key in custom key store %s.", xksKey, in.CustomKeyStoreId)
 	} else if err != nil {
 		return nil, err
 	}
 	r.touched(arnOf(k))
+	if !mat.OnToken() {
+		return &CreateKeyOutput{KeyMetadata: s.metadata(k)}, nil
+	}
 	if err := ks.Generate(ctx, mat); err != nil {
 		s.abandon(ctx, k, false)
 		return nil, tokenError(err, tokenCall{key: k, what: "KeySpec " + spec})

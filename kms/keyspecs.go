@@ -102,7 +102,7 @@ func keyUsage(usage string) keystore.Usage {
 
 // material is the material version m of k, as its key store addresses it.
 func material(k *store.Key, m store.Material) keystore.Material {
-	return keystore.MaterialOf(keySpecs[k.KeySpec].material, m.TokenID)
+	return keystore.MaterialOf(keySpecs[k.KeySpec].material, keyUsage(k.KeyUsage), m.TokenID, m.Wrapped, m.DomainKey)
 }
 
 // currentMaterial is k's current material version.

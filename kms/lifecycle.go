@@ -45,7 +45,9 @@ type OpenConfig struct {
 	DatabaseURL string
 	// Clusters are the tokens that may back custom key stores.
 	Clusters []keystore.Cluster
-	Logger   hclog.Logger
+	// XKS is how external key stores reach their proxies.
+	XKS    XKSConfig
+	Logger hclog.Logger
 	// Now is the clock; tests inject one. Nil means time.Now.
 	Now func() time.Time
 	// JobInterval is how often the deletion reaper and the key rotator run
@@ -55,6 +57,17 @@ type OpenConfig struct {
 	// token.object files (see keystore.TokenBackups), kept only when a
 	// token's module is SoftHSM2 with a file store; "" keeps none.
 	TokenBackups string
+	// OtherTokens are tokens the process logs in to besides the key
+	// stores' (the XKS proxy's): restored and copied like them.
+	OtherTokens []keystore.TokenConfig
+	// KeyMaterial is how the default key store holds the material of new
+	// keys, and bounds its cache of unwrapped material. A Mode of ""
+	// decides from the database (DefaultKeyMaterial): wrapped for a new
+	// deployment, token objects for one that has made keys so.
+	KeyMaterial keystore.MaterialConfig
+	// DomainKeyRotation, if positive, is how old a store's active domain
+	// key may grow before the domain key job (JobInterval) replaces it.
+	DomainKeyRotation time.Duration
 	// Audit, if set, writes the audit trail there (see auditing.go).
 	Audit *AuditConfig
 	// Metrics, if set, count what the service and its tokens do.
@@ -95,7 +108,7 @@ func Open(ctx context.Context, cfg OpenConfig) (_ *Service, err error) {
 	}
 	keystores := keystore.NewManager(def)
 	keystores.SetSafeguards(guard)
-	s := New(Config{Store: db, KeyStores: keystores, Logger: log, Now: cfg.Now, Clusters: cfg.Clusters, Metrics: cfg.Metrics})
+	s := New(Config{Store: db, KeyStores: keystores, Logger: log, Now: cfg.Now, Clusters: cfg.Clusters, XKS: cfg.XKS, Metrics: cfg.Metrics})
 	s.jobInterval = cfg.JobInterval
 	if cfg.UsageFlushInterval > 0 {
 		s.usageInterval = cfg.UsageFlushInterval
@@ -108,6 +121,18 @@ func Open(ctx context.Context, cfg OpenConfig) (_ *Service, err error) {
 	if err := def.VerifyIdentity(ctx, "", guard.Records, log); err != nil {
 		return nil, guard.Explain(ctx, keystore.DefaultID, cfg.DefaultToken, err)
 	}
+	material := cfg.KeyMaterial
+	if material.Mode == "" {
+		if material.Mode, err = DefaultKeyMaterial(ctx, db); err != nil {
+			return nil, err
+		}
+	}
+	keystores.SetDomainKeyRecords(tokenRecords{db})
+	s.domainKeyRotation = cfg.DomainKeyRotation
+	if err := def.AttachHierarchy(ctx, material, tokenRecords{db}, log.Named("keystore")); err != nil {
+		return nil, fmt.Errorf("kms: the default key store's key hierarchy: %w", err)
+	}
+	log.Info("default key store", "key_material", def.KeyMaterial(), "domain_keys", len(def.DomainKeys()))
 	report, err := s.Reconcile(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("kms: start-up check: %w", err)
@@ -158,6 +183,35 @@ func (s *Service) openUsage(ctx context.Context, audit *AuditConfig) error {
 	return s.usage.flush(ctx)
 }
 
+// DefaultKeyMaterial is how the default key store holds new material when
+// the configuration does not say: wrapped for a new deployment (no key of
+// the default key store yet) or one that has domain keys already; token
+// objects for a deployment that made its keys so, which keeps working as
+// it did.
+func DefaultKeyMaterial(ctx context.Context, db store.Store) (keystore.KeyMaterial, error) {
+	dks, err := db.DomainKeys(ctx, keystore.DefaultID)
+	if err != nil {
+		return "", err
+	}
+	if len(dks) > 0 {
+		return keystore.Wrapped, nil
+	}
+	errFound := errors.New("found")
+	err = db.ForEachKey(ctx, func(k *store.Key) error {
+		if materialStoreID(k) == keystore.DefaultID {
+			return errFound
+		}
+		return nil
+	})
+	switch {
+	case errors.Is(err, errFound):
+		return keystore.TokenObjects, nil
+	case err != nil:
+		return "", err
+	}
+	return keystore.Wrapped, nil
+}
+
 // openStore opens the metadata store cfg names: exactly one of a SQLite
 // file and a PostgreSQL URL.
 func openStore(ctx context.Context, cfg OpenConfig) (store.Store, error) {
@@ -182,6 +236,7 @@ func repairSoftHSM(cfg OpenConfig, log hclog.Logger) (*keystore.TokenBackups, er
 	for _, c := range cfg.Clusters {
 		tokens = append(tokens, c.Token)
 	}
+	tokens = append(tokens, cfg.OtherTokens...)
 	if cfg.TokenBackups == "" || !slices.ContainsFunc(tokens, func(t keystore.TokenConfig) bool { return keystore.IsSoftHSM(t.Module) }) {
 		return nil, nil
 	}
@@ -210,7 +265,15 @@ func (r *Report) log(log hclog.Logger) {
 	for _, o := range r.OrphanObjects {
 		log.Warn("token object with no key metadata", "label", o)
 	}
+	for _, m := range r.FinishedMigrations {
+		log.Warn("destroyed the token objects of material a migration left behind, now held wrapped", "material", m)
+	}
 }
+
+// Safeguards are what protects the tokens this service uses (copies of
+// SoftHSM2 token.object files, token identity records), for the other
+// tokens of the process to log in under the same protection.
+func (s *Service) Safeguards() *keystore.Safeguards { return s.keystores.Safeguards() }
 
 // StartupReport is what Open's start-up check found.
 func (s *Service) StartupReport() *Report { return s.report }
@@ -224,6 +287,7 @@ func (s *Service) Start() {
 	if s.jobInterval > 0 {
 		s.goBackground(func() { s.RunReaper(s.life, s.jobInterval) })
 		s.goBackground(func() { s.RunRotator(s.life, s.jobInterval) })
+		s.goBackground(func() { s.RunDomainKeys(s.life, s.jobInterval) })
 	}
 }
 
@@ -242,6 +306,7 @@ func (s *Service) goBackground(fn func()) {
 func (s *Service) Close(ctx context.Context) error {
 	s.stop()
 	s.bg.Wait()
+	s.closeXKS()
 	return s.closeResources(ctx)
 }
 

@@ -339,7 +339,8 @@ func (s *Service) RunRotator(ctx context.Context, interval time.Duration) {
 	}
 }
 
-// rotate adds a material version to k: a token object first, then the
+// rotate adds a material version to k: the material first (a token object,
+// or material wrapped, which leaves nothing on the token), then the
 // metadata naming it, where check re-reads the key's rules against the
 // stored row. The caller holds k's rotation mark.
 func (s *Service) rotate(ctx context.Context, k *store.Key, typ string, check func(*store.Key) error) (*store.Key, error) {
@@ -368,7 +369,8 @@ func (s *Service) rotate(ctx context.Context, k *store.Key, typ string, check fu
 			if err := check(k); err != nil {
 				return err
 			}
-			k.Materials = append(k.Materials, store.Material{ID: hexID(mat.ID()), TokenID: mat.Ref(), CreationDate: now, RotationType: typ})
+			k.Materials = append(k.Materials, store.Material{ID: hexID(mat.ID()), TokenID: mat.Ref(), CreationDate: now, RotationType: typ,
+				Wrapped: mat.Wrapped(), DomainKey: mat.DomainKey()})
 			if typ == rotationAutomatic {
 				k.NextRotationDate = now.Add(days(k.RotationPeriodDays))
 			}

@@ -24,6 +24,8 @@ type Config struct {
 	Now func() time.Time
 	// Clusters are the tokens that may back custom key stores.
 	Clusters []keystore.Cluster
+	// XKS is how external key stores reach their proxies.
+	XKS XKSConfig
 	// Metrics, if set, count what the service does (see NewMetrics).
 	Metrics *Metrics
 }
@@ -43,10 +45,19 @@ type Service struct {
 	stop        context.CancelFunc
 	bg          sync.WaitGroup
 	jobInterval time.Duration
-	report      *Report
-	reconnect   []*keystore.Store // connected at the last stop; Start reconnects them
-	ops         []*operation      // the operation table
-	opsByName   map[string]*operation
+	// domainKeyRotation is how old an active domain key may grow before
+	// the domain key job replaces it; 0: never.
+	domainKeyRotation time.Duration
+	report            *Report
+	reconnect         []*keystore.Store // connected at the last stop; Start reconnects them
+	// xksCfg is how external key stores reach their proxies; xksStores
+	// holds each one's connection (*xksLive by store id), and
+	// reconnectXKSStores those connected at the last stop.
+	xksCfg             XKSConfig
+	xksStores          sync.Map
+	reconnectXKSStores []string
+	ops                []*operation // the operation table
+	opsByName          map[string]*operation
 	// rotations marks the keys being rotated now (see rotation.go).
 	rotations rotations
 	// identities are the principals' identity policies by ARN, set by
@@ -92,7 +103,7 @@ func New(cfg Config) *Service {
 		clusters[c.ID] = c
 	}
 	s := &Service{store: store.WithKeyCache(cfg.Store), keystores: cfg.KeyStores, log: cfg.Logger, now: cfg.Now, clusters: clusters,
-		metrics: cfg.Metrics, usageInterval: DefaultUsageFlushInterval}
+		xksCfg: cfg.XKS, metrics: cfg.Metrics, usageInterval: DefaultUsageFlushInterval}
 	s.life, s.stop = context.WithCancel(context.Background())
 	s.ops = s.operations()
 	s.opsByName = make(map[string]*operation, len(s.ops))
@@ -121,9 +132,10 @@ func (s *Service) Supported(op string) bool {
 }
 
 // token returns the key store holding k's material, or the exception AWS
-// gives for a key whose store cannot be used now.
+// gives for a key whose store cannot be used now. A key of an external key
+// store has its material of hsmkms's own on the default key store.
 func (s *Service) token(k *store.Key) (*keystore.Store, error) {
-	ks, err := s.keystores.Get(k.CustomKeyStoreID)
+	ks, err := s.keystores.Get(materialStoreID(k))
 	if err != nil {
 		return nil, err
 	}
@@ -131,6 +143,11 @@ func (s *Service) token(k *store.Key) (*keystore.Store, error) {
 		return nil, tokenError(err, tokenCall{key: k})
 	}
 	return ks, nil
+}
+
+// materialStoreID is the key store whose token holds k's material.
+func materialStoreID(k *store.Key) string {
+	return k.MaterialStoreID()
 }
 
 // tokenFor is token for an operation that is about to use k's material:

@@ -60,6 +60,12 @@ func (s *Service) effectiveState(k *store.Key) KeyState {
 	if k.CustomKeyStoreID == "" || state == StatePendingDeletion {
 		return state
 	}
+	if k.Origin == originXKS {
+		if s.xksConnected(k.CustomKeyStoreID) != nil {
+			return state
+		}
+		return StateUnavailable
+	}
 	if live, err := s.keystores.Get(k.CustomKeyStoreID); err == nil {
 		if st, _ := live.State(); st == keystore.Connected {
 			return state
@@ -73,6 +79,11 @@ func (s *Service) effectiveState(k *store.Key) KeyState {
 func (s *Service) checkState(k *store.Key, rule stateRule) error {
 	stored := KeyState(k.State)
 	unavailable := rule == usable && s.effectiveState(k) == StateUnavailable
+	if unavailable && k.Origin == originXKS {
+		// The specification's message for a key whose external key
+		// store is not connected.
+		return wire.Errorf(wire.KMSInvalidState, "%s", msgXksNotConnected)
+	}
 	return stateError(rule, stored, unavailable, arnOf(k))
 }
 

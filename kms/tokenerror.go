@@ -62,7 +62,9 @@ type tokenCall struct {
 func tokenError(err error, call tokenCall) error {
 	custom := call.storeID != ""
 	if call.key != nil {
-		custom = call.key.CustomKeyStoreID != ""
+		// A key of an external key store has its own material on the
+		// default token: that token's failures are the service's.
+		custom = materialStoreID(call.key) != ""
 	}
 	switch {
 	case err == nil:

@@ -29,15 +29,18 @@ func (r tokenRecords) RecordTokenIdentity(ctx context.Context, storeID string, i
 		Marker: id.Marker, Serial: id.Serial, Label: id.Label, Recorded: id.Recorded})
 }
 
-// KeyMaterial lists the references of the material of the store's keys,
-// but not of keys still Creating (a crash may have kept their material
-// from ever being made).
+// KeyMaterial lists the references of the material of the store's keys
+// held as token objects, but not of keys still Creating (a crash may have
+// kept their material from ever being made). Wrapped material is on the
+// token only through its domain key (DomainKeys).
 func (r tokenRecords) KeyMaterial(ctx context.Context, storeID string) ([][]byte, error) {
 	var ids [][]byte
 	err := r.db.ForEachKey(ctx, func(k *store.Key) error {
-		if k.CustomKeyStoreID == storeID && k.State != string(StateCreating) {
+		if materialStoreID(k) == storeID && k.State != string(StateCreating) {
 			for _, m := range k.Materials {
-				ids = append(ids, m.TokenID)
+				if len(m.Wrapped) == 0 {
+					ids = append(ids, m.TokenID)
+				}
 			}
 		}
 		return nil

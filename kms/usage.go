@@ -234,7 +234,9 @@ func (s *Service) GetKeyLastUsage(ctx context.Context, r *Request, in *GetKeyLas
 	}
 	out := &GetKeyLastUsageOutput{KeyId: k.ID, TrackingStartDate: wire.Time(start), KeyCreationDate: wire.Time(k.CreationDate)}
 	if u != nil {
-		ts := wire.Time(u.Time)
+		// The second of the call's record's eventTime (CloudTrail's
+		// precision), so the two agree.
+		ts := wire.Time(u.Time.Truncate(time.Second))
 		out.KeyLastUsage = &KeyLastUsageData{Operation: u.Operation, Timestamp: &ts, CloudTrailEventId: u.EventID, KmsRequestId: u.RequestID}
 	}
 	return out, nil

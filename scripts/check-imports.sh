@@ -5,6 +5,8 @@
 #   kms, kms/...           must not import hsm or hsm/... (they reach tokens
 #                          only through keystore; keystore's own use of hsm
 #                          is the one path)
+#   xks, xks/...           must not import hsm or hsm/... (the XKS proxy's
+#                          keys are behind keystore, as kms's are)
 #   keystore, keystore/... must not depend on kms or kms/..., even indirectly
 #   hsm, hsm/...           must not depend on keystore or kms, even indirectly
 # `go list` leaves _test files out of .Imports and .Deps.
@@ -31,6 +33,12 @@ while IFS='|' read -r pkg imports deps; do
     for i in $imports; do
       if in_tree "$i" "$mod/hsm"; then
         report "$pkg imports $i: kms reaches tokens only through keystore"
+      fi
+    done
+  elif in_tree "$pkg" "$mod/xks"; then
+    for i in $imports; do
+      if in_tree "$i" "$mod/hsm"; then
+        report "$pkg imports $i: the XKS proxy reaches tokens only through keystore"
       fi
     done
   elif in_tree "$pkg" "$mod/keystore"; then

@@ -191,6 +191,65 @@ wait_state CONNECTED
 aws kms decrypt --ciphertext-blob "fileb://$dir/sblob" --query Plaintext --output text | base64 -d > "$dir/sback"
 cmp -s "$dir/plain" "$dir/sback" || fail "decrypt after reconnect returned different plaintext"
 
+# External key stores (issue 17): the data directory's own XKS proxy,
+# configured from DIR/xks.env (what AWS's XKS proxy test client reads),
+# used by the same hsmkms as an EXTERNAL_KEY_STORE custom key store.
+step "external key store: xks.env is private and names the proxy and its keys"
+xenv="$dir/data/xks.env"
+[ "$(stat -c %a "$xenv")" = 600 ] || fail "xks.env has mode $(stat -c %a "$xenv")"
+xks_var() { sed -n "s/^$1=//p" "$xenv"; }
+for v in XKS_PROXY_HOST URI_PREFIX SIGV4_ACCESS_KEY_ID SIGV4_SECRET_ACCESS_KEY REGION KEY_ID ENCRYPT_ONLY_KEY_ID DECRYPT_ONLY_KEY_ID IMPOTENT_KEY_ID; do
+  [ -n "$(xks_var "$v")" ] || fail "xks.env lacks $v"
+done
+[ "$(xks_var XKS_PROXY_HOST)" = "127.0.0.1:$xks_port" ] || fail "XKS_PROXY_HOST is $(xks_var XKS_PROXY_HOST)"
+
+step "external key store: create on the data directory's proxy, connect"
+# JSON input: the aws CLI v1 would fetch an https:// parameter as a URL.
+printf '{"CustomKeyStoreName":"cli-xks","CustomKeyStoreType":"EXTERNAL_KEY_STORE","XksProxyConnectivity":"PUBLIC_ENDPOINT","XksProxyUriEndpoint":"https://localhost","XksProxyUriPath":"/%s/kms/xks/v1","XksProxyAuthenticationCredential":{"AccessKeyId":"%s","RawSecretAccessKey":"%s"}}' \
+  "$(xks_var URI_PREFIX)" "$(xks_var SIGV4_ACCESS_KEY_ID)" "$(xks_var SIGV4_SECRET_ACCESS_KEY)" > "$dir/xks-store.json"
+xcks=$(aws kms create-custom-key-store --cli-input-json "file://$dir/xks-store.json" --query CustomKeyStoreId --output text)
+[[ $xcks =~ ^cks-[0-9a-f]{17}$ ]] || fail "create-custom-key-store (EXTERNAL_KEY_STORE) returned '$xcks'"
+aws kms connect-custom-key-store --custom-key-store-id "$xcks"
+for _ in $(seq 1 50); do
+  s=$(aws kms describe-custom-key-stores --custom-key-store-id "$xcks" --query 'CustomKeyStores[0].ConnectionState' --output text)
+  [ "$s" = CONNECTING ] || break
+  sleep 0.1
+done
+[ "$s" = CONNECTED ] || fail "external key store is $s: $(aws kms describe-custom-key-stores --custom-key-store-id "$xcks")"
+path=$(aws kms describe-custom-key-stores --custom-key-store-id "$xcks" --query 'CustomKeyStores[0].XksProxyConfiguration.UriPath' --output text)
+[ "$path" = "/$(xks_var URI_PREFIX)/kms/xks/v1" ] || fail "XksProxyConfiguration.UriPath is '$path'"
+aws kms describe-custom-key-stores --custom-key-store-id "$xcks" | grep -q "$(xks_var SIGV4_SECRET_ACCESS_KEY)" && fail "the secret is shown"
+
+step "external key store: keys of the wrong usage are refused, the right one accepted"
+answers XksKeyInvalidConfigurationException "The external key associated with this KMS key in an external key store does not support the requested operation. Enable the operation on the key in your external key manager, and try the request again." \
+  create-key --custom-key-store-id "$xcks" --origin EXTERNAL_KEY_STORE --xks-key-id "$(xks_var ENCRYPT_ONLY_KEY_ID)"
+xkey=$(aws kms create-key --custom-key-store-id "$xcks" --origin EXTERNAL_KEY_STORE --xks-key-id "$(xks_var KEY_ID)" --query KeyMetadata.KeyId --output text)
+xid=$(aws kms describe-key --key-id "$xkey" --query KeyMetadata.XksKeyConfiguration.Id --output text)
+[ "$xid" = "$(xks_var KEY_ID)" ] || fail "XksKeyConfiguration.Id is '$xid'"
+
+step "external key store: double-encrypted round trip"
+aws kms encrypt --key-id "$xkey" --plaintext "fileb://$dir/plain" --encryption-context purpose=xks \
+  --query CiphertextBlob --output text | base64 -d > "$dir/xblob"
+aws kms decrypt --ciphertext-blob "fileb://$dir/xblob" --encryption-context purpose=xks --query Plaintext --output text | base64 -d > "$dir/xback"
+cmp -s "$dir/plain" "$dir/xback" || fail "decrypt through the external key store returned different plaintext"
+
+step "external key store: the external key disabled by the admin command, then enabled"
+"$bin" xks-keys disable --data-dir "$dir/data" --id "$(xks_var KEY_ID)" >/dev/null
+# The running proxy reads another process's change within a second.
+for _ in $(seq 1 50); do
+  aws kms decrypt --ciphertext-blob "fileb://$dir/xblob" --encryption-context purpose=xks >/dev/null 2>&1 || break
+  sleep 0.1
+done
+answers KMSInvalidStateException "The external key associated with this KMS key in an external key store is not enabled in the external key manager. Enable the external key in the external key manager and retry the request." \
+  decrypt --ciphertext-blob "fileb://$dir/xblob" --encryption-context purpose=xks
+"$bin" xks-keys enable --data-dir "$dir/data" --id "$(xks_var KEY_ID)" >/dev/null
+for _ in $(seq 1 50); do
+  aws kms decrypt --ciphertext-blob "fileb://$dir/xblob" --encryption-context purpose=xks >/dev/null 2>&1 && break
+  sleep 0.1
+done
+aws kms decrypt --ciphertext-blob "fileb://$dir/xblob" --encryption-context purpose=xks --query Plaintext --output text | base64 -d > "$dir/xback"
+cmp -s "$dir/plain" "$dir/xback" || fail "decrypt after enabling the external key returned different plaintext"
+
 step "graceful shutdown"
 kill -TERM "$pid"
 wait "$pid" || fail "server exited with status $?"

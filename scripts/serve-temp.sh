@@ -4,6 +4,8 @@
 # configuration. Sets dir (removed on exit), pid and out (the printed block).
 dir=$(mktemp -d)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+# The XKS proxy's own port (the default, --listen's port + 1, may be taken).
+xks_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 pid=
 cleanup() {
   [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
@@ -12,7 +14,7 @@ cleanup() {
 trap cleanup EXIT
 
 # The per-request log goes to a file: a terminal would slow the server.
-"$bin" serve --data-dir "$dir/data" --listen "127.0.0.1:$port" >"$dir/out" 2>"$dir/log" &
+"$bin" serve --data-dir "$dir/data" --listen "127.0.0.1:$port" --xks-listen "127.0.0.1:$xks_port" >"$dir/out" 2>"$dir/log" &
 pid=$!
 for _ in $(seq 1 100); do
   grep -q '^export AWS_REGION=' "$dir/out" 2>/dev/null && break

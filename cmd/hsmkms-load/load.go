@@ -22,12 +22,18 @@ type options struct {
 	size     int
 	keys     int
 	keyID    string
+	keysFile string
 	pid      int
+	// xksEnv is the xks.env of an XKS proxy, for the Xks operations.
+	xksEnv string
 }
 
 func (o options) check() error {
-	if _, ok := operations[o.op]; !ok {
-		return fmt.Errorf("--op: unknown operation %q (one of %s)", o.op, opNames())
+	if _, ok := operations[o.op]; !ok && xksOperations[o.op] == nil {
+		return fmt.Errorf("--op: unknown operation %q (one of %s; with --xks-env, %s)", o.op, opNames(), xksOpNames())
+	}
+	if (xksOperations[o.op] != nil) != (o.xksEnv != "") {
+		return errors.New("--xks-env goes with the XKS proxy's operations (XksEncrypt, XksDecrypt, XksGetHealthStatus), and they need it")
 	}
 	switch {
 	case o.workers < 1:
@@ -40,6 +46,8 @@ func (o options) check() error {
 		return errors.New("--keys must be at least 1")
 	case o.keyID != "" && o.keys != 1:
 		return errors.New("--key-id names one key: it cannot go with --keys")
+	case o.keyID != "" && o.keysFile != "":
+		return errors.New("--key-id names one key: it cannot go with --keys-file")
 	case o.pid < 0:
 		return errors.New("--pid must be a process id")
 	}
@@ -97,34 +105,37 @@ func load(ctx context.Context, c *awskms.Client, o options, retries *atomic.Int6
 	msg := make([]byte, o.size)
 	rand.Read(msg)
 
-	ids := []string{""} // GenerateRandom: one call, no key
+	ids := []string{""} // GenerateRandom, CreateKey: no key
 	keys := 0
 	if op.needsKey {
-		ids = ids[:0]
-		if o.keyID != "" {
-			ids = append(ids, o.keyID)
-		}
-		for len(ids) < o.keys {
-			id, err := op.createKey(ctx, c)
-			if err != nil {
-				return nil, err
-			}
-			ids = append(ids, id)
+		var err error
+		if ids, err = prepareKeys(ctx, c, o, op); err != nil {
+			return nil, err
 		}
 		keys = len(ids)
 	}
 	calls := make([]func(context.Context) error, len(ids))
-	for i, id := range ids {
-		call, err := op.prepare(ctx, c, id, msg)
+	err := parallel(o.workers, len(ids), func(i int) error {
+		call, err := op.prepare(ctx, c, ids[i], msg)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		if err := call(ctx); err != nil {
-			return nil, fmt.Errorf("%s: %w", o.op, err)
+			return fmt.Errorf("%s: %w", o.op, err)
 		}
 		calls[i] = call
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 
+	return measure(ctx, o, calls, keys, retries)
+}
+
+// measure runs o.workers callers of calls, each picking one at random for
+// every request, for o.duration.
+func measure(ctx context.Context, o options, calls []func(context.Context) error, keys int, retries *atomic.Int64) (*result, error) {
 	var (
 		wg       sync.WaitGroup
 		failures atomic.Int64

@@ -123,16 +123,36 @@ func TestLoadEveryOperation(t *testing.T) {
 			assert.LessOrEqual(t, r.percentile(0.5), r.percentile(0.99))
 			assert.Regexp(t, line, r.String())
 
-			keys, err := client.ListKeys(ctx, &awskms.ListKeysInput{})
+			keys, err := client.ListKeys(ctx, &awskms.ListKeysInput{Limit: aws.Int32(1000)})
 			require.NoError(t, err)
-			if operations[name].needsKey {
+			switch {
+			case operations[name].needsKey:
 				assert.Len(t, keys.Keys, keysBefore+3, "one key per --keys")
-			} else {
+			case name == "CreateKey":
+				assert.Len(t, keys.Keys, keysBefore+int(r.requests())+1, "one key per request, and the checked call's")
+			default:
 				assert.Len(t, keys.Keys, keysBefore, "GenerateRandom needs no key")
 			}
 			keysBefore = len(keys.Keys)
 		})
 	}
+
+	t.Run("keys file", func(t *testing.T) {
+		file := filepath.Join(t.TempDir(), "keys")
+		o := options{op: "Encrypt", workers: 2, duration: 10 * time.Millisecond, size: 16, keys: 3, keysFile: file}
+		_, err := load(ctx, client, o, &retries)
+		require.NoError(t, err)
+		first, err := readKeysFile(file)
+		require.NoError(t, err)
+		require.Len(t, first, 3, "the keys created are added")
+		o.keys = 5
+		_, err = load(ctx, client, o, &retries)
+		require.NoError(t, err)
+		all, err := readKeysFile(file)
+		require.NoError(t, err)
+		require.Len(t, all, 5, "only the missing ones are created")
+		require.Equal(t, first, all[:3])
+	})
 
 	// An existing key is used as it is, and a failing call stops the run
 	// before it is measured.

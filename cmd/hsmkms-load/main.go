@@ -41,9 +41,10 @@ and prints one line: requests, errors, req/s, p50, p99 and, with --pid, the
 server's CPU time (user+system, from /proc/PID/stat) per request.
 
 operations: %s
+with --xks-env (an XKS proxy, signed with SigV4 as AWS KMS signs): %s
 
 flags:
-`, opNames())
+`, opNames(), xksOpNames())
 		fs.PrintDefaults()
 	}
 	var o options
@@ -53,7 +54,9 @@ flags:
 	fs.IntVar(&o.size, "size", 1024, "plaintext or message bytes (Encrypt, Decrypt, Sign, Verify, GenerateMac, VerifyMac), random bytes (GenerateRandom)")
 	fs.IntVar(&o.keys, "keys", 1, "create this many keys and spread requests over them at random")
 	fs.StringVar(&o.keyID, "key-id", "", "use this existing key instead of creating one (needs --keys 1)")
+	fs.StringVar(&o.keysFile, "keys-file", "", "reuse the key ids in this file (one a line) and add the keys created to it, so that runs over many keys create them once")
 	fs.IntVar(&o.pid, "pid", 0, "the server's process id: report its CPU time per request (same machine only)")
+	fs.StringVar(&o.xksEnv, "xks-env", "", "an XKS proxy's xks.env (as `serve --data-dir` writes it): load the proxy itself with XksEncrypt, XksDecrypt or XksGetHealthStatus; AWS_CA_BUNDLE names the CA")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -64,6 +67,17 @@ flags:
 		return err
 	}
 	var retries atomic.Int64
+	if o.xksEnv != "" {
+		res, err := loadXKS(ctx, o)
+		if err != nil {
+			return err
+		}
+		fmt.Println(res)
+		if res.errors > 0 {
+			return fmt.Errorf("%d requests failed, first: %v", res.errors, res.firstErr)
+		}
+		return nil
+	}
 	client, err := newClient(ctx, o.workers, &retries)
 	if err != nil {
 		return err

@@ -91,6 +91,13 @@ var operations = map[string]operation{
 				return err
 			}, nil
 		}},
+	// CreateKey creates a symmetric key per request: req/s is keys/s.
+	"CreateKey": {prepare: func(_ context.Context, c *awskms.Client, _ string, _ []byte) (func(context.Context) error, error) {
+		return func(ctx context.Context) error {
+			_, err := c.CreateKey(ctx, &awskms.CreateKeyInput{Description: aws.String("hsmkms-load")})
+			return err
+		}, nil
+	}},
 	"GenerateRandom": {prepare: func(_ context.Context, c *awskms.Client, _ string, msg []byte) (func(context.Context) error, error) {
 		n := int32(len(msg))
 		return func(ctx context.Context) error {

@@ -19,6 +19,7 @@ func main() {
 		usage()
 		os.Exit(2)
 	}
+	killAt()
 	var err error
 	switch os.Args[1] {
 	case "serve":
@@ -31,6 +32,12 @@ func main() {
 		err = resetKmsuser(os.Args[2:])
 	case "audit":
 		err = auditCmd(os.Args[2:], os.Stdout)
+	case "xks-keys":
+		err = xksKeys(os.Args[2:])
+	case "domain-keys":
+		err = domainKeys(os.Args[2:])
+	case "migrate-keys":
+		err = migrateKeys(os.Args[2:])
 	case "version", "--version", "-v":
 		fmt.Println("hsmkms", version)
 	case "help", "-h", "--help":
@@ -54,6 +61,9 @@ commands:
   tokens         list the tokens a PKCS#11 module offers, and damaged SoftHSM2 tokens (--module PATH or --data-dir DIR)
   clusters       list the tokens declared as CloudHSM clusters and the key stores using them
   reset-kmsuser  set a new kmsuser password with the token's SO PIN (--cluster ID --so-pin-file F --new-password-file F)
+  xks-keys       list, create, enable or disable the XKS proxy's external keys (list|create|enable|disable --id KEY [--usage ENCRYPT,DECRYPT])
+  domain-keys    list the key stores' domain keys; --rotate makes a new active one (serve stopped)
+  migrate-keys   move the default key store's token-object keys to wrapped, where the token allows (serve stopped)
   audit verify   check the audit trail: digest signatures, file hashes, the record chain (--data-dir DIR, --config FILE or
                  --dir AUDIT_DIR; --public-key PEM to pin the signing key; --from/--to RFC 3339 times)
   version        print the version

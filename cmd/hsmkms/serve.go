@@ -27,6 +27,7 @@ func serve(args []string) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	dataDir := fs.String("data-dir", "", "run on embedded defaults, keeping everything under this directory (created on first run)")
 	listen := fs.String("listen", "127.0.0.1:4599", "HOST:PORT to listen on (with --data-dir)")
+	xksListen := fs.String("xks-listen", "", "HOST:PORT of the XKS proxy (with --data-dir; default: --listen's port + 1)")
 	configPath := fs.String("config", "", "configuration file (for real deployments)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -38,7 +39,7 @@ func serve(args []string) error {
 	case *dataDir != "":
 		var err error
 		blog := hclog.New(&hclog.LoggerOptions{Name: "hsmkms", Output: os.Stderr})
-		*configPath, info, err = datadir.Bootstrap(*dataDir, *listen, blog)
+		*configPath, info, err = datadir.BootstrapWithProxy(*dataDir, *listen, *xksListen, blog)
 		if err != nil {
 			return err
 		}
@@ -81,6 +82,20 @@ func serve(args []string) error {
 			log.Error("closing", "error", err)
 		}
 	}()
+
+	var xksSrv *xksServer
+	if cfg.XKSProxy != nil {
+		if xksSrv, err = startXKS(ctx, cfg, svc, log); err != nil {
+			return err
+		}
+		defer func() {
+			c, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if err := xksSrv.shutdown(c); err != nil {
+				log.Error("stopping the XKS proxy", "error", err)
+			}
+		}()
+	}
 
 	principals := make([]kms.Principal, 0, len(cfg.Principals))
 	for i, p := range cfg.Principals {
@@ -134,11 +149,30 @@ func serve(args []string) error {
 		scheme = "http"
 	}
 	log.Info("listening", "endpoint", scheme+"://"+ln.Addr().String())
+	errc := make(chan error, 2)
+	if xksSrv != nil {
+		log.Info("XKS proxy listening", "endpoint", "https://"+xksSrv.ln.Addr().String(), "prefixes", len(cfg.XKSProxy.Prefixes))
+		xksSrv.serve(errc)
+		// SIGHUP re-reads the configuration's xks_proxy credentials and
+		// policies: how the proxy's credentials rotate without a restart.
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+		go func() {
+			for {
+				select {
+				case <-hup:
+					xksSrv.reload(*configPath)
+				case <-ctx.Done():
+					return
+				}
+			}
+		}()
+	}
 	if info != nil {
 		fmt.Fprintf(os.Stdout, "\nhsmkms is serving at %s\n\nPaste this into your shell:\n\n%s\n", info.Endpoint, datadir.PasteBlock(info))
 	}
 
-	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {
 	case err := <-errc:
@@ -164,20 +198,45 @@ func open(ctx context.Context, cfg *config.Config, log hclog.Logger, metrics *km
 	if err != nil {
 		return nil, fmt.Errorf("default_key_store: %w", err)
 	}
-	return kms.Open(ctx, kms.OpenConfig{
+	oc, err := openConfig(cfg, pin, log)
+	if err != nil {
+		return nil, err
+	}
+	oc.Metrics = metrics
+	return kms.Open(ctx, oc)
+}
+
+// openConfig is what kms.Open needs from cfg, as serve and the admin
+// commands that open the service use it.
+func openConfig(cfg *config.Config, pin string, log hclog.Logger) (kms.OpenConfig, error) {
+	ks := cfg.DefaultKeyStore
+	xksCfg, err := xksClientConfig(cfg)
+	if err != nil {
+		return kms.OpenConfig{}, err
+	}
+	return kms.OpenConfig{
 		DefaultToken: keystore.TokenConfig{
 			Module: ks.Module, Label: ks.TokenLabel, Serial: ks.TokenSerial, PoolSize: ks.PoolSize,
 			Logger: log.Named("hsm"),
 		},
-		PIN:          pin,
-		Database:     cfg.Database.Path,
-		Clusters:     clusterConfigs(cfg, log),
-		Logger:       log.Named("kms"),
-		JobInterval:  time.Minute,
-		TokenBackups: cfg.Database.TokenBackupDir(),
-		Audit:        cfg.Audit.Trail(),
-		Metrics:      metrics,
-	})
+		PIN:               pin,
+		Database:          cfg.Database.Path,
+		Clusters:          clusterConfigs(cfg, log),
+		Logger:            log.Named("kms"),
+		JobInterval:       time.Minute,
+		TokenBackups:      cfg.Database.TokenBackupDir(),
+		XKS:               xksCfg,
+		OtherTokens:       xksTokenConfigs(cfg, log),
+		KeyMaterial:       materialConfig(ks.KeyMaterial, ks.UnwrappedKeys),
+		DomainKeyRotation: time.Duration(cfg.DomainKeyRotationDays) * 24 * time.Hour,
+		Audit:             cfg.Audit.Trail(),
+	}, nil
+}
+
+// materialConfig is the key store layer's form of a key_material and an
+// unwrapped_keys setting.
+func materialConfig(mode string, cache config.UnwrappedKeysConfig) keystore.MaterialConfig {
+	return keystore.MaterialConfig{Mode: keystore.KeyMaterial(mode), CacheKeys: cache.MaxKeys, CacheBytes: int64(cache.MaxMemoryMiB) << 20}
 }
 
 // clusterConfigs turns the clusters section into the key store layer's
@@ -185,9 +244,14 @@ func open(ctx context.Context, cfg *config.Config, log hclog.Logger, metrics *km
 func clusterConfigs(cfg *config.Config, log hclog.Logger) []keystore.Cluster {
 	out := make([]keystore.Cluster, len(cfg.Clusters))
 	for i, c := range cfg.Clusters {
+		mode := c.KeyMaterial
+		if mode == "" {
+			mode = config.KeyMaterialTokenObjects
+		}
 		out[i] = keystore.Cluster{
 			ID: c.ID, Manufacturer: c.Manufacturer, Model: c.Model, Serial: c.Serial,
-			Token: hsm.TokenConfig{Module: c.Module, Label: c.TokenLabel, Serial: c.TokenSerial, PoolSize: c.PoolSize},
+			Token:    hsm.TokenConfig{Module: c.Module, Label: c.TokenLabel, Serial: c.TokenSerial, PoolSize: c.PoolSize},
+			Material: materialConfig(mode, c.UnwrappedKeys),
 		}
 		if log != nil {
 			out[i].Token.Logger = log.Named("hsm").With("cluster", c.ID)

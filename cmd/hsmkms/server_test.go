@@ -69,6 +69,7 @@ type server struct {
 	t        *testing.T
 	dir      string // the data directory
 	listen   string
+	xks      string // the XKS proxy's HOST:PORT
 	cmd      *exec.Cmd
 	stdout   string // files holding what the process printed
 	stderr   string
@@ -88,14 +89,26 @@ func freePort(t *testing.T) string {
 // or exits. n numbers the run, to keep each run's output apart.
 func startServer(t *testing.T, dir, listen string, n int) *server {
 	t.Helper()
-	s := &server{t: t, dir: dir, listen: listen, exited: make(chan struct{}),
+	return startServerEnv(t, dir, listen, n, nil)
+}
+
+// startServerEnv is startServer with env added to the process's
+// environment.
+func startServerEnv(t *testing.T, dir, listen string, n int, env []string) *server {
+	t.Helper()
+	s := &server{t: t, dir: dir, listen: listen, xks: freePort(t), exited: make(chan struct{}),
 		stdout: filepath.Join(filepath.Dir(dir), fmt.Sprintf("stdout-%d", n)),
 		stderr: filepath.Join(filepath.Dir(dir), fmt.Sprintf("stderr-%d", n))}
 	out, err := os.Create(s.stdout)
 	require.NoError(t, err)
 	errf, err := os.Create(s.stderr)
 	require.NoError(t, err)
-	s.cmd = exec.Command(binary(t), "serve", "--data-dir", dir, "--listen", listen)
+	// The proxy gets a free port of its own: --listen's port + 1, the
+	// default, may be taken on a machine running other tests.
+	s.cmd = exec.Command(binary(t), "serve", "--data-dir", dir, "--listen", listen, "--xks-listen", s.xks)
+	if env != nil {
+		s.cmd.Env = append(os.Environ(), env...)
+	}
 	s.cmd.Stdout, s.cmd.Stderr = out, errf
 	require.NoError(t, s.cmd.Start())
 	go func() {

@@ -91,7 +91,7 @@ func TestBootstrapNeverReinitialises(t *testing.T) {
 		require.ErrorContains(t, err, "token.object is empty")
 		require.ErrorContains(t, err, `"Recovering a damaged token"`)
 		require.NotContains(t, moduleLabels(t, dir), datadir.DefaultTokenLabel, "no token was made in its place")
-		require.Len(t, tokenDirs(t, dir), 3, "no directory was added")
+		require.Len(t, tokenDirs(t, dir), 4, "no directory was added (default, two clusters, the XKS proxy's)")
 	})
 	t.Run("default token damaged, copy kept: restored", func(t *testing.T) {
 		dir := fresh(t)
@@ -115,7 +115,7 @@ func TestBootstrapNeverReinitialises(t *testing.T) {
 		labels := moduleLabels(t, dir)
 		require.NotContains(t, labels, "hsmkms-cluster-1", "not re-initialised")
 		require.Contains(t, labels, "hsmkms-cluster-2")
-		require.Len(t, tokenDirs(t, dir), 3)
+		require.Len(t, tokenDirs(t, dir), 4)
 	})
 	t.Run("an interrupted first run completes", func(t *testing.T) {
 		// The PIN files were written, then the process died before the

@@ -33,8 +33,19 @@ type Config struct {
 	Clusters        []ClusterConfig `yaml:"clusters,omitempty"`
 	Limits          LimitsConfig    `yaml:"limits,omitempty"`
 	// Regions are the AWS Regions served; absent means the commercial
-	// Regions (kms.CommercialRegions).
+	// Regions (kms.CommercialRegions). The XKS proxy accepts signatures
+	// scoped to them too.
 	Regions []string `yaml:"regions,omitempty"`
+	// XKSProxy, if present, serves hsmkms as an AWS KMS external key
+	// store proxy (xks.go).
+	XKSProxy *XKSProxyConfig `yaml:"xks_proxy,omitempty"`
+	// ExternalKeyStores is how EXTERNAL_KEY_STORE custom key stores reach
+	// their proxies.
+	ExternalKeyStores *ExternalKeyStoresConfig `yaml:"external_key_stores,omitempty"`
+	// DomainKeyRotationDays, if positive, replaces a key store's domain
+	// key once it is that old (see "How keys are held"); 0 means only by
+	// `hsmkms domain-keys --rotate`.
+	DomainKeyRotationDays int `yaml:"domain_key_rotation_days,omitempty"`
 	// Audit is the audit trail; on unless disabled.
 	Audit AuditConfig `yaml:"audit,omitempty"`
 	// Endpoints are the unauthenticated GET endpoints on the API
@@ -89,6 +100,37 @@ func (e EndpointsConfig) Endpoints() kms.Endpoints {
 	return kms.Endpoints{Healthz: on(e.Healthz), Readyz: on(e.Readyz), Metrics: on(e.Metrics)}
 }
 
+// Key material modes of key_material.
+const (
+	KeyMaterialWrapped      = "wrapped"
+	KeyMaterialTokenObjects = "token_objects"
+)
+
+// UnwrappedKeysConfig bounds a key store's cache of wrapped material kept
+// unwrapped on its token.
+type UnwrappedKeysConfig struct {
+	MaxKeys      int `yaml:"max_keys,omitempty"`
+	MaxMemoryMiB int `yaml:"max_memory_mib,omitempty"`
+}
+
+func (u UnwrappedKeysConfig) validate(at string) error {
+	switch {
+	case u.MaxKeys < 0 || u.MaxKeys > 10_000_000:
+		return fmt.Errorf("%s.unwrapped_keys.max_keys: must be between 1 and 10000000 (absent for the default)", at)
+	case u.MaxMemoryMiB < 0 || u.MaxMemoryMiB > 1<<20:
+		return fmt.Errorf("%s.unwrapped_keys.max_memory_mib: must be between 1 and 1048576 (absent for the default)", at)
+	}
+	return nil
+}
+
+func validKeyMaterial(at, mode string) error {
+	switch mode {
+	case "", KeyMaterialWrapped, KeyMaterialTokenObjects:
+		return nil
+	}
+	return fmt.Errorf("%s.key_material: must be wrapped or token_objects (got %q)", at, mode)
+}
+
 // LimitsConfig bounds the HTTP edge: what is served at once, and how long
 // the excess may wait before it is throttled.
 type LimitsConfig struct {
@@ -123,6 +165,11 @@ type ClusterConfig struct {
 	Model        string `yaml:"model,omitempty"`
 	Serial       string `yaml:"serial,omitempty"`
 	PoolSize     int    `yaml:"pool_size,omitempty"`
+	// KeyMaterial is how a custom key store on this cluster holds key
+	// material: token_objects (the default, as AWS keeps a CloudHSM key
+	// store's keys in the cluster) or wrapped.
+	KeyMaterial   string              `yaml:"key_material,omitempty"`
+	UnwrappedKeys UnwrappedKeysConfig `yaml:"unwrapped_keys,omitempty"`
 }
 
 // TLSConfig is the server certificate and key, PEM files.
@@ -158,6 +205,11 @@ type KeyStoreConfig struct {
 	PINFile     string            `yaml:"pin_file,omitempty"`
 	PINEnv      string            `yaml:"pin_env,omitempty"`
 	PoolSize    int               `yaml:"pool_size,omitempty"`
+	// KeyMaterial is how the default key store holds the material of new
+	// keys: wrapped or token_objects; "" decides from the database (wrapped
+	// for a new deployment, token_objects for one whose keys are).
+	KeyMaterial   string              `yaml:"key_material,omitempty"`
+	UnwrappedKeys UnwrappedKeysConfig `yaml:"unwrapped_keys,omitempty"`
 }
 
 // PIN reads the user PIN from its file or environment variable.
@@ -242,6 +294,7 @@ var schema = map[string]any{
 	"default_key_store": map[string]any{
 		"module": "!!str", "module_env": "map", "token_label": "!!str", "token_serial": "!!str",
 		"pin_file": "!!str", "pin_env": "!!str", "pool_size": "!!int",
+		"key_material": "!!str", "unwrapped_keys": unwrappedKeysSchema,
 	},
 	"principals": []any{map[string]any{
 		"access_key_id": "!!str", "secret_file": "!!str", "secret_env": "!!str", "account_id": "!!str", "arn": "!!str",
@@ -250,13 +303,19 @@ var schema = map[string]any{
 	"clusters": []any{map[string]any{
 		"id": "!!str", "module": "!!str", "token_label": "!!str", "token_serial": "!!str",
 		"manufacturer": "!!str", "model": "!!str", "serial": "!!str", "pool_size": "!!int",
+		"key_material": "!!str", "unwrapped_keys": unwrappedKeysSchema,
 	}},
-	"limits":  map[string]any{"max_in_flight": "!!int", "queue_wait": "duration"},
-	"regions": []any{"!!str"},
+	"limits":                   map[string]any{"max_in_flight": "!!int", "queue_wait": "duration"},
+	"regions":                  []any{"!!str"},
+	"xks_proxy":                xksProxySchema,
+	"external_key_stores":      externalKeyStoresSchema,
+	"domain_key_rotation_days": "!!int",
 	"audit": map[string]any{"enabled": "!!bool", "directory": "!!str", "max_file_size": "!!str",
 		"rotation_interval": "duration", "retention_days": "!!int", "log_encryption_context": "!!bool"},
 	"endpoints": map[string]any{"healthz": "!!bool", "readyz": "!!bool", "metrics": "!!bool"},
 }
+
+var unwrappedKeysSchema = map[string]any{"max_keys": "!!int", "max_memory_mib": "!!int"}
 
 // LoadConfig reads and validates the configuration at path. Relative paths
 // inside it are relative to the file's directory.
@@ -419,6 +478,12 @@ func (c *Config) validate(baseDir string) error {
 	case ks.PoolSize < 0 || ks.PoolSize > 1024:
 		return fmt.Errorf("default_key_store.pool_size: must be between 1 and 1024 (0 for the default)")
 	}
+	if err := validKeyMaterial("default_key_store", ks.KeyMaterial); err != nil {
+		return err
+	}
+	if err := ks.UnwrappedKeys.validate("default_key_store"); err != nil {
+		return err
+	}
 	ks.PINFile = abs(ks.PINFile)
 	for k := range ks.ModuleEnv {
 		if !envNameRe.MatchString(k) {
@@ -489,10 +554,29 @@ func (c *Config) validate(baseDir string) error {
 		case cl.Module == ks.Module && ((cl.TokenLabel != "" && cl.TokenLabel == ks.TokenLabel) || (cl.TokenSerial != "" && cl.TokenSerial == ks.TokenSerial)):
 			return fmt.Errorf("%s: the default key store's token cannot also be a cluster", at)
 		}
+		if err := validKeyMaterial(at, cl.KeyMaterial); err != nil {
+			return err
+		}
+		if err := cl.UnwrappedKeys.validate(at); err != nil {
+			return err
+		}
 		ids[cl.ID] = true
 	}
 	if err := c.Limits.validate(); err != nil {
 		return err
+	}
+	if c.XKSProxy != nil {
+		if err := c.XKSProxy.validate(c, abs); err != nil {
+			return err
+		}
+	}
+	if c.ExternalKeyStores != nil {
+		if err := c.ExternalKeyStores.validate(abs); err != nil {
+			return err
+		}
+	}
+	if c.DomainKeyRotationDays < 0 || c.DomainKeyRotationDays > 36500 {
+		return fmt.Errorf("domain_key_rotation_days: must be between 1 and 36500 (absent or 0: only by hsmkms domain-keys --rotate)")
 	}
 	if err := c.validateAudit(abs); err != nil {
 		return err

@@ -198,3 +198,29 @@ func TestAuditAndEndpointsConfig(t *testing.T) {
 		require.ErrorContains(t, err, want, bad)
 	}
 }
+
+func TestKeyMaterialConfig(t *testing.T) {
+	doc := strings.Replace(validConfig, "  pool_size: 16", "  pool_size: 16\n  key_material: wrapped\n  unwrapped_keys:\n    max_keys: 100\n    max_memory_mib: 8", 1) +
+		"domain_key_rotation_days: 90\nclusters:\n  - id: cluster-234567abcdefg\n    module: /usr/lib/luna/libCryptoki2_64.so\n    token_label: p1\n    key_material: wrapped\n"
+	cfg, err := ParseConfig([]byte(doc), "/etc/hsmkms")
+	require.NoError(t, err)
+	require.Equal(t, KeyMaterialWrapped, cfg.DefaultKeyStore.KeyMaterial)
+	require.Equal(t, UnwrappedKeysConfig{MaxKeys: 100, MaxMemoryMiB: 8}, cfg.DefaultKeyStore.UnwrappedKeys)
+	require.Equal(t, 90, cfg.DomainKeyRotationDays)
+	require.Equal(t, KeyMaterialWrapped, cfg.Clusters[0].KeyMaterial)
+
+	cfg, err = ParseConfig([]byte(validConfig), "/etc/hsmkms")
+	require.NoError(t, err)
+	require.Empty(t, cfg.DefaultKeyStore.KeyMaterial, "absent: decided from the database")
+
+	for bad, want := range map[string]string{
+		strings.Replace(validConfig, "  pool_size: 16", "  pool_size: 16\n  key_material: blobs", 1):                           `default_key_store.key_material: must be wrapped or token_objects (got "blobs")`,
+		strings.Replace(validConfig, "  pool_size: 16", "  pool_size: 16\n  unwrapped_keys:\n    max_keys: -1", 1):             "default_key_store.unwrapped_keys.max_keys: must be between",
+		strings.Replace(validConfig, "  pool_size: 16", "  pool_size: 16\n  unwrapped_keys:\n    max_entries: 1", 1):           "default_key_store.unwrapped_keys.max_entries (line 18): unknown key",
+		validConfig + "domain_key_rotation_days: -3\n":                                                                         "domain_key_rotation_days: must be between",
+		validConfig + "clusters:\n  - id: cluster-234567abcdefg\n    module: /x.so\n    token_label: p\n    key_material: x\n": `clusters[0].key_material: must be wrapped or token_objects`,
+	} {
+		_, err := ParseConfig([]byte(bad), "/etc/hsmkms")
+		require.ErrorContains(t, err, want)
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/hashicorp/go-hclog"
@@ -40,7 +41,38 @@ type BootstrapInfo struct {
 	CredentialsFile string
 	Region          string
 	Clusters        []BootstrapCluster
+	// XKS is the data directory's XKS proxy.
+	XKS *BootstrapXKS
 }
+
+// BootstrapXKS is what AWS KMS (or hsmkms, or AWS's XKS test client) needs
+// to use the data directory's XKS proxy.
+type BootstrapXKS struct {
+	HostPort    string // where it listens
+	Endpoint    string // XksProxyUriEndpoint for the data directory's own hsmkms
+	URIPath     string // XksProxyUriPath
+	AccessKeyID string
+	EnvFile     string // DIR/xks.env: the test client's variables, secret included
+}
+
+// The data directory's XKS proxy: one token, one prefix, one credential,
+// and the four keys AWS's XKS proxy test client asks for.
+const (
+	XKSTokenLabel = "hsmkms-xks"
+	XKSURIPrefix  = "hsmkms"
+	XKSURIPath    = "/" + XKSURIPrefix + "/kms/xks/v1"
+	// The external key ids: one for both usages, one encrypt-only, one
+	// decrypt-only and one with neither.
+	XKSKeyID            = "hsmkms-xks-key"
+	XKSEncryptOnlyKeyID = "hsmkms-xks-encrypt-only"
+	XKSDecryptOnlyKeyID = "hsmkms-xks-decrypt-only"
+	XKSImpotentKeyID    = "hsmkms-xks-impotent"
+	// xksEndpointHost is the XksProxyUriEndpoint host the data
+	// directory's hsmkms reaches its own proxy by: the server certificate
+	// names it, and external_key_stores.connect_to maps it to the
+	// proxy's address (an endpoint has no port).
+	xksEndpointHost = "localhost"
+)
 
 // BootstrapCluster is an extra token made to back a custom key store.
 type BootstrapCluster struct {
@@ -85,6 +117,12 @@ func FindSoftHSM() (string, error) {
 // crash damaged are restored from hsmkms's copies first. The configuration
 // is written last and returned with what the user must paste.
 func Bootstrap(dir, listen string, log hclog.Logger) (string, *BootstrapInfo, error) {
+	return BootstrapWithProxy(dir, listen, "", log)
+}
+
+// BootstrapWithProxy is Bootstrap with the XKS proxy listening on
+// xksListen ("" for --listen's port + 1).
+func BootstrapWithProxy(dir, listen, xksListen string, log hclog.Logger) (string, *BootstrapInfo, error) {
 	if log == nil {
 		log = hclog.NewNullLogger()
 	}
@@ -103,6 +141,17 @@ func Bootstrap(dir, listen string, log hclog.Logger) (string, *BootstrapInfo, er
 	host, port, err := net.SplitHostPort(listen)
 	if err != nil {
 		return "", nil, fmt.Errorf("--listen: %v", err)
+	}
+	if xksListen == "" {
+		n, err := strconv.Atoi(port)
+		if err != nil || n == 0 || n >= 65535 {
+			return "", nil, fmt.Errorf("--xks-listen: give it when --listen's port is %q", port)
+		}
+		xksListen = net.JoinHostPort(host, strconv.Itoa(n+1))
+	}
+	xksHost, xksPort, err := net.SplitHostPort(xksListen)
+	if err != nil {
+		return "", nil, fmt.Errorf("--xks-listen: %v", err)
 	}
 	module, err := FindSoftHSM()
 	if err != nil {
@@ -185,6 +234,10 @@ func Bootstrap(dir, listen string, log hclog.Logger) (string, *BootstrapInfo, er
 		clusters = append(clusters, config.ClusterConfig{ID: id, Module: module, TokenLabel: label, PoolSize: 4})
 		clusterInfo = append(clusterInfo, BootstrapCluster{ID: id, PasswordFile: secret("cluster-" + n + "-kmsuser-password"), Password: pw})
 	}
+	xksInfo, xksCfg, err := ensureXKS(dir, module, conf, xksListen, xksHost, xksPort, dbExisted, backups, log)
+	if err != nil {
+		return "", nil, err
+	}
 	if _, err := ensureSecret(secret("admin-access-key-id"), func() string { return "AKIA" + randomKeyID(16) }); err != nil {
 		return "", nil, err
 	}
@@ -227,6 +280,14 @@ func Bootstrap(dir, listen string, log hclog.Logger) (string, *BootstrapInfo, er
 		}},
 		Clusters: clusters,
 		Audit:    config.AuditConfig{Directory: "audit"},
+		XKSProxy: xksCfg,
+		ExternalKeyStores: &config.ExternalKeyStoresConfig{
+			CAFile: "tls/ca.pem",
+			// AWS KMS gives a proxy 250 ms; a development machine shared
+			// with builds and tests needs more room.
+			Timeout:   "1s",
+			ConnectTo: map[string]string{xksEndpointHost: net.JoinHostPort(loopbackFor(xksHost), xksPort)},
+		},
 	}
 	out, err := yaml.Marshal(&cfg)
 	if err != nil {
@@ -246,7 +307,17 @@ func Bootstrap(dir, listen string, log hclog.Logger) (string, *BootstrapInfo, er
 		CredentialsFile: filepath.Join(dir, "credentials"),
 		Region:          DefaultRegion,
 		Clusters:        clusterInfo,
+		XKS:             xksInfo,
 	}, nil
+}
+
+// loopbackFor is the address to reach a listener on host from this
+// machine: the unspecified address is reached on loopback.
+func loopbackFor(host string) string {
+	if host == "" || net.ParseIP(host) != nil && net.ParseIP(host).IsUnspecified() {
+		return "127.0.0.1"
+	}
+	return host
 }
 
 // recordedSerials reads, from an existing database, the serial recorded
@@ -299,24 +370,31 @@ func randomClusterSuffix(n int) string {
 // first run (PIN files written, no token, no database) still completes.
 // SOFTHSM2_CONF must point at the store (conf) before the module loads.
 func ensureToken(module, conf, label, role, soPINFile, userPINFile string, pinsNew, dbExisted bool, recordedSerial string, backups *keystore.TokenBackups) error {
+	_, err := ensureTokenMade(module, conf, label, role, soPINFile, userPINFile, pinsNew, dbExisted, recordedSerial, backups)
+	return err
+}
+
+// ensureTokenMade is ensureToken, also saying whether it made the token
+// now.
+func ensureTokenMade(module, conf, label, role, soPINFile, userPINFile string, pinsNew, dbExisted bool, recordedSerial string, backups *keystore.TokenBackups) (bool, error) {
 	if err := os.Setenv("SOFTHSM2_CONF", conf); err != nil {
-		return err
+		return false, err
 	}
 	m, err := hsm.OpenModule(module)
 	if err != nil {
-		return err
+		return false, err
 	}
 	defer m.Close()
 	tokens, err := m.Tokens()
 	if err != nil {
-		return err
+		return false, err
 	}
 	for _, t := range tokens {
 		if t.Label == label {
 			if pinsNew {
-				return fmt.Errorf("token %q exists but its PIN files in %s were missing; restore them or start with a new --data-dir", label, filepath.Dir(soPINFile))
+				return false, fmt.Errorf("token %q exists but its PIN files in %s were missing; restore them or start with a new --data-dir", label, filepath.Dir(soPINFile))
 			}
-			return nil
+			return false, nil
 		}
 	}
 	cfg := hsm.TokenConfig{Module: module, Label: label}
@@ -334,7 +412,7 @@ func ensureToken(module, conf, label, role, soPINFile, userPINFile string, pinsN
 	} else if backups != nil {
 		dirs, err := backups.Store().Tokens()
 		if err != nil {
-			return err
+			return false, err
 		}
 		for _, t := range dirs {
 			if t.Damage != nil {
@@ -343,25 +421,25 @@ func ensureToken(module, conf, label, role, soPINFile, userPINFile string, pinsN
 		}
 	}
 	if len(existed) > 0 {
-		return &keystore.TokenProblem{Store: role, Token: cfg, Serial: serial, Dir: dir, Err: hsm.ErrTokenNotFound,
+		return false, &keystore.TokenProblem{Store: role, Token: cfg, Serial: serial, Dir: dir, Err: hsm.ErrTokenNotFound,
 			Problem: "the module offers no token with this label, and this data directory had one (" + strings.Join(existed, "; ") +
 				"); tokens are initialised only in a new data directory"}
 	}
 	so, err := config.ReadSecret("pin", soPINFile, "")
 	if err != nil {
-		return err
+		return false, err
 	}
 	user, err := config.ReadSecret("pin", userPINFile, "")
 	if err != nil {
-		return err
+		return false, err
 	}
 	info, err := m.InitToken(label, so, user)
 	if err != nil {
-		return err
+		return false, err
 	}
 	// The first copy, from before any login, also records that the token
 	// was made.
-	return backups.Save(info)
+	return true, backups.Save(info)
 }
 
 // ensureSecret writes gen() to path (0600) unless the file exists, and
@@ -452,7 +530,7 @@ Vault's awskms seal ignores AWS_ENDPOINT_URL_KMS: name the endpoint in the seal 
 and start Vault with AWS_SHARED_CREDENTIALS_FILE=%[3]s
 and SSL_CERT_FILE=%[2]s in its environment (leave AWS_CA_BUNDLE out of it:
 Vault builds whose seal uses the AWS SDK for Go v2 refuse to start the seal with it).
-`, info.Endpoint, info.CABundle, info.CredentialsFile, info.Region) + clusterBlock(info)
+`, info.Endpoint, info.CABundle, info.CredentialsFile, info.Region) + clusterBlock(info) + xksBlock(info)
 }
 
 // clusterBlock tells how to use the extra tokens as custom key stores.

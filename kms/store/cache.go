@@ -2,9 +2,12 @@ package store
 
 import (
 	"context"
+	"hash/maphash"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unique"
 )
 
 // KeyCache wraps a Store with an in-memory copy of keys read, because
@@ -14,23 +17,61 @@ import (
 // this process is the database's only writer, which holds for the embedded
 // SQLite file; nodes sharing a PostgreSQL database also need each other's
 // invalidations, which that store announces on KeyChannel.
+//
+// It holds at most DefaultKeyCacheSize keys: with 100,000 keys in use a
+// copy of each (about 1.4 KB) took the live heap past the server's soft
+// memory limit and the garbage collector ran without rest. Past the bound
+// a key read evicts one at random, in its shard; the strings most keys
+// share (account, region, policy, spec...) are held once (unique.Make).
+// Reads take one shard's read lock. Safe for concurrent use.
 type KeyCache struct {
 	Store
-	keys sync.Map // account/region/id → *Key
-	gen  atomic.Uint64
+	shards   [keyCacheShards]keyShard
+	seed     maphash.Seed
+	perShard int
+	gen      atomic.Uint64
 }
 
-// WithKeyCache returns s with a key cache in front of it.
-func WithKeyCache(s Store) *KeyCache { return &KeyCache{Store: s} }
+// DefaultKeyCacheSize bounds the keys a KeyCache holds: about 12 MB of
+// them, and every key of most deployments.
+const DefaultKeyCacheSize = 16384
+
+const keyCacheShards = 64
+
+type keyShard struct {
+	mu   sync.RWMutex
+	keys map[string]*Key // account/region/id → key
+}
+
+// WithKeyCache returns s with a key cache of DefaultKeyCacheSize keys in
+// front of it.
+func WithKeyCache(s Store) *KeyCache { return WithKeyCacheSize(s, DefaultKeyCacheSize) }
+
+// WithKeyCacheSize returns s with a cache of up to size keys in front.
+func WithKeyCacheSize(s Store, size int) *KeyCache {
+	c := &KeyCache{Store: s, seed: maphash.MakeSeed(), perShard: max(1, size/keyCacheShards)}
+	for i := range c.shards {
+		c.shards[i].keys = map[string]*Key{}
+	}
+	return c
+}
 
 func cacheKey(account, region, id string) string { return account + "/" + region + "/" + id }
+
+func (c *KeyCache) shard(ck string) *keyShard {
+	return &c.shards[maphash.String(c.seed, ck)%keyCacheShards]
+}
 
 // GetKey returns a copy the caller may change; Materials is shared and
 // must not be modified in place.
 func (c *KeyCache) GetKey(ctx context.Context, account, region, id string) (*Key, error) {
 	ck := cacheKey(account, region, id)
-	if k, ok := c.keys.Load(ck); ok {
-		cp := *k.(*Key)
+	sh := c.shard(ck)
+	sh.mu.RLock()
+	k, ok := sh.keys[ck]
+	sh.mu.RUnlock()
+	if ok {
+		cp := *k
 		return &cp, nil
 	}
 	gen := c.gen.Load()
@@ -38,19 +79,55 @@ func (c *KeyCache) GetKey(ctx context.Context, account, region, id string) (*Key
 	if err != nil {
 		return nil, err
 	}
-	cp := *k
-	c.keys.Store(ck, &cp)
+	cp := compact(*k)
+	sh.mu.Lock()
 	// A write that committed while we read may have invalidated before
-	// our Store: then what we stored may be stale, so drop it.
-	if c.gen.Load() != gen {
-		c.keys.Delete(ck)
+	// we got here: then what we read may be stale, and is not kept.
+	if c.gen.Load() == gen {
+		if _, had := sh.keys[ck]; !had && len(sh.keys) >= c.perShard {
+			for victim := range sh.keys { // a random one: map order is
+				delete(sh.keys, victim)
+				break
+			}
+		}
+		sh.keys[ck] = &cp
 	}
+	sh.mu.Unlock()
 	return k, nil
+}
+
+// compact shares the strings keys have in common, so that a cached key
+// costs little beyond its id and material.
+func compact(k Key) Key {
+	in := func(s string) string { return unique.Make(s).Value() }
+	k.Materials = slices.Clone(k.Materials)
+	k.Account, k.Region, k.KeyUsage, k.KeySpec, k.Origin, k.State = in(k.Account), in(k.Region), in(k.KeyUsage), in(k.KeySpec), in(k.Origin), in(k.State)
+	k.Policy, k.Description, k.CustomKeyStoreID = in(k.Policy), in(k.Description), in(k.CustomKeyStoreID)
+	for i := range k.Materials {
+		k.Materials[i].DomainKey, k.Materials[i].RotationType = in(k.Materials[i].DomainKey), in(k.Materials[i].RotationType)
+	}
+	return k
+}
+
+// Len is how many keys the cache holds.
+func (c *KeyCache) Len() int {
+	n := 0
+	for i := range c.shards {
+		sh := &c.shards[i]
+		sh.mu.RLock()
+		n += len(sh.keys)
+		sh.mu.RUnlock()
+	}
+	return n
 }
 
 func (c *KeyCache) invalidate(account, region, id string) {
 	c.gen.Add(1)
-	c.keys.Delete(cacheKey(account, region, id))
+	ck := cacheKey(account, region, id)
+	sh := c.shard(ck)
+	sh.mu.Lock()
+	delete(sh.keys, ck)
+	sh.mu.Unlock()
 }
 
 func (c *KeyCache) CreateKey(ctx context.Context, k *Key, tags []Tag) error {

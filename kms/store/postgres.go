@@ -95,7 +95,26 @@ var pgMigrations = []string{
 		key_store_id TEXT COLLATE "C" PRIMARY KEY, cluster_id TEXT COLLATE "C" NOT NULL,
 		marker BYTEA NOT NULL, serial BYTEA NOT NULL, label BYTEA NOT NULL, recorded BIGINT NOT NULL
 	);`,
-	// 6: each key's last successful cryptographic use, and where
+	// 6: external key stores: a store's type, an external one's proxy
+	// (no cluster: NULL), and a key's external key, unique in its store.
+	`ALTER TABLE key_stores ALTER COLUMN cluster_id DROP NOT NULL,
+		ADD COLUMN store_type TEXT COLLATE "C" NOT NULL DEFAULT 'AWS_CLOUDHSM',
+		ADD COLUMN xks_connectivity TEXT COLLATE "C" NOT NULL DEFAULT '',
+		ADD COLUMN xks_uri_endpoint TEXT COLLATE "C" NOT NULL DEFAULT '',
+		ADD COLUMN xks_uri_path TEXT COLLATE "C" NOT NULL DEFAULT '',
+		ADD COLUMN xks_access_key_id TEXT COLLATE "C" NOT NULL DEFAULT '',
+		ADD COLUMN xks_vpc_service_name TEXT COLLATE "C" NOT NULL DEFAULT '',
+		ADD COLUMN xks_vpc_service_owner TEXT COLLATE "C" NOT NULL DEFAULT '';
+	CREATE INDEX key_stores_xks_uri ON key_stores (account, region, xks_uri_endpoint, xks_uri_path);
+	ALTER TABLE keys ADD COLUMN xks_key_id TEXT COLLATE "C" NOT NULL DEFAULT '';
+	CREATE UNIQUE INDEX keys_xks_key ON keys (custom_key_store_id, xks_key_id) WHERE xks_key_id <> '';`,
+	// 7: the domain keys of each key store ('' for the default key store).
+	`CREATE TABLE domain_keys (
+		key_store_id TEXT COLLATE "C" NOT NULL, id TEXT COLLATE "C" NOT NULL, state TEXT COLLATE "C" NOT NULL,
+		created BIGINT NOT NULL,
+		PRIMARY KEY (key_store_id, id)
+	);`,
+	// 8: each key's last successful cryptographic use, and where
 	// tracking stands (one row).
 	`CREATE TABLE key_last_usage (
 		account TEXT COLLATE "C" NOT NULL, region TEXT COLLATE "C" NOT NULL, key_id TEXT COLLATE "C" NOT NULL,
@@ -366,7 +385,7 @@ func uniqueViolation(err error) string {
 
 const pgKeyColumns = `account, region, id, description, key_usage, key_spec, origin, state,
 	creation_date, deletion_date, pending_window_days, policy, custom_key_store_id,
-	rotation_enabled, rotation_period_days, next_rotation_date, multi_region, materials`
+	rotation_enabled, rotation_period_days, next_rotation_date, multi_region, materials, xks_key_id`
 
 func pgScanKey(row pgx.Row) (*Key, error) {
 	var (
@@ -377,7 +396,7 @@ func pgScanKey(row pgx.Row) (*Key, error) {
 	)
 	err := row.Scan(&k.Account, &k.Region, &k.ID, &description, &k.KeyUsage, &k.KeySpec, &k.Origin, &k.State,
 		&created, &deletion, &k.PendingWindowDays, &policy, &k.CustomKeyStoreID,
-		&k.RotationEnabled, &k.RotationPeriodDays, &nextRot, &k.MultiRegion, &materialsJSON)
+		&k.RotationEnabled, &k.RotationPeriodDays, &nextRot, &k.MultiRegion, &materialsJSON, &k.XksKeyID)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, ErrNotFound
 	}
@@ -386,15 +405,8 @@ func pgScanKey(row pgx.Row) (*Key, error) {
 	}
 	k.Description, k.Policy = string(description), string(policy)
 	k.CreationDate, k.DeletionDate, k.NextRotationDate = fromNanos(created), fromNanos(deletion), fromNanos(nextRot)
-	var ms []material
-	if err := json.Unmarshal([]byte(materialsJSON), &ms); err != nil {
-		return nil, fmt.Errorf("store: key %s: materials: %w", k.ID, err)
-	}
-	if len(ms) > 0 {
-		k.Materials = make([]Material, len(ms))
-	}
-	for i, m := range ms {
-		k.Materials[i] = Material{ID: m.ID, TokenID: m.TokenID, CreationDate: fromNanos(m.CreationDate), RotationType: m.RotationType}
+	if k.Materials, err = decodeMaterials(k.ID, materialsJSON); err != nil {
+		return nil, err
 	}
 	return &k, nil
 }
@@ -467,9 +479,25 @@ func (p *PostgreSQL) CreateKey(ctx context.Context, k *Key, tags []Tag) error {
 			} else if !ok {
 				return ErrNotFound
 			}
+			if k.XksKeyID != "" && storable(k.XksKeyID) {
+				// A key committed after this looks is caught by the
+				// unique index keys_xks_key.
+				if taken, err := pgExists(ctx, tx, `SELECT 1 FROM keys WHERE custom_key_store_id = $1 AND xks_key_id = $2`, k.CustomKeyStoreID, k.XksKeyID); err != nil {
+					return err
+				} else if taken {
+					return ErrXksKeyInUse
+				}
+			}
 		}
-		_, err := tx.Exec(ctx, `INSERT INTO keys (`+pgKeyColumns+`) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18)`, vals...)
-		if uniqueViolation(err) != "" {
+		if err := pgUsableDomainKeys(ctx, tx, k.MaterialStoreID(), newDomainKeys(nil, k)); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `INSERT INTO keys (`+pgKeyColumns+`) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19)`, vals...)
+		switch uniqueViolation(err) {
+		case "":
+		case "keys_xks_key":
+			return ErrXksKeyInUse
+		default:
 			return ErrAlreadyExists
 		}
 		if err != nil {
@@ -498,19 +526,24 @@ func (p *PostgreSQL) UpdateKey(ctx context.Context, account, region, id string, 
 		if err != nil {
 			return err
 		}
+		before := *k
+		before.Materials = slices.Clone(k.Materials)
 		if err := fn(k); err != nil {
 			return err
 		}
 		// The identity is the row's; fn may not move the key.
 		k.Account, k.Region, k.ID = account, region, id
+		if err := pgUsableDomainKeys(ctx, tx, k.MaterialStoreID(), newDomainKeys(&before, k)); err != nil {
+			return err
+		}
 		vals, err := pgKeyValues(k)
 		if err != nil {
 			return err
 		}
 		if err := changeKey(ctx, tx, account, region, id, `UPDATE keys SET description=$1, key_usage=$2, key_spec=$3, origin=$4, state=$5,
 			creation_date=$6, deletion_date=$7, pending_window_days=$8, policy=$9, custom_key_store_id=$10,
-			rotation_enabled=$11, rotation_period_days=$12, next_rotation_date=$13, multi_region=$14, materials=$15
-			WHERE account = $16 AND region = $17 AND id = $18`, append(vals[3:], account, region, id)...); err != nil {
+			rotation_enabled=$11, rotation_period_days=$12, next_rotation_date=$13, multi_region=$14, materials=$15, xks_key_id=$16
+			WHERE account = $17 AND region = $18 AND id = $19`, append(vals[3:], account, region, id)...); err != nil {
 			return err
 		}
 		out = k
@@ -819,18 +852,25 @@ func (p *PostgreSQL) ListTags(ctx context.Context, account, region, keyID, marke
 	return out, next, nil
 }
 
-const pgKeyStoreColumns = `id, account, region, name, cluster_id, trust_anchor, creation_date, connect, password, pending_password`
+const pgKeyStoreColumns = `id, account, region, name, cluster_id, trust_anchor, creation_date, connect, password, pending_password,
+	store_type, xks_connectivity, xks_uri_endpoint, xks_uri_path, xks_access_key_id, xks_vpc_service_name, xks_vpc_service_owner`
 
 func pgScanKeyStore(row pgx.Row) (*KeyStore, error) {
 	var ks KeyStore
 	var name, anchor []byte
 	var created int64
-	err := row.Scan(&ks.ID, &ks.Account, &ks.Region, &name, &ks.ClusterID, &anchor, &created, &ks.Connect, &ks.Password, &ks.PendingPassword)
+	var cluster *string
+	x := &ks.XKS
+	err := row.Scan(&ks.ID, &ks.Account, &ks.Region, &name, &cluster, &anchor, &created, &ks.Connect, &ks.Password, &ks.PendingPassword,
+		&ks.Type, &x.Connectivity, &x.URIEndpoint, &x.URIPath, &x.AccessKeyID, &x.VpcEndpointServiceName, &x.VpcEndpointServiceOwner)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, ErrNotFound
 	}
 	if err != nil {
 		return nil, err
+	}
+	if cluster != nil {
+		ks.ClusterID = *cluster
 	}
 	ks.Name, ks.TrustAnchor = string(name), string(anchor)
 	ks.CreationDate = fromNanos(created)
@@ -853,6 +893,9 @@ func keyStoreViolation(err error) error {
 }
 
 func (p *PostgreSQL) CreateKeyStore(ctx context.Context, ks *KeyStore, limit int) error {
+	if ks.Type == "" {
+		ks.Type = StoreTypeCloudHSM // the type AWS gives a store created without one
+	}
 	return p.tx(ctx, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1, hashtext($2))`, pgKeyStoreLockClass, ks.Account+"\x1f"+ks.Region); err != nil {
 			return err
@@ -867,32 +910,54 @@ func (p *PostgreSQL) CreateKeyStore(ctx context.Context, ks *KeyStore, limit int
 		if n >= limit {
 			return ErrLimitExceeded
 		}
-		_, err := tx.Exec(ctx, `INSERT INTO key_stores (`+pgKeyStoreColumns+`) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)`,
-			ks.ID, ks.Account, ks.Region, bytesOf(ks.Name), ks.ClusterID, bytesOf(ks.TrustAnchor), toNanos(ks.CreationDate), ks.Connect, ks.Password, ks.PendingPassword)
+		_, err := tx.Exec(ctx, `INSERT INTO key_stores (`+pgKeyStoreColumns+`) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17)`,
+			pgKeyStoreValues(ks)...)
 		return keyStoreViolation(err)
 	})
 }
 
+// pgKeyStoreValues is SQLite's keyStoreValues with PostgreSQL's BYTEA
+// columns.
+func pgKeyStoreValues(ks *KeyStore) []any {
+	v := keyStoreValues(ks)
+	v[3], v[5] = bytesOf(ks.Name), bytesOf(ks.TrustAnchor)
+	return v
+}
+
 // pgKeyStoreConflict names which of ks's unique columns another store (not
 // self) already has, the cluster first, as SQLite's keyStoreConflict does.
-// A store committed after this looks is caught by the unique indexes.
+// A store committed after this looks is caught by the unique indexes; two
+// external key stores of one account and region are serialized by the
+// advisory lock CreateKeyStore and UpdateKeyStore take.
 func pgKeyStoreConflict(ctx context.Context, tx pgx.Tx, ks *KeyStore, self string) error {
-	if !storable(ks.ClusterID, ks.Account, ks.Region) {
+	if !storable(ks.ClusterID, ks.Account, ks.Region, ks.XKS.URIEndpoint, ks.XKS.URIPath) {
 		// Nothing stored can conflict; the insert will say what is wrong.
 		return nil
 	}
-	if taken, err := pgExists(ctx, tx, `SELECT 1 FROM key_stores WHERE cluster_id = $1 AND id != $2`, ks.ClusterID, self); err != nil || taken {
-		if taken {
-			return ErrClusterInUse
+	if ks.ClusterID != "" {
+		if taken, err := pgExists(ctx, tx, `SELECT 1 FROM key_stores WHERE cluster_id = $1 AND id != $2`, ks.ClusterID, self); err != nil || taken {
+			if taken {
+				return ErrClusterInUse
+			}
+			return err
 		}
-		return err
 	}
+
 	if taken, err := pgExists(ctx, tx, `SELECT 1 FROM key_stores WHERE account = $1 AND region = $2 AND name = $3 AND id != $4`,
 		ks.Account, ks.Region, bytesOf(ks.Name), self); err != nil || taken {
 		if taken {
 			return ErrKeyStoreNameInUse
 		}
 		return err
+	}
+	if ks.Type == StoreTypeExternal {
+		if taken, err := pgExists(ctx, tx, `SELECT 1 FROM key_stores WHERE account = $1 AND region = $2 AND store_type = $3 AND xks_uri_endpoint = $4 AND xks_uri_path = $5 AND id != $6`,
+			ks.Account, ks.Region, StoreTypeExternal, ks.XKS.URIEndpoint, ks.XKS.URIPath, self); err != nil || taken {
+			if taken {
+				return ErrXksProxyURIInUse
+			}
+			return err
+		}
 	}
 	return nil
 }
@@ -945,17 +1010,25 @@ func (p *PostgreSQL) UpdateKeyStore(ctx context.Context, id string, fn func(*Key
 		if err != nil {
 			return err
 		}
-		account, region := ks.Account, ks.Region
+		account, region, typ := ks.Account, ks.Region, ks.Type
 		if err := fn(ks); err != nil {
 			return err
 		}
-		// The identity is the row's; fn may not move the store.
-		ks.ID, ks.Account, ks.Region = id, account, region
+		// The identity and type are the row's; fn may not change them.
+		ks.ID, ks.Account, ks.Region, ks.Type = id, account, region, typ
+		if typ == StoreTypeExternal {
+			// The proxy URI is unique in the account and region: take
+			// the lock CreateKeyStore takes there.
+			if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1, hashtext($2))`, pgKeyStoreLockClass, account+"\x1f"+region); err != nil {
+				return err
+			}
+		}
 		if err := pgKeyStoreConflict(ctx, tx, ks, id); err != nil {
 			return err
 		}
-		_, err = tx.Exec(ctx, `UPDATE key_stores SET name = $1, cluster_id = $2, trust_anchor = $3, connect = $4, password = $5, pending_password = $6 WHERE id = $7`,
-			bytesOf(ks.Name), ks.ClusterID, bytesOf(ks.TrustAnchor), ks.Connect, ks.Password, ks.PendingPassword, id)
+		_, err = tx.Exec(ctx, `UPDATE key_stores SET name = $1, cluster_id = $2, trust_anchor = $3, connect = $4, password = $5, pending_password = $6,
+			xks_connectivity = $7, xks_uri_endpoint = $8, xks_uri_path = $9, xks_access_key_id = $10, xks_vpc_service_name = $11, xks_vpc_service_owner = $12
+			WHERE id = $13`, keyStoreUpdateValues(pgKeyStoreValues(ks), id)...)
 		out = ks
 		return keyStoreViolation(err)
 	})
@@ -986,6 +1059,9 @@ func (p *PostgreSQL) DeleteKeyStore(ctx context.Context, id string) error {
 			return &KeyStoreNotEmptyError{Keys: n}
 		}
 		if _, err := tx.Exec(ctx, `DELETE FROM key_stores WHERE id = $1`, id); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM domain_keys WHERE key_store_id = $1`, id); err != nil {
 			return err
 		}
 		_, err := tx.Exec(ctx, `DELETE FROM token_identities WHERE key_store_id = $1`, id)
@@ -1035,6 +1111,9 @@ func (p *PostgreSQL) DeleteKeyOrphaning(ctx context.Context, k *Key, now time.Ti
 		arn := "arn:aws:kms:" + k.Region + ":" + k.Account + ":key/" + k.ID
 		b := &pgx.Batch{}
 		for _, m := range k.Materials {
+			if len(m.Wrapped) > 0 {
+				continue // nothing of it is on the token
+			}
 			tokenID := m.TokenID
 			if tokenID == nil {
 				tokenID = []byte{}

@@ -9,7 +9,9 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -88,7 +90,38 @@ var migrations = []string{
 		key_store_id TEXT PRIMARY KEY, cluster_id TEXT NOT NULL,
 		marker BLOB NOT NULL, serial TEXT NOT NULL, label TEXT NOT NULL, recorded INTEGER NOT NULL
 	);`,
-	// 6: each key's last successful cryptographic use (GetKeyLastUsage),
+	// 6: external key stores. A store has a type; an external one has no
+	// cluster (NULL: the column stays unique among CloudHSM stores, which
+	// SQLite can only make nullable by rebuilding the table) and a proxy
+	// whose URI is unique in its account and region; a key of it names
+	// its external key, unique within the store.
+	`CREATE TABLE key_stores_v6 (
+		id TEXT PRIMARY KEY, account TEXT NOT NULL, region TEXT NOT NULL,
+		name TEXT NOT NULL, cluster_id TEXT UNIQUE, trust_anchor TEXT NOT NULL,
+		creation_date INTEGER NOT NULL, connect INTEGER NOT NULL,
+		password BLOB, pending_password BLOB,
+		store_type TEXT NOT NULL DEFAULT 'AWS_CLOUDHSM',
+		xks_connectivity TEXT NOT NULL DEFAULT '', xks_uri_endpoint TEXT NOT NULL DEFAULT '',
+		xks_uri_path TEXT NOT NULL DEFAULT '', xks_access_key_id TEXT NOT NULL DEFAULT '',
+		xks_vpc_service_name TEXT NOT NULL DEFAULT '', xks_vpc_service_owner TEXT NOT NULL DEFAULT ''
+	);
+	INSERT INTO key_stores_v6 (id, account, region, name, cluster_id, trust_anchor, creation_date, connect, password, pending_password)
+		SELECT id, account, region, name, cluster_id, trust_anchor, creation_date, connect, password, pending_password FROM key_stores;
+	DROP TABLE key_stores;
+	ALTER TABLE key_stores_v6 RENAME TO key_stores;
+	CREATE UNIQUE INDEX key_stores_name ON key_stores (account, region, name);
+	CREATE INDEX key_stores_xks_uri ON key_stores (account, region, xks_uri_endpoint, xks_uri_path);
+	ALTER TABLE keys ADD COLUMN xks_key_id TEXT NOT NULL DEFAULT '';
+	CREATE UNIQUE INDEX keys_xks_key ON keys (custom_key_store_id, xks_key_id) WHERE xks_key_id != '';`,
+	// 7: the domain keys of each key store ('' for the default key store)
+	// that wrap the material of keys held wrapped. Which domain key wraps
+	// a material is in the material's JSON (domain_key), beside the
+	// wrapped bytes (wrapped); those need no column.
+	`CREATE TABLE domain_keys (
+		key_store_id TEXT NOT NULL, id TEXT NOT NULL, state TEXT NOT NULL, created INTEGER NOT NULL,
+		PRIMARY KEY (key_store_id, id)
+	);`,
+	// 8: each key's last successful cryptographic use (GetKeyLastUsage),
 	// going with its key, and where tracking stands: when it began, and
 	// the audit trail record up to which usage is stored (one row).
 	`CREATE TABLE key_last_usage (
@@ -107,8 +140,12 @@ var migrations = []string{
 type SQLite struct {
 	db     *sql.DB
 	getKey *sql.Stmt
-	// writer admits one of this process's writes at a time; see lockWrites.
-	writer chan struct{}
+	// writes go to the committer (sqlite_commit.go), which runs them
+	// together, a transaction and a commit for all that are waiting.
+	writes chan *write
+	stop   chan struct{}
+	done   chan struct{}
+	closer sync.Once
 }
 
 var _ Store = (*SQLite)(nil)
@@ -134,7 +171,7 @@ func OpenSQLite(path string) (*SQLite, error) {
 	}
 	db.SetMaxOpenConns(16)
 	db.SetMaxIdleConns(16)
-	s := &SQLite{db: db, writer: make(chan struct{}, 1)}
+	s := &SQLite{db: db, writes: make(chan *write), stop: make(chan struct{}), done: make(chan struct{})}
 	if err := s.migrate(); err != nil {
 		db.Close()
 		return nil, err
@@ -143,6 +180,7 @@ func OpenSQLite(path string) (*SQLite, error) {
 		db.Close()
 		return nil, fmt.Errorf("store: %w", err)
 	}
+	go s.committer()
 	return s, nil
 }
 
@@ -193,13 +231,15 @@ func (s *SQLite) migrateOne() (done bool, err error) {
 }
 
 func (s *SQLite) Close() error {
+	s.closer.Do(func() { close(s.stop) })
+	<-s.done
 	s.getKey.Close()
 	return s.db.Close()
 }
 
 const keyColumns = `account, region, id, description, key_usage, key_spec, origin, state,
 	creation_date, deletion_date, pending_window_days, policy, custom_key_store_id,
-	rotation_enabled, rotation_period_days, next_rotation_date, multi_region, materials`
+	rotation_enabled, rotation_period_days, next_rotation_date, multi_region, materials, xks_key_id`
 
 type scanner interface{ Scan(...any) error }
 
@@ -209,6 +249,57 @@ type material struct {
 	TokenID      []byte `json:"token_id"`
 	CreationDate int64  `json:"created"`
 	RotationType string `json:"rotation_type,omitempty"`
+	Wrapped      []byte `json:"wrapped,omitempty"`
+	DomainKey    string `json:"domain_key,omitempty"`
+}
+
+func (m material) Material() Material {
+	return Material{ID: m.ID, TokenID: m.TokenID, CreationDate: fromNanos(m.CreationDate), RotationType: m.RotationType,
+		Wrapped: m.Wrapped, DomainKey: m.DomainKey}
+}
+
+func materialOf(m Material) material {
+	return material{ID: m.ID, TokenID: m.TokenID, CreationDate: toNanos(m.CreationDate), RotationType: m.RotationType,
+		Wrapped: m.Wrapped, DomainKey: m.DomainKey}
+}
+
+// decodeMaterials reads the JSON column.
+func decodeMaterials(id, js string) ([]Material, error) {
+	ms, ok := decodeMaterialsFast(js)
+	if !ok {
+		if err := json.Unmarshal([]byte(js), &ms); err != nil {
+			return nil, fmt.Errorf("store: key %s: materials: %w", id, err)
+		}
+	}
+	if len(ms) == 0 {
+		return nil, nil
+	}
+	out := make([]Material, len(ms))
+	for i, m := range ms {
+		out[i] = m.Material()
+	}
+	return out, nil
+}
+
+// newDomainKeys lists the domain keys that after's materials name and
+// before's (nil for a new key) do not: what a write must check.
+func newDomainKeys(before, after *Key) []string {
+	var out []string
+	for _, m := range after.Materials {
+		if m.DomainKey == "" || slices.Contains(out, m.DomainKey) {
+			continue
+		}
+		named := false
+		if before != nil {
+			for _, b := range before.Materials {
+				named = named || b.DomainKey == m.DomainKey
+			}
+		}
+		if !named {
+			out = append(out, m.DomainKey)
+		}
+	}
+	return out
 }
 
 func scanKey(row scanner) (*Key, error) {
@@ -220,7 +311,7 @@ func scanKey(row scanner) (*Key, error) {
 	)
 	err := row.Scan(&k.Account, &k.Region, &k.ID, &k.Description, &k.KeyUsage, &k.KeySpec, &k.Origin, &k.State,
 		&created, &deletion, &k.PendingWindowDays, &k.Policy, &k.CustomKeyStoreID,
-		&rotationEnabled, &k.RotationPeriodDays, &nextRot, &multiRegion, &materialsJSON)
+		&rotationEnabled, &k.RotationPeriodDays, &nextRot, &multiRegion, &materialsJSON, &k.XksKeyID)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, ErrNotFound
 	}
@@ -229,15 +320,8 @@ func scanKey(row scanner) (*Key, error) {
 	}
 	k.CreationDate, k.DeletionDate, k.NextRotationDate = fromNanos(created), fromNanos(deletion), fromNanos(nextRot)
 	k.RotationEnabled, k.MultiRegion = rotationEnabled, multiRegion
-	var ms []material
-	if err := json.Unmarshal([]byte(materialsJSON), &ms); err != nil {
-		return nil, fmt.Errorf("store: key %s: materials: %w", k.ID, err)
-	}
-	if len(ms) > 0 {
-		k.Materials = make([]Material, len(ms))
-	}
-	for i, m := range ms {
-		k.Materials[i] = Material{ID: m.ID, TokenID: m.TokenID, CreationDate: fromNanos(m.CreationDate), RotationType: m.RotationType}
+	if k.Materials, err = decodeMaterials(k.ID, materialsJSON); err != nil {
+		return nil, err
 	}
 	return &k, nil
 }
@@ -245,7 +329,7 @@ func scanKey(row scanner) (*Key, error) {
 func keyValues(k *Key) ([]any, error) {
 	ms := make([]material, len(k.Materials))
 	for i, m := range k.Materials {
-		ms[i] = material{ID: m.ID, TokenID: m.TokenID, CreationDate: toNanos(m.CreationDate), RotationType: m.RotationType}
+		ms[i] = materialOf(m)
 	}
 	mj, err := json.Marshal(ms)
 	if err != nil {
@@ -253,7 +337,7 @@ func keyValues(k *Key) ([]any, error) {
 	}
 	return []any{k.Account, k.Region, k.ID, k.Description, k.KeyUsage, k.KeySpec, k.Origin, k.State,
 		toNanos(k.CreationDate), toNanos(k.DeletionDate), k.PendingWindowDays, k.Policy, k.CustomKeyStoreID,
-		k.RotationEnabled, k.RotationPeriodDays, toNanos(k.NextRotationDate), k.MultiRegion, string(mj)}, nil
+		k.RotationEnabled, k.RotationPeriodDays, toNanos(k.NextRotationDate), k.MultiRegion, string(mj), k.XksKeyID}, nil
 }
 
 // Times are Unix nanoseconds; 0 is the zero time.
@@ -290,8 +374,18 @@ func (s *SQLite) CreateKey(ctx context.Context, k *Key, tags []Tag) error {
 			} else if !ok {
 				return ErrNotFound
 			}
+			if k.XksKeyID != "" {
+				if taken, err := exists(ctx, tx, `SELECT 1 FROM keys WHERE custom_key_store_id = ? AND xks_key_id = ?`, k.CustomKeyStoreID, k.XksKeyID); err != nil {
+					return err
+				} else if taken {
+					return ErrXksKeyInUse
+				}
+			}
 		}
-		_, err := tx.ExecContext(ctx, `INSERT INTO keys (`+keyColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`, vals...)
+		if err := usableDomainKeys(ctx, tx, k.MaterialStoreID(), newDomainKeys(nil, k)); err != nil {
+			return err
+		}
+		_, err := tx.ExecContext(ctx, `INSERT INTO keys (`+keyColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`, vals...)
 		if isConstraint(err) {
 			return ErrAlreadyExists
 		}
@@ -315,18 +409,23 @@ func (s *SQLite) UpdateKey(ctx context.Context, account, region, id string, fn f
 		if err != nil {
 			return err
 		}
+		before := *k
+		before.Materials = slices.Clone(k.Materials)
 		if err := fn(k); err != nil {
 			return err
 		}
 		// The identity is the row's; fn may not move the key.
 		k.Account, k.Region, k.ID = account, region, id
+		if err := usableDomainKeys(ctx, tx, k.MaterialStoreID(), newDomainKeys(&before, k)); err != nil {
+			return err
+		}
 		vals, err := keyValues(k)
 		if err != nil {
 			return err
 		}
 		_, err = tx.ExecContext(ctx, `UPDATE keys SET description=?, key_usage=?, key_spec=?, origin=?, state=?,
 			creation_date=?, deletion_date=?, pending_window_days=?, policy=?, custom_key_store_id=?,
-			rotation_enabled=?, rotation_period_days=?, next_rotation_date=?, multi_region=?, materials=?
+			rotation_enabled=?, rotation_period_days=?, next_rotation_date=?, multi_region=?, materials=?, xks_key_id=?
 			WHERE account = ? AND region = ? AND id = ?`, append(vals[3:], account, region, id)...)
 		out = k
 		return err
@@ -668,48 +767,15 @@ func (s *SQLite) ListTags(ctx context.Context, account, region, keyID, marker st
 	return out, next, nil
 }
 
-// lockWrites queues this process's writers in Go. SQLite admits one writer
-// at a time regardless, but its busy handler polls with sleeps of up to
-// 100ms, which is unfair: under contention an unlucky writer can sleep past
-// busy_timeout and fail with SQLITE_BUSY, and the others wait longer than
-// they need (BenchmarkUpdateKey was 5-35% slower without this, depending on
-// fsync latency). Readers never take it, and another process on the same
-// file still meets the busy handler. A channel rather than a mutex so that
-// a waiter honours its context.
-func (s *SQLite) lockWrites(ctx context.Context) (unlock func(), err error) {
-	select {
-	case s.writer <- struct{}{}:
-		return func() { <-s.writer }, nil
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-}
-
-// exec runs a single-statement write; SQLite commits it on its own.
+// exec runs a single-statement write, as a write of its own.
 func (s *SQLite) exec(ctx context.Context, query string, args ...any) (sql.Result, error) {
-	unlock, err := s.lockWrites(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer unlock()
-	return s.db.ExecContext(ctx, query, args...)
-}
-
-func (s *SQLite) tx(ctx context.Context, fn func(*sql.Tx) error) error {
-	unlock, err := s.lockWrites(ctx)
-	if err != nil {
+	var res sql.Result
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		var err error
+		res, err = tx.ExecContext(ctx, query, args...)
 		return err
-	}
-	defer unlock()
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return err
-	}
-	if err := fn(tx); err != nil {
-		tx.Rollback()
-		return err
-	}
-	return tx.Commit()
+	})
+	return res, err
 }
 
 // Markers are the last sort key returned, so a page is stable under
@@ -760,23 +826,58 @@ func storable(ss ...string) bool {
 	return true
 }
 
-const keyStoreColumns = `id, account, region, name, cluster_id, trust_anchor, creation_date, connect, password, pending_password`
+const keyStoreColumns = `id, account, region, name, cluster_id, trust_anchor, creation_date, connect, password, pending_password,
+	store_type, xks_connectivity, xks_uri_endpoint, xks_uri_path, xks_access_key_id, xks_vpc_service_name, xks_vpc_service_owner`
 
 func scanKeyStore(row scanner) (*KeyStore, error) {
 	var ks KeyStore
 	var created int64
-	err := row.Scan(&ks.ID, &ks.Account, &ks.Region, &ks.Name, &ks.ClusterID, &ks.TrustAnchor, &created, &ks.Connect, &ks.Password, &ks.PendingPassword)
+	var cluster sql.NullString
+	x := &ks.XKS
+	err := row.Scan(&ks.ID, &ks.Account, &ks.Region, &ks.Name, &cluster, &ks.TrustAnchor, &created, &ks.Connect, &ks.Password, &ks.PendingPassword,
+		&ks.Type, &x.Connectivity, &x.URIEndpoint, &x.URIPath, &x.AccessKeyID, &x.VpcEndpointServiceName, &x.VpcEndpointServiceOwner)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, ErrNotFound
 	}
 	if err != nil {
 		return nil, err
 	}
+	ks.ClusterID = cluster.String
 	ks.CreationDate = fromNanos(created)
 	return &ks, nil
 }
 
+// keyStoreUpdateValues picks, from keyStoreValues, what UpdateKeyStore
+// sets: every column but the id, account, region, creation date and type,
+// then the id.
+func keyStoreUpdateValues(v []any, id string) []any {
+	out := make([]any, 0, 13)
+	out = append(out, v[3], v[4], v[5], v[7], v[8], v[9])
+	out = append(out, v[11:17]...)
+	return append(out, id)
+}
+
+// keyStoreValues are ks's columns in keyStoreColumns' order. A store
+// without a cluster (an external key store) stores NULL, so that the
+// unique cluster column only compares clusters.
+func keyStoreValues(ks *KeyStore) []any {
+	var cluster any
+	if ks.ClusterID != "" {
+		cluster = ks.ClusterID
+	}
+	typ := ks.Type
+	if typ == "" {
+		typ = StoreTypeCloudHSM
+	}
+	x := ks.XKS
+	return []any{ks.ID, ks.Account, ks.Region, ks.Name, cluster, ks.TrustAnchor, toNanos(ks.CreationDate), ks.Connect, ks.Password, ks.PendingPassword,
+		typ, x.Connectivity, x.URIEndpoint, x.URIPath, x.AccessKeyID, x.VpcEndpointServiceName, x.VpcEndpointServiceOwner}
+}
+
 func (s *SQLite) CreateKeyStore(ctx context.Context, ks *KeyStore, limit int) error {
+	if ks.Type == "" {
+		ks.Type = StoreTypeCloudHSM // the type AWS gives a store created without one
+	}
 	return s.tx(ctx, func(tx *sql.Tx) error {
 		if err := keyStoreConflict(ctx, tx, ks, ""); err != nil {
 			return err
@@ -788,8 +889,8 @@ func (s *SQLite) CreateKeyStore(ctx context.Context, ks *KeyStore, limit int) er
 		if n >= limit {
 			return ErrLimitExceeded
 		}
-		_, err := tx.ExecContext(ctx, `INSERT INTO key_stores (`+keyStoreColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?)`,
-			ks.ID, ks.Account, ks.Region, ks.Name, ks.ClusterID, ks.TrustAnchor, toNanos(ks.CreationDate), ks.Connect, ks.Password, ks.PendingPassword)
+		_, err := tx.ExecContext(ctx, `INSERT INTO key_stores (`+keyStoreColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+			keyStoreValues(ks)...)
 		if isConstraint(err) {
 			return ErrAlreadyExists // the id: random, so a bug
 		}
@@ -799,13 +900,16 @@ func (s *SQLite) CreateKeyStore(ctx context.Context, ks *KeyStore, limit int) er
 
 // keyStoreConflict names which of ks's unique columns another store (not
 // self) already has: the cluster first, then the name in its account and
-// region. The unique indexes would refuse either, but not say which.
+// region, then an external key store's proxy URI there. The unique
+// indexes would refuse the first two, but not say which.
 func keyStoreConflict(ctx context.Context, tx *sql.Tx, ks *KeyStore, self string) error {
-	if taken, err := exists(ctx, tx, `SELECT 1 FROM key_stores WHERE cluster_id = ? AND id != ?`, ks.ClusterID, self); err != nil || taken {
-		if taken {
-			return ErrClusterInUse
+	if ks.ClusterID != "" {
+		if taken, err := exists(ctx, tx, `SELECT 1 FROM key_stores WHERE cluster_id = ? AND id != ?`, ks.ClusterID, self); err != nil || taken {
+			if taken {
+				return ErrClusterInUse
+			}
+			return err
 		}
-		return err
 	}
 	if taken, err := exists(ctx, tx, `SELECT 1 FROM key_stores WHERE account = ? AND region = ? AND name = ? AND id != ?`,
 		ks.Account, ks.Region, ks.Name, self); err != nil || taken {
@@ -813,6 +917,15 @@ func keyStoreConflict(ctx context.Context, tx *sql.Tx, ks *KeyStore, self string
 			return ErrKeyStoreNameInUse
 		}
 		return err
+	}
+	if ks.Type == StoreTypeExternal {
+		if taken, err := exists(ctx, tx, `SELECT 1 FROM key_stores WHERE account = ? AND region = ? AND store_type = ? AND xks_uri_endpoint = ? AND xks_uri_path = ? AND id != ?`,
+			ks.Account, ks.Region, StoreTypeExternal, ks.XKS.URIEndpoint, ks.XKS.URIPath, self); err != nil || taken {
+			if taken {
+				return ErrXksProxyURIInUse
+			}
+			return err
+		}
 	}
 	return nil
 }
@@ -853,17 +966,19 @@ func (s *SQLite) UpdateKeyStore(ctx context.Context, id string, fn func(*KeyStor
 		if err != nil {
 			return err
 		}
-		account, region := ks.Account, ks.Region
+		account, region, typ := ks.Account, ks.Region, ks.Type
 		if err := fn(ks); err != nil {
 			return err
 		}
-		// The identity is the row's; fn may not move the store.
-		ks.ID, ks.Account, ks.Region = id, account, region
+		// The identity and type are the row's; fn may not change them.
+		ks.ID, ks.Account, ks.Region, ks.Type = id, account, region, typ
 		if err := keyStoreConflict(ctx, tx, ks, id); err != nil {
 			return err
 		}
-		_, err = tx.ExecContext(ctx, `UPDATE key_stores SET name = ?, cluster_id = ?, trust_anchor = ?, connect = ?, password = ?, pending_password = ? WHERE id = ?`,
-			ks.Name, ks.ClusterID, ks.TrustAnchor, ks.Connect, ks.Password, ks.PendingPassword, id)
+		v := keyStoreValues(ks)
+		_, err = tx.ExecContext(ctx, `UPDATE key_stores SET name = ?, cluster_id = ?, trust_anchor = ?, connect = ?, password = ?, pending_password = ?,
+			xks_connectivity = ?, xks_uri_endpoint = ?, xks_uri_path = ?, xks_access_key_id = ?, xks_vpc_service_name = ?, xks_vpc_service_owner = ?
+			WHERE id = ?`, keyStoreUpdateValues(v, id)...)
 		if isConstraint(err) {
 			return ErrAlreadyExists // keyStoreConflict looked first: a bug
 		}
@@ -891,6 +1006,9 @@ func (s *SQLite) DeleteKeyStore(ctx context.Context, id string) error {
 			return &KeyStoreNotEmptyError{Keys: n}
 		}
 		if _, err := tx.ExecContext(ctx, `DELETE FROM key_stores WHERE id = ?`, id); err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM domain_keys WHERE key_store_id = ?`, id); err != nil {
 			return err
 		}
 		_, err := tx.ExecContext(ctx, `DELETE FROM token_identities WHERE key_store_id = ?`, id)
@@ -929,6 +1047,9 @@ func (s *SQLite) DeleteKeyOrphaning(ctx context.Context, k *Key, now time.Time) 
 		}
 		arn := "arn:aws:kms:" + k.Region + ":" + k.Account + ":key/" + k.ID
 		for _, m := range k.Materials {
+			if len(m.Wrapped) > 0 {
+				continue // nothing of it is on the token
+			}
 			if _, err := tx.ExecContext(ctx, `INSERT INTO orphans (key_store_id, key_arn, token_id, deleted) VALUES (?,?,?,?)`,
 				k.CustomKeyStoreID, arn, m.TokenID, toNanos(now)); err != nil {
 				return err

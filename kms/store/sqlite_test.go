@@ -1,9 +1,12 @@
 package store
 
 import (
+	"database/sql"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -74,4 +77,58 @@ func TestIsConstraint(t *testing.T) {
 	require.ErrorAs(t, err, &se)
 	require.True(t, isConstraint(err))
 	require.False(t, isConstraint(errors.New("x")))
+}
+
+// TestGroupCommit: writes committed together keep each its own outcome: a
+// failing or panicking write is undone alone, and the rules checked in a
+// transaction hold across the group.
+func TestGroupCommit(t *testing.T) {
+	s, err := OpenSQLite(filepath.Join(t.TempDir(), "db"))
+	require.NoError(t, err)
+	defer s.Close()
+	var wg sync.WaitGroup
+	boom := errors.New("boom")
+	errs := make([]error, 96)
+	for i := range errs {
+		wg.Go(func() {
+			switch {
+			case i%3 == 0: // all the same key: one may win
+				errs[i] = s.CreateKey(ctx, newKey("111122223333", "us-west-2", "same"), nil)
+			case i%3 == 1: // written, then failed: undone
+				errs[i] = s.tx(ctx, func(tx *sql.Tx) error {
+					if _, err := tx.ExecContext(ctx, `INSERT INTO token_identities (key_store_id, cluster_id, marker, serial, label, recorded) VALUES (?,'',x'00','','',0)`, fmt.Sprint("undone-", i)); err != nil {
+						return err
+					}
+					if i%2 == 0 {
+						panic("in a write")
+					}
+					return boom
+				})
+			default:
+				errs[i] = s.CreateKey(ctx, newKey("111122223333", "us-west-2", fmt.Sprint("k", i)), nil)
+			}
+		})
+	}
+	wg.Wait()
+	won := 0
+	for i, err := range errs {
+		switch {
+		case i%3 == 0 && err == nil:
+			won++
+		case i%3 == 0:
+			require.ErrorIs(t, err, ErrAlreadyExists)
+		case i%3 == 1 && i%2 == 0:
+			require.ErrorContains(t, err, "a write panicked")
+		case i%3 == 1:
+			require.ErrorIs(t, err, boom)
+		default:
+			require.NoError(t, err)
+		}
+	}
+	require.Equal(t, 1, won, "exactly one of the same key")
+	var n int
+	require.NoError(t, s.db.QueryRow(`SELECT COUNT(*) FROM token_identities`).Scan(&n))
+	require.Zero(t, n, "failed writes were undone")
+	require.NoError(t, s.db.QueryRow(`SELECT COUNT(*) FROM keys`).Scan(&n))
+	require.Equal(t, 1+32, n)
 }

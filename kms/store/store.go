@@ -19,6 +19,22 @@ var (
 	// of key stores a write broke; both are ErrAlreadyExists.
 	ErrClusterInUse      = fmt.Errorf("%w: the cluster backs another key store", ErrAlreadyExists)
 	ErrKeyStoreNameInUse = fmt.Errorf("%w: the key store name is taken in its account and region", ErrAlreadyExists)
+	// ErrXksProxyURIInUse: another external key store of the account and
+	// region has the same proxy endpoint and path.
+	ErrXksProxyURIInUse = fmt.Errorf("%w: the external key store proxy URI is taken in its account and region", ErrAlreadyExists)
+	// ErrXksKeyInUse: another key of the external key store has the same
+	// external key.
+	ErrXksKeyInUse = fmt.Errorf("%w: the external key backs another key of the key store", ErrAlreadyExists)
+
+	// ErrDomainKeyUnusable: a material written names a domain key of its
+	// key store that is not ACTIVE or RETIRED (or none at all).
+	ErrDomainKeyUnusable = errors.New("store: key material names a domain key that is being destroyed or unknown")
+	// ErrDomainKeyInUse: RetireDomainKey found material still wrapped under
+	// the domain key.
+	ErrDomainKeyInUse = errors.New("store: key material is still wrapped under the domain key")
+	// ErrDomainKeyState: the domain key is not in a state that allows the
+	// change.
+	ErrDomainKeyState = errors.New("store: the domain key is not in a state that allows this")
 )
 
 // KeyStoreNotEmptyError is DeleteKeyStore's refusal: Keys keys, in any
@@ -29,12 +45,21 @@ func (e *KeyStoreNotEmptyError) Error() string {
 	return fmt.Sprintf("store: key store holds %d keys", e.Keys)
 }
 
-// Material is one version of a key's material: a token object.
+// Material is one version of a key's material: token objects, or material
+// wrapped under one of its key store's domain keys.
 type Material struct {
 	ID           string // hex; AWS's KeyMaterialId
-	TokenID      []byte // CKA_ID of the token object
+	TokenID      []byte // the key store's reference to the version (for token objects, their CKA_ID)
 	CreationDate time.Time
 	RotationType string // "" for the original material, else AUTOMATIC or ON_DEMAND
+	// Wrapped is the material wrapped under the domain key DomainKey, as
+	// the key store gives it (opaque here); both are empty for material
+	// held as token objects. Every write checks, in its transaction, that
+	// a domain key a material newly names is ACTIVE or RETIRED
+	// (ErrDomainKeyUnusable), so that none is named once its destruction
+	// has begun.
+	Wrapped   []byte
+	DomainKey string
 }
 
 // Key is a KMS key's metadata. (Account, Region, ID) identifies it.
@@ -55,6 +80,19 @@ type Key struct {
 	NextRotationDate    time.Time
 	MultiRegion         bool
 	Materials           []Material // oldest first; the last is current
+	// XksKeyID is, for a key of an external key store, the id of its
+	// external key (unique within the store); "" for every other key.
+	XksKeyID string
+}
+
+// MaterialStoreID is the key store whose token holds k's material: its
+// own, except for a key of an external key store, whose material (the
+// inner layer of its double encryption) is the default key store's.
+func (k *Key) MaterialStoreID() string {
+	if k.XksKeyID != "" {
+		return ""
+	}
+	return k.CustomKeyStoreID
 }
 
 // Alias names a key within one account and region.
@@ -68,22 +106,49 @@ type Alias struct {
 
 type Tag struct{ Key, Value string }
 
+// The types of custom key store.
+const (
+	StoreTypeCloudHSM = "AWS_CLOUDHSM"
+	StoreTypeExternal = "EXTERNAL_KEY_STORE"
+)
+
 // KeyStore is a custom key store. Its ID is unique across accounts (keys
-// refer to it by ID alone), and a cluster backs at most one store.
+// refer to it by ID alone), a cluster backs at most one store, and an
+// external key store's proxy URI (endpoint and path) is unique in its
+// account and region.
 type KeyStore struct {
 	ID, Account, Region string
 	Name                string
-	ClusterID           string
-	TrustAnchor         string
-	CreationDate        time.Time
+	// Type is StoreTypeCloudHSM or StoreTypeExternal; it never changes.
+	Type string
+	// ClusterID and TrustAnchor are an AWS_CLOUDHSM store's; "" for an
+	// external key store.
+	ClusterID    string
+	TrustAnchor  string
+	CreationDate time.Time
+	// XKS is an external key store's proxy; zero for a CloudHSM store.
+	XKS XKSProxy
 	// Connect records that the store should be connected: set by
 	// ConnectCustomKeyStore, cleared by DisconnectCustomKeyStore, so a
 	// restart reconnects what was connected.
 	Connect bool
 	// Password and PendingPassword are the kmsuser password, encrypted by
 	// the caller; the store never sees them in clear. PendingPassword is
-	// set while a rotation is in flight.
+	// set while a rotation is in flight. For an external key store,
+	// Password is its proxy credential's secret access key, encrypted
+	// alike, and PendingPassword is unused.
 	Password, PendingPassword []byte
+}
+
+// XKSProxy is how an external key store reaches its proxy (AWS's
+// XksProxyConfiguration, less the secret, which is the store's Password).
+type XKSProxy struct {
+	Connectivity            string // PUBLIC_ENDPOINT or VPC_ENDPOINT_SERVICE
+	URIEndpoint             string // https://host
+	URIPath                 string // [/prefix]/kms/xks/v1
+	AccessKeyID             string
+	VpcEndpointServiceName  string
+	VpcEndpointServiceOwner string
 }
 
 // TokenIdentity is what is recorded of the token behind a key store, to
@@ -97,6 +162,30 @@ type TokenIdentity struct {
 	Label      string
 	Recorded   time.Time
 }
+
+// DomainKey is a key store's domain key as recorded: the key on its token
+// that wraps the material of its keys held wrapped. At most one per store
+// is ACTIVE. The states, in the order a key goes through them:
+//
+//	PENDING     recorded before it is made on the token; wraps nothing
+//	ACTIVE      wraps new material
+//	RETIRED     a newer key is ACTIVE; material still under this one is
+//	            being rewrapped
+//	DESTROYING  nothing names it (checked in the transaction that set the
+//	            state); its token object is being destroyed, then the row
+type DomainKey struct {
+	KeyStoreID string // "" for the default key store
+	ID         string // what materials record (Material.DomainKey)
+	State      string
+	Created    time.Time
+}
+
+const (
+	DomainKeyPending    = "PENDING"
+	DomainKeyActive     = "ACTIVE"
+	DomainKeyRetired    = "RETIRED"
+	DomainKeyDestroying = "DESTROYING"
+)
 
 // Orphan is a token object left behind when its key was deleted while its
 // key store was disconnected.
@@ -195,11 +284,17 @@ func sameSet(a, b []string) bool {
 //	                          one store per cluster: ErrClusterInUse; names: ErrKeyStoreNameInUse
 //	UpdateKeyStore            ErrClusterInUse, ErrKeyStoreNameInUse
 //	DeleteKeyStore            only an empty store: *KeyStoreNotEmptyError
-//	CreateKey                 a key's custom key store exists: ErrNotFound
-//	UpdateKey                 whatever fn checks (on-demand rotations per key, key states)
+//	                          external key stores' proxy URIs: ErrXksProxyURIInUse
+//	CreateKey                 a key's custom key store exists: ErrNotFound; its external key
+//	                          backs no other key of the store: ErrXksKeyInUse; its materials'
+//	                          domain keys are ACTIVE or RETIRED: ErrDomainKeyUnusable
+//	UpdateKey                 whatever fn checks (on-demand rotations per key, key states); the
+//	                          domain keys materials newly name, as CreateKey
+//	RetireDomainKey           no material of the store names the key: ErrDomainKeyInUse
 type Store interface {
 	// CreateKey stores k with its tags atomically, or ErrNotFound if k
-	// names a custom key store that does not exist. It enforces no tag limit.
+	// names a custom key store that does not exist, or ErrXksKeyInUse if
+	// another key of that store has k's XksKeyID. It enforces no tag limit.
 	CreateKey(ctx context.Context, k *Key, tags []Tag) error
 	GetKey(ctx context.Context, account, region, id string) (*Key, error)
 	// UpdateKey applies fn to the key inside a write transaction and
@@ -243,24 +338,48 @@ type Store interface {
 
 	// CreateKeyStore stores ks. Checked in its transaction, in this order:
 	// its cluster backs no store (ErrClusterInUse), its name is free in its
-	// account and region (ErrKeyStoreNameInUse), and they have fewer than
-	// limit stores (ErrLimitExceeded).
+	// account and region (ErrKeyStoreNameInUse), an external key store's
+	// proxy URI is free there (ErrXksProxyURIInUse), and they have fewer
+	// than limit stores (ErrLimitExceeded).
 	CreateKeyStore(ctx context.Context, ks *KeyStore, limit int) error
 	GetKeyStore(ctx context.Context, id string) (*KeyStore, error)
 	// ListKeyStores lists one account and region's stores by creation.
 	ListKeyStores(ctx context.Context, account, region string) ([]*KeyStore, error)
 	AllKeyStores(ctx context.Context) ([]*KeyStore, error)
 	// UpdateKeyStore applies fn to the store inside a write transaction, as
-	// UpdateKey does; ErrClusterInUse or ErrKeyStoreNameInUse if fn gave it
-	// another store's cluster or name. fn cannot change ID, Account, Region.
+	// UpdateKey does; ErrClusterInUse, ErrKeyStoreNameInUse or
+	// ErrXksProxyURIInUse if fn gave it another store's cluster, name or
+	// proxy URI. fn cannot change ID, Account, Region, Type.
 	UpdateKeyStore(ctx context.Context, id string, fn func(*KeyStore) error) (*KeyStore, error)
 	// DeleteKeyStore deletes an empty store: *KeyStoreNotEmptyError if
-	// keys, in any state, are in it.
+	// keys, in any state, are in it. Its token identity and domain key
+	// records go with it.
 	DeleteKeyStore(ctx context.Context, id string) error
 	// DeleteKeyOrphaning deletes a key (with its aliases, tags and grants)
-	// and records its token objects as orphans, in one transaction.
+	// and records its token objects (not its wrapped materials, which
+	// leave nothing on the token) as orphans, in one transaction.
 	DeleteKeyOrphaning(ctx context.Context, k *Key, now time.Time) error
 	Orphans(ctx context.Context) ([]Orphan, error)
+
+	// DomainKeys lists a key store's domain keys ("" for the default key
+	// store), oldest first.
+	DomainKeys(ctx context.Context, keyStoreID string) ([]*DomainKey, error)
+	// AddDomainKey records dk as PENDING (its State is ignored);
+	// ErrAlreadyExists if the store has a key with its ID.
+	AddDomainKey(ctx context.Context, dk *DomainKey) error
+	// ActivateDomainKey makes the PENDING (or already ACTIVE) key id the
+	// store's ACTIVE one and every other ACTIVE one RETIRED, in one
+	// transaction. ErrNotFound, or ErrDomainKeyState for a RETIRED or
+	// DESTROYING key.
+	ActivateDomainKey(ctx context.Context, keyStoreID, id string) error
+	// RetireDomainKey moves the RETIRED key id to DESTROYING if no
+	// material of the store's keys names it (ErrDomainKeyInUse otherwise),
+	// checked in the transaction that moves it. A key DESTROYING already
+	// is left so; ErrDomainKeyState for a PENDING or ACTIVE one.
+	RetireDomainKey(ctx context.Context, keyStoreID, id string) error
+	// DeleteDomainKey forgets a PENDING or DESTROYING key (ErrNotFound if
+	// there is none; ErrDomainKeyState otherwise).
+	DeleteDomainKey(ctx context.Context, keyStoreID, id string) error
 
 	// TokenIdentity returns what is recorded of a key store's token ("" for
 	// the default key store), or ErrNotFound.

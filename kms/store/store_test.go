@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -316,7 +317,7 @@ func TestKeyStores(t *testing.T) {
 	each(t, func(t *testing.T, d *db) {
 		s := d.open(t)
 		const acct, reg = "111122223333", "us-west-2"
-		ks := &KeyStore{ID: "cks-1", Account: acct, Region: reg, Name: "one", ClusterID: "cluster-a", TrustAnchor: "pem",
+		ks := &KeyStore{ID: "cks-1", Account: acct, Region: reg, Name: "one", Type: StoreTypeCloudHSM, ClusterID: "cluster-a", TrustAnchor: "pem",
 			CreationDate: time.Unix(1700000000, 0).UTC(), Password: []byte{1, 2}}
 		require.NoError(t, s.CreateKeyStore(ctx, ks, testLimit))
 		dupName := *ks
@@ -1295,4 +1296,27 @@ func TestKeyUsage(t *testing.T) {
 		_, err = s.KeyUsage(ctx, k.Account, k.Region, k.ID)
 		require.ErrorIs(t, err, ErrNotFound, "the usage goes with its key")
 	})
+}
+
+// TestKeyCacheBound: the cache keeps at most its size, and what it keeps
+// is right.
+func TestKeyCacheBound(t *testing.T) {
+	s, err := OpenSQLite(filepath.Join(t.TempDir(), "db"))
+	require.NoError(t, err)
+	defer s.Close()
+	c := WithKeyCacheSize(s, 128)
+	const acct, reg = "111122223333", "us-west-2"
+	for i := range 500 {
+		require.NoError(t, c.CreateKey(ctx, newKey(acct, reg, fmt.Sprint("k", i)), nil))
+	}
+	for round := range 3 {
+		for i := range 500 {
+			k, err := c.GetKey(ctx, acct, reg, fmt.Sprint("k", i))
+			require.NoError(t, err)
+			require.Equal(t, fmt.Sprint("k", i), k.ID)
+			require.Equal(t, newKey(acct, reg, fmt.Sprint("k", i)), k, "round %d", round)
+		}
+		require.LessOrEqual(t, c.Len(), 128)
+		require.Positive(t, c.Len())
+	}
 }

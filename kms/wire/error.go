@@ -51,6 +51,17 @@ const (
 	UnrecognizedClient           = "UnrecognizedClientException"
 	UnsupportedOperation         = "UnsupportedOperationException"
 	Validation                   = "ValidationException"
+
+	// External key stores (EXTERNAL_KEY_STORE custom key stores).
+	XksKeyAlreadyInUse                 = "XksKeyAlreadyInUseException"
+	XksKeyInvalidConfiguration         = "XksKeyInvalidConfigurationException"
+	XksKeyNotFound                     = "XksKeyNotFoundException"
+	XksProxyIncorrectAuthentication    = "XksProxyIncorrectAuthenticationCredentialException"
+	XksProxyInvalidConfiguration       = "XksProxyInvalidConfigurationException"
+	XksProxyInvalidResponse            = "XksProxyInvalidResponseException"
+	XksProxyURIInUse                   = "XksProxyUriInUseException"
+	XksProxyURIUnreachable             = "XksProxyUriUnreachableException"
+	XksProxyVpcEndpointServiceNotFound = "XksProxyVpcEndpointServiceNotFoundException"
 )
 
 // Error is an error as AWS KMS reports it: an exception name and a message

@@ -1,0 +1,34 @@
+package keystore
+
+import "sync/atomic"
+
+// Crash tests kill the real server at each step of a domain key rotation
+// (cmd/hsmkms, HSMKMS_KILL_AT): the steps are named here, and a hook set
+// with SetStepHook hears each one as it completes. Without a hook a step
+// costs one atomic load.
+const (
+	StepDomainKeyRecorded   = "domain-key:recorded"   // a new domain key recorded PENDING
+	StepDomainKeyMade       = "domain-key:made"       // and made on the token
+	StepDomainKeyActive     = "domain-key:active"     // and made ACTIVE, the old one RETIRED
+	StepMaterialRewrapped   = "domain-key:rewrapped"  // one material version recorded rewrapped (kms)
+	StepDomainKeyDestroying = "domain-key:destroying" // a RETIRED key recorded DESTROYING
+	StepDomainKeyDestroyed  = "domain-key:destroyed"  // and its token object destroyed
+)
+
+var stepHook atomic.Pointer[func(string)]
+
+// SetStepHook makes fn hear every step from now on (nil: none).
+func SetStepHook(fn func(step string)) {
+	if fn == nil {
+		stepHook.Store(nil)
+		return
+	}
+	stepHook.Store(&fn)
+}
+
+// Step reports that step has completed.
+func Step(step string) {
+	if fn := stepHook.Load(); fn != nil {
+		(*fn)(step)
+	}
+}
