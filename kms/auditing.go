@@ -524,6 +524,26 @@ func sanitizeName(s string) string {
 // its error (as errorCode and errorMessage; the detail goes to the log).
 func (s *Service) serviceAction(ctx context.Context, name, account, region string, res []audit.Resource,
 	act func() (details, response audit.Fields, err error)) error {
+	return s.serviceActionFrom(ctx, audit.KMSSource, name, account, region, res, act)
+}
+
+// HierarchySource is the eventSource of the key hierarchy's internal
+// actions (domain key rotation, material rewrapped or migrated): hsmkms's
+// own, as AWS records none of its HSMs' key management.
+const HierarchySource = "hsmkms.keystore"
+
+// hierarchyAction runs act, an action on a key store's key hierarchy, as
+// an internal action from HierarchySource (see serviceAction).
+func (s *Service) hierarchyAction(ctx context.Context, name string, act func() (details audit.Fields, err error)) error {
+	return s.serviceActionFrom(ctx, HierarchySource, name, "", "", nil, func() (audit.Fields, audit.Fields, error) {
+		d, err := act()
+		return d, nil, err
+	})
+}
+
+// serviceActionFrom is serviceAction with the eventSource given.
+func (s *Service) serviceActionFrom(ctx context.Context, source, name, account, region string, res []audit.Resource,
+	act func() (details, response audit.Fields, err error)) error {
 	if s.trail == nil {
 		_, _, err := act()
 		return err
@@ -531,7 +551,7 @@ func (s *Service) serviceAction(ctx context.Context, name, account, region strin
 	ev := func() *audit.Event {
 		return &audit.Event{
 			EventVersion: audit.EventVersion, UserIdentity: audit.UserIdentity{AccountID: account, InvokedBy: audit.Internal},
-			EventTime: audit.FormatTime(s.now()), EventSource: audit.KMSSource, EventName: name, AWSRegion: region,
+			EventTime: audit.FormatTime(s.now()), EventSource: source, EventName: name, AWSRegion: region,
 			SourceIPAddress: audit.Internal, UserAgent: audit.Internal, EventID: audit.NewID(), Resources: res,
 			EventType: audit.ServiceEvent, ManagementEvent: true, RecipientAccountID: account, EventCategory: "Management",
 		}
