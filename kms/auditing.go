@@ -277,8 +277,29 @@ func (s *Service) requestParameters(r *Request) audit.Fields {
 	case "CreateCustomKeyStore", "UpdateCustomKeyStore":
 		rename(f, "cloudHsmClusterId", "clusterId")
 		drop(&f, "trustAnchorCertificate")
+		if c := xksCredentialOf(r.input); c != nil {
+			// As CloudTrail records an external key store's credential:
+			// the access key id, and the secret hidden.
+			f.Add("xksProxyAuthenticationCredential", audit.Fields{{Name: "accessKeyId", Value: c.AccessKeyId},
+				{Name: "rawSecretAccessKey", Value: hiddenValue}})
+		}
 	}
 	return f
+}
+
+// hiddenValue is what CloudTrail writes in place of a secret parameter.
+const hiddenValue = "HIDDEN_DUE_TO_SECURITY_REASONS"
+
+// xksCredentialOf is the external key store credential of a
+// CreateCustomKeyStore or UpdateCustomKeyStore input, if it has one.
+func xksCredentialOf(in any) *XksProxyAuthenticationCredential {
+	switch in := in.(type) {
+	case *CreateCustomKeyStoreInput:
+		return in.XksProxyAuthenticationCredential
+	case *UpdateCustomKeyStoreInput:
+		return in.XksProxyAuthenticationCredential
+	}
+	return nil
 }
 
 func set(f *audit.Fields, name string, v any) {

@@ -164,6 +164,17 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(poolDesc, prometheus.GaugeValue, float64(p.InUse), name, "in_use")
 		}
 	}
+	c.s.xksStores.Range(func(k, v any) bool {
+		st, _ := v.(*xksLive).state()
+		for _, s := range []keystore.ConnectionState{keystore.Disconnected, keystore.Connecting, keystore.Connected, keystore.Failed, keystore.Disconnecting} {
+			val := 0.0
+			if s == st {
+				val = 1
+			}
+			ch <- prometheus.MustNewConstMetric(connDesc, prometheus.GaugeValue, val, k.(string), string(s))
+		}
+		return true
+	})
 	if c.s.trail != nil {
 		ch <- prometheus.MustNewConstMetric(queueDesc, prometheus.GaugeValue, float64(c.s.trail.QueueDepth()))
 	}
