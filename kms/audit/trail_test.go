@@ -27,7 +27,6 @@ type softSigner struct {
 	key  *ecdsa.PrivateKey
 	spki []byte
 	mu   sync.Mutex
-	fail error
 }
 
 func newSigner(t testing.TB) *softSigner {
@@ -41,19 +40,10 @@ func newSigner(t testing.TB) *softSigner {
 func (s *softSigner) Sign(_ context.Context, d []byte) ([]byte, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.fail != nil {
-		return nil, s.fail
-	}
 	return ecdsa.SignASN1(rand.Reader, s.key, d)
 }
 
 func (s *softSigner) PublicKey() []byte { return s.spki }
-
-func (s *softSigner) setFail(err error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.fail = err
-}
 
 // testClock is a settable clock.
 type testClock struct {
