@@ -153,7 +153,7 @@ func Open(cfg Config) (_ *Trail, err error) {
 	}
 	defer func() {
 		if err != nil {
-			t.lock.Close()
+			unlockDir(t.lock)
 		}
 	}()
 	if err := exportPublicKey(cfg.Dir, cfg.Signer.PublicKey()); err != nil {
@@ -185,6 +185,15 @@ func lockDir(dir string) (*os.File, error) {
 		return nil, fmt.Errorf("audit: %s is in use by another hsmkms process: %w", dir, err)
 	}
 	return f, nil
+}
+
+// unlockDir releases the directory's lock, then closes its file. The
+// explicit unlock matters: a child forked (to exec a command) while the
+// file was open shares the lock until it execs, and closing alone would
+// leave the lock held that long.
+func unlockDir(f *os.File) error {
+	uerr := syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+	return errors.Join(uerr, f.Close())
 }
 
 // ID is the trail's id, from its first record.
@@ -260,7 +269,7 @@ func (t *Trail) Close(ctx context.Context) error {
 	if ferr := t.Err(); ferr != nil && err == nil {
 		err = ferr
 	}
-	return errors.Join(err, t.lock.Close())
+	return errors.Join(err, unlockDir(t.lock))
 }
 
 // writer is the one goroutine that writes: it takes everything waiting
