@@ -533,10 +533,6 @@ func TestUnsupportedOperations(t *testing.T) {
 			_, err := c.DeleteImportedKeyMaterial(bg(), &awskms.DeleteImportedKeyMaterialInput{KeyId: &id})
 			return err
 		},
-		"GetKeyLastUsage": func() error {
-			_, err := c.GetKeyLastUsage(bg(), &awskms.GetKeyLastUsageInput{KeyId: &id})
-			return err
-		},
 	} {
 		t.Run(op, func(t *testing.T) {
 			msg, ok := want[op]

@@ -203,6 +203,9 @@ func (s *Service) lookupKey(ctx context.Context, r *Request, keyID string, allow
 		return nil, "", err
 	}
 	r.touched(arnOf(k))
+	if k.CustomKeyStoreID != "" {
+		r.keyStore = k.CustomKeyStoreID
+	}
 	return k, ref.Alias, nil
 }
 

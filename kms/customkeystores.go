@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/hsmkms/hsmkms/keystore"
+	"github.com/hsmkms/hsmkms/kms/audit"
 	"github.com/hsmkms/hsmkms/kms/store"
 	"github.com/hsmkms/hsmkms/kms/wire"
 )
@@ -278,15 +279,35 @@ func (s *Service) ConnectCustomKeyStore(ctx context.Context, r *Request, in *Cus
 
 // connectInBackground connects live, rotating its password if rotate (a
 // user's ConnectCustomKeyStore), else logging in with the current one (a
-// store reconnected at start).
+// store reconnected at start). The connect is an internal action in the
+// audit trail (a ConnectCustomKeyStore service event with the outcome);
+// if its intent cannot be recorded, the store is left disconnected.
 func (s *Service) connectInBackground(live *keystore.Store, rotate bool) {
 	s.goBackground(func() {
 		ctx, cancel := context.WithTimeout(s.life, connectTimeout)
 		defer cancel()
-		if rotate {
-			live.Connect(ctx, storePasswords{s}, s.log)
-		} else {
-			live.Reconnect(ctx, storePasswords{s}, s.log)
+		account, region := "", ""
+		if ks, err := s.store.GetKeyStore(ctx, live.ID()); err == nil {
+			account, region = ks.Account, ks.Region
+		}
+		err := s.serviceAction(ctx, "ConnectCustomKeyStore", account, region, nil, func() (audit.Fields, audit.Fields, error) {
+			var code keystore.ErrorCode
+			if rotate {
+				code = live.Connect(ctx, storePasswords{s}, s.log)
+			} else {
+				code = live.Reconnect(ctx, storePasswords{s}, s.log)
+			}
+			st, _ := live.State()
+			details := audit.Fields{{Name: "customKeyStoreId", Value: live.ID()}, {Name: "connectionState", Value: string(st)},
+				{Name: "passwordRotated", Value: rotate}}
+			if code != "" {
+				details.Add("connectionErrorCode", string(code))
+			}
+			return details, nil, nil
+		})
+		if err != nil {
+			s.log.Error("custom key store not connected: its audit record could not be written", "store", live.ID(), "error", err)
+			live.Disconnect(context.WithoutCancel(ctx))
 		}
 	})
 }

@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
 	"time"
 
 	"github.com/hsmkms/hsmkms/keystore"
+	"github.com/hsmkms/hsmkms/kms/audit"
 	"github.com/hsmkms/hsmkms/kms/store"
 	"github.com/hsmkms/hsmkms/kms/wire"
 )
@@ -105,42 +107,12 @@ func (s *Service) Reap(ctx context.Context) (int, error) {
 	}
 	n := 0
 	for _, k := range due {
-		if k.MultiRegion {
-			deleted, err := s.reapFromSet(ctx, k)
-			if errors.Is(err, errNotDueNow) {
-				continue
-			}
-			if err != nil {
+		if err := s.reapKey(ctx, k); err != nil {
+			if !errors.Is(err, store.ErrNotFound) {
 				errs = append(errs, err)
-				continue
 			}
-			if deleted {
-				s.log.Info("key deleted; its material stays, used by the other keys of its multi-Region key", "key", arnOf(k))
-				n++
-				continue
-			}
-			// The last key of its set: deleted as any key, material first.
-		}
-		if materialStoreID(k) != "" && !s.storeConnected(k.CustomKeyStoreID) {
-			// AWS deletes the key anyway and leaves the key material in
-			// the cluster; hsmkms records it as an orphan to report.
-			if err := s.store.DeleteKeyOrphaning(ctx, k, s.now()); err != nil && !errors.Is(err, store.ErrNotFound) {
-				errs = append(errs, err)
-				continue
-			}
-			s.log.Warn("key deleted while its custom key store is disconnected; its token object is orphaned", "key", arnOf(k), "store", k.CustomKeyStoreID)
-			n++
 			continue
 		}
-		if err := s.destroyMaterial(ctx, k); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		if err := s.store.DeleteKey(ctx, k.Account, k.Region, k.ID); err != nil && !errors.Is(err, store.ErrNotFound) {
-			errs = append(errs, err)
-			continue
-		}
-		s.log.Info("key deleted", "key", arnOf(k))
 		n++
 	}
 	return n, errors.Join(errs...)
@@ -152,7 +124,8 @@ var errLastOfSet = errors.New("kms: the last key of its multi-Region key")
 
 // errNotDueNow: the key changed between the reaper's read and its write
 // (cancelled, or already deleted); nothing to do.
-var errNotDueNow = errors.New("kms: key no longer due for deletion")
+// It is a store.ErrNotFound, which the reaper passes over.
+var errNotDueNow = fmt.Errorf("kms: key no longer due for deletion: %w", store.ErrNotFound)
 
 // reapFromSet deletes k, a multi-Region key due for deletion, if other keys
 // of its set remain: they name its material, so only its row goes, in the
@@ -201,6 +174,42 @@ func (s *Service) reapFromSet(ctx context.Context, k *store.Key) (bool, error) {
 		keystore.Step(keystore.StepReplicaDeleted)
 	}
 	return err == nil, err
+}
+
+// reapKey deletes one key that is due: AWS's DeleteKey service event.
+func (s *Service) reapKey(ctx context.Context, k *store.Key) error {
+	return s.serviceAction(ctx, "DeleteKey", k.Account, k.Region, keyResource(arnOf(k), k.Account),
+		func() (audit.Fields, audit.Fields, error) {
+			response := audit.Fields{{Name: "keyId", Value: arnOf(k)}}
+			if k.MultiRegion {
+				deleted, err := s.reapFromSet(ctx, k)
+				if err != nil {
+					return nil, nil, err
+				}
+				if deleted {
+					s.log.Info("key deleted; its material stays, used by the other keys of its multi-Region key", "key", arnOf(k))
+					return audit.Fields{{Name: "multiRegionKeyMaterialKept", Value: true}}, response, nil
+				}
+				// The last key of its set: deleted as any key, material first.
+			}
+			if materialStoreID(k) != "" && !s.storeConnected(k.CustomKeyStoreID) {
+				// AWS deletes the key anyway and leaves the key material in
+				// the cluster; hsmkms records it as an orphan to report.
+				if err := s.store.DeleteKeyOrphaning(ctx, k, s.now()); err != nil {
+					return nil, nil, err
+				}
+				s.log.Warn("key deleted while its custom key store is disconnected; its token object is orphaned", "key", arnOf(k), "store", k.CustomKeyStoreID)
+				return audit.Fields{{Name: "customKeyStoreId", Value: k.CustomKeyStoreID}, {Name: "keyMaterialOrphaned", Value: true}}, response, nil
+			}
+			if err := s.destroyMaterial(ctx, k); err != nil {
+				return nil, nil, err
+			}
+			if err := s.store.DeleteKey(ctx, k.Account, k.Region, k.ID); err != nil {
+				return nil, nil, err
+			}
+			s.log.Info("key deleted", "key", arnOf(k))
+			return nil, response, nil
+		})
 }
 
 func (s *Service) storeConnected(id string) bool {

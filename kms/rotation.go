@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hsmkms/hsmkms/kms/audit"
 	"github.com/hsmkms/hsmkms/kms/store"
 	"github.com/hsmkms/hsmkms/kms/wire"
 )
@@ -293,23 +294,43 @@ func (s *Service) RotateDue(ctx context.Context) (int, error) {
 		if !ok {
 			continue
 		}
-		_, err := s.rotate(ctx, k, rotationAutomatic, func(k *store.Key) error {
-			if !k.RotationEnabled || k.State != string(StateEnabled) || k.NextRotationDate.After(now) {
-				return errNotDue
-			}
-			return nil
-		})
+		err := s.serviceAction(ctx, "RotateKey", k.Account, k.Region, keyResource(arnOf(k), k.Account),
+			func() (audit.Fields, audit.Fields, error) {
+				out, err := s.rotate(ctx, k, rotationAutomatic, func(k *store.Key) error {
+					if !k.RotationEnabled || k.State != string(StateEnabled) || k.NextRotationDate.After(now) {
+						return errNotDue
+					}
+					return nil
+				})
+				if errors.Is(err, errNotDue) {
+					err = wire.Errorf(wire.Conflict, "%s is no longer due for rotation.", arnOf(k))
+				}
+				if err != nil {
+					return nil, nil, err
+				}
+				details := audit.Fields{{Name: "keyId", Value: k.ID}, {Name: "rotationType", Value: rotationAutomatic}}
+				if n := len(out.Materials); n > 0 {
+					details.Add("keyMaterialId", out.Materials[n-1].ID)
+				}
+				return details, nil, nil
+			})
 		end()
 		switch {
 		case err == nil:
 			s.log.Info("key rotated", "key", arnOf(k), "type", rotationAutomatic)
 			n++
-		case errors.Is(err, errNotDue), errors.Is(err, store.ErrNotFound):
+		case isConflict(err), errors.Is(err, store.ErrNotFound):
 		default:
 			errs = append(errs, err)
 		}
 	}
 	return n, errors.Join(errs...)
+}
+
+// isConflict is a rotation RotateDue found no longer due.
+func isConflict(err error) bool {
+	var we *wire.Error
+	return errors.As(err, &we) && we.Type == wire.Conflict
 }
 
 // RunRotator calls RotateDue every interval until ctx ends.

@@ -8,6 +8,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hsmkms/hsmkms/keystore"
+	"github.com/hsmkms/hsmkms/kms/audit"
 	"github.com/hsmkms/hsmkms/kms/store"
 	"github.com/hsmkms/hsmkms/kms/wire"
 )
@@ -25,6 +26,8 @@ type Config struct {
 	Clusters []keystore.Cluster
 	// XKS is how external key stores reach their proxies.
 	XKS XKSConfig
+	// Metrics, if set, count what the service does (see NewMetrics).
+	Metrics *Metrics
 }
 
 // Service implements the KMS operations. Safe for concurrent use; it holds
@@ -54,6 +57,7 @@ type Service struct {
 	xksStores          sync.Map
 	reconnectXKSStores []string
 	ops                []*operation // the operation table
+	opsByName          map[string]*operation
 	// rotations marks the keys being rotated now (see rotation.go).
 	rotations rotations
 	// transitions are the multi-Region keys with a replica Creating or a
@@ -65,6 +69,30 @@ type Service struct {
 	// Handler; policies caches parsed key policies.
 	identities atomic.Pointer[map[string]*identity]
 	policies   keyPolicies
+
+	// trail is the audit trail (nil: none); omitEC leaves encryption
+	// contexts out of its records. usage keeps keys' last use; metrics
+	// are what /metrics shows (nil: none).
+	trail         *audit.Trail
+	omitEC        bool
+	usage         *usageTracker
+	usageInterval time.Duration
+	metrics       *Metrics
+	// calls counts the calls in the runner, and edge is the HTTP edge's
+	// in-flight limit (set by Handler): the requests that will write an
+	// audit record soon, which the trail's group commit waits for.
+	calls atomic.Int64
+	edge  atomic.Pointer[wire.Limiter]
+}
+
+// underWay is how many calls will write an audit record soon: every
+// request the HTTP edge is serving, or, before Handler, those in the
+// runner.
+func (s *Service) underWay() int {
+	if l := s.edge.Load(); l != nil {
+		return l.InFlight()
+	}
+	return int(s.calls.Load())
 }
 
 // New returns a Service.
@@ -79,10 +107,16 @@ func New(cfg Config) *Service {
 	for _, c := range cfg.Clusters {
 		clusters[c.ID] = c
 	}
-	s := &Service{store: store.WithKeyCache(cfg.Store), keystores: cfg.KeyStores, log: cfg.Logger, now: cfg.Now, clusters: clusters, xksCfg: cfg.XKS}
+	s := &Service{store: store.WithKeyCache(cfg.Store), keystores: cfg.KeyStores, log: cfg.Logger, now: cfg.Now, clusters: clusters,
+		xksCfg: cfg.XKS, metrics: cfg.Metrics, usageInterval: DefaultUsageFlushInterval}
 	s.life, s.stop = context.WithCancel(context.Background())
 	s.ops = s.operations()
 	s.transitions.init()
+	s.opsByName = make(map[string]*operation, len(s.ops))
+	for _, op := range s.ops {
+		s.opsByName[op.name] = op
+	}
+	s.usage = newUsageTracker(s.store, s.log.Named("usage"), s.ops)
 	return s
 }
 

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/hsmkms/hsmkms/keystore"
+	"github.com/hsmkms/hsmkms/kms/audit"
 	"github.com/hsmkms/hsmkms/kms/store"
 	"github.com/hsmkms/hsmkms/kms/wire"
 	"github.com/hsmkms/hsmkms/xks"
@@ -456,39 +457,75 @@ func (s *Service) connectXKSInBackground(id string, gen uint64, requestID string
 	s.goBackground(func() {
 		ctx, cancel := context.WithTimeout(s.life, xksHealthCheckTimeout)
 		defer cancel()
-		live := s.xksStore(id)
-		state, code, client := keystore.Failed, xksInternalError, (*xks.Client)(nil)
-		ks, err := s.store.GetKeyStore(ctx, id)
-		if err == nil {
-			client, err = s.xksClient(ctx, ks, "")
+		account, region := "", ""
+		ks, kerr := s.store.GetKeyStore(ctx, id)
+		if kerr == nil {
+			account, region = ks.Account, ks.Region
 		}
-		switch {
-		case err != nil:
-			s.log.Warn("external key store connection failed", "store", id, "code", code, "error", err)
-		default:
-			if f := s.checkProxy(ctx, client, "ConnectCustomKeyStore", requestID); f != nil {
-				code = f.connectionCode()
-				s.log.Warn("external key store connection failed", "store", id, "code", code, "error", f.err)
-				client.Close()
-				client = nil
-			} else {
-				state, code = keystore.Connected, ""
-				s.log.Info("external key store connected", "store", id, "endpoint", ks.XKS.URIEndpoint, "path", ks.XKS.URIPath)
+		// The connect is an internal action in the audit trail, as a
+		// CloudHSM key store's is (connectInBackground): a
+		// ConnectCustomKeyStore service event with the outcome. If it
+		// cannot be recorded, the store is left disconnected.
+		err := s.serviceAction(ctx, "ConnectCustomKeyStore", account, region, nil, func() (audit.Fields, audit.Fields, error) {
+			state, code := s.connectXKSNow(ctx, id, gen, requestID, ks, kerr)
+			details := audit.Fields{{Name: "customKeyStoreId", Value: id}, {Name: "customKeyStoreType", Value: "EXTERNAL_KEY_STORE"},
+				{Name: "connectionState", Value: string(state)}}
+			if code != "" {
+				details.Add("connectionErrorCode", string(code))
+			}
+			return details, nil, nil
+		})
+		if err != nil {
+			s.log.Error("external key store not connected: its audit record could not be written", "store", id, "error", err)
+			live := s.xksStore(id)
+			live.mu.Lock()
+			defer live.mu.Unlock()
+			if live.status.Load().gen == gen {
+				if old := live.client.Swap(nil); old != nil {
+					old.Close()
+				}
+				live.set(keystore.Disconnected, "", gen+1)
 			}
 		}
-		live.mu.Lock()
-		defer live.mu.Unlock()
-		if live.status.Load().gen != gen {
-			if client != nil {
-				client.Close()
-			}
-			return
-		}
-		if old := live.client.Swap(client); old != nil {
-			old.Close()
-		}
-		live.set(state, code, gen)
 	})
+}
+
+// connectXKSNow checks the store's proxy and records the result, unless
+// the store was disconnected (or connected again) meanwhile; it returns
+// the state and error code found.
+func (s *Service) connectXKSNow(ctx context.Context, id string, gen uint64, requestID string, ks *store.KeyStore, err error) (keystore.ConnectionState, keystore.ErrorCode) {
+	live := s.xksStore(id)
+	state, code, client := keystore.Failed, xksInternalError, (*xks.Client)(nil)
+	if err == nil {
+		client, err = s.xksClient(ctx, ks, "")
+	}
+	switch {
+	case err != nil:
+		s.log.Warn("external key store connection failed", "store", id, "code", code, "error", err)
+	default:
+		if f := s.checkProxy(ctx, client, "ConnectCustomKeyStore", requestID); f != nil {
+			code = f.connectionCode()
+			s.log.Warn("external key store connection failed", "store", id, "code", code, "error", f.err)
+			client.Close()
+			client = nil
+		} else {
+			state, code = keystore.Connected, ""
+			s.log.Info("external key store connected", "store", id, "endpoint", ks.XKS.URIEndpoint, "path", ks.XKS.URIPath)
+		}
+	}
+	live.mu.Lock()
+	defer live.mu.Unlock()
+	if live.status.Load().gen != gen {
+		if client != nil {
+			client.Close()
+		}
+		return live.status.Load().state, live.status.Load().code
+	}
+	if old := live.client.Swap(client); old != nil {
+		old.Close()
+	}
+	live.set(state, code, gen)
+	return state, code
 }
 
 // disconnectXKS is DisconnectCustomKeyStore for an external key store.

@@ -279,6 +279,7 @@ func BootstrapWithProxy(dir, listen, xksListen string, log hclog.Logger) (string
 			Policy: kms.AdminPolicy,
 		}},
 		Clusters: clusters,
+		Audit:    config.AuditConfig{Directory: "audit"},
 		XKSProxy: xksCfg,
 		ExternalKeyStores: &config.ExternalKeyStoresConfig{
 			CAFile: "tls/ca.pem",

@@ -130,6 +130,18 @@ var migrations = []string{
 	CREATE INDEX keys_set ON keys (account, id) WHERE multi_region = 1;
 	CREATE INDEX keys_in_transition ON keys (account, id)
 		WHERE multi_region = 1 AND (new_primary_region != '' OR (state = 'Creating' AND region != primary_region));`,
+	// 9: each key's last successful cryptographic use (GetKeyLastUsage),
+	// going with its key, and where tracking stands: when it began, and
+	// the audit trail record up to which usage is stored (one row).
+	`CREATE TABLE key_last_usage (
+		account TEXT NOT NULL, region TEXT NOT NULL, key_id TEXT NOT NULL,
+		operation TEXT NOT NULL, used INTEGER NOT NULL, event_id TEXT NOT NULL, request_id TEXT NOT NULL,
+		PRIMARY KEY (account, region, key_id),
+		FOREIGN KEY (account, region, key_id) REFERENCES keys (account, region, id) ON DELETE CASCADE
+	) WITHOUT ROWID;
+	CREATE TABLE usage_tracking (
+		id INTEGER PRIMARY KEY CHECK (id = 1), started INTEGER NOT NULL, trail TEXT NOT NULL, sequence INTEGER NOT NULL
+	);`,
 }
 
 // SQLite is the embedded Store: one file, WAL journal, synchronous=FULL so
@@ -1248,4 +1260,54 @@ func (s *SQLite) GrantsFor(ctx context.Context, account, region, keyID string, g
 		return nil, err
 	}
 	return collectGrants(rows)
+}
+
+func (s *SQLite) StartUsageTracking(ctx context.Context, now time.Time) (*UsageTracking, error) {
+	if _, err := s.exec(ctx, `INSERT INTO usage_tracking (id, started, trail, sequence) VALUES (1, ?, '', 0) ON CONFLICT (id) DO NOTHING`,
+		toNanos(now)); err != nil {
+		return nil, err
+	}
+	var u UsageTracking
+	var started, seq int64
+	if err := s.db.QueryRowContext(ctx, `SELECT started, trail, sequence FROM usage_tracking WHERE id = 1`).Scan(&started, &u.Trail, &seq); err != nil {
+		return nil, err
+	}
+	u.Start, u.Sequence = fromNanos(started), uint64(seq)
+	return &u, nil
+}
+
+func (s *SQLite) RecordKeyUsage(ctx context.Context, usages []KeyUsage, trail string, seq uint64) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		for _, u := range usages {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO key_last_usage (account, region, key_id, operation, used, event_id, request_id)
+				SELECT ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM keys WHERE account = ? AND region = ? AND id = ?)
+				ON CONFLICT (account, region, key_id) DO UPDATE SET operation = excluded.operation, used = excluded.used,
+				event_id = excluded.event_id, request_id = excluded.request_id WHERE excluded.used >= key_last_usage.used`,
+				u.Account, u.Region, u.KeyID, u.Operation, toNanos(u.Time), u.EventID, u.RequestID, u.Account, u.Region, u.KeyID); err != nil {
+				return err
+			}
+		}
+		_, err := tx.ExecContext(ctx, `UPDATE usage_tracking SET trail = ?, sequence = ? WHERE id = 1`, trail, int64(seq))
+		return err
+	})
+}
+
+func (s *SQLite) KeyUsage(ctx context.Context, account, region, keyID string) (*KeyUsage, error) {
+	u := KeyUsage{Account: account, Region: region, KeyID: keyID}
+	var used int64
+	err := s.db.QueryRowContext(ctx, `SELECT operation, used, event_id, request_id FROM key_last_usage WHERE account = ? AND region = ? AND key_id = ?`,
+		account, region, keyID).Scan(&u.Operation, &used, &u.EventID, &u.RequestID)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, err
+	}
+	u.Time = fromNanos(used)
+	return &u, nil
+}
+
+func (s *SQLite) Ping(ctx context.Context) error {
+	var one int
+	return s.db.QueryRowContext(ctx, `SELECT 1`).Scan(&one)
 }
