@@ -237,12 +237,12 @@ type ImportTarget struct {
 	// Wrapping, if set, is a wrapping key (GenerateWrappingKey; Trusted
 	// its CKA_TRUSTED): the material is returned wrapped under it, as
 	// GenerateWrapped returns new material, and nothing is left on the
-	// token. Otherwise the material is made token objects with CKA_ID ID
-	// and CKA_LABEL Label, as GenerateKeyPair, GenerateHMACKey and
-	// GenerateAESKey make them.
+	// token. Otherwise the material is made token objects with CKA_ID
+	// IDPrefix ‖ Check and CKA_LABEL Label, as GenerateKeyPair,
+	// GenerateHMACKey and GenerateAESKey make them.
 	Wrapping ObjectRef
 	Trusted  bool
-	ID       []byte
+	IDPrefix []byte
 	Label    string
 	// CheckData is what the material's check value is computed over.
 	CheckData []byte
@@ -480,7 +480,8 @@ func (t *Token) importWith(s pkcs11.SessionHandle, e pkcs11.ObjectHandle, w []by
 	// Token objects, each made straight from w with its final template.
 	ftmpl := unwrapTemplateFor(spec, target.Usage, false, false)
 	ftmpl = setAttr(ftmpl, pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true))
-	ftmpl = append(ftmpl, pkcs11.NewAttribute(pkcs11.CKA_ID, target.ID), pkcs11.NewAttribute(pkcs11.CKA_LABEL, target.Label))
+	id := append(append([]byte(nil), target.IDPrefix...), out.Check...)
+	ftmpl = append(ftmpl, pkcs11.NewAttribute(pkcs11.CKA_ID, id), pkcs11.NewAttribute(pkcs11.CKA_LABEL, target.Label))
 	h, err := unwrap(ftmpl)
 	if err != nil {
 		return Imported{}, err
@@ -492,7 +493,7 @@ func (t *Token) importWith(s pkcs11.SessionHandle, e pkcs11.ObjectHandle, w []by
 			return Imported{}, err
 		}
 		ptmpl = append(ptmpl, pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true), pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
-			pkcs11.NewAttribute(pkcs11.CKA_ID, target.ID), pkcs11.NewAttribute(pkcs11.CKA_LABEL, target.Label))
+			pkcs11.NewAttribute(pkcs11.CKA_ID, id), pkcs11.NewAttribute(pkcs11.CKA_LABEL, target.Label))
 		for _, a := range publicUsages {
 			ptmpl = append(ptmpl, pkcs11.NewAttribute(a.attr, a.u != 0 && target.Usage&a.u != 0))
 		}

@@ -69,7 +69,7 @@ func TestImportMaterial(t *testing.T) {
 					if mode == "wrapped" {
 						tg.Wrapping = wrapping
 					} else {
-						tg.ID, tg.Label = []byte(tid+name), "imported"
+						tg.IDPrefix, tg.Label = []byte(tid+name), "imported"
 					}
 					return tg
 				}
