@@ -474,7 +474,7 @@ func (t *Token) importWith(s pkcs11.SessionHandle, e pkcs11.ObjectHandle, w []by
 	if err := t.destroyOn(s, err, c); err != nil {
 		return Imported{}, err
 	}
-	if wrapped {
+	if wrapped || target.IDPrefix == nil {
 		return out, nil
 	}
 	// Token objects, each made straight from w with its final template.

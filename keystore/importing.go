@@ -135,9 +135,9 @@ func importCheckData(keyID [KeyIDSize]byte) []byte {
 //
 // In a store that makes material wrapped, the material comes back wrapped
 // under the ACTIVE domain key and nothing is left on the token; otherwise
-// (and for a spec the token cannot wrap) its token objects exist when
-// ImportMaterial returns, and kms records them after: an object a crash
-// leaves unrecorded names its key, and kms's Reconcile destroys it.
+// (and for a spec the token cannot wrap) nothing is made yet: kms records
+// the version first, as for Generate, and MakeImported makes its token
+// objects.
 //
 // ErrInvalidCiphertext: the blob does not unwrap; ErrIncorrectMaterial:
 // it holds no material of spec; ErrMaterialNotFound: no such import key.
@@ -152,7 +152,7 @@ func (s *Store) ImportMaterial(ctx context.Context, keyID [KeyIDSize]byte, spec 
 	if err != nil {
 		return Material{}, err
 	}
-	target := hsm.ImportTarget{Spec: spec.material(), Usage: usage.hsm(), IDPrefix: keyID[:], Label: label, CheckData: importCheckData(keyID)}
+	target := hsm.ImportTarget{Spec: spec.material(), Usage: usage.hsm(), CheckData: importCheckData(keyID)}
 	run := func() (hsm.Imported, error) {
 		return tok.ImportMaterial(ctx, importKeyRef(importKeyID), alg, blob, target)
 	}
@@ -193,6 +193,32 @@ func (s *Store) ImportMaterial(ctx context.Context, keyID [KeyIDSize]byte, spec 
 		m.domainKey = dk.id
 	}
 	return m, nil
+}
+
+// MakeImported makes the token objects of m, a version ImportMaterial
+// returned for token objects, from the same blob: unwrapped again on the
+// token straight into its objects. A blob of other material fails with
+// ErrIncorrectMaterial, and leaves nothing.
+func (s *Store) MakeImported(ctx context.Context, m Material, importKeyID string, alg ImportAlgorithm, blob []byte) error {
+	if !m.OnToken() || m.ID() == nil {
+		return errors.New("keystore: MakeImported needs a Material from ImportMaterial held as token objects")
+	}
+	tok, err := s.token()
+	if err != nil {
+		return err
+	}
+	var keyID [KeyIDSize]byte
+	copy(keyID[:], m.ref)
+	out, err := tok.ImportMaterial(ctx, importKeyRef(importKeyID), alg, blob, hsm.ImportTarget{
+		Spec: m.spec.material(), Usage: m.usage.hsm(), IDPrefix: keyID[:], Label: m.label, CheckData: importCheckData(keyID)})
+	if err != nil {
+		return classify(err)
+	}
+	if string(out.Check) != string(m.ID()) {
+		_ = s.Destroy(ctx, MaterialOf(m.spec, m.usage, append(keyID[:], out.Check...), nil, ""))
+		return fmt.Errorf("%w: the blob holds other material than the version", ErrIncorrectMaterial)
+	}
+	return nil
 }
 
 // Seal seals data for the metadata under the default token's vault key

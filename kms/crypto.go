@@ -76,7 +76,7 @@ func (s *Service) seal(ctx context.Context, r *Request, k *store.Key, plaintext 
 	if err != nil {
 		return nil, "", err
 	}
-	m := k.Materials[len(k.Materials)-1]
+	m := k.Materials[currentIndex(k)]
 	uuid, _ := parseUUID(k.ID)
 	matID, err := hex.DecodeString(m.ID)
 	if err != nil || len(matID) != materialIDSize {

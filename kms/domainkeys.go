@@ -254,7 +254,7 @@ func (s *Service) MigrateToWrapped(ctx context.Context, storeID string) (*Migrat
 			return nil
 		}
 		for _, m := range k.Materials {
-			if len(m.Wrapped) > 0 {
+			if len(m.Wrapped) > 0 || !hasMaterial(m) {
 				continue
 			}
 			name := arnOf(k) + " material " + m.ID

@@ -56,6 +56,8 @@ type Service struct {
 	ops                []*operation // the operation table
 	// rotations marks the keys being rotated now (see rotation.go).
 	rotations rotations
+	// imports marks the keys being imported into now (import.go).
+	imports importsRunning
 	// identities are the principals' identity policies by ARN, set by
 	// Handler; policies caches parsed key policies.
 	identities atomic.Pointer[map[string]*identity]

@@ -50,6 +50,12 @@ const (
 	// rotating: rotation settings and rotating: Enabled only, Disabled
 	// being DisabledException.
 	rotating
+	// schedulable: ScheduleKeyDeletion: Enabled, Disabled or
+	// PendingImport.
+	schedulable
+	// importedMaterial: DeleteImportedKeyMaterial: Enabled, Disabled,
+	// PendingImport or PendingDeletion.
+	importedMaterial
 )
 
 // effectiveState is the state AWS reports for k: its stored state, or
@@ -115,6 +121,14 @@ func stateError(rule stateRule, stored KeyState, unavailable bool, arn string) e
 			return nil
 		}
 		return wire.Errorf(wire.KMSInvalidState, "%s is not pending deletion.", arn)
+	case schedulable:
+		if stored == StateEnabled || stored == StateDisabled || stored == StatePendingImport {
+			return nil
+		}
+	case importedMaterial:
+		if stored != StateCreating {
+			return nil
+		}
 	case rotating:
 		switch stored {
 		case StateEnabled:
