@@ -111,18 +111,21 @@ func (t *Token) GenerateImportKey(ctx context.Context, id []byte, label string, 
 	if err != nil || raw {
 		return info, err
 	}
-	if _, known := st.mechs.oaepUnwrap.Load(alg.Hash); known {
-		return info, nil
+	// The first import key for this hash (or one made while another was
+	// being tried): try the token's OAEP unwrap once with a throwaway key,
+	// and remake the pair for the fallback if the token refuses the
+	// parameters.
+	var accepts bool
+	if v, known := st.mechs.oaepUnwrap.Load(alg.Hash); known {
+		accepts = v.(bool)
+	} else {
+		accepts, err = t.probeOAEPUnwrap(ctx, PrivateKeyByID(id), info.PublicKey, alg.Hash)
+		if err != nil {
+			_ = t.DestroyObject(ctx, PrivateKeyByID(id))
+			return ImportKeyInfo{}, err
+		}
+		st.mechs.oaepUnwrap.Store(alg.Hash, accepts)
 	}
-	// First import key for this hash: try the token's OAEP unwrap once
-	// with a throwaway key, and remake the pair for the fallback if the
-	// token refuses the parameters.
-	accepts, err := t.probeOAEPUnwrap(ctx, PrivateKeyByID(id), info.PublicKey, alg.Hash)
-	if err != nil {
-		_ = t.DestroyObject(ctx, PrivateKeyByID(id))
-		return ImportKeyInfo{}, err
-	}
-	st.mechs.oaepUnwrap.Store(alg.Hash, accepts)
 	if accepts {
 		return info, nil
 	}
