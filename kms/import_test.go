@@ -101,7 +101,7 @@ func TestImportEverySpecAndAlgorithm(t *testing.T) {
 				pt, err := c.Decrypt(bg(), &awskms.DecryptInput{CiphertextBlob: ct.CiphertextBlob})
 				require.NoError(t, err)
 				assert.Equal(t, []byte("imported"), pt.Plaintext)
-				_, err = importMaterial(t, c, id, alg, types.WrappingKeySpecRsa3072, random(32), nil)
+				_, err = importMaterial(t, c, id, alg, types.WrappingKeySpecRsa2048, random(32), nil)
 				requireAPIError(t, err, "IncorrectKeyMaterialException", "")
 			})
 		}
@@ -161,7 +161,11 @@ func TestImportEverySpecAndAlgorithm(t *testing.T) {
 				assert.NoError(t, rsa.VerifyPSS(&key.PublicKey, crypto.SHA256, digest[:], sig.Signature, nil))
 
 				encID := createExternal(t, c, spec, types.KeyUsageTypeEncryptDecrypt)
-				_, err = importMaterial(t, c, encID, alg, types.WrappingKeySpecRsa3072, der, nil)
+				wspec := types.WrappingKeySpecRsa2048
+				if spec == types.KeySpecRsa2048 && alg == types.AlgorithmSpecRsaAesKeyWrapSha256 {
+					wspec = types.WrappingKeySpecRsa3072 // every wrapping key spec, once
+				}
+				_, err = importMaterial(t, c, encID, alg, wspec, der, nil)
 				require.NoError(t, err)
 				ct, err := rsa.EncryptOAEP(sha256.New(), rand.Reader, &key.PublicKey, []byte("secret"), nil)
 				require.NoError(t, err)
