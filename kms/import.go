@@ -368,7 +368,27 @@ func (s *Service) ImportKeyMaterial(ctx context.Context, r *Request, in *ImportK
 			return nil, s.importError(err, k, claims)
 		}
 	}
-	k, err = s.store.UpdateKey(ctx, k.Account, k.Region, k.ID, func(k *store.Key) error { return place(k, false) })
+	k, err = s.store.UpdateKey(ctx, k.Account, k.Region, k.ID, func(k *store.Key) error {
+		if !made {
+			return place(k, false)
+		}
+		// Finish the version recorded pending above.
+		if err := s.checkState(k, r.op.states); err != nil {
+			return err
+		}
+		for i, m := range k.Materials {
+			if m.ID == id && m.Import != nil && m.Import.PendingImport {
+				imp := *m.Import
+				imp.PendingImport = false
+				k.Materials[i].Import = &imp
+				if k.State == string(StatePendingImport) && allImported(k) {
+					k.State = string(StateEnabled)
+				}
+				return nil
+			}
+		}
+		return incorrectMaterial() // deleted or finished meanwhile
+	})
 	if err != nil {
 		return nil, s.updateError(err, k)
 	}
