@@ -13,6 +13,12 @@ const (
 	StepMaterialRewrapped   = "domain-key:rewrapped"  // one material version recorded rewrapped (kms)
 	StepDomainKeyDestroying = "domain-key:destroying" // a RETIRED key recorded DESTROYING
 	StepDomainKeyDestroyed  = "domain-key:destroyed"  // and its token object destroyed
+
+	// Importing key material (kms/import.go).
+	StepImportUnwrapped = "import:unwrapped" // material unwrapped on the token, nothing recorded
+	StepImportPending   = "import:pending"   // token objects: the version recorded pending import
+	StepImportMade      = "import:made"      // and its token objects made
+	StepImportDeleted   = "import:deleted"   // a deletion recorded, the material not yet destroyed
 )
 
 var stepHook atomic.Pointer[func(string)]

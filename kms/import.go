@@ -276,6 +276,7 @@ func (s *Service) ImportKeyMaterial(ctx context.Context, r *Request, in *ImportK
 	if err != nil {
 		return nil, s.importError(err, k, claims)
 	}
+	keystore.Step(keystore.StepImportUnwrapped)
 	id := hexID(mat.ID())
 	rec := store.Material{ID: id, TokenID: mat.Ref(), CreationDate: now, Wrapped: mat.Wrapped(), DomainKey: mat.DomainKey(),
 		Import: &store.Import{ValidTo: validTo}}
@@ -364,9 +365,11 @@ func (s *Service) ImportKeyMaterial(ctx context.Context, r *Request, in *ImportK
 		return nil, s.updateError(err, k)
 	}
 	if made {
+		keystore.Step(keystore.StepImportPending)
 		if err := ks.MakeImported(ctx, mat, claims.ImportKey, alg, in.EncryptedKeyMaterial); err != nil {
 			return nil, s.importError(err, k, claims)
 		}
+		keystore.Step(keystore.StepImportMade)
 	}
 	k, err = s.store.UpdateKey(ctx, k.Account, k.Region, k.ID, func(k *store.Key) error {
 		if !made {
@@ -468,6 +471,7 @@ func (s *Service) DeleteImportedKeyMaterial(ctx context.Context, r *Request, in 
 		return nil, err
 	}
 	if gone.ID != "" {
+		keystore.Step(keystore.StepImportDeleted)
 		s.destroyImported(ctx, k, gone)
 	}
 	return &DeleteImportedKeyMaterialOutput{KeyId: arnOf(k), KeyMaterialId: gone.ID}, nil

@@ -101,7 +101,7 @@ const (
 	// originRotatable is the operation table's origin rule of on-demand
 	// rotation and ListKeyRotations: AWS_KMS or EXTERNAL.
 	originRotatable = "AWS_KMS|EXTERNAL"
-	maxPolicyBytes = 32 * 1024
+	maxPolicyBytes  = 32 * 1024
 )
 
 type Tag struct {

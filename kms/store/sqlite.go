@@ -233,12 +233,12 @@ type scanner interface{ Scan(...any) error }
 
 // material is Material as stored in the JSON column.
 type material struct {
-	ID           string `json:"id"`
-	TokenID      []byte `json:"token_id"`
-	CreationDate int64  `json:"created"`
-	RotationType string `json:"rotation_type,omitempty"`
-	Wrapped      []byte `json:"wrapped,omitempty"`
-	DomainKey    string `json:"domain_key,omitempty"`
+	ID           string    `json:"id"`
+	TokenID      []byte    `json:"token_id"`
+	CreationDate int64     `json:"created"`
+	RotationType string    `json:"rotation_type,omitempty"`
+	Wrapped      []byte    `json:"wrapped,omitempty"`
+	DomainKey    string    `json:"domain_key,omitempty"`
 	Import       *imported `json:"import,omitempty"`
 }
 
