@@ -9,9 +9,15 @@ import (
 // KeyState is a key's lifecycle state as AWS names it.
 //
 //	Creating        → Enabled (internal: token object being made; never visible)
+//	PendingImport   → Enabled (ImportKeyMaterial: an EXTERNAL key, once all
+//	                  its material is imported)
+//	Enabled/Disabled → PendingImport (DeleteImportedKeyMaterial, or its
+//	                  material's ValidTo passing: EXTERNAL keys)
 //	Enabled         ⇄ Disabled (EnableKey, DisableKey)
 //	Enabled/Disabled → PendingDeletion (ScheduleKeyDeletion)
-//	PendingDeletion → Disabled (CancelKeyDeletion), or deleted when due
+//	PendingImport   → PendingDeletion (ScheduleKeyDeletion)
+//	PendingDeletion → Disabled (CancelKeyDeletion; PendingImport for an
+//	                  EXTERNAL key missing material), or deleted when due
 //	Unavailable: reported, never stored, for keys of a custom key store that
 //	is not connected; the stored state returns when the store reconnects.
 //	A key pending deletion stays PendingDeletion, so it can be cancelled.

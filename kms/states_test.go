@@ -32,6 +32,11 @@ func TestStateRules(t *testing.T) {
 		"enableDisable":   {enableDisable, []string{ok, ok, pending, pendingImport, creating}},
 		"pendingDeletion": {pendingDeletion, []string{notPending, notPending, ok, notPending, notPending}},
 		"rotating":        {rotating, []string{ok, disabledErr, pending, pendingImport, creating}},
+		// ScheduleKeyDeletion also takes a key waiting for its material;
+		// DeleteImportedKeyMaterial any key there is (a key pending
+		// deletion keeps that state).
+		"schedulable":      {schedulable, []string{ok, ok, pending, ok, creating}},
+		"importedMaterial": {importedMaterial, []string{ok, ok, ok, ok, creating}},
 	}
 	for name, rc := range rules {
 		for i, st := range states {
