@@ -159,12 +159,13 @@ func (s *Store) ImportMaterial(ctx context.Context, keyID [KeyIDSize]byte, spec 
 	var out hsm.Imported
 	var dk *domainKey
 	h := s.hier.Load()
-	if _, refused := func() (any, bool) {
-		if h == nil {
-			return nil, true
+	wrapped := h != nil && h.wrapNew
+	if wrapped {
+		if _, refused := h.notWrappable.Load(spec); refused {
+			wrapped = false // held as token objects, as NewMaterial holds it
 		}
-		return h.notWrappable.Load(spec)
-	}(); h != nil && h.wrapNew && !refused {
+	}
+	if wrapped {
 		h.mu.RLock()
 		dk = h.active
 		h.mu.RUnlock()

@@ -402,7 +402,9 @@ func TestImportedMaterialLifecycle(t *testing.T) {
 	})
 
 	t.Run("rotation", func(t *testing.T) {
-		_, err := c.RotateKeyOnDemand(bg(), &awskms.RotateKeyOnDemandInput{KeyId: aws.String(id)})
+		_, err := c.EnableKeyRotation(bg(), &awskms.EnableKeyRotationInput{KeyId: aws.String(id)})
+		requireAPIError(t, err, "UnsupportedOperationException", arn(id)+" origin is EXTERNAL which is not valid for this operation.")
+		_, err = c.RotateKeyOnDemand(bg(), &awskms.RotateKeyOnDemandInput{KeyId: aws.String(id)})
 		requireAPIError(t, err, "KMSInvalidStateException", "")
 		out, err := importMaterial(t, c, id, types.AlgorithmSpecRsaAesKeyWrapSha1, types.WrappingKeySpecRsa2048, random(32),
 			&awskms.ImportKeyMaterialInput{ExpirationModel: types.ExpirationModelTypeKeyMaterialDoesNotExpire, ImportType: types.ImportTypeNewKeyMaterial, KeyMaterialDescription: aws.String("second")})
