@@ -20,6 +20,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/kms/types"
 	"github.com/hsmkms/hsmkms/hsm"
 	"github.com/hsmkms/hsmkms/hsm/hsmtest"
+	"github.com/hsmkms/hsmkms/keystore"
+	"github.com/hsmkms/hsmkms/kms/store"
 	"github.com/miekg/pkcs11"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -480,4 +482,47 @@ func TestImportOnTokenWithoutMechanism(t *testing.T) {
 	id := createExternal(t, c, types.KeySpecSymmetricDefault, types.KeyUsageTypeEncryptDecrypt)
 	_, err := importMaterial2(t, c, id, types.AlgorithmSpecRsaesOaepSha256, types.WrappingKeySpecRsa2048)
 	requireAPIError(t, err, "UnsupportedOperationException", "WrappingAlgorithm RSAES_OAEP_SHA_256 is not supported by this key store's token.")
+}
+
+// TestReconcileImportedObjects: a version whose deletion was recorded but
+// whose token objects a crash left (token_objects mode) is cleaned up at
+// the next start, and the key imports the same material again.
+func TestReconcileImportedObjects(t *testing.T) {
+	t.Parallel()
+	e := newEnvWith(t, func(e *env) { e.material.Mode = keystore.TokenObjects })
+	c := e.admin()
+	id := createExternal(t, c, types.KeySpecSymmetricDefault, types.KeyUsageTypeEncryptDecrypt)
+	material := random(32)
+	out, err := importMaterial(t, c, id, types.AlgorithmSpecRsaAesKeyWrapSha1, types.WrappingKeySpecRsa2048, material, nil)
+	require.NoError(t, err)
+	ct, err := c.Encrypt(bg(), &awskms.EncryptInput{KeyId: aws.String(id), Plaintext: []byte("kept")})
+	require.NoError(t, err)
+
+	// The deletion, recorded as DeleteImportedKeyMaterial records it, with
+	// the process gone before it destroyed the objects.
+	e.close()
+	db, err := store.OpenSQLite(e.dbPath)
+	require.NoError(t, err)
+	_, err = db.UpdateKey(bg(), account, region, id, func(k *store.Key) error {
+		imp := *k.Materials[0].Import
+		imp.PendingImport = true
+		k.Materials[0].Import, k.State = &imp, "PendingImport"
+		return nil
+	})
+	require.NoError(t, err)
+	require.NoError(t, db.Close())
+	e.start()
+	assert.Equal(t, []string{arn(id) + " material " + *out.KeyMaterialId}, e.report.AbandonedRotations, "the objects no imported version names are destroyed")
+	assert.Empty(t, e.report.MissingMaterial)
+	assert.Empty(t, e.report.OrphanObjects)
+
+	c = e.admin()
+	_, err = importMaterial(t, c, id, types.AlgorithmSpecRsaAesKeyWrapSha256, types.WrappingKeySpecRsa2048, material, nil)
+	require.NoError(t, err)
+	pt, err := c.Decrypt(bg(), &awskms.DecryptInput{CiphertextBlob: ct.CiphertextBlob})
+	require.NoError(t, err)
+	assert.Equal(t, []byte("kept"), pt.Plaintext)
+	e.restart()
+	assert.Empty(t, e.report.AbandonedRotations)
+	assert.Empty(t, e.report.MissingMaterial)
 }
