@@ -48,7 +48,7 @@ func TestCrashDuringImport(t *testing.T) {
 		t.Helper()
 		run++
 		killed := startServerEnv(t, dir, listen, run, []string{"HSMKMS_KILL_AT=" + step})
-		require.True(t, killed.ready(), "%s\n%s", killed.exitErr, killed.log())
+		require.True(t, killed.ready(), "serve did not start:\n%s", killed.log())
 		do(killed.client())
 		requireKilled(t, killed.wait(), killed.log())
 		run++
