@@ -356,7 +356,7 @@ func (s *Store) Inventory(ctx context.Context) ([]TokenObject, error) {
 	}
 	out := make([]TokenObject, 0, len(objs))
 	for _, o := range objs {
-		if string(o.ID) == string(vaultKeyID) || isAuditKey(o.ID) || IsIdentityObject(o) || isDomainKey(o) {
+		if string(o.ID) == string(vaultKeyID) || isAuditKey(o.ID) || IsIdentityObject(o) || isDomainKey(o) || isImportKey(o) {
 			continue
 		}
 		to := TokenObject{Ref: o.ID, Label: o.Label}

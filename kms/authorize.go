@@ -156,7 +156,11 @@ func (s *Service) key(ctx context.Context, r *Request, keyID string, a access) (
 	if err := s.checkState(k, r.op.states); err != nil {
 		return nil, err
 	}
-	if r.op.origin != "" && k.Origin != r.op.origin {
+	if r.op.origin == originRotatable {
+		if k.Origin != originAWSKMS && k.Origin != originExternal {
+			return nil, wrongOrigin(k)
+		}
+	} else if r.op.origin != "" && k.Origin != r.op.origin {
 		return nil, wrongOrigin(k)
 	}
 	return k, nil

@@ -76,7 +76,7 @@ func (s *Service) seal(ctx context.Context, r *Request, k *store.Key, plaintext 
 	if err != nil {
 		return nil, "", err
 	}
-	m := k.Materials[len(k.Materials)-1]
+	m := k.Materials[currentIndex(k)]
 	idBytes, mrk, ok := keyIDBytes(k.ID)
 	matID, err := hex.DecodeString(m.ID)
 	if !ok || err != nil || len(matID) != materialIDSize {

@@ -79,6 +79,9 @@ type CancelKeyDeletionOutput struct {
 func (s *Service) CancelKeyDeletion(ctx context.Context, r *Request, in *KeyIDInput) (*CancelKeyDeletionOutput, error) {
 	k, err := s.update(ctx, r, in.KeyId, access{}, func(k *store.Key) error {
 		k.State = string(StateDisabled)
+		if k.Origin == originExternal && !allImported(k) {
+			k.State = string(StatePendingImport) // as AWS: it has no usable material
+		}
 		k.DeletionDate = time.Time{}
 		k.PendingWindowDays = 0
 		return nil
@@ -290,6 +293,11 @@ type Report struct {
 func (s *Service) Reconcile(ctx context.Context) (*Report, error) {
 	r := &Report{}
 	tok := s.keystores.Default()
+	if n, err := tok.CleanImportKeys(ctx, s.now()); err != nil {
+		return nil, err
+	} else if n > 0 {
+		s.log.Info("destroyed expired import keys", "count", n)
+	}
 	objs, err := tok.Inventory(ctx)
 	if err != nil {
 		return nil, err
@@ -328,6 +336,9 @@ func (s *Service) Reconcile(ctx context.Context) (*Report, error) {
 			owners[string(uuid[:])] = k
 		}
 		for _, m := range k.Materials {
+			if !hasMaterial(m) {
+				continue // deleted or expired: its objects, if a crash left any, go below
+			}
 			if len(m.Wrapped) > 0 {
 				if err := tok.Find(ctx, material(k, m)); err != nil {
 					r.MissingMaterial = append(r.MissingMaterial, arnOf(k)+" material "+m.ID+" (wrapped under domain key "+m.DomainKey+", not on the token)")
@@ -411,7 +422,7 @@ func (s *Service) Reconcile(ctx context.Context) (*Report, error) {
 // key is read again so a rotation that committed after the walk read k is
 // seen.
 func (s *Service) destroyUnrecordedRotation(ctx context.Context, tok *keystore.Store, k *store.Key, id []byte) (bool, error) {
-	if _, running := s.rotations.get(k); running || s.namesMaterial(ctx, k, id) {
+	if _, running := s.rotations.get(k); running || s.imports.running(k.ID) || s.namesMaterial(ctx, k, id) {
 		return false, nil
 	}
 	m := material(k, store.Material{TokenID: id})
@@ -431,7 +442,7 @@ func (s *Service) namesMaterial(ctx context.Context, k *store.Key, id []byte) bo
 		return true
 	}
 	for _, m := range cur.Materials {
-		if bytes.Equal(m.TokenID, id) {
+		if bytes.Equal(m.TokenID, id) && hasMaterial(m) {
 			return true
 		}
 	}

@@ -334,7 +334,7 @@ func (s *Service) migrate(ctx context.Context, ks *keystore.Store, storeID strin
 			return nil
 		}
 		for _, m := range k.Materials {
-			if len(m.Wrapped) > 0 {
+			if len(m.Wrapped) > 0 || !hasMaterial(m) {
 				continue
 			}
 			name := arnOf(k) + " material " + m.ID

@@ -289,6 +289,7 @@ func (s *Service) Start() {
 		s.goBackground(func() { s.RunReaper(s.life, s.jobInterval) })
 		s.goBackground(func() { s.RunRotator(s.life, s.jobInterval) })
 		s.goBackground(func() { s.RunDomainKeys(s.life, s.jobInterval) })
+		s.goBackground(func() { s.RunImportExpiry(s.life, s.jobInterval) })
 	}
 }
 

@@ -200,7 +200,7 @@ func (s *Service) operations() []*operation {
 		onKeyOp("EnableKey", typed(s.EnableKey), enableDisable),
 		onKeyOp("DisableKey", typed(s.DisableKey), enableDisable),
 		onKeyOp("UpdateKeyDescription", typed(s.UpdateKeyDescription), manageable),
-		onKeyOp("ScheduleKeyDeletion", typed(s.ScheduleKeyDeletion), enableDisable),
+		onKeyOp("ScheduleKeyDeletion", typed(s.ScheduleKeyDeletion), schedulable),
 		onKeyOp("CancelKeyDeletion", typed(s.CancelKeyDeletion), pendingDeletion),
 		// Aliases.
 		{name: "CreateAlias", handle: typed(s.CreateAlias), auth: authAlias, aliasKeys: 1, states: manageable},
@@ -233,8 +233,8 @@ func (s *Service) operations() []*operation {
 		needs(originAWSKMS, onKeyOp("EnableKeyRotation", typed(s.EnableKeyRotation), rotating)),
 		needs(originAWSKMS, onKeyOp("DisableKeyRotation", typed(s.DisableKeyRotation), rotating)),
 		needs(originAWSKMS, crossRead("GetKeyRotationStatus", typed(s.GetKeyRotationStatus))),
-		needs(originAWSKMS, onKeyOp("RotateKeyOnDemand", typed(s.RotateKeyOnDemand), rotating)),
-		needs(originAWSKMS, onKeyOp("ListKeyRotations", typed(s.ListKeyRotations), anyState)),
+		needs(originRotatable, onKeyOp("RotateKeyOnDemand", typed(s.RotateKeyOnDemand), rotating)),
+		needs(originRotatable, onKeyOp("ListKeyRotations", typed(s.ListKeyRotations), anyState)),
 		// Grants.
 		createGrant,
 		crossRead("ListGrants", typed(s.ListGrants)),
@@ -250,13 +250,10 @@ func (s *Service) operations() []*operation {
 		keyless("DeleteCustomKeyStore", typed(s.DeleteCustomKeyStore)),
 		// Usage.
 		onKeyOp("GetKeyLastUsage", typed(s.GetKeyLastUsage), anyState),
-		// Not implemented yet: authorized on the key they name, then
-		// UnsupportedOperationException. The import operations need an
-		// EXTERNAL key, which hsmkms never has: AWS's answer for any
-		// other key is theirs for every key.
-		needs(originExternal, onKeyOp("GetParametersForImport", nil, anyState)),
-		needs(originExternal, onKeyOp("ImportKeyMaterial", nil, anyState)),
-		needs(originExternal, onKeyOp("DeleteImportedKeyMaterial", nil, anyState)),
+		// Importing key material: EXTERNAL keys only.
+		needs(originExternal, onKeyOp("GetParametersForImport", typed(s.GetParametersForImport), manageable)),
+		needs(originExternal, onKeyOp("ImportKeyMaterial", typed(s.ImportKeyMaterial), manageable)),
+		needs(originExternal, onKeyOp("DeleteImportedKeyMaterial", typed(s.DeleteImportedKeyMaterial), importedMaterial)),
 		// Multi-Region keys.
 		replicate,
 		updatePrimary,

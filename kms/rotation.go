@@ -36,8 +36,10 @@ const (
 	rotationAutomatic = "AUTOMATIC"
 	rotationOnDemand  = "ON_DEMAND"
 
-	materialCurrent    = "CURRENT"
-	materialNonCurrent = "NON_CURRENT"
+	materialCurrent = "CURRENT"
+	// materialPendingRotation: imported for an on-demand rotation to come.
+	materialPendingRotation = "PENDING_ROTATION"
+	materialNonCurrent      = "NON_CURRENT"
 )
 
 // rotations records the keys this process is rotating, so that a second
@@ -100,7 +102,7 @@ func (r *rotations) hookFn() func(string) error {
 // The operation table already refuses other origins (after the key state)
 // for the rotation operations; the scheduler relies on this.
 func rotatable(k *store.Key) error {
-	if k.Origin != originAWSKMS || k.CustomKeyStoreID != "" {
+	if (k.Origin != originAWSKMS && k.Origin != originExternal) || k.CustomKeyStoreID != "" {
 		return wrongOrigin(k)
 	}
 	if k.KeySpec != specSymmetric {
@@ -239,6 +241,9 @@ func (s *Service) RotateKeyOnDemand(ctx context.Context, r *Request, in *KeyIDIn
 	}
 	if err := r.proceed(); err != nil {
 		return nil, err
+	}
+	if k.Origin == originExternal {
+		return s.rotateImported(ctx, r, k, check)
 	}
 	end, ok := s.rotations.begin(k, rotation{start: now, onDemand: true})
 	if !ok {
@@ -415,6 +420,11 @@ type RotationsListEntry struct {
 	KeyMaterialState string
 	RotationDate     *wire.Time `json:"RotationDate,omitempty"`
 	RotationType     string     `json:"RotationType,omitempty"`
+	// Imported material's (EXTERNAL keys) only.
+	KeyMaterialDescription string     `json:"KeyMaterialDescription,omitempty"`
+	ImportState            string     `json:"ImportState,omitempty"`
+	ExpirationModel        string     `json:"ExpirationModel,omitempty"`
+	ValidTo                *wire.Time `json:"ValidTo,omitempty"`
 }
 
 type ListKeyRotationsOutput struct {
@@ -439,9 +449,11 @@ func (s *Service) ListKeyRotations(ctx context.Context, r *Request, in *ListKeyR
 		return nil, err
 	}
 	first := 1
-	if in.IncludeKeyMaterial == "ALL_KEY_MATERIAL" {
+	all := in.IncludeKeyMaterial == "ALL_KEY_MATERIAL"
+	if all {
 		first = 0
 	}
+	current := currentIndex(k)
 	if in.Marker != "" {
 		after, ok := strings.CutPrefix(in.Marker, rotationMarkerPrefix)
 		i := -1
@@ -464,13 +476,30 @@ func (s *Service) ListKeyRotations(ctx context.Context, r *Request, in *ListKeyR
 			break
 		}
 		m := k.Materials[i]
+		pendingRotation := m.Import != nil && m.Import.PendingRotation
+		if pendingRotation && !all {
+			continue
+		}
 		e := RotationsListEntry{KeyId: k.ID, KeyMaterialId: m.ID, KeyMaterialState: materialNonCurrent}
-		if i == len(k.Materials)-1 {
+		switch {
+		case pendingRotation:
+			e.KeyMaterialState = materialPendingRotation
+		case i == current:
 			e.KeyMaterialState = materialCurrent
 		}
-		if i > 0 {
+		if i > 0 && !pendingRotation {
 			d := wire.Time(m.CreationDate)
 			e.RotationDate, e.RotationType = &d, m.RotationType
+		}
+		if m.Import != nil {
+			e.KeyMaterialDescription, e.ImportState, e.ExpirationModel = m.Import.Description, "IMPORTED", doesNotExpire
+			if m.Import.PendingImport {
+				e.ImportState = "PENDING_IMPORT"
+			}
+			if !m.Import.ValidTo.IsZero() {
+				t := wire.Time(m.Import.ValidTo)
+				e.ExpirationModel, e.ValidTo = expires, &t
+			}
 		}
 		out.Rotations = append(out.Rotations, e)
 	}

@@ -65,6 +65,8 @@ type Service struct {
 	// regions are the Regions the handler serves, set by Handler.
 	transitions transitions
 	regions     atomic.Pointer[map[string]bool]
+	// imports marks the keys being imported into now (import.go).
+	imports importsRunning
 	// identities are the principals' identity policies by ARN, set by
 	// Handler; policies caches parsed key policies.
 	identities atomic.Pointer[map[string]*identity]

@@ -645,6 +645,10 @@ func (p *PostgreSQL) KeysDueForRotation(ctx context.Context, now time.Time) ([]*
 		ORDER BY next_rotation_date, account, region, id`, toNanos(now)))
 }
 
+func (p *PostgreSQL) KeysOfOrigin(ctx context.Context, origin string) ([]*Key, error) {
+	return pgCollectKeys(p.pool.Query(ctx, `SELECT `+pgKeyColumns+` FROM keys WHERE origin = $1 ORDER BY account, region, id`, origin))
+}
+
 func (p *PostgreSQL) CreateAlias(ctx context.Context, a *Alias, limit int) error {
 	return p.tx(ctx, func(tx pgx.Tx) error {
 		if err := lockKey(ctx, tx, a.Account, a.Region, a.TargetKeyID); err != nil {

@@ -255,22 +255,45 @@ type scanner interface{ Scan(...any) error }
 
 // material is Material as stored in the JSON column.
 type material struct {
-	ID           string `json:"id"`
-	TokenID      []byte `json:"token_id"`
-	CreationDate int64  `json:"created"`
-	RotationType string `json:"rotation_type,omitempty"`
-	Wrapped      []byte `json:"wrapped,omitempty"`
-	DomainKey    string `json:"domain_key,omitempty"`
+	ID           string    `json:"id"`
+	TokenID      []byte    `json:"token_id"`
+	CreationDate int64     `json:"created"`
+	RotationType string    `json:"rotation_type,omitempty"`
+	Wrapped      []byte    `json:"wrapped,omitempty"`
+	DomainKey    string    `json:"domain_key,omitempty"`
+	Import       *imported `json:"import,omitempty"`
+}
+
+// imported is an imported material's Import, as stored.
+type imported struct {
+	Pending     bool   `json:"pending,omitempty"`
+	Rotation    bool   `json:"pending_rotation,omitempty"`
+	Description string `json:"description,omitempty"`
+	ValidTo     int64  `json:"valid_to,omitempty"`
 }
 
 func (m material) Material() Material {
-	return Material{ID: m.ID, TokenID: m.TokenID, CreationDate: fromNanos(m.CreationDate), RotationType: m.RotationType,
+	out := Material{ID: m.ID, TokenID: m.TokenID, CreationDate: fromNanos(m.CreationDate), RotationType: m.RotationType,
 		Wrapped: m.Wrapped, DomainKey: m.DomainKey}
+	if m.Import != nil {
+		out.Import = &Import{PendingImport: m.Import.Pending, PendingRotation: m.Import.Rotation, Description: m.Import.Description}
+		if m.Import.ValidTo != 0 {
+			out.Import.ValidTo = fromNanos(m.Import.ValidTo)
+		}
+	}
+	return out
 }
 
 func materialOf(m Material) material {
-	return material{ID: m.ID, TokenID: m.TokenID, CreationDate: toNanos(m.CreationDate), RotationType: m.RotationType,
+	out := material{ID: m.ID, TokenID: m.TokenID, CreationDate: toNanos(m.CreationDate), RotationType: m.RotationType,
 		Wrapped: m.Wrapped, DomainKey: m.DomainKey}
+	if m.Import != nil {
+		out.Import = &imported{Pending: m.Import.PendingImport, Rotation: m.Import.PendingRotation, Description: m.Import.Description}
+		if !m.Import.ValidTo.IsZero() {
+			out.Import.ValidTo = toNanos(m.Import.ValidTo)
+		}
+	}
+	return out
 }
 
 // decodeMaterials reads the JSON column.
@@ -562,6 +585,14 @@ func (s *SQLite) KeysDueForDeletion(ctx context.Context, now time.Time) ([]*Key,
 
 func (s *SQLite) KeysDueForRotation(ctx context.Context, now time.Time) ([]*Key, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT `+keyColumns+` FROM keys WHERE rotation_enabled = 1 AND state = 'Enabled' AND next_rotation_date <= ? ORDER BY next_rotation_date`, toNanos(now))
+	if err != nil {
+		return nil, err
+	}
+	return collectKeys(rows)
+}
+
+func (s *SQLite) KeysOfOrigin(ctx context.Context, origin string) ([]*Key, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+keyColumns+` FROM keys WHERE origin = ? ORDER BY account, region, id`, origin)
 	if err != nil {
 		return nil, err
 	}

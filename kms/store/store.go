@@ -60,6 +60,23 @@ type Material struct {
 	// has begun.
 	Wrapped   []byte
 	DomainKey string
+	// Import is set for material imported into a key of Origin EXTERNAL
+	// (it is kept, PendingImport, after the material is deleted or
+	// expires, so that the same material can be imported again).
+	Import *Import
+}
+
+// Import is what is recorded of an imported material version.
+type Import struct {
+	// PendingImport: the material was deleted (DeleteImportedKeyMaterial)
+	// or expired; TokenID names nothing, Wrapped is empty.
+	PendingImport bool
+	// PendingRotation: imported for RotateKeyOnDemand and not yet
+	// current; a key's current material is its last one that is not.
+	PendingRotation bool
+	Description     string
+	// ValidTo is when the material expires; zero if it does not.
+	ValidTo time.Time
 }
 
 // Key is a KMS key's metadata. (Account, Region, ID) identifies it.
@@ -322,6 +339,9 @@ type Store interface {
 	// KeysDueForRotation returns keys Enabled, with automatic rotation on,
 	// whose next rotation date is not after now, the most overdue first.
 	KeysDueForRotation(ctx context.Context, now time.Time) ([]*Key, error)
+	// KeysOfOrigin returns the keys of one origin (EXTERNAL: the keys
+	// whose imported material may expire), in every state.
+	KeysOfOrigin(ctx context.Context, origin string) ([]*Key, error)
 
 	// CreateAlias stores a. Checked in its transaction, in this order: the
 	// target key exists (ErrNotFound), has fewer than limit aliases
