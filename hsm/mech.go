@@ -20,6 +20,10 @@ type mechCache struct {
 	// oaepRefused holds the hashes for which the token refused the
 	// CKM_RSA_PKCS_OAEP parameters; DecryptOAEP goes raw for them.
 	oaepRefused sync.Map // crypto.Hash → struct{}
+	// oaepUnwrap holds, per hash, whether the token unwraps with
+	// CKM_RSA_PKCS_OAEP and that hash (true) or refuses to (false);
+	// absent until an import has tried (import.go).
+	oaepUnwrap sync.Map // crypto.Hash → bool
 
 	edPhMu sync.Mutex
 	edPh   int // 0 not yet probed, edPhHonoured or edPhIgnored

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync/atomic"
+	"time"
 
 	"github.com/miekg/pkcs11"
 )
@@ -18,6 +19,7 @@ type pool struct {
 	idle   chan pkcs11.SessionHandle
 	open   atomic.Int64
 	closed atomic.Bool
+	obs    Observer // nil: waits are not reported
 }
 
 func newPool(p PKCS11, slot uint, size int) *pool {
@@ -33,9 +35,12 @@ func (pl *pool) get(ctx context.Context) (pkcs11.SessionHandle, error) {
 	select {
 	case pl.sem <- struct{}{}:
 	default:
+		start := time.Now()
 		select {
 		case pl.sem <- struct{}{}:
+			pl.waited(start)
 		case <-ctx.Done():
+			pl.waited(start)
 			return 0, fmt.Errorf("hsm: waiting for a session: %w", ctx.Err())
 		}
 	}
@@ -51,6 +56,12 @@ func (pl *pool) get(ctx context.Context) (pkcs11.SessionHandle, error) {
 	}
 	pl.open.Add(1)
 	return s, nil
+}
+
+func (pl *pool) waited(start time.Time) {
+	if pl.obs != nil {
+		pl.obs.SessionWait(time.Since(start))
+	}
 }
 
 // put returns a session; discard closes it instead, for sessions the token

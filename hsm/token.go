@@ -29,6 +29,9 @@ type TokenConfig struct {
 	// Wrap, if set, wraps the module's PKCS#11 calls for this token (tests
 	// use it to install Faults).
 	Wrap func(PKCS11) PKCS11
+	// Observer, if set, is told of every PKCS#11 call and every wait for
+	// a session (metrics); it sees what Wrap returns.
+	Observer Observer
 	// Logger receives state changes (never PINs or data). Nil discards.
 	Logger hclog.Logger
 }
@@ -157,6 +160,9 @@ func OpenToken(cfg TokenConfig) (*Token, error) {
 	if cfg.Wrap != nil {
 		p = cfg.Wrap(p)
 	}
+	if cfg.Observer != nil {
+		p = &observed{next: p, obs: cfg.Observer}
+	}
 	t := &Token{cfg: cfg, mod: mod, p11: p, log: cfg.Logger}
 	st, err := t.newState()
 	if err != nil {
@@ -217,7 +223,9 @@ func (t *Token) newState() (*tokenState, error) {
 	if err != nil {
 		return nil, wrap("C_OpenSession", err)
 	}
-	st := &tokenState{slot: slot, pool: newPool(t.p11, slot, size), size: size, anchor: anchor, mechs: newMechCache()}
+	pl := newPool(t.p11, slot, size)
+	pl.obs = t.cfg.Observer
+	st := &tokenState{slot: slot, pool: pl, size: size, anchor: anchor, mechs: newMechCache()}
 	st.keepers.Store(t.newKeeperSet(slot, size))
 	return st, nil
 }
@@ -242,6 +250,9 @@ func (t *Token) PoolSize() int { return t.st.Load().size }
 // OpenSessions is the number of sessions currently open on the token by this
 // Token, busy or idle.
 func (t *Token) OpenSessions() int { return int(t.st.Load().pool.open.Load()) }
+
+// SessionsInUse is the number of sessions borrowed from the pool now.
+func (t *Token) SessionsInUse() int { return len(t.st.Load().pool.sem) }
 
 // Info reads the token's current information.
 func (t *Token) Info() (TokenInfo, error) {

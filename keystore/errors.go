@@ -48,13 +48,15 @@ func classify(err error) error {
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
 		return err
 	case errors.Is(err, ErrUnavailable), errors.Is(err, ErrInvalidCiphertext), errors.Is(err, ErrUnsupported),
-		errors.Is(err, ErrMaterialNotFound):
+		errors.Is(err, ErrMaterialNotFound), errors.Is(err, ErrIncorrectMaterial):
 		return err // classified already
 	case hsm.IsDeviceFailure(err), errors.Is(err, hsm.ErrTokenNotFound), errors.Is(err, hsm.ErrUserNotLoggedIn),
 		errors.Is(err, hsm.ErrClosed):
 		return fmt.Errorf("%w: %w", ErrUnavailable, err)
 	case errors.Is(err, hsm.ErrInvalidCiphertext):
 		return fmt.Errorf("%w: %w", ErrInvalidCiphertext, err)
+	case errors.Is(err, hsm.ErrIncorrectMaterial):
+		return fmt.Errorf("%w: %w", ErrIncorrectMaterial, err)
 	case errors.Is(err, hsm.ErrMechanismNotSupported), errors.Is(err, hsm.ErrNotWrappable):
 		return fmt.Errorf("%w: %w", ErrUnsupported, err)
 	case errors.Is(err, errEnvelope):

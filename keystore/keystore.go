@@ -93,6 +93,33 @@ func (s *Store) VerifyIdentity(ctx context.Context, clusterID string, g *Safegua
 	return g.verify(ctx, tok, s.id, clusterID, log)
 }
 
+// Check makes one call on a pooled session of the store's token (one
+// random byte): nil when the token answers now. A token marked failing is
+// rebuilt by the call once its backoff has passed, so Check also notices
+// recovery.
+func (s *Store) Check(ctx context.Context) error {
+	tok, err := s.token()
+	if err != nil {
+		return err
+	}
+	_, err = tok.GenerateRandom(ctx, 1)
+	return classify(err)
+}
+
+// PoolStats is what a store's session pool holds now.
+type PoolStats struct {
+	Size, Open, InUse int
+}
+
+// Pool reports the store's session pool; false while it has no token.
+func (s *Store) Pool() (PoolStats, bool) {
+	tok, err := s.token()
+	if err != nil {
+		return PoolStats{}, false
+	}
+	return PoolStats{Size: tok.PoolSize(), Open: tok.OpenSessions(), InUse: tok.SessionsInUse()}, true
+}
+
 // Close logs out and closes the store's token.
 func (s *Store) Close(ctx context.Context) error {
 	if h := s.hier.Swap(nil); h != nil {
@@ -156,6 +183,18 @@ func (m *Manager) Get(id string) (*Store, error) {
 		return s, nil
 	}
 	return nil, fmt.Errorf("%w: %q", ErrNotFound, id)
+}
+
+// All returns every key store, the default one included, in no order.
+func (m *Manager) All() []*Store {
+	stores := *m.stores.Load()
+	out := make([]*Store, 0, len(stores))
+	for _, s := range stores {
+		if s != nil {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 // Default returns the default key store.

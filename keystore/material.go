@@ -342,7 +342,7 @@ type TokenObject struct {
 
 // Inventory lists the objects on the store's token, one entry per object,
 // leaving out keystore's own (the password vault's key, the identity
-// object, the domain keys), so that kms can
+// object, the domain keys, the audit signing key), so that kms can
 // compare them with its metadata at start-up. It walks the whole token:
 // never call it on a request's path.
 func (s *Store) Inventory(ctx context.Context) ([]TokenObject, error) {
@@ -356,7 +356,7 @@ func (s *Store) Inventory(ctx context.Context) ([]TokenObject, error) {
 	}
 	out := make([]TokenObject, 0, len(objs))
 	for _, o := range objs {
-		if string(o.ID) == string(vaultKeyID) || IsIdentityObject(o) || isDomainKey(o) {
+		if string(o.ID) == string(vaultKeyID) || isAuditKey(o.ID) || IsIdentityObject(o) || isDomainKey(o) || isImportKey(o) {
 			continue
 		}
 		to := TokenObject{Ref: o.ID, Label: o.Label}

@@ -19,6 +19,11 @@ const (
 	StepReplicaRecorded     = "multi-region:replica-recorded" // a replica recorded Creating, before ReplicateKey answers
 	StepPrimaryMoveRecorded = "multi-region:move-recorded"    // UpdatePrimaryRegion's move recorded, before it answers
 	StepReplicaDeleted      = "multi-region:replica-deleted"  // a key deleted from its set, the material kept
+	// Importing key material (kms/import.go).
+	StepImportUnwrapped = "import:unwrapped" // material unwrapped on the token, nothing recorded
+	StepImportPending   = "import:pending"   // token objects: the version recorded pending import
+	StepImportMade      = "import:made"      // and its token objects made
+	StepImportDeleted   = "import:deleted"   // a deletion recorded, the material not yet destroyed
 )
 
 var stepHook atomic.Pointer[func(string)]

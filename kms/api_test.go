@@ -81,7 +81,11 @@ func TestCreateKeyUnsupportedInputs(t *testing.T) {
 	requireAPIError(t, err, "UnsupportedOperationException", "ML-DSA keys are not supported by hsmkms: PKCS#11 2.40 defines no ML-DSA mechanism.")
 	_, err = c.CreateKey(bg(), &awskms.CreateKeyInput{MultiRegion: aws.Bool(true), CustomKeyStoreId: aws.String("cks-1234567890abcdef0"), Origin: types.OriginTypeAwsCloudhsm})
 	requireAPIError(t, err, "UnsupportedOperationException", "You cannot create a multi-Region key in a custom key store.")
-	_, err = c.CreateKey(bg(), &awskms.CreateKeyInput{Origin: types.OriginTypeExternal})
+	_, err = c.CreateKey(bg(), &awskms.CreateKeyInput{Origin: types.OriginTypeExternal, KeySpec: types.KeySpecEccNistEdwards25519, KeyUsage: types.KeyUsageTypeSignVerify})
+	requireAPIError(t, err, "UnsupportedOperationException", "Importing ECC_NIST_EDWARDS25519 key material is not supported by hsmkms.")
+	_, err = c.CreateKey(bg(), &awskms.CreateKeyInput{Origin: types.OriginTypeExternal, MultiRegion: aws.Bool(true)})
+	requireAPIError(t, err, "UnsupportedOperationException", "Multi-Region keys with imported key material (Origin EXTERNAL) are not supported by hsmkms.")
+	_, err = c.CreateKey(bg(), &awskms.CreateKeyInput{CustomKeyStoreId: aws.String("cks-1234567890abcdef0"), Origin: types.OriginTypeExternal})
 	requireAPIError(t, err, "UnsupportedOperationException", "")
 	_, err = c.CreateKey(bg(), &awskms.CreateKeyInput{CustomKeyStoreId: aws.String("cks-1234567890abcdef0"), Origin: types.OriginTypeAwsCloudhsm})
 	requireAPIError(t, err, "CustomKeyStoreNotFoundException", "")
@@ -531,10 +535,6 @@ func TestUnsupportedOperations(t *testing.T) {
 		},
 		"DeleteImportedKeyMaterial": func() error {
 			_, err := c.DeleteImportedKeyMaterial(bg(), &awskms.DeleteImportedKeyMaterialInput{KeyId: &id})
-			return err
-		},
-		"GetKeyLastUsage": func() error {
-			_, err := c.GetKeyLastUsage(bg(), &awskms.GetKeyLastUsageInput{KeyId: &id})
 			return err
 		},
 	} {

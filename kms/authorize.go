@@ -156,7 +156,11 @@ func (s *Service) key(ctx context.Context, r *Request, keyID string, a access) (
 	if err := s.checkState(k, r.op.states); err != nil {
 		return nil, err
 	}
-	if r.op.origin != "" && k.Origin != r.op.origin {
+	if r.op.origin == originRotatable {
+		if k.Origin != originAWSKMS && k.Origin != originExternal {
+			return nil, wrongOrigin(k)
+		}
+	} else if r.op.origin != "" && k.Origin != r.op.origin {
 		return nil, wrongOrigin(k)
 	}
 	return k, nil
@@ -203,6 +207,9 @@ func (s *Service) lookupKey(ctx context.Context, r *Request, keyID string, allow
 		return nil, "", err
 	}
 	r.touched(arnOf(k))
+	if k.CustomKeyStoreID != "" {
+		r.keyStore = k.CustomKeyStoreID
+	}
 	return k, ref.Alias, nil
 }
 

@@ -52,6 +52,16 @@ func newNodes(t *testing.T, n int, setup func(i int, e *env)) []*env {
 		t.Cleanup(func() { e.close() })
 		nodes = append(nodes, e)
 	}
+	// The tests assume each node hears the others' changes from the
+	// start: wait until every change feed listens.
+	for _, e := range nodes {
+		within(t, 10*time.Second, e.node+"'s change feed listening", func() error {
+			if !e.svc.KeyCacheLive() {
+				return errors.New("not live")
+			}
+			return nil
+		})
+	}
 	return nodes
 }
 

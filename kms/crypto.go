@@ -76,7 +76,7 @@ func (s *Service) seal(ctx context.Context, r *Request, k *store.Key, plaintext 
 	if err != nil {
 		return nil, "", err
 	}
-	m := k.Materials[len(k.Materials)-1]
+	m := k.Materials[currentIndex(k)]
 	idBytes, mrk, ok := keyIDBytes(k.ID)
 	matID, err := hex.DecodeString(m.ID)
 	if !ok || err != nil || len(matID) != materialIDSize {
@@ -300,10 +300,11 @@ func (s *Service) Encrypt(ctx context.Context, r *Request, in *EncryptInput) (*E
 	if err := r.proceed(); err != nil {
 		return nil, err
 	}
-	blob, _, err := s.encrypt(ctx, r, k, alg, in.Plaintext, in.EncryptionContext)
+	blob, material, err := s.encrypt(ctx, r, k, alg, in.Plaintext, in.EncryptionContext)
 	if err != nil {
 		return nil, err
 	}
+	r.usedMaterial(material)
 	return &EncryptOutput{CiphertextBlob: blob, EncryptionAlgorithm: alg, KeyId: arnOf(k)}, nil
 }
 
@@ -340,6 +341,7 @@ func (s *Service) Decrypt(ctx context.Context, r *Request, in *DecryptInput) (*D
 	if err != nil {
 		return nil, err
 	}
+	r.usedMaterial(o.materialID)
 	return &DecryptOutput{EncryptionAlgorithm: o.alg, KeyId: arnOf(o.key), KeyMaterialId: o.materialID, Plaintext: o.plaintext}, nil
 }
 
@@ -459,6 +461,7 @@ func (s *Service) generateDataKey(ctx context.Context, r *Request, in *GenerateD
 		clear(plain)
 		return nil, err
 	}
+	r.usedMaterial(material)
 	out := &GenerateDataKeyOutput{CiphertextBlob: blob, KeyId: arnOf(k), KeyMaterialId: material}
 	if withPlaintext {
 		out.Plaintext = plain

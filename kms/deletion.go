@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
 	"time"
 
 	"github.com/hsmkms/hsmkms/keystore"
+	"github.com/hsmkms/hsmkms/kms/audit"
 	"github.com/hsmkms/hsmkms/kms/store"
 	"github.com/hsmkms/hsmkms/kms/wire"
 )
@@ -77,6 +79,9 @@ type CancelKeyDeletionOutput struct {
 func (s *Service) CancelKeyDeletion(ctx context.Context, r *Request, in *KeyIDInput) (*CancelKeyDeletionOutput, error) {
 	k, err := s.update(ctx, r, in.KeyId, access{}, func(k *store.Key) error {
 		k.State = string(StateDisabled)
+		if k.Origin == originExternal && !allImported(k) {
+			k.State = string(StatePendingImport) // as AWS: it has no usable material
+		}
 		k.DeletionDate = time.Time{}
 		k.PendingWindowDays = 0
 		return nil
@@ -142,45 +147,25 @@ func (s *Service) reapOne(ctx context.Context, k *store.Key, now time.Time) (boo
 	if k.State != string(StatePendingDeletion) || k.DeletionDate.After(now) {
 		return false, nil // cancelled, or reaped, since the list was read
 	}
-	if k.MultiRegion {
-		deleted, err := s.reapFromSet(ctx, k)
-		if errors.Is(err, errNotDueNow) {
-			return false, nil
-		}
-		if err != nil {
-			return false, err
-		}
-		if deleted {
-			s.log.Info("key deleted; its material stays, used by the other keys of its multi-Region key", "key", arnOf(k))
-			return true, nil
-		}
-		// The last key of its set: deleted as any key, material first.
-	}
+	connected := true
 	if materialStoreID(k) != "" {
-		connected, usable, err := s.customStoreFor(ctx, k.CustomKeyStoreID)
+		var usable bool
+		connected, usable, err = s.customStoreFor(ctx, k.CustomKeyStoreID)
 		if err != nil {
 			return false, err
 		}
-		if !connected {
-			// AWS deletes the key anyway and leaves the key material in
-			// the cluster; hsmkms records it as an orphan to report.
-			if err := s.store.DeleteKeyOrphaning(ctx, k, s.now()); err != nil && !errors.Is(err, store.ErrNotFound) {
-				return false, err
-			}
-			s.log.Warn("key deleted while its custom key store is disconnected; its token object is orphaned", "key", arnOf(k), "store", k.CustomKeyStoreID)
-			return true, nil
-		}
-		if !usable {
+		if connected && !usable {
 			return false, nil // connected, but not from this node now: a node that is logged in reaps it
 		}
 	}
-	if err := s.destroyMaterial(ctx, k); err != nil {
+	// Claimed and read again: the record of the deletion is written by
+	// this node, the one that performs it, once.
+	if err := s.reapKey(ctx, k, connected); err != nil {
+		if isNotFound(err) {
+			return false, nil // changed since read (errNotDueNow), or gone
+		}
 		return false, err
 	}
-	if err := s.store.DeleteKey(ctx, k.Account, k.Region, k.ID); err != nil && !errors.Is(err, store.ErrNotFound) {
-		return false, err
-	}
-	s.log.Info("key deleted", "key", arnOf(k))
 	return true, nil
 }
 
@@ -208,7 +193,8 @@ var errLastOfSet = errors.New("kms: the last key of its multi-Region key")
 
 // errNotDueNow: the key changed between the reaper's read and its write
 // (cancelled, or already deleted); nothing to do.
-var errNotDueNow = errors.New("kms: key no longer due for deletion")
+// It is a store.ErrNotFound, which the reaper passes over.
+var errNotDueNow = fmt.Errorf("kms: key no longer due for deletion: %w", store.ErrNotFound)
 
 // reapFromSet deletes k, a multi-Region key due for deletion, if other keys
 // of its set remain: they name its material, so only its row goes, in the
@@ -257,6 +243,45 @@ func (s *Service) reapFromSet(ctx context.Context, k *store.Key) (bool, error) {
 		keystore.Step(keystore.StepReplicaDeleted)
 	}
 	return err == nil, err
+}
+
+// reapKey deletes one key that is due, claimed and read again by
+// reapOne: AWS's DeleteKey service event. connected says whether the
+// custom key store holding its material, if any, is connected; if it is
+// not, the key goes and its material is recorded as orphaned.
+func (s *Service) reapKey(ctx context.Context, k *store.Key, connected bool) error {
+	return s.serviceAction(ctx, "DeleteKey", k.Account, k.Region, keyResource(arnOf(k), k.Account),
+		func() (audit.Fields, audit.Fields, error) {
+			response := audit.Fields{{Name: "keyId", Value: arnOf(k)}}
+			if k.MultiRegion {
+				deleted, err := s.reapFromSet(ctx, k)
+				if err != nil {
+					return nil, nil, err
+				}
+				if deleted {
+					s.log.Info("key deleted; its material stays, used by the other keys of its multi-Region key", "key", arnOf(k))
+					return audit.Fields{{Name: "multiRegionKeyMaterialKept", Value: true}}, response, nil
+				}
+				// The last key of its set: deleted as any key, material first.
+			}
+			if materialStoreID(k) != "" && !connected {
+				// AWS deletes the key anyway and leaves the key material in
+				// the cluster; hsmkms records it as an orphan to report.
+				if err := s.store.DeleteKeyOrphaning(ctx, k, s.now()); err != nil {
+					return nil, nil, err
+				}
+				s.log.Warn("key deleted while its custom key store is disconnected; its token object is orphaned", "key", arnOf(k), "store", k.CustomKeyStoreID)
+				return audit.Fields{{Name: "customKeyStoreId", Value: k.CustomKeyStoreID}, {Name: "keyMaterialOrphaned", Value: true}}, response, nil
+			}
+			if err := s.destroyMaterial(ctx, k); err != nil {
+				return nil, nil, err
+			}
+			if err := s.store.DeleteKey(ctx, k.Account, k.Region, k.ID); err != nil {
+				return nil, nil, err
+			}
+			s.log.Info("key deleted", "key", arnOf(k))
+			return nil, response, nil
+		})
 }
 
 func (s *Service) storeConnected(id string) bool {
@@ -346,6 +371,11 @@ const creatingGrace = 10 * time.Minute
 func (s *Service) Reconcile(ctx context.Context) (*Report, error) {
 	r := &Report{}
 	tok := s.keystores.Default()
+	if n, err := tok.CleanImportKeys(ctx, s.now()); err != nil {
+		return nil, err
+	} else if n > 0 {
+		s.log.Info("destroyed expired import keys", "count", n)
+	}
 	objs, err := tok.Inventory(ctx)
 	if err != nil {
 		return nil, err
@@ -384,6 +414,9 @@ func (s *Service) Reconcile(ctx context.Context) (*Report, error) {
 			owners[string(uuid[:])] = k
 		}
 		for _, m := range k.Materials {
+			if !hasMaterial(m) {
+				continue // deleted or expired: its objects, if a crash left any, go below
+			}
 			if len(m.Wrapped) > 0 {
 				if err := tok.Find(ctx, material(k, m)); err != nil {
 					r.MissingMaterial = append(r.MissingMaterial, arnOf(k)+" material "+m.ID+" (wrapped under domain key "+m.DomainKey+", not on the token)")
@@ -473,7 +506,7 @@ func (s *Service) Reconcile(ctx context.Context) (*Report, error) {
 // key is read again so a rotation that committed after the walk read k is
 // seen.
 func (s *Service) destroyUnrecordedRotation(ctx context.Context, tok *keystore.Store, k *store.Key, id []byte) (bool, error) {
-	if _, running, err := s.rotating(ctx, k); err != nil || running || s.namesMaterial(ctx, k, id) {
+	if _, running, err := s.rotating(ctx, k); err != nil || running || s.imports.running(k.ID) || s.namesMaterial(ctx, k, id) {
 		return false, err
 	}
 	m := material(k, store.Material{TokenID: id})
@@ -493,7 +526,7 @@ func (s *Service) namesMaterial(ctx context.Context, k *store.Key, id []byte) bo
 		return true
 	}
 	for _, m := range cur.Materials {
-		if bytes.Equal(m.TokenID, id) {
+		if bytes.Equal(m.TokenID, id) && hasMaterial(m) {
 			return true
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/hsmkms/hsmkms/keystore"
+	"github.com/hsmkms/hsmkms/kms/audit"
 	"github.com/hsmkms/hsmkms/kms/store"
 )
 
@@ -28,7 +29,36 @@ func (s *Service) RotateDomainKey(ctx context.Context, storeID string) (string, 
 	if err != nil {
 		return "", err
 	}
-	return ks.RotateDomainKey(ctx)
+	return s.rotateDomainKey(ctx, ks, "requested")
+}
+
+// rotateDomainKey makes a new domain key ks's active one, as an internal
+// action in the audit trail (RotateDomainKey, from HierarchySource), and
+// says why: "requested" (hsmkms domain-keys --rotate) or "age" (the
+// domain key job, domain_key_rotation_days).
+func (s *Service) rotateDomainKey(ctx context.Context, ks *keystore.Store, reason string) (string, error) {
+	var id string
+	err := s.hierarchyAction(ctx, "RotateDomainKey", func() (audit.Fields, error) {
+		details := audit.Fields{{Name: "keyStoreId", Value: keyStoreName(ks.ID())}, {Name: "reason", Value: reason}}
+		if dks := ks.DomainKeys(); len(dks) > 0 {
+			details.Add("previousDomainKeyId", dks[len(dks)-1].ID)
+		}
+		var err error
+		if id, err = ks.RotateDomainKey(ctx); err == nil {
+			details.Add("domainKeyId", id)
+		}
+		return details, err
+	})
+	return id, err
+}
+
+// keyStoreName is how records name a key store: "default" for the
+// default key store, else its id.
+func keyStoreName(id string) string {
+	if id == keystore.DefaultID {
+		return "default"
+	}
+	return id
 }
 
 // DomainKeyState is one domain key of a key store, for reports.
@@ -139,7 +169,7 @@ func (s *Service) domainKeysPass(ctx context.Context, ks *keystore.Store, pass *
 		return nil
 	}
 	if active := dks[len(dks)-1]; s.domainKeyRotation > 0 && active.State == "ACTIVE" && s.now().Sub(active.Created) >= s.domainKeyRotation {
-		id, err := ks.RotateDomainKey(ctx)
+		id, err := s.rotateDomainKey(ctx, ks, "age")
 		if err != nil {
 			return err
 		}
@@ -155,20 +185,40 @@ func (s *Service) domainKeysPass(ctx context.Context, ks *keystore.Store, pass *
 	if len(retired) == 0 {
 		return nil
 	}
-	n, err := s.rewrapUnder(ctx, ks, retired)
-	pass.Rewrapped += n
+	// Each pass that finds retired domain keys is an internal action in
+	// the audit trail (RewrapKeyMaterial: how many material versions moved
+	// to which domain key), as is each destroy; the node that holds the
+	// store's claim writes them.
+	err := s.hierarchyAction(ctx, "RewrapKeyMaterial", func() (audit.Fields, error) {
+		n, err := s.rewrapUnder(ctx, ks, retired)
+		pass.Rewrapped += n
+		return audit.Fields{{Name: "keyStoreId", Value: keyStoreName(ks.ID())}, {Name: "retiredDomainKeyIds", Value: retired},
+			{Name: "domainKeyId", Value: dks[len(dks)-1].ID}, {Name: "materialVersionsRewrapped", Value: n}}, err
+	})
 	if err != nil {
 		return err
 	}
 	for _, id := range retired {
-		err := ks.DestroyDomainKey(ctx, id)
+		destroyed := false
+		err := s.hierarchyAction(ctx, "DestroyDomainKey", func() (audit.Fields, error) {
+			details := audit.Fields{{Name: "keyStoreId", Value: keyStoreName(ks.ID())}, {Name: "domainKeyId", Value: id}}
+			err := ks.DestroyDomainKey(ctx, id)
+			if errors.Is(err, keystore.ErrDomainKeyInUse) {
+				// Written under it since the walk (a request that
+				// wrapped just before the rotation): the next pass
+				// moves it.
+				details.Add("destroyed", false)
+				details.Add("reason", "material written under it since the pass began; the next pass moves it")
+				return details, nil
+			}
+			destroyed = err == nil
+			details.Add("destroyed", destroyed)
+			return details, err
+		})
 		switch {
-		case errors.Is(err, keystore.ErrDomainKeyInUse):
-			// Written under it since the walk (a request that wrapped
-			// just before the rotation): the next pass moves it.
 		case err != nil:
 			errs = append(errs, err)
-		default:
+		case destroyed:
 			pass.Destroyed = append(pass.Destroyed, id)
 			s.log.Info("retired domain key destroyed", "store", ks.ID(), "domain_key", id)
 		}
@@ -290,12 +340,25 @@ func (s *Service) MigrateToWrapped(ctx context.Context, storeID string) (*Migrat
 		return nil, fmt.Errorf("kms: %s does not hold material wrapped (key_material: wrapped)", keystore.StoreDescription(storeID))
 	}
 	rep := &MigrationReport{}
-	err = s.store.ForEachKey(ctx, func(k *store.Key) error {
+	// The migration is an internal action in the audit trail
+	// (MigrateKeyMaterial, from HierarchySource): not run if it cannot be
+	// recorded, and its outcome recorded.
+	err = s.hierarchyAction(ctx, "MigrateKeyMaterial", func() (audit.Fields, error) {
+		err := s.migrate(ctx, ks, storeID, rep)
+		return audit.Fields{{Name: "keyStoreId", Value: keyStoreName(storeID)}, {Name: "materialVersionsMigrated", Value: len(rep.Migrated)},
+			{Name: "materialVersionsRefused", Value: len(rep.Refused)}}, err
+	})
+	return rep, err
+}
+
+// migrate is MigrateToWrapped's walk.
+func (s *Service) migrate(ctx context.Context, ks *keystore.Store, storeID string, rep *MigrationReport) error {
+	return s.store.ForEachKey(ctx, func(k *store.Key) error {
 		if materialStoreID(k) != storeID || k.State == string(StateCreating) {
 			return nil
 		}
 		for _, m := range k.Materials {
-			if len(m.Wrapped) > 0 {
+			if len(m.Wrapped) > 0 || !hasMaterial(m) {
 				continue
 			}
 			name := arnOf(k) + " material " + m.ID
@@ -322,7 +385,6 @@ func (s *Service) MigrateToWrapped(ctx context.Context, storeID string) (*Migrat
 		}
 		return nil
 	})
-	return rep, err
 }
 
 // MaterialCache says what the key store storeID keeps unwrapped on its

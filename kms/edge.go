@@ -37,7 +37,7 @@ const DefaultMaxBody = 1 << 20
 
 // edge puts the in-flight bound in front of h, and lets a presigned URL
 // name its operation in the query.
-func edge(h http.Handler, cfg HandlerConfig) http.Handler {
+func edge(h http.Handler, cfg HandlerConfig) *wire.Limiter {
 	n := cfg.MaxInFlight
 	if n <= 0 {
 		n = DefaultMaxInFlight

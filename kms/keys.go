@@ -25,6 +25,7 @@ type KeyMetadata struct {
 	Description                 string                    `json:"Description"`
 	Enabled                     bool                      `json:"Enabled"`
 	EncryptionAlgorithms        []string                  `json:"EncryptionAlgorithms,omitempty"`
+	ExpirationModel             string                    `json:"ExpirationModel,omitempty"`
 	KeyId                       string                    `json:"KeyId"`
 	KeyManager                  string                    `json:"KeyManager"`
 	KeySpec                     string                    `json:"KeySpec"`
@@ -37,6 +38,7 @@ type KeyMetadata struct {
 	Origin                      string                    `json:"Origin"`
 	PendingDeletionWindowInDays int                       `json:"PendingDeletionWindowInDays,omitempty"`
 	SigningAlgorithms           []string                  `json:"SigningAlgorithms,omitempty"`
+	ValidTo                     *wire.Time                `json:"ValidTo,omitempty"`
 	XksKeyConfiguration         *XksKeyConfiguration      `json:"XksKeyConfiguration,omitempty"`
 }
 
@@ -76,9 +78,12 @@ func (s *Service) metadata(k *store.Key) *KeyMetadata {
 	}
 	m.EncryptionAlgorithms, m.SigningAlgorithms, m.MacAlgorithms, m.KeyAgreementAlgorithms = keySpecs[k.KeySpec].algorithms(k.KeyUsage)
 	// AWS names the current material only of keys that rotate: symmetric
-	// encryption keys whose material it made.
-	if n := len(k.Materials); n > 0 && k.KeySpec == specSymmetric && k.CustomKeyStoreID == "" {
-		m.CurrentKeyMaterialId = k.Materials[n-1].ID
+	// encryption keys whose material it made or that was imported.
+	if i := currentIndex(k); i >= 0 && k.KeySpec == specSymmetric && k.CustomKeyStoreID == "" {
+		m.CurrentKeyMaterialId = k.Materials[i].ID
+	}
+	if k.Origin == originExternal {
+		m.ExpirationModel, m.ValidTo = expiration(k)
 	}
 	if k.State == string(StatePendingDeletion) {
 		d := wire.Time(k.DeletionDate)
@@ -98,7 +103,10 @@ const (
 	algSymmetric   = "SYMMETRIC_DEFAULT"
 	originAWSKMS   = "AWS_KMS"
 	originExternal = "EXTERNAL"
-	maxPolicyBytes = 32 * 1024
+	// originRotatable is the operation table's origin rule of on-demand
+	// rotation and ListKeyRotations: AWS_KMS or EXTERNAL.
+	originRotatable = "AWS_KMS|EXTERNAL"
+	maxPolicyBytes  = 32 * 1024
 )
 
 type Tag struct {
@@ -218,8 +226,15 @@ func (s *Service) CreateKey(ctx context.Context, r *Request, in *CreateKeyInput)
 		return nil, wire.Errorf(wire.Validation, "Origin %s requires a CustomKeyStoreId.", in.Origin)
 	}
 	switch {
-	case origin != originAWSKMS:
-		return nil, wire.Errorf(wire.UnsupportedOperation, "Origin %s is not supported by hsmkms: key material is always generated on the token.", origin)
+	case origin == originExternal && in.MultiRegion:
+		// AWS has each Region's key import the same material on its own;
+		// hsmkms's replicas share their primary's material instead, and
+		// that sharing is not built for imported material yet.
+		return nil, wire.Errorf(wire.UnsupportedOperation, "Multi-Region keys with imported key material (Origin EXTERNAL) are not supported by hsmkms.")
+	case origin == originExternal && spec == "ECC_NIST_EDWARDS25519":
+		return nil, wire.Errorf(wire.UnsupportedOperation, "Importing ECC_NIST_EDWARDS25519 key material is not supported by hsmkms.")
+	case origin != originAWSKMS && origin != originExternal:
+		return nil, wire.Errorf(wire.UnsupportedOperation, "Origin %s is not supported by hsmkms.", origin)
 	case ksp.unsupported != "":
 		return nil, wire.Errorf(wire.UnsupportedOperation, "%s", ksp.unsupported)
 	}
@@ -252,6 +267,9 @@ func (s *Service) CreateKey(ctx context.Context, r *Request, in *CreateKeyInput)
 		ks = s.keystores.Default()
 	default:
 		origin = originCloudHSM
+	}
+	if origin == originExternal {
+		return s.createExternalKey(ctx, r, in, id, spec, usage, policy)
 	}
 	mat, err := ks.NewMaterial(ctx, uuid, ksp.material, keyUsage(usage), keyARN(r.Caller.Region, r.Caller.Account, id))
 	if err != nil {

@@ -105,9 +105,10 @@ func material(k *store.Key, m store.Material) keystore.Material {
 	return keystore.MaterialOf(keySpecs[k.KeySpec].material, keyUsage(k.KeyUsage), m.TokenID, m.Wrapped, m.DomainKey)
 }
 
-// currentMaterial is k's current material version.
+// currentMaterial is k's current material version (not one imported
+// for a rotation yet to come).
 func currentMaterial(k *store.Key) keystore.Material {
-	return material(k, k.Materials[len(k.Materials)-1])
+	return material(k, k.Materials[currentIndex(k)])
 }
 
 // usableKey resolves and authorizes keyID for a cryptographic operation

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/hsmkms/hsmkms/keystore"
+	"github.com/hsmkms/hsmkms/kms/audit"
 	"github.com/hsmkms/hsmkms/kms/store"
 )
 
@@ -219,10 +220,56 @@ func (s *Service) recordLogin(ctx context.Context, id string, live *keystore.Sto
 // connectStore is the connecting node's work: log in (resolving a rotation
 // cut short), then, if rotate, let the other nodes log in and rotate the
 // kmsuser password, and record the outcome as the store's state. The
-// caller holds the store's connect mark.
+// caller holds the store's connect mark, so the connect is one internal
+// action in the audit trail, written by the node that performs it: a
+// ConnectCustomKeyStore service event with the outcome. If its intent
+// cannot be recorded, the store is left disconnected.
 func (s *Service) connectStore(id string, live *keystore.Store, rotate bool) {
 	ctx, cancel := context.WithTimeout(s.life, connectTimeout)
 	defer cancel()
+	account, region := "", ""
+	if ks, err := s.store.GetKeyStore(ctx, id); err == nil {
+		account, region = ks.Account, ks.Region
+	}
+	err := s.serviceAction(ctx, "ConnectCustomKeyStore", account, region, nil, func() (audit.Fields, audit.Fields, error) {
+		code := s.connectStoreNow(ctx, id, live, rotate)
+		st, _ := live.State()
+		details := audit.Fields{{Name: "customKeyStoreId", Value: id}, {Name: "connectionState", Value: string(st)},
+			{Name: "passwordRotated", Value: rotate && code == ""}}
+		if code != "" {
+			details.Add("connectionErrorCode", string(code))
+		}
+		return details, nil, nil
+	})
+	if err != nil {
+		s.log.Error("custom key store not connected: its audit record could not be written", "store", id, "error", err)
+		s.abandonConnect(ctx, id)
+		if st, _ := live.State(); st == keystore.Connected || st == keystore.Failed {
+			live.Disconnect(context.WithoutCancel(ctx))
+		}
+		s.recordLogin(ctx, id, live)
+	}
+	s.kickSync()
+}
+
+// abandonConnect leaves a store whose connect could not be recorded in the
+// audit trail DISCONNECTED, unless its state changed meanwhile.
+func (s *Service) abandonConnect(ctx context.Context, id string) {
+	_, err := s.store.UpdateKeyStore(context.WithoutCancel(ctx), id, func(k *store.KeyStore) error {
+		if k.ConnectionState != string(keystore.Connecting) {
+			return errNotConnecting
+		}
+		k.Connect, k.ConnectionState, k.ConnectionError = false, string(keystore.Disconnected), ""
+		return nil
+	})
+	if err != nil && !errors.Is(err, errNotConnecting) && !errors.Is(err, store.ErrNotFound) {
+		s.log.Error("custom key store: recording it disconnected after its connect was not recorded", "store", id, "error", err)
+	}
+}
+
+// connectStoreNow is connectStore's action; it returns the connection's
+// error code ("" when connected).
+func (s *Service) connectStoreNow(ctx context.Context, id string, live *keystore.Store, rotate bool) keystore.ErrorCode {
 	code := s.loginAsOwner(ctx, id, live)
 	if code == "" && rotate {
 		s.waitForLogins(ctx, id)
@@ -254,7 +301,7 @@ func (s *Service) connectStore(id string, live *keystore.Store, rotate bool) {
 		// Left CONNECTING: a node takes it over once the mark is released.
 		s.log.Error("custom key store: recording the outcome of its connection", "store", id, "error", err)
 	}
-	s.kickSync()
+	return code
 }
 
 var errNotConnecting = errors.New("kms: the key store is no longer connecting")

@@ -76,6 +76,13 @@ type OpenConfig struct {
 	// DomainKeyRotation, if positive, is how old a store's active domain
 	// key may grow before the domain key job (JobInterval) replaces it.
 	DomainKeyRotation time.Duration
+	// Audit, if set, writes the audit trail there (see auditing.go).
+	Audit *AuditConfig
+	// Metrics, if set, count what the service and its tokens do.
+	Metrics *Metrics
+	// UsageFlushInterval is how often keys' last use is written to the
+	// store; 0 means DefaultUsageFlushInterval.
+	UsageFlushInterval time.Duration
 }
 
 // Open brings up the token, the metadata store and the service, checks
@@ -91,6 +98,13 @@ func Open(ctx context.Context, cfg OpenConfig) (_ *Service, err error) {
 		return nil, err
 	}
 	guard := &keystore.Safeguards{Records: tokenRecords{db}, Locker: tokensLocker{db}}
+	if cfg.Metrics != nil {
+		cfg.Clusters = slices.Clone(cfg.Clusters)
+		cfg.DefaultToken.Observer = cfg.Metrics.token("default")
+		for i := range cfg.Clusters {
+			cfg.Clusters[i].Token.Observer = cfg.Metrics.token(cfg.Clusters[i].ID)
+		}
+	}
 	def, err := openDefault(ctx, db, cfg, guard, log)
 	if err != nil {
 		db.Close()
@@ -100,8 +114,11 @@ func Open(ctx context.Context, cfg OpenConfig) (_ *Service, err error) {
 	keystores.SetSafeguards(guard)
 	keystores.SetLocker(db)
 	s := New(Config{Store: db, KeyStores: keystores, Logger: log, Now: cfg.Now, Clusters: cfg.Clusters, XKS: cfg.XKS,
-		NodeID: cfg.NodeID, SyncInterval: cfg.SyncInterval})
+		NodeID: cfg.NodeID, SyncInterval: cfg.SyncInterval, Metrics: cfg.Metrics})
 	s.jobInterval = cfg.JobInterval
+	if cfg.UsageFlushInterval > 0 {
+		s.usageInterval = cfg.UsageFlushInterval
+	}
 	defer func() {
 		if err != nil {
 			s.closeResources(context.WithoutCancel(ctx))
@@ -142,6 +159,9 @@ func Open(ctx context.Context, cfg OpenConfig) (_ *Service, err error) {
 	if err := s.registerKeyStores(ctx); err != nil {
 		return nil, err
 	}
+	if err := s.openUsage(ctx, cfg.Audit); err != nil {
+		return nil, err
+	}
 	// The external key stores' proxy clients, before the first request.
 	s.syncXKSStores(ctx)
 	return s, nil
@@ -180,6 +200,33 @@ func openDefault(ctx context.Context, db store.Store, cfg OpenConfig, guard *key
 		return nil, err
 	}
 	return keystore.OpenDefault(ctx, cfg.DefaultToken, cfg.PIN)
+}
+
+// openUsage opens the audit trail, if configured, and brings keys' last
+// use up to date: the store's record, and what the trail holds past it.
+func (s *Service) openUsage(ctx context.Context, audit *AuditConfig) error {
+	tracking, err := s.store.StartUsageTracking(ctx, s.now())
+	if err != nil {
+		return fmt.Errorf("kms: usage tracking: %w", err)
+	}
+	s.usage.start = tracking.Start
+	if audit == nil {
+		return nil
+	}
+	if err := s.openTrail(ctx, audit); err != nil {
+		return err
+	}
+	after := uint64(0)
+	if tracking.Trail == s.trail.ID() {
+		after = tracking.Sequence
+	}
+	s.usage.mu.Lock()
+	s.usage.trail = s.trail.ID()
+	s.usage.mu.Unlock()
+	if err := s.usage.replay(audit.Dir, after); err != nil {
+		return fmt.Errorf("kms: replaying keys' last use from the audit trail: %w", err)
+	}
+	return s.usage.flush(ctx)
 }
 
 // DefaultKeyMaterial is how the default key store holds new material when
@@ -305,10 +352,12 @@ func (s *Service) Start() {
 	}
 	s.goBackground(func() { s.runCluster(s.life) })
 	s.goBackground(func() { s.runTransitions(s.life) })
+	s.goBackground(func() { s.usage.run(s.life, s.usageInterval) })
 	if s.jobInterval > 0 {
 		s.goBackground(func() { s.RunReaper(s.life, s.jobInterval) })
 		s.goBackground(func() { s.RunRotator(s.life, s.jobInterval) })
 		s.goBackground(func() { s.RunDomainKeys(s.life, s.jobInterval) })
+		s.goBackground(func() { s.RunImportExpiry(s.life, s.jobInterval) })
 	}
 }
 
@@ -349,8 +398,19 @@ func (s *Service) Close(ctx context.Context) error {
 	return s.closeResources(ctx)
 }
 
+// closeResources closes, in order: the audit trail (its stop record, the
+// last digest), keys' last use (all of it, with the trail's end), the
+// tokens and the store.
 func (s *Service) closeResources(ctx context.Context) error {
 	var errs []error
+	if s.trail != nil {
+		if err := s.trail.Close(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("kms: closing the audit trail: %w", err))
+		}
+	}
+	if err := s.usage.flush(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("kms: writing keys' last use: %w", err))
+	}
 	if err := s.keystores.Close(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("kms: closing key stores: %w", err))
 	}

@@ -28,6 +28,12 @@ import (
 //   - aliases: whether its KeyId may name an alias.
 //   - origin: the key origin the operation needs, if any; checked after
 //     the key state, as AWS checks a key's type after its state.
+//   - readOnly: CloudTrail's readOnly for the operation's events. A call
+//     of an operation that is not read-only gets a durable intent record
+//     in the audit trail before its handler runs (see auditing.go): no
+//     state changes without a record of the call that changed it.
+//   - tracked: a successful call counts as the key's last use
+//     (GetKeyLastUsage), for both keys of a ReEncrypt.
 //   - Operations without a handler are authorized like the real call and
 //     then answer UnsupportedOperationException.
 //
@@ -83,6 +89,8 @@ type operation struct {
 	aliases      bool
 	states       stateRule
 	origin       string
+	readOnly     bool
+	tracked      bool
 
 	// action and requires are "kms:"+name and required(), computed once
 	// when the table is built (every request reads them); iamAction and
@@ -145,7 +153,13 @@ func (op *operation) keyActions() []string {
 // its methods.
 func (s *Service) operations() []*operation {
 	crypto := func(name string, h *handler) *operation {
-		return &operation{name: name, handle: h, auth: authKey, crossAccount: true, grantable: true, aliases: true, states: usable}
+		return &operation{name: name, handle: h, auth: authKey, crossAccount: true, grantable: true, aliases: true, states: usable, readOnly: true}
+	}
+	// tracked marks an operation whose success is a key's last use:
+	// exactly AWS's KeyLastUsageTrackingOperation values.
+	tracked := func(op *operation) *operation {
+		op.tracked = true
+		return op
 	}
 	keyless := func(name string, h *handler) *operation {
 		return &operation{name: name, handle: h, auth: authKeyless}
@@ -187,7 +201,7 @@ func (s *Service) operations() []*operation {
 		onKeyOp("EnableKey", typed(s.EnableKey), enableDisable),
 		onKeyOp("DisableKey", typed(s.DisableKey), enableDisable),
 		onKeyOp("UpdateKeyDescription", typed(s.UpdateKeyDescription), manageable),
-		onKeyOp("ScheduleKeyDeletion", typed(s.ScheduleKeyDeletion), enableDisable),
+		onKeyOp("ScheduleKeyDeletion", typed(s.ScheduleKeyDeletion), schedulable),
 		onKeyOp("CancelKeyDeletion", typed(s.CancelKeyDeletion), pendingDeletion),
 		// Aliases.
 		{name: "CreateAlias", handle: typed(s.CreateAlias), auth: authAlias, aliasKeys: 1, states: manageable},
@@ -202,26 +216,26 @@ func (s *Service) operations() []*operation {
 		onKeyOp("PutKeyPolicy", typed(s.PutKeyPolicy), anyState),
 		onKeyOp("ListKeyPolicies", typed(s.ListKeyPolicies), anyState),
 		// Cryptography.
-		crypto("Encrypt", typed(s.Encrypt)),
-		crypto("Decrypt", typed(s.Decrypt)),
-		reEncrypt,
-		crypto("GenerateDataKey", typed(s.GenerateDataKey)),
-		crypto("GenerateDataKeyWithoutPlaintext", typed(s.GenerateDataKeyWithoutPlaintext)),
-		crypto("GenerateDataKeyPair", typed(s.GenerateDataKeyPair)),
-		crypto("GenerateDataKeyPairWithoutPlaintext", typed(s.GenerateDataKeyPairWithoutPlaintext)),
-		crypto("Sign", typed(s.Sign)),
-		crypto("Verify", typed(s.Verify)),
+		tracked(crypto("Encrypt", typed(s.Encrypt))),
+		tracked(crypto("Decrypt", typed(s.Decrypt))),
+		tracked(reEncrypt),
+		tracked(crypto("GenerateDataKey", typed(s.GenerateDataKey))),
+		tracked(crypto("GenerateDataKeyWithoutPlaintext", typed(s.GenerateDataKeyWithoutPlaintext))),
+		tracked(crypto("GenerateDataKeyPair", typed(s.GenerateDataKeyPair))),
+		tracked(crypto("GenerateDataKeyPairWithoutPlaintext", typed(s.GenerateDataKeyPairWithoutPlaintext))),
+		tracked(crypto("Sign", typed(s.Sign))),
+		tracked(crypto("Verify", typed(s.Verify))),
 		crypto("GetPublicKey", typed(s.GetPublicKey)),
-		crypto("GenerateMac", typed(s.GenerateMac)),
-		crypto("VerifyMac", typed(s.VerifyMac)),
-		crypto("DeriveSharedSecret", typed(s.DeriveSharedSecret)),
+		tracked(crypto("GenerateMac", typed(s.GenerateMac))),
+		tracked(crypto("VerifyMac", typed(s.VerifyMac))),
+		tracked(crypto("DeriveSharedSecret", typed(s.DeriveSharedSecret))),
 		keyless("GenerateRandom", typed(s.GenerateRandom)),
 		// Rotation.
 		needs(originAWSKMS, onKeyOp("EnableKeyRotation", typed(s.EnableKeyRotation), rotating)),
 		needs(originAWSKMS, onKeyOp("DisableKeyRotation", typed(s.DisableKeyRotation), rotating)),
 		needs(originAWSKMS, crossRead("GetKeyRotationStatus", typed(s.GetKeyRotationStatus))),
-		needs(originAWSKMS, onKeyOp("RotateKeyOnDemand", typed(s.RotateKeyOnDemand), rotating)),
-		needs(originAWSKMS, onKeyOp("ListKeyRotations", typed(s.ListKeyRotations), anyState)),
+		needs(originRotatable, onKeyOp("RotateKeyOnDemand", typed(s.RotateKeyOnDemand), rotating)),
+		needs(originRotatable, onKeyOp("ListKeyRotations", typed(s.ListKeyRotations), anyState)),
 		// Grants.
 		createGrant,
 		crossRead("ListGrants", typed(s.ListGrants)),
@@ -235,23 +249,41 @@ func (s *Service) operations() []*operation {
 		keyless("DisconnectCustomKeyStore", typed(s.DisconnectCustomKeyStore)),
 		keyless("UpdateCustomKeyStore", typed(s.UpdateCustomKeyStore)),
 		keyless("DeleteCustomKeyStore", typed(s.DeleteCustomKeyStore)),
-		// Not implemented yet: authorized on the key they name, then
-		// UnsupportedOperationException. The import operations need an
-		// EXTERNAL key, which hsmkms never has: AWS's answer for any
-		// other key is theirs for every key.
-		needs(originExternal, onKeyOp("GetParametersForImport", nil, anyState)),
-		needs(originExternal, onKeyOp("ImportKeyMaterial", nil, anyState)),
-		needs(originExternal, onKeyOp("DeleteImportedKeyMaterial", nil, anyState)),
-		onKeyOp("GetKeyLastUsage", nil, anyState),
+		// Usage.
+		onKeyOp("GetKeyLastUsage", typed(s.GetKeyLastUsage), anyState),
+		// Importing key material: EXTERNAL keys only.
+		needs(originExternal, onKeyOp("GetParametersForImport", typed(s.GetParametersForImport), manageable)),
+		needs(originExternal, onKeyOp("ImportKeyMaterial", typed(s.ImportKeyMaterial), manageable)),
+		needs(originExternal, onKeyOp("DeleteImportedKeyMaterial", typed(s.DeleteImportedKeyMaterial), importedMaterial)),
 		// Multi-Region keys.
 		replicate,
 		updatePrimary,
 	}
+	// CloudTrail marks the reads read-only: Describe*, Get*, List*, and
+	// GenerateRandom, besides the cryptographic operations.
+	for _, op := range ops {
+		for _, p := range []string{"Describe", "Get", "List"} {
+			if strings.HasPrefix(op.name, p) {
+				op.readOnly = true
+			}
+		}
+	}
+	s.op0(ops, "GenerateRandom").readOnly = true
 	for _, op := range ops {
 		op.action = "kms:" + op.name
 		op.requires = op.required()
 	}
 	return ops
+}
+
+// op0 is the row of ops named name.
+func (s *Service) op0(ops []*operation, name string) *operation {
+	for _, o := range ops {
+		if o.name == name {
+			return o
+		}
+	}
+	panic("kms: no operation " + name)
 }
 
 // errUnauthorized is what proceed and the runner return for a request
@@ -260,42 +292,56 @@ func (s *Service) operations() []*operation {
 var errUnauthorized = errors.New("kms: operation acted without the authorization its contract requires")
 
 // route runs op for one request: it builds the Request, authorizes a
-// key-less operation, runs the handler and enforces the contract on what
-// comes back.
+// key-less operation, runs the handler, enforces the contract on what
+// comes back, and writes the call's audit record before the answer goes
+// out (auditing.go).
 func (s *Service) route(op *operation) wire.Route {
 	return wire.Route{Handle: func(ctx context.Context, c *wire.Call, body []byte) (any, error) {
 		caller, _ := c.Identity.(Caller)
-		r := &Request{ID: c.RequestID, op: op, Caller: caller, SourceIP: c.SourceIP, Secure: c.Secure, UserAgent: c.UserAgent}
+		r := &Request{ID: c.RequestID, op: op, Caller: caller, SourceIP: c.SourceIP, Secure: c.Secure, UserAgent: c.UserAgent,
+			start: s.now(), tls: c.TLS, host: c.Host}
+		if !op.readOnly && s.trail != nil {
+			r.intent = func() error { return s.writeIntent(ctx, r) }
+		}
 		defer func() {
 			c.Log("principal", caller.PrincipalARN, "key", strings.Join(r.keys, ","), "authz", r.logDecisions())
 		}()
-		if caller.PrincipalARN == "" {
-			// Authentication names every caller; an identity without one
-			// is a wiring bug, refused rather than run as nobody.
-			s.log.Error("server bug: request without a caller", "operation", op.name, "request_id", r.ID)
-			return nil, s.accessDenied(r)
-		}
-		run := s.unsupported
-		if op.handle != nil {
-			run = op.handle.run
-		}
-		if op.auth == authKeyless {
-			if err := s.authorizeIdentity(ctx, r, nil, r.action(), "*", onNothing); err != nil {
-				return nil, err
-			}
-		}
-		out, err := run(ctx, r, body)
-		if mapped := dependencyError(err); mapped != err {
-			s.log.Warn("request timed out waiting for a dependency", "operation", op.name, "request_id", r.ID, "error", err)
-			err = mapped
-		}
-		if errors.Is(err, errUnauthorized) || (err == nil && !r.authorized()) {
-			s.log.Error("server bug: operation returned without the authorization its contract requires",
-				"operation", op.name, "request_id", r.ID, "authz", r.logDecisions())
-			return nil, s.accessDenied(r)
-		}
-		return out, err
+		s.calls.Add(1)
+		defer s.calls.Add(-1)
+		out, err := s.run(ctx, r, body)
+		return s.audited(ctx, r, out, err)
 	}}
+}
+
+// run authorizes and runs the request's operation.
+func (s *Service) run(ctx context.Context, r *Request, body []byte) (any, error) {
+	op := r.op
+	if r.Caller.PrincipalARN == "" {
+		// Authentication names every caller; an identity without one
+		// is a wiring bug, refused rather than run as nobody.
+		s.log.Error("server bug: request without a caller", "operation", op.name, "request_id", r.ID)
+		return nil, s.accessDenied(r)
+	}
+	run := s.unsupported
+	if op.handle != nil {
+		run = op.handle.run
+	}
+	if op.auth == authKeyless {
+		if err := s.authorizeIdentity(ctx, r, nil, r.action(), "*", onNothing); err != nil {
+			return nil, err
+		}
+	}
+	out, err := run(ctx, r, body)
+	if mapped := dependencyError(err); mapped != err {
+		s.log.Warn("request timed out waiting for a dependency", "operation", op.name, "request_id", r.ID, "error", err)
+		err = mapped
+	}
+	if errors.Is(err, errUnauthorized) || (err == nil && !r.authorized()) {
+		s.log.Error("server bug: operation returned without the authorization its contract requires",
+			"operation", op.name, "request_id", r.ID, "authz", r.logDecisions())
+		return nil, s.accessDenied(r)
+	}
+	return out, err
 }
 
 // dependencyError answers a request that timed out waiting for what the
@@ -328,6 +374,9 @@ func (s *Service) accessDenied(r *Request) error {
 func (s *Service) unsupported(ctx context.Context, r *Request, body []byte) (any, error) {
 	var in struct{ KeyId string }
 	if err := wire.Decode(body, &in); err != nil {
+		return nil, err
+	}
+	if err := r.decoded(&in); err != nil {
 		return nil, err
 	}
 	if _, err := s.key(ctx, r, in.KeyId, access{}); err != nil {
@@ -370,6 +419,9 @@ func typed[In, Out any](fn func(context.Context, *Request, *In) (*Out, error)) *
 		if d, ok := any(in).(dryRunner); ok {
 			r.DryRun = d.dryRun()
 		}
+		if err := r.decoded(in); err != nil {
+			return nil, err
+		}
 		out, err := fn(ctx, r, in)
 		if err != nil {
 			return nil, err
@@ -379,11 +431,4 @@ func typed[In, Out any](fn func(context.Context, *Request, *In) (*Out, error)) *
 }
 
 // op returns the table's row for name, or nil.
-func (s *Service) op(name string) *operation {
-	for _, o := range s.ops {
-		if o.name == name {
-			return o
-		}
-	}
-	return nil
-}
+func (s *Service) op(name string) *operation { return s.opsByName[name] }

@@ -1,7 +1,9 @@
 package kms
 
 import (
+	"crypto/tls"
 	"strings"
+	"time"
 
 	"github.com/hsmkms/hsmkms/kms/wire"
 )
@@ -39,7 +41,39 @@ type Request struct {
 	grant string
 	// keys are the ARNs of the keys the request acted on, in order.
 	keys []string
+
+	// What the request's audit record is built from (auditing.go).
+	start time.Time
+	tls   *tls.ConnectionState
+	host  string
+	// input is the decoded input, once decoded.
+	input any
+	// intent, set by the runner for an operation that is not read-only,
+	// writes the call's intent record; decoded calls it before the
+	// handler acts.
+	intent func() error
+	// keyStore is the custom key store of a key the request acted on;
+	// material the key material version it used.
+	keyStore string
+	material string
 }
+
+// decoded records the request's input, and, for an operation that is not
+// read-only, writes its intent record to the audit trail: the operation's
+// handler runs only once that is durable, so a call the trail cannot
+// record changes nothing.
+func (r *Request) decoded(in any) error {
+	r.input = in
+	if r.intent != nil {
+		intent := r.intent
+		r.intent = nil
+		return intent()
+	}
+	return nil
+}
+
+// usedMaterial records the key material version the request used.
+func (r *Request) usedMaterial(id string) { r.material = id }
 
 // resourceKind is what an authorization decision was about.
 type resourceKind int

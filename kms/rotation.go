@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hsmkms/hsmkms/kms/audit"
 	"github.com/hsmkms/hsmkms/kms/store"
 	"github.com/hsmkms/hsmkms/kms/wire"
 )
@@ -35,8 +36,10 @@ const (
 	rotationAutomatic = "AUTOMATIC"
 	rotationOnDemand  = "ON_DEMAND"
 
-	materialCurrent    = "CURRENT"
-	materialNonCurrent = "NON_CURRENT"
+	materialCurrent = "CURRENT"
+	// materialPendingRotation: imported for an on-demand rotation to come.
+	materialPendingRotation = "PENDING_ROTATION"
+	materialNonCurrent      = "NON_CURRENT"
 )
 
 // A rotation in progress is marked in the database (a store.Mark named
@@ -116,7 +119,7 @@ func (r *rotations) hookFn() func(string) error {
 // The operation table already refuses other origins (after the key state)
 // for the rotation operations; the scheduler relies on this.
 func rotatable(k *store.Key) error {
-	if k.Origin != originAWSKMS || k.CustomKeyStoreID != "" {
+	if (k.Origin != originAWSKMS && k.Origin != originExternal) || k.CustomKeyStoreID != "" {
 		return wrongOrigin(k)
 	}
 	if k.KeySpec != specSymmetric {
@@ -260,6 +263,9 @@ func (s *Service) RotateKeyOnDemand(ctx context.Context, r *Request, in *KeyIDIn
 	if err := r.proceed(); err != nil {
 		return nil, err
 	}
+	if k.Origin == originExternal {
+		return s.rotateImported(ctx, r, k, check)
+	}
 	end, ok, err := s.beginRotation(ctx, k, rotation{start: now, onDemand: true})
 	if err != nil {
 		return nil, err
@@ -328,24 +334,50 @@ func (s *Service) RotateDue(ctx context.Context) (int, error) {
 			continue // another node is rotating it
 		}
 		// Claimed: look again, from the database, so that a key another
-		// node rotated since the list was read costs no token object.
+		// node rotated since the list was read costs no token object and
+		// no record; the node that rotates writes the RotateKey record.
 		cur, err := s.cache.Store.GetKey(ctx, k.Account, k.Region, k.ID)
 		if err == nil {
-			if err = stillDue(cur); err == nil {
-				_, err = s.rotate(ctx, cur, rotationAutomatic, stillDue)
-			}
+			err = stillDue(cur)
+		}
+		if errors.Is(err, errNotDue) {
+			end()
+			continue
+		}
+		if err == nil {
+			err = s.serviceAction(ctx, "RotateKey", cur.Account, cur.Region, keyResource(arnOf(cur), cur.Account),
+				func() (audit.Fields, audit.Fields, error) {
+					out, err := s.rotate(ctx, cur, rotationAutomatic, stillDue)
+					if errors.Is(err, errNotDue) {
+						err = wire.Errorf(wire.Conflict, "%s is no longer due for rotation.", arnOf(cur))
+					}
+					if err != nil {
+						return nil, nil, err
+					}
+					details := audit.Fields{{Name: "keyId", Value: cur.ID}, {Name: "rotationType", Value: rotationAutomatic}}
+					if n := len(out.Materials); n > 0 {
+						details.Add("keyMaterialId", out.Materials[n-1].ID)
+					}
+					return details, nil, nil
+				})
 		}
 		end()
 		switch {
 		case err == nil:
 			s.log.Info("key rotated", "key", arnOf(k), "type", rotationAutomatic)
 			n++
-		case errors.Is(err, errNotDue), errors.Is(err, store.ErrNotFound):
+		case isConflict(err), errors.Is(err, store.ErrNotFound):
 		default:
 			errs = append(errs, err)
 		}
 	}
 	return n, errors.Join(errs...)
+}
+
+// isConflict is a rotation RotateDue found no longer due.
+func isConflict(err error) bool {
+	var we *wire.Error
+	return errors.As(err, &we) && we.Type == wire.Conflict
 }
 
 // RunRotator calls RotateDue every interval until ctx ends.
@@ -430,6 +462,11 @@ type RotationsListEntry struct {
 	KeyMaterialState string
 	RotationDate     *wire.Time `json:"RotationDate,omitempty"`
 	RotationType     string     `json:"RotationType,omitempty"`
+	// Imported material's (EXTERNAL keys) only.
+	KeyMaterialDescription string     `json:"KeyMaterialDescription,omitempty"`
+	ImportState            string     `json:"ImportState,omitempty"`
+	ExpirationModel        string     `json:"ExpirationModel,omitempty"`
+	ValidTo                *wire.Time `json:"ValidTo,omitempty"`
 }
 
 type ListKeyRotationsOutput struct {
@@ -454,9 +491,11 @@ func (s *Service) ListKeyRotations(ctx context.Context, r *Request, in *ListKeyR
 		return nil, err
 	}
 	first := 1
-	if in.IncludeKeyMaterial == "ALL_KEY_MATERIAL" {
+	all := in.IncludeKeyMaterial == "ALL_KEY_MATERIAL"
+	if all {
 		first = 0
 	}
+	current := currentIndex(k)
 	if in.Marker != "" {
 		after, ok := strings.CutPrefix(in.Marker, rotationMarkerPrefix)
 		i := -1
@@ -479,13 +518,30 @@ func (s *Service) ListKeyRotations(ctx context.Context, r *Request, in *ListKeyR
 			break
 		}
 		m := k.Materials[i]
+		pendingRotation := m.Import != nil && m.Import.PendingRotation
+		if pendingRotation && !all {
+			continue
+		}
 		e := RotationsListEntry{KeyId: k.ID, KeyMaterialId: m.ID, KeyMaterialState: materialNonCurrent}
-		if i == len(k.Materials)-1 {
+		switch {
+		case pendingRotation:
+			e.KeyMaterialState = materialPendingRotation
+		case i == current:
 			e.KeyMaterialState = materialCurrent
 		}
-		if i > 0 {
+		if i > 0 && !pendingRotation {
 			d := wire.Time(m.CreationDate)
 			e.RotationDate, e.RotationType = &d, m.RotationType
+		}
+		if m.Import != nil {
+			e.KeyMaterialDescription, e.ImportState, e.ExpirationModel = m.Import.Description, "IMPORTED", doesNotExpire
+			if m.Import.PendingImport {
+				e.ImportState = "PENDING_IMPORT"
+			}
+			if !m.Import.ValidTo.IsZero() {
+				t := wire.Time(m.Import.ValidTo)
+				e.ExpirationModel, e.ValidTo = expires, &t
+			}
 		}
 		out.Rotations = append(out.Rotations, e)
 	}

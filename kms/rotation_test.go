@@ -499,16 +499,15 @@ func TestRotationStateAndKeyTypeErrors(t *testing.T) {
 	_, err = e.client(principals[1], region).RotateKeyOnDemand(bg(), &awskms.RotateKeyOnDemandInput{KeyId: aws.String(arn(disabled))})
 	requireAPIError(t, err, "NotFoundException", "")
 
-	// Keys AWS does not rotate: asymmetric, HMAC, imported material, custom
-	// key store. hsmkms cannot make the first three, so they are written
-	// to the store directly.
+	// Keys AWS does not rotate: asymmetric, HMAC, custom key store, written
+	// to the store directly. (Imported symmetric keys rotate on demand:
+	// import_test.go.)
 	e.close()
 	db, err := store.OpenSQLite(e.dbPath)
 	require.NoError(t, err)
 	unrotatable := map[string]func(k *store.Key){
 		"11111111-1111-4111-8111-111111111111": func(k *store.Key) { k.KeySpec, k.KeyUsage = "RSA_2048", "SIGN_VERIFY" },
 		"22222222-2222-4222-8222-222222222222": func(k *store.Key) { k.KeySpec, k.KeyUsage = "HMAC_256", "GENERATE_VERIFY_MAC" },
-		"33333333-3333-4333-8333-333333333333": func(k *store.Key) { k.Origin = "EXTERNAL" },
 		"44444444-4444-4444-8444-444444444444": func(k *store.Key) { k.Origin, k.CustomKeyStoreID = "AWS_CLOUDHSM", "cks-1234567890abcdef0" },
 	}
 	// A key's custom key store must exist for the store to take the key.
@@ -526,7 +525,6 @@ func TestRotationStateAndKeyTypeErrors(t *testing.T) {
 	// A key of another origin is refused by its origin; an asymmetric or
 	// HMAC key with no message, as AWS answers.
 	messages := map[string]string{
-		"33333333-3333-4333-8333-333333333333": arn("33333333-3333-4333-8333-333333333333") + " origin is EXTERNAL which is not valid for this operation.",
 		"44444444-4444-4444-8444-444444444444": arn("44444444-4444-4444-8444-444444444444") + " origin is AWS_CLOUDHSM which is not valid for this operation.",
 	}
 	for id := range unrotatable {

@@ -43,6 +43,21 @@ type HandlerConfig struct {
 	// refused as AWS refuses one signed for another Region's endpoint. nil
 	// means CommercialRegions.
 	Regions []string
+	// Endpoints turns on the unauthenticated GET endpoints beside the API.
+	Endpoints Endpoints
+}
+
+// Endpoints are the operational endpoints, each off unless set.
+type Endpoints struct {
+	// Healthz: GET /healthz answers 200 while the process serves.
+	Healthz bool
+	// Readyz: GET /readyz answers 200 only while the database, the
+	// default token (and the audit trail, if any) answer; 503 with the
+	// reason otherwise.
+	Readyz bool
+	// Metrics: GET /metrics, the service's Metrics in Prometheus's text
+	// format (if the service has any).
+	Metrics bool
 }
 
 // Handler returns the service's HTTP handler: SigV4 against the configured
@@ -100,6 +115,17 @@ func (s *Service) Handler(cfg HandlerConfig) (http.Handler, error) {
 			p := byKey[res.AccessKeyID]
 			return Caller{AccessKeyID: p.AccessKeyID, Account: p.Account, PrincipalARN: p.ARN, Region: res.Region}, nil
 		},
+		Rejected: s.rejected(byKey),
+		Observe: func(c *wire.Call, _ int, outcome string, latency time.Duration) {
+			op := c.Op
+			if s.op(op) == nil {
+				op = "unknown" // unchecked client input: never a label
+			}
+			s.metrics.request(op, outcome, latency)
+		},
 	}
-	return edge(srv, cfg), nil
+	lim := edge(srv, cfg)
+	s.edge.Store(lim)
+	s.metrics.attach(s, lim)
+	return s.endpoints(lim, cfg.Endpoints), nil
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hsmkms/hsmkms/keystore"
+	"github.com/hsmkms/hsmkms/kms/audit"
 	"github.com/hsmkms/hsmkms/kms/store"
 	"github.com/hsmkms/hsmkms/kms/wire"
 )
@@ -32,6 +33,8 @@ type Config struct {
 	SyncInterval time.Duration
 	// XKS is how external key stores reach their proxies.
 	XKS XKSConfig
+	// Metrics, if set, count what the service does (see NewMetrics).
+	Metrics *Metrics
 }
 
 // Service implements the KMS operations. Safe for concurrent use; it holds
@@ -60,6 +63,7 @@ type Service struct {
 	xksCfg    XKSConfig
 	xksStores sync.Map
 	ops       []*operation // the operation table
+	opsByName map[string]*operation
 	// node is this node's id and started when this run of it began;
 	// shared says other nodes write the store too (it is a Watcher).
 	node         string
@@ -76,10 +80,36 @@ type Service struct {
 	// regions are the Regions the handler serves, set by Handler.
 	transitions transitions
 	regions     atomic.Pointer[map[string]bool]
+	// imports marks the keys being imported into now (import.go).
+	imports importsRunning
 	// identities are the principals' identity policies by ARN, set by
 	// Handler; policies caches parsed key policies.
 	identities atomic.Pointer[map[string]*identity]
 	policies   keyPolicies
+
+	// trail is the audit trail (nil: none); omitEC leaves encryption
+	// contexts out of its records. usage keeps keys' last use; metrics
+	// are what /metrics shows (nil: none).
+	trail         *audit.Trail
+	omitEC        bool
+	usage         *usageTracker
+	usageInterval time.Duration
+	metrics       *Metrics
+	// calls counts the calls in the runner, and edge is the HTTP edge's
+	// in-flight limit (set by Handler): the requests that will write an
+	// audit record soon, which the trail's group commit waits for.
+	calls atomic.Int64
+	edge  atomic.Pointer[wire.Limiter]
+}
+
+// underWay is how many calls will write an audit record soon: every
+// request the HTTP edge is serving, or, before Handler, those in the
+// runner.
+func (s *Service) underWay() int {
+	if l := s.edge.Load(); l != nil {
+		return l.InFlight()
+	}
+	return int(s.calls.Load())
 }
 
 // New returns a Service.
@@ -106,10 +136,16 @@ func New(cfg Config) *Service {
 		cache.SetLive(false) // until Start's watcher listens
 	}
 	s := &Service{store: cache, cache: cache, keystores: cfg.KeyStores, log: cfg.Logger, now: cfg.Now, clusters: clusters,
-		node: cfg.NodeID, started: time.Now(), shared: shared, syncInterval: cfg.SyncInterval, kick: make(chan struct{}, 1), xksCfg: cfg.XKS}
+		node: cfg.NodeID, started: time.Now(), shared: shared, syncInterval: cfg.SyncInterval, kick: make(chan struct{}, 1), xksCfg: cfg.XKS,
+		metrics: cfg.Metrics, usageInterval: DefaultUsageFlushInterval}
 	s.life, s.stop = context.WithCancel(context.Background())
 	s.ops = s.operations()
 	s.transitions.init()
+	s.opsByName = make(map[string]*operation, len(s.ops))
+	for _, op := range s.ops {
+		s.opsByName[op.name] = op
+	}
+	s.usage = newUsageTracker(s.store, s.log.Named("usage"), s.ops)
 	return s
 }
 

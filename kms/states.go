@@ -9,9 +9,15 @@ import (
 // KeyState is a key's lifecycle state as AWS names it.
 //
 //	Creating        → Enabled (internal: token object being made; never visible)
+//	PendingImport   → Enabled (ImportKeyMaterial: an EXTERNAL key, once all
+//	                  its material is imported)
+//	Enabled/Disabled → PendingImport (DeleteImportedKeyMaterial, or its
+//	                  material's ValidTo passing: EXTERNAL keys)
 //	Enabled         ⇄ Disabled (EnableKey, DisableKey)
 //	Enabled/Disabled → PendingDeletion (ScheduleKeyDeletion)
-//	PendingDeletion → Disabled (CancelKeyDeletion), or deleted when due
+//	PendingImport   → PendingDeletion (ScheduleKeyDeletion)
+//	PendingDeletion → Disabled (CancelKeyDeletion; PendingImport for an
+//	                  EXTERNAL key missing material), or deleted when due
 //	Unavailable: reported, never stored, for keys of a custom key store that
 //	is not connected; the stored state returns when the store reconnects.
 //	A key pending deletion stays PendingDeletion, so it can be cancelled.
@@ -65,6 +71,12 @@ const (
 	// rotating: rotation settings and rotating: Enabled only, Disabled
 	// being DisabledException.
 	rotating
+	// schedulable: ScheduleKeyDeletion: Enabled, Disabled or
+	// PendingImport.
+	schedulable
+	// importedMaterial: DeleteImportedKeyMaterial: Enabled, Disabled,
+	// PendingImport or PendingDeletion.
+	importedMaterial
 )
 
 // effectiveState is the state AWS reports for k: its stored state, or
@@ -138,6 +150,14 @@ func stateError(rule stateRule, stored KeyState, unavailable bool, arn string) e
 			return nil
 		}
 		return wire.Errorf(wire.KMSInvalidState, "%s is not pending deletion.", arn)
+	case schedulable:
+		if stored == StateEnabled || stored == StateDisabled || stored == StatePendingImport {
+			return nil
+		}
+	case importedMaterial:
+		if stored != StateCreating {
+			return nil
+		}
 	case rotating:
 		switch stored {
 		case StateEnabled:

@@ -35,6 +35,11 @@ func TestStateRules(t *testing.T) {
 		"enableDisable":   {enableDisable, []string{ok, ok, pending, pendingImport, creating, pendingReplica}},
 		"pendingDeletion": {pendingDeletion, []string{notPending, notPending, ok, notPending, notPending, ok}},
 		"rotating":        {rotating, []string{ok, disabledErr, pending, pendingImport, creating, pendingReplica}},
+		// ScheduleKeyDeletion also takes a key waiting for its material;
+		// DeleteImportedKeyMaterial any key there is (a key pending
+		// deletion keeps that state).
+		"schedulable":      {schedulable, []string{ok, ok, pending, ok, creating, pendingReplica}},
+		"importedMaterial": {importedMaterial, []string{ok, ok, ok, ok, creating, ok}},
 	}
 	for name, rc := range rules {
 		for i, st := range states {

@@ -38,7 +38,7 @@ func (r tokenRecords) KeyMaterial(ctx context.Context, storeID string) ([][]byte
 	err := r.db.ForEachKey(ctx, func(k *store.Key) error {
 		if materialStoreID(k) == storeID && k.State != string(StateCreating) {
 			for _, m := range k.Materials {
-				if len(m.Wrapped) == 0 {
+				if len(m.Wrapped) == 0 && hasMaterial(m) {
 					ids = append(ids, m.TokenID)
 				}
 			}

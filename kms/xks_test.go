@@ -94,6 +94,8 @@ type xksFixture struct {
 	// answer (false).
 	override atomic.Pointer[func(http.ResponseWriter, *http.Request) bool]
 	log      syncBuffer
+	// auditor, when set, records the proxy's calls.
+	auditor atomic.Pointer[proxy.Auditor]
 }
 
 func newXKSFixture(t *testing.T) *xksFixture {
@@ -121,7 +123,13 @@ func newXKSFixture(t *testing.T) *xksFixture {
 		}
 	}
 	f.proxy, err = proxy.New(proxy.Config{Regions: []string{region}, Timeout: 20 * time.Second, MaxInFlight: 64, Version: "test", HealthTTL: -1,
-		Logger: hclog.New(&hclog.LoggerOptions{Output: &f.log, JSONFormat: true}), Prefixes: f.prefixes(nil, xksCred, xksCred2)})
+		Logger: hclog.New(&hclog.LoggerOptions{Output: &f.log, JSONFormat: true}), Prefixes: f.prefixes(nil, xksCred, xksCred2),
+		Audit: func(ctx context.Context, c *proxy.Call) error {
+			if a := f.auditor.Load(); a != nil {
+				return (*a)(ctx, c)
+			}
+			return nil
+		}})
 	require.NoError(t, err)
 	cert := f.ca.serverCert(t, xksHost)
 	f.cert.Store(&cert)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/hsmkms/hsmkms/keystore"
+	"github.com/hsmkms/hsmkms/kms/audit"
 	"github.com/hsmkms/hsmkms/kms/store"
 	"github.com/hsmkms/hsmkms/kms/wire"
 	"github.com/hsmkms/hsmkms/xks"
@@ -504,58 +505,92 @@ func (s *Service) connectXKS(ctx context.Context, r *Request, ks *store.KeyStore
 
 // connectXKSInBackground checks the store's proxy and records the result
 // as the store's state, unless the store was disconnected meanwhile; then
-// it releases the store's connect mark.
+// it releases the store's connect mark. The node holding the mark does
+// it, so the connect is one internal action in the audit trail, as a
+// CloudHSM key store's is (connectStore): a ConnectCustomKeyStore service
+// event with the outcome, written by that node. If its intent cannot be
+// recorded, the store is left disconnected.
 func (s *Service) connectXKSInBackground(id, requestID string, release func()) {
 	s.goBackground(func() {
 		defer release()
 		ctx, cancel := context.WithTimeout(s.life, xksHealthCheckTimeout)
 		defer cancel()
-		state, code, client := keystore.Failed, xksInternalError, (*xks.Client)(nil)
-		ks, err := s.store.GetKeyStore(ctx, id)
-		if err == nil {
-			client, err = s.xksClient(ctx, ks, "")
+		account, region := "", ""
+		ks, kerr := s.store.GetKeyStore(ctx, id)
+		if kerr == nil {
+			account, region = ks.Account, ks.Region
 		}
-		switch {
-		case err != nil:
-			s.log.Warn("external key store connection failed", "store", id, "code", code, "error", err)
-		default:
-			if f := s.checkProxy(ctx, client, "ConnectCustomKeyStore", requestID); f != nil {
-				code = f.connectionCode()
-				s.log.Warn("external key store connection failed", "store", id, "code", code, "error", f.err)
-				client.Close()
-				client = nil
-			} else {
-				state, code = keystore.Connected, ""
-				s.log.Info("external key store connected", "store", id, "endpoint", ks.XKS.URIEndpoint, "path", ks.XKS.URIPath)
+		err := s.serviceAction(ctx, "ConnectCustomKeyStore", account, region, nil, func() (audit.Fields, audit.Fields, error) {
+			state, code := s.connectXKSNow(ctx, id, requestID, ks, kerr)
+			details := audit.Fields{{Name: "customKeyStoreId", Value: id}, {Name: "customKeyStoreType", Value: "EXTERNAL_KEY_STORE"},
+				{Name: "connectionState", Value: string(state)}}
+			if code != "" {
+				details.Add("connectionErrorCode", string(code))
 			}
-		}
-		rec, err := s.store.UpdateKeyStore(ctx, id, func(k *store.KeyStore) error {
-			if k.ConnectionState != string(keystore.Connecting) {
-				return errNotConnecting // disconnected meanwhile: that stands
-			}
-			k.ConnectionState, k.ConnectionError = string(state), string(code)
-			return nil
+			return details, nil, nil
 		})
-		switch {
-		case err == nil:
+		if err != nil {
+			s.log.Error("external key store not connected: its audit record could not be written", "store", id, "error", err)
+			s.abandonConnect(ctx, id)
 			live := s.xksStore(id)
 			live.mu.Lock()
-			if client != nil {
-				live.setClient(client, xksMadeFrom(rec))
-				client = nil
+			if st := live.status.Load(); st.state == keystore.Connecting {
+				live.set(keystore.Disconnected, "", st.gen+1)
 			}
-			live.set(state, code, live.status.Load().gen+1)
 			live.mu.Unlock()
-		case errors.Is(err, errNotConnecting), errors.Is(err, store.ErrNotFound):
-		default:
-			// Left CONNECTING: a node takes it over once the mark is released.
-			s.log.Error("external key store: recording the outcome of its connection", "store", id, "error", err)
-		}
-		if client != nil {
-			client.Close()
 		}
 		s.kickSync()
 	})
+}
+
+// connectXKSNow checks the store's proxy and records the result as the
+// store's state, unless the store was disconnected meanwhile; it returns
+// the state and error code found.
+func (s *Service) connectXKSNow(ctx context.Context, id, requestID string, ks *store.KeyStore, err error) (keystore.ConnectionState, keystore.ErrorCode) {
+	state, code, client := keystore.Failed, xksInternalError, (*xks.Client)(nil)
+	if err == nil {
+		client, err = s.xksClient(ctx, ks, "")
+	}
+	switch {
+	case err != nil:
+		s.log.Warn("external key store connection failed", "store", id, "code", code, "error", err)
+	default:
+		if f := s.checkProxy(ctx, client, "ConnectCustomKeyStore", requestID); f != nil {
+			code = f.connectionCode()
+			s.log.Warn("external key store connection failed", "store", id, "code", code, "error", f.err)
+			client.Close()
+			client = nil
+		} else {
+			state, code = keystore.Connected, ""
+			s.log.Info("external key store connected", "store", id, "endpoint", ks.XKS.URIEndpoint, "path", ks.XKS.URIPath)
+		}
+	}
+	rec, err := s.store.UpdateKeyStore(ctx, id, func(k *store.KeyStore) error {
+		if k.ConnectionState != string(keystore.Connecting) {
+			return errNotConnecting // disconnected meanwhile: that stands
+		}
+		k.ConnectionState, k.ConnectionError = string(state), string(code)
+		return nil
+	})
+	switch {
+	case err == nil:
+		live := s.xksStore(id)
+		live.mu.Lock()
+		if client != nil {
+			live.setClient(client, xksMadeFrom(rec))
+			client = nil
+		}
+		live.set(state, code, live.status.Load().gen+1)
+		live.mu.Unlock()
+	case errors.Is(err, errNotConnecting), errors.Is(err, store.ErrNotFound):
+	default:
+		// Left CONNECTING: a node takes it over once the mark is released.
+		s.log.Error("external key store: recording the outcome of its connection", "store", id, "error", err)
+	}
+	if client != nil {
+		client.Close()
+	}
+	return state, code
 }
 
 // disconnectXKS is DisconnectCustomKeyStore for an external key store.

@@ -363,6 +363,62 @@ denied keyuser disable-key --key-id "$skey"
 grep -q 'authz="allow kms:Encrypt on arn:aws:kms:[^"]* by key policy statement Users"' "$dir/log" \
   || fail "the request log does not show the decision"
 
+step "import key material: create-key --origin EXTERNAL is PendingImport"
+ikey=$(aws kms create-key --origin EXTERNAL --query KeyMetadata.KeyId --output text)
+state=$(aws kms describe-key --key-id "$ikey" --query KeyMetadata.KeyState --output text)
+[ "$state" = PendingImport ] || fail "an EXTERNAL key is $state"
+import_material() { # algorithm, material file: wraps it as AWS's documentation shows, imports it
+  local alg=$1 material=$2 md=sha256
+  aws kms get-parameters-for-import --key-id "$ikey" --wrapping-algorithm "$alg" --wrapping-key-spec RSA_3072 \
+    --query '[PublicKey,ImportToken]' --output text > "$dir/params"
+  cut -f1 "$dir/params" | base64 -d > "$dir/WrappingPublicKey.bin"
+  cut -f2 "$dir/params" | base64 -d > "$dir/ImportToken.bin"
+  case $alg in *SHA_1) md=sha1 ;; esac
+  local oaep=(-inkey "$dir/WrappingPublicKey.bin" -keyform DER -pubin -pkeyopt rsa_padding_mode:oaep
+    -pkeyopt "rsa_oaep_md:$md" -pkeyopt "rsa_mgf1_md:$md")
+  case $alg in
+  RSA_AES_KEY_WRAP_*)
+    openssl rand -out "$dir/aes-key.bin" 32
+    openssl enc -id-aes256-wrap-pad -K "$(xxd -p -c 64 "$dir/aes-key.bin")" -iv A65959A6 \
+      -in "$material" -out "$dir/key-material-wrapped.bin"
+    openssl pkeyutl -encrypt -in "$dir/aes-key.bin" -out "$dir/aes-key-wrapped.bin" "${oaep[@]}"
+    cat "$dir/aes-key-wrapped.bin" "$dir/key-material-wrapped.bin" > "$dir/EncryptedKeyMaterial.bin" ;;
+  *)
+    openssl pkeyutl -encrypt -in "$material" -out "$dir/EncryptedKeyMaterial.bin" "${oaep[@]}" ;;
+  esac
+  aws kms import-key-material --key-id "$ikey" --encrypted-key-material "fileb://$dir/EncryptedKeyMaterial.bin" \
+    --import-token "fileb://$dir/ImportToken.bin" --expiration-model KEY_MATERIAL_DOES_NOT_EXPIRE "${@:3}"
+}
+openssl rand -out "$dir/PlaintextKeyMaterial.bin" 32
+step "import key material: RSA_AES_KEY_WRAP_SHA_256 with openssl enc -id-aes256-wrap-pad and pkeyutl"
+import_material RSA_AES_KEY_WRAP_SHA_256 "$dir/PlaintextKeyMaterial.bin" > /dev/null
+state=$(aws kms describe-key --key-id "$ikey" --query KeyMetadata.KeyState --output text)
+[ "$state" = Enabled ] || fail "the key is $state after import"
+aws kms encrypt --key-id "$ikey" --plaintext "fileb://$dir/plain" --query CiphertextBlob --output text | base64 -d > "$dir/iblob"
+step "import key material: delete-imported-key-material, then RSAES_OAEP_SHA_256 of the same material"
+aws kms delete-imported-key-material --key-id "$ikey" > /dev/null
+refused() { # exception code, then the aws kms arguments
+  local code=$1; shift
+  if aws kms "$@" 2>"$dir/err" >/dev/null; then fail "aws kms $1 succeeded"; fi
+  grep -q "($code)" "$dir/err" || fail "aws kms $1: expected $code, got: $(cat "$dir/err")"
+}
+refused KMSInvalidStateException decrypt --ciphertext-blob "fileb://$dir/iblob"
+openssl rand -out "$dir/other.bin" 32
+refused IncorrectKeyMaterialException import-key-material --key-id "$ikey" --encrypted-key-material "fileb://$dir/EncryptedKeyMaterial.bin" \
+  --import-token "fileb://$dir/ImportToken.bin" --expiration-model KEY_MATERIAL_DOES_NOT_EXPIRE --import-type NEW_KEY_MATERIAL
+if import_material RSAES_OAEP_SHA_256 "$dir/other.bin" 2>"$dir/err" >/dev/null; then fail "other material was imported"; fi
+grep -q IncorrectKeyMaterialException "$dir/err" || fail "expected IncorrectKeyMaterialException, got: $(cat "$dir/err")"
+import_material RSAES_OAEP_SHA_256 "$dir/PlaintextKeyMaterial.bin" > /dev/null
+aws kms decrypt --ciphertext-blob "fileb://$dir/iblob" --query Plaintext --output text | base64 -d > "$dir/iback"
+cmp -s "$dir/plain" "$dir/iback" || fail "the re-imported key decrypts to different plaintext"
+step "import key material: NEW_KEY_MATERIAL, then rotate-key-on-demand"
+import_material RSA_AES_KEY_WRAP_SHA_1 "$dir/other.bin" --import-type NEW_KEY_MATERIAL > /dev/null
+aws kms list-key-rotations --key-id "$ikey" --include-key-material ALL_KEY_MATERIAL \
+  --query 'Rotations[].KeyMaterialState' --output text | grep -q PENDING_ROTATION || fail "no material pending rotation"
+aws kms rotate-key-on-demand --key-id "$ikey" > /dev/null
+aws kms decrypt --ciphertext-blob "fileb://$dir/iblob" --query Plaintext --output text | base64 -d > "$dir/iback"
+cmp -s "$dir/plain" "$dir/iback" || fail "after rotation the old ciphertext decrypts to different plaintext"
+
 step "graceful shutdown (serve --config)"
 kill -TERM "$pid"
 wait "$pid" || fail "server exited with status $?"

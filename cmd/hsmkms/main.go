@@ -30,6 +30,8 @@ func main() {
 		err = clusters(os.Args[2:])
 	case "reset-kmsuser":
 		err = resetKmsuser(os.Args[2:])
+	case "audit":
+		err = auditCmd(os.Args[2:], os.Stdout)
 	case "xks-keys":
 		err = xksKeys(os.Args[2:])
 	case "domain-keys":
@@ -62,6 +64,8 @@ commands:
   xks-keys       list, create, enable or disable the XKS proxy's external keys (list|create|enable|disable --id KEY [--usage ENCRYPT,DECRYPT])
   domain-keys    list the key stores' domain keys; --rotate makes a new active one (serve stopped)
   migrate-keys   move the default key store's token-object keys to wrapped, where the token allows (serve stopped)
+  audit verify   check the audit trail: digest signatures, file hashes, the record chain (--data-dir DIR, --config FILE or
+                 --dir AUDIT_DIR; --public-key PEM to pin the signing key; --from/--to RFC 3339 times)
   version        print the version
 `)
 }

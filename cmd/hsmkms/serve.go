@@ -77,7 +77,11 @@ func serve(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	svc, err := open(ctx, cfg, node, log)
+	var metrics *kms.Metrics
+	if cfg.Endpoints.Endpoints().Metrics {
+		metrics = kms.NewMetrics()
+	}
+	svc, err := open(ctx, cfg, node, log, metrics)
 	if err != nil {
 		return err
 	}
@@ -125,7 +129,7 @@ func serve(args []string) error {
 	defer requestLog.Close()
 	apiLog := hclog.New(&hclog.LoggerOptions{Name: "hsmkms", Level: hclog.LevelFromString(cfg.LogLevel), Output: requestLog}).Named("api")
 	handler, err := svc.Handler(kms.HandlerConfig{Principals: principals, Logger: apiLog,
-		MaxInFlight: cfg.Limits.MaxInFlight, QueueWait: queueWait, Regions: cfg.Regions})
+		MaxInFlight: cfg.Limits.MaxInFlight, QueueWait: queueWait, Regions: cfg.Regions, Endpoints: cfg.Endpoints.Endpoints()})
 	if err != nil {
 		return err
 	}
@@ -196,8 +200,9 @@ func serve(args []string) error {
 	return srv.Shutdown(shutdownCtx)
 }
 
-// open brings up the service on cfg's token, database and clusters.
-func open(ctx context.Context, cfg *config.Config, node string, log hclog.Logger) (*kms.Service, error) {
+// open brings up the service on cfg's token, database, clusters and audit
+// trail, as node.
+func open(ctx context.Context, cfg *config.Config, node string, log hclog.Logger, metrics *kms.Metrics) (*kms.Service, error) {
 	ks := cfg.DefaultKeyStore
 	for k, v := range ks.ModuleEnv {
 		if err := os.Setenv(k, v); err != nil {
@@ -213,6 +218,7 @@ func open(ctx context.Context, cfg *config.Config, node string, log hclog.Logger
 		return nil, err
 	}
 	oc.NodeID = node
+	oc.Metrics = metrics
 	return kms.Open(ctx, oc)
 }
 
@@ -244,6 +250,7 @@ func openConfig(cfg *config.Config, pin string, log hclog.Logger) (kms.OpenConfi
 		OtherTokens:       xksTokenConfigs(cfg, log),
 		KeyMaterial:       materialConfig(ks.KeyMaterial, ks.UnwrappedKeys),
 		DomainKeyRotation: time.Duration(cfg.DomainKeyRotationDays) * 24 * time.Hour,
+		Audit:             cfg.Audit.Trail(),
 	}, nil
 }
 

@@ -89,7 +89,8 @@ func startXKS(ctx context.Context, cfg *config.Config, svc *kms.Service, log hcl
 		return nil, err
 	}
 	s.proxy, err = proxy.New(proxy.Config{Prefixes: prefixes, Regions: cfg.Regions, Logger: log.Named("xks"),
-		Timeout: x.TimeoutDuration(), MaxInFlight: x.MaxInFlight, FleetSize: x.FleetSize, Version: version})
+		Timeout: x.TimeoutDuration(), MaxInFlight: x.MaxInFlight, FleetSize: x.FleetSize, Version: version,
+		Audit: svc.AuditXKSProxyCall})
 	if err != nil {
 		return nil, err
 	}

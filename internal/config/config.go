@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -50,6 +51,58 @@ type Config struct {
 	// key once it is that old (see "How keys are held"); 0 means only by
 	// `hsmkms domain-keys --rotate`.
 	DomainKeyRotationDays int `yaml:"domain_key_rotation_days,omitempty"`
+	// Audit is the audit trail; on unless disabled.
+	Audit AuditConfig `yaml:"audit,omitempty"`
+	// Endpoints are the unauthenticated GET endpoints on the API
+	// listener; each on unless turned off.
+	Endpoints EndpointsConfig `yaml:"endpoints,omitempty"`
+}
+
+// AuditConfig is the audit trail (kms.AuditConfig): every call recorded
+// before it is answered, in signed, hash-chained files.
+type AuditConfig struct {
+	// Enabled: absent means true. A deployment without a trail must say so.
+	Enabled *bool `yaml:"enabled,omitempty"`
+	// Directory holds the trail; absent means audit/ beside the database.
+	Directory string `yaml:"directory,omitempty"`
+	// MaxFileSize seals a file at this size: bytes, or with KiB, MiB or
+	// GiB ("100MiB", the default).
+	MaxFileSize string `yaml:"max_file_size,omitempty"`
+	// RotationInterval seals a file at this age; at most (and by
+	// default) 1h, so a digest is written at least hourly.
+	RotationInterval string `yaml:"rotation_interval,omitempty"`
+	// RetentionDays deletes sealed files and digests older than this many
+	// days (announced in the trail first); 0 keeps everything.
+	RetentionDays int `yaml:"retention_days,omitempty"`
+	// LogEncryptionContext: absent means true, as AWS logs them.
+	LogEncryptionContext *bool `yaml:"log_encryption_context,omitempty"`
+
+	resolved *kms.AuditConfig // nil when disabled; set by validate
+}
+
+// Trail is what the service opens the trail with; nil when disabled.
+func (a *AuditConfig) Trail() *kms.AuditConfig { return a.resolved }
+
+// AuditDir is where the trail is, enabled or not (for `audit verify`).
+func (c *Config) AuditDir() string {
+	if c.Audit.Directory != "" {
+		return c.Audit.Directory
+	}
+	return filepath.Join(filepath.Dir(c.Database.Path), "audit")
+}
+
+// EndpointsConfig turns the operational endpoints off; each is on unless
+// set to false.
+type EndpointsConfig struct {
+	Healthz *bool `yaml:"healthz,omitempty"`
+	Readyz  *bool `yaml:"readyz,omitempty"`
+	Metrics *bool `yaml:"metrics,omitempty"`
+}
+
+// Endpoints is what the handler serves.
+func (e EndpointsConfig) Endpoints() kms.Endpoints {
+	on := func(b *bool) bool { return b == nil || *b }
+	return kms.Endpoints{Healthz: on(e.Healthz), Readyz: on(e.Readyz), Metrics: on(e.Metrics)}
 }
 
 // Key material modes of key_material.
@@ -302,6 +355,9 @@ var schema = map[string]any{
 	"xks_proxy":                xksProxySchema,
 	"external_key_stores":      externalKeyStoresSchema,
 	"domain_key_rotation_days": "!!int",
+	"audit": map[string]any{"enabled": "!!bool", "directory": "!!str", "max_file_size": "!!str",
+		"rotation_interval": "duration", "retention_days": "!!int", "log_encryption_context": "!!bool"},
+	"endpoints": map[string]any{"healthz": "!!bool", "readyz": "!!bool", "metrics": "!!bool"},
 }
 
 var unwrappedKeysSchema = map[string]any{"max_keys": "!!int", "max_memory_mib": "!!int"}
@@ -581,6 +637,9 @@ func (c *Config) validate(baseDir string) error {
 	if c.DomainKeyRotationDays < 0 || c.DomainKeyRotationDays > 36500 {
 		return fmt.Errorf("domain_key_rotation_days: must be between 1 and 36500 (absent or 0: only by hsmkms domain-keys --rotate)")
 	}
+	if err := c.validateAudit(abs); err != nil {
+		return err
+	}
 	return c.validateRegions()
 }
 
@@ -600,6 +659,64 @@ func (d *DatabaseConfig) validate(abs func(string) string) error {
 		d.Postgres.URLFile = abs(d.Postgres.URLFile)
 	}
 	return nil
+}
+
+// Bounds of the audit trail's settings.
+const (
+	minAuditFileSize = 64 << 10
+	maxAuditInterval = time.Hour
+)
+
+func (c *Config) validateAudit(abs func(string) string) error {
+	a := &c.Audit
+	a.Directory = abs(a.Directory)
+	if a.Enabled != nil && !*a.Enabled {
+		a.resolved = nil
+		return nil
+	}
+	if a.Directory == "" && c.Database.Postgres != nil {
+		// No SQLite file to put it beside, and one trail is one
+		// process's: each node sharing the database writes its own.
+		return errors.New("audit.directory: required with database.postgres (each node writes its own audit trail)")
+	}
+	t := &kms.AuditConfig{Dir: c.AuditDir(), MaxFileSize: 100 << 20, RotationInterval: maxAuditInterval}
+	if a.MaxFileSize != "" {
+		n, err := parseSize(a.MaxFileSize)
+		if err != nil || n < minAuditFileSize {
+			return fmt.Errorf("audit.max_file_size: %q must be a size of at least 64KiB, such as 100MiB", a.MaxFileSize)
+		}
+		t.MaxFileSize = n
+	}
+	if a.RotationInterval != "" {
+		d, err := time.ParseDuration(a.RotationInterval)
+		if err != nil || d < time.Second || d > maxAuditInterval {
+			return fmt.Errorf("audit.rotation_interval: %q must be a duration from 1s to 1h (a digest at least hourly)", a.RotationInterval)
+		}
+		t.RotationInterval = d
+	}
+	if a.RetentionDays < 0 || a.RetentionDays > 36500 {
+		return fmt.Errorf("audit.retention_days: must be between 0 (keep everything) and 36500")
+	}
+	t.Retention = time.Duration(a.RetentionDays) * 24 * time.Hour
+	t.OmitEncryptionContext = a.LogEncryptionContext != nil && !*a.LogEncryptionContext
+	a.resolved = t
+	return nil
+}
+
+// parseSize reads a byte count, with an optional KiB, MiB or GiB suffix.
+func parseSize(s string) (int64, error) {
+	mult := int64(1)
+	for suffix, m := range map[string]int64{"KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30} {
+		if n, ok := strings.CutSuffix(s, suffix); ok {
+			s, mult = strings.TrimSpace(n), m
+			break
+		}
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 || n > (1<<62)/mult {
+		return 0, fmt.Errorf("not a size")
+	}
+	return n * mult, nil
 }
 
 func (l *LimitsConfig) validate() error {

@@ -6,7 +6,9 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/hsmkms/hsmkms/kms"
 	"github.com/stretchr/testify/require"
 )
 
@@ -156,7 +158,7 @@ func TestClustersConfig(t *testing.T) {
 
 func TestDatabaseConfig(t *testing.T) {
 	pg := strings.Replace(validConfig, "database:\n  path: /var/lib/hsmkms/hsmkms.db",
-		"node_id: kms-a\ndatabase:\n  postgres:\n    url_file: secrets/db-url\n  token_backups: backups", 1)
+		"node_id: kms-a\ndatabase:\n  postgres:\n    url_file: secrets/db-url\n  token_backups: backups", 1) + "\naudit:\n  directory: audit-kms-a\n"
 	cfg, err := ParseConfig([]byte(pg), "/etc/hsmkms")
 	require.NoError(t, err)
 	require.Equal(t, "kms-a", cfg.NodeID)
@@ -205,6 +207,49 @@ func TestDatabaseConfig(t *testing.T) {
 	u, err = DatabaseConfig{Postgres: &PostgresConfig{URLEnv: "HSMKMS_TEST_DB_URL"}}.URL()
 	require.NoError(t, err)
 	require.Equal(t, "postgres://from-env", u)
+}
+
+func TestAuditAndEndpointsConfig(t *testing.T) {
+	cfg, err := ParseConfig([]byte(validConfig), "/etc/hsmkms")
+	require.NoError(t, err)
+	a := cfg.Audit.Trail()
+	require.NotNil(t, a, "on unless disabled")
+	require.Equal(t, "/var/lib/hsmkms/audit", a.Dir, "beside the database")
+	require.EqualValues(t, 100<<20, a.MaxFileSize)
+	require.Equal(t, time.Hour, a.RotationInterval)
+	require.Zero(t, a.Retention)
+	require.False(t, a.OmitEncryptionContext, "encryption contexts are logged, as AWS logs them")
+	require.Equal(t, kms.Endpoints{Healthz: true, Readyz: true, Metrics: true}, cfg.Endpoints.Endpoints())
+
+	set := "\naudit:\n  directory: trail\n  max_file_size: 8MiB\n  rotation_interval: 15m\n  retention_days: 90\n  log_encryption_context: false\nendpoints:\n  metrics: false\n"
+	cfg, err = ParseConfig([]byte(validConfig+set), "/etc/hsmkms")
+	require.NoError(t, err)
+	a = cfg.Audit.Trail()
+	require.Equal(t, "/etc/hsmkms/trail", a.Dir, "relative to the configuration file")
+	require.EqualValues(t, 8<<20, a.MaxFileSize)
+	require.Equal(t, 15*time.Minute, a.RotationInterval)
+	require.Equal(t, 90*24*time.Hour, a.Retention)
+	require.True(t, a.OmitEncryptionContext)
+	require.Equal(t, kms.Endpoints{Healthz: true, Readyz: true}, cfg.Endpoints.Endpoints())
+
+	cfg, err = ParseConfig([]byte(validConfig+"\naudit:\n  enabled: false\n"), "/etc/hsmkms")
+	require.NoError(t, err)
+	require.Nil(t, cfg.Audit.Trail())
+	require.Equal(t, "/var/lib/hsmkms/audit", cfg.AuditDir(), "where verify looks")
+
+	for bad, want := range map[string]string{
+		"\naudit:\n  max_file_size: 1KiB\n":     "audit.max_file_size: \"1KiB\" must be a size of at least 64KiB",
+		"\naudit:\n  max_file_size: lots\n":     "audit.max_file_size",
+		"\naudit:\n  rotation_interval: 2h\n":   "audit.rotation_interval: \"2h\" must be a duration from 1s to 1h",
+		"\naudit:\n  retention_days: -1\n":      "audit.retention_days",
+		"\naudit:\n  enabled: maybe\n":          "audit.enabled (line 28): must be true or false",
+		"\naudit:\n  dir: x\n":                  "audit.dir (line 28): unknown key",
+		"\nendpoints:\n  healthz: yes please\n": "endpoints.healthz (line 28): must be true or false",
+		"\nendpoints:\n  pprof: true\n":         "endpoints.pprof (line 28): unknown key",
+	} {
+		_, err := ParseConfig([]byte(validConfig+bad), "/etc/hsmkms")
+		require.ErrorContains(t, err, want, bad)
+	}
 }
 
 func TestKeyMaterialConfig(t *testing.T) {

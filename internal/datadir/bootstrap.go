@@ -320,6 +320,7 @@ func BootstrapWith(dir string, o Options, log hclog.Logger) (string, *BootstrapI
 			Policy: kms.AdminPolicy,
 		}},
 		Clusters: clusters,
+		Audit:    config.AuditConfig{Directory: "audit"},
 		XKSProxy: xksCfg,
 		ExternalKeyStores: &config.ExternalKeyStoresConfig{
 			CAFile: "tls/ca.pem",
@@ -328,6 +329,11 @@ func BootstrapWith(dir string, o Options, log hclog.Logger) (string, *BootstrapI
 			Timeout:   "1s",
 			ConnectTo: map[string]string{xksEndpointHost: net.JoinHostPort(loopbackFor(xksHost), xksPort)},
 		},
+	}
+	if o.NodeID != "" {
+		// A trail is one process's: nodes sharing the directory each
+		// write their own.
+		cfg.Audit.Directory = "audit-" + o.NodeID
 	}
 	if o.DatabaseURLFile != "" {
 		// The copies of token.object files stay where SQLite's would be:

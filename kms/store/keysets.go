@@ -47,7 +47,7 @@ type keySetStore interface {
 }
 
 // inTransition is KeysInTransition's condition: the same expression as its
-// partial index's (migration 11, written out there so that the migration
+// partial index's (migration 8, written out there so that the migration
 // never changes), which the planner uses only for that expression.
 const (
 	inTransition   = `multi_region = 1 AND (new_primary_region != '' OR (state = 'Creating' AND region != primary_region))`

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -119,7 +120,18 @@ var pgMigrations = []string{
 	CREATE INDEX keys_set ON keys (account, id) WHERE multi_region;
 	CREATE INDEX keys_in_transition ON keys (account, id)
 		WHERE multi_region AND (new_primary_region <> '' OR (state = 'Creating' AND region <> primary_region));`,
-	// 9: what several nodes sharing the database coordinate through (see
+	// 9: each key's last successful cryptographic use, and where
+	// tracking stands (one row).
+	`CREATE TABLE key_last_usage (
+		account TEXT COLLATE "C" NOT NULL, region TEXT COLLATE "C" NOT NULL, key_id TEXT COLLATE "C" NOT NULL,
+		operation TEXT COLLATE "C" NOT NULL, used BIGINT NOT NULL, event_id TEXT COLLATE "C" NOT NULL, request_id TEXT COLLATE "C" NOT NULL,
+		PRIMARY KEY (account, region, key_id),
+		FOREIGN KEY (account, region, key_id) REFERENCES keys (account, region, id) ON DELETE CASCADE
+	);
+	CREATE TABLE usage_tracking (
+		id INTEGER PRIMARY KEY CHECK (id = 1), started BIGINT NOT NULL, trail TEXT COLLATE "C" NOT NULL, sequence BIGINT NOT NULL
+	);`,
+	// 10: what several nodes sharing the database coordinate through (see
 	// coordination.go): marks, node heartbeats, each node's login to each
 	// custom key store, and the connection state every node reports.
 	`ALTER TABLE key_stores ADD COLUMN connection_state TEXT COLLATE "C" NOT NULL DEFAULT '';
@@ -671,6 +683,10 @@ func (p *PostgreSQL) KeysDueForDeletion(ctx context.Context, now time.Time) ([]*
 func (p *PostgreSQL) KeysDueForRotation(ctx context.Context, now time.Time) ([]*Key, error) {
 	return pgCollectKeys(p.pool.Query(ctx, `SELECT `+pgKeyColumns+` FROM keys WHERE rotation_enabled AND state = 'Enabled' AND next_rotation_date <= $1
 		ORDER BY next_rotation_date, account, region, id`, toNanos(now)))
+}
+
+func (p *PostgreSQL) KeysOfOrigin(ctx context.Context, origin string) ([]*Key, error) {
+	return pgCollectKeys(p.pool.Query(ctx, `SELECT `+pgKeyColumns+` FROM keys WHERE origin = $1 ORDER BY account, region, id`, origin))
 }
 
 func (p *PostgreSQL) CreateAlias(ctx context.Context, a *Alias, limit int) error {
@@ -1371,4 +1387,67 @@ func (p *PostgreSQL) GrantsFor(ctx context.Context, account, region, keyID strin
 	}
 	return pgCollectGrants(p.pool.Query(ctx, `SELECT `+grantColumns+` FROM grants WHERE account = $1 AND region = $2 AND key_id = $3
 		AND grantee_principal = ANY($4) ORDER BY grant_id`, account, region, keyID, names))
+}
+
+func (p *PostgreSQL) StartUsageTracking(ctx context.Context, now time.Time) (*UsageTracking, error) {
+	var u UsageTracking
+	var started, seq int64
+	err := p.tx(ctx, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `INSERT INTO usage_tracking (id, started, trail, sequence) VALUES (1, $1, '', 0) ON CONFLICT (id) DO NOTHING`,
+			toNanos(now)); err != nil {
+			return err
+		}
+		return tx.QueryRow(ctx, `SELECT started, trail, sequence FROM usage_tracking WHERE id = 1`).Scan(&started, &u.Trail, &seq)
+	})
+	if err != nil {
+		return nil, err
+	}
+	u.Start, u.Sequence = fromNanos(started), uint64(seq)
+	return &u, nil
+}
+
+// RecordKeyUsage writes the usages in key order, so two nodes flushing
+// the same keys take their row locks in one order and never deadlock.
+func (p *PostgreSQL) RecordKeyUsage(ctx context.Context, usages []KeyUsage, trail string, seq uint64) error {
+	sorted := slices.Clone(usages)
+	slices.SortFunc(sorted, func(a, b KeyUsage) int {
+		return strings.Compare(a.Account+"/"+a.Region+"/"+a.KeyID, b.Account+"/"+b.Region+"/"+b.KeyID)
+	})
+	return p.tx(ctx, func(tx pgx.Tx) error {
+		b := &pgx.Batch{}
+		for _, u := range sorted {
+			if !storable(u.Account, u.Region, u.KeyID, u.Operation, u.EventID, u.RequestID) {
+				continue
+			}
+			b.Queue(`INSERT INTO key_last_usage (account, region, key_id, operation, used, event_id, request_id)
+				SELECT $1, $2, $3, $4, $5, $6, $7 WHERE EXISTS (SELECT 1 FROM keys WHERE account = $1 AND region = $2 AND id = $3)
+				ON CONFLICT (account, region, key_id) DO UPDATE SET operation = excluded.operation, used = excluded.used,
+				event_id = excluded.event_id, request_id = excluded.request_id WHERE excluded.used >= key_last_usage.used`,
+				u.Account, u.Region, u.KeyID, u.Operation, toNanos(u.Time), u.EventID, u.RequestID)
+		}
+		b.Queue(`UPDATE usage_tracking SET trail = $1, sequence = $2 WHERE id = 1`, trail, int64(seq))
+		return tx.SendBatch(ctx, b).Close()
+	})
+}
+
+func (p *PostgreSQL) KeyUsage(ctx context.Context, account, region, keyID string) (*KeyUsage, error) {
+	if !storable(account, region, keyID) {
+		return nil, ErrNotFound
+	}
+	u := KeyUsage{Account: account, Region: region, KeyID: keyID}
+	var used int64
+	err := p.pool.QueryRow(ctx, `SELECT operation, used, event_id, request_id FROM key_last_usage WHERE account = $1 AND region = $2 AND key_id = $3`,
+		account, region, keyID).Scan(&u.Operation, &used, &u.EventID, &u.RequestID)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, err
+	}
+	u.Time = fromNanos(used)
+	return &u, nil
+}
+
+func (p *PostgreSQL) Ping(ctx context.Context) error {
+	return p.pool.Ping(ctx)
 }

@@ -14,8 +14,6 @@ import (
 // key space.
 const pgNamedLockClass int32 = 0x6c6b // "lk"
 
-func (p *PostgreSQL) Ping(ctx context.Context) error { return p.pool.Ping(ctx) }
-
 // TakeMark is one statement: the insert, or the replacement of a mark that
 // has expired, under the row's lock; a mark still held leaves the
 // statement without a row.

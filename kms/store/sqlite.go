@@ -131,7 +131,19 @@ var migrations = []string{
 	CREATE INDEX keys_set ON keys (account, id) WHERE multi_region = 1;
 	CREATE INDEX keys_in_transition ON keys (account, id)
 		WHERE multi_region = 1 AND (new_primary_region != '' OR (state = 'Creating' AND region != primary_region));`,
-	// 9: what several nodes sharing the database coordinate through (see
+	// 9: each key's last successful cryptographic use (GetKeyLastUsage),
+	// going with its key, and where tracking stands: when it began, and
+	// the audit trail record up to which usage is stored (one row).
+	`CREATE TABLE key_last_usage (
+		account TEXT NOT NULL, region TEXT NOT NULL, key_id TEXT NOT NULL,
+		operation TEXT NOT NULL, used INTEGER NOT NULL, event_id TEXT NOT NULL, request_id TEXT NOT NULL,
+		PRIMARY KEY (account, region, key_id),
+		FOREIGN KEY (account, region, key_id) REFERENCES keys (account, region, id) ON DELETE CASCADE
+	) WITHOUT ROWID;
+	CREATE TABLE usage_tracking (
+		id INTEGER PRIMARY KEY CHECK (id = 1), started INTEGER NOT NULL, trail TEXT NOT NULL, sequence INTEGER NOT NULL
+	);`,
+	// 10: what several nodes sharing the database coordinate through (see
 	// coordination.go), kept on SQLite too so that one schema version is
 	// one schema: marks (claims on work, with an expiry), node heartbeats,
 	// each node's login to each custom key store, and the connection state
@@ -268,22 +280,45 @@ type scanner interface{ Scan(...any) error }
 
 // material is Material as stored in the JSON column.
 type material struct {
-	ID           string `json:"id"`
-	TokenID      []byte `json:"token_id"`
-	CreationDate int64  `json:"created"`
-	RotationType string `json:"rotation_type,omitempty"`
-	Wrapped      []byte `json:"wrapped,omitempty"`
-	DomainKey    string `json:"domain_key,omitempty"`
+	ID           string    `json:"id"`
+	TokenID      []byte    `json:"token_id"`
+	CreationDate int64     `json:"created"`
+	RotationType string    `json:"rotation_type,omitempty"`
+	Wrapped      []byte    `json:"wrapped,omitempty"`
+	DomainKey    string    `json:"domain_key,omitempty"`
+	Import       *imported `json:"import,omitempty"`
+}
+
+// imported is an imported material's Import, as stored.
+type imported struct {
+	Pending     bool   `json:"pending,omitempty"`
+	Rotation    bool   `json:"pending_rotation,omitempty"`
+	Description string `json:"description,omitempty"`
+	ValidTo     int64  `json:"valid_to,omitempty"`
 }
 
 func (m material) Material() Material {
-	return Material{ID: m.ID, TokenID: m.TokenID, CreationDate: fromNanos(m.CreationDate), RotationType: m.RotationType,
+	out := Material{ID: m.ID, TokenID: m.TokenID, CreationDate: fromNanos(m.CreationDate), RotationType: m.RotationType,
 		Wrapped: m.Wrapped, DomainKey: m.DomainKey}
+	if m.Import != nil {
+		out.Import = &Import{PendingImport: m.Import.Pending, PendingRotation: m.Import.Rotation, Description: m.Import.Description}
+		if m.Import.ValidTo != 0 {
+			out.Import.ValidTo = fromNanos(m.Import.ValidTo)
+		}
+	}
+	return out
 }
 
 func materialOf(m Material) material {
-	return material{ID: m.ID, TokenID: m.TokenID, CreationDate: toNanos(m.CreationDate), RotationType: m.RotationType,
+	out := material{ID: m.ID, TokenID: m.TokenID, CreationDate: toNanos(m.CreationDate), RotationType: m.RotationType,
 		Wrapped: m.Wrapped, DomainKey: m.DomainKey}
+	if m.Import != nil {
+		out.Import = &imported{Pending: m.Import.PendingImport, Rotation: m.Import.PendingRotation, Description: m.Import.Description}
+		if !m.Import.ValidTo.IsZero() {
+			out.Import.ValidTo = toNanos(m.Import.ValidTo)
+		}
+	}
+	return out
 }
 
 // decodeMaterials reads the JSON column.
@@ -575,6 +610,14 @@ func (s *SQLite) KeysDueForDeletion(ctx context.Context, now time.Time) ([]*Key,
 
 func (s *SQLite) KeysDueForRotation(ctx context.Context, now time.Time) ([]*Key, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT `+keyColumns+` FROM keys WHERE rotation_enabled = 1 AND state = 'Enabled' AND next_rotation_date <= ? ORDER BY next_rotation_date`, toNanos(now))
+	if err != nil {
+		return nil, err
+	}
+	return collectKeys(rows)
+}
+
+func (s *SQLite) KeysOfOrigin(ctx context.Context, origin string) ([]*Key, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+keyColumns+` FROM keys WHERE origin = ? ORDER BY account, region, id`, origin)
 	if err != nil {
 		return nil, err
 	}
@@ -1280,4 +1323,54 @@ func (s *SQLite) GrantsFor(ctx context.Context, account, region, keyID string, g
 		return nil, err
 	}
 	return collectGrants(rows)
+}
+
+func (s *SQLite) StartUsageTracking(ctx context.Context, now time.Time) (*UsageTracking, error) {
+	if _, err := s.exec(ctx, `INSERT INTO usage_tracking (id, started, trail, sequence) VALUES (1, ?, '', 0) ON CONFLICT (id) DO NOTHING`,
+		toNanos(now)); err != nil {
+		return nil, err
+	}
+	var u UsageTracking
+	var started, seq int64
+	if err := s.db.QueryRowContext(ctx, `SELECT started, trail, sequence FROM usage_tracking WHERE id = 1`).Scan(&started, &u.Trail, &seq); err != nil {
+		return nil, err
+	}
+	u.Start, u.Sequence = fromNanos(started), uint64(seq)
+	return &u, nil
+}
+
+func (s *SQLite) RecordKeyUsage(ctx context.Context, usages []KeyUsage, trail string, seq uint64) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		for _, u := range usages {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO key_last_usage (account, region, key_id, operation, used, event_id, request_id)
+				SELECT ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM keys WHERE account = ? AND region = ? AND id = ?)
+				ON CONFLICT (account, region, key_id) DO UPDATE SET operation = excluded.operation, used = excluded.used,
+				event_id = excluded.event_id, request_id = excluded.request_id WHERE excluded.used >= key_last_usage.used`,
+				u.Account, u.Region, u.KeyID, u.Operation, toNanos(u.Time), u.EventID, u.RequestID, u.Account, u.Region, u.KeyID); err != nil {
+				return err
+			}
+		}
+		_, err := tx.ExecContext(ctx, `UPDATE usage_tracking SET trail = ?, sequence = ? WHERE id = 1`, trail, int64(seq))
+		return err
+	})
+}
+
+func (s *SQLite) KeyUsage(ctx context.Context, account, region, keyID string) (*KeyUsage, error) {
+	u := KeyUsage{Account: account, Region: region, KeyID: keyID}
+	var used int64
+	err := s.db.QueryRowContext(ctx, `SELECT operation, used, event_id, request_id FROM key_last_usage WHERE account = ? AND region = ? AND key_id = ?`,
+		account, region, keyID).Scan(&u.Operation, &used, &u.EventID, &u.RequestID)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, err
+	}
+	u.Time = fromNanos(used)
+	return &u, nil
+}
+
+func (s *SQLite) Ping(ctx context.Context) error {
+	var one int
+	return s.db.QueryRowContext(ctx, `SELECT 1`).Scan(&one)
 }

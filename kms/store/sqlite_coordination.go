@@ -13,8 +13,6 @@ import (
 // bookkeeping: marks and logins are rows like any other, and locks are
 // this process's.
 
-func (s *SQLite) Ping(ctx context.Context) error { return s.db.PingContext(ctx) }
-
 func scanMark(row scanner) (*Mark, error) {
 	var m Mark
 	var started, expires int64

@@ -60,6 +60,23 @@ type Material struct {
 	// has begun.
 	Wrapped   []byte
 	DomainKey string
+	// Import is set for material imported into a key of Origin EXTERNAL
+	// (it is kept, PendingImport, after the material is deleted or
+	// expires, so that the same material can be imported again).
+	Import *Import
+}
+
+// Import is what is recorded of an imported material version.
+type Import struct {
+	// PendingImport: the material was deleted (DeleteImportedKeyMaterial)
+	// or expired; TokenID names nothing, Wrapped is empty.
+	PendingImport bool
+	// PendingRotation: imported for RotateKeyOnDemand and not yet
+	// current; a key's current material is its last one that is not.
+	PendingRotation bool
+	Description     string
+	// ValidTo is when the material expires; zero if it does not.
+	ValidTo time.Time
 }
 
 // Key is a KMS key's metadata. (Account, Region, ID) identifies it.
@@ -210,6 +227,28 @@ type Orphan struct {
 	Deleted    time.Time
 }
 
+// KeyUsage is a key's last successful cryptographic use, as
+// GetKeyLastUsage reports it.
+type KeyUsage struct {
+	Account, Region, KeyID string
+	Operation              string // Encrypt, Decrypt, ... (AWS's tracked operations)
+	Time                   time.Time
+	EventID                string // the audit event's eventID
+	RequestID              string // the request's x-amzn-RequestId
+}
+
+// UsageTracking is where the tracking of keys' last use stands.
+type UsageTracking struct {
+	// Start is when this database began tracking: GetKeyLastUsage's
+	// TrackingStartDate for keys created before it.
+	Start time.Time
+	// Trail and Sequence say how far the stored usage goes: every
+	// successful call the audit trail Trail (its id) recorded up to
+	// record Sequence is in it. "" and 0 before any.
+	Trail    string
+	Sequence uint64
+}
+
 // GrantConstraints are a grant's encryption context constraints; a nil map
 // is no constraint.
 type GrantConstraints struct {
@@ -307,6 +346,9 @@ type Store interface {
 	// KeysDueForRotation returns keys Enabled, with automatic rotation on,
 	// whose next rotation date is not after now, the most overdue first.
 	KeysDueForRotation(ctx context.Context, now time.Time) ([]*Key, error)
+	// KeysOfOrigin returns the keys of one origin (EXTERNAL: the keys
+	// whose imported material may expire), in every state.
+	KeysOfOrigin(ctx context.Context, origin string) ([]*Key, error)
 
 	// CreateAlias stores a. Checked in its transaction, in this order: the
 	// target key exists (ErrNotFound), has fewer than limit aliases
@@ -401,6 +443,20 @@ type Store interface {
 	DeleteGrant(ctx context.Context, grantID string) error
 	// GrantsFor returns the key's grants whose grantee is one of grantees.
 	GrantsFor(ctx context.Context, account, region, keyID string, grantees []string) ([]*Grant, error)
+
+	// StartUsageTracking returns the usage tracking record, making it
+	// with Start = now if there is none yet.
+	StartUsageTracking(ctx context.Context, now time.Time) (*UsageTracking, error)
+	// RecordKeyUsage stores, in one transaction, each usage that is not
+	// older than the one stored for its key (usages of keys that no
+	// longer exist are dropped), and records that usage is stored up to
+	// record seq of the audit trail trail. A key's usage goes with the key.
+	RecordKeyUsage(ctx context.Context, usages []KeyUsage, trail string, seq uint64) error
+	// KeyUsage returns the stored last use of a key, or ErrNotFound.
+	KeyUsage(ctx context.Context, account, region, keyID string) (*KeyUsage, error)
+
+	// Ping reports whether the database answers now (/readyz).
+	Ping(ctx context.Context) error
 
 	Close() error
 }

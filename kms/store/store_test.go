@@ -1249,6 +1249,55 @@ func TestTokenIdentities(t *testing.T) {
 	})
 }
 
+func TestKeyUsage(t *testing.T) {
+	each(t, func(t *testing.T, d *db) {
+		s := d.open(t)
+		require.NoError(t, s.Ping(ctx))
+		start := time.Unix(1700000000, 5).UTC()
+		u, err := s.StartUsageTracking(ctx, start)
+		require.NoError(t, err)
+		require.Equal(t, UsageTracking{Start: start}, *u)
+		u, err = s.StartUsageTracking(ctx, start.Add(time.Hour))
+		require.NoError(t, err)
+		require.Equal(t, start, u.Start, "tracking starts once")
+
+		k := newKey("111122223333", "us-west-2", "k1")
+		require.NoError(t, s.CreateKey(ctx, k, nil))
+		_, err = s.KeyUsage(ctx, k.Account, k.Region, k.ID)
+		require.ErrorIs(t, err, ErrNotFound)
+
+		t1 := time.Unix(1700000100, 7).UTC()
+		use := KeyUsage{Account: k.Account, Region: k.Region, KeyID: k.ID, Operation: "Encrypt", Time: t1, EventID: "e1", RequestID: "r1"}
+		gone := KeyUsage{Account: k.Account, Region: k.Region, KeyID: "no-such-key", Operation: "Decrypt", Time: t1, EventID: "e2", RequestID: "r2"}
+		require.NoError(t, s.RecordKeyUsage(ctx, []KeyUsage{use, gone}, "trail-a", 42))
+		got, err := s.KeyUsage(ctx, k.Account, k.Region, k.ID)
+		require.NoError(t, err)
+		require.Equal(t, use, *got)
+		_, err = s.KeyUsage(ctx, k.Account, k.Region, "no-such-key")
+		require.ErrorIs(t, err, ErrNotFound, "a usage of a key that is gone is dropped")
+		u, err = s.StartUsageTracking(ctx, start)
+		require.NoError(t, err)
+		require.Equal(t, UsageTracking{Start: start, Trail: "trail-a", Sequence: 42}, *u)
+
+		older := use
+		older.Operation, older.Time, older.EventID = "Sign", t1.Add(-time.Second), "e0"
+		require.NoError(t, s.RecordKeyUsage(ctx, []KeyUsage{older}, "trail-a", 43))
+		got, err = s.KeyUsage(ctx, k.Account, k.Region, k.ID)
+		require.NoError(t, err)
+		require.Equal(t, "Encrypt", got.Operation, "an older usage never replaces a newer one")
+		newer := use
+		newer.Operation, newer.Time, newer.EventID = "Decrypt", t1.Add(time.Second), "e3"
+		require.NoError(t, s.RecordKeyUsage(ctx, []KeyUsage{newer}, "trail-a", 44))
+		got, err = s.KeyUsage(ctx, k.Account, k.Region, k.ID)
+		require.NoError(t, err)
+		require.Equal(t, newer, *got)
+
+		require.NoError(t, s.DeleteKey(ctx, k.Account, k.Region, k.ID))
+		_, err = s.KeyUsage(ctx, k.Account, k.Region, k.ID)
+		require.ErrorIs(t, err, ErrNotFound, "the usage goes with its key")
+	})
+}
+
 // TestKeyCacheBound: the cache keeps at most its size, and what it keeps
 // is right.
 func TestKeyCacheBound(t *testing.T) {

@@ -89,7 +89,7 @@ func TestExternalKeyStores(t *testing.T) {
 
 // TestMigration6KeepsKeyStores: a database of schema version 5 with a
 // CloudHSM key store keeps it, whole, through the table's rebuild (and
-// migration 9 records the store that was to be connected as CONNECTED).
+// migration 10 records the store that was to be connected as CONNECTED).
 func TestMigration6KeepsKeyStores(t *testing.T) {
 	each(t, func(t *testing.T, d *db) {
 		old := &db{engine: d.engine, dsn: d.newDB(t)}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -51,6 +52,10 @@ type Call struct {
 	SourceIP  string
 	Secure    bool // arrived over TLS
 	UserAgent string
+	// TLS is the connection's TLS state (nil over plain HTTP) and Host the
+	// Host header: what audit records say of how the call arrived.
+	TLS  *tls.ConnectionState
+	Host string
 	// Identity is what Authenticate returned for this request.
 	Identity any
 	// logAttrs are key/value pairs the route adds to the request's log line.
@@ -118,6 +123,15 @@ type Server struct {
 	Timeout      time.Duration
 	Logger       hclog.Logger
 	Now          func() time.Time
+	// Rejected, if set, is told of every request answered without reaching
+	// its route once its body was read (authentication failures, unknown
+	// operations, invalid input), with the error about to be sent: the
+	// audit trail records them. If it fails, KMSInternalException is sent
+	// instead.
+	Rejected func(ctx context.Context, c *Call, r *http.Request, err error) error
+	// Observe, if set, is told of every request answered, where its log
+	// line is written: the request metrics.
+	Observe func(c *Call, status int, outcome string, latency time.Duration)
 }
 
 const contentType = "application/x-amz-json-1.1"
@@ -145,13 +159,16 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		now = s.Now
 	}
 	start := now()
-	c := &Call{RequestID: newRequestID(), Secure: r.TLS != nil, UserAgent: r.UserAgent()}
+	c := &Call{RequestID: newRequestID(), Secure: r.TLS != nil, UserAgent: r.UserAgent(), TLS: r.TLS, Host: r.Host}
 	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
 		c.SourceIP = host
 	}
 	setHeaders(w.Header(), c.RequestID)
 
 	status, outcome := s.serve(w, r, c)
+	if s.Observe != nil {
+		s.Observe(c, status, outcome, time.Since(start))
+	}
 	if s.Logger != nil {
 		attrs := make([]any, 0, 12+len(c.logAttrs))
 		attrs = append(attrs, "request_id", c.RequestID, "operation", c.Op, "outcome", outcome, "status", status,
@@ -180,15 +197,15 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, c *Call) (int, st
 	}
 	id, err := s.Authenticate(r, body)
 	if err != nil {
-		return s.writeErr(w, c, err)
+		return s.reject(w, r, c, err)
 	}
 	c.Identity = id
 	route, ok := s.Routes[r.Header.Get("X-Amz-Target")]
 	if !ok {
-		return writeError(w, &Error{Type: UnknownOperation})
+		return s.reject(w, r, c, &Error{Type: UnknownOperation})
 	}
 	if verr := Validate(c.Op, body); verr != nil {
-		return writeError(w, verr)
+		return s.reject(w, r, c, verr)
 	}
 	ctx := r.Context()
 	if s.Timeout > 0 {
@@ -251,6 +268,17 @@ func (s *Server) call(ctx context.Context, route Route, c *Call, body []byte) (o
 		}
 	}()
 	return route.Handle(ctx, c, body)
+}
+
+// reject answers a request refused before its route, once Rejected has
+// recorded it.
+func (s *Server) reject(w http.ResponseWriter, r *http.Request, c *Call, err error) (int, string) {
+	if s.Rejected != nil {
+		if rerr := s.Rejected(r.Context(), c, r, err); rerr != nil {
+			return s.writeErr(w, c, rerr)
+		}
+	}
+	return s.writeErr(w, c, err)
 }
 
 // readBody reads the body, at most max bytes. A declared length is read

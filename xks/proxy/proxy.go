@@ -87,6 +87,9 @@ type Config struct {
 	// HealthTTL is how long a deep health check's result answers
 	// GetHealthStatus; 0 is DefaultHealthTTL, negative checks every time.
 	HealthTTL time.Duration
+	// Audit, if set, records every request served (all but /ping and
+	// the ones throttled) before it is answered (audit.go).
+	Audit Auditor
 }
 
 const (
@@ -114,6 +117,7 @@ type Proxy struct {
 	slots     chan struct{}
 	wait      time.Duration
 	routes    atomic.Pointer[map[string]*route] // prefix path → its route
+	audit     Auditor
 }
 
 // route is one prefix as served: its verifier, policy, tokens and health
@@ -147,7 +151,7 @@ func New(cfg Config) (*Proxy, error) {
 	if len(cfg.Regions) == 0 {
 		return nil, errors.New("proxy: no Regions to accept signatures for")
 	}
-	p := &Proxy{log: cfg.Logger, now: cfg.Now, timeout: cfg.Timeout, fleetSize: cfg.FleetSize, version: cfg.Version, healthTTL: cfg.HealthTTL,
+	p := &Proxy{audit: cfg.Audit, log: cfg.Logger, now: cfg.Now, timeout: cfg.Timeout, fleetSize: cfg.FleetSize, version: cfg.Version, healthTTL: cfg.HealthTTL,
 		regions: map[string]bool{}, slots: make(chan struct{}, cfg.MaxInFlight), wait: cfg.QueueWait}
 	for _, r := range cfg.Regions {
 		p.regions[r] = true
@@ -226,6 +230,11 @@ type call struct {
 	id    string
 	// authz is the secondary authorization's decision, for the log.
 	authz string
+	// alg and keyMetadata are what the audit record shows of the
+	// request and the answer.
+	alg         string
+	keyMetadata *xks.MetadataResponse
+	throttled   bool
 }
 
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -239,6 +248,9 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !p.acquire(r) {
+		// Refused before its body is read, as hsmkms's KMS API refuses
+		// one: counted in the log, not recorded.
+		c.throttled = true
 		p.answer(w, r, c, nil, xks.Errorf(xks.ThrottlingException, "The proxy is serving as many requests as it can; retry later."))
 		return
 	}
@@ -371,8 +383,6 @@ func (p *Proxy) answer(w http.ResponseWriter, r *http.Request, c *call, out any,
 			body, _ = json.Marshal(xks.Errorf(xks.InternalException, "The proxy failed to serve the request."))
 		}
 	}
-	w.WriteHeader(status)
-	w.Write(body)
 	prefix := "-"
 	if c.rt != nil {
 		prefix = c.rt.Path
@@ -381,6 +391,15 @@ func (p *Proxy) answer(w http.ResponseWriter, r *http.Request, c *call, out any,
 	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
 		ip = host
 	}
+	if p.audit != nil && !c.throttled {
+		if aerr := p.record(r, c, prefix, ip, err); aerr != nil {
+			p.log.Error("xks proxy: audit record not written: answering InternalException", "request_id", c.id, "error", aerr)
+			status, outcome = http.StatusInternalServerError, xks.InternalException
+			body, _ = json.Marshal(xks.Errorf(xks.InternalException, "The proxy failed to serve the request."))
+		}
+	}
+	w.WriteHeader(status)
+	w.Write(body)
 	p.log.Info("xks request", "request_id", c.id, "prefix", prefix, "operation", string(c.path.Operation),
 		"external_key", c.path.KeyID, "kms_request_id", bound(c.md.KmsRequestID), "kms_operation", bound(c.md.KmsOperation),
 		"principal", bound(c.md.AwsPrincipalArn), "kms_key", bound(c.md.KmsKeyArn), "via", bound(c.md.KmsViaService),
@@ -512,6 +531,7 @@ func (p *Proxy) getKeyMetadata(ctx context.Context, c *call) (any, error) {
 	if !k.Enabled {
 		out.KeyStatus = "DISABLED"
 	}
+	c.keyMetadata = out
 	return out, nil
 }
 
@@ -524,7 +544,7 @@ var ciphertextMetadata = []byte{1}
 func (p *Proxy) encrypt(ctx context.Context, c *call) (any, error) {
 	req, err := xks.ParseEncryptRequest(c.body)
 	if req != nil {
-		c.md = req.RequestMetadata
+		c.md, c.alg = req.RequestMetadata, req.EncryptionAlgorithm
 		defer clear(req.Plaintext)
 	}
 	if err != nil {
@@ -573,7 +593,7 @@ func (p *Proxy) encrypt(ctx context.Context, c *call) (any, error) {
 func (p *Proxy) decrypt(ctx context.Context, c *call) (any, error) {
 	req, err := xks.ParseDecryptRequest(c.body)
 	if req != nil {
-		c.md = req.RequestMetadata
+		c.md, c.alg = req.RequestMetadata, req.EncryptionAlgorithm
 	}
 	if err != nil {
 		return nil, err

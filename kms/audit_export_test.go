@@ -1,0 +1,8 @@
+package kms
+
+// FailAuditTrail makes the service's audit trail fail as a failed write
+// would.
+func (s *Service) FailAuditTrail(err error) { s.trail.Fail(err) }
+
+// FlushUsage writes keys' last use now.
+func (s *Service) FlushUsage() error { return s.usage.flush(s.life) }
