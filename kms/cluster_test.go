@@ -7,6 +7,8 @@ import (
 	"io"
 	"net"
 	"net/url"
+	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -255,10 +257,17 @@ func TestAliasLimitAcrossNodes(t *testing.T) {
 
 // TestJobsRunOnceAcrossThreeNodes: three nodes run the rotation scheduler
 // and the deletion reaper at the same moment, twice; each due key is
-// rotated once and deleted once.
+// rotated once and deleted once, and each of those internal actions is
+// one intent and one AwsServiceEvent, in the trail of the node that
+// performed it.
 func TestJobsRunOnceAcrossThreeNodes(t *testing.T) {
 	t.Parallel()
-	nodes := newNodes(t, 3, nil)
+	base := t.TempDir()
+	dirs := []string{}
+	nodes := newNodes(t, 3, func(i int, e *env) {
+		dirs = append(dirs, filepath.Join(base, fmt.Sprintf("audit-%d", i)))
+		e.audit = &kms.AuditConfig{Dir: dirs[i]}
+	})
 	c := nodes[0].admin()
 	const n = 4
 	var rotating, deleting []string
@@ -308,6 +317,29 @@ func TestJobsRunOnceAcrossThreeNodes(t *testing.T) {
 			requireAPIError(t, err, "NotFoundException", "")
 		}
 	}
+	events := map[string]int{}
+	for _, e := range nodes {
+		e.close()
+	}
+	for _, dir := range dirs {
+		for _, r := range records(t, dir) {
+			if name := r["eventName"]; name == "DeleteKey" || name == "RotateKey" {
+				if r["eventType"] == "AwsServiceEvent" || r["eventType"] == "HsmkmsApiCallIntent" {
+					res := r["resources"].([]any)[0].(map[string]any)["ARN"].(string)
+					events[fmt.Sprintf("%s %s %s", name, r["eventType"], res[strings.LastIndex(res, "/")+1:])]++
+					assert.Nil(t, r["errorCode"], "%v", r)
+				}
+			}
+		}
+	}
+	want := map[string]int{}
+	for _, id := range rotating {
+		want["RotateKey AwsServiceEvent "+id], want["RotateKey HsmkmsApiCallIntent "+id] = 1, 1
+	}
+	for _, id := range deleting {
+		want["DeleteKey AwsServiceEvent "+id], want["DeleteKey HsmkmsApiCallIntent "+id] = 1, 1
+	}
+	assert.Equal(t, want, events, "one intent and one record per action, across the nodes' trails")
 }
 
 // TestJobsTakenOverFromDeadNode: work a node claimed and died with is done
@@ -502,4 +534,92 @@ func TestNodeLosesDatabase(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestImportExpiryOnceAcrossNodes: two nodes run the import expiry job at
+// the same moment; each expired material is deleted once, by one node,
+// whose trail holds its one intent and one DeleteExpiredKeyMaterial
+// record, and the other node writes nothing for it.
+func TestImportExpiryOnceAcrossNodes(t *testing.T) {
+	t.Parallel()
+	base := t.TempDir()
+	var dirs []string
+	nodes := newNodes(t, 2, func(i int, e *env) {
+		dirs = append(dirs, filepath.Join(base, fmt.Sprintf("audit-%d", i)))
+		e.audit = &kms.AuditConfig{Dir: dirs[i]}
+	})
+	c := nodes[0].admin()
+	const n = 3
+	var ids []string
+	for range n {
+		id := createExternal(t, c, types.KeySpecSymmetricDefault, types.KeyUsageTypeEncryptDecrypt)
+		_, err := importMaterial(t, c, id, types.AlgorithmSpecRsaesOaepSha256, types.WrappingKeySpecRsa2048, random(32),
+			&awskms.ImportKeyMaterialInput{ValidTo: aws.Time(nodes[0].clock.Now().Add(time.Hour))})
+		require.NoError(t, err)
+		ids = append(ids, id)
+	}
+	nodes[0].clock.Advance(2 * time.Hour)
+	var expired atomic.Int32
+	var wg sync.WaitGroup
+	for _, e := range nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			k, err := e.svc.ExpireImported(bg())
+			assert.NoError(t, err)
+			expired.Add(int32(k))
+		}()
+	}
+	wg.Wait()
+	require.EqualValues(t, n, expired.Load(), "each expired once across the nodes")
+	for _, id := range ids {
+		d, err := nodes[1].admin().DescribeKey(bg(), &awskms.DescribeKeyInput{KeyId: aws.String(id)})
+		require.NoError(t, err)
+		assert.Equal(t, types.KeyStatePendingImport, d.KeyMetadata.KeyState)
+	}
+	for _, e := range nodes {
+		e.close()
+	}
+	events := map[string]int{}
+	for _, dir := range dirs {
+		for _, r := range records(t, dir) {
+			if r["eventName"] == "DeleteExpiredKeyMaterial" {
+				assert.Nil(t, r["errorCode"], "%v", r)
+				res := r["resources"].([]any)[0].(map[string]any)["ARN"].(string)
+				events[r["eventType"].(string)+" "+res[strings.LastIndex(res, "/")+1:]]++
+			}
+		}
+	}
+	want := map[string]int{}
+	for _, id := range ids {
+		want["AwsServiceEvent "+id], want["HsmkmsApiCallIntent "+id] = 1, 1
+	}
+	assert.Equal(t, want, events)
+}
+
+// TestKeyLastUsageAcrossNodes: each node writes the uses it saw, and each
+// answers GetKeyLastUsage with the newest use on any node, not the older
+// one it holds in memory.
+func TestKeyLastUsageAcrossNodes(t *testing.T) {
+	t.Parallel()
+	nodes := newNodes(t, 2, func(_ int, e *env) { e.usageFlush = 20 * time.Millisecond })
+	c1, c2 := nodes[0].admin(), nodes[1].admin()
+	id := nodes[0].createKey(c1)
+	_, err := c1.Encrypt(bg(), &awskms.EncryptInput{KeyId: &id, Plaintext: []byte("x")})
+	require.NoError(t, err)
+	nodes[0].clock.Advance(time.Minute)
+	_, err = c2.GenerateDataKey(bg(), &awskms.GenerateDataKeyInput{KeyId: &id, NumberOfBytes: aws.Int32(32)})
+	require.NoError(t, err)
+	for i, c := range []*awskms.Client{c1, c2} {
+		within(t, 5*time.Second, fmt.Sprintf("node %d answers with the newest use", i+1), func() error {
+			out, err := c.GetKeyLastUsage(bg(), &awskms.GetKeyLastUsageInput{KeyId: &id})
+			if err != nil {
+				return err
+			}
+			if out.KeyLastUsage == nil || string(out.KeyLastUsage.Operation) != "GenerateDataKey" {
+				return fmt.Errorf("last use %+v", out.KeyLastUsage)
+			}
+			return nil
+		})
+	}
 }
