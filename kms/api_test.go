@@ -282,6 +282,15 @@ func TestDeletionReaper(t *testing.T) {
 	e.restart()
 	c = e.admin()
 	e.clock.Advance(24*time.Hour + time.Second)
+	t.Run("a key whose waiting period has ended cannot be cancelled", func(t *testing.T) {
+		// The reaper may be destroying it: a cancel must not answer for it.
+		_, err := c.CancelKeyDeletion(bg(), &awskms.CancelKeyDeletionInput{KeyId: &id})
+		requireAPIError(t, err, "KMSInvalidStateException", arn(id)+" is pending deletion and its waiting period has ended: it is being deleted.")
+	})
+	n, err = e.svc.Reap(bg())
+	require.NoError(t, err)
+	assert.Equal(t, 0, n, "reaped a minute after the deletion date, once no cancel can be under way")
+	e.clock.Advance(time.Minute)
 	n, err = e.svc.Reap(bg())
 	require.NoError(t, err)
 	assert.Equal(t, 1, n)

@@ -77,7 +77,14 @@ type CancelKeyDeletionOutput struct {
 }
 
 func (s *Service) CancelKeyDeletion(ctx context.Context, r *Request, in *KeyIDInput) (*CancelKeyDeletionOutput, error) {
+	now := s.now()
 	k, err := s.update(ctx, r, in.KeyId, access{}, func(k *store.Key) error {
+		// Once its waiting period has ended the key belongs to the reaper,
+		// which may be destroying its material right now: a cancel that
+		// succeeded then would answer for a key that is about to vanish.
+		if !k.DeletionDate.IsZero() && !k.DeletionDate.After(now) {
+			return wire.Errorf(wire.KMSInvalidState, "%s is pending deletion and its waiting period has ended: it is being deleted.", arnOf(k))
+		}
 		k.State = string(StateDisabled)
 		if k.Origin == originExternal && !allImported(k) {
 			k.State = string(StatePendingImport) // as AWS: it has no usable material
@@ -107,7 +114,11 @@ func (s *Service) Reap(ctx context.Context) (int, error) {
 	if err := s.finishStrayTransitions(ctx); err != nil {
 		errs = append(errs, err)
 	}
-	now := s.now()
+	// A key is reaped a minute after its waiting period ends: by then
+	// CancelKeyDeletion refuses it on every node whose clock is within a
+	// minute of this one's, and any cancel that began in time has long
+	// committed, so nothing cancelled is ever destroyed.
+	now := s.now().Add(-reapGrace)
 	due, err := s.store.KeysDueForDeletion(ctx, now)
 	if err != nil {
 		return 0, errors.Join(append(errs, err)...)
@@ -124,6 +135,9 @@ func (s *Service) Reap(ctx context.Context) (int, error) {
 	}
 	return n, errors.Join(errs...)
 }
+
+// reapGrace is how long after its deletion date a key is reaped.
+const reapGrace = time.Minute
 
 func reapMark(k *store.Key) string { return "reap/" + k.Account + "/" + k.Region + "/" + k.ID }
 

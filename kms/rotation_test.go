@@ -252,10 +252,13 @@ func TestAutomaticRotation(t *testing.T) {
 	assert.WithinDuration(t, e.clock.Now().Add(90*day), *e.rotationStatus(c, id).NextRotationDate, time.Second)
 	encrypt("version 3")
 
-	// Pending deletion: not rotated either.
+	// Pending deletion: not rotated either. The rotation falls due (91
+	// days) inside the waiting period, so the deletion can still be
+	// cancelled.
+	e.clock.Advance(62 * day)
 	_, err = c.ScheduleKeyDeletion(bg(), &awskms.ScheduleKeyDeletionInput{KeyId: &id, PendingWindowInDays: aws.Int32(30)})
 	require.NoError(t, err)
-	e.clock.Advance(91 * day)
+	e.clock.Advance(29 * day)
 	assert.Equal(t, 0, e.rotateDue())
 	_, err = c.CancelKeyDeletion(bg(), &awskms.CancelKeyDeletionInput{KeyId: &id})
 	require.NoError(t, err)
@@ -619,7 +622,7 @@ func TestDeleteRotatedKey(t *testing.T) {
 
 	_, err = c.ScheduleKeyDeletion(bg(), &awskms.ScheduleKeyDeletionInput{KeyId: &id, PendingWindowInDays: aws.Int32(7)})
 	require.NoError(t, err)
-	e.clock.Advance(7 * day)
+	e.clock.Advance(7*day + time.Minute)
 	n, err := e.svc.Reap(bg())
 	require.NoError(t, err)
 	require.Equal(t, 1, n)
