@@ -7,18 +7,13 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/hsmkms/hsmkms/internal/uuid"
 	"github.com/hsmkms/hsmkms/kms/store"
 	"github.com/hsmkms/hsmkms/kms/wire"
 )
 
 // newKeyID returns a random (version 4) UUID, the form of AWS key ids.
-func newKeyID() (string, [16]byte) {
-	var b [16]byte
-	rand.Read(b[:])
-	b[6] = b[6]&0x0f | 0x40
-	b[8] = b[8]&0x3f | 0x80
-	return formatUUID(b), b
-}
+func newKeyID() (string, [16]byte) { return uuid.New() }
 
 // newMultiRegionKeyID returns a multi-Region key's id: "mrk-" and 32
 // random hex digits, the form AWS gives them; the bytes are what the
@@ -53,19 +48,7 @@ func formatKeyID(b [16]byte, multiRegion bool) string {
 	return formatUUID(b)
 }
 
-func formatUUID(b [16]byte) string {
-	var s [36]byte
-	hex.Encode(s[0:8], b[0:4])
-	s[8] = '-'
-	hex.Encode(s[9:13], b[4:6])
-	s[13] = '-'
-	hex.Encode(s[14:18], b[6:8])
-	s[18] = '-'
-	hex.Encode(s[19:23], b[8:10])
-	s[23] = '-'
-	hex.Encode(s[24:36], b[10:16])
-	return string(s[:])
-}
+func formatUUID(b [16]byte) string { return uuid.Format(b) }
 
 // parseUUID accepts the canonical 36-character form, any case.
 func parseUUID(s string) ([16]byte, bool) {

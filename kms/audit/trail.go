@@ -2,7 +2,6 @@ package audit
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -16,6 +15,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/hsmkms/hsmkms/internal/uuid"
 )
 
 // Config configures a Trail.
@@ -620,22 +620,6 @@ func (t *Trail) serviceEvent(name string, details Fields) *Event {
 }
 
 // NewID is a random (version 4) UUID, the form of CloudTrail's eventID.
-func NewID() string {
-	var b [16]byte
-	rand.Read(b[:])
-	b[6] = b[6]&0x0f | 0x40
-	b[8] = b[8]&0x3f | 0x80
-	var s [36]byte
-	hex.Encode(s[0:8], b[0:4])
-	s[8] = '-'
-	hex.Encode(s[9:13], b[4:6])
-	s[13] = '-'
-	hex.Encode(s[14:18], b[6:8])
-	s[18] = '-'
-	hex.Encode(s[19:23], b[8:10])
-	s[23] = '-'
-	hex.Encode(s[24:36], b[10:16])
-	return string(s[:])
-}
+func NewID() string { return uuid.String() }
 
 func datasync(f *os.File) error { return syscall.Fdatasync(int(f.Fd())) }

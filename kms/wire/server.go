@@ -3,9 +3,7 @@ package wire
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"crypto/tls"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -23,6 +21,7 @@ import (
 	jsonv2 "github.com/go-json-experiment/json"
 	jsonv1 "github.com/go-json-experiment/json/v1"
 	"github.com/hashicorp/go-hclog"
+	"github.com/hsmkms/hsmkms/internal/uuid"
 )
 
 // Time is a timestamp as AWS JSON sends it: epoch seconds, with the
@@ -326,20 +325,4 @@ func writeError(w http.ResponseWriter, e *Error) (int, string) {
 }
 
 // newRequestID is a random (version 4) UUID, as AWS request ids are.
-func newRequestID() string {
-	var b [16]byte
-	rand.Read(b[:])
-	b[6] = b[6]&0x0f | 0x40
-	b[8] = b[8]&0x3f | 0x80
-	var s [36]byte
-	hex.Encode(s[0:8], b[0:4])
-	s[8] = '-'
-	hex.Encode(s[9:13], b[4:6])
-	s[13] = '-'
-	hex.Encode(s[14:18], b[6:8])
-	s[18] = '-'
-	hex.Encode(s[19:23], b[8:10])
-	s[23] = '-'
-	hex.Encode(s[24:36], b[10:16])
-	return string(s[:])
-}
+func newRequestID() string { return uuid.String() }
