@@ -159,7 +159,17 @@ func newEnvWith(t *testing.T, setup func(e *env)) *env {
 		setup(e)
 	}
 	e.start()
-	t.Cleanup(func() { e.close() })
+	t.Cleanup(func() {
+		e.close()
+		if t.Failed() {
+			// A 500's cause is logged, never sent: show it with the failure.
+			for _, line := range strings.Split(e.log.String(), "\n") {
+				if strings.Contains(line, `"@level":"error"`) || strings.Contains(line, `"@level":"warn"`) {
+					t.Log(line)
+				}
+			}
+		}
+	})
 	return e
 }
 
@@ -184,6 +194,7 @@ func (e *env) start() {
 		Metrics:      e.metrics,
 
 		UsageFlushInterval: e.usageFlush,
+		Logger:             hclog.New(&hclog.LoggerOptions{Output: &e.log, JSONFormat: true, Level: hclog.Warn}),
 	}
 	if e.dbURL != "" {
 		cfg.Database, cfg.DatabaseURL = "", e.dbURL

@@ -80,11 +80,23 @@ type server struct {
 	clusters map[string]string // cluster id → initial kmsuser password, from the paste block
 }
 
+// handedOut holds every address freePort returned: the kernel may give a
+// just-closed port again, and one server's two listeners (or two parallel
+// tests' servers) on one port fail at start-up.
+var handedOut sync.Map
+
+// freePort is a loopback HOST:PORT nothing listens on now and no other
+// call has returned.
 func freePort(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer l.Close()
-	return l.Addr().String()
+	for {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		addr := l.Addr().String()
+		l.Close()
+		if _, taken := handedOut.LoadOrStore(addr, true); !taken {
+			return addr
+		}
+	}
 }
 
 // startServer runs serve on dir and waits until it prints the paste block,

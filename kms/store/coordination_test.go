@@ -307,8 +307,11 @@ func TestPostgreSQLWatch(t *testing.T) {
 		"live once listening, not before")
 
 	const acct, reg = "111122223333", "us-west-2"
+	// The ids are this test's own: other tests' changes to a key "k0" are
+	// heard too.
+	run := randomHex()
 	r.hears(t, func(i int) {
-		id, ks := fmt.Sprint("k", i), fmt.Sprint("cks-", i)
+		id, ks := fmt.Sprint("k", i, "-", run), fmt.Sprint("cks-", i, "-", run)
 		require.NoError(t, other.CreateKey(ctx, newKey(acct, reg, id), nil))
 		_, err := other.UpdateKey(ctx, acct, reg, id, func(k *Key) error { k.State = "Disabled"; return nil })
 		require.NoError(t, err)
@@ -317,8 +320,8 @@ func TestPostgreSQLWatch(t *testing.T) {
 		require.NoError(t, err)
 		require.NoError(t, other.DeleteKeyStore(ctx, ks))
 	}, func(i int) []string {
-		ks := fmt.Sprint("store cks-", i)
-		return []string{fmt.Sprintf("key %s/%s/k%d", acct, reg, i), ks, ks, ks}
+		ks := fmt.Sprint("store cks-", i, "-", run)
+		return []string{fmt.Sprintf("key %s/%s/k%d-%s", acct, reg, i, run), ks, ks, ks}
 	})
 
 	// The server ends the watcher's session (as a failover or a network
@@ -330,9 +333,9 @@ func TestPostgreSQLWatch(t *testing.T) {
 		return len(got) >= 2 && got[0] == "live false" && got[len(got)-1] == "live true"
 	}, 20*time.Second, 10*time.Millisecond, "lost, live again")
 	r.hears(t, func(int) {
-		_, err := other.UpdateKey(ctx, acct, reg, "k0", func(k *Key) error { k.State = "Enabled"; return nil })
+		_, err := other.UpdateKey(ctx, acct, reg, "k0-"+run, func(k *Key) error { k.State = "Enabled"; return nil })
 		require.NoError(t, err)
-	}, func(int) []string { return []string{"key " + acct + "/" + reg + "/k0"} })
+	}, func(int) []string { return []string{"key " + acct + "/" + reg + "/k0-" + run} })
 }
 
 func TestKeyCacheNotLive(t *testing.T) {
