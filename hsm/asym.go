@@ -250,7 +250,7 @@ func (t *Token) GenerateKeyPair(ctx context.Context, id []byte, label string, sp
 		pub = append(pub, pkcs11.NewAttribute(a.attr, a.u != 0 && usage&a.u != 0))
 	}
 	var hpub, hpriv pkcs11.ObjectHandle
-	err = t.do(ctx, hotPath, func(s pkcs11.SessionHandle) error {
+	err = t.do(ctx, makeTokenObject, func(s pkcs11.SessionHandle) error {
 		var err error
 		hpub, hpriv, err = t.p11.GenerateKeyPair(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(mech, nil)}, pub, priv)
 		return wrap("C_GenerateKeyPair", err)
@@ -292,7 +292,7 @@ func (t *Token) GenerateHMACKey(ctx context.Context, id []byte, label string, bi
 	tmpl = append(tmpl, (UsageSign | UsageVerify).attributes()...)
 	mech := []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_GENERIC_SECRET_KEY_GEN, nil)}
 	var h pkcs11.ObjectHandle
-	err := t.do(ctx, hotPath, func(s pkcs11.SessionHandle) error {
+	err := t.do(ctx, makeTokenObject, func(s pkcs11.SessionHandle) error {
 		var err error
 		h, err = t.p11.GenerateKey(s, mech, tmpl)
 		return wrap("C_GenerateKey", err)

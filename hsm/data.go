@@ -33,7 +33,7 @@ func (t *Token) CreateData(ctx context.Context, label, application string, value
 	}
 	ref := DataObjectByLabel(label)
 	var h pkcs11.ObjectHandle
-	err := t.do(ctx, hotPath, func(s pkcs11.SessionHandle) error {
+	err := t.do(ctx, makeTokenObject, func(s pkcs11.SessionHandle) error {
 		var err error
 		h, err = t.p11.CreateObject(s, tmpl)
 		return wrap("C_CreateObject", err)

@@ -32,7 +32,11 @@
 //   - The hot path never searches the token: object handles are cached, and
 //     dropped when the token says they are gone.
 //   - A failed login is never retried automatically; each try would burn the
-//     token's PIN counter.
+//     token's PIN counter. The one call tried again is the making of a token
+//     object on SoftHSM2 that failed with CKR_GENERAL_ERROR or
+//     CKR_FUNCTION_FAILED: SoftHSM2 2.6 fails so, rarely, while another
+//     session writes the same token, and leaves nothing behind
+//     (softHSMStoreRace); it is tried once more, and logged.
 //   - Errors carry the Cryptoki function and CKR code (errors.As with
 //     pkcs11.Error) and a class for errors.Is, and never a PIN or key byte.
 //

@@ -161,7 +161,7 @@ func (t *Token) generateImportKey(ctx context.Context, id []byte, label string, 
 	}
 	var out ImportKeyInfo
 	out.RawDecrypt = raw
-	err = t.do(ctx, hotPath, func(s pkcs11.SessionHandle) error {
+	err = t.do(ctx, makeTokenObject, func(s pkcs11.SessionHandle) error {
 		hpub, hpriv, err := t.p11.GenerateKeyPair(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_RSA_PKCS_KEY_PAIR_GEN, nil)}, pub, priv)
 		if err != nil {
 			return wrap("C_GenerateKeyPair", err)

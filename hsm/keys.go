@@ -150,7 +150,7 @@ func (t *Token) GenerateAESKeyOfSize(ctx context.Context, id []byte, label strin
 	mech := []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}
 	ref := SecretKeyByID(id)
 	var h pkcs11.ObjectHandle
-	err := t.do(ctx, hotPath, func(s pkcs11.SessionHandle) error {
+	err := t.do(ctx, makeTokenObject, func(s pkcs11.SessionHandle) error {
 		var err error
 		h, err = t.p11.GenerateKey(s, mech, tmpl)
 		return wrap("C_GenerateKey", err)

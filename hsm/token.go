@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -108,7 +109,11 @@ type tokenState struct {
 	anchor  pkcs11.SessionHandle // guarded by Token.loginMu
 	mechs   *mechCache
 	keepers atomic.Pointer[keeperSet]
+	softHSM bool // the token is SoftHSM2's: see softHSMStoreRace
 }
+
+// SoftHSMManufacturer is the manufacturer SoftHSM2 reports for its tokens.
+const SoftHSMManufacturer = "SoftHSM project"
 
 // keeperSet is the sessions that hold the session objects made for
 // callers (Unwrap, CreatePublicKey), and the generation that the
@@ -225,7 +230,8 @@ func (t *Token) newState() (*tokenState, error) {
 	}
 	pl := newPool(t.p11, slot, size)
 	pl.obs = t.cfg.Observer
-	st := &tokenState{slot: slot, pool: pl, size: size, anchor: anchor, mechs: newMechCache()}
+	st := &tokenState{slot: slot, pool: pl, size: size, anchor: anchor, mechs: newMechCache(),
+		softHSM: strings.TrimSpace(info.ManufacturerID) == SoftHSMManufacturer}
 	st.keepers.Store(t.newKeeperSet(slot, size))
 	return st, nil
 }
@@ -398,9 +404,36 @@ func (t *Token) rebuild() (st *tokenState, rebuilt bool, err error) {
 type doOpts struct {
 	retrySession bool // retry once on a fresh session after a CKR_SESSION_* error
 	relogin      bool // log in again once after CKR_USER_NOT_LOGGED_IN
+	// storeRace: fn makes a token object with one creating call and
+	// nothing else the token keeps; on SoftHSM2, a failure of that call
+	// (see softHSMStoreRace) is tried once more.
+	storeRace bool
 }
 
-var hotPath = doOpts{retrySession: true, relogin: true}
+var (
+	hotPath = doOpts{retrySession: true, relogin: true}
+	// makeTokenObject is hotPath for a function that makes one token
+	// object (or key pair).
+	makeTokenObject = doOpts{retrySession: true, relogin: true, storeRace: true}
+)
+
+// softHSMStoreRace reports whether err is how SoftHSM2 2.6 fails to store
+// a new token object while another session of the process writes the same
+// token's object store (its issue 573, fixed after 2.6.1): the creating call
+// answers CKR_GENERAL_ERROR or CKR_FUNCTION_FAILED, having removed whatever
+// it made, and the same call succeeds when made again. Seen as one failed
+// import-key generation in ~30 parallel test runs.
+func softHSMStoreRace(err error) bool {
+	var e *Error
+	if !errors.As(err, &e) {
+		return false
+	}
+	switch e.Op {
+	case "C_GenerateKeyPair", "C_GenerateKey", "C_CreateObject":
+		return e.Code == pkcs11.CKR_GENERAL_ERROR || e.Code == pkcs11.CKR_FUNCTION_FAILED
+	}
+	return false
+}
 
 // do runs fn on a pooled session and handles what the token says about the
 // session, the login and the device. fn wraps its own errors with wrap().
@@ -409,7 +442,7 @@ func (t *Token) do(ctx context.Context, o doOpts, fn func(pkcs11.SessionHandle) 
 	if err != nil {
 		return err
 	}
-	retried, relogged := false, false
+	retried, relogged, remade := false, false, false
 	for {
 		epoch := t.loginEpoch.Load()
 		s, err := st.pool.get(ctx)
@@ -429,6 +462,10 @@ func (t *Token) do(ctx context.Context, o doOpts, fn func(pkcs11.SessionHandle) 
 			return err
 		case isSessionError(code) && o.retrySession && !retried:
 			retried = true
+			continue
+		case o.storeRace && st.softHSM && !remade && softHSMStoreRace(err):
+			remade = true
+			t.log.Warn("SoftHSM2 failed to store a new token object (its known race between sessions): trying once more", "token", t.describe(), "error", err)
 			continue
 		case code == pkcs11.CKR_USER_NOT_LOGGED_IN && o.relogin && !relogged:
 			relogged = true

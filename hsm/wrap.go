@@ -169,7 +169,7 @@ func (t *Token) GenerateWrappingKey(ctx context.Context, id []byte, label string
 	tmpl = append(tmpl, (UsageWrap | UsageUnwrap).attributes()...)
 	mech := []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}
 	var h pkcs11.ObjectHandle
-	err := t.do(ctx, hotPath, func(s pkcs11.SessionHandle) error {
+	err := t.do(ctx, makeTokenObject, func(s pkcs11.SessionHandle) error {
 		var err error
 		h, err = t.p11.GenerateKey(s, mech, tmpl)
 		return wrap("C_GenerateKey", err)

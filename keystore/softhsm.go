@@ -42,7 +42,7 @@ import (
 )
 
 // SoftHSMManufacturer is the manufacturer SoftHSM2 reports for its tokens.
-const SoftHSMManufacturer = "SoftHSM project"
+const SoftHSMManufacturer = hsm.SoftHSMManufacturer
 
 // defaultSoftHSMConf is where Debian's SoftHSM2 reads its configuration
 // when SOFTHSM2_CONF is not set.
