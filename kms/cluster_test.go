@@ -626,3 +626,49 @@ func TestKeyLastUsageAcrossNodes(t *testing.T) {
 		})
 	}
 }
+
+// TestMultiRegionTransitionsOnTwoNodes: a replica left Creating and a
+// primary left moving by one node (its own finishing held back) are
+// finished by that node and by both nodes' jobs at once, which is safe
+// without a claim: finishing is one transaction over the set's rows,
+// locked, and finishing what is finished changes nothing.
+func TestMultiRegionTransitionsOnTwoNodes(t *testing.T) {
+	t.Parallel()
+	nodes := newNodes(t, 2, nil)
+	a := nodes[0].admin()
+	id := nodes[0].createMRK(a, "", "")
+	nodes[0].replicate(a, id, region2)
+	nodes[0].waitKeyState(nodes[0].client(principals[0], region2), id, types.KeyStateEnabled)
+	const region3 = "ap-south-1"
+	nodes[0].svc.PauseTransitions(true)
+	nodes[1].svc.PauseTransitions(true)
+	nodes[0].replicate(a, id, region3)
+	_, err := a.UpdatePrimaryRegion(bg(), &awskms.UpdatePrimaryRegionInput{KeyId: &id, PrimaryRegion: aws.String(region2)})
+	require.NoError(t, err)
+	require.Equal(t, types.KeyStateCreating, describe(t, nodes[1].client(principals[0], region3), id).KeyState)
+
+	// Let go: node 1's own finishing starts (nudged), and both nodes'
+	// passes over the store run beside it.
+	nodes[1].svc.PauseTransitions(false)
+	nodes[0].svc.PauseTransitions(false)
+	for round := range 3 {
+		var wg sync.WaitGroup
+		errs := make([]error, len(nodes))
+		for i, n := range nodes {
+			wg.Add(1)
+			go func() { defer wg.Done(); errs[i] = n.svc.FinishStrayTransitions(bg()) }()
+		}
+		wg.Wait()
+		for i, err := range errs {
+			require.NoError(t, err, "round %d, node %d", round, i+1)
+		}
+	}
+	for i, n := range nodes {
+		for _, region := range []string{region, region2, region3} {
+			md := describe(t, n.client(principals[0], region), id)
+			assert.Equal(t, types.KeyStateEnabled, md.KeyState, "node %d, %s", i+1, region)
+			assert.Equal(t, region2, *md.MultiRegionConfiguration.PrimaryKey.Region, "node %d, %s", i+1, region)
+			assert.Len(t, md.MultiRegionConfiguration.ReplicaKeys, 2)
+		}
+	}
+}

@@ -1,5 +1,7 @@
 package kms
 
+import "context"
+
 // PauseTransitions holds back (true) or lets go (false) the finishing of
 // multi-Region transitions (a replica Creating, a primary moving), so tests
 // can watch the transient states and stop the service in the middle. For
@@ -14,4 +16,10 @@ func (s *Service) PauseTransitions(paused bool) {
 		default:
 		}
 	}
+}
+
+// FinishStrayTransitions runs the deletion job's pass over the transitions
+// recorded in the store. For tests in package kms_test only.
+func (s *Service) FinishStrayTransitions(ctx context.Context) error {
+	return s.finishStrayTransitions(ctx)
 }
