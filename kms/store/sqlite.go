@@ -1341,16 +1341,24 @@ func (s *SQLite) StartUsageTracking(ctx context.Context, now time.Time) (*UsageT
 
 func (s *SQLite) RecordKeyUsage(ctx context.Context, usages []KeyUsage, trail string, seq uint64) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
+		// Prepared once for the batch: with keys used at random, a batch
+		// holds a row for nearly every call, and parsing the statement
+		// again for each was a third of what recording cost.
+		upsert, err := tx.PrepareContext(ctx, `INSERT INTO key_last_usage (account, region, key_id, operation, used, event_id, request_id)
+			SELECT ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM keys WHERE account = ? AND region = ? AND id = ?)
+			ON CONFLICT (account, region, key_id) DO UPDATE SET operation = excluded.operation, used = excluded.used,
+			event_id = excluded.event_id, request_id = excluded.request_id WHERE excluded.used >= key_last_usage.used`)
+		if err != nil {
+			return err
+		}
+		defer upsert.Close()
 		for _, u := range usages {
-			if _, err := tx.ExecContext(ctx, `INSERT INTO key_last_usage (account, region, key_id, operation, used, event_id, request_id)
-				SELECT ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM keys WHERE account = ? AND region = ? AND id = ?)
-				ON CONFLICT (account, region, key_id) DO UPDATE SET operation = excluded.operation, used = excluded.used,
-				event_id = excluded.event_id, request_id = excluded.request_id WHERE excluded.used >= key_last_usage.used`,
-				u.Account, u.Region, u.KeyID, u.Operation, toNanos(u.Time), u.EventID, u.RequestID, u.Account, u.Region, u.KeyID); err != nil {
+			if _, err := upsert.ExecContext(ctx, u.Account, u.Region, u.KeyID, u.Operation, toNanos(u.Time), u.EventID, u.RequestID,
+				u.Account, u.Region, u.KeyID); err != nil {
 				return err
 			}
 		}
-		_, err := tx.ExecContext(ctx, `UPDATE usage_tracking SET trail = ?, sequence = ? WHERE id = 1`, trail, int64(seq))
+		_, err = tx.ExecContext(ctx, `UPDATE usage_tracking SET trail = ?, sequence = ? WHERE id = 1`, trail, int64(seq))
 		return err
 	})
 }
