@@ -237,8 +237,11 @@ func TestKeyUsageIsWrittenInBatches(t *testing.T) {
 	_, err = db.KeyUsage(bg(), account, region, key)
 	require.ErrorIs(t, err, store.ErrNotFound, "twenty uses, no write yet")
 	lastUsage(t, e, "", key, "Encrypt", id) // from memory
+	require.Equal(t, 1, e.svc.HeldUsage())
 	require.NoError(t, e.svc.FlushUsage())
 	u, err := db.KeyUsage(bg(), account, region, key)
 	require.NoError(t, err)
 	assert.Equal(t, id, u.RequestID)
+	assert.Zero(t, e.svc.HeldUsage(), "written, so no longer held: memory is bounded by one interval's keys")
+	lastUsage(t, e, "", key, "Encrypt", id) // from the store
 }
