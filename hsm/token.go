@@ -47,6 +47,14 @@ type TokenInfo struct {
 	MinPINLen, MaxPINLen              uint
 }
 
+// SoftHSM reports whether the token is SoftHSM2's, whose quirks some
+// callers work around (see softHSMStoreRace).
+func (i TokenInfo) SoftHSM() bool { return isSoftHSM(i.Manufacturer) }
+
+func isSoftHSM(manufacturer string) bool {
+	return strings.TrimSpace(manufacturer) == SoftHSMManufacturer
+}
+
 func tokenInfo(ti pkcs11.TokenInfo) TokenInfo {
 	return TokenInfo{
 		Label: ti.Label, Serial: ti.SerialNumber, Manufacturer: ti.ManufacturerID, Model: ti.Model,
@@ -231,7 +239,7 @@ func (t *Token) newState() (*tokenState, error) {
 	pl := newPool(t.p11, slot, size)
 	pl.obs = t.cfg.Observer
 	st := &tokenState{slot: slot, pool: pl, size: size, anchor: anchor, mechs: newMechCache(),
-		softHSM: strings.TrimSpace(info.ManufacturerID) == SoftHSMManufacturer}
+		softHSM: isSoftHSM(info.ManufacturerID)}
 	st.keepers.Store(t.newKeeperSet(slot, size))
 	return st, nil
 }

@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -89,7 +88,7 @@ type custom struct {
 // itself: the same token key, wrapped under the PIN this process still
 // holds. An HSM proper sees every change and never gets the second try.
 func softHSMView(info hsm.TokenInfo, seen, tried string) (string, bool) {
-	return seen, strings.TrimSpace(info.Manufacturer) == SoftHSMManufacturer && seen != "" && seen != tried
+	return seen, info.SoftHSM() && seen != "" && seen != tried
 }
 
 type status struct {

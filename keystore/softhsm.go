@@ -41,7 +41,8 @@ import (
 	"github.com/hsmkms/hsmkms/hsm"
 )
 
-// SoftHSMManufacturer is the manufacturer SoftHSM2 reports for its tokens.
+// SoftHSMManufacturer is the manufacturer SoftHSM2 reports for its tokens
+// (for listing them: hsm.TokenInfo.SoftHSM tells a token's).
 const SoftHSMManufacturer = hsm.SoftHSMManufacturer
 
 // defaultSoftHSMConf is where Debian's SoftHSM2 reads its configuration
@@ -360,7 +361,7 @@ func (b *TokenBackups) copyPath(tokenDir string) string {
 // store, are left alone. A damaged token.object is refused
 // (ErrTokenDamaged): the copy of it taken earlier is what must survive.
 func (b *TokenBackups) Save(info hsm.TokenInfo) error {
-	if b == nil || strings.TrimSpace(info.Manufacturer) != SoftHSMManufacturer {
+	if b == nil || !info.SoftHSM() {
 		return nil
 	}
 	b.mu.Lock()
