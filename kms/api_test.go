@@ -83,8 +83,6 @@ func TestCreateKeyUnsupportedInputs(t *testing.T) {
 	requireAPIError(t, err, "UnsupportedOperationException", "You cannot create a multi-Region key in a custom key store.")
 	_, err = c.CreateKey(bg(), &awskms.CreateKeyInput{Origin: types.OriginTypeExternal, KeySpec: types.KeySpecEccNistEdwards25519, KeyUsage: types.KeyUsageTypeSignVerify})
 	requireAPIError(t, err, "UnsupportedOperationException", "Importing ECC_NIST_EDWARDS25519 key material is not supported by hsmkms.")
-	_, err = c.CreateKey(bg(), &awskms.CreateKeyInput{Origin: types.OriginTypeExternal, MultiRegion: aws.Bool(true)})
-	requireAPIError(t, err, "UnsupportedOperationException", "Multi-Region keys with imported key material (Origin EXTERNAL) are not supported by hsmkms.")
 	_, err = c.CreateKey(bg(), &awskms.CreateKeyInput{CustomKeyStoreId: aws.String("cks-1234567890abcdef0"), Origin: types.OriginTypeExternal})
 	requireAPIError(t, err, "UnsupportedOperationException", "")
 	_, err = c.CreateKey(bg(), &awskms.CreateKeyInput{CustomKeyStoreId: aws.String("cks-1234567890abcdef0"), Origin: types.OriginTypeAwsCloudhsm})

@@ -190,6 +190,12 @@ func (s *Service) ciphertextKey(ctx context.Context, r *Request, ciphertext []by
 	want := hexID(b.MaterialID)
 	for i := range k.Materials {
 		if k.Materials[i].ID == want {
+			if !hasMaterial(k.Materials[i]) {
+				// Deleted or expired from this key (which is then
+				// PendingImport); another key of its multi-Region set
+				// may hold it still.
+				return nil, invalidState(arnOf(k), StatePendingImport)
+			}
 			return &sealed{key: k, alg: algSymmetric, blob: b, material: &k.Materials[i], ec: ec}, nil
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 
@@ -220,6 +221,7 @@ var errNotDueNow = fmt.Errorf("kms: key no longer due for deletion: %w", store.E
 // is destroyed.
 func (s *Service) reapFromSet(ctx context.Context, k *store.Key) (bool, error) {
 	now := s.now().UTC()
+	var released []store.Material
 	_, err := s.store.UpdateKeySet(ctx, k.Account, k.ID, func(set []*store.Key) (store.SetChange, error) {
 		var self *store.Key
 		for _, o := range set {
@@ -246,8 +248,29 @@ func (s *Service) reapFromSet(ctx context.Context, k *store.Key) (bool, error) {
 				}
 			}
 		}
+		// Imported material that only this key had imported goes with
+		// it, as its DeleteImportedKeyMaterial would take it.
+		released = released[:0]
+		for _, m := range self.Materials {
+			if self.Origin == originExternal && hasMaterial(m) && !importedElsewhere(self, set, m.ID) {
+				released = append(released, m)
+				for _, o := range set {
+					for i := range o.Materials {
+						if o.Materials[i].ID == m.ID {
+							o.Materials = slices.Clone(o.Materials)
+							o.Materials[i].Wrapped, o.Materials[i].DomainKey = nil, ""
+						}
+					}
+				}
+			}
+		}
 		return store.SetChange{Delete: self.Region}, nil
 	})
+	for _, m := range released {
+		if err == nil {
+			s.destroyImported(ctx, k, m)
+		}
+	}
 	switch {
 	case errors.Is(err, errLastOfSet):
 		return false, nil

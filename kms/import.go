@@ -277,6 +277,11 @@ func (s *Service) ImportKeyMaterial(ctx context.Context, r *Request, in *ImportK
 	if err != nil {
 		return nil, s.importError(err, k, claims)
 	}
+	if k.MultiRegion && mat.OnToken() {
+		// Nothing is made yet for token objects. A set's keys hold
+		// their material once, wrapped (sharedMaterials).
+		return nil, wire.Errorf(wire.UnsupportedOperation, "The default key store holds %s key material as token objects, not wrapped: multi-Region keys cannot import it.", k.KeySpec)
+	}
 	keystore.Step(keystore.StepImportUnwrapped)
 	id := hexID(mat.ID())
 	rec := store.Material{ID: id, TokenID: mat.Ref(), CreationDate: now, Wrapped: mat.Wrapped(), DomainKey: mat.DomainKey(),
@@ -302,6 +307,16 @@ func (s *Service) ImportKeyMaterial(ctx context.Context, r *Request, in *ImportK
 			importType = importNew
 			if len(k.Materials) > 0 {
 				importType = importExisting
+			}
+		}
+		if k.IsReplica() {
+			// A replica's versions are its primary's (sharedMaterials).
+			primary := keyARN(k.PrimaryRegion, k.Account, k.ID)
+			switch {
+			case in.ImportType == importNew:
+				return wire.Errorf(wire.UnsupportedOperation, "%s is a multi-Region replica key: new key material is imported into its primary key %s, and then into each replica key with ImportType EXISTING_KEY_MATERIAL.", arnOf(k), primary)
+			case i < 0:
+				return wire.Errorf(wire.IncorrectKeyMaterial, "The key material is not key material of the primary key %s. A multi-Region replica key takes only the key material imported into its primary key.", primary)
 			}
 		}
 		switch {
@@ -347,7 +362,9 @@ func (s *Service) ImportKeyMaterial(ctx context.Context, r *Request, in *ImportK
 		return nil
 	}
 	if !mat.OnToken() {
-		k, err = s.store.UpdateKey(ctx, k.Account, k.Region, k.ID, func(k *store.Key) error { return place(k, false) })
+		// A multi-Region key's versions are its set's: a new one is
+		// written to every key of it, pending import in the others.
+		k, err = s.writeKey(ctx, k, func(k *store.Key, _ []*store.Key) error { return place(k, false) })
 		if err != nil {
 			return nil, s.updateError(err, k)
 		}
@@ -458,24 +475,38 @@ type DeleteImportedKeyMaterialOutput struct {
 // other stays recorded, pending import, and the key is PendingImport
 // (PendingDeletion stays so) until it is imported again.
 func (s *Service) DeleteImportedKeyMaterial(ctx context.Context, r *Request, in *DeleteImportedKeyMaterialInput) (*DeleteImportedKeyMaterialOutput, error) {
+	k, err := s.key(ctx, r, in.KeyId, access{})
+	if err != nil {
+		return nil, err
+	}
+	if err := r.proceed(); err != nil {
+		return nil, err
+	}
 	var gone store.Material
-	k, err := s.update(ctx, r, in.KeyId, access{}, func(k *store.Key) error {
+	var released bool
+	out, err := s.writeKey(ctx, k, func(k *store.Key, set []*store.Key) error {
+		if err := s.checkState(k, r.op.states); err != nil {
+			return err
+		}
 		i, err := deletable(k, in.KeyMaterialId)
 		if err != nil {
 			return err
 		}
 		gone = k.Materials[i]
-		expireMaterial(k, i)
+		released = expireMaterial(k, set, i)
 		return nil
 	})
+	if isNotFound(err) {
+		return nil, keyNotFound(k.Region, k.Account, k.ID)
+	}
 	if err != nil {
 		return nil, err
 	}
-	if gone.ID != "" {
-		keystore.Step(keystore.StepImportDeleted)
-		s.destroyImported(ctx, k, gone)
+	keystore.Step(keystore.StepImportDeleted)
+	if released {
+		s.destroyImported(ctx, out, gone)
 	}
-	return &DeleteImportedKeyMaterialOutput{KeyId: arnOf(k), KeyMaterialId: gone.ID}, nil
+	return &DeleteImportedKeyMaterialOutput{KeyId: arnOf(out), KeyMaterialId: gone.ID}, nil
 }
 
 // deletable finds the version id names (the current one for ""), which
@@ -500,20 +531,32 @@ func deletable(k *store.Key, id string) (int, error) {
 	return i, nil
 }
 
-// expireMaterial records version i of k as deleted.
-func expireMaterial(k *store.Key, i int) {
+// expireMaterial records version i of k, a key of set (its multi-Region
+// set, or nil), as deleted, and reports whether its material is now held
+// by no key, to be destroyed. Material pending rotation is nobody's for
+// good: deleted from a primary (or a single-Region key) it is forgotten,
+// by every key of the set, as AWS has it; deleted from a replica, only
+// that replica lacks it. Other material leaves the key PendingImport
+// (PendingDeletion stays so). Another key of the set that has imported
+// the version keeps its material held.
+func expireMaterial(k *store.Key, set []*store.Key, i int) (released bool) {
 	m := k.Materials[i]
-	if m.Import.PendingRotation {
+	if m.Import.PendingRotation && !k.IsReplica() {
 		k.Materials = append(k.Materials[:i:i], k.Materials[i+1:]...)
-		return
+		return true
 	}
+	held := k.MultiRegion && importedElsewhere(k, set, m.ID)
 	imp := *m.Import
 	imp.PendingImport = true
-	m.Import, m.Wrapped, m.DomainKey = &imp, nil, ""
+	m.Import = &imp
+	if !held {
+		m.Wrapped, m.DomainKey = nil, ""
+	}
 	k.Materials[i] = m
-	if k.State != string(StatePendingDeletion) {
+	if !imp.PendingRotation && k.State != string(StatePendingDeletion) {
 		k.State = string(StatePendingImport)
 	}
+	return !held
 }
 
 // destroyImported destroys a deleted version's objects (or its unwrapped
@@ -613,15 +656,16 @@ func (s *Service) expireKey(ctx context.Context, k *store.Key, now time.Time) (i
 			continue
 		}
 		var gone store.Material
+		var released bool
 		// AWS records the expiry as its DeleteExpiredKeyMaterial service
 		// event; nothing expires that the trail cannot record.
 		err := s.serviceAction(ctx, "DeleteExpiredKeyMaterial", k.Account, k.Region, keyResource(arnOf(k), k.Account),
 			func() (audit.Fields, audit.Fields, error) {
-				cur, err := s.store.UpdateKey(ctx, k.Account, k.Region, k.ID, func(k *store.Key) error {
+				cur, err := s.writeKey(ctx, k, func(k *store.Key, set []*store.Key) error {
 					for i, x := range k.Materials {
 						if x.ID == m.ID && x.Import != nil && !x.Import.PendingImport && !x.Import.ValidTo.IsZero() && !x.Import.ValidTo.After(now) {
 							gone = x
-							expireMaterial(k, i)
+							released = expireMaterial(k, set, i)
 							return nil
 						}
 					}
@@ -630,7 +674,9 @@ func (s *Service) expireKey(ctx context.Context, k *store.Key, now time.Time) (i
 				if err != nil {
 					return nil, nil, err
 				}
-				s.destroyImported(ctx, cur, gone)
+				if released {
+					s.destroyImported(ctx, cur, gone)
+				}
 				s.log.Info("imported key material expired and was deleted", "key", arnOf(cur), "material", gone.ID, "valid_to", gone.Import.ValidTo)
 				return audit.Fields{{Name: "keyMaterialId", Value: gone.ID}}, audit.Fields{{Name: "keyId", Value: arnOf(cur)}}, nil
 			})
@@ -691,11 +737,12 @@ func expiration(k *store.Key) (string, *wire.Time) {
 
 // createExternalKey makes a key of Origin EXTERNAL: metadata only, no
 // material, PendingImport until material is imported.
-func (s *Service) createExternalKey(ctx context.Context, r *Request, in *CreateKeyInput, id, spec, usage, policy string) (*CreateKeyOutput, error) {
+func (s *Service) createExternalKey(ctx context.Context, r *Request, in *CreateKeyInput, id, spec, usage, policy, primaryRegion string) (*CreateKeyOutput, error) {
 	k := &store.Key{
 		Account: r.Caller.Account, Region: r.Caller.Region, ID: id,
 		Description: in.Description, KeyUsage: usage, KeySpec: spec, Origin: originExternal,
 		State: string(StatePendingImport), CreationDate: s.now().UTC(), Policy: policy,
+		MultiRegion: in.MultiRegion, PrimaryRegion: primaryRegion,
 	}
 	tags := make([]store.Tag, len(in.Tags))
 	for i, t := range in.Tags {
@@ -705,7 +752,23 @@ func (s *Service) createExternalKey(ctx context.Context, r *Request, in *CreateK
 		return nil, err
 	}
 	r.touched(arnOf(k))
-	return &CreateKeyOutput{KeyMetadata: s.metadata(k)}, nil
+	return &CreateKeyOutput{KeyMetadata: createdMetadata(s, k)}, nil
+}
+
+// lacking returns a key of set other than k that has not imported version
+// id, or nil.
+func lacking(k *store.Key, set []*store.Key, id string) *store.Key {
+	for _, o := range set {
+		if o.Region == k.Region {
+			continue
+		}
+		for _, m := range o.Materials {
+			if m.ID == id && !hasMaterial(m) {
+				return o
+			}
+		}
+	}
+	return nil
 }
 
 // hasMaterial reports whether version m has material: it was generated,
@@ -750,7 +813,10 @@ func (s *Service) rotateImported(ctx context.Context, r *Request, k *store.Key, 
 		return nil, err
 	}
 	now := s.now().UTC()
-	out, err := s.store.UpdateKey(ctx, k.Account, k.Region, k.ID, func(k *store.Key) error {
+	// A multi-Region key rotates with its whole set, once every key of
+	// it has imported the material (PENDING_ROTATION, no longer
+	// PENDING_MULTI_REGION_IMPORT_AND_ROTATION).
+	out, err := s.writeKey(ctx, k, func(k *store.Key, set []*store.Key) error {
 		if err := check(k); err != nil {
 			return err
 		}
@@ -760,6 +826,9 @@ func (s *Service) rotateImported(ctx context.Context, r *Request, k *store.Key, 
 			}
 			if m.Import.PendingImport {
 				break
+			}
+			if o := lacking(k, set, m.ID); o != nil {
+				return wire.Errorf(wire.KMSInvalidState, "Key material %s of %s is not yet imported into its replica key %s. Import it there with ImportType EXISTING_KEY_MATERIAL before you rotate the key.", m.ID, arnOf(k), arnOf(o))
 			}
 			imp := *m.Import
 			imp.PendingRotation = false

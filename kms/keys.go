@@ -226,11 +226,11 @@ func (s *Service) CreateKey(ctx context.Context, r *Request, in *CreateKeyInput)
 		return nil, wire.Errorf(wire.Validation, "Origin %s requires a CustomKeyStoreId.", in.Origin)
 	}
 	switch {
-	case origin == originExternal && in.MultiRegion:
-		// AWS has each Region's key import the same material on its own;
-		// hsmkms's replicas share their primary's material instead, and
-		// that sharing is not built for imported material yet.
-		return nil, wire.Errorf(wire.UnsupportedOperation, "Multi-Region keys with imported key material (Origin EXTERNAL) are not supported by hsmkms.")
+	case origin == originExternal && in.MultiRegion && s.keystores.Default().KeyMaterial() != keystore.Wrapped:
+		// The keys of a set import one material each on its own and hold
+		// it once, wrapped (sharedMaterials); as token objects, one key's
+		// import would make objects another's deletion destroys.
+		return nil, wire.Errorf(wire.UnsupportedOperation, "Multi-Region keys with imported key material (Origin EXTERNAL) need the default key store to hold key material wrapped (key_material: wrapped); this deployment's holds it as token objects.")
 	case origin == originExternal && spec == "ECC_NIST_EDWARDS25519":
 		return nil, wire.Errorf(wire.UnsupportedOperation, "Importing ECC_NIST_EDWARDS25519 key material is not supported by hsmkms.")
 	case origin != originAWSKMS && origin != originExternal:
@@ -269,7 +269,7 @@ func (s *Service) CreateKey(ctx context.Context, r *Request, in *CreateKeyInput)
 		origin = originCloudHSM
 	}
 	if origin == originExternal {
-		return s.createExternalKey(ctx, r, in, id, spec, usage, policy)
+		return s.createExternalKey(ctx, r, in, id, spec, usage, policy, primaryRegion)
 	}
 	mat, err := ks.NewMaterial(ctx, uuid, ksp.material, keyUsage(usage), keyARN(r.Caller.Region, r.Caller.Account, id))
 	if err != nil {

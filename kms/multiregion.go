@@ -27,6 +27,12 @@ import (
 // primary Region, a replica joining or leaving. Material is destroyed on
 // the token only when the last key of the set is deleted (Reap).
 //
+// Imported material (Origin EXTERNAL) is the exception AWS makes: each key
+// of the set imports it on its own, with its own expiry and state. The set
+// still shares its versions and holds each once, wrapped; each key records
+// its own import of each (sharedMaterials), and a version no key has
+// imported is held by none (expireMaterial, reapFromSet).
+//
 // Two transitions finish after the call that starts them answers, as in
 // AWS: a new replica is Creating and then Enabled, and UpdatePrimaryRegion
 // shows both keys Updating until the primary has moved. Each is durable
@@ -109,9 +115,52 @@ func primaryOnly(k *store.Key) error {
 // syncShared copies what the keys of a set share from k, the key just
 // changed, to o.
 func syncShared(k, o *store.Key) {
-	o.Materials = k.Materials
+	o.Materials = sharedMaterials(k, o)
 	o.RotationEnabled, o.RotationPeriodDays, o.NextRotationDate = k.RotationEnabled, k.RotationPeriodDays, k.NextRotationDate
 	o.PrimaryRegion, o.NewPrimaryRegion = k.PrimaryRegion, k.NewPrimaryRegion
+}
+
+// sharedMaterials is o's Materials once k's have changed. Keys made by
+// hsmkms share them whole. Keys of imported material (Origin EXTERNAL)
+// share the versions (their ids, order and rotation, and the material,
+// wrapped under a domain key) but each keeps its own import of each: AWS
+// has every Region's key import the material on its own, with its own
+// expiry, and a version imported into no key of the set held by none
+// (expireMaterial). A version new to o is pending import in o.
+func sharedMaterials(k, o *store.Key) []store.Material {
+	if k.Origin != originExternal {
+		return k.Materials
+	}
+	out := make([]store.Material, len(k.Materials))
+	for i, m := range k.Materials {
+		own := &store.Import{PendingImport: true}
+		for _, x := range o.Materials {
+			if x.ID == m.ID && x.Import != nil {
+				c := *x.Import
+				own = &c
+			}
+		}
+		own.PendingRotation = m.Import != nil && m.Import.PendingRotation
+		m.Import = own
+		out[i] = m
+	}
+	return out
+}
+
+// importedElsewhere reports whether a key of set other than k has version
+// id imported: then the version's material stays held when k lets it go.
+func importedElsewhere(k *store.Key, set []*store.Key, id string) bool {
+	for _, o := range set {
+		if o == k || o.Region == k.Region {
+			continue
+		}
+		for _, m := range o.Materials {
+			if m.ID == id && hasMaterial(m) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // writeKey applies fn to the key (account, region, id) inside one write
@@ -249,9 +298,12 @@ func (s *Service) ReplicateKey(ctx context.Context, r *Request, in *ReplicateKey
 			Description: in.Description, KeyUsage: primary.KeyUsage, KeySpec: primary.KeySpec, Origin: primary.Origin,
 			State: string(StateCreating), CreationDate: s.now().UTC(), Policy: policy,
 			RotationEnabled: primary.RotationEnabled, RotationPeriodDays: primary.RotationPeriodDays,
-			NextRotationDate: primary.NextRotationDate, MultiRegion: true, Materials: primary.Materials,
+			NextRotationDate: primary.NextRotationDate, MultiRegion: true,
 			PrimaryRegion: primary.PrimaryRegion, NewPrimaryRegion: primary.NewPrimaryRegion,
 		}
+		// A replica of imported material has imported none yet: it
+		// becomes PendingImport, not Enabled, once made.
+		replica.Materials = sharedMaterials(primary, replica)
 		return store.SetChange{Add: replica, AddTags: tags}, nil
 	})
 	switch {
@@ -431,6 +483,9 @@ func (s *Service) finishTransitions(ctx context.Context, account, id string) err
 		for _, o := range set {
 			if o.State == string(StateCreating) && o.IsReplica() {
 				o.State = string(StateEnabled)
+				if o.Origin == originExternal && !allImported(o) {
+					o.State = string(StatePendingImport)
+				}
 			}
 			if o.NewPrimaryRegion != "" {
 				o.PrimaryRegion, o.NewPrimaryRegion = o.NewPrimaryRegion, ""

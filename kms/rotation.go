@@ -39,7 +39,10 @@ const (
 	materialCurrent = "CURRENT"
 	// materialPendingRotation: imported for an on-demand rotation to come.
 	materialPendingRotation = "PENDING_ROTATION"
-	materialNonCurrent      = "NON_CURRENT"
+	// materialPendingMultiRegion: imported for an on-demand rotation of a
+	// multi-Region key, and not yet into every key of its set.
+	materialPendingMultiRegion = "PENDING_MULTI_REGION_IMPORT_AND_ROTATION"
+	materialNonCurrent         = "NON_CURRENT"
 )
 
 // A rotation in progress is marked in the database (a store.Mark named
@@ -496,6 +499,14 @@ func (s *Service) ListKeyRotations(ctx context.Context, r *Request, in *ListKeyR
 		first = 0
 	}
 	current := currentIndex(k)
+	// The keys of a multi-Region key of imported material import each
+	// version on their own; a version pending rotation waits for all.
+	var set []*store.Key
+	if k.MultiRegion && k.Origin == originExternal {
+		if set, err = s.store.KeySet(ctx, k.Account, k.ID); err != nil && !isNotFound(err) {
+			return nil, err
+		}
+	}
 	if in.Marker != "" {
 		after, ok := strings.CutPrefix(in.Marker, rotationMarkerPrefix)
 		i := -1
@@ -524,6 +535,11 @@ func (s *Service) ListKeyRotations(ctx context.Context, r *Request, in *ListKeyR
 		}
 		e := RotationsListEntry{KeyId: k.ID, KeyMaterialId: m.ID, KeyMaterialState: materialNonCurrent}
 		switch {
+		case pendingRotation && !hasMaterial(m):
+			// Not imported into this key (a replica) yet.
+			e.KeyMaterialState = materialPendingMultiRegion
+		case pendingRotation && lacking(k, set, m.ID) != nil:
+			e.KeyMaterialState = materialPendingMultiRegion
 		case pendingRotation:
 			e.KeyMaterialState = materialPendingRotation
 		case i == current:

@@ -25,7 +25,9 @@ import (
 // Multi-Region keys (multiregion.go) add:
 //
 //	Creating → Enabled       a replica (ReplicateKey): visible and manageable,
-//	                         not usable, until the Service finishes it
+//	                         not usable, until the Service finishes it;
+//	                         PendingImport instead for a replica of imported
+//	                         material, until it imports its own
 //	Enabled/Disabled → PendingReplicaDeletion (ScheduleKeyDeletion of a
 //	                         primary with replicas) → PendingDeletion when
 //	                         the last replica is deleted; CancelKeyDeletion

@@ -419,6 +419,24 @@ aws kms rotate-key-on-demand --key-id "$ikey" > /dev/null
 aws kms decrypt --ciphertext-blob "fileb://$dir/iblob" --query Plaintext --output text | base64 -d > "$dir/iback"
 cmp -s "$dir/plain" "$dir/iback" || fail "after rotation the old ciphertext decrypts to different plaintext"
 
+step "import key material: a multi-Region key, its replica importing the same material on its own"
+ikey=$(aws kms create-key --origin EXTERNAL --multi-region --query KeyMetadata.KeyId --output text)
+[[ $ikey =~ ^mrk-[0-9a-f]{32}$ ]] || fail "create-key --origin EXTERNAL --multi-region returned '$ikey'"
+import_material RSAES_OAEP_SHA_256 "$dir/PlaintextKeyMaterial.bin" > /dev/null
+aws kms replicate-key --key-id "$ikey" --replica-region "$mother" > /dev/null
+mkey=$ikey wait_mrk "$mother" KeyState PendingImport
+if AWS_REGION=$mother AWS_DEFAULT_REGION=$mother import_material RSAES_OAEP_SHA_256 "$dir/other.bin" 2>"$dir/err" >/dev/null; then fail "the replica imported other material"; fi
+grep -q IncorrectKeyMaterialException "$dir/err" || fail "expected IncorrectKeyMaterialException, got: $(cat "$dir/err")"
+AWS_REGION=$mother AWS_DEFAULT_REGION=$mother import_material RSA_AES_KEY_WRAP_SHA_256 "$dir/PlaintextKeyMaterial.bin" > /dev/null
+mkey=$ikey wait_mrk "$mother" KeyState Enabled
+aws kms encrypt --key-id "$ikey" --plaintext "fileb://$dir/plain" --query CiphertextBlob --output text | base64 -d > "$dir/mblob"
+aws kms decrypt --region "$mother" --ciphertext-blob "fileb://$dir/mblob" --query Plaintext --output text | base64 -d > "$dir/mback"
+cmp -s "$dir/plain" "$dir/mback" || fail "the imported replica decrypted different plaintext"
+aws kms delete-imported-key-material --key-id "$ikey" > /dev/null
+mkey=$ikey wait_mrk "$mother" KeyState Enabled
+aws kms decrypt --region "$mother" --ciphertext-blob "fileb://$dir/mblob" --query Plaintext --output text | base64 -d > "$dir/mback"
+cmp -s "$dir/plain" "$dir/mback" || fail "the replica lost its material with the primary's"
+
 step "graceful shutdown (serve --config)"
 kill -TERM "$pid"
 wait "$pid" || fail "server exited with status $?"
