@@ -114,6 +114,8 @@ type env struct {
 	// xks, if set by a setup hook, is how external key stores reach
 	// their proxies.
 	xks kms.XKSConfig
+	// cachedKeys bounds the key metadata cache (0: the default).
+	cachedKeys int
 	// material is how the default key store holds key material:
 	// testKeyMaterial unless a setup hook pins it.
 	material keystore.MaterialConfig
@@ -194,6 +196,7 @@ func (e *env) start() {
 		Metrics:      e.metrics,
 
 		UsageFlushInterval: e.usageFlush,
+		CachedKeys:         e.cachedKeys,
 		Logger:             hclog.New(&hclog.LoggerOptions{Output: &e.log, JSONFormat: true, Level: hclog.Warn}),
 	}
 	if e.dbURL != "" {

@@ -83,6 +83,8 @@ type OpenConfig struct {
 	// UsageFlushInterval is how often keys' last use is written to the
 	// store; 0 means DefaultUsageFlushInterval.
 	UsageFlushInterval time.Duration
+	// CachedKeys bounds the keys' metadata kept in memory (Config).
+	CachedKeys int
 }
 
 // Open brings up the token, the metadata store and the service, checks
@@ -114,7 +116,7 @@ func Open(ctx context.Context, cfg OpenConfig) (_ *Service, err error) {
 	keystores.SetSafeguards(guard)
 	keystores.SetLocker(db)
 	s := New(Config{Store: db, KeyStores: keystores, Logger: log, Now: cfg.Now, Clusters: cfg.Clusters, XKS: cfg.XKS,
-		NodeID: cfg.NodeID, SyncInterval: cfg.SyncInterval, Metrics: cfg.Metrics})
+		NodeID: cfg.NodeID, SyncInterval: cfg.SyncInterval, Metrics: cfg.Metrics, CachedKeys: cfg.CachedKeys})
 	s.jobInterval = cfg.JobInterval
 	if cfg.UsageFlushInterval > 0 {
 		s.usageInterval = cfg.UsageFlushInterval

@@ -35,6 +35,9 @@ type Config struct {
 	XKS XKSConfig
 	// Metrics, if set, count what the service does (see NewMetrics).
 	Metrics *Metrics
+	// CachedKeys bounds the keys' metadata the node keeps in memory; 0 is
+	// store.DefaultKeyCacheSize.
+	CachedKeys int
 }
 
 // Service implements the KMS operations. Safe for concurrent use; it holds
@@ -130,7 +133,10 @@ func New(cfg Config) *Service {
 	if cfg.SyncInterval <= 0 {
 		cfg.SyncInterval = defaultSyncInterval
 	}
-	cache := store.WithKeyCache(cfg.Store)
+	if cfg.CachedKeys <= 0 {
+		cfg.CachedKeys = store.DefaultKeyCacheSize
+	}
+	cache := store.WithKeyCacheSize(cfg.Store, cfg.CachedKeys)
 	_, shared := cfg.Store.(store.Watcher)
 	if shared {
 		cache.SetLive(false) // until Start's watcher listens

@@ -4,6 +4,8 @@ import (
 	"context"
 	"runtime/metrics"
 	"time"
+
+	"github.com/hsmkms/hsmkms/kms/store"
 )
 
 // maxHeaderBytes bounds a request's headers, which net/http reads before
@@ -12,14 +14,23 @@ import (
 const maxHeaderBytes = 64 << 10
 
 // memoryLimit is the Go runtime's soft memory limit for a server that
-// serves maxInFlight requests of at most maxBody bytes at once: a
-// request's body and the copies its validation makes (about twice the
-// body), plus 64 MiB for everything else. serve raises GOGC for CPU's
-// sake; without a limit the heap of a burst of large requests grew to
-// 1+GOGC/100 times what was live.
-func memoryLimit(maxInFlight int, maxBody int64) int64 {
-	return 64<<20 + int64(maxInFlight)*2*maxBody
+// serves maxInFlight requests of at most maxBody bytes at once and caches
+// the metadata of up to cachedKeys keys: a request's body and the copies
+// its validation makes (about twice the body), cachedKeysBytes for each
+// key cached past the default number, plus 64 MiB for everything else
+// (the default cache included). serve raises GOGC for CPU's sake; without
+// a limit the heap of a burst of large requests grew to 1+GOGC/100 times
+// what was live, and with a limit below the live heap of a larger key
+// cache the garbage collector ran without rest.
+func memoryLimit(maxInFlight int, maxBody int64, cachedKeys int) int64 {
+	extra := int64(max(0, cachedKeys-store.DefaultKeyCacheSize)) * cachedKeyBytes
+	return 64<<20 + int64(maxInFlight)*2*maxBody + extra
 }
+
+// cachedKeyBytes is what a cached key's metadata takes on the heap,
+// measured: about 1.4 KB live (store.KeyCache), doubled for the garbage
+// collector's headroom.
+const cachedKeyBytes = 3 << 10
 
 // releaseAfterBursts gives the heap a burst leaves behind back to the
 // operating system once the burst is over: every interval, if the server

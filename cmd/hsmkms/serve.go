@@ -65,7 +65,7 @@ func serve(args []string) error {
 	// times what was live; the soft limit keeps it near what the in-flight
 	// bound allows. GOMEMLIMIT in the environment still wins.
 	if os.Getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(memoryLimit(cfg.Limits.MaxInFlight, kms.DefaultMaxBody))
+		debug.SetMemoryLimit(memoryLimit(cfg.Limits.MaxInFlight, kms.DefaultMaxBody, cfg.Limits.CachedKeys))
 	}
 	node := cfg.NodeID
 	if node == "" {
@@ -156,7 +156,7 @@ func serve(args []string) error {
 	}
 	svc.Start()
 	go releaseAfterBursts(ctx, 2*time.Second, 32<<20, debug.FreeOSMemory)
-	log.Info("limits", "max_in_flight", cfg.Limits.MaxInFlight, "queue_wait", cfg.Limits.Wait(),
+	log.Info("limits", "max_in_flight", cfg.Limits.MaxInFlight, "queue_wait", cfg.Limits.Wait(), "cached_keys", cfg.Limits.CachedKeys,
 		"go_memory_limit_mib", debug.SetMemoryLimit(-1)>>20, "regions", len(cfg.Regions))
 
 	scheme := "https"
@@ -251,6 +251,7 @@ func openConfig(cfg *config.Config, pin string, log hclog.Logger) (kms.OpenConfi
 		KeyMaterial:       materialConfig(ks.KeyMaterial, ks.UnwrappedKeys),
 		DomainKeyRotation: time.Duration(cfg.DomainKeyRotationDays) * 24 * time.Hour,
 		Audit:             cfg.Audit.Trail(),
+		CachedKeys:        cfg.Limits.CachedKeys,
 	}, nil
 }
 

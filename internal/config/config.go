@@ -15,6 +15,7 @@ import (
 	"github.com/hsmkms/hsmkms/keystore"
 	"github.com/hsmkms/hsmkms/kms"
 	"github.com/hsmkms/hsmkms/kms/authz"
+	"github.com/hsmkms/hsmkms/kms/store"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -145,6 +146,10 @@ type LimitsConfig struct {
 	// QueueWait is a duration ("50ms"); "" means kms.DefaultQueueWait and
 	// "0s" throttles at once.
 	QueueWait string `yaml:"queue_wait,omitempty"`
+	// CachedKeys is how many keys' metadata a node keeps in memory; 0
+	// means store.DefaultKeyCacheSize. A key not cached costs a database
+	// read on its next use.
+	CachedKeys int `yaml:"cached_keys,omitempty"`
 
 	queueWait time.Duration // QueueWait, resolved by validate
 }
@@ -350,7 +355,7 @@ var schema = map[string]any{
 		"manufacturer": "!!str", "model": "!!str", "serial": "!!str", "pool_size": "!!int",
 		"key_material": "!!str", "unwrapped_keys": unwrappedKeysSchema,
 	}},
-	"limits":                   map[string]any{"max_in_flight": "!!int", "queue_wait": "duration"},
+	"limits":                   map[string]any{"max_in_flight": "!!int", "queue_wait": "duration", "cached_keys": "!!int"},
 	"regions":                  []any{"!!str"},
 	"xks_proxy":                xksProxySchema,
 	"external_key_stores":      externalKeyStoresSchema,
@@ -725,6 +730,12 @@ func (l *LimitsConfig) validate() error {
 		l.MaxInFlight = kms.DefaultMaxInFlight
 	case l.MaxInFlight < 0 || l.MaxInFlight > 4096:
 		return fmt.Errorf("limits.max_in_flight: must be between 1 and 4096 (absent for the default, %d)", kms.DefaultMaxInFlight)
+	}
+	switch {
+	case l.CachedKeys == 0:
+		l.CachedKeys = store.DefaultKeyCacheSize
+	case l.CachedKeys < 0 || l.CachedKeys > 10_000_000:
+		return fmt.Errorf("limits.cached_keys: must be between 1 and 10000000 (absent for the default, %d)", store.DefaultKeyCacheSize)
 	}
 	if l.QueueWait == "" {
 		l.queueWait = kms.DefaultQueueWait

@@ -25,7 +25,8 @@ import (
 // feed returns, everything cached before is dropped, since what changed
 // in between is unknown.
 //
-// It holds at most DefaultKeyCacheSize keys: with 100,000 keys in use a
+// It holds a bounded number of keys (DefaultKeyCacheSize unless the
+// node's limits.cached_keys says otherwise): with 100,000 keys in use a
 // copy of each (about 1.4 KB) took the live heap past the server's soft
 // memory limit and the garbage collector ran without rest. Past the bound
 // a key read evicts one at random, in its shard; the strings most keys
