@@ -179,6 +179,31 @@ func requireKilled(t *testing.T, err error, log string) {
 	require.True(t, ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL, "not killed: %v\n%s", err, log)
 }
 
+// restartAfterKill serves dir armed to die at step (HSMKMS_KILL_AT, run
+// *run+1), runs call against it if there is one (the server is to die
+// under it; call checks what it got), asserts the process died by
+// SIGKILL, and serves dir again (run *run+2), returning that server. A nil
+// call is for a step a background job reaches.
+func restartAfterKill(t *testing.T, dir, listen string, run *int, step string, call func(c *awskms.Client)) *server {
+	t.Helper()
+	*run++
+	armed := startServerEnv(t, dir, listen, *run, []string{"HSMKMS_KILL_AT=" + step})
+	if call != nil {
+		// Not mustStart: it reads the exit status the process's
+		// goroutine writes when the kill comes.
+		require.True(t, armed.ready(), "serve did not start:\n%s", armed.log())
+		call(armed.client())
+	}
+	requireKilled(t, armed.wait(), armed.log())
+	*run++
+	return startServer(t, dir, listen, *run).mustStart()
+}
+
+// inRegion is c for another Region: the same endpoint and credentials.
+func inRegion(c *awskms.Client, region string) *awskms.Client {
+	return awskms.New(c.Options(), func(o *awskms.Options) { o.Region = region })
+}
+
 type listedKey struct {
 	id        string
 	materials int

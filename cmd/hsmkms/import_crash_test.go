@@ -42,17 +42,11 @@ func TestCrashDuringImport(t *testing.T) {
 		ExpirationModel:      types.ExpirationModelTypeKeyMaterialDoesNotExpire}
 	srv.stop()
 
-	// killedAt serves dir with HSMKMS_KILL_AT=step, does what reaches it,
-	// and checks the process died there; then serves dir again.
+	// killedAt serves dir armed to die at step, does what reaches it, and
+	// checks the key after the restart.
 	killedAt := func(step string, do func(c *awskms.Client)) {
 		t.Helper()
-		run++
-		killed := startServerEnv(t, dir, listen, run, []string{"HSMKMS_KILL_AT=" + step})
-		require.True(t, killed.ready(), "serve did not start:\n%s", killed.log())
-		do(killed.client())
-		requireKilled(t, killed.wait(), killed.log())
-		run++
-		srv = startServer(t, dir, listen, run).mustStart()
+		srv = restartAfterKill(t, dir, listen, &run, step, do)
 		c = srv.client()
 		d, err := c.DescribeKey(ctx, &awskms.DescribeKeyInput{KeyId: key})
 		require.NoError(t, err)

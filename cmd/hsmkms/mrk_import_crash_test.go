@@ -33,7 +33,7 @@ func TestCrashDuringMultiRegionImport(t *testing.T) {
 	const other = "eu-west-1"
 	clients := func(s *server) (*awskms.Client, *awskms.Client) {
 		c := s.client()
-		return c, awskms.New(c.Options(), func(o *awskms.Options) { o.Region = other })
+		return c, inRegion(c, other)
 	}
 	a, b := clients(srv)
 	out, err := a.CreateKey(ctx, &awskms.CreateKeyInput{Origin: types.OriginTypeExternal, MultiRegion: aws.Bool(true)})
@@ -70,26 +70,20 @@ func TestCrashDuringMultiRegionImport(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, "kept", string(dec.Plaintext))
 	}
-	// killedAt serves dir with HSMKMS_KILL_AT=step, does in the Region
-	// inRegion names what reaches the step, checks the process died
-	// there, and serves dir again: the killed-in key is PendingImport.
-	killedAt := func(step string, inRegion bool, do func(c *awskms.Client)) {
+	// killedAt serves dir armed to die at step, does in the replica's
+	// Region (or the primary's) what reaches the step, and checks after
+	// the restart that the key killed in is PendingImport.
+	killedAt := func(step string, inReplica bool, do func(c *awskms.Client)) {
 		t.Helper()
-		run++
-		killed := startServerEnv(t, dir, listen, run, []string{"HSMKMS_KILL_AT=" + step})
-		require.True(t, killed.ready(), "serve did not start:\n%s", killed.log())
-		ka, kb := clients(killed)
-		if inRegion {
-			do(kb)
-		} else {
-			do(ka)
-		}
-		requireKilled(t, killed.wait(), killed.log())
-		run++
-		srv = startServer(t, dir, listen, run).mustStart()
+		srv = restartAfterKill(t, dir, listen, &run, step, func(c *awskms.Client) {
+			if inReplica {
+				c = inRegion(c, other)
+			}
+			do(c)
+		})
 		a, b = clients(srv)
 		hit := a
-		if inRegion {
+		if inReplica {
 			hit = b
 		}
 		require.Equal(t, types.KeyStatePendingImport, state(hit), "killed at %s", step)

@@ -44,24 +44,15 @@ func TestCrashDuringMultiRegion(t *testing.T) {
 	require.NoError(t, err)
 	srv.stop()
 
-	in := func(c *awskms.Client, region string) *awskms.Client {
-		return awskms.New(c.Options(), func(o *awskms.Options) { o.Region = region })
-	}
 	// killedDuring starts the server armed to die at step, runs call,
 	// which must fail (the server died under it), and restarts.
 	killedDuring := func(step string, call func(c *awskms.Client) error) *awskms.Client {
 		t.Helper()
-		run++
-		armed := startServerEnv(t, dir, listen, run, []string{"HSMKMS_KILL_AT=" + step})
+		var do func(c *awskms.Client)
 		if call != nil {
-			// Not mustStart: it reads the exit status the process's
-			// goroutine writes when the kill comes.
-			require.True(t, armed.ready(), "serve exited before the call")
-			require.Error(t, call(armed.client()), "the server was to die during the call")
+			do = func(c *awskms.Client) { require.Error(t, call(c), "the server was to die during the call") }
 		}
-		requireKilled(t, armed.wait(), armed.log())
-		run++
-		srv = startServer(t, dir, listen, run).mustStart()
+		srv = restartAfterKill(t, dir, listen, &run, step, do)
 		return srv.client()
 	}
 	// decrypts checks that every Region's key of the set decrypts the
@@ -69,14 +60,14 @@ func TestCrashDuringMultiRegion(t *testing.T) {
 	decrypts := func(c *awskms.Client, regions ...string) {
 		t.Helper()
 		for _, r := range regions {
-			dec, err := in(c, r).Decrypt(ctx, &awskms.DecryptInput{CiphertextBlob: enc.CiphertextBlob})
+			dec, err := inRegion(c, r).Decrypt(ctx, &awskms.DecryptInput{CiphertextBlob: enc.CiphertextBlob})
 			require.NoError(t, err, "in %s", r)
 			require.Equal(t, "made before the kills", string(dec.Plaintext))
 		}
 	}
 	describe := func(c *awskms.Client, region string) *types.KeyMetadata {
 		t.Helper()
-		d, err := in(c, region).DescribeKey(ctx, &awskms.DescribeKeyInput{KeyId: &id})
+		d, err := inRegion(c, region).DescribeKey(ctx, &awskms.DescribeKeyInput{KeyId: &id})
 		require.NoError(t, err)
 		return d.KeyMetadata
 	}
@@ -109,7 +100,7 @@ func TestCrashDuringMultiRegion(t *testing.T) {
 		// to the past while the server is stopped, so the deletion job
 		// reaps it at once when the server starts.
 		c := srv.client()
-		_, err := in(c, away).ScheduleKeyDeletion(ctx, &awskms.ScheduleKeyDeletionInput{KeyId: &id, PendingWindowInDays: aws.Int32(7)})
+		_, err := inRegion(c, away).ScheduleKeyDeletion(ctx, &awskms.ScheduleKeyDeletionInput{KeyId: &id, PendingWindowInDays: aws.Int32(7)})
 		require.NoError(t, err)
 		_, err = c.ScheduleKeyDeletion(ctx, &awskms.ScheduleKeyDeletionInput{KeyId: &id, PendingWindowInDays: aws.Int32(7)})
 		require.NoError(t, err)
@@ -130,9 +121,9 @@ func TestCrashDuringMultiRegion(t *testing.T) {
 		m := describe(c, away)
 		require.Equal(t, types.KeyStatePendingDeletion, m.KeyState, "the primary's waiting period began with the replica's deletion")
 		require.NotNil(t, m.DeletionDate)
-		_, err = in(c, away).CancelKeyDeletion(ctx, &awskms.CancelKeyDeletionInput{KeyId: &id})
+		_, err = inRegion(c, away).CancelKeyDeletion(ctx, &awskms.CancelKeyDeletionInput{KeyId: &id})
 		require.NoError(t, err)
-		_, err = in(c, away).EnableKey(ctx, &awskms.EnableKeyInput{KeyId: &id})
+		_, err = inRegion(c, away).EnableKey(ctx, &awskms.EnableKeyInput{KeyId: &id})
 		require.NoError(t, err)
 		decrypts(c, away)
 		srv.stop()
