@@ -303,7 +303,7 @@ func (t *Token) ImportMaterial(ctx context.Context, importKey ObjectRef, alg Imp
 			}
 		}
 		defer t.destroyOn(s, nil, e)
-		out, err = t.importWith(s, e, w, alg.AESKeyWrap, target)
+		out, err = t.importWith(s, t.kwpUnwrap(s, e, w, alg.AESKeyWrap), len(w), target)
 		return err
 	})
 	if err != nil {
@@ -410,14 +410,20 @@ func (t *Token) oaepToKWP(s pkcs11.SessionHandle, hk pkcs11.ObjectHandle, hash c
 	return e, w, nil
 }
 
-// importWith unwraps w (the material under E with RFC 5649) into target.
-// fromClient says w is the client's (a failure is then a bad ciphertext)
-// rather than made on the token from the client's material (a failure is
-// then the material's).
-func (t *Token) importWith(s pkcs11.SessionHandle, e pkcs11.ObjectHandle, w []byte, fromClient bool, target ImportTarget) (Imported, error) {
+// unwrapFunc unwraps the material the client sent into an object of
+// tmpl, each call anew; ImportMaterial picks how (kwpUnwrap), importWith
+// what into. Its errors are the import's: ErrInvalidCiphertext for a blob
+// that does not unwrap, ErrIncorrectMaterial for material that is not
+// what the template asks for.
+type unwrapFunc func(tmpl []*pkcs11.Attribute) (pkcs11.ObjectHandle, error)
+
+// kwpUnwrap unwraps w (the material under E with RFC 5649). fromClient
+// says w is the client's (a failure is then a bad ciphertext) rather than
+// made on the token from the client's material (a failure is then the
+// material's).
+func (t *Token) kwpUnwrap(s pkcs11.SessionHandle, e pkcs11.ObjectHandle, w []byte, fromClient bool) unwrapFunc {
 	kwp := []*pkcs11.Mechanism{pkcs11.NewMechanism(ckmAESKeyWrapPad, nil)}
-	spec := target.Spec
-	unwrap := func(tmpl []*pkcs11.Attribute) (pkcs11.ObjectHandle, error) {
+	return func(tmpl []*pkcs11.Attribute) (pkcs11.ObjectHandle, error) {
 		h, err := t.p11.UnwrapKey(s, kwp, e, w, tmpl)
 		if err == nil {
 			return h, nil
@@ -428,6 +434,14 @@ func (t *Token) importWith(s pkcs11.SessionHandle, e pkcs11.ObjectHandle, w []by
 		}
 		return 0, err
 	}
+}
+
+// importWith makes target of the material unwrap unwraps, which is
+// wrappedLen bytes wrapped with RFC 5649 (what the size checks of secret
+// keys read).
+func (t *Token) importWith(s pkcs11.SessionHandle, unwrap unwrapFunc, wrappedLen int, target ImportTarget) (Imported, error) {
+	kwp := []*pkcs11.Mechanism{pkcs11.NewMechanism(ckmAESKeyWrapPad, nil)}
+	spec := target.Spec
 	// The check object: a session object with what the checks need, and
 	// extractable if it is to be wrapped under a domain key.
 	wrapped := target.Wrapping.Class != 0
@@ -445,19 +459,16 @@ func (t *Token) importWith(s pkcs11.SessionHandle, e pkcs11.ObjectHandle, w []by
 		tmpl = unwrapTemplateFor(spec, 0, wrapped, target.Trusted)
 	}
 	tmpl = withUsages(tmpl, spec, checkUsage)
+	// A private key the token cannot parse from a blob that unwraps is
+	// the material's fault, but tokens do not say which: both are the
+	// blob's (ErrInvalidCiphertext), as AWS answers.
 	c, err := unwrap(tmpl)
 	if err != nil {
-		if fromClient && errors.Is(err, ErrInvalidCiphertext) && spec.Pair != 0 {
-			// RFC 5649 authenticated the blob or not; a private key the
-			// token cannot parse is the material's fault, but tokens do
-			// not say which: both are the blob's, as AWS answers.
-			return Imported{}, err
-		}
 		return Imported{}, err
 	}
 	var out Imported
 	err = func() error {
-		check, pub, err := t.checkImported(s, c, spec, len(w), target.CheckData)
+		check, pub, err := t.checkImported(s, c, spec, wrappedLen, target.CheckData)
 		if err != nil {
 			return err
 		}
