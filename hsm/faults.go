@@ -1,7 +1,11 @@
 package hsm
 
 import (
+	"fmt"
+	"math/big"
+	"reflect"
 	"sync"
+	"unsafe"
 
 	"github.com/miekg/pkcs11"
 )
@@ -14,6 +18,7 @@ type Faults struct {
 	next   PKCS11
 	flags  uint          // ORed into every C_GetTokenInfo answer
 	hidden map[uint]bool // mechanisms the token is made to lack
+	rsaAES bool          // EmulateRSAAESKeyWrap
 
 	mu     sync.Mutex
 	rules  map[string]*faultRule
@@ -55,6 +60,7 @@ func (f *Faults) Clear() {
 	f.rules = map[string]*faultRule{}
 	f.flags = 0
 	f.hidden = nil
+	f.rsaAES = false
 }
 
 // HideMechanism makes the token appear to lack mech, until Clear: it is left
@@ -81,6 +87,39 @@ func (f *Faults) Calls(call string) int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.calls[call]
+}
+
+// CallsWith reports how many of the calls of call (only "C_UnwrapKey" is
+// counted so) were made with the mechanism mech.
+func (f *Faults) CallsWith(call string, mech uint) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.calls[withMech(call, mech)]
+}
+
+func withMech(call string, mech uint) string { return fmt.Sprintf("%s/0x%X", call, mech) }
+
+// EmulateRSAAESKeyWrap makes the token offer CKM_RSA_AES_KEY_WRAP for
+// unwrapping, which SoftHSM2 2.6.1 lacks, until Clear: C_GetMechanismList
+// lists it, C_GetMechanismInfo gives it CKF_UNWRAP, and C_UnwrapKey with it
+// does on the token beneath what the mechanism does inside a token: the
+// first modulus-length bytes unwrapped with CKM_RSA_PKCS_OAEP and the
+// parameters' OAEP parameters into a session AES key, the rest unwrapped
+// with that key by CKM_AES_KEY_WRAP_PAD into the caller's template, the
+// AES key destroyed. OAEP parameters the token beneath refuses answer
+// CKR_MECHANISM_PARAM_INVALID, as a token that cannot do them would. Only
+// the caller's call is counted, not the two made beneath. Token caches
+// what it learned about mechanisms: emulate before the first use.
+func (f *Faults) EmulateRSAAESKeyWrap() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.rsaAES = true
+}
+
+func (f *Faults) emulatesRSAAES() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.rsaAES
 }
 
 // Stall holds every call of the Cryptoki function call (e.g. "C_Encrypt")
@@ -159,9 +198,12 @@ func (f *Faults) GetMechanismList(slotID uint) ([]*pkcs11.Mechanism, error) {
 	ms, err := f.next.GetMechanismList(slotID)
 	out := ms[:0:0]
 	for _, m := range ms {
-		if !f.isHidden(m.Mechanism) {
+		if !f.isHidden(m.Mechanism) && (m.Mechanism != pkcs11.CKM_RSA_AES_KEY_WRAP || !f.emulatesRSAAES()) {
 			out = append(out, m)
 		}
+	}
+	if err == nil && f.emulatesRSAAES() {
+		out = append(out, pkcs11.NewMechanism(pkcs11.CKM_RSA_AES_KEY_WRAP, nil))
 	}
 	return out, err
 }
@@ -172,6 +214,9 @@ func (f *Faults) GetMechanismInfo(slotID uint, m []*pkcs11.Mechanism) (pkcs11.Me
 	}
 	if len(m) == 1 && f.isHidden(m[0].Mechanism) {
 		return pkcs11.MechanismInfo{}, pkcs11.Error(pkcs11.CKR_MECHANISM_INVALID)
+	}
+	if len(m) == 1 && m[0].Mechanism == pkcs11.CKM_RSA_AES_KEY_WRAP && f.emulatesRSAAES() {
+		return pkcs11.MechanismInfo{MinKeySize: 2048, MaxKeySize: 4096, Flags: pkcs11.CKF_UNWRAP}, nil
 	}
 	return f.next.GetMechanismInfo(slotID, m)
 }
@@ -254,10 +299,64 @@ func (f *Faults) WrapKey(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, wrappin
 }
 
 func (f *Faults) UnwrapKey(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, unwrappingkey pkcs11.ObjectHandle, wrappedkey []byte, a []*pkcs11.Attribute) (pkcs11.ObjectHandle, error) {
+	if len(m) == 1 {
+		f.mu.Lock()
+		f.calls[withMech("C_UnwrapKey", m[0].Mechanism)]++
+		f.mu.Unlock()
+	}
 	if err := f.hit("C_UnwrapKey"); err != nil {
 		return 0, err
 	}
+	if len(m) == 1 && m[0].Mechanism == pkcs11.CKM_RSA_AES_KEY_WRAP && f.emulatesRSAAES() {
+		return f.unwrapRSAAES(sh, m[0], unwrappingkey, wrappedkey, a)
+	}
 	return f.next.UnwrapKey(sh, m, unwrappingkey, wrappedkey, a)
+}
+
+// unwrapRSAAES is CKM_RSA_AES_KEY_WRAP's unwrap (PKCS#11 v2.40 §2.1.21)
+// done by its two halves on the token beneath.
+func (f *Faults) unwrapRSAAES(sh pkcs11.SessionHandle, m *pkcs11.Mechanism, key pkcs11.ObjectHandle, wrapped []byte, a []*pkcs11.Attribute) (pkcs11.ObjectHandle, error) {
+	p, ok := rsaAESParams(m)
+	if !ok || (p.AESKeyBits != 128 && p.AESKeyBits != 192 && p.AESKeyBits != 256) {
+		return 0, pkcs11.Error(pkcs11.CKR_MECHANISM_PARAM_INVALID)
+	}
+	mod, err := f.next.GetAttributeValue(sh, key, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_MODULUS, nil)})
+	if err != nil {
+		return 0, err
+	}
+	k := (new(big.Int).SetBytes(mod[0].Value).BitLen() + 7) / 8
+	if len(wrapped) <= k {
+		return 0, pkcs11.Error(pkcs11.CKR_WRAPPED_KEY_LEN_RANGE)
+	}
+	oaep := p.OAEPParams
+	e, err := f.next.UnwrapKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_RSA_PKCS_OAEP, &oaep)}, key, wrapped[:k], ephemeralAESTemplate())
+	if refusesParams(err) {
+		return 0, pkcs11.Error(pkcs11.CKR_MECHANISM_PARAM_INVALID)
+	}
+	if err != nil {
+		return 0, err
+	}
+	h, err := f.next.UnwrapKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(ckmAESKeyWrapPad, nil)}, e, wrapped[k:], a)
+	if derr := f.next.DestroyObject(sh, e); derr != nil && err == nil {
+		_ = f.next.DestroyObject(sh, h)
+		return 0, derr
+	}
+	return h, err
+}
+
+// rsaAESParams reads the parameters of m, a CKM_RSA_AES_KEY_WRAP
+// mechanism. miekg/pkcs11 keeps a mechanism's Go parameters in an
+// unexported field and turns them into C memory only inside its own
+// calls; this wrapper sits in front of those calls and must know the OAEP
+// hash to ask the token beneath for the same, so it reads the field with
+// reflect and unsafe. Test support only: nothing on hsm's own paths does.
+func rsaAESParams(m *pkcs11.Mechanism) (*pkcs11.RSAAESKeyWrapParams, bool) {
+	v := reflect.ValueOf(m).Elem().FieldByName("generator")
+	if !v.IsValid() {
+		return nil, false
+	}
+	p, ok := reflect.NewAt(v.Type(), unsafe.Pointer(v.UnsafeAddr())).Elem().Interface().(*pkcs11.RSAAESKeyWrapParams)
+	return p, ok && p != nil
 }
 
 func (f *Faults) FindObjectsInit(sh pkcs11.SessionHandle, temp []*pkcs11.Attribute) error {

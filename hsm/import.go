@@ -32,24 +32,31 @@ import (
 //
 // How a wrapped blob reaches the token's hands (ImportMaterial):
 //
-//	RSA_AES_KEY_WRAP  the first modulus-length bytes are an ephemeral AES
-//	                  key under RSAES-OAEP: unwrapped with
-//	                  CKM_RSA_PKCS_OAEP into a session AES key that can
-//	                  only unwrap (E); the rest is the material under E with
-//	                  CKM_AES_KEY_WRAP_PAD (RFC 5649), unwrapped with E.
+//	RSA_AES_KEY_WRAP  on a token that offers CKM_RSA_AES_KEY_WRAP (PKCS#11
+//	                  v2.40) for unwrapping and takes its parameters with
+//	                  the algorithm's hash: the whole blob, in one
+//	                  C_UnwrapKey with the import key, straight into what
+//	                  is wanted; the ephemeral AES key is never an object.
+//	                  Otherwise (SoftHSM2 2.6.1 has no such mechanism; a
+//	                  refusal of the parameters is remembered per token and
+//	                  hash) in two halves: the first modulus-length bytes
+//	                  are an ephemeral AES key under RSAES-OAEP, unwrapped
+//	                  with CKM_RSA_PKCS_OAEP into a session AES key that
+//	                  can only unwrap (E); the rest is the material under E
+//	                  with CKM_AES_KEY_WRAP_PAD (RFC 5649), unwrapped with E.
 //	RSAES_OAEP        the material under RSAES-OAEP: unwrapped with
 //	                  CKM_RSA_PKCS_OAEP into a session generic secret
 //	                  (sensitive), wrapped on the token under a fresh
 //	                  session AES key E with CKM_AES_KEY_WRAP_PAD and
-//	                  destroyed; from then on as above. PKCS#11 unwraps a
-//	                  private key only from a format that carries its type,
-//	                  and RFC 5649 is the one every token has.
+//	                  destroyed; from then on as the two halves' second.
+//	                  PKCS#11 unwraps a private key only from a format that
+//	                  carries its type, and RFC 5649 is the one every token
+//	                  has.
 //
-// The material is then unwrapped with E as often as needed, each time
-// straight into the template of what is wanted (a session object to check
-// and to wrap under a domain key, or token objects), and E is destroyed.
-// CKM_RSA_AES_KEY_WRAP (PKCS#11 v2.40) is not used: it does the same two
-// steps inside the token, and the two steps work on every token.
+// The material is then unwrapped as often as needed (the whole blob with
+// the import key, or the second half with E), each time straight into the
+// template of what is wanted (a session object to check and to wrap under
+// a domain key, or token objects), and E is destroyed.
 //
 // The fallback, for a token that refuses CKM_RSA_PKCS_OAEP with the hash
 // (SoftHSM2 2.6.1 with SHA-256): the token does the raw RSA operation
@@ -279,18 +286,32 @@ func (t *Token) ImportMaterial(ctx context.Context, importKey ObjectRef, alg Imp
 	if len(blob) == 0 {
 		return Imported{}, ErrInvalidCiphertext
 	}
+	oneCall := false
+	if alg.AESKeyWrap {
+		var err error
+		if oneCall, err = t.rsaAESKeyWrap(ctx, alg.Hash); err != nil {
+			return Imported{}, err
+		}
+	}
 	var out Imported
 	err := t.withObject(ctx, importKey, func(s pkcs11.SessionHandle, hk pkcs11.ObjectHandle) error {
 		k, err := t.modulusSize(s, hk, importKey)
 		if err != nil {
 			return err
 		}
+		if alg.AESKeyWrap && len(blob) <= k {
+			return ErrInvalidCiphertext
+		}
+		if oneCall {
+			out, err = t.importWith(s, t.rsaAESUnwrap(s, hk, alg.Hash, blob), len(blob)-k, target)
+			if !errors.Is(err, errRSAAESRefused) {
+				return err
+			}
+			// Refused before anything was made: the two halves.
+		}
 		var e pkcs11.ObjectHandle
 		var w []byte
 		if alg.AESKeyWrap {
-			if len(blob) <= k {
-				return ErrInvalidCiphertext
-			}
 			e, err = t.rsaUnwrap(s, hk, alg.Hash, k, blob[:k], ephemeralAESTemplate())
 			if err != nil {
 				return err
@@ -408,6 +429,51 @@ func (t *Token) oaepToKWP(s pkcs11.SessionHandle, hk pkcs11.ObjectHandle, hash c
 		return 0, nil, t.destroyOn(s, err, e)
 	}
 	return e, w, nil
+}
+
+// errRSAAESRefused: the token refused CKM_RSA_AES_KEY_WRAP's parameters;
+// nothing was made, and the import takes the two halves.
+var errRSAAESRefused = errors.New("hsm: the token refuses CKM_RSA_AES_KEY_WRAP with these parameters")
+
+// rsaAESKeyWrap reports whether imports wrapped with RSA_AES_KEY_WRAP and
+// hash go to the token in one C_UnwrapKey: it offers CKM_RSA_AES_KEY_WRAP
+// for unwrapping, and has not refused its parameters with hash.
+func (t *Token) rsaAESKeyWrap(ctx context.Context, hash crypto.Hash) (bool, error) {
+	ok, err := t.SupportsMechanism(ctx, pkcs11.CKM_RSA_AES_KEY_WRAP, pkcs11.CKF_UNWRAP)
+	if err != nil || !ok {
+		return false, err
+	}
+	_, refused := t.st.Load().mechs.rsaAESRefused.Load(hash)
+	return !refused, nil
+}
+
+func rsaAESMech(hash crypto.Hash) []*pkcs11.Mechanism {
+	m := hashMechs[hash]
+	return []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_RSA_AES_KEY_WRAP, &pkcs11.RSAAESKeyWrapParams{
+		AESKeyBits: 256, // AWS's clients wrap with an AES-256 key
+		OAEPParams: pkcs11.OAEPParams{HashAlg: m.digest, MGF: m.mgf, SourceType: pkcs11.CKZ_DATA_SPECIFIED},
+	})}
+}
+
+// rsaAESUnwrap unwraps the whole blob with the import key hk and
+// CKM_RSA_AES_KEY_WRAP: the token does both halves in one call, and the
+// ephemeral AES key never is an object. A refusal of the parameters
+// (which no blob causes) is remembered for the token and hash and is
+// errRSAAESRefused.
+func (t *Token) rsaAESUnwrap(s pkcs11.SessionHandle, hk pkcs11.ObjectHandle, hash crypto.Hash, blob []byte) unwrapFunc {
+	return func(tmpl []*pkcs11.Attribute) (pkcs11.ObjectHandle, error) {
+		h, err := t.p11.UnwrapKey(s, rsaAESMech(hash), hk, blob, tmpl)
+		if err == nil {
+			return h, nil
+		}
+		if refusesParams(err) {
+			if _, known := t.st.Load().mechs.rsaAESRefused.LoadOrStore(hash, struct{}{}); !known {
+				t.log.Debug("token refuses CKM_RSA_AES_KEY_WRAP parameters; imports unwrap in two halves", "token", t.describe(), "hash", hash.String(), "error", wrap("C_UnwrapKey", err))
+			}
+			return 0, errRSAAESRefused
+		}
+		return 0, unwrapFailure(err)
+	}
 }
 
 // unwrapFunc unwraps the material the client sent into an object of

@@ -2,13 +2,16 @@ package hsm_test
 
 import (
 	"crypto"
+	"crypto/aes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
+	"crypto/hmac"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha1"
 	"crypto/sha256"
 	"crypto/x509"
+	"fmt"
 	"hash"
 	"testing"
 
@@ -116,4 +119,197 @@ func TestImportMaterial(t *testing.T) {
 			})
 		}
 	}
+}
+
+// importCheck is Imported.Check for material whose check is what the
+// token computes with it (AES-ECB of the check data, its HMAC, or the
+// check data and public key of a pair), as the test computes it apart.
+func importCheck(what ...[]byte) []byte {
+	h := sha256.New()
+	h.Write([]byte("hsmkms imported material check v1\x00"))
+	for _, w := range what {
+		h.Write(w)
+	}
+	return h.Sum(nil)
+}
+
+// importMaterials is material of every spec RSA_AES_KEY_WRAP carries,
+// with what tells that the token holds it: Check computed apart, and for
+// a pair its public key. Pairs but Ed25519 are the token's data key pairs
+// (SoftHSM2 makes RSA-4096 faster than Go, and Go has no secp256k1).
+type importMaterialCase struct {
+	name     string
+	spec     hsm.MaterialSpec
+	usage    hsm.Usage
+	material []byte
+	pub      []byte
+	check    []byte
+	hmac     crypto.Hash
+}
+
+func importMaterials(t *testing.T, tok *hsm.Token, checkData []byte) []importMaterialCase {
+	t.Helper()
+	aesKey := random(32)
+	b, err := aes.NewCipher(aesKey)
+	require.NoError(t, err)
+	ecb := make([]byte, len(checkData))
+	for i := 0; i < len(ecb); i += aes.BlockSize {
+		b.Encrypt(ecb[i:], checkData[i:])
+	}
+	cases := []importMaterialCase{{name: "AES256", usage: hsm.UsageEncrypt | hsm.UsageDecrypt, material: aesKey, check: importCheck(ecb)}}
+	for _, hm := range []struct {
+		bits, n int
+		hash    crypto.Hash
+	}{{224, 28, crypto.SHA224}, {256, 64, crypto.SHA256}, {384, 48, crypto.SHA384}, {512, 128, crypto.SHA512}} {
+		key := random(hm.n)
+		m := hmac.New(hm.hash.New, key)
+		m.Write(checkData)
+		cases = append(cases, importMaterialCase{name: fmt.Sprintf("HMAC%d", hm.bits), spec: hsm.MaterialSpec{HMACBits: hm.bits},
+			usage: hsm.UsageSign | hsm.UsageVerify, material: key, check: importCheck(m.Sum(nil)), hmac: hm.hash})
+	}
+	for _, p := range []hsm.KeyPairSpec{hsm.RSA2048, hsm.RSA3072, hsm.RSA4096, hsm.ECP256, hsm.ECP384, hsm.ECP521, hsm.ECSecp256k1} {
+		der, pub, err := tok.GenerateDataKeyPair(ctx(t), p)
+		require.NoError(t, err)
+		cases = append(cases, importMaterialCase{name: p.String(), spec: hsm.MaterialSpec{Pair: p}, usage: hsm.UsageSign,
+			material: der, pub: pub, check: importCheck(checkData, pub)})
+	}
+	return cases
+}
+
+func random(n int) []byte {
+	b := make([]byte, n)
+	rand.Read(b)
+	return b
+}
+
+// TestImportRSAAESKeyWrap: on a token that offers CKM_RSA_AES_KEY_WRAP
+// (SoftHSM2 2.6.1 does not: Faults emulates it with the two halves on the
+// real token beneath), material wrapped with RSA_AES_KEY_WRAP reaches the
+// token in one C_UnwrapKey per object made, and the two halves are never
+// taken; parameters the token refuses fall back to the two halves, once.
+func TestImportRSAAESKeyWrap(t *testing.T) {
+	t.Parallel()
+	var f *hsm.Faults
+	tok, _ := open(t, func(p hsm.PKCS11) hsm.PKCS11 {
+		f = hsm.NewFaults(p)
+		f.EmulateRSAAESKeyWrap()
+		return f
+	}, 4)
+	wrapping, _ := wrappingKey(t, tok, "rsa-aes-domain-key")
+	sha1Alg := hsm.ImportAlgorithm{Hash: crypto.SHA1, AESKeyWrap: true}
+	info, err := tok.GenerateImportKey(ctx(t), []byte("rsa-aes-import-key"), "import", 2048, sha1Alg)
+	require.NoError(t, err)
+	ik := hsm.PrivateKeyByID([]byte("rsa-aes-import-key"))
+	checkData := random(32)
+	// calls: C_UnwrapKey with the one mechanism, with each half, and the
+	// raw RSA fallback's C_Decrypt.
+	calls := func() [4]int {
+		return [4]int{f.CallsWith("C_UnwrapKey", pkcs11.CKM_RSA_AES_KEY_WRAP), f.CallsWith("C_UnwrapKey", pkcs11.CKM_RSA_PKCS_OAEP),
+			f.CallsWith("C_UnwrapKey", pkcs11.CKM_AES_KEY_WRAP_PAD), f.Calls("C_Decrypt")}
+	}
+	since := func(before [4]int) [4]int {
+		now := calls()
+		for i := range now {
+			now[i] -= before[i]
+		}
+		return now
+	}
+	target := func(mode, name string, c importMaterialCase) hsm.ImportTarget {
+		tg := hsm.ImportTarget{Spec: c.spec, Usage: c.usage, CheckData: checkData}
+		if mode == "wrapped" {
+			tg.Wrapping = wrapping
+		} else {
+			tg.IDPrefix, tg.Label = []byte(name), "imported"
+		}
+		return tg
+	}
+
+	cases := importMaterials(t, tok, checkData)
+	for _, c := range cases {
+		for _, mode := range []string{"wrapped", "token"} {
+			t.Run(c.name+"/"+mode, func(t *testing.T) {
+				before := calls()
+				got, err := tok.ImportMaterial(ctx(t), ik, sha1Alg, hsmtest.WrapForImport(info.PublicKey, sha1.New, true, c.material), target(mode, c.name, c))
+				require.NoError(t, err)
+				objects := 1 // the object checked (and wrapped)
+				if mode == "token" {
+					objects = 2 // and the token object
+				}
+				assert.Equal(t, [4]int{objects, 0, 0, 0}, since(before), "one C_UnwrapKey with CKM_RSA_AES_KEY_WRAP per object, no half")
+				assert.Equal(t, c.check, got.Check, "the token holds the material wrapped")
+				assert.Equal(t, c.pub, got.PublicKey)
+				if mode == "wrapped" {
+					assert.NotEmpty(t, got.Key)
+					return
+				}
+				id := append([]byte(c.name), got.Check...)
+				switch {
+				case c.hmac != 0:
+					mac, err := tok.MAC(ctx(t), hsm.SecretKeyByID(id), c.hmac, []byte("message"))
+					require.NoError(t, err)
+					m := hmac.New(c.hmac.New, c.material)
+					m.Write([]byte("message"))
+					assert.Equal(t, m.Sum(nil), mac, "the token object's HMAC is Go's with the material")
+				case c.pub != nil:
+					pub, err := tok.PublicKeyDER(ctx(t), hsm.PublicKeyByID(id))
+					require.NoError(t, err)
+					assert.Equal(t, c.pub, pub)
+				default:
+					_, err := tok.FindObject(ctx(t), hsm.SecretKeyByID(id))
+					assert.NoError(t, err)
+				}
+			})
+		}
+	}
+
+	t.Run("bad blobs", func(t *testing.T) {
+		good := hsmtest.WrapForImport(info.PublicKey, sha1.New, true, random(32))
+		for name, blob := range map[string][]byte{
+			"AES key altered":      flip(good, 3),
+			"material altered":     flip(good, len(good)-3),
+			"no material":          good[:256],
+			"another import key's": hsmtest.WrapForImport(otherImportKey(t, tok), sha1.New, true, random(32)),
+		} {
+			t.Run(name, func(t *testing.T) {
+				before := calls()
+				_, err := tok.ImportMaterial(ctx(t), ik, sha1Alg, blob, target("wrapped", "bad", cases[0]))
+				assert.ErrorIs(t, err, hsm.ErrInvalidCiphertext)
+				assert.Zero(t, since(before)[1]+since(before)[2]+since(before)[3], "no half is tried for a bad blob")
+			})
+		}
+		_, err := tok.ImportMaterial(ctx(t), ik, sha1Alg, hsmtest.WrapForImport(info.PublicKey, sha1.New, true, random(16)), target("wrapped", "bad", cases[0]))
+		assert.ErrorIs(t, err, hsm.ErrIncorrectMaterial, "an AES-128 key for AES-256")
+	})
+
+	// SoftHSM2 2.6.1 unwraps OAEP with SHA-1 only: the emulation refuses
+	// SHA-256 parameters as such a token would, and imports fall back to
+	// the two halves (the first with OAEP decoded here, see
+	// TestImportMaterial), remembered for the token and hash.
+	t.Run("SHA-256 parameters refused", func(t *testing.T) {
+		alg := hsm.ImportAlgorithm{Hash: crypto.SHA256, AESKeyWrap: true}
+		info, err := tok.GenerateImportKey(ctx(t), []byte("rsa-aes-import-key-256"), "import", 2048, alg)
+		require.NoError(t, err)
+		ik := hsm.PrivateKeyByID([]byte("rsa-aes-import-key-256"))
+		for i, want := range [][4]int{{1, 0, 1, 1}, {0, 0, 1, 1}} {
+			before := calls()
+			got, err := tok.ImportMaterial(ctx(t), ik, alg, hsmtest.WrapForImport(info.PublicKey, sha256.New, true, cases[0].material), target("wrapped", "sha256", cases[0]))
+			require.NoError(t, err)
+			assert.Equal(t, cases[0].check, got.Check)
+			assert.Equal(t, want, since(before), "import %d: refused once, then two halves only", i)
+		}
+	})
+}
+
+func flip(b []byte, i int) []byte {
+	out := append([]byte(nil), b...)
+	out[i] ^= 1
+	return out
+}
+
+// otherImportKey makes another import key on tok and returns its public key.
+func otherImportKey(t *testing.T, tok *hsm.Token) []byte {
+	t.Helper()
+	info, err := tok.GenerateImportKey(ctx(t), random(8), "other import key", 2048, hsm.ImportAlgorithm{Hash: crypto.SHA1, AESKeyWrap: true})
+	require.NoError(t, err)
+	return info.PublicKey
 }

@@ -24,6 +24,10 @@ type mechCache struct {
 	// CKM_RSA_PKCS_OAEP and that hash (true) or refuses to (false);
 	// absent until an import has tried (import.go).
 	oaepUnwrap sync.Map // crypto.Hash → bool
+	// rsaAESRefused holds the hashes for which the token refused
+	// CKM_RSA_AES_KEY_WRAP's parameters; imports take the two halves for
+	// them (import.go).
+	rsaAESRefused sync.Map // crypto.Hash → struct{}
 
 	edPhMu sync.Mutex
 	edPh   int // 0 not yet probed, edPhHonoured or edPhIgnored

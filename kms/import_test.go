@@ -541,3 +541,41 @@ func TestReconcileImportedObjects(t *testing.T) {
 	assert.Empty(t, e.report.AbandonedRotations)
 	assert.Empty(t, e.report.MissingMaterial)
 }
+
+// On a token that offers CKM_RSA_AES_KEY_WRAP (emulated on SoftHSM2 by
+// hsm.Faults), ImportKeyMaterial with RSA_AES_KEY_WRAP_SHA_1 unwraps the
+// client's blob in one C_UnwrapKey per object made, and the key holds the
+// client's material: its MAC is Go's HMAC.
+func TestImportRSAAESKeyWrapOneCall(t *testing.T) {
+	t.Parallel()
+	var f *hsm.Faults
+	e := newEnvWith(t, func(e *env) {
+		e.wrapDefault = func(p hsm.PKCS11) hsm.PKCS11 {
+			f = hsm.NewFaults(p)
+			f.EmulateRSAAESKeyWrap()
+			return f
+		}
+	})
+	c := e.admin()
+	id := createExternal(t, c, types.KeySpecHmac256, types.KeyUsageTypeGenerateVerifyMac)
+	p, err := importMaterial2(t, c, id, types.AlgorithmSpecRsaAesKeyWrapSha1, types.WrappingKeySpecRsa3072)
+	require.NoError(t, err)
+	material := random(32)
+	oneCall, oaep := f.CallsWith("C_UnwrapKey", pkcs11.CKM_RSA_AES_KEY_WRAP), f.CallsWith("C_UnwrapKey", pkcs11.CKM_RSA_PKCS_OAEP)
+	_, err = c.ImportKeyMaterial(bg(), &awskms.ImportKeyMaterialInput{KeyId: aws.String(id), ImportToken: p.ImportToken,
+		EncryptedKeyMaterial: hsmtest.WrapForImport(p.PublicKey, sha1.New, true, material), ExpirationModel: types.ExpirationModelTypeKeyMaterialDoesNotExpire})
+	require.NoError(t, err)
+	objects := 1 // checked and wrapped under the domain key
+	if testKeyMaterial() == keystore.TokenObjects {
+		// Checked before the version is recorded, then checked again
+		// and made a token object (keystore.Store.MakeImported).
+		objects = 3
+	}
+	assert.Equal(t, objects, f.CallsWith("C_UnwrapKey", pkcs11.CKM_RSA_AES_KEY_WRAP)-oneCall)
+	assert.Zero(t, f.CallsWith("C_UnwrapKey", pkcs11.CKM_RSA_PKCS_OAEP)-oaep, "the two halves are not taken")
+	out, err := c.GenerateMac(bg(), &awskms.GenerateMacInput{KeyId: aws.String(id), MacAlgorithm: types.MacAlgorithmSpecHmacSha256, Message: []byte("message")})
+	require.NoError(t, err)
+	m := hmac.New(sha256.New, material)
+	m.Write([]byte("message"))
+	assert.Equal(t, m.Sum(nil), out.Mac)
+}
