@@ -1,7 +1,9 @@
 package hsm
 
 import (
+	"bytes"
 	"context"
+	"crypto/ed25519"
 	"crypto/rsa"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -74,6 +76,52 @@ func ed25519SPKI(pub []byte) ([]byte, error) {
 		Algorithm: pkix.AlgorithmIdentifier{Algorithm: oidEd25519},
 		PublicKey: asn1.BitString{Bytes: pub, BitLength: 8 * len(pub)},
 	})
+}
+
+// oneAsymmetricKey is RFC 5958's OneAsymmetricKey (PKCS#8), with the
+// private key kept as the DER it is: asn1 would copy an OCTET STRING into
+// a new slice, and every copy of a seed must be cleared.
+type oneAsymmetricKey struct {
+	Version    int
+	Algorithm  pkix.AlgorithmIdentifier
+	PrivateKey asn1.RawValue
+	Attributes asn1.RawValue  `asn1:"optional,tag:0"`
+	PublicKey  asn1.BitString `asn1:"optional,tag:1"`
+}
+
+// ed25519Seed returns the 32-byte seed of der, an Ed25519 private key in
+// PKCS#8 as RFC 8410 §7 has it (version v1, or v2 with the public key,
+// which must be the seed's), as a slice of der: nothing else holds it.
+// Anything else is errNotEd25519.
+func ed25519Seed(der []byte) ([]byte, error) {
+	var k oneAsymmetricKey
+	rest, err := asn1.Unmarshal(der, &k)
+	if err != nil || len(rest) != 0 || (k.Version != 0 && k.Version != 1) ||
+		!k.Algorithm.Algorithm.Equal(oidEd25519) || len(k.Algorithm.Parameters.FullBytes) != 0 || !isOctetString(k.PrivateKey) {
+		return nil, errNotEd25519
+	}
+	var curvePrivateKey asn1.RawValue
+	rest, err = asn1.Unmarshal(k.PrivateKey.Bytes, &curvePrivateKey)
+	if err != nil || len(rest) != 0 || !isOctetString(curvePrivateKey) || len(curvePrivateKey.Bytes) != ed25519.SeedSize {
+		return nil, errNotEd25519
+	}
+	seed := curvePrivateKey.Bytes
+	if len(k.PublicKey.Bytes) != 0 || k.PublicKey.BitLength != 0 {
+		if k.Version != 1 || k.PublicKey.BitLength != 8*ed25519.PublicKeySize {
+			return nil, errNotEd25519
+		}
+		priv := ed25519.NewKeyFromSeed(seed)
+		same := bytes.Equal(priv[ed25519.SeedSize:], k.PublicKey.Bytes)
+		clear(priv)
+		if !same {
+			return nil, fmt.Errorf("%w: its public key is not its private key's", errNotEd25519)
+		}
+	}
+	return seed, nil
+}
+
+func isOctetString(v asn1.RawValue) bool {
+	return v.Class == asn1.ClassUniversal && v.Tag == asn1.TagOctetString && !v.IsCompound
 }
 
 func rsaSPKI(modulus, exponent []byte) ([]byte, error) {

@@ -1,6 +1,9 @@
 package hsm
 
 import (
+	"crypto/ed25519"
+	"crypto/x509"
+	"encoding/asn1"
 	"fmt"
 	"math/big"
 	"reflect"
@@ -19,6 +22,7 @@ type Faults struct {
 	flags  uint          // ORed into every C_GetTokenInfo answer
 	hidden map[uint]bool // mechanisms the token is made to lack
 	rsaAES bool          // EmulateRSAAESKeyWrap
+	edDSA  bool          // EmulateEdDSAUnwrap
 
 	mu     sync.Mutex
 	rules  map[string]*faultRule
@@ -61,6 +65,7 @@ func (f *Faults) Clear() {
 	f.flags = 0
 	f.hidden = nil
 	f.rsaAES = false
+	f.edDSA = false
 }
 
 // HideMechanism makes the token appear to lack mech, until Clear: it is left
@@ -120,6 +125,36 @@ func (f *Faults) emulatesRSAAES() bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.rsaAES
+}
+
+// EmulateEdDSAUnwrap makes the token unwrap Ed25519 private keys from
+// PKCS#8 and tell their public keys, which SoftHSM2 2.6.1 cannot, until
+// Clear: C_UnwrapKey into a CKK_EC_EDWARDS private key template unwraps,
+// with the same mechanism, into a readable session secret on the token
+// beneath, reads and destroys it, and makes the key with C_CreateObject,
+// CKA_PUBLIC_KEY_INFO set. PKCS#8 that is not Ed25519 answers
+// CKR_TEMPLATE_INCONSISTENT. The material passes through this wrapper:
+// test support only.
+func (f *Faults) EmulateEdDSAUnwrap() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.edDSA = true
+}
+
+func (f *Faults) emulatesEdDSA(a []*pkcs11.Attribute) bool {
+	f.mu.Lock()
+	on := f.edDSA
+	f.mu.Unlock()
+	var class, keyType uint
+	for _, x := range a {
+		switch x.Type {
+		case pkcs11.CKA_CLASS:
+			class = ulong(x.Value)
+		case pkcs11.CKA_KEY_TYPE:
+			keyType = ulong(x.Value)
+		}
+	}
+	return on && class == pkcs11.CKO_PRIVATE_KEY && keyType == ckkECEdwards
 }
 
 // Stall holds every call of the Cryptoki function call (e.g. "C_Encrypt")
@@ -307,10 +342,54 @@ func (f *Faults) UnwrapKey(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, unwra
 	if err := f.hit("C_UnwrapKey"); err != nil {
 		return 0, err
 	}
-	if len(m) == 1 && m[0].Mechanism == pkcs11.CKM_RSA_AES_KEY_WRAP && f.emulatesRSAAES() {
-		return f.unwrapRSAAES(sh, m[0], unwrappingkey, wrappedkey, a)
+	if f.emulatesEdDSA(a) {
+		return f.unwrapEdDSA(sh, m, unwrappingkey, wrappedkey, a)
 	}
-	return f.next.UnwrapKey(sh, m, unwrappingkey, wrappedkey, a)
+	return f.unwrap(sh, m, unwrappingkey, wrappedkey, a)
+}
+
+// unwrap is C_UnwrapKey past the counting and the failures.
+func (f *Faults) unwrap(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, key pkcs11.ObjectHandle, wrapped []byte, a []*pkcs11.Attribute) (pkcs11.ObjectHandle, error) {
+	if len(m) == 1 && m[0].Mechanism == pkcs11.CKM_RSA_AES_KEY_WRAP && f.emulatesRSAAES() {
+		return f.unwrapRSAAES(sh, m[0], key, wrapped, a)
+	}
+	return f.next.UnwrapKey(sh, m, key, wrapped, a)
+}
+
+// unwrapEdDSA is an unwrap into an Ed25519 private key (see
+// EmulateEdDSAUnwrap).
+func (f *Faults) unwrapEdDSA(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, key pkcs11.ObjectHandle, wrapped []byte, a []*pkcs11.Attribute) (pkcs11.ObjectHandle, error) {
+	g, err := f.unwrap(sh, m, key, wrapped, []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_GENERIC_SECRET),
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false),
+		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, false),
+		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, true),
+	})
+	if err != nil {
+		return 0, err
+	}
+	v, err := f.next.GetAttributeValue(sh, g, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_VALUE, nil)})
+	if derr := f.next.DestroyObject(sh, g); err == nil {
+		err = derr
+	}
+	if err != nil {
+		return 0, err
+	}
+	k, err := x509.ParsePKCS8PrivateKey(v[0].Value)
+	priv, ok := k.(ed25519.PrivateKey)
+	if err != nil || !ok {
+		return 0, pkcs11.Error(pkcs11.CKR_TEMPLATE_INCONSISTENT)
+	}
+	spki, err := x509.MarshalPKIXPublicKey(priv.Public())
+	if err != nil {
+		return 0, err
+	}
+	oid, _ := asn1.Marshal(oidEd25519)
+	return f.next.CreateObject(sh, append(append([]*pkcs11.Attribute(nil), a...),
+		pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, oid),
+		pkcs11.NewAttribute(pkcs11.CKA_VALUE, priv.Seed()),
+		pkcs11.NewAttribute(pkcs11.CKA_PUBLIC_KEY_INFO, spki)))
 }
 
 // unwrapRSAAES is CKM_RSA_AES_KEY_WRAP's unwrap (PKCS#11 v2.40 §2.1.21)

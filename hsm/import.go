@@ -65,6 +65,10 @@ import (
 // and cleared from memory. For RSA_AES_KEY_WRAP that is the ephemeral AES
 // key only, never the material; for RSAES_OAEP it is the material itself,
 // for the few microseconds between C_Decrypt and C_CreateObject.
+//
+// Ed25519 material goes the same ways to a token that can unwrap an
+// Ed25519 key; import_ed25519.go says what passes through this process on
+// one that cannot (SoftHSM2 2.6.1).
 type ImportAlgorithm struct {
 	Hash       crypto.Hash // SHA-1 or SHA-256, for OAEP and MGF1
 	AESKeyWrap bool        // RSA_AES_KEY_WRAP_*: an ephemeral AES key, then RFC 5649
@@ -238,6 +242,13 @@ func ephemeralAESTemplate() []*pkcs11.Attribute {
 		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
 		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false),
 	}, UsageUnwrap.attributes()...)
+}
+
+// ephemeralKWPTemplate is a fresh ephemeral key E to generate: a session
+// AES-256 key that wraps and unwraps, for material made on the token.
+func ephemeralKWPTemplate() []*pkcs11.Attribute {
+	return append(append(ephemeralAESTemplate()[:6:6], (UsageWrap|UsageUnwrap).attributes()...),
+		pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, 32))
 }
 
 // ImportTarget is what ImportMaterial makes of the material.
@@ -415,9 +426,7 @@ func (t *Token) oaepToKWP(s pkcs11.SessionHandle, hk pkcs11.ObjectHandle, hash c
 	if err != nil {
 		return 0, nil, err
 	}
-	etmpl := append(ephemeralAESTemplate()[:6:6], (UsageWrap | UsageUnwrap).attributes()...)
-	etmpl = append(etmpl, pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, 32))
-	e, err := t.p11.GenerateKey(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, etmpl)
+	e, err := t.p11.GenerateKey(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, ephemeralKWPTemplate())
 	if err != nil {
 		return 0, nil, t.destroyOn(s, wrap("C_GenerateKey", err), g)
 	}
@@ -506,29 +515,21 @@ func (t *Token) kwpUnwrap(s pkcs11.SessionHandle, e pkcs11.ObjectHandle, w []byt
 // wrappedLen bytes wrapped with RFC 5649 (what the size checks of secret
 // keys read).
 func (t *Token) importWith(s pkcs11.SessionHandle, unwrap unwrapFunc, wrappedLen int, target ImportTarget) (Imported, error) {
-	kwp := []*pkcs11.Mechanism{pkcs11.NewMechanism(ckmAESKeyWrapPad, nil)}
 	spec := target.Spec
-	// The check object: a session object with what the checks need, and
-	// extractable if it is to be wrapped under a domain key.
+	if spec.Pair == Ed25519 {
+		onToken, err := t.edUnwrapsOnToken(s)
+		if err != nil {
+			return Imported{}, err
+		}
+		if !onToken {
+			return t.importEd25519Seed(s, unwrap, target)
+		}
+	}
 	wrapped := target.Wrapping.Class != 0
-	checkUsage := UsageEncrypt
-	switch {
-	case spec.HMACBits != 0:
-		checkUsage = UsageSign
-	case spec.Pair != 0 && spec.Pair.curve() != nil:
-		checkUsage = UsageSign | UsageDerive
-	case spec.Pair != 0:
-		checkUsage = 0
-	}
-	tmpl := unwrapTemplateFor(spec, checkUsage, wrapped, target.Trusted)
-	if spec.HMACBits != 0 { // unwrapTemplateFor gives HMAC keys sign and verify
-		tmpl = unwrapTemplateFor(spec, 0, wrapped, target.Trusted)
-	}
-	tmpl = withUsages(tmpl, spec, checkUsage)
 	// A private key the token cannot parse from a blob that unwraps is
 	// the material's fault, but tokens do not say which: both are the
 	// blob's (ErrInvalidCiphertext), as AWS answers.
-	c, err := unwrap(tmpl)
+	c, err := unwrap(checkTemplate(target))
 	if err != nil {
 		return Imported{}, err
 	}
@@ -538,18 +539,11 @@ func (t *Token) importWith(s pkcs11.SessionHandle, unwrap unwrapFunc, wrappedLen
 		if err != nil {
 			return err
 		}
-		sum := sha256.Sum256(append([]byte("hsmkms imported material check v1\x00"), check...))
-		out.Check = sum[:]
-		out.PublicKey = pub
+		out.Check, out.PublicKey = checkValue(check), pub
 		if wrapped {
-			hw, err := t.handle(s, target.Wrapping)
-			if err != nil {
-				return err
-			}
-			out.Key, err = t.p11.WrapKey(s, kwp, hw, c)
-			return wrapError("C_WrapKey", err)
+			out.Key, err = t.wrapImported(s, target.Wrapping, c)
 		}
-		return nil
+		return err
 	}()
 	if err := t.destroyOn(s, err, c); err != nil {
 		return Imported{}, err
@@ -557,32 +551,80 @@ func (t *Token) importWith(s pkcs11.SessionHandle, unwrap unwrapFunc, wrappedLen
 	if wrapped || target.IDPrefix == nil {
 		return out, nil
 	}
-	// Token objects, each made straight from w with its final template.
+	// Token objects, each made straight from the blob with its final
+	// template.
+	return out, t.makeImported(s, unwrap, target, out)
+}
+
+// checkTemplate is the template of the check object of target's
+// material: a session object with what the checks need, and extractable
+// if it is to be wrapped under a domain key.
+func checkTemplate(target ImportTarget) []*pkcs11.Attribute {
+	spec := target.Spec
+	checkUsage := UsageEncrypt
+	switch {
+	case spec.HMACBits != 0:
+		checkUsage = UsageSign
+	case spec.Pair == Ed25519:
+		checkUsage = UsageSign
+	case spec.Pair != 0 && spec.Pair.curve() != nil:
+		checkUsage = UsageSign | UsageDerive
+	case spec.Pair != 0:
+		checkUsage = 0
+	}
+	wrapped := target.Wrapping.Class != 0
+	tmpl := unwrapTemplateFor(spec, checkUsage, wrapped, target.Trusted)
+	if spec.HMACBits != 0 { // unwrapTemplateFor gives HMAC keys sign and verify
+		tmpl = unwrapTemplateFor(spec, 0, wrapped, target.Trusted)
+	}
+	return withUsages(tmpl, spec, checkUsage)
+}
+
+// checkValue is Imported.Check of what the token computed with the
+// material (see checkImported).
+func checkValue(check []byte) []byte {
+	sum := sha256.Sum256(append([]byte("hsmkms imported material check v1\x00"), check...))
+	return sum[:]
+}
+
+// wrapImported wraps c, the check object, under the domain key wrapping.
+func (t *Token) wrapImported(s pkcs11.SessionHandle, wrapping ObjectRef, c pkcs11.ObjectHandle) ([]byte, error) {
+	hw, err := t.handle(s, wrapping)
+	if err != nil {
+		return nil, err
+	}
+	w, err := t.p11.WrapKey(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(ckmAESKeyWrapPad, nil)}, hw, c)
+	return w, wrapError("C_WrapKey", err)
+}
+
+// makeImported makes target's token objects: the key (a pair's private
+// key) by create with its final template, and a pair's public key from
+// imported.PublicKey. Nothing is left if it fails.
+func (t *Token) makeImported(s pkcs11.SessionHandle, create unwrapFunc, target ImportTarget, imported Imported) error {
+	spec := target.Spec
 	ftmpl := unwrapTemplateFor(spec, target.Usage, false, false)
 	ftmpl = setAttr(ftmpl, pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true))
-	id := append(append([]byte(nil), target.IDPrefix...), out.Check...)
+	id := append(append([]byte(nil), target.IDPrefix...), imported.Check...)
 	ftmpl = append(ftmpl, pkcs11.NewAttribute(pkcs11.CKA_ID, id), pkcs11.NewAttribute(pkcs11.CKA_LABEL, target.Label))
-	h, err := unwrap(ftmpl)
+	h, err := create(ftmpl)
+	if err != nil || spec.Pair == 0 {
+		return err
+	}
+	ptmpl, err := publicKeyTemplate(imported.PublicKey)
 	if err != nil {
-		return Imported{}, err
+		_ = t.p11.DestroyObject(s, h)
+		return err
 	}
-	if spec.Pair != 0 {
-		ptmpl, err := publicKeyTemplate(out.PublicKey)
-		if err != nil {
-			_ = t.p11.DestroyObject(s, h)
-			return Imported{}, err
-		}
-		ptmpl = append(ptmpl, pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true), pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
-			pkcs11.NewAttribute(pkcs11.CKA_ID, id), pkcs11.NewAttribute(pkcs11.CKA_LABEL, target.Label))
-		for _, a := range publicUsages {
-			ptmpl = append(ptmpl, pkcs11.NewAttribute(a.attr, a.u != 0 && target.Usage&a.u != 0))
-		}
-		if _, err := t.p11.CreateObject(s, ptmpl); err != nil {
-			_ = t.p11.DestroyObject(s, h)
-			return Imported{}, wrap("C_CreateObject", err)
-		}
+	ptmpl = append(ptmpl, pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true), pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_ID, id), pkcs11.NewAttribute(pkcs11.CKA_LABEL, target.Label))
+	for _, a := range publicUsages {
+		ptmpl = append(ptmpl, pkcs11.NewAttribute(a.attr, a.u != 0 && target.Usage&a.u != 0))
 	}
-	return out, nil
+	if _, err := t.p11.CreateObject(s, ptmpl); err != nil {
+		_ = t.p11.DestroyObject(s, h)
+		return wrap("C_CreateObject", err)
+	}
+	return nil
 }
 
 // setAttr replaces (or adds) a's type in tmpl.
@@ -662,6 +704,13 @@ func (t *Token) checkImported(s pkcs11.SessionHandle, c pkcs11.ObjectHandle, spe
 		pub, err := rsaSPKI(a[1].Value, a[2].Value)
 		if err != nil {
 			return nil, nil, fmt.Errorf("%w: %w", ErrIncorrectMaterial, err)
+		}
+		return append(append([]byte(nil), data...), pub...), pub, nil
+	}
+	if spec.Pair == Ed25519 {
+		pub, err := t.edPublicOfPrivate(s, c)
+		if err != nil {
+			return nil, nil, err
 		}
 		return append(append([]byte(nil), data...), pub...), pub, nil
 	}

@@ -4,6 +4,7 @@ import (
 	"crypto"
 	"crypto/aes"
 	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/hmac"
 	"crypto/rand"
@@ -11,6 +12,7 @@ import (
 	"crypto/sha1"
 	"crypto/sha256"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"hash"
 	"testing"
@@ -312,4 +314,133 @@ func otherImportKey(t *testing.T, tok *hsm.Token) []byte {
 	info, err := tok.GenerateImportKey(ctx(t), random(8), "other import key", 2048, hsm.ImportAlgorithm{Hash: crypto.SHA1, AESKeyWrap: true})
 	require.NoError(t, err)
 	return info.PublicKey
+}
+
+// TestImportEd25519 imports Ed25519 material (RFC 8410 PKCS#8) by every
+// algorithm, on SoftHSM2 2.6.1 as it is (it cannot unwrap an Ed25519 key:
+// the seed passes through the process) and with Faults emulating a token
+// that can (nothing is read), and checks the token holds that key: the
+// public key is the known one and its signatures verify under it.
+func TestImportEd25519(t *testing.T) {
+	t.Parallel()
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	require.NoError(t, err)
+	der, err := x509.MarshalPKCS8PrivateKey(priv)
+	require.NoError(t, err)
+	require.Len(t, der, 48)
+	spki, err := x509.MarshalPKIXPublicKey(pub)
+	require.NoError(t, err)
+	ec, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	ecDER, _ := x509.MarshalPKCS8PrivateKey(ec)
+	checkData := random(32)
+	algs := map[string]struct {
+		alg  hsm.ImportAlgorithm
+		hash func() hash.Hash
+	}{
+		"RSAES_OAEP_SHA_1":         {hsm.ImportAlgorithm{Hash: crypto.SHA1}, sha1.New},
+		"RSAES_OAEP_SHA_256":       {hsm.ImportAlgorithm{Hash: crypto.SHA256}, sha256.New},
+		"RSA_AES_KEY_WRAP_SHA_1":   {hsm.ImportAlgorithm{Hash: crypto.SHA1, AESKeyWrap: true}, sha1.New},
+		"RSA_AES_KEY_WRAP_SHA_256": {hsm.ImportAlgorithm{Hash: crypto.SHA256, AESKeyWrap: true}, sha256.New},
+	}
+	for _, onToken := range []bool{false, true} {
+		name := "in the process"
+		if onToken {
+			name = "on the token"
+		}
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			var f *hsm.Faults
+			tok, _ := open(t, func(p hsm.PKCS11) hsm.PKCS11 {
+				f = hsm.NewFaults(p)
+				if onToken {
+					f.EmulateEdDSAUnwrap()
+				}
+				return f
+			}, 4)
+			wrapping, _ := wrappingKey(t, tok, "ed25519-domain-key")
+			keys := map[string][]byte{}
+			for name, a := range algs {
+				info, err := tok.GenerateImportKey(ctx(t), []byte("ed-import-"+name), "import", 2048, a.alg)
+				require.NoError(t, err)
+				keys[name] = info.PublicKey
+			}
+			importAs := func(name string, material []byte, target hsm.ImportTarget) (hsm.Imported, error) {
+				a := algs[name]
+				target.Spec, target.Usage, target.CheckData = hsm.MaterialSpec{Pair: hsm.Ed25519}, hsm.UsageSign, checkData
+				return tok.ImportMaterial(ctx(t), hsm.PrivateKeyByID([]byte("ed-import-"+name)), a.alg,
+					hsmtest.WrapForImport(keys[name], a.hash, a.alg.AESKeyWrap, material), target)
+			}
+
+			// The token is asked once (with a throwaway key it wraps).
+			for i := range 2 {
+				wraps, objects := f.Calls("C_WrapKey"), sessionObjects(t, tok)
+				got, err := importAs("RSA_AES_KEY_WRAP_SHA_1", der, hsm.ImportTarget{})
+				require.NoError(t, err)
+				assert.Equal(t, importCheck(checkData, spki), got.Check)
+				assert.Equal(t, spki, got.PublicKey)
+				assert.Equal(t, 1-i, f.Calls("C_WrapKey")-wraps, "import %d", i)
+				assert.Equal(t, objects, sessionObjects(t, tok), "nothing is left on the token")
+			}
+
+			for name := range algs {
+				t.Run(name, func(t *testing.T) {
+					got, err := importAs(name, der, hsm.ImportTarget{})
+					require.NoError(t, err)
+					assert.Equal(t, importCheck(checkData, spki), got.Check, "the check value is the known public key's")
+					assert.Equal(t, spki, got.PublicKey)
+
+					prefix := []byte("ed-" + name)
+					creates := f.Calls("C_CreateObject")
+					made, err := importAs(name, der, hsm.ImportTarget{IDPrefix: prefix, Label: "imported"})
+					require.NoError(t, err)
+					// The public key is made from what the check found; the
+					// private key too where the token cannot unwrap it; and
+					// what OAEP with SHA-256 decodes here on SoftHSM2.
+					want := 2
+					if onToken {
+						want = 1
+					}
+					if algs[name].alg.Hash == crypto.SHA256 {
+						want++
+					}
+					assert.Equal(t, want, f.Calls("C_CreateObject")-creates)
+					assert.Equal(t, got.Check, made.Check)
+					id := append(prefix, made.Check...)
+					attrs, err := tok.Attributes(ctx(t), hsm.PrivateKeyByID(id), pkcs11.CKA_TOKEN, pkcs11.CKA_SENSITIVE, pkcs11.CKA_EXTRACTABLE,
+						pkcs11.CKA_SIGN, pkcs11.CKA_DERIVE, pkcs11.CKA_DECRYPT, pkcs11.CKA_UNWRAP)
+					require.NoError(t, err)
+					for i, want := range []byte{1, 1, 0, 1, 0, 0, 0} {
+						assert.Equal(t, []byte{want}, attrs[i].Value, "attribute 0x%X", attrs[i].Type)
+					}
+					sig, err := tok.Sign(ctx(t), hsm.PrivateKeyByID(id), hsm.EdDSA, crypto.SHA512, []byte("message"))
+					require.NoError(t, err)
+					assert.True(t, ed25519.Verify(pub, []byte("message"), sig), "the token signs with the imported key")
+					pubOnToken, err := tok.PublicKeyDER(ctx(t), hsm.PublicKeyByID(id))
+					require.NoError(t, err)
+					assert.Equal(t, spki, pubOnToken)
+
+					// SoftHSM2 2.6.1 wraps no Ed25519 key: keystore holds
+					// such keys as token objects.
+					_, err = importAs(name, der, hsm.ImportTarget{Wrapping: wrapping})
+					assert.ErrorIs(t, err, hsm.ErrNotWrappable)
+
+					bad := hsmtest.WrapForImport(keys[name], algs[name].hash, algs[name].alg.AESKeyWrap, der)
+					bad[5] ^= 1
+					_, err = tok.ImportMaterial(ctx(t), hsm.PrivateKeyByID([]byte("ed-import-"+name)), algs[name].alg, bad,
+						hsm.ImportTarget{Spec: hsm.MaterialSpec{Pair: hsm.Ed25519}, Usage: hsm.UsageSign, CheckData: checkData})
+					assert.ErrorIs(t, err, hsm.ErrInvalidCiphertext)
+
+					_, err = importAs(name, ecDER, hsm.ImportTarget{})
+					if onToken {
+						// The token refuses to make an Ed25519 key of it,
+						// as it refuses any blob it cannot parse.
+						assert.True(t, errors.Is(err, hsm.ErrInvalidCiphertext) || errors.Is(err, hsm.ErrIncorrectMaterial), "%v", err)
+					} else {
+						assert.ErrorIs(t, err, hsm.ErrIncorrectMaterial, "a P-256 key is not Ed25519 material")
+					}
+				})
+			}
+		})
+	}
 }

@@ -31,6 +31,9 @@ type mechCache struct {
 
 	edPhMu sync.Mutex
 	edPh   int // 0 not yet probed, edPhHonoured or edPhIgnored
+
+	edUnwrapMu sync.Mutex
+	edUnwrap   int // 0 not yet probed, edUnwrapOnToken or edUnwrapInProcess (import_ed25519.go)
 }
 
 const (

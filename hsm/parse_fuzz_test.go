@@ -3,7 +3,14 @@ package hsm
 import (
 	"bytes"
 	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/asn1"
+	"errors"
 	"math/big"
 	"testing"
 
@@ -108,6 +115,98 @@ func FuzzPublicKeyTemplate(f *testing.F) {
 		}
 		if len(tmpl) < 3 || ulong(tmpl[0].Value) != pkcs11.CKO_PUBLIC_KEY {
 			t.Fatalf("template without class and key type: %v", tmpl)
+		}
+	})
+}
+
+// ed25519PKCS8 is der's RFC 5958 form with version and public key set.
+func ed25519PKCS8(t testing.TB, version int, seed, pub []byte) []byte {
+	inner, _ := asn1.Marshal(seed)
+	outer, _ := asn1.Marshal(inner)
+	k := oneAsymmetricKey{Version: version, Algorithm: pkix.AlgorithmIdentifier{Algorithm: oidEd25519}, PrivateKey: asn1.RawValue{FullBytes: outer}}
+	if pub != nil {
+		k.PublicKey = asn1.BitString{Bytes: pub, BitLength: 8 * len(pub)}
+	}
+	der, err := asn1.Marshal(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return der
+}
+
+// TestEd25519Seed: the seed of RFC 8410 PKCS#8, v1 or v2, and nothing
+// from anything else.
+func TestEd25519Seed(t *testing.T) {
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seed := priv.Seed()
+	goV1, _ := x509.MarshalPKCS8PrivateKey(priv)
+	ec, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ecDER, _ := x509.MarshalPKCS8PrivateKey(ec)
+	otherPub, _, _ := ed25519.GenerateKey(rand.Reader)
+	inner, _ := asn1.Marshal(seed)
+	outer, _ := asn1.Marshal(inner)
+	withParams, _ := asn1.Marshal(oneAsymmetricKey{Algorithm: pkix.AlgorithmIdentifier{Algorithm: oidEd25519, Parameters: asn1.NullRawValue},
+		PrivateKey: asn1.RawValue{FullBytes: outer}})
+	for name, tc := range map[string]struct {
+		der []byte
+		ok  bool
+	}{
+		"Go's v1":                      {goV1, true},
+		"v1 built here":                {ed25519PKCS8(t, 0, seed, nil), true},
+		"v2 with its public key":       {ed25519PKCS8(t, 1, seed, pub), true},
+		"v2 without a public key":      {ed25519PKCS8(t, 1, seed, nil), true},
+		"v2 with another public key":   {ed25519PKCS8(t, 1, seed, otherPub), false},
+		"v1 with a public key":         {ed25519PKCS8(t, 0, seed, pub), false},
+		"version 2":                    {ed25519PKCS8(t, 2, seed, nil), false},
+		"short seed":                   {ed25519PKCS8(t, 0, seed[:31], nil), false},
+		"trailing bytes":               {append(append([]byte(nil), goV1...), 0), false},
+		"P-256 key":                    {ecDER, false},
+		"algorithm with parameters":    {withParams, false},
+		"the seed alone":               {seed, false},
+		"empty":                        {nil, false},
+		"public key of the wrong size": {ed25519PKCS8(t, 1, seed, pub[:31]), false},
+	} {
+		t.Run(name, func(t *testing.T) {
+			got, err := ed25519Seed(tc.der)
+			if !tc.ok {
+				if !errors.Is(err, ErrIncorrectMaterial) {
+					t.Fatalf("want ErrIncorrectMaterial, got %v", err)
+				}
+				return
+			}
+			if err != nil || !bytes.Equal(got, seed) {
+				t.Fatalf("got %x, %v", got, err)
+			}
+		})
+	}
+}
+
+// FuzzEd25519Seed: a seed comes only out of Ed25519 PKCS#8, is 32 bytes
+// of the input, and is the seed Go's crypto/x509 reads where it reads one.
+func FuzzEd25519Seed(f *testing.F) {
+	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
+	goV1, _ := x509.MarshalPKCS8PrivateKey(priv)
+	f.Add(goV1)
+	f.Add(ed25519PKCS8(f, 1, priv.Seed(), pub))
+	f.Add(ed25519PKCS8(f, 1, priv.Seed(), make([]byte, 32)))
+	f.Fuzz(func(t *testing.T, der []byte) {
+		seed, err := ed25519Seed(der)
+		if err != nil {
+			if !errors.Is(err, ErrIncorrectMaterial) {
+				t.Fatalf("not ErrIncorrectMaterial: %v", err)
+			}
+			return
+		}
+		if len(seed) != ed25519.SeedSize || !bytes.Contains(der, seed) {
+			t.Fatalf("seed %x of %x", seed, der)
+		}
+		if k, err := x509.ParsePKCS8PrivateKey(der); err == nil {
+			if e, ok := k.(ed25519.PrivateKey); !ok || !bytes.Equal(e.Seed(), seed) {
+				t.Fatalf("crypto/x509 reads %T from %x", k, der)
+			}
 		}
 	})
 }
