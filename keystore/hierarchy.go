@@ -143,6 +143,14 @@ type hierarchy struct {
 	notWrappable sync.Map
 }
 
+// refuseWrapping records that the token of the store storeID refused to
+// wrap material of spec: from now on it is made as token objects.
+func (h *hierarchy) refuseWrapping(storeID string, spec Spec) {
+	if _, known := h.notWrappable.LoadOrStore(spec, struct{}{}); !known {
+		h.log.Warn("the token cannot wrap this kind of key; its keys are made as token objects", "store", storeName(storeID), "spec", spec.String())
+	}
+}
+
 type domainKey struct {
 	id      string
 	state   string

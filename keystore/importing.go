@@ -135,9 +135,10 @@ func importCheckData(keyID [KeyIDSize]byte) []byte {
 //
 // In a store that makes material wrapped, the material comes back wrapped
 // under the ACTIVE domain key and nothing is left on the token; otherwise
-// (and for a spec the token cannot wrap) nothing is made yet: kms records
-// the version first, as for Generate, and MakeImported makes its token
-// objects.
+// (and for a spec the token cannot wrap: Ed25519 on SoftHSM2 2.6.1, learnt
+// by NewMaterial or by the first such import) nothing is made yet: kms
+// records the version first, as for Generate, and MakeImported makes its
+// token objects.
 //
 // ErrInvalidCiphertext: the blob does not unwrap; ErrIncorrectMaterial:
 // it holds no material of spec; ErrMaterialNotFound: no such import key.
@@ -178,6 +179,13 @@ func (s *Store) ImportMaterial(ctx context.Context, keyID [KeyIDSize]byte, spec 
 			out, err = run()
 			return err
 		})
+		if errors.Is(err, hsm.ErrNotWrappable) {
+			// Learnt here rather than by NewMaterial: held as token
+			// objects from now on, this import included.
+			h.refuseWrapping(s.id, spec)
+			dk, target.Wrapping, target.Trusted = nil, hsm.ObjectRef{}, false
+			out, err = run()
+		}
 	} else {
 		out, err = run()
 	}

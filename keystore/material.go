@@ -237,8 +237,7 @@ func (s *Store) NewMaterial(ctx context.Context, keyID [KeyIDSize]byte, spec Spe
 	}
 	m.wrapped, m.domainKey, err = h.wrapNewMaterial(ctx, spec, usage)
 	if errors.Is(err, hsm.ErrNotWrappable) {
-		h.notWrappable.Store(spec, struct{}{})
-		h.log.Warn("the token cannot wrap this kind of key; its keys are made as token objects", "store", storeName(s.id), "spec", spec.String())
+		h.refuseWrapping(s.id, spec)
 		m.wrapped, m.domainKey = nil, ""
 		return m, nil
 	}
