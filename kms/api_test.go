@@ -81,8 +81,6 @@ func TestCreateKeyUnsupportedInputs(t *testing.T) {
 	requireAPIError(t, err, "UnsupportedOperationException", "ML-DSA keys are not supported by hsmkms: PKCS#11 2.40 defines no ML-DSA mechanism.")
 	_, err = c.CreateKey(bg(), &awskms.CreateKeyInput{MultiRegion: aws.Bool(true), CustomKeyStoreId: aws.String("cks-1234567890abcdef0"), Origin: types.OriginTypeAwsCloudhsm})
 	requireAPIError(t, err, "UnsupportedOperationException", "You cannot create a multi-Region key in a custom key store.")
-	_, err = c.CreateKey(bg(), &awskms.CreateKeyInput{Origin: types.OriginTypeExternal, KeySpec: types.KeySpecEccNistEdwards25519, KeyUsage: types.KeyUsageTypeSignVerify})
-	requireAPIError(t, err, "UnsupportedOperationException", "Importing ECC_NIST_EDWARDS25519 key material is not supported by hsmkms.")
 	_, err = c.CreateKey(bg(), &awskms.CreateKeyInput{CustomKeyStoreId: aws.String("cks-1234567890abcdef0"), Origin: types.OriginTypeExternal})
 	requireAPIError(t, err, "UnsupportedOperationException", "")
 	_, err = c.CreateKey(bg(), &awskms.CreateKeyInput{CustomKeyStoreId: aws.String("cks-1234567890abcdef0"), Origin: types.OriginTypeAwsCloudhsm})

@@ -3,6 +3,7 @@ package kms_test
 import (
 	"crypto"
 	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/hmac"
 	"crypto/rand"
@@ -249,6 +250,59 @@ func TestImportEverySpecAndAlgorithm(t *testing.T) {
 				require.NoError(t, err, "the same material again")
 			})
 		}
+	}
+
+	// Ed25519 (RFC 8410 PKCS#8, 48 bytes: RSAES_OAEP carries it with any
+	// wrapping key spec). SoftHSM2 2.6.1 can neither unwrap nor wrap an
+	// Ed25519 key: hsm reads the seed for microseconds, and the key is
+	// held as token objects even where the store holds material wrapped.
+	for _, alg := range oaepAndAES {
+		t.Run("ECC_NIST_EDWARDS25519/"+string(alg), func(t *testing.T) {
+			t.Parallel()
+			pub, priv, err := ed25519.GenerateKey(rand.Reader)
+			require.NoError(t, err)
+			der, _ := x509.MarshalPKCS8PrivateKey(priv)
+			spki, _ := x509.MarshalPKIXPublicKey(pub)
+			id := createExternal(t, c, types.KeySpecEccNistEdwards25519, types.KeyUsageTypeSignVerify)
+			first, err := importMaterial(t, c, id, alg, types.WrappingKeySpecRsa2048, der, nil)
+			require.NoError(t, err)
+			signs := func(t *testing.T) {
+				t.Helper()
+				gp, err := c.GetPublicKey(bg(), &awskms.GetPublicKeyInput{KeyId: aws.String(id)})
+				require.NoError(t, err)
+				assert.Equal(t, spki, gp.PublicKey, "the public key is the imported key's")
+				assert.Equal(t, types.KeySpecEccNistEdwards25519, gp.KeySpec)
+				sig, err := c.Sign(bg(), &awskms.SignInput{KeyId: aws.String(id), Message: []byte("signed"), MessageType: types.MessageTypeRaw,
+					SigningAlgorithm: types.SigningAlgorithmSpecEd25519Sha512})
+				require.NoError(t, err)
+				assert.True(t, ed25519.Verify(pub, []byte("signed"), sig.Signature), "the signature verifies with the known public key")
+			}
+			signs(t)
+			again, err := importMaterial(t, c, id, alg, types.WrappingKeySpecRsa3072, der, nil)
+			require.NoError(t, err, "the same material again")
+			assert.Equal(t, *first.KeyMaterialId, *again.KeyMaterialId)
+
+			_, other, _ := ed25519.GenerateKey(rand.Reader)
+			otherDER, _ := x509.MarshalPKCS8PrivateKey(other)
+			_, err = importMaterial(t, c, id, alg, types.WrappingKeySpecRsa2048, otherDER, nil)
+			requireAPIError(t, err, "IncorrectKeyMaterialException", "")
+			ec, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+			ecDER, _ := x509.MarshalPKCS8PrivateKey(ec)
+			_, err = importMaterial(t, c, id, alg, types.WrappingKeySpecRsa2048, ecDER, nil)
+			requireAPIError(t, err, "IncorrectKeyMaterialException", "")
+
+			_, err = c.DeleteImportedKeyMaterial(bg(), &awskms.DeleteImportedKeyMaterialInput{KeyId: aws.String(id)})
+			require.NoError(t, err)
+			_, err = c.Sign(bg(), &awskms.SignInput{KeyId: aws.String(id), Message: []byte("signed"), MessageType: types.MessageTypeRaw,
+				SigningAlgorithm: types.SigningAlgorithmSpecEd25519Sha512})
+			requireAPIError(t, err, "KMSInvalidStateException", "")
+			_, err = importMaterial(t, c, id, alg, types.WrappingKeySpecRsa2048, otherDER, nil)
+			requireAPIError(t, err, "IncorrectKeyMaterialException", "")
+			again, err = importMaterial(t, c, id, alg, types.WrappingKeySpecRsa2048, der, nil)
+			require.NoError(t, err, "deleted, the same material again")
+			assert.Equal(t, *first.KeyMaterialId, *again.KeyMaterialId)
+			signs(t)
+		})
 	}
 }
 

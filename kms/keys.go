@@ -231,8 +231,6 @@ func (s *Service) CreateKey(ctx context.Context, r *Request, in *CreateKeyInput)
 		// it once, wrapped (sharedMaterials); as token objects, one key's
 		// import would make objects another's deletion destroys.
 		return nil, wire.Errorf(wire.UnsupportedOperation, "Multi-Region keys with imported key material (Origin EXTERNAL) need the default key store to hold key material wrapped (key_material: wrapped); this deployment's holds it as token objects.")
-	case origin == originExternal && spec == "ECC_NIST_EDWARDS25519":
-		return nil, wire.Errorf(wire.UnsupportedOperation, "Importing ECC_NIST_EDWARDS25519 key material is not supported by hsmkms.")
 	case origin != originAWSKMS && origin != originExternal:
 		return nil, wire.Errorf(wire.UnsupportedOperation, "Origin %s is not supported by hsmkms.", origin)
 	case ksp.unsupported != "":

@@ -2,6 +2,7 @@ package kms_test
 
 import (
 	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
@@ -305,4 +306,24 @@ func TestMultiRegionImportedNeedsWrappedMaterial(t *testing.T) {
 	e := newEnvWith(t, func(e *env) { e.material.Mode = keystore.TokenObjects })
 	_, err := e.admin().CreateKey(bg(), &awskms.CreateKeyInput{Origin: types.OriginTypeExternal, MultiRegion: aws.Bool(true)})
 	requireAPIError(t, err, "UnsupportedOperationException", "Multi-Region keys with imported key material (Origin EXTERNAL) need the default key store to hold key material wrapped (key_material: wrapped); this deployment's holds it as token objects.")
+}
+
+// TestMultiRegionImportedEd25519: a token that cannot wrap Ed25519 keys
+// (SoftHSM2 2.6.1) holds them as token objects even in a store that holds
+// material wrapped, and so refuses their import into multi-Region keys,
+// after unwrapping and before anything is made or recorded.
+func TestMultiRegionImportedEd25519(t *testing.T) {
+	t.Parallel()
+	e := newEnvWith(t, func(e *env) { e.material.Mode = keystore.Wrapped })
+	a := e.admin()
+	id := e.createExternalMRK(a, types.KeySpecEccNistEdwards25519, types.KeyUsageTypeSignVerify)
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	require.NoError(t, err)
+	der, _ := x509.MarshalPKCS8PrivateKey(priv)
+	_, err = importMaterial(t, a, id, types.AlgorithmSpecRsaAesKeyWrapSha256, types.WrappingKeySpecRsa2048, der, nil)
+	requireAPIError(t, err, "UnsupportedOperationException", "The default key store holds ECC_NIST_EDWARDS25519 key material as token objects, not wrapped: multi-Region keys cannot import it.")
+	assert.Equal(t, types.KeyStatePendingImport, describe(t, a, id).KeyState)
+	e.restart()
+	assert.Empty(t, e.report.OrphanObjects)
+	assert.Empty(t, e.report.AbandonedRotations)
 }
