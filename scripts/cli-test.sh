@@ -419,6 +419,21 @@ aws kms rotate-key-on-demand --key-id "$ikey" > /dev/null
 aws kms decrypt --ciphertext-blob "fileb://$dir/iblob" --query Plaintext --output text | base64 -d > "$dir/iback"
 cmp -s "$dir/plain" "$dir/iback" || fail "after rotation the old ciphertext decrypts to different plaintext"
 
+step "import key material: an ECC_NIST_EDWARDS25519 key from openssl genpkey -algorithm ed25519"
+ikey=$(aws kms create-key --origin EXTERNAL --key-spec ECC_NIST_EDWARDS25519 --key-usage SIGN_VERIFY --query KeyMetadata.KeyId --output text)
+openssl genpkey -algorithm ed25519 -outform DER -out "$dir/ed25519.der"
+openssl pkey -inform DER -in "$dir/ed25519.der" -pubout -outform DER -out "$dir/ed25519.pub"
+import_material RSAES_OAEP_SHA_256 "$dir/ed25519.der" > /dev/null
+aws kms get-public-key --key-id "$ikey" --query PublicKey --output text | base64 -d > "$dir/ed25519.kms.pub"
+cmp -s "$dir/ed25519.pub" "$dir/ed25519.kms.pub" || fail "get-public-key of the imported Ed25519 key is not openssl's public key"
+aws kms sign --key-id "$ikey" --message "fileb://$dir/msg" --message-type RAW --signing-algorithm ED25519_SHA_512 \
+  --query Signature --output text | base64 -d > "$dir/ed25519.sig"
+openssl pkeyutl -verify -pubin -inkey "$dir/ed25519.pub" -keyform DER -rawin -in "$dir/msg" -sigfile "$dir/ed25519.sig" > /dev/null \
+  || fail "openssl does not verify the imported Ed25519 key's signature"
+openssl genpkey -algorithm ed25519 -outform DER -out "$dir/ed25519-other.der"
+if import_material RSA_AES_KEY_WRAP_SHA_256 "$dir/ed25519-other.der" 2>"$dir/err" >/dev/null; then fail "other Ed25519 material was imported"; fi
+grep -q IncorrectKeyMaterialException "$dir/err" || fail "expected IncorrectKeyMaterialException, got: $(cat "$dir/err")"
+
 step "import key material: a multi-Region key, its replica importing the same material on its own"
 ikey=$(aws kms create-key --origin EXTERNAL --multi-region --query KeyMetadata.KeyId --output text)
 [[ $ikey =~ ^mrk-[0-9a-f]{32}$ ]] || fail "create-key --origin EXTERNAL --multi-region returned '$ikey'"
