@@ -391,9 +391,14 @@ func TestImportEd25519(t *testing.T) {
 					assert.Equal(t, spki, got.PublicKey)
 
 					prefix := []byte("ed-" + name)
-					creates := f.Calls("C_CreateObject")
+					creates, copies := f.Calls("C_CreateObject"), f.Calls("C_CopyObject")
 					made, err := importAs(name, der, hsm.ImportTarget{IDPrefix: prefix, Label: "imported"})
 					require.NoError(t, err)
+					if !onToken {
+						// The private key made a session object, the seed
+						// cleared, then copied into a token object.
+						assert.Equal(t, 1, f.Calls("C_CopyObject")-copies)
+					}
 					// The public key is made from what the check found; the
 					// private key too where the token cannot unwrap it; and
 					// what OAEP with SHA-256 decodes here on SoftHSM2.
@@ -441,6 +446,22 @@ func TestImportEd25519(t *testing.T) {
 					}
 				})
 			}
+
+			// A token that will not copy a session object into a token
+			// object gets the key made directly, from the blob once more.
+			t.Run("copy refused", func(t *testing.T) {
+				if onToken {
+					t.Skip("nothing is copied where the token unwraps Ed25519 keys")
+				}
+				f.Fail("C_CopyObject", pkcs11.CKR_FUNCTION_NOT_SUPPORTED, 1)
+				copies := f.Calls("C_CopyObject")
+				made, err := importAs("RSA_AES_KEY_WRAP_SHA_1", der, hsm.ImportTarget{IDPrefix: []byte("ed-direct"), Label: "imported"})
+				require.NoError(t, err)
+				assert.Equal(t, 1, f.Calls("C_CopyObject")-copies, "refused once, not tried again")
+				sig, err := tok.Sign(ctx(t), hsm.PrivateKeyByID(append([]byte("ed-direct"), made.Check...)), hsm.EdDSA, crypto.SHA512, []byte("message"))
+				require.NoError(t, err)
+				assert.True(t, ed25519.Verify(pub, []byte("message"), sig))
+			})
 		})
 	}
 }
