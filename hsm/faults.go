@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/big"
 	"reflect"
+	"slices"
 	"sync"
 	"unsafe"
 
@@ -145,16 +146,11 @@ func (f *Faults) emulatesEdDSA(a []*pkcs11.Attribute) bool {
 	f.mu.Lock()
 	on := f.edDSA
 	f.mu.Unlock()
-	var class, keyType uint
-	for _, x := range a {
-		switch x.Type {
-		case pkcs11.CKA_CLASS:
-			class = ulong(x.Value)
-		case pkcs11.CKA_KEY_TYPE:
-			keyType = ulong(x.Value)
-		}
+	is := func(typ, v uint) bool {
+		i := slices.IndexFunc(a, func(x *pkcs11.Attribute) bool { return x.Type == typ })
+		return i >= 0 && ulong(a[i].Value) == v
 	}
-	return on && class == pkcs11.CKO_PRIVATE_KEY && keyType == ckkECEdwards
+	return on && is(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY) && is(pkcs11.CKA_KEY_TYPE, ckkECEdwards)
 }
 
 // Stall holds every call of the Cryptoki function call (e.g. "C_Encrypt")
@@ -359,13 +355,7 @@ func (f *Faults) unwrap(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, key pkcs
 // unwrapEdDSA is an unwrap into an Ed25519 private key (see
 // EmulateEdDSAUnwrap).
 func (f *Faults) unwrapEdDSA(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, key pkcs11.ObjectHandle, wrapped []byte, a []*pkcs11.Attribute) (pkcs11.ObjectHandle, error) {
-	g, err := f.unwrap(sh, m, key, wrapped, []*pkcs11.Attribute{
-		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
-		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_GENERIC_SECRET),
-		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false),
-		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, false),
-		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, true),
-	})
+	g, err := f.unwrap(sh, m, key, wrapped, materialSecretTemplate(false))
 	if err != nil {
 		return 0, err
 	}

@@ -231,23 +231,34 @@ func oaepMech(hash crypto.Hash) []*pkcs11.Mechanism {
 		pkcs11.NewOAEPParams(m.digest, m.mgf, pkcs11.CKZ_DATA_SPECIFIED, nil))}
 }
 
+// sessionSecret is a session secret key of keyType, private to the user.
+func sessionSecret(keyType uint, sensitive, extractable bool) []*pkcs11.Attribute {
+	return []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, keyType),
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false),
+		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, sensitive),
+		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, extractable),
+	}
+}
+
 // ephemeralAESTemplate is the ephemeral key E: a session AES key that can
 // only unwrap.
 func ephemeralAESTemplate() []*pkcs11.Attribute {
-	return append([]*pkcs11.Attribute{
-		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
-		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
-		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false),
-		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
-		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
-		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false),
-	}, UsageUnwrap.attributes()...)
+	return append(sessionSecret(pkcs11.CKK_AES, true, false), UsageUnwrap.attributes()...)
+}
+
+// materialSecretTemplate is material as a session generic secret: to be
+// wrapped on the token (sensitive), or read once (not).
+func materialSecretTemplate(sensitive bool) []*pkcs11.Attribute {
+	return sessionSecret(pkcs11.CKK_GENERIC_SECRET, sensitive, true)
 }
 
 // ephemeralKWPTemplate is a fresh ephemeral key E to generate: a session
 // AES-256 key that wraps and unwraps, for material made on the token.
 func ephemeralKWPTemplate() []*pkcs11.Attribute {
-	return append(append(ephemeralAESTemplate()[:6:6], (UsageWrap|UsageUnwrap).attributes()...),
+	return append(append(sessionSecret(pkcs11.CKK_AES, true, false), (UsageWrap|UsageUnwrap).attributes()...),
 		pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, 32))
 }
 
@@ -415,14 +426,7 @@ func unwrapFailure(err error) error {
 // the material unwrapped into a session generic secret, wrapped under a
 // fresh ephemeral key E, destroyed. It returns E and the wrapped material.
 func (t *Token) oaepToKWP(s pkcs11.SessionHandle, hk pkcs11.ObjectHandle, hash crypto.Hash, k int, blob []byte) (pkcs11.ObjectHandle, []byte, error) {
-	g, err := t.rsaUnwrap(s, hk, hash, k, blob, []*pkcs11.Attribute{
-		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
-		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_GENERIC_SECRET),
-		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false),
-		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
-		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
-		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, true),
-	})
+	g, err := t.rsaUnwrap(s, hk, hash, k, blob, materialSecretTemplate(true))
 	if err != nil {
 		return 0, nil, err
 	}

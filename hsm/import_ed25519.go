@@ -92,14 +92,7 @@ func (t *Token) probeEdUnwrap(s pkcs11.SessionHandle) (why string, err error) {
 	if err != nil {
 		return "", err
 	}
-	g, err := t.p11.CreateObject(s, []*pkcs11.Attribute{
-		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
-		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_GENERIC_SECRET),
-		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false),
-		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
-		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, true),
-		pkcs11.NewAttribute(pkcs11.CKA_VALUE, der),
-	})
+	g, err := t.p11.CreateObject(s, append(materialSecretTemplate(true), pkcs11.NewAttribute(pkcs11.CKA_VALUE, der)))
 	if err != nil {
 		return "", wrap("C_CreateObject", err)
 	}
@@ -211,14 +204,7 @@ func (t *Token) importEd25519Seed(s pkcs11.SessionHandle, unwrap unwrapFunc, tar
 }
 
 func (t *Token) importEd25519SeedOnce(s pkcs11.SessionHandle, unwrap unwrapFunc, target ImportTarget, viaCopy bool) (Imported, error) {
-	g, err := unwrap([]*pkcs11.Attribute{
-		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
-		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_GENERIC_SECRET),
-		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false),
-		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
-		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, false),
-		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, true),
-	})
+	g, err := unwrap(materialSecretTemplate(false))
 	if err != nil {
 		return Imported{}, err
 	}

@@ -24,6 +24,18 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
+// importAlgs are AWS's wrapping algorithms, with the hash clients wrap
+// with.
+var importAlgs = map[string]struct {
+	alg  hsm.ImportAlgorithm
+	hash func() hash.Hash
+}{
+	"RSAES_OAEP_SHA_1":         {hsm.ImportAlgorithm{Hash: crypto.SHA1}, sha1.New},
+	"RSAES_OAEP_SHA_256":       {hsm.ImportAlgorithm{Hash: crypto.SHA256}, sha256.New},
+	"RSA_AES_KEY_WRAP_SHA_1":   {hsm.ImportAlgorithm{Hash: crypto.SHA1, AESKeyWrap: true}, sha1.New},
+	"RSA_AES_KEY_WRAP_SHA_256": {hsm.ImportAlgorithm{Hash: crypto.SHA256, AESKeyWrap: true}, sha256.New},
+}
+
 // TestImportMaterial imports material wrapped as clients wrap it, by each
 // algorithm, into the wrapped and the token-object form, and checks the
 // token holds that material: the check value is the same for the same
@@ -43,15 +55,7 @@ func TestImportMaterial(t *testing.T) {
 	rsaDER, _ := x509.MarshalPKCS8PrivateKey(rsaKey)
 	rsaPub, _ := x509.MarshalPKIXPublicKey(&rsaKey.PublicKey)
 	check := make([]byte, 32)
-	algs := map[string]struct {
-		alg  hsm.ImportAlgorithm
-		hash func() hash.Hash
-	}{
-		"RSAES_OAEP_SHA_1":         {hsm.ImportAlgorithm{Hash: crypto.SHA1}, sha1.New},
-		"RSAES_OAEP_SHA_256":       {hsm.ImportAlgorithm{Hash: crypto.SHA256}, sha256.New},
-		"RSA_AES_KEY_WRAP_SHA_1":   {hsm.ImportAlgorithm{Hash: crypto.SHA1, AESKeyWrap: true}, sha1.New},
-		"RSA_AES_KEY_WRAP_SHA_256": {hsm.ImportAlgorithm{Hash: crypto.SHA256, AESKeyWrap: true}, sha256.New},
-	}
+	algs := importAlgs
 	var aesCheck []byte
 	for name, a := range algs {
 		for _, mode := range []string{"wrapped", "token"} {
@@ -178,11 +182,7 @@ func importMaterials(t *testing.T, tok *hsm.Token, checkData []byte) []importMat
 	return cases
 }
 
-func random(n int) []byte {
-	b := make([]byte, n)
-	rand.Read(b)
-	return b
-}
+var random = hsmtest.Random
 
 // TestImportRSAAESKeyWrap: on a token that offers CKM_RSA_AES_KEY_WRAP
 // (SoftHSM2 2.6.1 does not: Faults emulates it with the two halves on the
@@ -334,15 +334,7 @@ func TestImportEd25519(t *testing.T) {
 	require.NoError(t, err)
 	ecDER, _ := x509.MarshalPKCS8PrivateKey(ec)
 	checkData := random(32)
-	algs := map[string]struct {
-		alg  hsm.ImportAlgorithm
-		hash func() hash.Hash
-	}{
-		"RSAES_OAEP_SHA_1":         {hsm.ImportAlgorithm{Hash: crypto.SHA1}, sha1.New},
-		"RSAES_OAEP_SHA_256":       {hsm.ImportAlgorithm{Hash: crypto.SHA256}, sha256.New},
-		"RSA_AES_KEY_WRAP_SHA_1":   {hsm.ImportAlgorithm{Hash: crypto.SHA1, AESKeyWrap: true}, sha1.New},
-		"RSA_AES_KEY_WRAP_SHA_256": {hsm.ImportAlgorithm{Hash: crypto.SHA256, AESKeyWrap: true}, sha256.New},
-	}
+	algs := importAlgs
 	for _, onToken := range []bool{false, true} {
 		name := "in the process"
 		if onToken {

@@ -64,11 +64,7 @@ func createExternal(t *testing.T, c *awskms.Client, spec types.KeySpec, usage ty
 	return *md.KeyId
 }
 
-func random(n int) []byte {
-	b := make([]byte, n)
-	rand.Read(b)
-	return b
-}
+var random = hsmtest.Random
 
 // TestImportEverySpecAndAlgorithm imports known material into a key of
 // every spec AWS imports, by every wrapping algorithm AWS allows for it,

@@ -54,6 +54,13 @@ func WrapKeyPad(kek, key []byte) []byte {
 	return out
 }
 
+// Random is n random bytes.
+func Random(n int) []byte {
+	b := make([]byte, n)
+	rand.Read(b)
+	return b
+}
+
 // WrapForImport wraps material for import under the import public key
 // spki (DER SubjectPublicKeyInfo) as AWS's wrapping algorithms do:
 // RSAES-OAEP with h, or (aesKeyWrap) a random AES-256 key under RSAES-OAEP
