@@ -490,8 +490,8 @@ func (t *Token) rsaAESUnwrap(s pkcs11.SessionHandle, hk pkcs11.ObjectHandle, has
 }
 
 // unwrapFunc unwraps the material the client sent into an object of
-// tmpl, each call anew; ImportMaterial picks how (kwpUnwrap), importWith
-// what into. Its errors are the import's: ErrInvalidCiphertext for a blob
+// tmpl, each call anew; ImportMaterial picks how (rsaAESUnwrap,
+// kwpUnwrap), importWith what into. Its errors are the import's: ErrInvalidCiphertext for a blob
 // that does not unwrap, ErrIncorrectMaterial for material that is not
 // what the template asks for.
 type unwrapFunc func(tmpl []*pkcs11.Attribute) (pkcs11.ObjectHandle, error)
@@ -557,7 +557,10 @@ func (t *Token) importWith(s pkcs11.SessionHandle, unwrap unwrapFunc, wrappedLen
 	}
 	// Token objects, each made straight from the blob with its final
 	// template.
-	return out, t.makeImported(s, unwrap, target, out)
+	if err := t.makeImported(s, unwrap, target, out); err != nil {
+		return Imported{}, err
+	}
+	return out, nil
 }
 
 // checkTemplate is the template of the check object of target's

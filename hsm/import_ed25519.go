@@ -125,6 +125,8 @@ func (t *Token) probeEdUnwrap(s pkcs11.SessionHandle) (why string, err error) {
 		return "no CKA_PUBLIC_KEY_INFO", nil
 	case err != nil:
 		return "", wrap("C_GetAttributeValue", err)
+	case len(a[0].Value) == 0:
+		return "CKA_PUBLIC_KEY_INFO of an unwrapped key left empty", nil
 	case !bytes.Equal(a[0].Value, spki):
 		return "CKA_PUBLIC_KEY_INFO of an unwrapped key is not its public key", nil
 	}
