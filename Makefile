@@ -16,9 +16,10 @@ BENCH_DURATION ?= 10s
 CRASH_TRIALS ?= 150
 BENCH_WORKERS  ?= 16
 BENCH_KEYS     ?= 1
+BENCH_ROUNDS   ?= 7
 PROFILE        ?=
 
-.PHONY: all build build-load setup setup-postgres test test-crash test-cli lint bench bench-ha run run-ha clean
+.PHONY: all build build-load setup setup-postgres test test-crash test-cli lint bench bench-audit bench-ha run run-ha clean
 
 all: build
 
@@ -75,6 +76,11 @@ else
 	$(GO) build -trimpath -tags pprof -o bin/hsmkms-pprof ./cmd/hsmkms
 	LOAD=$(LOAD_BIN) PROFILE=$(PROFILE) scripts/bench-server.sh bin/hsmkms-pprof $(BENCH_DURATION) $(BENCH_WORKERS) $(BENCH_KEYS)
 endif
+
+# What the audit trail costs: Encrypt with the trail on and off,
+# alternately, BENCH_ROUNDS times; the median round (scripts/bench-audit.sh).
+bench-audit: setup build build-load
+	LOAD=$(LOAD_BIN) scripts/bench-audit.sh $(BIN) $(BENCH_DURATION) $(BENCH_ROUNDS) $(BENCH_WORKERS)
 
 # One node on SQLite, one on PostgreSQL, two on PostgreSQL, back to back
 # (scripts/bench-ha.sh): the README's "Running several nodes" figures.

@@ -33,12 +33,22 @@ serve() {
   echo "bench-audit: server not ready" >&2; exit 1
 }
 
+# Each round's cost is 1 - audited/unaudited req/s; the summary gives the
+# median round (a noisy neighbour slows one run, not a whole round's pair).
+costs=()
 for r in $(seq 1 "$rounds"); do
+  declare -A rps=()
   for mode in audited unaudited; do
     cfg="$data/hsmkms.yaml"; [ "$mode" = unaudited ] && cfg="$data/unaudited.yaml"
     serve "$cfg" "$mode-$r"
-    printf '%-10s round %d  ' "$mode" "$r"
-    "$load" --op Encrypt --size 1024 --workers "$workers" --duration "$duration" --pid "$pid"
+    line=$("$load" --op Encrypt --size 1024 --workers "$workers" --duration "$duration" --pid "$pid")
+    printf '%-10s round %d  %s\n' "$mode" "$r" "$line"
+    rps[$mode]=$(sed -n 's/.* \([0-9.]*\) req\/s .*/\1/p' <<<"$line")
     kill "$pid"; wait "$pid" 2>/dev/null || true; pid=
   done
+  costs+=("$(awk -v a="${rps[audited]}" -v u="${rps[unaudited]}" 'BEGIN { printf "%.1f", 100 * (1 - a / u) }')")
 done
+printf '%s\n' "${costs[@]}" | sort -n | awk -v w="$workers" '
+  { c[NR] = $1 }
+  END { printf "audit cost at %d workers: median %.1f%% of Encrypt req/s over %d rounds (rounds: %.1f%% to %.1f%%)\n",
+        w, (NR % 2 ? c[(NR + 1) / 2] : (c[NR / 2] + c[NR / 2 + 1]) / 2), NR, c[1], c[NR] }'
