@@ -36,12 +36,14 @@ serve() {
 # Each round's cost is 1 - audited/unaudited req/s; the summary gives the
 # median round (a noisy neighbour slows one run, not a whole round's pair).
 costs=()
+declare -A rps=()
 for r in $(seq 1 "$rounds"); do
-  declare -A rps=()
   for mode in audited unaudited; do
     cfg="$data/hsmkms.yaml"; [ "$mode" = unaudited ] && cfg="$data/unaudited.yaml"
     serve "$cfg" "$mode-$r"
-    line=$("$load" --op Encrypt --size 1024 --workers "$workers" --duration "$duration" --pid "$pid")
+    # A failed request makes the load generator exit non-zero after its line.
+    line=$("$load" --op Encrypt --size 1024 --workers "$workers" --duration "$duration" --pid "$pid") ||
+      { printf '%s\n' "$line" >&2; exit 1; }
     printf '%-10s round %d  %s\n' "$mode" "$r" "$line"
     rps[$mode]=$(sed -n 's/.* \([0-9.]*\) req\/s .*/\1/p' <<<"$line")
     kill "$pid"; wait "$pid" 2>/dev/null || true; pid=
